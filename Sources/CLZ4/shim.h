@@ -1,0 +1,4 @@
+#ifndef TENANTD_CLZ4_SHIM_H
+#define TENANTD_CLZ4_SHIM_H
+#include <lz4.h>
+#endif

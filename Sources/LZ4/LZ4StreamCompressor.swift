@@ -1,0 +1,107 @@
+import CLZ4
+
+/// lz4 streaming (linked-block) compression: every block may refer to the 64 KiB of input before it,
+/// so short records compress against their predecessors.
+///
+/// The input of each block is copied into a history buffer owned by the compressor; when the buffer
+/// is full, `LZ4_saveDict` moves the last 64 KiB to its start, as `lz4.h` asks, so the history the
+/// encoder refers to never moves under it. A decoder that keeps at least the last 64 KiB of decoded
+/// bytes (``LZ4StreamDecompressor``) reads the blocks back in the same order.
+///
+/// `@unchecked Sendable` so an owner can keep it inside its own lock (WALWriter keeps it in its
+/// `Mutex`); it is not thread-safe by itself: one owner at a time.
+public final class LZ4StreamCompressor: @unchecked Sendable {
+    /// The size of the window a block may refer back into.
+    public static let windowSize = 64 * 1024
+
+    private let stream: UnsafeMutablePointer<LZ4_stream_t>
+    private var history: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var position = 0
+    /// The largest block this compressor accepts.
+    public let maxBlockSize: Int
+
+    /// Creates a compressor at the start of a new stream.
+    /// - Parameter maxBlockSize: the largest input accepted by ``compress(_:appendingTo:)``.
+    public init(maxBlockSize: Int) {
+        precondition(maxBlockSize > 0 && maxBlockSize <= LZ4Block.maxInputSize, "maxBlockSize out of range")
+        self.maxBlockSize = maxBlockSize
+        self.stream = LZ4_createStream()
+        self.capacity = Self.windowSize * 2
+        self.history = .allocate(byteCount: self.capacity, alignment: 16)
+    }
+
+    deinit {
+        LZ4_freeStream(self.stream)
+        self.history.deallocate()
+    }
+
+    /// Starts a new, independent stream: later blocks do not refer to earlier ones.
+    public func reset() {
+        LZ4_resetStream_fast(self.stream)
+        self.position = 0
+    }
+
+    /// Compresses one block and appends it to `output`.
+    /// - Parameters:
+    ///   - input: the block's bytes, at most ``maxBlockSize``.
+    ///   - output: the buffer the compressed bytes are appended to.
+    /// - Returns: the number of compressed bytes appended.
+    /// - Throws: ``LZ4Error/inputTooLarge(_:)`` above ``maxBlockSize``.
+    /// - Complexity: O(n) in the input's size.
+    @discardableResult
+    public func compress(_ input: UnsafeRawBufferPointer, appendingTo output: inout [UInt8]) throws -> Int {
+        guard input.count <= self.maxBlockSize else { throw LZ4Error.inputTooLarge(input.count) }
+        self.makeRoom(for: input.count)
+        let source = self.history + self.position
+        if let base = input.baseAddress, input.count > 0 {
+            source.copyMemory(from: base, byteCount: input.count)
+        }
+        let bound = LZ4Block.compressBound(input.count)
+        let start = output.count
+        output.append(contentsOf: repeatElement(0, count: bound))
+        let written = output.withUnsafeMutableBytes { dst in
+            LZ4_compress_fast_continue(
+                self.stream,
+                source.assumingMemoryBound(to: CChar.self),
+                (dst.baseAddress! + start).assumingMemoryBound(to: CChar.self),
+                Int32(input.count),
+                Int32(bound),
+                1
+            )
+        }
+        guard written > 0 else {
+            output.removeLast(bound)
+            throw LZ4Error.compressionFailed
+        }
+        output.removeLast(bound - Int(written))
+        self.position += input.count
+        return Int(written)
+    }
+
+    /// Makes sure `count` more bytes fit contiguously after the current history.
+    private func makeRoom(for count: Int) {
+        guard self.position + count > self.capacity else { return }
+        let needed = Self.windowSize + count
+        if needed > self.capacity {
+            let newCapacity = max(needed, self.capacity * 2)
+            let newHistory = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+            let kept = LZ4_saveDict(
+                self.stream,
+                newHistory.assumingMemoryBound(to: CChar.self),
+                Int32(Self.windowSize)
+            )
+            self.history.deallocate()
+            self.history = newHistory
+            self.capacity = newCapacity
+            self.position = Int(kept)
+        } else {
+            let kept = LZ4_saveDict(
+                self.stream,
+                self.history.assumingMemoryBound(to: CChar.self),
+                Int32(Self.windowSize)
+            )
+            self.position = Int(kept)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+import CLZ4
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Decodes the blocks written by ``LZ4StreamCompressor``, in order, keeping the last 64 KiB of
+/// decoded bytes in place as their dictionary.
+///
+/// Not thread-safe: one owner at a time.
+public final class LZ4StreamDecompressor {
+    private let stream: UnsafeMutablePointer<LZ4_streamDecode_t>
+    private var history: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var position = 0
+    /// The largest decoded block this decompressor accepts.
+    public let maxBlockSize: Int
+
+    /// Creates a decompressor at the start of a new stream.
+    /// - Parameter maxBlockSize: the bound every declared block size is checked against.
+    public init(maxBlockSize: Int) {
+        precondition(maxBlockSize > 0 && maxBlockSize <= LZ4Block.maxInputSize, "maxBlockSize out of range")
+        self.maxBlockSize = maxBlockSize
+        self.stream = LZ4_createStreamDecode()
+        self.capacity = LZ4StreamCompressor.windowSize * 2
+        self.history = .allocate(byteCount: self.capacity, alignment: 16)
+    }
+
+    deinit {
+        LZ4_freeStreamDecode(self.stream)
+        self.history.deallocate()
+    }
+
+    /// Starts a new stream.
+    public func reset() {
+        LZ4_setStreamDecode(self.stream, nil, 0)
+        self.position = 0
+    }
+
+    /// Decodes the next block of the stream.
+    /// - Parameters:
+    ///   - input: the compressed block.
+    ///   - decodedSize: its declared decoded size, checked against ``maxBlockSize`` first.
+    ///   - body: reads the decoded bytes; the view is valid only during the call.
+    /// - Returns: what `body` returns.
+    /// - Throws: ``LZ4Error`` for a size out of bounds or a damaged block; `body`'s errors.
+    public func decompress<Result>(
+        _ input: UnsafeRawBufferPointer,
+        decodedSize: Int,
+        _ body: (UnsafeRawBufferPointer) throws -> Result
+    ) throws -> Result {
+        guard decodedSize >= 0, decodedSize <= self.maxBlockSize else {
+            throw LZ4Error.declaredSizeTooLarge(decodedSize)
+        }
+        self.makeRoom(for: decodedSize)
+        let destination = self.history + self.position
+        let produced = LZ4_decompress_safe_continue(
+            self.stream,
+            input.baseAddress?.assumingMemoryBound(to: CChar.self),
+            destination.assumingMemoryBound(to: CChar.self),
+            Int32(input.count),
+            Int32(decodedSize)
+        )
+        guard produced >= 0 else { throw LZ4Error.corruptInput }
+        guard Int(produced) == decodedSize else {
+            throw LZ4Error.sizeMismatch(expected: decodedSize, actual: Int(produced))
+        }
+        self.position += decodedSize
+        return try body(UnsafeRawBufferPointer(start: destination, count: decodedSize))
+    }
+
+    private func makeRoom(for count: Int) {
+        guard self.position + count > self.capacity else { return }
+        let window = LZ4StreamCompressor.windowSize
+        let kept = min(window, self.position)
+        let needed = window + count
+        if needed > self.capacity {
+            let newCapacity = max(needed, self.capacity * 2)
+            let newHistory = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+            newHistory.copyMemory(from: self.history + (self.position - kept), byteCount: kept)
+            self.history.deallocate()
+            self.history = newHistory
+            self.capacity = newCapacity
+        } else {
+            // The window may overlap its new place at the start of the buffer: memmove, not memcpy.
+            memmove(self.history, self.history + (self.position - kept), kept)
+        }
+        LZ4_setStreamDecode(self.stream, self.history.assumingMemoryBound(to: CChar.self), Int32(kept))
+        self.position = kept
+    }
+}

@@ -1,0 +1,190 @@
+import NIOCore
+
+/// Parses requests, RESP arrays of bulk strings and inline commands alike, from a byte stream.
+///
+/// A value-type state machine in the manner of Redis's `processMultibulkBuffer` and
+/// `processInlineBuffer`: feed it the connection's buffer, it consumes whole elements only and
+/// keeps its place between calls. Limits are checked before anything is allocated.
+public struct RESPRequestParser: Sendable {
+    /// What the parser found.
+    public enum Action: Sendable, Equatable {
+        /// A whole command: its words, the command name first.
+        case command([ByteBuffer])
+        /// The buffer holds no whole command yet.
+        case needMoreData
+        /// A whole command was read and skipped, because an argument was over ``Limits/maxBulkLength``.
+        case tooBig(String)
+        /// The framing is broken: the connection must be answered and closed.
+        case protocolError(String)
+    }
+
+    /// The bounds the parser enforces.
+    public struct Limits: Sendable {
+        /// The longest bulk string kept; longer ones (up to 512 MiB) are skipped and answered `tooBig`.
+        public var maxBulkLength: Int
+        /// The longest inline line.
+        public var maxInlineLength: Int
+        /// The most arguments in one array.
+        public var maxArgumentCount: Int
+
+        /// Creates limits.
+        public init(maxBulkLength: Int = 1 << 20, maxInlineLength: Int = 1 << 20, maxArgumentCount: Int = 1 << 20) {
+            self.maxBulkLength = maxBulkLength
+            self.maxInlineLength = maxInlineLength
+            self.maxArgumentCount = maxArgumentCount
+        }
+    }
+
+    private struct ArrayState: Sendable {
+        var remaining: Int
+        var arguments: [ByteBuffer]
+        var bulkLength: Int?
+        var skipping = 0
+        var tooBig = false
+    }
+
+    /// Redis's own bound on a bulk string's declared length.
+    private static let protocolMaxBulk = 512 << 20
+    /// The longest count line (`*n`, `$n`).
+    private static let maxCountLine = 64 << 10
+
+    private var array: ArrayState?
+    /// The parser's limits.
+    public let limits: Limits
+
+    /// Creates a parser.
+    public init(limits: Limits = Limits()) {
+        self.limits = limits
+    }
+
+    /// Reads the next command out of `buffer`, consuming only what it has fully parsed.
+    /// - Complexity: O(n) in the bytes consumed.
+    public mutating func next(_ buffer: inout ByteBuffer) -> Action {
+        while true {
+            if self.array != nil {
+                return self.continueArray(&buffer)
+            }
+            guard let first = buffer.readableBytesView.first else { return .needMoreData }
+            if first == UInt8(ascii: "*") {
+                guard let line = Self.readLine(&buffer, limit: Self.maxCountLine) else {
+                    if buffer.readableBytes > Self.maxCountLine {
+                        return .protocolError("Protocol error: too big mbulk count string")
+                    }
+                    return .needMoreData
+                }
+                guard let count = Self.parseInteger(line.dropFirst()), count <= self.limits.maxArgumentCount else {
+                    return .protocolError("Protocol error: invalid multibulk length")
+                }
+                if count <= 0 { continue }
+                self.array = ArrayState(remaining: count, arguments: [])
+                self.array!.arguments.reserveCapacity(min(count, 64))
+            } else {
+                let view = buffer.readableBytesView
+                guard let newline = view.firstIndex(of: UInt8(ascii: "\n")) else {
+                    if view.count > self.limits.maxInlineLength {
+                        return .protocolError("Protocol error: too big inline request")
+                    }
+                    return .needMoreData
+                }
+                let length = newline - view.startIndex
+                if length > self.limits.maxInlineLength {
+                    return .protocolError("Protocol error: too big inline request")
+                }
+                var line = buffer.readBytes(length: length)!
+                buffer.moveReaderIndex(forwardBy: 1)
+                if line.last == UInt8(ascii: "\r") { line.removeLast() }
+                guard let words = InlineSplitter.split(line) else {
+                    return .protocolError("Protocol error: unbalanced quotes in request")
+                }
+                if words.isEmpty { continue }
+                return .command(words.map { ByteBuffer(bytes: $0) })
+            }
+        }
+    }
+
+    private mutating func continueArray(_ buffer: inout ByteBuffer) -> Action {
+        while self.array!.remaining > 0 {
+            if self.array!.skipping > 0 {
+                let skipped = min(self.array!.skipping, buffer.readableBytes)
+                buffer.moveReaderIndex(forwardBy: skipped)
+                self.array!.skipping -= skipped
+                if self.array!.skipping > 0 { return .needMoreData }
+                self.array!.remaining -= 1
+                continue
+            }
+            if let length = self.array!.bulkLength {
+                guard buffer.readableBytes >= length + 2 else { return .needMoreData }
+                let argument = buffer.readSlice(length: length)!
+                buffer.moveReaderIndex(forwardBy: 2)
+                self.array!.arguments.append(argument)
+                self.array!.bulkLength = nil
+                self.array!.remaining -= 1
+                continue
+            }
+            guard let first = buffer.readableBytesView.first else { return .needMoreData }
+            guard first == UInt8(ascii: "$") else {
+                self.array = nil
+                return .protocolError("Protocol error: expected '$', got '\(Self.printable(first))'")
+            }
+            guard let line = Self.readLine(&buffer, limit: Self.maxCountLine) else {
+                if buffer.readableBytes > Self.maxCountLine {
+                    self.array = nil
+                    return .protocolError("Protocol error: too big bulk count string")
+                }
+                return .needMoreData
+            }
+            guard let length = Self.parseInteger(line.dropFirst()), length >= 0, length <= Self.protocolMaxBulk
+            else {
+                self.array = nil
+                return .protocolError("Protocol error: invalid bulk length")
+            }
+            if length > self.limits.maxBulkLength {
+                self.array!.tooBig = true
+                self.array!.skipping = length + 2
+            } else {
+                self.array!.bulkLength = length
+            }
+        }
+        let finished = self.array!
+        self.array = nil
+        if finished.tooBig {
+            return .tooBig("request argument over \(self.limits.maxBulkLength) bytes")
+        }
+        return .command(finished.arguments)
+    }
+
+    /// Reads a CRLF-terminated line (without the CRLF), or nil when none is complete within `limit`.
+    private static func readLine(_ buffer: inout ByteBuffer, limit: Int) -> [UInt8]? {
+        let view = buffer.readableBytesView
+        let end = view.index(view.startIndex, offsetBy: min(view.count, limit + 2))
+        guard let cr = view[view.startIndex..<end].firstIndex(of: UInt8(ascii: "\r")),
+            cr + 1 < view.endIndex
+        else { return nil }
+        let line = Array(view[view.startIndex..<cr])
+        buffer.moveReaderIndex(forwardBy: cr - view.startIndex + 2)
+        return line
+    }
+
+    /// Parses a decimal integer the way Redis's `string2ll` does: optional '-', digits, no spaces.
+    static func parseInteger(_ bytes: some Collection<UInt8>) -> Int? {
+        guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
+        var negative = false
+        var value = 0
+        for (index, byte) in bytes.enumerated() {
+            if index == 0 && byte == UInt8(ascii: "-") && bytes.count > 1 {
+                negative = true
+                continue
+            }
+            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+            let (multiplied, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (added, overflow2) = multiplied.addingReportingOverflow(Int(byte - UInt8(ascii: "0")))
+            if overflow1 || overflow2 { return nil }
+            value = added
+        }
+        return negative ? -value : value
+    }
+
+    private static func printable(_ byte: UInt8) -> String {
+        (32..<127).contains(byte) ? String(UnicodeScalar(byte)) : "\\x" + String(byte, radix: 16)
+    }
+}

@@ -1,0 +1,76 @@
+import WAL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Everything the engine needs to know about where and how it keeps tenants.
+public struct EngineConfiguration: Sendable {
+    /// The data directory.
+    public var dataDirectory: String
+    /// When appends reach the disk.
+    public var fsync: FsyncPolicy
+    /// The prefix of tenant directory names (`TENANT_DATABASE_PREFIX`).
+    public var directoryPrefix: String
+    /// The largest message text in bytes (`TENANT_MAX_MESSAGE_BYTES`).
+    public var maxMessageBytes: Int
+    /// The plan of new tenants (`TENANT_DEFAULT_PLAN`).
+    public var defaultPlan: Plan
+    /// Limits that replace the default plan's own (`TENANT_MAX_USERS`, `TENANT_MAX_STORAGE_GB`,
+    /// `TENANT_MAX_MESSAGES_PER_DAY`); nil keeps the plan's.
+    public var maxUsers: Int64?
+    public var maxStorageBytes: Int64?
+    public var maxMessagesPerDay: Int64?
+    /// The operator token; nil reads or makes `<data>/admin.token`.
+    public var adminToken: String?
+    /// The size past which a log starts a new segment.
+    public var segmentSize: Int
+    /// Milliseconds since the Unix epoch; replaceable in tests.
+    public var clock: @Sendable () -> Int64
+
+    /// Creates a configuration with the contract's defaults.
+    public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {
+        self.dataDirectory = dataDirectory
+        self.fsync = fsync
+        self.directoryPrefix = "tenant_"
+        self.maxMessageBytes = 65_536
+        self.defaultPlan = .free
+        self.adminToken = nil
+        self.segmentSize = 8 << 20
+        self.clock = EngineConfiguration.systemClock
+    }
+
+    /// The wall clock in milliseconds.
+    @Sendable public static func systemClock() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+
+    /// The limits a new tenant on `plan` gets.
+    public func limits(for plan: Plan) -> PlanLimits {
+        var limits = plan.defaultLimits
+        if plan == self.defaultPlan {
+            if let maxUsers { limits.maxUsers = maxUsers }
+            if let maxStorageBytes { limits.maxStorageBytes = maxStorageBytes }
+            if let maxMessagesPerDay { limits.maxMessagesPerDay = maxMessagesPerDay }
+        }
+        return limits
+    }
+
+    /// The settings of every tenant log. Records hold a message, its room and user: the bound leaves room for them.
+    public var walConfiguration: WALConfiguration {
+        WALConfiguration(
+            fsync: self.fsync,
+            segmentSize: self.segmentSize,
+            maxRecordSize: max(WALConfiguration.defaultMaxRecordSize, self.maxMessageBytes + 4096)
+        )
+    }
+
+    /// The directory of tenant `id`.
+    public func tenantDirectory(_ id: String) -> String {
+        self.dataDirectory + "/" + self.directoryPrefix + id
+    }
+}

@@ -1,0 +1,78 @@
+/// A room's summary for ROOMS.
+public struct RoomSummary: Sendable, Hashable {
+    public var room: String
+    public var lastSeq: UInt64
+    public var messageCount: Int
+}
+
+extension Tenant {
+    /// The most messages one HISTORY returns.
+    public static let maxHistoryLimit = 1000
+    /// The number of messages HISTORY returns without LIMIT.
+    public static let defaultHistoryLimit = 100
+
+    /// Accepts a message into the log's batch and hands out its seq; ``commit(_:)`` waits for it.
+    ///
+    /// Splitting the two lets one connection pipeline many POSTs into one group commit while its
+    /// replies still come back in order.
+    /// - Parameters:
+    ///   - principal: the sender; any role may post.
+    ///   - room: a valid room name.
+    ///   - text: the message, at most the configured size.
+    /// - Returns: the ticket to commit.
+    /// - Throws: ``TenantError`` (INVALID, TOOBIG, NOPERM, SUSPENDED, IOERR).
+    public func post(_ principal: Principal, room: String, text: String) throws -> PostTicket {
+        _ = try self.authorize(principal, minimum: .member)
+        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-]") }
+        let size = text.utf8.count
+        guard size <= self.configuration.maxMessageBytes else {
+            throw TenantError(.tooBig, "message of \(size) bytes is over the limit of \(self.configuration.maxMessageBytes)")
+        }
+        try self.checkWritable()
+        let seq = self.data.rooms[room]?.nextSeq ?? 1
+        let message = Message(seq: seq, timestamp: self.configuration.clock(), user: principal.displayName, text: text)
+        let lsn = try self.append(.message(room: room, message))
+        self.data.rooms[room, default: Room()].nextSeq = seq + 1
+        self.pending.append((lsn, room, message))
+        return PostTicket(seq: seq, lsn: lsn)
+    }
+
+    /// Waits until a posted message is durable and visible.
+    /// - Returns: the message's seq.
+    /// - Throws: IOERR when the log failed; the message is then not acknowledged.
+    public func commit(_ ticket: PostTicket) async throws -> UInt64 {
+        try await self.waitDurable(ticket.lsn)
+        return ticket.seq
+    }
+
+    /// Posts and waits: ``post(_:room:text:)`` then ``commit(_:)``.
+    public func postAndCommit(_ principal: Principal, room: String, text: String) async throws -> UInt64 {
+        let ticket = try self.post(principal, room: room, text: text)
+        return try await self.commit(ticket)
+    }
+
+    /// A room's messages, oldest first.
+    /// - Parameters:
+    ///   - after: the first `limit` with a greater seq.
+    ///   - before: the last `limit` with a smaller seq.
+    ///   - limit: clamped to ``maxHistoryLimit``.
+    /// - Returns: the messages; an unknown room has none.
+    public func history(_ principal: Principal, room: String, after: UInt64?, before: UInt64?, limit: Int)
+        throws -> [Message]
+    {
+        _ = try self.authorize(principal, minimum: .member)
+        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-]") }
+        self.applyDurable()
+        guard let messages = self.data.rooms[room] else { return [] }
+        return Array(messages.history(after: after, before: before, limit: min(limit, Self.maxHistoryLimit)))
+    }
+
+    /// Every room with messages, by name.
+    public func rooms(_ principal: Principal) throws -> [RoomSummary] {
+        _ = try self.authorize(principal, minimum: .member)
+        self.applyDurable()
+        return self.data.rooms.compactMap { name, room in
+            room.lastSeq > 0 ? RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.messages.count) : nil
+        }.sorted { $0.room < $1.room }
+    }
+}

@@ -1,0 +1,82 @@
+extension Tenant {
+    /// Adds a user.
+    /// - Parameters:
+    ///   - principal: an owner (any role), an admin (members only) or the operator.
+    ///   - name: a valid, unused user name.
+    ///   - role: the new user's role.
+    /// - Returns: the user's token, shown this once.
+    /// - Throws: ``TenantError`` (INVALID, EXISTS, NOPERM, IOERR).
+    public func addUser(_ principal: Principal, name: String, role: Role) async throws -> String {
+        try self.checkManage(principal, targetRole: role)
+        guard Names.isValidUserName(name) else { throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]") }
+        guard self.data.users[name] == nil else { throw TenantError(.exists, "user '\(name)' already exists") }
+        let token = Tokens.generate()
+        let user = User(name: name, role: role, tokenHash: Tokens.hash(token), joinedAt: self.configuration.clock())
+        try await self.write(.userPut(user))
+        return token
+    }
+
+    /// Removes a user; the last owner cannot be removed.
+    public func deleteUser(_ principal: Principal, name: String) async throws {
+        let user = try self.existingUser(name)
+        try self.checkManage(principal, targetRole: user.role)
+        try self.checkKeepsAnOwner(removing: user)
+        try await self.write(.userDelete(name))
+    }
+
+    /// Changes a user's role; the last owner cannot be demoted.
+    public func setRole(_ principal: Principal, name: String, role: Role) async throws {
+        var user = try self.existingUser(name)
+        try self.checkManage(principal, targetRole: max(user.role, role))
+        if role != .owner { try self.checkKeepsAnOwner(removing: user) }
+        user.role = role
+        try await self.write(.userPut(user))
+    }
+
+    /// Gives a user a new token; the old one stops working at once. Every user may rotate their own.
+    /// - Returns: the new token, shown this once.
+    public func rotateToken(_ principal: Principal, name: String) async throws -> String {
+        var user = try self.existingUser(name)
+        if case .user(_, let own, _) = principal, own == name {
+            _ = try self.authorize(principal, minimum: .member)
+        } else {
+            try self.checkManage(principal, targetRole: user.role)
+        }
+        let token = Tokens.generate()
+        user.tokenHash = Tokens.hash(token)
+        try await self.write(.userPut(user))
+        return token
+    }
+
+    /// Every user, by name.
+    public func listUsers(_ principal: Principal) throws -> [User] {
+        _ = try self.authorize(principal, minimum: .admin)
+        return self.data.users.values.sorted { $0.name < $1.name }
+    }
+
+    /// Appends a user or metadata change, applies it in actor order and waits until it is durable.
+    func write(_ record: TenantRecord) async throws {
+        let lsn = try self.append(record)
+        try self.data.apply(record)
+        try await self.waitDurable(lsn)
+    }
+
+    private func existingUser(_ name: String) throws -> User {
+        guard let user = self.data.users[name] else { throw TenantError.notFound("no user '\(name)'") }
+        return user
+    }
+
+    /// Owners manage everyone, admins manage members, members manage no one.
+    private func checkManage(_ principal: Principal, targetRole: Role) throws {
+        guard let role = try self.authorize(principal, minimum: .admin) else { return }
+        if role == .admin && targetRole != .member {
+            throw TenantError.noPermission("admins manage members only; this needs the owner role")
+        }
+    }
+
+    private func checkKeepsAnOwner(removing user: User) throws {
+        guard user.role == .owner else { return }
+        let owners = self.data.users.values.filter { $0.role == .owner }.count
+        if owners <= 1 { throw TenantError.invalid("a tenant keeps at least one owner") }
+    }
+}

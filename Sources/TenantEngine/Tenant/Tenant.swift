@@ -1,0 +1,225 @@
+import DequeModule
+import Dispatch
+import Logging
+import WAL
+
+/// One tenant: its rooms, messages and users in memory, every change first appended to its own log.
+///
+/// Messages become visible (to HISTORY, ROOMS) only once their record is durable; user and
+/// metadata changes apply at append, in actor order, and a failed log stops the tenant from
+/// serving anything built on them.
+public actor Tenant {
+    enum State {
+        case serving
+        case failed(TenantError)
+        case closed
+    }
+
+    /// The tenant id.
+    public nonisolated let id: String
+    /// The tenant's directory.
+    public nonisolated let path: String
+    var state: State = .serving
+    var data: TenantState
+    let log: WALWriter
+    var pending: Deque<(lsn: UInt64, room: String, message: Message)> = []
+    let configuration: EngineConfiguration
+    let logger: Logger
+
+    init(id: String, path: String, data: TenantState, log: WALWriter, configuration: EngineConfiguration, logger: Logger) {
+        self.id = id
+        self.path = path
+        self.data = data
+        self.log = log
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "tenant"] = "\(id)"
+        self.logger = logger
+    }
+
+    /// Recovers a tenant from its directory: replays its log (cutting a torn tail off) and opens it for append.
+    /// - Parameters:
+    ///   - path: the tenant's directory.
+    ///   - configuration: the engine's settings.
+    ///   - logger: where recovery reports.
+    /// - Returns: the tenant, serving.
+    /// - Throws: ``TenantError`` when the directory holds no tenant or its log is corrupt.
+    public static func open(path: String, configuration: EngineConfiguration, logger: Logger) async throws -> Tenant {
+        let (data, log) = try await runBlocking {
+            var data = TenantState()
+            let reader = WALReader(
+                directory: path + "/wal",
+                maxRecordSize: configuration.walConfiguration.maxRecordSize
+            )
+            let result: WALRecoveryResult
+            do {
+                result = try reader.replay(repair: true, logger: logger) { lsn, type, payload in
+                    do {
+                        try data.apply(TenantRecord.decode(type: type, payload: payload))
+                    } catch {
+                        throw TenantError(.ioError, "tenant log record \(lsn) in \(path) does not decode: \(error)")
+                    }
+                }
+            } catch let error as WALError {
+                throw TenantError(.ioError, "tenant log is damaged: \(error)")
+            }
+            guard data.metadata != nil else {
+                throw TenantError(.notFound, "no tenant metadata in \(path)")
+            }
+            let log = try WALWriter(
+                directory: path + "/wal",
+                lastLSN: result.lastLSN,
+                configuration: configuration.walConfiguration
+            )
+            return (data, log)
+        }
+        let metadata = data.metadata!
+        return Tenant(
+            id: metadata.tenantID,
+            path: path,
+            data: data,
+            log: log,
+            configuration: configuration,
+            logger: logger
+        )
+    }
+
+    /// Writes a new tenant's first records (its metadata and its owner) durably into `path`.
+    static func initialize(path: String, metadata: TenantMetadata, owner: User, configuration: EngineConfiguration)
+        async throws
+    {
+        var walConfiguration = configuration.walConfiguration
+        walConfiguration.fsync = .always
+        let log = try WALWriter(directory: path + "/wal", lastLSN: 0, configuration: walConfiguration)
+        _ = try log.append(type: TenantRecord.Kind.metadata.rawValue, payload: TenantRecord.metadata(metadata).encode())
+        _ = try log.append(type: TenantRecord.Kind.userPut.rawValue, payload: TenantRecord.userPut(owner).encode())
+        try await log.close()
+    }
+
+    /// The tenant's metadata.
+    public var metadata: TenantMetadata { self.data.metadata! }
+
+    /// Flushes and closes the log; the tenant answers nothing more.
+    public func close() async {
+        guard case .serving = self.state else {
+            if case .failed = self.state { self.state = .closed }
+            return
+        }
+        self.state = .closed
+        do {
+            try await self.log.close()
+        } catch {
+            self.logger.error("closing the log failed: \(error)")
+        }
+        self.applyDurable()
+    }
+
+    // MARK: - Access
+
+    /// Checks that `principal` may act here with at least `minimum`, and that the tenant serves.
+    /// - Returns: the role of a user, nil for the operator.
+    func authorize(_ principal: Principal, minimum: Role) throws -> Role? {
+        if case .closed = self.state { throw TenantError(.loading, "tenant is being closed; retry") }
+        switch principal {
+        case .operator:
+            return nil
+        case .user(let tenantID, let name, let tokenHash):
+            guard tenantID == self.id else {
+                throw TenantError.noPermission("credential is not valid for tenant \(self.id)")
+            }
+            guard let user = self.data.users[name], Tokens.constantTimeEqual(user.tokenHash, tokenHash) else {
+                throw TenantError.credentialRevoked
+            }
+            guard self.metadata.isServing else { throw TenantError.suspended }
+            guard user.role >= minimum else {
+                throw TenantError.noPermission("this command needs the \(minimum.rawValue) role")
+            }
+            return user.role
+        }
+    }
+
+    /// Fails when the tenant cannot take writes.
+    func checkWritable() throws {
+        switch self.state {
+        case .serving: return
+        case .failed(let error): throw error
+        case .closed: throw TenantError(.loading, "tenant is being closed; retry")
+        }
+    }
+
+    /// Checks a user's token.
+    /// - Returns: the principal to use for later commands.
+    /// - Throws: ``TenantError/wrongPass`` for an unknown user or a wrong token; SUSPENDED for a
+    ///   suspended tenant's valid credential.
+    public func authenticate(user name: String, token: String) throws -> Principal {
+        let hash = Tokens.hash(token)
+        guard let user = self.data.users[name], Tokens.constantTimeEqual(user.tokenHash, hash) else {
+            throw TenantError.wrongPass
+        }
+        guard self.metadata.isServing else { throw TenantError.suspended }
+        return .user(tenantID: self.id, name: name, tokenHash: hash)
+    }
+
+    /// The role of an authenticated principal: `operator` for the operator.
+    public func roleName(of principal: Principal) throws -> String {
+        try self.authorize(principal, minimum: .member)?.rawValue ?? "operator"
+    }
+
+    // MARK: - Log
+
+    /// Appends a record to the log's batch; any failure turns the tenant to IOERR.
+    func append(_ record: TenantRecord) throws -> UInt64 {
+        try self.checkWritable()
+        do {
+            return try record.encode().withUnsafeBytes { try self.log.append(type: record.kind.rawValue, payload: $0) }
+        } catch let error as WALError {
+            if error.isRecordTooLarge { throw TenantError(.tooBig, error.description) }
+            throw self.fail(error)
+        }
+    }
+
+    /// Waits until `lsn` is durable, then makes the messages up to it visible.
+    func waitDurable(_ lsn: UInt64) async throws {
+        do {
+            try await self.log.waitUntilDurable(lsn)
+        } catch {
+            throw self.fail(error)
+        }
+        self.applyDurable()
+    }
+
+    /// Moves the messages whose records are durable from `pending` into the rooms, in lsn order.
+    func applyDurable() {
+        guard let first = self.pending.first else { return }
+        let durable = self.log.durableLSN
+        guard first.lsn <= durable else { return }
+        while let next = self.pending.first, next.lsn <= durable {
+            self.pending.removeFirst()
+            do {
+                try self.data.apply(.message(room: next.room, next.message))
+            } catch {
+                self.logger.critical("message \(next.lsn) does not apply: \(error)")
+            }
+        }
+    }
+
+    /// Turns the tenant to IOERR: nothing more is acknowledged until it is opened again.
+    func fail(_ error: any Error) -> TenantError {
+        if case .failed(let existing) = self.state { return existing }
+        let tenantError = TenantError(.ioError, "write to the tenant's log failed, tenant is read-only: \(error)")
+        self.logger.error("log failed: \(error)")
+        self.state = .failed(tenantError)
+        self.pending.removeAll()
+        return tenantError
+    }
+}
+
+/// Runs blocking file work on a Dispatch thread, off the cooperative pool and every event loop.
+@discardableResult
+func runBlocking<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) async throws -> Result {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global(qos: .userInitiated).async {
+            continuation.resume(with: Swift.Result { try body() })
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import NIOCore
+import TenantEngine
+
+/// A command's words as strings, each checked to be valid UTF-8.
+struct Arguments {
+    /// The command name, upper-cased.
+    let name: String
+    /// The words after the name.
+    let words: [String]
+
+    /// - Throws: INVALID when a word is not valid UTF-8.
+    init(_ buffers: [ByteBuffer]) throws {
+        var words: [String] = []
+        words.reserveCapacity(buffers.count)
+        for buffer in buffers {
+            guard let word = String(validating: buffer.readableBytesView, as: UTF8.self) else {
+                throw TenantError.invalid("argument is not valid UTF-8")
+            }
+            words.append(word)
+        }
+        self.name = words.first.map { String($0.uppercased()) } ?? ""
+        self.words = Array(words.dropFirst())
+    }
+
+    var count: Int { self.words.count }
+
+    subscript(index: Int) -> String { self.words[index] }
+
+    /// The upper-cased word at `index`, for subcommands and keywords.
+    func keyword(_ index: Int) -> String? {
+        index < self.words.count ? self.words[index].uppercased() : nil
+    }
+
+    /// Fails with the Redis arity message unless the count is in range.
+    func expect(_ range: ClosedRange<Int>, for command: String) throws {
+        guard range.contains(self.words.count) else { throw CommandError.wrongArity(command) }
+    }
+
+    /// Parses a non-negative integer argument.
+    func unsigned(_ index: Int) throws -> UInt64 {
+        guard let value = UInt64(self.words[index]) else {
+            throw CommandError("value is not an integer or out of range")
+        }
+        return value
+    }
+}

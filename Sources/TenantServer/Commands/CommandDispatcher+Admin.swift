@@ -1,0 +1,127 @@
+import Foundation
+import RESP
+import TenantEngine
+
+extension CommandDispatcher {
+    func user(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
+        try arguments.expect(1...Int.max, for: "user")
+        guard let tenant = session.tenant else {
+            throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+        }
+        switch arguments.keyword(0) {
+        case "ADD":
+            try arguments.expect(2...3, for: "user|add")
+            let role = try arguments.count == 3 ? Self.role(arguments[2]) : .member
+            return .bulkString(try await tenant.addUser(principal, name: arguments[1], role: role))
+        case "DEL":
+            try arguments.expect(2...2, for: "user|del")
+            try await tenant.deleteUser(principal, name: arguments[1])
+            return .ok
+        case "ROLE":
+            try arguments.expect(3...3, for: "user|role")
+            try await tenant.setRole(principal, name: arguments[1], role: Self.role(arguments[2]))
+            return .ok
+        case "LIST":
+            try arguments.expect(1...1, for: "user|list")
+            return .array(
+                try await tenant.listUsers(principal).map { user in
+                    .array([.bulkString(user.name), .bulkString(user.role.rawValue), .integer(user.joinedAt)])
+                }
+            )
+        case "TOKEN":
+            try arguments.expect(2...2, for: "user|token")
+            let token = try await tenant.rotateToken(principal, name: arguments[1])
+            if case .user(let tenantID, let name, _) = principal, name == arguments[1] {
+                // The connection that rotated its own token stays authenticated with the new one.
+                session.principal = .user(tenantID: tenantID, name: name, tokenHash: Tokens.hash(token))
+            }
+            return .bulkString(token)
+        default:
+            throw CommandError("unknown subcommand '\(arguments[0].prefix(64))'. Try USER ADD|DEL|ROLE|LIST|TOKEN.")
+        }
+    }
+
+    static func role(_ word: String) throws -> Role {
+        guard let role = Role(wireValue: word) else { throw TenantError.invalid("role must be member, admin or owner") }
+        return role
+    }
+
+    func tenantCommand(_ arguments: Arguments, principal: Principal) async throws -> RESPValue {
+        try arguments.expect(1...Int.max, for: "tenant")
+        guard case .operator = principal else {
+            throw TenantError.noPermission("TENANT commands are for the operator")
+        }
+        switch arguments.keyword(0) {
+        case "CREATE":
+            guard arguments.count >= 3, arguments.count % 2 == 1 else { throw CommandError.wrongArity("tenant|create") }
+            var plan: Plan?
+            var owner = "owner"
+            var index = 3
+            while index < arguments.count {
+                switch arguments.keyword(index) {
+                case "PLAN":
+                    guard let parsed = Plan(rawValue: arguments[index + 1].lowercased()) else {
+                        throw TenantError.invalid("plan must be free, pro or enterprise")
+                    }
+                    plan = parsed
+                case "OWNER":
+                    owner = arguments[index + 1]
+                default:
+                    throw CommandError.syntax
+                }
+                index += 2
+            }
+            let created = try await self.registry.createTenant(
+                name: arguments[1],
+                subdomain: arguments[2],
+                plan: plan,
+                owner: owner
+            )
+            return .map(
+                Self.fields(created.metadata) + [
+                    ("owner", .bulkString(created.owner)), ("owner_token", .bulkString(created.ownerToken)),
+                ]
+            )
+        case "GET":
+            try arguments.expect(2...2, for: "tenant|get")
+            guard let id = await self.registry.resolve(arguments[1]) else {
+                throw TenantError.notFound("no tenant '\(arguments[1].prefix(64))'")
+            }
+            return .map(Self.fields(try await self.registry.tenant(id: id).metadata))
+        case "LIST":
+            try arguments.expect(1...1, for: "tenant|list")
+            var tenants: [RESPValue] = []
+            for id in await self.registry.tenantIDs() {
+                tenants.append(.map(Self.fields(try await self.registry.tenant(id: id).metadata)))
+            }
+            return .array(tenants)
+        default:
+            throw CommandError("unknown subcommand '\(arguments[0].prefix(64))'. Try TENANT CREATE|GET|LIST.")
+        }
+    }
+
+    private static func settingsEncoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return encoder
+    }
+
+    /// Every field of the seed's Tenant, in its order.
+    static func fields(_ metadata: TenantMetadata) -> [(String, RESPValue)] {
+        let settings = (try? Self.settingsEncoder().encode(metadata.settings)).map { String(decoding: $0, as: UTF8.self) }
+        return [
+            ("tenant_id", .bulkString(metadata.tenantID)),
+            ("name", .bulkString(metadata.name)),
+            ("subdomain", .bulkString(metadata.subdomain)),
+            ("plan", .bulkString(metadata.plan.rawValue)),
+            ("max_users", .integer(metadata.maxUsers)),
+            ("max_storage_bytes", .integer(metadata.maxStorageBytes)),
+            ("max_messages_per_day", .integer(metadata.maxMessagesPerDay)),
+            ("is_active", .integer(metadata.isActive ? 1 : 0)),
+            ("is_suspended", .integer(metadata.isSuspended ? 1 : 0)),
+            ("created_at", .integer(metadata.createdAt)),
+            ("updated_at", .integer(metadata.updatedAt)),
+            ("settings", .bulkString(settings ?? "{}")),
+        ]
+    }
+}

@@ -1,0 +1,86 @@
+import RESP
+import TenantEngine
+
+extension CommandDispatcher {
+    /// The tenant and room a room argument names: `/tenant/<id>/<room>` names its tenant, honoured
+    /// only for a credential valid there; a plain room is in the connection's tenant context.
+    func target(room argument: String, principal: Principal, session: Session) async throws -> (Tenant, String) {
+        let prefix = "/tenant/"
+        guard argument.hasPrefix(prefix) else {
+            guard let tenant = session.tenant else {
+                throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+            }
+            return (tenant, argument)
+        }
+        let rest = argument.dropFirst(prefix.count)
+        guard let slash = rest.firstIndex(of: "/") else {
+            throw TenantError.invalid("path form is /tenant/<tenant-id>/<room>")
+        }
+        let id = String(rest[..<slash])
+        let room = String(rest[rest.index(after: slash)...])
+        guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
+        switch principal {
+        case .operator:
+            return (try await self.registry.tenant(id: id), room)
+        case .user(let tenantID, _, _):
+            guard tenantID == id, let tenant = session.tenant else {
+                throw TenantError.noPermission("credential is not valid for tenant '\(id)'")
+            }
+            return (tenant, room)
+        }
+    }
+
+    func post(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> CommandOutcome {
+        try arguments.expect(2...2, for: "post")
+        let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
+        let ticket = try await tenant.post(principal, room: room, text: arguments[1])
+        session.lastPost = (tenant, ticket)
+        return .post(tenant, ticket)
+    }
+
+    func history(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
+        try arguments.expect(1...5, for: "history")
+        var after: UInt64?
+        var before: UInt64?
+        var limit = Tenant.defaultHistoryLimit
+        var index = 1
+        while index < arguments.count {
+            guard index + 1 < arguments.count else { throw CommandError.syntax }
+            switch arguments.keyword(index) {
+            case "AFTER" where after == nil && before == nil:
+                after = try arguments.unsigned(index + 1)
+            case "BEFORE" where after == nil && before == nil:
+                before = try arguments.unsigned(index + 1)
+            case "LIMIT":
+                limit = Int(clamping: try arguments.unsigned(index + 1))
+            default:
+                throw CommandError.syntax
+            }
+            index += 2
+        }
+        let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
+        let messages = try await tenant.history(principal, room: room, after: after, before: before, limit: limit)
+        return .array(
+            messages.map { message in
+                .array([
+                    .integer(Int64(message.seq)),
+                    .integer(message.timestamp),
+                    .bulkString(message.user),
+                    .bulkString(message.text),
+                ])
+            }
+        )
+    }
+
+    func rooms(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
+        try arguments.expect(0...0, for: "rooms")
+        guard let tenant = session.tenant else {
+            throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+        }
+        return .array(
+            try await tenant.rooms(principal).map { room in
+                .array([.bulkString(room.room), .integer(Int64(room.lastSeq)), .integer(Int64(room.messageCount))])
+            }
+        )
+    }
+}

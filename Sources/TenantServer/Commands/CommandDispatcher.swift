@@ -1,0 +1,204 @@
+import Logging
+import RESP
+import TenantEngine
+
+/// Runs one command against the engine on behalf of a connection's ``Session``.
+struct CommandDispatcher: Sendable {
+    let registry: TenantRegistry
+    let logger: Logger
+    static let serverVersion = "0.1.0"
+
+    /// Runs a command; every error becomes its contract reply.
+    func handle(_ arguments: Arguments, session: inout Session) async -> CommandOutcome {
+        do {
+            return try await self.dispatch(arguments, session: &session)
+        } catch {
+            return .reply(.reply(for: error))
+        }
+    }
+
+    private func dispatch(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
+        switch arguments.name {
+        case "PING":
+            try arguments.expect(0...1, for: "ping")
+            return .reply(arguments.count == 1 ? .bulkString(arguments[0]) : .simpleString("PONG"))
+        case "ECHO":
+            try arguments.expect(1...1, for: "echo")
+            return .reply(.bulkString(arguments[0]))
+        case "QUIT":
+            return .replyAndClose(.ok)
+        case "HELLO":
+            return .reply(try await self.hello(arguments, session: &session))
+        case "AUTH":
+            return .reply(try await self.auth(arguments, session: &session))
+        case "CLIENT":
+            return .reply(try self.client(arguments, session: &session))
+        case "COMMAND":
+            // Clients ask for docs and hints on connect; an empty answer is harmless.
+            return .reply(arguments.keyword(0) == "COUNT" ? .integer(0) : (arguments.keyword(0) == "DOCS" ? .map([]) : .array([])))
+        case "CONFIG":
+            try arguments.expect(1...Int.max, for: "config")
+            guard arguments.keyword(0) == "GET" else {
+                throw CommandError("unknown subcommand '\(arguments[0])'. Try CONFIG GET.")
+            }
+            return .reply(.map([]))
+        case "SELECT":
+            try arguments.expect(1...1, for: "select")
+            guard arguments[0] == "0" else { throw CommandError("DB index is out of range") }
+            return .reply(.ok)
+        default:
+            break
+        }
+        guard let principal = session.principal else {
+            if Self.knownCommands.contains(arguments.name) {
+                throw TenantError(.noAuth, "Authentication required.")
+            }
+            throw Self.unknownCommand(arguments)
+        }
+        if let pending = session.lastPost {
+            // Commands run in order: whatever follows a POST sees it (or its failure) first.
+            session.lastPost = nil
+            _ = try? await pending.tenant.commit(pending.ticket)
+        }
+        switch arguments.name {
+        case "WHOAMI":
+            try arguments.expect(0...0, for: "whoami")
+            let role = try await session.tenant?.roleName(of: principal) ?? "operator"
+            return .reply(
+                .array([
+                    session.tenantID.map { .bulkString($0) } ?? .null,
+                    .bulkString(principal.displayName),
+                    .bulkString(role),
+                ])
+            )
+        case "USE":
+            return .reply(try await self.use(arguments, principal: principal, session: &session))
+        case "POST":
+            return try await self.post(arguments, principal: principal, session: &session)
+        case "HISTORY":
+            return .reply(try await self.history(arguments, principal: principal, session: session))
+        case "ROOMS":
+            return .reply(try await self.rooms(arguments, principal: principal, session: session))
+        case "USER":
+            return .reply(try await self.user(arguments, principal: principal, session: &session))
+        case "TENANT":
+            return .reply(try await self.tenantCommand(arguments, principal: principal))
+        default:
+            throw Self.unknownCommand(arguments)
+        }
+    }
+
+    static let knownCommands: Set<String> = ["WHOAMI", "USE", "POST", "HISTORY", "ROOMS", "USER", "TENANT"]
+
+    static func unknownCommand(_ arguments: Arguments) -> CommandError {
+        let start = arguments.words.prefix(8).map { "'\($0.prefix(64))'" }.joined(separator: " ")
+        return CommandError("unknown command '\(arguments.name.prefix(64))', with args beginning with: \(start)")
+    }
+
+    // MARK: - Connection commands
+
+    private func hello(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
+        var version = session.version
+        var index = 0
+        if arguments.count > 0 {
+            guard let requested = Int(arguments[0]), let parsed = RESPVersion(rawValue: requested) else {
+                throw TenantError(.err, "unsupported protocol version; HELLO takes 2 or 3")
+            }
+            version = parsed
+            index = 1
+        }
+        var name: String?
+        while index < arguments.count {
+            switch arguments.keyword(index) {
+            case "AUTH" where index + 2 < arguments.count:
+                try await self.authenticate(user: arguments[index + 1], token: arguments[index + 2], session: &session)
+                index += 3
+            case "SETNAME" where index + 1 < arguments.count:
+                name = arguments[index + 1]
+                index += 2
+            default:
+                throw CommandError("syntax error in HELLO option '\(arguments[index])'")
+            }
+        }
+        if let name { session.clientName = name }
+        session.version = version
+        return .map([
+            ("server", .bulkString("tenantd")),
+            ("version", .bulkString(Self.serverVersion)),
+            ("proto", .integer(Int64(version.rawValue))),
+            ("id", .integer(session.id)),
+            ("mode", .bulkString("standalone")),
+            ("role", .bulkString("master")),
+            ("modules", .array([])),
+        ])
+    }
+
+    private func auth(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
+        try arguments.expect(1...2, for: "auth")
+        if arguments.count == 1 {
+            // Redis's one-argument AUTH (redis-cli -a, redis-benchmark -a): the operator's token.
+            try await self.authenticate(user: "admin", token: arguments[0], session: &session)
+        } else {
+            try await self.authenticate(user: arguments[0], token: arguments[1], session: &session)
+        }
+        return .ok
+    }
+
+    /// `admin` is the operator; `user@tenant-ref` a user of one tenant. Every failure is the same WRONGPASS.
+    func authenticate(user: String, token: String, session: inout Session) async throws {
+        if user == "admin" {
+            guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }
+            session.principal = .operator
+            session.tenantID = nil
+            session.tenant = nil
+            return
+        }
+        guard let at = user.firstIndex(of: "@") else { throw TenantError.wrongPass }
+        let name = String(user[..<at])
+        let reference = String(user[user.index(after: at)...])
+        guard Names.isValidUserName(name), let id = await self.registry.resolve(reference) else {
+            throw TenantError.wrongPass
+        }
+        let tenant: Tenant
+        do {
+            tenant = try await self.registry.tenant(id: id)
+        } catch let error as TenantError where error.code == .notFound {
+            throw TenantError.wrongPass
+        }
+        session.principal = try await tenant.authenticate(user: name, token: token)
+        session.tenantID = id
+        session.tenant = tenant
+    }
+
+    private func client(_ arguments: Arguments, session: inout Session) throws -> RESPValue {
+        try arguments.expect(1...Int.max, for: "client")
+        switch arguments.keyword(0) {
+        case "SETNAME":
+            try arguments.expect(2...2, for: "client|setname")
+            session.clientName = arguments[1]
+            return .ok
+        case "GETNAME":
+            return session.clientName.map { .bulkString($0) } ?? .null
+        case "ID":
+            return .integer(session.id)
+        case "SETINFO":
+            try arguments.expect(3...3, for: "client|setinfo")
+            return .ok
+        default:
+            throw CommandError("unknown subcommand '\(arguments[0].prefix(64))'. Try CLIENT HELP.")
+        }
+    }
+
+    private func use(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
+        try arguments.expect(1...1, for: "use")
+        guard case .operator = principal else {
+            throw TenantError.noPermission("USE is for the operator; a user's tenant is the one it authenticated to")
+        }
+        guard let id = await self.registry.resolve(arguments[0]) else {
+            throw TenantError.notFound("no tenant '\(arguments[0].prefix(64))'")
+        }
+        session.tenant = try await self.registry.tenant(id: id)
+        session.tenantID = id
+        return .ok
+    }
+}

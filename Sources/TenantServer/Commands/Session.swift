@@ -1,0 +1,60 @@
+import RESP
+import TenantEngine
+
+/// The state of one connection: protocol, identity, tenant context.
+struct Session: Sendable {
+    /// The connection's id, as HELLO and CLIENT ID report it.
+    let id: Int64
+    var version: RESPVersion = .resp2
+    var principal: Principal?
+    /// The tenant the connection works in.
+    var tenantID: String?
+    var tenant: Tenant?
+    var clientName: String?
+    /// The newest POST not yet known durable: any other command waits for it first, so a
+    /// pipelined HISTORY sees the POSTs before it.
+    var lastPost: (tenant: Tenant, ticket: PostTicket)?
+
+    init(id: Int64) {
+        self.id = id
+    }
+}
+
+/// What a command asks the connection to do.
+enum CommandOutcome: Sendable {
+    /// Send this reply.
+    case reply(RESPValue)
+    /// Send the seq once the POST is durable.
+    case post(Tenant, PostTicket)
+    /// Send this reply, then close the connection.
+    case replyAndClose(RESPValue)
+}
+
+/// An error in the form of a command: `-ERR`.
+struct CommandError: Error {
+    let message: String
+
+    init(_ message: String) {
+        self.message = message
+    }
+
+    static func wrongArity(_ command: String) -> CommandError {
+        CommandError("wrong number of arguments for '\(command.lowercased())' command")
+    }
+
+    static let syntax = CommandError("syntax error")
+}
+
+extension RESPValue {
+    /// The one place where an error becomes its contract reply.
+    static func reply(for error: any Error) -> RESPValue {
+        switch error {
+        case let error as TenantError:
+            return .error("\(error.code.rawValue) \(error.message)")
+        case let error as CommandError:
+            return .error("ERR \(error.message)")
+        default:
+            return .error("ERR internal error: \(error)")
+        }
+    }
+}

@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Thin wrappers over the POSIX calls the log needs, each turning a failure into a ``WALError``.
+public enum POSIXFile {
+    /// The text of an errno value.
+    public static func errorString(_ code: Int32) -> String {
+        String(cString: strerror(code))
+    }
+
+    /// Opens (or creates, with `mode`) a file.
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
+        let fd = path.withCString { Glibc.open($0, flags | O_CLOEXEC, mode) }
+        guard fd >= 0 else { throw WALError.io("open", path: path, errno: errno) }
+        return fd
+    }
+
+    /// Writes every byte, retrying short writes and EINTR.
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw WALError.io("write", path: path, errno: errno)
+            }
+            offset += written
+        }
+    }
+
+    /// Reads a whole file.
+    public static func readAll(_ path: String) throws -> [UInt8] {
+        let fd = try open(path, flags: O_RDONLY)
+        defer { _ = Glibc.close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw WALError.io("fstat", path: path, errno: errno) }
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        var offset = 0
+        try bytes.withUnsafeMutableBytes { buffer in
+            while offset < buffer.count {
+                let got = Glibc.read(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    throw WALError.io("read", path: path, errno: errno)
+                }
+                if got == 0 { break }
+                offset += got
+            }
+        }
+        if offset < bytes.count { bytes.removeLast(bytes.count - offset) }
+        return bytes
+    }
+
+    /// Writes a whole new file durably: a temporary name, fsync, rename, fsync of the directory.
+    public static func writeFileAtomically(_ path: String, contents: [UInt8], mode: mode_t = 0o644) throws {
+        let temporary = path + ".tmp"
+        let fd = try open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+        do {
+            try contents.withUnsafeBytes { try writeAll(fd, $0, path: temporary) }
+            try fsync(fd, path: temporary)
+            _ = Glibc.close(fd)
+        } catch {
+            _ = Glibc.close(fd)
+            throw error
+        }
+        try rename(temporary, to: path)
+        try fsyncDirectory(parent(of: path))
+    }
+
+    /// fdatasync(2).
+    public static func fdatasync(_ fd: Int32, path: String) throws {
+        guard Glibc.fdatasync(fd) == 0 else { throw WALError.io("fdatasync", path: path, errno: errno) }
+    }
+
+    /// fsync(2).
+    public static func fsync(_ fd: Int32, path: String) throws {
+        guard Glibc.fsync(fd) == 0 else { throw WALError.io("fsync", path: path, errno: errno) }
+    }
+
+    /// Opens a directory and fsyncs it, so the names created or renamed in it are durable.
+    public static func fsyncDirectory(_ path: String) throws {
+        let fd = try open(path, flags: O_RDONLY | O_DIRECTORY)
+        defer { _ = Glibc.close(fd) }
+        try fsync(fd, path: path)
+    }
+
+    /// rename(2).
+    public static func rename(_ from: String, to: String) throws {
+        let result = from.withCString { source in to.withCString { Glibc.rename(source, $0) } }
+        guard result == 0 else { throw WALError.io("rename", path: from, errno: errno) }
+    }
+
+    /// Truncates a file to `length` and fsyncs it.
+    public static func truncate(_ path: String, to length: Int) throws {
+        let fd = try open(path, flags: O_WRONLY)
+        defer { _ = Glibc.close(fd) }
+        guard ftruncate(fd, off_t(length)) == 0 else { throw WALError.io("ftruncate", path: path, errno: errno) }
+        try fsync(fd, path: path)
+    }
+
+    /// unlink(2).
+    public static func remove(_ path: String) throws {
+        guard path.withCString({ unlink($0) }) == 0 else { throw WALError.io("unlink", path: path, errno: errno) }
+    }
+
+    /// Creates a directory (and its missing parents); true when it was created.
+    @discardableResult
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o755) throws -> Bool {
+        if path.withCString({ mkdir($0, mode) }) == 0 { return true }
+        let code = errno
+        if code == EEXIST { return false }
+        if code == ENOENT {
+            let up = parent(of: path)
+            if up != path {
+                try makeDirectory(up, mode: mode)
+                if path.withCString({ mkdir($0, mode) }) == 0 { return true }
+                if errno == EEXIST { return false }
+            }
+        }
+        throw WALError.io("mkdir", path: path, errno: code)
+    }
+
+    /// The names in a directory, without `.` and `..`, sorted.
+    public static func listDirectory(_ path: String) throws -> [String] {
+        guard let dir = path.withCString({ opendir($0) }) else {
+            throw WALError.io("opendir", path: path, errno: errno)
+        }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// True when `path` exists.
+    public static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return path.withCString { stat($0, &info) } == 0
+    }
+
+    /// True when `path` is a directory.
+    public static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        guard path.withCString({ stat($0, &info) }) == 0 else { return false }
+        return (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// The size of a file in bytes.
+    public static func fileSize(_ path: String) throws -> Int {
+        var info = stat()
+        guard path.withCString({ stat($0, &info) }) == 0 else { throw WALError.io("stat", path: path, errno: errno) }
+        return Int(info.st_size)
+    }
+
+    /// The directory part of a path.
+    public static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    /// The last component of a path.
+    public static func basename(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}

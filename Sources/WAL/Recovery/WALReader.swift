@@ -1,0 +1,203 @@
+import LZ4
+import Logging
+
+/// What a torn-tail repair did to the last segment.
+public struct WALTornTail: Sendable, Hashable, CustomStringConvertible {
+    /// The damaged segment.
+    public var file: String
+    /// Where the valid prefix ends and the damage starts.
+    public var offset: Int
+    /// How many bytes were moved aside.
+    public var droppedBytes: Int
+    /// Where the damaged bytes were copied to (nil when only checked, not repaired).
+    public var movedTo: String?
+    /// Why the tail counts as torn.
+    public var reason: String
+
+    public var description: String {
+        "torn tail in \(file) at offset \(offset): \(droppedBytes) bytes (\(reason))"
+            + (movedTo.map { ", moved to \($0)" } ?? "")
+    }
+}
+
+/// The result of reading a log.
+public struct WALRecoveryResult: Sendable {
+    /// The lsn of the last valid record, or `startLSN - 1` when there is none.
+    public var lastLSN: UInt64
+    /// How many records were replayed.
+    public var recordCount: Int
+    /// How many uncompressed payload bytes were replayed.
+    public var payloadBytes: Int
+    /// The segments read, oldest first.
+    public var segments: [String]
+    /// The torn tail found (and, when repairing, cut off), if any.
+    public var tornTail: WALTornTail?
+}
+
+/// Reads a log directory from its oldest segment to its newest, checking every record.
+///
+/// A torn tail (the end of the file inside a record, zeroed bytes to the end, or a bad CRC in the
+/// record that ends the last segment) is the trace of an interrupted append: the valid prefix is
+/// kept and, with `repair`, the damaged bytes are copied aside, the segment truncated and fsynced.
+/// Any other damage is corruption, reported with its file and offset, and nothing is changed.
+public struct WALReader {
+    /// The log's directory.
+    public var directory: String
+    /// The bound every record's declared size is checked against before anything is allocated.
+    public var maxRecordSize: Int
+
+    /// Creates a reader.
+    public init(directory: String, maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize) {
+        self.directory = directory
+        self.maxRecordSize = maxRecordSize
+    }
+
+    /// The segment files of the directory, oldest first.
+    public func segmentNames() throws -> [(name: String, firstLSN: UInt64)] {
+        guard POSIXFile.isDirectory(self.directory) else { return [] }
+        return try POSIXFile.listDirectory(self.directory).compactMap { name in
+            WALFormat.firstLSN(ofSegmentNamed: name).map { (name, $0) }
+        }.sorted { $0.firstLSN < $1.firstLSN }
+    }
+
+    /// Replays every record in lsn order.
+    /// - Parameters:
+    ///   - repair: cut a torn tail off (true, as recovery does) or only report it (false, as verify does).
+    ///   - logger: where repairs are logged.
+    ///   - handler: called with each record's lsn, type and uncompressed payload (valid during the call).
+    /// - Returns: what was read and repaired.
+    /// - Throws: ``WALError`` for corruption or I/O errors, or the handler's errors.
+    public func replay(
+        repair: Bool,
+        logger: Logger? = nil,
+        _ handler: (UInt64, UInt8, UnsafeRawBufferPointer) throws -> Void
+    ) throws -> WALRecoveryResult {
+        let segments = try self.segmentNames()
+        var result = WALRecoveryResult(
+            lastLSN: 0,
+            recordCount: 0,
+            payloadBytes: 0,
+            segments: segments.map(\.name),
+            tornTail: nil
+        )
+        var expectedLSN: UInt64? = nil
+        let decompressor = LZ4StreamDecompressor(maxBlockSize: self.maxRecordSize)
+        let maxStored = WALFormat.maxStoredSize(forRecordSize: self.maxRecordSize)
+        for (index, segment) in segments.enumerated() {
+            let isLast = index == segments.count - 1
+            let path = self.directory + "/" + segment.name
+            let bytes = try POSIXFile.readAll(path)
+            if let expected = expectedLSN, segment.firstLSN != expected {
+                throw WALError.corrupt(
+                    file: path,
+                    offset: 0,
+                    reason: "segment starts at lsn \(segment.firstLSN), \(expected) expected (a segment is missing)"
+                )
+            }
+            if expectedLSN == nil { result.lastLSN = segment.firstLSN &- 1 }
+            decompressor.reset()
+            var expected = segment.firstLSN
+            let outcome: SegmentOutcome = try bytes.withUnsafeBytes { file in
+                guard let headerLSN = WALFormat.parseSegmentHeader(file) else {
+                    if isLast && (file.count < WALFormat.segmentHeaderSize || file.allSatisfy({ $0 == 0 })) {
+                        return .torn(offset: 0, reason: "incomplete segment header")
+                    }
+                    throw WALError.corrupt(file: path, offset: 0, reason: "bad segment header")
+                }
+                guard headerLSN == segment.firstLSN else {
+                    throw WALError.corrupt(file: path, offset: 0, reason: "header lsn \(headerLSN) does not match name")
+                }
+                var offset = WALFormat.segmentHeaderSize
+                while offset < file.count {
+                    let tornReason = { Self.zeroedTail(file, from: offset) }
+                    let remaining = file.count - offset
+                    guard remaining >= WALFormat.recordHeaderSize else {
+                        if isLast { return .torn(offset: offset, reason: tornReason() ?? "end of file inside a header") }
+                        throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
+                    }
+                    let storedCRC = file.loadLE(UInt32.self, at: offset)
+                    let length = Int(file.loadLE(UInt32.self, at: offset + 4))
+                    let type = file[offset + 8]
+                    let lsn = file.loadLE(UInt64.self, at: offset + 9)
+                    let decodedSize = Int(file.loadLE(UInt32.self, at: offset + 17))
+                    let end = offset + WALFormat.recordHeaderSize + length
+                    guard length <= maxStored, decodedSize <= self.maxRecordSize else {
+                        if isLast, let reason = tornReason() { return .torn(offset: offset, reason: reason) }
+                        throw WALError.corrupt(file: path, offset: offset, reason: "declared size out of bounds")
+                    }
+                    guard end <= file.count else {
+                        if isLast { return .torn(offset: offset, reason: "end of file inside a record") }
+                        throw WALError.corrupt(file: path, offset: offset, reason: "record runs past end of file")
+                    }
+                    let covered = UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end])
+                    guard CRC32C.unmask(storedCRC) == CRC32C.checksum(covered) else {
+                        if isLast, end == file.count || tornReason() != nil {
+                            return .torn(offset: offset, reason: tornReason() ?? "bad checksum in the last record")
+                        }
+                        throw WALError.corrupt(file: path, offset: offset, reason: "checksum mismatch")
+                    }
+                    guard lsn == expected else {
+                        throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn), \(expected) expected")
+                    }
+                    let stored = UnsafeRawBufferPointer(
+                        rebasing: file[(offset + WALFormat.recordHeaderSize)..<end]
+                    )
+                    do {
+                        try decompressor.decompress(stored, decodedSize: decodedSize) { payload in
+                            try handler(lsn, type, payload)
+                        }
+                    } catch let error as LZ4Error {
+                        throw WALError.corrupt(file: path, offset: offset, reason: error.description)
+                    }
+                    result.recordCount += 1
+                    result.payloadBytes += decodedSize
+                    result.lastLSN = lsn
+                    expected = lsn + 1
+                    offset = end
+                }
+                return .clean
+            }
+            expectedLSN = expected
+            if case .torn(let offset, let reason) = outcome {
+                var torn = WALTornTail(
+                    file: path,
+                    offset: offset,
+                    droppedBytes: bytes.count - offset,
+                    movedTo: nil,
+                    reason: reason
+                )
+                if repair {
+                    torn.movedTo = try Self.cutTail(path: path, bytes: bytes, at: offset)
+                    logger?.warning("repaired \(torn)")
+                }
+                result.tornTail = torn
+            }
+        }
+        return result
+    }
+
+    private enum SegmentOutcome {
+        case clean
+        case torn(offset: Int, reason: String)
+    }
+
+    /// Why the bytes from `offset` to the end look like an interrupted append, or nil.
+    private static func zeroedTail(_ file: UnsafeRawBufferPointer, from offset: Int) -> String? {
+        let tail = UnsafeRawBufferPointer(rebasing: file[offset...])
+        if tail.allSatisfy({ $0 == 0 }) { return "zeroed bytes to the end of the file" }
+        return nil
+    }
+
+    /// Copies `bytes[offset...]` aside, truncates the segment to `offset`, fsyncs both and the directory.
+    private static func cutTail(path: String, bytes: [UInt8], at offset: Int) throws -> String {
+        let aside = path + ".torn-\(offset)"
+        try POSIXFile.writeFileAtomically(aside, contents: Array(bytes[offset...]))
+        if offset == 0 {
+            try POSIXFile.remove(path)
+        } else {
+            try POSIXFile.truncate(path, to: offset)
+        }
+        try POSIXFile.fsyncDirectory(POSIXFile.parent(of: path))
+        return aside
+    }
+}

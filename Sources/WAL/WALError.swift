@@ -1,0 +1,70 @@
+/// An error of the write-ahead log.
+public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
+    private enum Code: Hashable, Sendable {
+        case io(operation: String, path: String, errno: Int32)
+        case corrupt(file: String, offset: Int, reason: String)
+        case recordTooLarge(Int, limit: Int)
+        case closed
+        case failed(String)
+    }
+
+    private let code: Code
+
+    private init(_ code: Code) {
+        self.code = code
+    }
+
+    /// A system call failed.
+    public static func io(_ operation: String, path: String, errno: Int32) -> WALError {
+        WALError(.io(operation: operation, path: path, errno: errno))
+    }
+
+    /// A record that is not the torn tail of the log is damaged.
+    public static func corrupt(file: String, offset: Int, reason: String) -> WALError {
+        WALError(.corrupt(file: file, offset: offset, reason: reason))
+    }
+
+    /// A record is larger than the log accepts.
+    public static func recordTooLarge(_ size: Int, limit: Int) -> WALError {
+        WALError(.recordTooLarge(size, limit: limit))
+    }
+
+    /// The writer was closed.
+    public static let closed = WALError(.closed)
+
+    /// An earlier write or sync failed; the writer accepts nothing more.
+    public static func failed(_ cause: String) -> WALError { WALError(.failed(cause)) }
+
+    /// True when the log holds damage recovery must not repair by itself.
+    public var isCorruption: Bool {
+        if case .corrupt = self.code { return true }
+        return false
+    }
+
+    /// True when a record was refused for its size; the log itself is fine.
+    public var isRecordTooLarge: Bool {
+        if case .recordTooLarge = self.code { return true }
+        return false
+    }
+
+    /// The file and offset of a corruption, if this is one.
+    public var corruptionLocation: (file: String, offset: Int)? {
+        if case .corrupt(let file, let offset, _) = self.code { return (file, offset) }
+        return nil
+    }
+
+    public var description: String {
+        switch self.code {
+        case .io(let operation, let path, let errno):
+            return "\(operation) \(path): \(POSIXFile.errorString(errno)) (errno \(errno))"
+        case .corrupt(let file, let offset, let reason):
+            return "corrupt log \(file) at offset \(offset): \(reason)"
+        case .recordTooLarge(let size, let limit):
+            return "record of \(size) bytes is over the limit of \(limit)"
+        case .closed:
+            return "log is closed"
+        case .failed(let cause):
+            return "log failed earlier and accepts no writes: \(cause)"
+        }
+    }
+}

@@ -1,0 +1,298 @@
+import Dispatch
+import LZ4
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Appends records to a log directory, with group commit.
+///
+/// ``append(type:payload:)`` frames and compresses a record into an in-memory batch at once and
+/// returns its lsn; ``waitUntilDurable(_:)`` suspends until the batch holding it has been written
+/// (and, under ``FsyncPolicy/always``, fdatasync'd). One flush at a time runs on the writer's serial
+/// queue, off every event loop and actor, and takes everything appended meanwhile: one write(2) and
+/// one fdatasync for all the records that arrived while the previous flush ran.
+///
+/// A failed write or sync fails every waiter and every later append: nothing after it is acknowledged.
+///
+/// `@unchecked Sendable`: `state` is a `Mutex`; `fd`, `segmentPath` and `unsynced` are touched only
+/// on `queue`.
+public final class WALWriter: @unchecked Sendable {
+    private struct Chunk {
+        var newSegment: UInt64?
+        var bytes: [UInt8]
+    }
+
+    private struct State {
+        var compressor: LZ4StreamCompressor
+        var nextLSN: UInt64
+        var durableLSN: UInt64
+        var pending: [Chunk] = []
+        var segmentBytes = 0
+        var hasSegment = false
+        var flushing = false
+        var waiters: [(lsn: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        var failure: WALError?
+        var closed = false
+    }
+
+    /// The log's directory.
+    public let directory: String
+    /// The log's settings.
+    public let configuration: WALConfiguration
+    private let state: Mutex<State>
+    private let queue: DispatchQueue
+    private let syncScheduler: WALSyncScheduler
+    private var fd: Int32 = -1
+    private var segmentPath = ""
+    private var unsynced = false
+
+    /// Opens a writer that appends after `lastLSN`, in a new segment created on the first append.
+    /// - Parameters:
+    ///   - directory: the log directory, created (and its parent fsynced) when missing.
+    ///   - lastLSN: the lsn of the last record already in the log (0 for none).
+    ///   - configuration: the fsync policy and sizes.
+    ///   - syncScheduler: the timer that syncs `everysec` logs.
+    /// - Throws: ``WALError`` when the directory cannot be made.
+    public init(
+        directory: String,
+        lastLSN: UInt64,
+        configuration: WALConfiguration,
+        syncScheduler: WALSyncScheduler = .shared
+    ) throws {
+        self.directory = directory
+        self.configuration = configuration
+        self.syncScheduler = syncScheduler
+        if try POSIXFile.makeDirectory(directory) {
+            try POSIXFile.fsyncDirectory(POSIXFile.parent(of: directory))
+        }
+        let compressor = LZ4StreamCompressor(maxBlockSize: configuration.maxRecordSize)
+        self.state = Mutex(State(compressor: compressor, nextLSN: lastLSN + 1, durableLSN: lastLSN))
+        self.queue = DispatchQueue(label: "tenantd.wal", target: .global(qos: .userInitiated))
+    }
+
+    deinit {
+        if self.fd >= 0 { _ = Glibc.close(self.fd) }
+    }
+
+    /// The lsn of the last record appended (durable or not).
+    public var lastAppendedLSN: UInt64 { self.state.withLock { $0.nextLSN - 1 } }
+
+    /// The lsn up to which records are durable under the policy.
+    public var durableLSN: UInt64 { self.state.withLock { $0.durableLSN } }
+
+    /// The error that stopped the writer, if one did.
+    public var failure: WALError? { self.state.withLock { $0.failure } }
+
+    /// Frames, compresses and queues one record; it is not durable until ``waitUntilDurable(_:)`` returns.
+    /// - Parameters:
+    ///   - type: the record's type byte, the caller's to define.
+    ///   - payload: the record's bytes, at most ``WALConfiguration/maxRecordSize``.
+    /// - Returns: the record's lsn.
+    /// - Throws: ``WALError`` when the record is too large or the writer has failed or closed.
+    /// - Complexity: O(n) in the payload's size.
+    public func append(type: UInt8, payload: UnsafeRawBufferPointer) throws -> UInt64 {
+        let limit = self.configuration.maxRecordSize
+        guard payload.count <= limit else { throw WALError.recordTooLarge(payload.count, limit: limit) }
+        return try self.state.withLock { state in
+            if let failure = state.failure { throw failure }
+            if state.closed { throw WALError.closed }
+            let lsn = state.nextLSN
+            if !state.hasSegment || state.segmentBytes >= self.configuration.segmentSize {
+                state.compressor.reset()
+                state.pending.append(Chunk(newSegment: lsn, bytes: []))
+                state.segmentBytes = WALFormat.segmentHeaderSize
+                state.hasSegment = true
+            } else if state.pending.isEmpty {
+                state.pending.append(Chunk(newSegment: nil, bytes: []))
+            }
+            let last = state.pending.count - 1
+            let written = try Self.encode(
+                type: type,
+                lsn: lsn,
+                payload: payload,
+                compressor: state.compressor,
+                into: &state.pending[last].bytes
+            )
+            state.nextLSN += 1
+            state.segmentBytes += written
+            return lsn
+        }
+    }
+
+    /// Appends a record from a byte array. See ``append(type:payload:)``.
+    public func append(type: UInt8, payload: [UInt8]) throws -> UInt64 {
+        try payload.withUnsafeBytes { try self.append(type: type, payload: $0) }
+    }
+
+    private static func encode(
+        type: UInt8,
+        lsn: UInt64,
+        payload: UnsafeRawBufferPointer,
+        compressor: LZ4StreamCompressor,
+        into bytes: inout [UInt8]
+    ) throws -> Int {
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: WALFormat.recordHeaderSize))
+        let stored: Int
+        do {
+            stored = try compressor.compress(payload, appendingTo: &bytes)
+        } catch {
+            bytes.removeLast(bytes.count - start)
+            throw error
+        }
+        bytes.storeLittleEndian(UInt32(stored), at: start + 4)
+        bytes[start + 8] = type
+        bytes.storeLittleEndian(lsn, at: start + 9)
+        bytes.storeLittleEndian(UInt32(payload.count), at: start + 17)
+        let crc = bytes.withUnsafeBytes { raw in
+            CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + 4)...]))
+        }
+        bytes.storeLittleEndian(CRC32C.mask(crc), at: start)
+        return bytes.count - start
+    }
+
+    /// Suspends until the record `lsn` is durable under the policy, starting a flush if none runs.
+    /// - Throws: the ``WALError`` of a failed write or sync; the record is then not durable.
+    public func waitUntilDurable(_ lsn: UInt64) async throws {
+        enum Action {
+            case done
+            case fail(WALError)
+            case wait(startFlush: Bool)
+        }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let action: Action = self.state.withLock { state in
+                if state.durableLSN >= lsn { return .done }
+                if let failure = state.failure { return .fail(failure) }
+                state.waiters.append((lsn, continuation))
+                if state.flushing { return .wait(startFlush: false) }
+                state.flushing = true
+                return .wait(startFlush: true)
+            }
+            switch action {
+            case .done: continuation.resume()
+            case .fail(let error): continuation.resume(throwing: error)
+            case .wait(let startFlush):
+                if startFlush { self.queue.async { self.flushLoop() } }
+            }
+        }
+    }
+
+    /// Suspends until everything appended so far is durable.
+    public func flush() async throws {
+        try await self.waitUntilDurable(self.lastAppendedLSN)
+    }
+
+    /// Flushes, fdatasyncs whatever policy is set, and closes the segment; later appends fail.
+    public func close() async throws {
+        try await self.flush()
+        self.state.withLock { $0.closed = true }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            self.queue.async {
+                do {
+                    if self.fd >= 0 {
+                        try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
+                        _ = Glibc.close(self.fd)
+                        self.fd = -1
+                    }
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    /// Runs on `queue`: writes batches until none is left.
+    private func flushLoop() {
+        while true {
+            let batch: (chunks: [Chunk], upTo: UInt64)? = self.state.withLock { state in
+                guard !state.pending.isEmpty else {
+                    state.flushing = false
+                    return nil
+                }
+                defer { state.pending = [] }
+                return (state.pending, state.nextLSN - 1)
+            }
+            guard let batch else { return }
+            do {
+                for chunk in batch.chunks {
+                    if let firstLSN = chunk.newSegment { try self.openSegment(firstLSN: firstLSN) }
+                    try chunk.bytes.withUnsafeBytes { try POSIXFile.writeAll(self.fd, $0, path: self.segmentPath) }
+                }
+                switch self.configuration.fsync {
+                case .always:
+                    try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
+                case .everysec:
+                    self.unsynced = true
+                    self.syncScheduler.markDirty(self)
+                case .no:
+                    break
+                }
+                let ready = self.state.withLock { state in
+                    state.durableLSN = batch.upTo
+                    var ready: [CheckedContinuation<Void, any Error>] = []
+                    state.waiters.removeAll { waiter in
+                        guard waiter.lsn <= batch.upTo else { return false }
+                        ready.append(waiter.continuation)
+                        return true
+                    }
+                    return ready
+                }
+                for continuation in ready { continuation.resume() }
+            } catch {
+                self.fail(error)
+                return
+            }
+        }
+    }
+
+    /// Turns the writer read-only and fails every waiter with `error`.
+    private func fail(_ error: any Error) {
+        let walError = (error as? WALError) ?? WALError.failed("\(error)")
+        let waiters = self.state.withLock { state in
+            if state.failure == nil { state.failure = WALError.failed(walError.description) }
+            state.flushing = false
+            state.pending = []
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.continuation.resume(throwing: walError) }
+    }
+
+    /// Runs on `queue`: closes the current segment and starts the next one durably.
+    private func openSegment(firstLSN: UInt64) throws {
+        if self.fd >= 0 {
+            try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
+            _ = Glibc.close(self.fd)
+            self.fd = -1
+        }
+        let path = self.directory + "/" + WALFormat.segmentName(firstLSN: firstLSN)
+        // A segment of this name can only be a header left by a crash before its first record:
+        // recovery ended at firstLSN - 1, so truncating it loses nothing.
+        let fd = try POSIXFile.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+        self.fd = fd
+        self.segmentPath = path
+        try WALFormat.segmentHeader(firstLSN: firstLSN).withUnsafeBytes {
+            try POSIXFile.writeAll(fd, $0, path: path)
+        }
+        try POSIXFile.fdatasync(fd, path: path)
+        try POSIXFile.fsyncDirectory(self.directory)
+    }
+
+    /// Schedules an fdatasync of unsynced bytes on the writer's queue (the `everysec` timer calls this).
+    func syncInBackground() {
+        self.queue.async {
+            guard self.unsynced, self.fd >= 0 else { return }
+            self.unsynced = false
+            do {
+                try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
+            } catch {
+                self.fail(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+import ArgumentParser
+import Logging
+import TenantEngine
+import TenantServer
+import WAL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The process environment.
+struct Environment {
+    var values: [String: String]
+
+    static var current: Environment {
+        var values: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                values[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        return Environment(values: values)
+    }
+
+    subscript(_ name: String) -> String? {
+        guard let value = self.values[name], !value.isEmpty else { return nil }
+        return value
+    }
+}
+
+/// Flags, then the environment, then the contract's defaults, in one place.
+struct Settings {
+    var engine: EngineConfiguration
+    var server: ServerConfiguration
+    var logLevel: Logger.Level
+
+    init(command: TenantdCommand, environment: Environment) throws {
+        let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
+        let port = try command.port ?? Self.integer(environment, "TENANTD_PORT") ?? 7379
+        guard (0...65535).contains(port) else { throw ValidationError("port must be 0-65535") }
+        let dataDirectory = command.dataDir ?? environment["TENANTD_DATA_DIR"] ?? "./data"
+        let fsyncName = command.fsync ?? environment["TENANTD_FSYNC"] ?? "everysec"
+        guard let fsync = FsyncPolicy(rawValue: fsyncName.lowercased()) else {
+            throw ValidationError("fsync must be always, everysec or no")
+        }
+        var engine = EngineConfiguration(dataDirectory: Self.trimmed(dataDirectory), fsync: fsync)
+        engine.adminToken = command.adminToken ?? environment["TENANT_ADMIN_TOKEN"]
+        if let prefix = environment["TENANT_DATABASE_PREFIX"] { engine.directoryPrefix = prefix }
+        if let bytes = try Self.integer(environment, "TENANT_MAX_MESSAGE_BYTES") {
+            guard bytes > 0 && bytes <= 16 << 20 else { throw ValidationError("TENANT_MAX_MESSAGE_BYTES must be 1-16777216") }
+            engine.maxMessageBytes = bytes
+        }
+        if let planName = environment["TENANT_DEFAULT_PLAN"] {
+            guard let plan = Plan(rawValue: planName.lowercased()) else {
+                throw ValidationError("TENANT_DEFAULT_PLAN must be free, pro or enterprise")
+            }
+            engine.defaultPlan = plan
+        }
+        engine.maxUsers = try Self.integer(environment, "TENANT_MAX_USERS").map(Int64.init)
+        engine.maxStorageBytes = try Self.integer(environment, "TENANT_MAX_STORAGE_GB").map { Int64($0) * PlanLimits.gigabyte }
+        engine.maxMessagesPerDay = try Self.integer(environment, "TENANT_MAX_MESSAGES_PER_DAY").map(Int64.init)
+        self.engine = engine
+        self.server = ServerConfiguration(host: host, port: port)
+        let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
+            throw ValidationError("log level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        self.logLevel = level
+    }
+
+    private static func integer(_ environment: Environment, _ name: String) throws -> Int? {
+        guard let text = environment[name] else { return nil }
+        guard let value = Int(text), value >= 0 else { throw ValidationError("\(name) must be a non-negative integer") }
+        return value
+    }
+
+    /// `data/` and `data` name the same directory; the ready line shows it without the slash.
+    private static func trimmed(_ path: String) -> String {
+        var path = path
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        return path
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import Logging
+import ServiceLifecycle
+import UnixSignals
+import TenantEngine
+import TenantServer
+import WAL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `tenantd`: the server. Every flag can also come from the environment; a flag wins.
+@main
+struct TenantdCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenantd",
+        abstract: "A multi-tenant chat message engine speaking RESP."
+    )
+
+    @Option(help: "Address to listen on (TENANTD_HOST). Default 127.0.0.1.")
+    var host: String?
+
+    @Option(help: "Port to listen on; 0 picks a free one (TENANTD_PORT). Default 7379.")
+    var port: Int?
+
+    @Option(help: "Data directory (TENANTD_DATA_DIR). Default ./data.")
+    var dataDir: String?
+
+    @Option(help: "always | everysec | no (TENANTD_FSYNC). Default everysec.")
+    var fsync: String?
+
+    @Option(help: "Prometheus port, 0 = off (TENANTD_METRICS_PORT). Accepted; the listener is not built yet.")
+    var metricsPort: Int?
+
+    @Option(help: "Operator token (TENANT_ADMIN_TOKEN). Default: <data>/admin.token, made on first start.")
+    var adminToken: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (TENANTD_LOG_LEVEL).")
+    var logLevel: String?
+
+    func run() async throws {
+        let environment = Environment.current
+        let settings = try Settings(command: self, environment: environment)
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = settings.logLevel
+            return handler
+        }
+        let logger = Logger(label: "tenantd")
+        let registry = TenantRegistry(configuration: settings.engine, logger: logger)
+        try await registry.bootstrap()
+        let dataDirectory = settings.engine.dataDirectory
+        let server = TenantServer(configuration: settings.server, registry: registry, logger: logger) { host, port in
+            // One unbuffered write: harnesses wait for this line on a pipe.
+            let line = Array("tenantd ready host=\(host) port=\(port) data=\(dataDirectory)\n".utf8)
+            _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: EngineService(registry: registry)),
+                    .init(service: server),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+}
+
+/// Keeps the engine for the life of the server and closes every tenant's log after the server stopped.
+struct EngineService: Service {
+    let registry: TenantRegistry
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await self.registry.shutdown()
+    }
+}
