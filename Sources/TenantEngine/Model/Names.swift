@@ -13,20 +13,20 @@ public enum Names {
         return (1...50).contains(utf8.count) && utf8.allSatisfy { isLowerAlnum($0) || $0 == UInt8(ascii: "-") }
     }
 
-    /// User names: 1-64 bytes of `[A-Za-z0-9._-]`.
+    /// User names: 1-64 bytes of `[A-Za-z0-9._-]`, never `..`.
     public static func isValidUserName(_ name: String) -> Bool {
         let utf8 = name.utf8
         return (1...64).contains(utf8.count)
             && utf8.allSatisfy {
                 isAlnum($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
             }
-            && name != "." && name != ".."
+            && !name.contains("..") && name != "."
     }
 
-    /// Room names: 1-128 bytes of `[A-Za-z0-9._:-]`.
+    /// Room names: 1-128 bytes of `[A-Za-z0-9._:-]`, never `..` (no name may look like a path step).
     public static func isValidRoom(_ room: String) -> Bool {
         let utf8 = room.utf8
-        return (1...128).contains(utf8.count)
+        return (1...128).contains(utf8.count) && !room.contains("..") && room != "."
             && utf8.allSatisfy {
                 isAlnum($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
                     || $0 == UInt8(ascii: ":")

@@ -3,6 +3,13 @@ public struct RoomSummary: Sendable, Hashable {
     public var room: String
     public var lastSeq: UInt64
     public var messageCount: Int
+
+    /// Creates a summary.
+    public init(room: String, lastSeq: UInt64, messageCount: Int) {
+        self.room = room
+        self.lastSeq = lastSeq
+        self.messageCount = messageCount
+    }
 }
 
 extension Tenant {
@@ -23,7 +30,7 @@ extension Tenant {
     /// - Throws: ``TenantError`` (INVALID, TOOBIG, NOPERM, SUSPENDED, IOERR).
     public func post(_ principal: Principal, room: String, text: String) throws -> PostTicket {
         _ = try self.authorize(principal, minimum: .member)
-        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-]") }
+        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'") }
         let size = text.utf8.count
         guard size <= self.configuration.maxMessageBytes else {
             throw TenantError(.tooBig, "message of \(size) bytes is over the limit of \(self.configuration.maxMessageBytes)")
@@ -61,7 +68,7 @@ extension Tenant {
         throws -> [Message]
     {
         _ = try self.authorize(principal, minimum: .member)
-        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-]") }
+        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'") }
         self.applyDurable()
         guard let messages = self.data.rooms[room] else { return [] }
         return Array(messages.history(after: after, before: before, limit: min(limit, Self.maxHistoryLimit)))
