@@ -52,7 +52,9 @@ struct Settings {
         engine.adminToken = command.adminToken ?? environment["TENANT_ADMIN_TOKEN"]
         if let prefix = environment["TENANT_DATABASE_PREFIX"] { engine.directoryPrefix = prefix }
         if let bytes = try Self.integer(environment, "TENANT_MAX_MESSAGE_BYTES") {
-            guard bytes > 0 && bytes <= 16 << 20 else { throw ValidationError("TENANT_MAX_MESSAGE_BYTES must be 1-16777216") }
+            guard bytes > 0 && bytes <= 16 << 20 else {
+                throw ValidationError("TENANT_MAX_MESSAGE_BYTES must be 1-16777216")
+            }
             engine.maxMessageBytes = bytes
         }
         if let planName = environment["TENANT_DEFAULT_PLAN"] {
@@ -62,13 +64,17 @@ struct Settings {
             engine.defaultPlan = plan
         }
         engine.maxUsers = try Self.integer(environment, "TENANT_MAX_USERS").map(Int64.init)
-        engine.maxStorageBytes = try Self.integer(environment, "TENANT_MAX_STORAGE_GB").map { Int64($0) * PlanLimits.gigabyte }
+        engine.maxStorageBytes = try Self.integer(environment, "TENANT_MAX_STORAGE_GB").map {
+            Int64($0) * PlanLimits.gigabyte
+        }
         engine.maxMessagesPerDay = try Self.integer(environment, "TENANT_MAX_MESSAGES_PER_DAY").map(Int64.init)
         self.engine = engine
         self.server = ServerConfiguration(host: host, port: port)
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
-            throw ValidationError("log level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "log level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         self.logLevel = level
     }

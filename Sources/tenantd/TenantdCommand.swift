@@ -1,9 +1,9 @@
 import ArgumentParser
 import Logging
 import ServiceLifecycle
-import UnixSignals
 import TenantEngine
 import TenantServer
+import UnixSignals
 import WAL
 
 #if canImport(Glibc)

@@ -62,7 +62,9 @@ struct EndToEndTests {
         #expect(try client.call("ping", "hi") == .bulk(Array("hi".utf8)))
         // What stock clients send on connect gets a harmless reply.
         #expect(try client.call("CLIENT", "SETINFO", "LIB-NAME", "redis-py").errorCode == nil)
-        #expect(try client.call("CLIENT", "MAINT_NOTIFICATIONS", "ON", "moving-endpoint-type", "none").errorCode == "ERR")
+        #expect(
+            try client.call("CLIENT", "MAINT_NOTIFICATIONS", "ON", "moving-endpoint-type", "none").errorCode == "ERR"
+        )
         #expect(try client.call("CONFIG", "GET", "save").elements != nil)
         #expect(try client.call("SELECT", "0") == .simple("OK"))
         #expect(try client.call("COMMAND", "DOCS").elements != nil)
@@ -78,7 +80,9 @@ struct EndToEndTests {
         }
         #expect(hello.fields?["proto"] == .integer(3))
         #expect(hello.fields?["server"]?.string == "tenantd")
-        #expect(try client.call("WHOAMI") == .array([.null, .bulk(Array("admin".utf8)), .bulk(Array("operator".utf8))]))
+        #expect(
+            try client.call("WHOAMI") == .array([.null, .bulk(Array("admin".utf8)), .bulk(Array("operator".utf8))])
+        )
         #expect(try client.call("POST", "general", "hi").errorCode == "NOTENANT")
         #expect(try client.call("HELLO", "4").errorCode == "ERR")
         #expect(server.stop() == 0)

@@ -15,8 +15,14 @@ struct EngineTests {
         return registry
     }
 
-    static func owner(_ registry: TenantRegistry, subdomain: String) async throws -> (Tenant, Principal, CreatedTenant) {
-        let created = try await registry.createTenant(name: "Org \(subdomain)", subdomain: subdomain, plan: nil, owner: "alice")
+    static func owner(_ registry: TenantRegistry, subdomain: String) async throws -> (Tenant, Principal, CreatedTenant)
+    {
+        let created = try await registry.createTenant(
+            name: "Org \(subdomain)",
+            subdomain: subdomain,
+            plan: nil,
+            owner: "alice"
+        )
         let tenant = try await registry.tenant(id: created.metadata.tenantID)
         let principal = try await tenant.authenticate(user: "alice", token: created.ownerToken)
         return (tenant, principal, created)
@@ -51,20 +57,27 @@ struct EngineTests {
             #expect(await registry.resolve("unknown") == nil)
             let tenant = try await registry.tenant(id: id)
             #expect(await Self.code { _ = try await tenant.authenticate(user: "alice", token: "wrong") } == .wrongPass)
-            #expect(await Self.code { _ = try await tenant.authenticate(user: "bob", token: created.ownerToken) } == .wrongPass)
+            #expect(
+                await Self.code { _ = try await tenant.authenticate(user: "bob", token: created.ownerToken) }
+                    == .wrongPass
+            )
             #expect(await registry.isOperatorToken("operator-secret"))
             #expect(await !registry.isOperatorToken("operator-secreT"))
             await registry.shutdown()
         }
     }
 
-    @Test(arguments: ["ab", "www", "api", "admin", "-acme", "acme-", "Acme", "ac_me", "a..b", String(repeating: "a", count: 64)])
+    @Test(arguments: [
+        "ab", "www", "api", "admin", "-acme", "acme-", "Acme", "ac_me", "a..b", String(repeating: "a", count: 64),
+    ])
     func invalidSubdomainsAreRefused(subdomain: String) async throws {
         try await TemporaryDirectory.with { dir in
             let registry = try await Self.registry(dir.path)
-            #expect(await Self.code {
-                _ = try await registry.createTenant(name: "x", subdomain: subdomain, plan: nil, owner: "o")
-            } == .invalid)
+            #expect(
+                await Self.code {
+                    _ = try await registry.createTenant(name: "x", subdomain: subdomain, plan: nil, owner: "o")
+                } == .invalid
+            )
             await registry.shutdown()
         }
     }
@@ -127,13 +140,20 @@ struct EngineTests {
             let registry = try await Self.registry(dir.path)
             let (tenant, alice, _) = try await Self.owner(registry, subdomain: "acme")
             for room in ["", "bad room", "../etc", "a/b", String(repeating: "r", count: 129), "é"] {
-                #expect(await Self.code { _ = try await tenant.postAndCommit(alice, room: room, text: "x") } == .invalid)
+                #expect(
+                    await Self.code { _ = try await tenant.postAndCommit(alice, room: room, text: "x") } == .invalid
+                )
             }
             #expect(try await tenant.postAndCommit(alice, room: String(repeating: "r", count: 128), text: "x") == 1)
-            #expect(try await tenant.postAndCommit(alice, room: "a.b_c:d-E9", text: String(repeating: "é", count: 32768)) == 1)
-            #expect(await Self.code {
-                _ = try await tenant.postAndCommit(alice, room: "r", text: String(repeating: "x", count: 65537))
-            } == .tooBig)
+            #expect(
+                try await tenant.postAndCommit(alice, room: "a.b_c:d-E9", text: String(repeating: "é", count: 32768))
+                    == 1
+            )
+            #expect(
+                await Self.code {
+                    _ = try await tenant.postAndCommit(alice, room: "r", text: String(repeating: "x", count: 65537))
+                } == .tooBig
+            )
             await registry.shutdown()
         }
     }
@@ -184,7 +204,10 @@ struct EngineTests {
             let fresh = try await tenant.authenticate(user: "mo", token: newToken)
             _ = try await tenant.postAndCommit(fresh, room: "r", text: "again")
             try await tenant.deleteUser(alice, name: "mo")
-            #expect(await Self.code { _ = try await tenant.history(fresh, room: "r", after: nil, before: nil, limit: 1) } == .noAuth)
+            #expect(
+                await Self.code { _ = try await tenant.history(fresh, room: "r", after: nil, before: nil, limit: 1) }
+                    == .noAuth
+            )
             await registry.shutdown()
         }
     }
@@ -196,9 +219,15 @@ struct EngineTests {
             let (tenantB, _, createdB) = try await Self.owner(registry, subdomain: "tenant-b")
             _ = tenantA
             // The same user name in B with A's token: refused.
-            #expect(await Self.code { _ = try await tenantB.authenticate(user: "alice", token: createdB.ownerToken + "x") } == .wrongPass)
+            #expect(
+                await Self.code { _ = try await tenantB.authenticate(user: "alice", token: createdB.ownerToken + "x") }
+                    == .wrongPass
+            )
             #expect(await Self.code { _ = try await tenantB.postAndCommit(aliceA, room: "r", text: "x") } == .noPerm)
-            #expect(await Self.code { _ = try await tenantB.history(aliceA, room: "r", after: nil, before: nil, limit: 1) } == .noPerm)
+            #expect(
+                await Self.code { _ = try await tenantB.history(aliceA, room: "r", after: nil, before: nil, limit: 1) }
+                    == .noPerm
+            )
             #expect(await Self.code { _ = try await tenantB.rooms(aliceA) } == .noPerm)
             #expect(await Self.code { _ = try await tenantB.addUser(aliceA, name: "evil", role: .owner) } == .noPerm)
             #expect(await Self.code { _ = try await tenantB.listUsers(aliceA) } == .noPerm)
@@ -213,7 +242,9 @@ struct EngineTests {
             let registry = try await Self.registry(dir.path)
             let (tenant, alice, created) = try await Self.owner(registry, subdomain: "acme")
             let memberToken = try await tenant.addUser(alice, name: "mo", role: .member)
-            for index in 1...50 { _ = try await tenant.postAndCommit(alice, room: "room\(index % 3)", text: "text \(index)") }
+            for index in 1...50 {
+                _ = try await tenant.postAndCommit(alice, room: "room\(index % 3)", text: "text \(index)")
+            }
             let before = try await tenant.rooms(alice)
             await registry.shutdown()
 

@@ -79,7 +79,9 @@ struct LZ4Tests {
         try input.withUnsafeBytes { _ = try compressor.compress($0, appendingTo: &second) }
         #expect(first == second)
         let decompressor = LZ4StreamDecompressor(maxBlockSize: 1 << 16)
-        let output = try second.withUnsafeBytes { try decompressor.decompress($0, decodedSize: input.count) { Array($0) } }
+        let output = try second.withUnsafeBytes {
+            try decompressor.decompress($0, decodedSize: input.count) { Array($0) }
+        }
         #expect(output == input)
     }
 
@@ -87,7 +89,9 @@ struct LZ4Tests {
         let compressor = LZ4StreamCompressor(maxBlockSize: 16)
         var block: [UInt8] = []
         #expect(throws: LZ4Error.inputTooLarge(17)) {
-            try [UInt8](repeating: 1, count: 17).withUnsafeBytes { _ = try compressor.compress($0, appendingTo: &block) }
+            try [UInt8](repeating: 1, count: 17).withUnsafeBytes {
+                _ = try compressor.compress($0, appendingTo: &block)
+            }
         }
         let decompressor = LZ4StreamDecompressor(maxBlockSize: 16)
         #expect(throws: LZ4Error.declaredSizeTooLarge(1 << 20)) {

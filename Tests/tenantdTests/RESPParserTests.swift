@@ -32,7 +32,9 @@ struct RESPParserTests {
     @Test func pipelinedMixOfMultibulkAndInline() {
         let input = "*1\r\n$4\r\nPING\r\nPOST room \"hi there\"\r\n*3\r\n$4\r\nPOST\r\n$1\r\nr\r\n$0\r\n\r\n"
         #expect(
-            Self.parseAll(input) == [Self.command("PING"), Self.command("POST", "room", "hi there"), Self.command("POST", "r", "")]
+            Self.parseAll(input) == [
+                Self.command("PING"), Self.command("POST", "room", "hi there"), Self.command("POST", "r", ""),
+            ]
         )
     }
 
@@ -91,13 +93,17 @@ struct RESPParserTests {
 
     @Test func overlongInlineLineIsAProtocolErrorBeforeItEnds() {
         let limits = RESPRequestParser.Limits(maxInlineLength: 1024)
-        #expect(Self.parseAll(String(repeating: "a", count: 2000), limits: limits).last
-            == .protocolError("Protocol error: too big inline request"))
+        #expect(
+            Self.parseAll(String(repeating: "a", count: 2000), limits: limits).last
+                == .protocolError("Protocol error: too big inline request")
+        )
     }
 
     @Test func overlongCountLineIsAProtocolError() {
-        #expect(Self.parseAll("*" + String(repeating: "1", count: 70_000)).last
-            == .protocolError("Protocol error: too big mbulk count string"))
+        #expect(
+            Self.parseAll("*" + String(repeating: "1", count: 70_000)).last
+                == .protocolError("Protocol error: too big mbulk count string")
+        )
     }
 
     @Test func oversizedBulkIsSkippedAndTheNextCommandStillParses() {

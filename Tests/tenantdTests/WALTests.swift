@@ -69,7 +69,13 @@ struct WALTests {
                 #expect(record == Record(lsn: UInt64(index + 1), type: UInt8(index % 5), payload: Self.payload(index)))
             }
             // Appending after a restart continues the lsn sequence in a new segment.
-            try await Self.writeRecords(wal, count: 10, from: 1500, lastLSN: result.lastLSN, configuration: configuration)
+            try await Self.writeRecords(
+                wal,
+                count: 10,
+                from: 1500,
+                lastLSN: result.lastLSN,
+                configuration: configuration
+            )
             let (again, _) = try Self.readAll(wal)
             #expect(again.count == 1510)
             #expect(again.last?.lsn == 1510)
@@ -238,7 +244,11 @@ struct WALTests {
 
     @Test func failedWriteIsNeverAcknowledged() async throws {
         try await TemporaryDirectory.with { dir in
-            let writer = try WALWriter(directory: dir.path + "/wal", lastLSN: 0, configuration: WALConfiguration(fsync: .always))
+            let writer = try WALWriter(
+                directory: dir.path + "/wal",
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .always)
+            )
             let first = try writer.append(type: 1, payload: [1, 2, 3])
             try await writer.waitUntilDurable(first)
             // Taking the directory away makes the next segment's creation fail.

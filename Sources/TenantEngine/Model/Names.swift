@@ -50,7 +50,8 @@ public enum Names {
 
     /// Tenant display names: 1-200 bytes of UTF-8 without control characters.
     public static func isValidTenantName(_ name: String) -> Bool {
-        (1...200).contains(name.utf8.count) && !name.unicodeScalars.contains { $0.properties.generalCategory == .control }
+        (1...200).contains(name.utf8.count)
+            && !name.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
 
     private static func isLowerAlnum(_ byte: UInt8) -> Bool {

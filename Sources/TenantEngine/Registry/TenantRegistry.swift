@@ -157,13 +157,16 @@ public actor TenantRegistry {
     ///   - owner: the owner's user name.
     /// - Returns: the metadata, and the owner's token (shown this once).
     /// - Throws: ``TenantError`` (INVALID, EXISTS, IOERR).
-    public func createTenant(name: String, subdomain: String, plan: Plan?, owner: String) async throws -> CreatedTenant {
+    public func createTenant(name: String, subdomain: String, plan: Plan?, owner: String) async throws -> CreatedTenant
+    {
         guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
         guard Names.isValidTenantName(name) else {
             throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
         }
         if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
-        guard Names.isValidUserName(owner) else { throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]") }
+        guard Names.isValidUserName(owner) else {
+            throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]")
+        }
         guard self.catalog.idBySubdomain[subdomain] == nil, !self.claimedSubdomains.contains(subdomain) else {
             throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
         }

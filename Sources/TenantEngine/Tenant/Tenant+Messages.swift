@@ -30,10 +30,15 @@ extension Tenant {
     /// - Throws: ``TenantError`` (INVALID, TOOBIG, NOPERM, SUSPENDED, IOERR).
     public func post(_ principal: Principal, room: String, text: String) throws -> PostTicket {
         _ = try self.authorize(principal, minimum: .member)
-        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'") }
+        guard Names.isValidRoom(room) else {
+            throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'")
+        }
         let size = text.utf8.count
         guard size <= self.configuration.maxMessageBytes else {
-            throw TenantError(.tooBig, "message of \(size) bytes is over the limit of \(self.configuration.maxMessageBytes)")
+            throw TenantError(
+                .tooBig,
+                "message of \(size) bytes is over the limit of \(self.configuration.maxMessageBytes)"
+            )
         }
         try self.checkWritable()
         let seq = self.data.rooms[room]?.nextSeq ?? 1
@@ -64,11 +69,19 @@ extension Tenant {
     ///   - before: the last `limit` with a smaller seq.
     ///   - limit: clamped to ``maxHistoryLimit``.
     /// - Returns: the messages; an unknown room has none.
-    public func history(_ principal: Principal, room: String, after: UInt64?, before: UInt64?, limit: Int)
+    public func history(
+        _ principal: Principal,
+        room: String,
+        after: UInt64?,
+        before: UInt64?,
+        limit: Int
+    )
         throws -> [Message]
     {
         _ = try self.authorize(principal, minimum: .member)
-        guard Names.isValidRoom(room) else { throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'") }
+        guard Names.isValidRoom(room) else {
+            throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'")
+        }
         self.applyDurable()
         guard let messages = self.data.rooms[room] else { return [] }
         return Array(messages.history(after: after, before: before, limit: min(limit, Self.maxHistoryLimit)))

@@ -8,7 +8,9 @@ extension Tenant {
     /// - Throws: ``TenantError`` (INVALID, EXISTS, NOPERM, IOERR).
     public func addUser(_ principal: Principal, name: String, role: Role) async throws -> String {
         try self.checkManage(principal, targetRole: role)
-        guard Names.isValidUserName(name) else { throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]") }
+        guard Names.isValidUserName(name) else {
+            throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]")
+        }
         guard self.data.users[name] == nil else { throw TenantError(.exists, "user '\(name)' already exists") }
         let token = Tokens.generate()
         let user = User(name: name, role: role, tokenHash: Tokens.hash(token), joinedAt: self.configuration.clock())

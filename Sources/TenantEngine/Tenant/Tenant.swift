@@ -26,7 +26,14 @@ public actor Tenant {
     let configuration: EngineConfiguration
     let logger: Logger
 
-    init(id: String, path: String, data: TenantState, log: WALWriter, configuration: EngineConfiguration, logger: Logger) {
+    init(
+        id: String,
+        path: String,
+        data: TenantState,
+        log: WALWriter,
+        configuration: EngineConfiguration,
+        logger: Logger
+    ) {
         self.id = id
         self.path = path
         self.data = data
@@ -85,7 +92,12 @@ public actor Tenant {
     }
 
     /// Writes a new tenant's first records (its metadata and its owner) durably into `path`.
-    static func initialize(path: String, metadata: TenantMetadata, owner: User, configuration: EngineConfiguration)
+    static func initialize(
+        path: String,
+        metadata: TenantMetadata,
+        owner: User,
+        configuration: EngineConfiguration
+    )
         async throws
     {
         var walConfiguration = configuration.walConfiguration

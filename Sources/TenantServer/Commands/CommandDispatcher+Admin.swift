@@ -108,7 +108,9 @@ extension CommandDispatcher {
 
     /// Every field of the seed's Tenant, in its order.
     static func fields(_ metadata: TenantMetadata) -> [(String, RESPValue)] {
-        let settings = (try? Self.settingsEncoder().encode(metadata.settings)).map { String(decoding: $0, as: UTF8.self) }
+        let settings = (try? Self.settingsEncoder().encode(metadata.settings)).map {
+            String(decoding: $0, as: UTF8.self)
+        }
         return [
             ("tenant_id", .bulkString(metadata.tenantID)),
             ("name", .bulkString(metadata.name)),

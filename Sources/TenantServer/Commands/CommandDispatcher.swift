@@ -35,7 +35,9 @@ struct CommandDispatcher: Sendable {
             return .reply(try self.client(arguments, session: &session))
         case "COMMAND":
             // Clients ask for docs and hints on connect; an empty answer is harmless.
-            return .reply(arguments.keyword(0) == "COUNT" ? .integer(0) : (arguments.keyword(0) == "DOCS" ? .map([]) : .array([])))
+            return .reply(
+                arguments.keyword(0) == "COUNT" ? .integer(0) : (arguments.keyword(0) == "DOCS" ? .map([]) : .array([]))
+            )
         case "CONFIG":
             try arguments.expect(1...Int.max, for: "config")
             guard arguments.keyword(0) == "GET" else {

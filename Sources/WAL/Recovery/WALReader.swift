@@ -112,7 +112,9 @@ public struct WALReader {
                     let tornReason = { Self.zeroedTail(file, from: offset) }
                     let remaining = file.count - offset
                     guard remaining >= WALFormat.recordHeaderSize else {
-                        if isLast { return .torn(offset: offset, reason: tornReason() ?? "end of file inside a header") }
+                        if isLast {
+                            return .torn(offset: offset, reason: tornReason() ?? "end of file inside a header")
+                        }
                         throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
                     }
                     let storedCRC = file.loadLE(UInt32.self, at: offset)
