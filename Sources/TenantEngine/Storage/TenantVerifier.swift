@@ -1,0 +1,62 @@
+import WAL
+
+/// What `tenantctl verify` found in one tenant directory.
+public struct TenantVerification: Sendable {
+    /// The tenant directory.
+    public var path: String
+    /// The tenant id its metadata names, if it got that far.
+    public var tenantID: String?
+    /// Records read.
+    public var records = 0
+    /// Messages, users and rooms in the replayed state.
+    public var messages = 0
+    public var users = 0
+    public var rooms = 0
+    /// The last lsn.
+    public var lastLSN: UInt64 = 0
+    /// A torn tail recovery would cut off (verify changes nothing).
+    public var tornTail: WALTornTail?
+    /// The first damage found, with its file and offset: the directory does not recover as it is.
+    public var problem: String?
+}
+
+/// Reads a tenant directory the way recovery does, without changing a byte of it.
+public enum TenantVerifier {
+    /// Verifies one tenant directory.
+    /// - Parameters:
+    ///   - path: the tenant directory (holding `wal/`).
+    ///   - maxRecordSize: the bound on one record.
+    /// - Returns: the report; `problem` is set when the log is corrupt or holds no tenant.
+    public static func verify(
+        path: String,
+        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize
+    )
+        -> TenantVerification
+    {
+        var report = TenantVerification(path: path)
+        var state = TenantState()
+        do {
+            let result = try WALReader(directory: path + "/wal", maxRecordSize: maxRecordSize).replay(repair: false) {
+                lsn,
+                type,
+                payload in
+                do {
+                    try state.apply(TenantRecord.decode(type: type, payload: payload))
+                } catch {
+                    throw TenantError(.ioError, "record \(lsn) does not decode: \(error)")
+                }
+            }
+            report.records = result.recordCount
+            report.lastLSN = result.lastLSN
+            report.tornTail = result.tornTail
+            if state.metadata == nil { report.problem = "no tenant metadata in \(path)/wal" }
+        } catch {
+            report.problem = "\(error)"
+        }
+        report.tenantID = state.metadata?.tenantID
+        report.messages = state.messageCount
+        report.users = state.users.count
+        report.rooms = state.rooms.count
+        return report
+    }
+}
