@@ -59,6 +59,7 @@ var package = Package(
             name: "TenantServer",
             dependencies: [
                 "TenantEngine",
+                "WAL",
                 "RESP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

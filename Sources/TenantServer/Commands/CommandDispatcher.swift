@@ -1,6 +1,13 @@
 import Logging
 import RESP
 import TenantEngine
+import WAL
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Runs one command against the engine on behalf of a connection's ``Session``.
 struct CommandDispatcher: Sendable {
@@ -40,10 +47,12 @@ struct CommandDispatcher: Sendable {
             )
         case "CONFIG":
             try arguments.expect(1...Int.max, for: "config")
-            guard arguments.keyword(0) == "GET" else {
-                throw CommandError("unknown subcommand '\(arguments[0])'. Try CONFIG GET.")
+            guard arguments.keyword(0) == "GET", arguments.count >= 2 else {
+                throw CommandError(
+                    "unknown subcommand or wrong arguments for '\(arguments[0].prefix(64))'. Try CONFIG GET."
+                )
             }
-            return .reply(.map([]))
+            return .reply(self.configGet(Array(arguments.words.dropFirst())))
         case "SELECT":
             try arguments.expect(1...1, for: "select")
             guard arguments[0] == "0" else { throw CommandError("DB index is out of range") }
@@ -98,6 +107,21 @@ struct CommandDispatcher: Sendable {
     }
 
     // MARK: - Connection commands
+
+    /// The few settings stock tools read (redis-benchmark reads `save` and `appendonly`), by glob pattern.
+    private func configGet(_ patterns: [String]) -> RESPValue {
+        let fsync = self.registry.configuration.fsync
+        let settings: [(String, String)] = [
+            ("appendfsync", fsync.rawValue),
+            ("appendonly", "yes"),
+            ("databases", "1"),
+            ("save", ""),
+        ]
+        let matching = settings.filter { key, _ in
+            patterns.contains { pattern in fnmatch(pattern.lowercased(), key, 0) == 0 }
+        }
+        return .map(matching.map { ($0.0, RESPValue.bulkString($0.1)) })
+    }
 
     private func hello(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
         var version = session.version
@@ -166,6 +190,10 @@ struct CommandDispatcher: Sendable {
             tenant = try await self.registry.tenant(id: id)
         } catch let error as TenantError where error.code == .notFound {
             throw TenantError.wrongPass
+        } catch let error as TenantError where error.code == .ioError {
+            // The details (file, offset) are for the operator, not for a client that has not authenticated.
+            self.logger.error("AUTH to tenant \(id) refused: \(error.message)")
+            throw TenantError.ioError("tenant is unavailable: its log is damaged or unreadable; the operator is told")
         }
         session.principal = try await tenant.authenticate(user: name, token: token)
         session.tenantID = id
