@@ -61,6 +61,7 @@ var package = Package(
                 "TenantEngine",
                 "WAL",
                 "RESP",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

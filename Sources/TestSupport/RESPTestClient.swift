@@ -22,7 +22,10 @@ public enum RESPTestClientError: Error, CustomStringConvertible {
 }
 
 /// A small blocking RESP client for tests: sends commands (pipelined if asked) and reads replies.
-public final class RESPTestClient {
+///
+/// `@unchecked Sendable`: one thread may send while another reads (the socket is full duplex);
+/// the reply parser is touched only by the reading thread.
+public final class RESPTestClient: @unchecked Sendable {
     private let fd: Int32
     private var parser = RESPReplyParser()
 

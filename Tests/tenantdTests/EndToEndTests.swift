@@ -207,6 +207,36 @@ struct EndToEndTests {
         #expect(server.stop() == 0)
     }
 
+    @Test func aClientThatPipelinesWithoutReadingStallsNobodyElse() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TenantdProcess(dataDirectory: dir.path + "/data")
+        let acme = try Self.createTenant(server, name: "Acme", subdomain: "acme")
+        let greedy = try Self.login(server, "alice@acme", acme.token)
+        let count = 50_000
+        let requests = (0..<count).flatMap { RESPTestClient.encode(["ECHO", "e\($0)"]) }
+        // The sender blocks once the server stops reading (its reply window is full and the
+        // greedy client reads nothing); the server must go on serving everyone else.
+        let sent = DispatchSemaphore(value: 0)
+        let sender = Thread {
+            try? greedy.send(raw: requests)
+            sent.signal()
+        }
+        sender.start()
+        let other = try Self.login(server, "alice@acme", acme.token)
+        for index in 1...20 { #expect(try other.call("POST", "general", "m\(index)") == .integer(Int64(index))) }
+        #expect(try other.call("HISTORY", "general", "LIMIT", "1").elements?.count == 1)
+        for index in 0..<count {
+            let reply = try greedy.read()
+            if reply != .bulk(Array("e\(index)".utf8)) {
+                Issue.record("reply \(index) is \(reply)")
+                break
+            }
+        }
+        sent.wait()
+        #expect(server.stop() == 0)
+    }
+
     @Test func badInputGetsClearErrorsAndTheServerGoesOn() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

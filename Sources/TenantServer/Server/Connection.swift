@@ -14,6 +14,9 @@ struct Connection {
         case close(RESPValue, RESPVersion)
     }
 
+    /// The most replies a connection holds before it stops reading the client's requests.
+    static let replyWindow = 1024
+
     let id: Int64
     let channel: NIOAsyncChannel<RESPRequest, ByteBuffer>
     let dispatcher: CommandDispatcher
@@ -21,20 +24,23 @@ struct Connection {
     func run() async {
         do {
             try await self.channel.executeThenClose { inbound, outbound in
-                let (slots, continuation) = AsyncStream<Slot>.makeStream()
+                let queue = ReplyQueue<Slot>(limit: Self.replyWindow)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        try await Self.write(slots, to: outbound)
+                        defer { queue.writerStopped() }
+                        try await Self.write(queue, to: outbound)
                     }
-                    defer { continuation.finish() }
+                    defer { queue.finish() }
                     var session = Session(id: self.id)
                     reading: for try await request in inbound {
+                        let slot: Slot
+                        var last = false
                         switch request {
                         case .protocolError(let message):
-                            continuation.yield(.close(.error("PROTO \(message)"), session.version))
-                            break reading
+                            slot = .close(.error("PROTO \(message)"), session.version)
+                            last = true
                         case .tooBig(let message):
-                            continuation.yield(.value(.error("TOOBIG \(message)"), session.version))
+                            slot = .value(.error("TOOBIG \(message)"), session.version)
                         case .command(let words):
                             let outcome: CommandOutcome
                             do {
@@ -44,16 +50,17 @@ struct Connection {
                             }
                             switch outcome {
                             case .reply(let value):
-                                continuation.yield(.value(value, session.version))
+                                slot = .value(value, session.version)
                             case .post(let tenant, let ticket):
-                                continuation.yield(.post(tenant, ticket, session.version))
+                                slot = .post(tenant, ticket, session.version)
                             case .replyAndClose(let value):
-                                continuation.yield(.close(value, session.version))
-                                break reading
+                                slot = .close(value, session.version)
+                                last = true
                             }
                         }
+                        guard await queue.push(slot), !last else { break reading }
                     }
-                    continuation.finish()
+                    queue.finish()
                     try await group.waitForAll()
                 }
             }
@@ -62,28 +69,32 @@ struct Connection {
         }
     }
 
-    /// Writes each reply in order; a POST's once it is durable.
+    /// Writes the replies in order, every batch the reader queued in one write; a POST's once it is durable.
     private static func write(
-        _ slots: AsyncStream<Slot>,
+        _ queue: ReplyQueue<Slot>,
         to outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-    ) async throws {
-        for await slot in slots {
+    )
+        async throws
+    {
+        while let slots = await queue.popAll() {
             var buffer = ByteBuffer()
-            switch slot {
-            case .value(let value, let version):
-                RESPEncoder.encode(value, version: version, into: &buffer)
-            case .post(let tenant, let ticket, let version):
-                let value: RESPValue
-                do {
-                    value = .integer(Int64(try await tenant.commit(ticket)))
-                } catch {
-                    value = .reply(for: error)
+            for slot in slots {
+                switch slot {
+                case .value(let value, let version):
+                    RESPEncoder.encode(value, version: version, into: &buffer)
+                case .post(let tenant, let ticket, let version):
+                    let value: RESPValue
+                    do {
+                        value = .integer(Int64(try await tenant.commit(ticket)))
+                    } catch {
+                        value = .reply(for: error)
+                    }
+                    RESPEncoder.encode(value, version: version, into: &buffer)
+                case .close(let value, let version):
+                    RESPEncoder.encode(value, version: version, into: &buffer)
+                    try await outbound.write(buffer)
+                    return
                 }
-                RESPEncoder.encode(value, version: version, into: &buffer)
-            case .close(let value, let version):
-                RESPEncoder.encode(value, version: version, into: &buffer)
-                try await outbound.write(buffer)
-                return
             }
             try await outbound.write(buffer)
         }
