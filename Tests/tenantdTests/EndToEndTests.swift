@@ -256,6 +256,9 @@ struct EndToEndTests {
         #expect(try client.call("POST", "r").errorCode == "ERR")
         #expect(try client.call("HISTORY", "r", "AFTER", "x").errorCode == "ERR")
         #expect(try client.call("HISTORY", "r", "AFTER", "1", "BEFORE", "3").errorCode == "ERR")
+        #expect(try client.call("HISTORY", "r", "LIMIT", "1", "LIMIT", "3").errorCode == "ERR")
+        #expect(try client.call("HISTORY", "r", "LIMIT", "-1").errorCode == "ERR")
+        #expect(try client.call("HISTORY", "r", "LIMIT").errorCode == "ERR")
         #expect(try client.call("USER", "ROLE", "alice", "superuser").errorCode == "INVALID")
         #expect(try client.call("USER", "DEL", "nobody").errorCode == "NOTFOUND")
         // Inline commands with quotes, as typed into nc.

@@ -145,6 +145,11 @@ public actor TenantRegistry {
             await tenant.close()
             throw TenantError(.ioError, "directory \(path) holds tenant \(tenant.id), not \(id)")
         }
+        if case .stopped = self.state {
+            // Shut down while it opened: nothing may stay open after shutdown() returned.
+            await tenant.close()
+            throw TenantError(.loading, "server is stopping")
+        }
         self.active[id] = tenant
         return tenant
     }

@@ -42,7 +42,7 @@ extension CommandDispatcher {
         try arguments.expect(1...5, for: "history")
         var after: UInt64?
         var before: UInt64?
-        var limit = Tenant.defaultHistoryLimit
+        var limit: Int?
         var index = 1
         while index < arguments.count {
             guard index + 1 < arguments.count else { throw CommandError.syntax }
@@ -51,7 +51,7 @@ extension CommandDispatcher {
                 after = try arguments.unsigned(index + 1)
             case "BEFORE" where after == nil && before == nil:
                 before = try arguments.unsigned(index + 1)
-            case "LIMIT":
+            case "LIMIT" where limit == nil:
                 limit = Int(clamping: try arguments.unsigned(index + 1))
             default:
                 throw CommandError.syntax
@@ -59,7 +59,13 @@ extension CommandDispatcher {
             index += 2
         }
         let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
-        let messages = try await tenant.history(principal, room: room, after: after, before: before, limit: limit)
+        let messages = try await tenant.history(
+            principal,
+            room: room,
+            after: after,
+            before: before,
+            limit: limit ?? Tenant.defaultHistoryLimit
+        )
         return .array(
             messages.map { message in
                 .array([
