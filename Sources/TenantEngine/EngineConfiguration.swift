@@ -29,6 +29,18 @@ public struct EngineConfiguration: Sendable {
     public var segmentSize: Int
     /// Milliseconds since the Unix epoch; replaceable in tests.
     public var clock: @Sendable () -> Int64
+    /// How tenants are kept apart (`TENANT_ISOLATION_STRATEGY`).
+    public var isolation: IsolationStrategy
+    /// False serves one implicit tenant `default` (`MULTI_TENANCY_ENABLED=false`).
+    public var multiTenancy: Bool
+    /// The tenant reference forms accepted (`TENANT_ID_SOURCE`).
+    public var idSources: Set<TenantIDSource>
+    /// An operator's USE or path reference to an unknown, well-formed id creates it (`TENANT_AUTO_PROVISION`).
+    public var autoProvision: Bool
+    /// TENANT SIGNUP works without the operator (`TENANT_SELF_SIGNUP`).
+    public var selfSignup: Bool
+    /// Signups one client address may make per minute.
+    public var signupsPerMinute: Int
 
     /// Creates a configuration with the contract's defaults.
     public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {
@@ -40,7 +52,19 @@ public struct EngineConfiguration: Sendable {
         self.adminToken = nil
         self.segmentSize = 8 << 20
         self.clock = EngineConfiguration.systemClock
+        self.isolation = .database
+        self.multiTenancy = true
+        self.idSources = Set(TenantIDSource.allCases)
+        self.autoProvision = false
+        self.selfSignup = false
+        self.signupsPerMinute = 5
     }
+
+    /// The id of the one tenant of single-tenant mode.
+    public static let defaultTenantID = "default"
+
+    /// The directory of the log all tenants share under `schema` and `shared`.
+    public var sharedLogDirectory: String { self.dataDirectory + "/shared/wal" }
 
     /// The wall clock in milliseconds.
     @Sendable public static func systemClock() -> Int64 {
@@ -67,6 +91,13 @@ public struct EngineConfiguration: Sendable {
             segmentSize: self.segmentSize,
             maxRecordSize: max(WALConfiguration.defaultMaxRecordSize, self.maxMessageBytes + 4096)
         )
+    }
+
+    /// The settings of the shared log: a record also carries its tenant id.
+    public var sharedWALConfiguration: WALConfiguration {
+        var configuration = self.walConfiguration
+        configuration.maxRecordSize += 256
+        return configuration
     }
 
     /// The directory of tenant `id`.

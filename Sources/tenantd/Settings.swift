@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import TenantEngine
 import TenantServer
@@ -68,6 +69,31 @@ struct Settings {
             Int64($0) * PlanLimits.gigabyte
         }
         engine.maxMessagesPerDay = try Self.integer(environment, "TENANT_MAX_MESSAGES_PER_DAY").map(Int64.init)
+        if let name = environment["TENANT_ISOLATION_STRATEGY"] {
+            guard let strategy = IsolationStrategy(rawValue: name.lowercased()) else {
+                throw ValidationError("TENANT_ISOLATION_STRATEGY must be database, schema or shared")
+            }
+            engine.isolation = strategy
+        }
+        engine.multiTenancy = try Self.flag(environment, "MULTI_TENANCY_ENABLED") ?? true
+        engine.autoProvision = try Self.flag(environment, "TENANT_AUTO_PROVISION") ?? false
+        engine.selfSignup = try Self.flag(environment, "TENANT_SELF_SIGNUP") ?? false
+        if let rate = try Self.integer(environment, "TENANT_SIGNUPS_PER_MINUTE") {
+            guard rate > 0 else { throw ValidationError("TENANT_SIGNUPS_PER_MINUTE must be at least 1") }
+            engine.signupsPerMinute = rate
+        }
+        if let list = environment["TENANT_ID_SOURCE"] {
+            var sources: Set<TenantIDSource> = []
+            for item in list.split(separator: ",") {
+                let name = item.trimmingCharacters(in: .whitespaces).lowercased()
+                guard let source = TenantIDSource(rawValue: name) else {
+                    throw ValidationError("TENANT_ID_SOURCE is a comma list of subdomain, header, path")
+                }
+                sources.insert(source)
+            }
+            guard !sources.isEmpty else { throw ValidationError("TENANT_ID_SOURCE names no source") }
+            engine.idSources = sources
+        }
         self.engine = engine
         self.server = ServerConfiguration(host: host, port: port)
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
@@ -77,6 +103,15 @@ struct Settings {
             )
         }
         self.logLevel = level
+    }
+
+    private static func flag(_ environment: Environment, _ name: String) throws -> Bool? {
+        guard let text = environment[name] else { return nil }
+        switch text.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ValidationError("\(name) must be true or false")
+        }
     }
 
     private static func integer(_ environment: Environment, _ name: String) throws -> Int? {

@@ -51,7 +51,12 @@ struct TenantdCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "tenantd")
         let registry = TenantRegistry(configuration: settings.engine, logger: logger)
-        try await registry.bootstrap()
+        do {
+            try await registry.bootstrap()
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(1)
+        }
         let dataDirectory = settings.engine.dataDirectory
         let server = TenantServer(configuration: settings.server, registry: registry, logger: logger) { host, port in
             // One unbuffered write: harnesses wait for this line on a pipe.

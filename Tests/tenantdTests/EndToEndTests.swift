@@ -15,10 +15,15 @@ struct EndToEndTests {
         var token: String
     }
 
-    static func createTenant(_ server: TenantdProcess, name: String, subdomain: String) throws -> CreatedTenant {
+    static func createTenant(
+        _ server: TenantdProcess,
+        name: String,
+        subdomain: String,
+        plan: String = "free"
+    ) throws -> CreatedTenant {
         let admin = try server.client()
         #expect(try admin.call("AUTH", "admin", server.adminToken()) == .simple("OK"))
-        let reply = try admin.call("TENANT", "CREATE", name, subdomain, "OWNER", "alice")
+        let reply = try admin.call("TENANT", "CREATE", name, subdomain, "OWNER", "alice", "PLAN", plan)
         let fields = try #require(reply.fields, "TENANT CREATE replied \(reply)")
         return CreatedTenant(
             id: try #require(fields["tenant_id"]?.string),
@@ -129,7 +134,7 @@ struct EndToEndTests {
         defer { dir.remove() }
         let data = dir.path + "/data"
         var server = try TenantdProcess(dataDirectory: data, arguments: ["--fsync", "always"])
-        let acme = try Self.createTenant(server, name: "Acme", subdomain: "acme")
+        let acme = try Self.createTenant(server, name: "Acme", subdomain: "acme", plan: "enterprise")
         let writer = try Self.login(server, "alice@acme", acme.token)
         let replies = try writer.pipeline((1...2000).map { ["POST", "general", "message \($0)"] })
         #expect(replies == (1...2000).map { RESPReply.integer(Int64($0)) })

@@ -15,12 +15,15 @@ struct EngineTests {
         return registry
     }
 
-    static func owner(_ registry: TenantRegistry, subdomain: String) async throws -> (Tenant, Principal, CreatedTenant)
-    {
+    static func owner(
+        _ registry: TenantRegistry,
+        subdomain: String,
+        plan: Plan? = nil
+    ) async throws -> (Tenant, Principal, CreatedTenant) {
         let created = try await registry.createTenant(
             name: "Org \(subdomain)",
             subdomain: subdomain,
-            plan: nil,
+            plan: plan,
             owner: "alice"
         )
         let tenant = try await registry.tenant(id: created.metadata.tenantID)
@@ -126,7 +129,7 @@ struct EngineTests {
     @Test func historyIsCappedAtAThousand() async throws {
         try await TemporaryDirectory.with { dir in
             let registry = try await Self.registry(dir.path, fsync: .no)
-            let (tenant, alice, _) = try await Self.owner(registry, subdomain: "acme")
+            let (tenant, alice, _) = try await Self.owner(registry, subdomain: "acme", plan: .enterprise)
             var tickets: [PostTicket] = []
             for index in 0..<1200 { tickets.append(try await tenant.post(alice, room: "r", text: "\(index)")) }
             for ticket in tickets { _ = try await tenant.commit(ticket) }

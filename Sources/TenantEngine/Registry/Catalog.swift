@@ -1,32 +1,40 @@
 import Foundation
 import WAL
 
-/// The index of tenants (id, subdomain, name) in `<data>/catalog/tenants.json`: a cache that
-/// start-up checks against the tenant directories and rebuilds from them when missing or stale.
+/// The index of tenants (their metadata, by id and subdomain) in `<data>/catalog/tenants.json`:
+/// a cache that start-up checks against the tenant directories and rebuilds from them when
+/// missing or unreadable. Activating a tenant refreshes its entry from the tenant's own log.
 struct Catalog: Sendable {
-    struct Entry: Sendable, Codable, Hashable {
-        var id: String
-        var subdomain: String
-        var name: String
-    }
-
     private struct File: Codable {
         var version: Int
-        var tenants: [Entry]
+        var tenants: [TenantMetadata]
     }
 
-    private(set) var entries: [String: Entry] = [:]
+    private(set) var entries: [String: TenantMetadata] = [:]
     private(set) var idBySubdomain: [String: String] = [:]
+    private var sorted: [String]?
 
-    mutating func insert(_ entry: Entry) {
-        if let old = self.entries[entry.id] { self.idBySubdomain[old.subdomain] = nil }
-        self.entries[entry.id] = entry
-        self.idBySubdomain[entry.subdomain] = entry.id
+    mutating func insert(_ metadata: TenantMetadata) {
+        if let old = self.entries[metadata.tenantID], self.idBySubdomain[old.subdomain] == old.tenantID {
+            self.idBySubdomain[old.subdomain] = nil
+        }
+        if self.entries[metadata.tenantID] == nil { self.sorted = nil }
+        self.entries[metadata.tenantID] = metadata
+        if !metadata.subdomain.isEmpty { self.idBySubdomain[metadata.subdomain] = metadata.tenantID }
     }
 
     mutating func remove(id: String) {
         guard let old = self.entries.removeValue(forKey: id) else { return }
-        self.idBySubdomain[old.subdomain] = nil
+        if self.idBySubdomain[old.subdomain] == id { self.idBySubdomain[old.subdomain] = nil }
+        self.sorted = nil
+    }
+
+    /// Every id, sorted (cached until the set of ids changes).
+    mutating func sortedIDs() -> [String] {
+        if let sorted { return sorted }
+        let ids = self.entries.keys.sorted()
+        self.sorted = ids
+        return ids
     }
 
     static func path(in dataDirectory: String) -> String {
@@ -37,7 +45,7 @@ struct Catalog: Sendable {
     static func load(from dataDirectory: String) -> Catalog? {
         guard let bytes = try? POSIXFile.readAll(path(in: dataDirectory)),
             let file = try? JSONDecoder().decode(File.self, from: Data(bytes)),
-            file.version == 1
+            file.version == 2
         else { return nil }
         var catalog = Catalog()
         for entry in file.tenants { catalog.insert(entry) }
@@ -48,7 +56,7 @@ struct Catalog: Sendable {
     func save(to dataDirectory: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        let file = File(version: 1, tenants: self.entries.values.sorted { $0.id < $1.id })
+        let file = File(version: 2, tenants: self.entries.values.sorted { $0.tenantID < $1.tenantID })
         let directory = dataDirectory + "/catalog"
         if try POSIXFile.makeDirectory(directory) { try POSIXFile.fsyncDirectory(dataDirectory) }
         try POSIXFile.writeFileAtomically(Catalog.path(in: dataDirectory), contents: Array(try encoder.encode(file)))

@@ -2,14 +2,15 @@ import Foundation
 import Logging
 import WAL
 
-/// What TENANT CREATE returns.
+/// What TENANT CREATE and TENANT SIGNUP return.
 public struct CreatedTenant: Sendable {
     public var metadata: TenantMetadata
     public var owner: String
     public var ownerToken: String
 }
 
-/// Knows every tenant of the data directory, resolves tenant references and activates tenants on first use.
+/// Knows every tenant, resolves tenant references and activates tenants on first use; under the
+/// `schema` and `shared` strategies it also owns the one log every tenant writes.
 public actor TenantRegistry {
     enum State {
         case initial
@@ -28,27 +29,84 @@ public actor TenantRegistry {
     var claimedSubdomains: Set<String> = []
     var claimedIDs: Set<String> = []
     var adminTokenHash: [UInt8] = []
+    var signups: SignupLimiter
+    /// The log every tenant shares under `schema` and `shared`.
+    var sharedLog: WALWriter?
+    /// The one executor of every tenant under `shared`.
+    let sharedExecutor = TenantExecutor(label: "tenantd.shared-store")
 
     /// Creates a registry; ``bootstrap()`` makes it ready.
     public init(configuration: EngineConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        self.signups = SignupLimiter(perMinute: configuration.signupsPerMinute)
     }
 
-    /// Prepares the data directory: the operator token, the catalog checked against the tenant directories.
-    /// - Throws: when the data directory cannot be used.
+    /// Prepares the data directory: the strategy check, the operator token, the tenants (the
+    /// catalog checked against the tenant directories, or the shared log replayed), and the
+    /// tenant `default` in single-tenant mode.
+    /// - Throws: when the data directory cannot be used or was made under another strategy.
     public func bootstrap() async throws {
         guard case .initial = self.state else { return }
         let configuration = self.configuration
         let data = configuration.dataDirectory
         let (token, listing) = try await runBlocking {
             try POSIXFile.makeDirectory(data)
+            try Self.checkStrategy(configuration)
             let token = try Self.loadOrCreateAdminToken(configuration)
             return (token, try POSIXFile.listDirectory(data))
         }
         self.adminTokenHash = Tokens.hash(token)
-        try await self.reconcileCatalog(listing: listing)
+        if listing.contains(".trash") {
+            let trash = data + "/.trash"
+            try? await runBlocking { try? FileManager.default.removeItem(atPath: trash) }
+        }
+        switch configuration.isolation {
+        case .database:
+            try await self.reconcileCatalog(listing: listing)
+        case .schema, .shared:
+            try await self.openSharedLog()
+        }
         self.state = .running
+        if !configuration.multiTenancy && self.catalog.entries[EngineConfiguration.defaultTenantID] == nil {
+            _ = try await self.create(
+                id: EngineConfiguration.defaultTenantID,
+                name: "default",
+                subdomain: "default",
+                plan: nil,
+                owner: nil
+            )
+        }
+    }
+
+    /// A data directory keeps the strategy it was made with; `<data>/strategy` records it.
+    private static func checkStrategy(_ configuration: EngineConfiguration) throws {
+        let path = configuration.dataDirectory + "/strategy"
+        let wanted = configuration.isolation.rawValue
+        if POSIXFile.exists(path) {
+            let found = String(decoding: try POSIXFile.readAll(path), as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard found == wanted else {
+                throw TenantError(
+                    .err,
+                    "data directory \(configuration.dataDirectory) was created with TENANT_ISOLATION_STRATEGY=\(found); "
+                        + "it cannot be served as \(wanted). Start with TENANT_ISOLATION_STRATEGY=\(found), "
+                        + "or use another data directory."
+                )
+            }
+            return
+        }
+        let listing = try POSIXFile.listDirectory(configuration.dataDirectory)
+        let hasTenantDirectories = listing.contains { $0.hasPrefix(configuration.directoryPrefix) }
+        let hasSharedLog = listing.contains("shared")
+        if (hasTenantDirectories && wanted != "database") || (hasSharedLog && wanted == "database") {
+            throw TenantError(
+                .err,
+                "data directory \(configuration.dataDirectory) holds data of another isolation strategy "
+                    + "than \(wanted); start with the strategy it was created with"
+            )
+        }
+        try POSIXFile.writeFileAtomically(path, contents: Array((wanted + "\n").utf8))
     }
 
     private static func loadOrCreateAdminToken(_ configuration: EngineConfiguration) throws -> String {
@@ -68,8 +126,8 @@ public actor TenantRegistry {
     private func reconcileCatalog(listing: [String]) async throws {
         let data = self.configuration.dataDirectory
         let prefix = self.configuration.directoryPrefix
-        var catalog = Catalog.load(from: data)
-        var changed = catalog == nil
+        let loaded = Catalog.load(from: data)
+        var changed = loaded == nil
         var onDisk: Set<String> = []
         for name in listing where name.hasPrefix(prefix) {
             let id = String(name.dropFirst(prefix.count))
@@ -79,27 +137,28 @@ public actor TenantRegistry {
             // A creation that crashed before its rename: never acknowledged, so never a tenant.
             try? FileManager.default.removeItem(atPath: data + "/" + name)
         }
-        var rebuilt = catalog ?? Catalog()
-        for id in rebuilt.entries.keys where !onDisk.contains(id) {
-            rebuilt.remove(id: id)
+        self.catalog = loaded ?? Catalog()
+        for id in self.catalog.entries.keys where !onDisk.contains(id) {
+            self.catalog.remove(id: id)
             changed = true
         }
-        for id in onDisk.sorted() where rebuilt.entries[id] == nil {
+        for id in onDisk.sorted() where self.catalog.entries[id] == nil {
             do {
-                let tenant = try await self.activate(id: id)
-                let metadata = await tenant.metadata
-                rebuilt.insert(.init(id: id, subdomain: metadata.subdomain, name: metadata.name))
+                _ = try await self.activate(id: id)
                 changed = true
             } catch {
                 self.logger.error("tenant directory \(prefix)\(id) is not served: \(error)")
             }
         }
-        catalog = rebuilt
-        self.catalog = rebuilt
-        if changed {
-            let snapshot = rebuilt
-            try await runBlocking { try snapshot.save(to: data) }
-        }
+        if changed { try await self.saveCatalog() }
+    }
+
+    /// Writes the catalog file (`database` strategy; the shared log is its own index otherwise).
+    func saveCatalog() async throws {
+        guard self.configuration.isolation == .database else { return }
+        let snapshot = self.catalog
+        let data = self.configuration.dataDirectory
+        try await runBlocking { try snapshot.save(to: data) }
     }
 
     /// Checks the operator token in constant time.
@@ -107,17 +166,27 @@ public actor TenantRegistry {
         Tokens.constantTimeEqual(Tokens.hash(token), self.adminTokenHash)
     }
 
-    /// The tenant id a reference names: an id, a subdomain, or a host name by its first label.
-    /// `www`, `api`, `admin` and the other reserved labels never name a tenant.
+    /// The tenant id a reference names, in the forms `TENANT_ID_SOURCE` accepts: an id (`header`),
+    /// a subdomain or a host name by its first label (`subdomain`). `www`, `api`, `admin` and the
+    /// other reserved labels never name a tenant.
     public func resolve(_ reference: String) -> String? {
+        self.resolve(reference, sources: self.configuration.idSources)
+    }
+
+    /// ``resolve(_:)`` with every form accepted, for the operator's TENANT commands.
+    public func resolveAny(_ reference: String) -> String? {
+        self.resolve(reference, sources: Set(TenantIDSource.allCases))
+    }
+
+    private func resolve(_ reference: String, sources: Set<TenantIDSource>) -> String? {
         let reference = reference.lowercased()
-        if self.catalog.entries[reference] != nil { return reference }
+        if sources.contains(.header), self.catalog.entries[reference] != nil { return reference }
+        guard sources.contains(.subdomain) else { return nil }
         if let id = self.catalog.idBySubdomain[reference] { return id }
         if let dot = reference.firstIndex(of: ".") {
             let label = String(reference[..<dot])
             guard !Names.reservedSubdomains.contains(label) else { return nil }
-            if let id = self.catalog.idBySubdomain[label] { return id }
-            if self.catalog.entries[label] != nil { return label }
+            return self.catalog.idBySubdomain[label]
         }
         return nil
     }
@@ -130,14 +199,38 @@ public actor TenantRegistry {
         return try await self.activate(id: id)
     }
 
+    /// The tenant of an id for the operator: with `TENANT_AUTO_PROVISION=true` an unknown,
+    /// well-formed id is created on the default plan.
+    public func tenantForOperator(id: String) async throws -> Tenant {
+        if self.catalog.entries[id] == nil && self.configuration.autoProvision && Names.isValidTenantID(id) {
+            if !self.claimedIDs.contains(id) {
+                let subdomain =
+                    Names.subdomainProblem(id) == nil && self.catalog.idBySubdomain[id] == nil
+                        && !self.claimedSubdomains.contains(id) ? id : ""
+                do {
+                    _ = try await self.create(id: id, name: id, subdomain: subdomain, plan: nil, owner: nil)
+                } catch let error as TenantError where error.code == .exists {
+                    // Another connection provisioned it meanwhile.
+                }
+            }
+        }
+        return try await self.tenant(id: id)
+    }
+
     /// Activates a tenant once, however many ask at the same time.
     func activate(id: String) async throws -> Tenant {
         if let tenant = self.active[id] { return tenant }
+        guard self.configuration.isolation == .database else {
+            throw TenantError.notFound("no tenant '\(id)'")
+        }
         if let task = self.activating[id] { return try await task.value }
         let path = self.configuration.tenantDirectory(id)
         let configuration = self.configuration
         let logger = self.logger
-        let task = Task { try await Tenant.open(path: path, configuration: configuration, logger: logger) }
+        let onChange = self.metadataObserver()
+        let task = Task {
+            try await Tenant.open(path: path, configuration: configuration, logger: logger, onMetadataChange: onChange)
+        }
         self.activating[id] = task
         defer { self.activating[id] = nil }
         let tenant = try await task.value
@@ -151,86 +244,34 @@ public actor TenantRegistry {
             throw TenantError(.loading, "server is stopping")
         }
         self.active[id] = tenant
+        let metadata = await tenant.metadata
+        if self.catalog.entries[id] != metadata {
+            // The tenant's own log is the truth; the catalog is a cache of it.
+            self.catalog.insert(metadata)
+            if case .running = self.state { try? await self.saveCatalog() }
+        }
         return tenant
     }
 
-    /// Creates a tenant with its owner, durably, then activates it.
-    /// - Parameters:
-    ///   - name: the display name.
-    ///   - subdomain: a valid, unused subdomain.
-    ///   - plan: the plan; nil takes the default plan.
-    ///   - owner: the owner's user name.
-    /// - Returns: the metadata, and the owner's token (shown this once).
-    /// - Throws: ``TenantError`` (INVALID, EXISTS, IOERR).
-    public func createTenant(name: String, subdomain: String, plan: Plan?, owner: String) async throws -> CreatedTenant
-    {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
-        guard Names.isValidTenantName(name) else {
-            throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
+    /// Keeps the catalog in step with a tenant's metadata once the tenant's log holds it.
+    nonisolated func metadataObserver() -> @Sendable (TenantMetadata) async -> Void {
+        { [weak self] metadata in
+            guard let self else { return }
+            await self.metadataChanged(metadata)
         }
-        if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
-        guard Names.isValidUserName(owner) else {
-            throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]")
-        }
-        guard self.catalog.idBySubdomain[subdomain] == nil, !self.claimedSubdomains.contains(subdomain) else {
-            throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
-        }
-        guard self.catalog.entries[subdomain] == nil else {
-            throw TenantError(.exists, "subdomain '\(subdomain)' is another tenant's id")
-        }
-        var id = Tokens.newTenantID()
-        while self.catalog.entries[id] != nil || self.claimedIDs.contains(id) || self.catalog.idBySubdomain[id] != nil {
-            id = Tokens.newTenantID()
-        }
-        self.claimedSubdomains.insert(subdomain)
-        self.claimedIDs.insert(id)
-        defer {
-            self.claimedSubdomains.remove(subdomain)
-            self.claimedIDs.remove(id)
-        }
-        let plan = plan ?? self.configuration.defaultPlan
-        let now = self.configuration.clock()
-        let metadata = TenantMetadata(
-            tenantID: id,
-            name: name,
-            subdomain: subdomain,
-            plan: plan,
-            limits: self.configuration.limits(for: plan),
-            now: now
-        )
-        let token = Tokens.generate()
-        let owner = User(name: owner, role: .owner, tokenHash: Tokens.hash(token), joinedAt: now)
-        let configuration = self.configuration
-        let data = configuration.dataDirectory
-        let staging = data + "/.creating-" + id
-        let final = configuration.tenantDirectory(id)
+    }
+
+    func metadataChanged(_ metadata: TenantMetadata) async {
+        guard self.catalog.entries[metadata.tenantID] != nil else { return }
+        self.catalog.insert(metadata)
         do {
-            try await runBlocking {
-                try POSIXFile.makeDirectory(staging)
-            }
-            try await Tenant.initialize(path: staging, metadata: metadata, owner: owner, configuration: configuration)
-            try await runBlocking {
-                try POSIXFile.fsyncDirectory(staging)
-                try POSIXFile.rename(staging, to: final)
-                try POSIXFile.fsyncDirectory(data)
-            }
+            try await self.saveCatalog()
         } catch {
-            try? FileManager.default.removeItem(atPath: staging)
-            throw TenantError.ioError("could not create the tenant directory: \(error)")
+            self.logger.error("catalog not saved (it is rebuilt at the next start): \(error)")
         }
-        self.catalog.insert(.init(id: id, subdomain: subdomain, name: name))
-        let snapshot = self.catalog
-        try await runBlocking { try snapshot.save(to: data) }
-        _ = try await self.activate(id: id)
-        return CreatedTenant(metadata: metadata, owner: owner.name, ownerToken: token)
     }
 
-    /// The ids of every tenant, sorted.
-    public func tenantIDs() -> [String] {
-        self.catalog.entries.keys.sorted()
-    }
-
-    /// Flushes and closes every active tenant's log; the registry serves nothing more.
+    /// Flushes and closes every tenant's log (and the shared log); the registry serves nothing more.
     public func shutdown() async {
         self.state = .stopped
         for task in self.activating.values { _ = try? await task.value }
@@ -238,6 +279,13 @@ public actor TenantRegistry {
         self.active = [:]
         await withTaskGroup(of: Void.self) { group in
             for tenant in tenants { group.addTask { await tenant.close() } }
+        }
+        if let sharedLog {
+            do {
+                try await sharedLog.close()
+            } catch {
+                self.logger.error("closing the shared log failed: \(error)")
+            }
         }
     }
 }

@@ -7,6 +7,8 @@ enum TenantRecord {
         case userPut = 2
         case userDelete = 3
         case message = 4
+        /// Only in a shared log (`schema`, `shared`): the tenant is gone.
+        case tenantDeleted = 5
     }
 
     /// The whole metadata, replacing what was there.
@@ -17,6 +19,8 @@ enum TenantRecord {
     case userDelete(String)
     /// A message posted.
     case message(room: String, Message)
+    /// The tenant was deleted (shared logs only).
+    case tenantDeleted
 
     var kind: Kind {
         switch self {
@@ -24,6 +28,7 @@ enum TenantRecord {
         case .userPut: return .userPut
         case .userDelete: return .userDelete
         case .message: return .message
+        case .tenantDeleted: return .tenantDeleted
         }
     }
 
@@ -50,6 +55,8 @@ enum TenantRecord {
             writer.write(message.timestamp)
             writer.write(message.user)
             writer.write(message.text)
+        case .tenantDeleted:
+            break
         }
         return writer.bytes
     }
@@ -83,6 +90,8 @@ enum TenantRecord {
             let user = try reader.readString()
             let text = try reader.readString()
             record = .message(room: room, Message(seq: seq, timestamp: timestamp, user: user, text: text))
+        case .tenantDeleted:
+            record = .tenantDeleted
         }
         guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
         return record

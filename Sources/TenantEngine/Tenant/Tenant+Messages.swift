@@ -41,8 +41,10 @@ extension Tenant {
             )
         }
         try self.checkWritable()
+        let now = self.configuration.clock()
+        try self.admitMessage(now: now)
         let seq = self.data.rooms[room]?.nextSeq ?? 1
-        let message = Message(seq: seq, timestamp: self.configuration.clock(), user: principal.displayName, text: text)
+        let message = Message(seq: seq, timestamp: now, user: principal.displayName, text: text)
         let lsn = try self.append(.message(room: room, message))
         self.data.rooms[room, default: Room()].nextSeq = seq + 1
         self.pending.append((lsn, room, message))

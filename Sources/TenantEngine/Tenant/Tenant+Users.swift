@@ -12,6 +12,8 @@ extension Tenant {
             throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]")
         }
         guard self.data.users[name] == nil else { throw TenantError(.exists, "user '\(name)' already exists") }
+        try self.checkWritable()
+        try self.admitUser()
         let token = Tokens.generate()
         let user = User(name: name, role: role, tokenHash: Tokens.hash(token), joinedAt: self.configuration.clock())
         try await self.write(.userPut(user))

@@ -12,47 +12,74 @@ public actor Tenant {
     enum State {
         case serving
         case failed(TenantError)
-        case closed
+        case closed(deleted: Bool)
     }
 
     /// The tenant id.
     public nonisolated let id: String
-    /// The tenant's directory.
+    /// The tenant's directory (`database` strategy), or the shared log's.
     public nonisolated let path: String
+    nonisolated let executor: TenantExecutor
     var state: State = .serving
     var data: TenantState
-    let log: WALWriter
+    let log: TenantLog
     var pending: Deque<(lsn: UInt64, room: String, message: Message)> = []
+    /// Bytes this tenant holds on disk: its directory, or its records in a shared log.
+    var storageBytes: Int64
+    /// The quota levels (80, 90, 100 %) already logged, per limit and day.
+    var loggedQuotaLevels: [String: Int] = [:]
+    var subscriptions = Subscriptions()
+    /// Messages per UTC day, counted when accepted (the log's own count, plus what waits for it).
+    var quotaDay: MessageDayCounter
     let configuration: EngineConfiguration
     let logger: Logger
+    let onMetadataChange: @Sendable (TenantMetadata) async -> Void
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor {
+        self.executor.asUnownedSerialExecutor()
+    }
 
     init(
-        id: String,
-        path: String,
         data: TenantState,
-        log: WALWriter,
+        path: String,
+        log: TenantLog,
+        storageBytes: Int64,
+        executor: TenantExecutor,
         configuration: EngineConfiguration,
-        logger: Logger
+        logger: Logger,
+        onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
     ) {
+        let id = data.metadata!.tenantID
         self.id = id
         self.path = path
         self.data = data
         self.log = log
+        self.storageBytes = storageBytes
+        self.quotaDay = data.messageDays
+        self.executor = executor
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "tenant"] = "\(id)"
         self.logger = logger
+        self.onMetadataChange = onMetadataChange
     }
 
-    /// Recovers a tenant from its directory: replays its log (cutting a torn tail off) and opens it for append.
+    /// Recovers a tenant from its own directory (`database` strategy): replays its log, cutting a
+    /// torn tail off, and opens it for append.
     /// - Parameters:
     ///   - path: the tenant's directory.
     ///   - configuration: the engine's settings.
     ///   - logger: where recovery reports.
+    ///   - onMetadataChange: told every new metadata once it is durable.
     /// - Returns: the tenant, serving.
     /// - Throws: ``TenantError`` when the directory holds no tenant or its log is corrupt.
-    public static func open(path: String, configuration: EngineConfiguration, logger: Logger) async throws -> Tenant {
-        let (data, log) = try await runBlocking {
+    static func open(
+        path: String,
+        configuration: EngineConfiguration,
+        logger: Logger,
+        onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
+    ) async throws -> Tenant {
+        let (data, writer, storage) = try await runBlocking {
             var data = TenantState()
             let reader = WALReader(
                 directory: path + "/wal",
@@ -60,11 +87,14 @@ public actor Tenant {
             )
             let result: WALRecoveryResult
             do {
-                result = try reader.replay(repair: true, logger: logger) { lsn, type, payload in
+                result = try reader.replayRecords(repair: true, logger: logger) { record in
                     do {
-                        try data.apply(TenantRecord.decode(type: type, payload: payload))
+                        try data.apply(TenantRecord.decode(type: record.type, payload: record.payload))
                     } catch {
-                        throw TenantError(.ioError, "tenant log record \(lsn) in \(path) does not decode: \(error)")
+                        throw TenantError(
+                            .ioError,
+                            "tenant log record \(record.lsn) in \(path) does not decode: \(error)"
+                        )
                     }
                 }
             } catch let error as WALError {
@@ -73,21 +103,22 @@ public actor Tenant {
             guard data.metadata != nil else {
                 throw TenantError(.notFound, "no tenant metadata in \(path)")
             }
-            let log = try WALWriter(
+            let writer = try WALWriter(
                 directory: path + "/wal",
                 lastLSN: result.lastLSN,
                 configuration: configuration.walConfiguration
             )
-            return (data, log)
+            return (data, writer, try Self.directorySize(path))
         }
-        let metadata = data.metadata!
         return Tenant(
-            id: metadata.tenantID,
-            path: path,
             data: data,
-            log: log,
+            path: path,
+            log: .own(writer),
+            storageBytes: storage,
+            executor: TenantExecutor(label: "tenantd.tenant"),
             configuration: configuration,
-            logger: logger
+            logger: logger,
+            onMetadataChange: onMetadataChange
         )
     }
 
@@ -95,29 +126,42 @@ public actor Tenant {
     static func initialize(
         path: String,
         metadata: TenantMetadata,
-        owner: User,
+        owner: User?,
         configuration: EngineConfiguration
-    )
-        async throws
-    {
+    ) async throws {
         var walConfiguration = configuration.walConfiguration
         walConfiguration.fsync = .always
-        let log = try WALWriter(directory: path + "/wal", lastLSN: 0, configuration: walConfiguration)
-        _ = try log.append(type: TenantRecord.Kind.metadata.rawValue, payload: TenantRecord.metadata(metadata).encode())
-        _ = try log.append(type: TenantRecord.Kind.userPut.rawValue, payload: TenantRecord.userPut(owner).encode())
-        try await log.close()
+        let log = TenantLog.own(try WALWriter(directory: path + "/wal", lastLSN: 0, configuration: walConfiguration))
+        _ = try log.append(.metadata(metadata))
+        if let owner { _ = try log.append(.userPut(owner)) }
+        try await log.writer.close()
+    }
+
+    /// The bytes of every file under `path`.
+    static func directorySize(_ path: String) throws -> Int64 {
+        var total: Int64 = 0
+        for name in try POSIXFile.listDirectory(path) {
+            let child = path + "/" + name
+            if POSIXFile.isDirectory(child) {
+                total += try directorySize(child)
+            } else {
+                total += Int64(try POSIXFile.fileSize(child))
+            }
+        }
+        return total
     }
 
     /// The tenant's metadata.
     public var metadata: TenantMetadata { self.data.metadata! }
 
-    /// Flushes and closes the log; the tenant answers nothing more.
-    public func close() async {
+    /// Flushes and closes the log; the tenant answers nothing more (NOTFOUND once deleted).
+    public func close(deleted: Bool = false) async {
+        self.subscriptions.closeAll()
         guard case .serving = self.state else {
-            if case .failed = self.state { self.state = .closed }
+            if case .failed = self.state { self.state = .closed(deleted: deleted) }
             return
         }
-        self.state = .closed
+        self.state = .closed(deleted: deleted)
         do {
             try await self.log.close()
         } catch {
@@ -131,7 +175,10 @@ public actor Tenant {
     /// Checks that `principal` may act here with at least `minimum`, and that the tenant serves.
     /// - Returns: the role of a user, nil for the operator.
     func authorize(_ principal: Principal, minimum: Role) throws -> Role? {
-        if case .closed = self.state { throw TenantError(.loading, "tenant is being closed; retry") }
+        if case .closed(let deleted) = self.state {
+            throw deleted
+                ? TenantError.notFound("tenant was deleted") : TenantError(.loading, "tenant is closed; retry")
+        }
         switch principal {
         case .operator:
             return nil
@@ -155,7 +202,9 @@ public actor Tenant {
         switch self.state {
         case .serving: return
         case .failed(let error): throw error
-        case .closed: throw TenantError(.loading, "tenant is being closed; retry")
+        case .closed(let deleted):
+            throw deleted
+                ? TenantError.notFound("tenant was deleted") : TenantError(.loading, "tenant is closed; retry")
         }
     }
 
@@ -183,7 +232,9 @@ public actor Tenant {
     func append(_ record: TenantRecord) throws -> UInt64 {
         try self.checkWritable()
         do {
-            return try record.encode().withUnsafeBytes { try self.log.append(type: record.kind.rawValue, payload: $0) }
+            let (lsn, size) = try self.log.append(record)
+            self.storageBytes += Int64(size)
+            return lsn
         } catch let error as WALError {
             if error.isRecordTooLarge { throw TenantError(.tooBig, error.description) }
             throw self.fail(error)
@@ -212,6 +263,7 @@ public actor Tenant {
             } catch {
                 self.logger.critical("message \(next.lsn) does not apply: \(error)")
             }
+            self.publish(room: next.room, message: next.message)
         }
     }
 

@@ -20,6 +20,9 @@ struct TenantState: Sendable {
             try self.rooms[room, default: Room()].apply(message)
             self.messageCount += 1
             self.messageDays.count(timestamp: message.timestamp)
+        case .tenantDeleted:
+            // The registry drops the tenant; a tenant's own state never sees this record.
+            break
         }
     }
 }

@@ -77,27 +77,92 @@ extension CommandDispatcher {
                 plan: plan,
                 owner: owner
             )
-            return .map(
-                Self.fields(created.metadata) + [
-                    ("owner", .bulkString(created.owner)), ("owner_token", .bulkString(created.ownerToken)),
-                ]
-            )
+            return Self.createdReply(created)
         case "GET":
             try arguments.expect(2...2, for: "tenant|get")
-            guard let id = await self.registry.resolve(arguments[1]) else {
-                throw TenantError.notFound("no tenant '\(arguments[1].prefix(64))'")
-            }
-            return .map(Self.fields(try await self.registry.tenant(id: id).metadata))
+            return .map(Self.fields(try await self.operatorTenant(arguments[1]).metadata))
         case "LIST":
-            try arguments.expect(1...1, for: "tenant|list")
-            var tenants: [RESPValue] = []
-            for id in await self.registry.tenantIDs() {
-                tenants.append(.map(Self.fields(try await self.registry.tenant(id: id).metadata)))
+            return try await self.listTenants(arguments)
+        case "UPDATE":
+            guard arguments.count >= 4, arguments.count % 2 == 0 else { throw CommandError.wrongArity("tenant|update") }
+            let tenant = try await self.operatorTenant(arguments[1])
+            let changes = stride(from: 2, to: arguments.count, by: 2).map { (arguments[$0], arguments[$0 + 1]) }
+            return .map(Self.fields(try await tenant.update(principal, changes)))
+        case "SUSPEND", "RESUME":
+            try arguments.expect(2...2, for: "tenant|\(arguments[0].lowercased())")
+            let tenant = try await self.operatorTenant(arguments[1])
+            _ = try await tenant.setSuspended(principal, arguments.keyword(0) == "SUSPEND")
+            return .ok
+        case "DELETE":
+            try arguments.expect(3...3, for: "tenant|delete")
+            guard arguments[1] == arguments[2] else {
+                throw CommandError("TENANT DELETE takes the tenant id twice, as confirmation")
             }
-            return .array(tenants)
+            guard let id = await self.registry.resolveAny(arguments[1]), id == arguments[1] else {
+                throw TenantError.notFound("no tenant with id '\(arguments[1].prefix(64))'")
+            }
+            try await self.registry.deleteTenant(id: id)
+            return .ok
         default:
-            throw CommandError("unknown subcommand '\(arguments[0].prefix(64))'. Try TENANT CREATE|GET|LIST.")
+            throw CommandError(
+                "unknown subcommand '\(arguments[0].prefix(64))'. "
+                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP."
+            )
         }
+    }
+
+    /// The tenant an operator's TENANT command names, by id, subdomain or host.
+    private func operatorTenant(_ reference: String) async throws -> Tenant {
+        guard let id = await self.registry.resolveAny(reference) else {
+            throw TenantError.notFound("no tenant '\(reference.prefix(64))'")
+        }
+        return try await self.registry.tenant(id: id)
+    }
+
+    /// `TENANT LIST` (every tenant) or `TENANT LIST CURSOR <c> [COUNT <n>]` (a page: `[next, [tenants]]`).
+    private func listTenants(_ arguments: Arguments) async throws -> RESPValue {
+        try arguments.expect(1...5, for: "tenant|list")
+        if arguments.count == 1 {
+            return .array(await self.registry.listTenants().map { .map(Self.fields($0)) })
+        }
+        var cursor: String?
+        var count = 100
+        var index = 1
+        while index < arguments.count {
+            guard index + 1 < arguments.count else { throw CommandError.syntax }
+            switch arguments.keyword(index) {
+            case "CURSOR": cursor = arguments[index + 1]
+            case "COUNT":
+                guard let value = Int(arguments[index + 1]), value > 0 else {
+                    throw CommandError("value is not an integer or out of range")
+                }
+                count = min(value, 1000)
+            default: throw CommandError.syntax
+            }
+            index += 2
+        }
+        let page = await self.registry.listTenants(after: cursor ?? "0", count: count)
+        return .array([.bulkString(page.next), .array(page.tenants.map { .map(Self.fields($0)) })])
+    }
+
+    /// TENANT SIGNUP name subdomain owner: no authentication, when self-signup is on.
+    func signup(_ arguments: Arguments, session: Session) async throws -> RESPValue {
+        try arguments.expect(4...4, for: "tenant|signup")
+        let created = try await self.registry.signup(
+            name: arguments[1],
+            subdomain: arguments[2],
+            owner: arguments[3],
+            clientAddress: session.clientAddress
+        )
+        return Self.createdReply(created)
+    }
+
+    static func createdReply(_ created: CreatedTenant) -> RESPValue {
+        .map(
+            Self.fields(created.metadata) + [
+                ("owner", .bulkString(created.owner)), ("owner_token", .bulkString(created.ownerToken)),
+            ]
+        )
     }
 
     private static func settingsEncoder() -> JSONEncoder {

@@ -6,7 +6,7 @@ extension CommandDispatcher {
     /// only for a credential valid there; a plain room is in the connection's tenant context.
     func target(room argument: String, principal: Principal, session: Session) async throws -> (Tenant, String) {
         let prefix = "/tenant/"
-        guard argument.hasPrefix(prefix) else {
+        guard argument.hasPrefix(prefix), self.registry.configuration.idSources.contains(.path) else {
             guard let tenant = session.tenant else {
                 throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
             }
@@ -21,7 +21,7 @@ extension CommandDispatcher {
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
         switch principal {
         case .operator:
-            return (try await self.registry.tenant(id: id), room)
+            return (try await self.registry.tenantForOperator(id: id), room)
         case .user(let tenantID, _, _):
             guard tenantID == id, let tenant = session.tenant else {
                 throw TenantError.noPermission("credential is not valid for tenant '\(id)'")
@@ -88,5 +88,69 @@ extension CommandDispatcher {
                 .array([.bulkString(room.room), .integer(Int64(room.lastSeq)), .integer(Int64(room.messageCount))])
             }
         )
+    }
+
+    func usage(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
+        try arguments.expect(0...0, for: "usage")
+        guard let tenant = session.tenant else {
+            throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+        }
+        let usage = try await tenant.usage(principal)
+        return .map([
+            ("plan", .bulkString(usage.plan.rawValue)),
+            ("users", .integer(usage.users)),
+            ("max_users", .integer(usage.maxUsers)),
+            ("storage_bytes", .integer(usage.storageBytes)),
+            ("max_storage_bytes", .integer(usage.maxStorageBytes)),
+            ("messages_today", .integer(usage.messagesToday)),
+            ("max_messages_per_day", .integer(usage.maxMessagesPerDay)),
+        ])
+    }
+
+    /// SUBSCRIBE: each channel's reply is delivered by its tenant, so it precedes every push.
+    func subscribe(
+        _ arguments: Arguments,
+        principal: Principal,
+        session: inout Session
+    ) async throws
+        -> CommandOutcome
+    {
+        try arguments.expect(1...Int.max, for: "subscribe")
+        // Every channel is checked before any is subscribed: one refused channel subscribes none.
+        var targets: [(channel: String, tenant: Tenant, room: String)] = []
+        for channel in arguments.words {
+            let (tenant, room) = try await self.target(room: channel, principal: principal, session: session)
+            guard Names.isValidRoom(room) else { throw Tenant.invalidRoom }
+            targets.append((channel, tenant, room))
+        }
+        for target in targets {
+            try await target.tenant.subscribe(
+                principal,
+                room: target.room,
+                channel: target.channel,
+                subscriber: session.subscriber
+            )
+            session.channels[target.channel] = (target.tenant, target.room)
+        }
+        return .delivered
+    }
+
+    func unsubscribe(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
+        let channels = arguments.count == 0 ? session.channels.keys.sorted() : arguments.words
+        if channels.isEmpty {
+            return .reply(.push([.bulkString("unsubscribe"), .null, .integer(0)]))
+        }
+        for channel in channels {
+            if let subscription = session.channels.removeValue(forKey: channel) {
+                await subscription.tenant.unsubscribe(
+                    room: subscription.room,
+                    channel: channel,
+                    subscriber: session.subscriber
+                )
+            } else {
+                _ = session.subscriber.deliver(.unsubscribed(channel: channel))
+            }
+        }
+        return .delivered
     }
 }

@@ -24,10 +24,24 @@ struct CommandDispatcher: Sendable {
         }
     }
 
+    /// What a RESP2 connection with subscriptions may still run.
+    static let subscribedModeCommands: Set<String> = [
+        "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "PING", "QUIT", "RESET",
+    ]
+
     private func dispatch(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
+        if session.isInSubscribedMode && !Self.subscribedModeCommands.contains(arguments.name) {
+            throw CommandError(
+                "Can't execute '\(arguments.name.lowercased().prefix(64))': only (P|S)SUBSCRIBE / "
+                    + "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            )
+        }
         switch arguments.name {
         case "PING":
             try arguments.expect(0...1, for: "ping")
+            if session.isInSubscribedMode {
+                return .reply(.array([.bulkString("pong"), .bulkString(arguments.count == 1 ? arguments[0] : "")]))
+            }
             return .reply(arguments.count == 1 ? .bulkString(arguments[0]) : .simpleString("PONG"))
         case "ECHO":
             try arguments.expect(1...1, for: "echo")
@@ -57,6 +71,8 @@ struct CommandDispatcher: Sendable {
             try arguments.expect(1...1, for: "select")
             guard arguments[0] == "0" else { throw CommandError("DB index is out of range") }
             return .reply(.ok)
+        case "TENANT" where arguments.keyword(0) == "SIGNUP":
+            return .reply(try await self.signup(arguments, session: session))
         default:
             break
         }
@@ -90,6 +106,12 @@ struct CommandDispatcher: Sendable {
             return .reply(try await self.history(arguments, principal: principal, session: session))
         case "ROOMS":
             return .reply(try await self.rooms(arguments, principal: principal, session: session))
+        case "USAGE":
+            return .reply(try await self.usage(arguments, principal: principal, session: session))
+        case "SUBSCRIBE":
+            return try await self.subscribe(arguments, principal: principal, session: &session)
+        case "UNSUBSCRIBE":
+            return try await self.unsubscribe(arguments, session: &session)
         case "USER":
             return .reply(try await self.user(arguments, principal: principal, session: &session))
         case "TENANT":
@@ -99,7 +121,9 @@ struct CommandDispatcher: Sendable {
         }
     }
 
-    static let knownCommands: Set<String> = ["WHOAMI", "USE", "POST", "HISTORY", "ROOMS", "USER", "TENANT"]
+    static let knownCommands: Set<String> = [
+        "WHOAMI", "USE", "POST", "HISTORY", "ROOMS", "USAGE", "SUBSCRIBE", "UNSUBSCRIBE", "USER", "TENANT",
+    ]
 
     static func unknownCommand(_ arguments: Arguments) -> CommandError {
         let start = arguments.words.prefix(8).map { "'\($0.prefix(64))'" }.joined(separator: " ")
@@ -148,6 +172,7 @@ struct CommandDispatcher: Sendable {
         }
         if let name { session.clientName = name }
         session.version = version
+        session.subscriber.setVersion(version)
         return .map([
             ("server", .bulkString("tenantd")),
             ("version", .bulkString(Self.serverVersion)),
@@ -172,19 +197,36 @@ struct CommandDispatcher: Sendable {
 
     /// `admin` is the operator; `user@tenant-ref` a user of one tenant. Every failure is the same WRONGPASS.
     func authenticate(user: String, token: String, session: inout Session) async throws {
+        let singleTenant = !self.registry.configuration.multiTenancy
         if user == "admin" {
             guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }
             session.principal = .operator
             session.tenantID = nil
             session.tenant = nil
+            if singleTenant {
+                // Single-tenant mode: every authenticated connection works in the tenant `default`.
+                session.tenant = try await self.registry.tenant(id: EngineConfiguration.defaultTenantID)
+                session.tenantID = EngineConfiguration.defaultTenantID
+            }
             return
         }
-        guard let at = user.firstIndex(of: "@") else { throw TenantError.wrongPass }
-        let name = String(user[..<at])
-        let reference = String(user[user.index(after: at)...])
-        guard Names.isValidUserName(name), let id = await self.registry.resolve(reference) else {
+        let name: String
+        let id: String
+        if let at = user.firstIndex(of: "@") {
+            name = String(user[..<at])
+            guard Names.isValidUserName(name),
+                let resolved = await self.registry.resolve(String(user[user.index(after: at)...]))
+            else {
+                throw TenantError.wrongPass
+            }
+            id = resolved
+        } else if singleTenant {
+            name = user
+            id = EngineConfiguration.defaultTenantID
+        } else {
             throw TenantError.wrongPass
         }
+        guard !singleTenant || id == EngineConfiguration.defaultTenantID else { throw TenantError.wrongPass }
         let tenant: Tenant
         do {
             tenant = try await self.registry.tenant(id: id)
@@ -221,14 +263,27 @@ struct CommandDispatcher: Sendable {
 
     private func use(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
         try arguments.expect(1...1, for: "use")
+        let reference = arguments[0]
         guard case .operator = principal else {
+            // In single-tenant mode anyone may USE the one tenant there is.
+            if !self.registry.configuration.multiTenancy,
+                await self.registry.resolve(reference) == EngineConfiguration.defaultTenantID
+            {
+                return .ok
+            }
             throw TenantError.noPermission("USE is for the operator; a user's tenant is the one it authenticated to")
         }
-        guard let id = await self.registry.resolve(arguments[0]) else {
-            throw TenantError.notFound("no tenant '\(arguments[0].prefix(64))'")
+        if let id = await self.registry.resolve(reference) {
+            session.tenant = try await self.registry.tenant(id: id)
+            session.tenantID = id
+            return .ok
         }
-        session.tenant = try await self.registry.tenant(id: id)
-        session.tenantID = id
-        return .ok
+        let configuration = self.registry.configuration
+        if configuration.autoProvision, configuration.idSources.contains(.header), Names.isValidTenantID(reference) {
+            session.tenant = try await self.registry.tenantForOperator(id: reference)
+            session.tenantID = reference
+            return .ok
+        }
+        throw TenantError.notFound("no tenant '\(reference.prefix(64))'")
     }
 }

@@ -14,10 +14,21 @@ struct Session: Sendable {
     /// The newest POST not yet known durable: any other command waits for it first, so a
     /// pipelined HISTORY sees the POSTs before it.
     var lastPost: (tenant: Tenant, ticket: PostTicket)?
+    /// The client's address, for the signup rate limit.
+    let clientAddress: String
+    /// Where tenants deliver this connection's pub/sub events.
+    let subscriber: ConnectionSubscriber
+    /// The channels subscribed, by the name the client used.
+    var channels: [String: (tenant: Tenant, room: String)] = [:]
 
-    init(id: Int64) {
+    init(id: Int64, clientAddress: String, subscriber: ConnectionSubscriber) {
         self.id = id
+        self.clientAddress = clientAddress
+        self.subscriber = subscriber
     }
+
+    /// RESP2 connections with subscriptions take only pub/sub commands, as Redis's do.
+    var isInSubscribedMode: Bool { self.version == .resp2 && !self.channels.isEmpty }
 }
 
 /// What a command asks the connection to do.
@@ -28,6 +39,8 @@ enum CommandOutcome: Sendable {
     case post(Tenant, PostTicket)
     /// Send this reply, then close the connection.
     case replyAndClose(RESPValue)
+    /// Nothing to send: the replies were delivered through the subscriber.
+    case delivered
 }
 
 /// An error in the form of a command: `-ERR`.

@@ -31,9 +31,23 @@ struct Connection {
                         try await Self.write(queue, to: outbound)
                     }
                     defer { queue.finish() }
-                    var session = Session(id: self.id)
+                    let address = self.channel.channel.remoteAddress?.ipAddress ?? "unknown"
+                    var session = Session(
+                        id: self.id,
+                        clientAddress: address,
+                        subscriber: ConnectionSubscriber(queue: queue, version: .resp2)
+                    )
+                    defer {
+                        let channels = session.channels.values.map { ($0.tenant, $0.room) }
+                        let subscriber = session.subscriber
+                        if !channels.isEmpty {
+                            Task {
+                                for (tenant, room) in channels { await tenant.drop(subscriber, rooms: [room]) }
+                            }
+                        }
+                    }
                     reading: for try await request in inbound {
-                        let slot: Slot
+                        let slot: Slot?
                         var last = false
                         switch request {
                         case .protocolError(let message):
@@ -56,9 +70,13 @@ struct Connection {
                             case .replyAndClose(let value):
                                 slot = .close(value, session.version)
                                 last = true
+                            case .delivered:
+                                slot = nil
                             }
                         }
-                        guard await queue.push(slot), !last else { break reading }
+                        if let slot {
+                            guard await queue.push(slot), !last else { break reading }
+                        }
                     }
                     queue.finish()
                     try await group.waitForAll()

@@ -51,6 +51,19 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         return await self.push(element)
     }
 
+    /// Queues a slot without waiting (pub/sub pushes, from a tenant's executor), up to a hard cap
+    /// far above the window.
+    /// - Returns: false when the writer is gone or the client is that far behind: the caller drops it.
+    func pushNow(_ element: Element) -> Bool {
+        let queued = self.state.withLock { state -> Bool in
+            guard !state.writerGone, !state.finished, state.slots.count < self.limit * 64 else { return false }
+            state.slots.append(element)
+            return true
+        }
+        if queued { self.wakeWriter() }
+        return queued
+    }
+
     /// No more slots will come.
     func finish() {
         self.state.withLock { $0.finished = true }

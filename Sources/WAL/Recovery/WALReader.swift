@@ -20,6 +20,18 @@ public struct WALTornTail: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// One record as replay hands it over; `payload` is valid only during the call.
+public struct WALRecordView {
+    /// The record's lsn.
+    public var lsn: UInt64
+    /// The record's type byte.
+    public var type: UInt8
+    /// The uncompressed payload.
+    public var payload: UnsafeRawBufferPointer
+    /// The record's size on disk, header included.
+    public var storedSize: Int
+}
+
 /// The result of reading a log.
 public struct WALRecoveryResult: Sendable {
     /// The lsn of the last valid record, or `startLSN - 1` when there is none.
@@ -71,6 +83,17 @@ public struct WALReader {
         repair: Bool,
         logger: Logger? = nil,
         _ handler: (UInt64, UInt8, UnsafeRawBufferPointer) throws -> Void
+    ) throws -> WALRecoveryResult {
+        try self.replayRecords(repair: repair, logger: logger) { record in
+            try handler(record.lsn, record.type, record.payload)
+        }
+    }
+
+    /// Replays every record in lsn order, with its size on disk. See ``replay(repair:logger:_:)``.
+    public func replayRecords(
+        repair: Bool,
+        logger: Logger? = nil,
+        _ handler: (WALRecordView) throws -> Void
     ) throws -> WALRecoveryResult {
         let segments = try self.segmentNames()
         var result = WALRecoveryResult(
@@ -146,7 +169,9 @@ public struct WALReader {
                     )
                     do {
                         try decompressor.decompress(stored, decodedSize: decodedSize) { payload in
-                            try handler(lsn, type, payload)
+                            try handler(
+                                WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset)
+                            )
                         }
                     } catch let error as LZ4Error {
                         throw WALError.corrupt(file: path, offset: offset, reason: error.description)

@@ -95,6 +95,12 @@ public final class WALWriter: @unchecked Sendable {
     /// - Throws: ``WALError`` when the record is too large or the writer has failed or closed.
     /// - Complexity: O(n) in the payload's size.
     public func append(type: UInt8, payload: UnsafeRawBufferPointer) throws -> UInt64 {
+        try self.appendRecord(type: type, payload: payload).lsn
+    }
+
+    /// Queues one record like ``append(type:payload:)``.
+    /// - Returns: its lsn and its size on disk, header included.
+    public func appendRecord(type: UInt8, payload: UnsafeRawBufferPointer) throws -> (lsn: UInt64, size: Int) {
         let limit = self.configuration.maxRecordSize
         guard payload.count <= limit else { throw WALError.recordTooLarge(payload.count, limit: limit) }
         return try self.state.withLock { state in
@@ -119,7 +125,7 @@ public final class WALWriter: @unchecked Sendable {
             )
             state.nextLSN += 1
             state.segmentBytes += written
-            return lsn
+            return (lsn, written)
         }
     }
 

@@ -1,0 +1,190 @@
+import Foundation
+import Logging
+import WAL
+
+extension TenantRegistry {
+    /// Creates a tenant with its owner, durably, then activates it.
+    /// - Parameters:
+    ///   - name: the display name.
+    ///   - subdomain: a valid, unused subdomain.
+    ///   - plan: the plan; nil takes the default plan.
+    ///   - owner: the owner's user name.
+    /// - Returns: the metadata, and the owner's token (shown this once).
+    /// - Throws: ``TenantError`` (INVALID, EXISTS, IOERR).
+    public func createTenant(name: String, subdomain: String, plan: Plan?, owner: String) async throws -> CreatedTenant
+    {
+        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
+        var id = Tokens.newTenantID()
+        while self.catalog.entries[id] != nil || self.claimedIDs.contains(id) || self.catalog.idBySubdomain[id] != nil
+            || id == subdomain
+        {
+            id = Tokens.newTenantID()
+        }
+        return try await self.create(id: id, name: name, subdomain: subdomain, plan: plan, owner: owner)
+    }
+
+    /// TENANT SIGNUP: a self-service creation, when `TENANT_SELF_SIGNUP=true`, limited per client address.
+    /// - Throws: NOPERM when self-signup is off; QUOTA past the rate; as ``createTenant(name:subdomain:plan:owner:)``.
+    public func signup(
+        name: String,
+        subdomain: String,
+        owner: String,
+        clientAddress: String
+    ) async throws
+        -> CreatedTenant
+    {
+        guard self.configuration.selfSignup else {
+            throw TenantError.noPermission("self-signup is disabled (TENANT_SELF_SIGNUP=false)")
+        }
+        if let retry = self.signups.take(clientAddress, now: self.configuration.clock()) {
+            let limit = self.configuration.signupsPerMinute
+            throw TenantError(.quota, "signups_per_minute \(limit)/\(limit) retry_after=\(retry)")
+        }
+        return try await self.createTenant(name: name, subdomain: subdomain, plan: nil, owner: owner)
+    }
+
+    /// Creates tenant `id`: durably written (a staging directory renamed into place, or records in
+    /// the shared log), put in the catalog, activated.
+    func create(id: String, name: String, subdomain: String, plan: Plan?, owner: String?) async throws -> CreatedTenant
+    {
+        guard Names.isValidTenantName(name) else {
+            throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
+        }
+        if let owner, !Names.isValidUserName(owner) {
+            throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-] without '..'")
+        }
+        if !subdomain.isEmpty {
+            guard self.catalog.idBySubdomain[subdomain] == nil, !self.claimedSubdomains.contains(subdomain) else {
+                throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
+            }
+            guard self.catalog.entries[subdomain] == nil || subdomain == id, !self.claimedIDs.contains(subdomain) else {
+                throw TenantError(.exists, "subdomain '\(subdomain)' is another tenant's id")
+            }
+        }
+        guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id), self.catalog.idBySubdomain[id] == nil
+        else {
+            throw TenantError(.exists, "tenant id '\(id)' is already taken")
+        }
+        self.claimedSubdomains.insert(subdomain)
+        self.claimedIDs.insert(id)
+        defer {
+            self.claimedSubdomains.remove(subdomain)
+            self.claimedIDs.remove(id)
+        }
+        let plan = plan ?? self.configuration.defaultPlan
+        let now = self.configuration.clock()
+        let metadata = TenantMetadata(
+            tenantID: id,
+            name: name,
+            subdomain: subdomain,
+            plan: plan,
+            limits: self.configuration.limits(for: plan),
+            now: now
+        )
+        let token = Tokens.generate()
+        let ownerUser = owner.map { User(name: $0, role: .owner, tokenHash: Tokens.hash(token), joinedAt: now) }
+        switch self.configuration.isolation {
+        case .database:
+            try await self.createDirectory(metadata: metadata, owner: ownerUser)
+            self.catalog.insert(metadata)
+            try await self.saveCatalog()
+            _ = try await self.activate(id: id)
+        case .schema, .shared:
+            try await self.createInSharedLog(metadata: metadata, owner: ownerUser)
+        }
+        self.logger.info("tenant created", metadata: ["tenant": "\(id)", "subdomain": "\(subdomain)"])
+        return CreatedTenant(metadata: metadata, owner: owner ?? "", ownerToken: owner == nil ? "" : token)
+    }
+
+    private func createDirectory(metadata: TenantMetadata, owner: User?) async throws {
+        let configuration = self.configuration
+        let data = configuration.dataDirectory
+        let staging = data + "/.creating-" + metadata.tenantID
+        let final = configuration.tenantDirectory(metadata.tenantID)
+        do {
+            try await runBlocking { try POSIXFile.makeDirectory(staging) }
+            try await Tenant.initialize(path: staging, metadata: metadata, owner: owner, configuration: configuration)
+            try await runBlocking {
+                try POSIXFile.fsyncDirectory(staging)
+                try POSIXFile.rename(staging, to: final)
+                try POSIXFile.fsyncDirectory(data)
+            }
+        } catch {
+            try? FileManager.default.removeItem(atPath: staging)
+            throw TenantError.ioError("could not create the tenant directory: \(error)")
+        }
+    }
+
+    /// TENANT DELETE: closes the tenant and removes it. Under `database` its directory is first
+    /// renamed into `<data>/.trash/` (so a crash never leaves half a tenant) and removed from there.
+    public func deleteTenant(id: String) async throws {
+        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
+        guard !self.claimedIDs.contains(id) else { throw TenantError(.loading, "tenant '\(id)' is busy; retry") }
+        self.claimedIDs.insert(id)
+        defer { self.claimedIDs.remove(id) }
+        let tenant = try? await self.activate(id: id)
+        switch self.configuration.isolation {
+        case .database:
+            await tenant?.close(deleted: true)
+            let data = self.configuration.dataDirectory
+            let directory = self.configuration.tenantDirectory(id)
+            let trash = data + "/.trash"
+            let target = trash + "/" + self.configuration.directoryPrefix + id + "-\(self.configuration.clock())"
+            do {
+                try await runBlocking {
+                    if try POSIXFile.makeDirectory(trash) { try POSIXFile.fsyncDirectory(data) }
+                    try POSIXFile.rename(directory, to: target)
+                    try POSIXFile.fsyncDirectory(data)
+                    try POSIXFile.fsyncDirectory(trash)
+                }
+            } catch {
+                throw TenantError.ioError("could not move the tenant directory to the trash: \(error)")
+            }
+            self.active[id] = nil
+            self.catalog.remove(id: id)
+            try await self.saveCatalog()
+            Task.detached { try? FileManager.default.removeItem(atPath: target) }
+        case .schema, .shared:
+            guard let sharedLog = self.sharedLog, let tenant else { throw TenantError.notFound("no tenant '\(id)'") }
+            var payload = SharedLogPayload.prefix(for: id)
+            payload += TenantRecord.tenantDeleted.encode()
+            do {
+                let lsn = try sharedLog.append(type: TenantRecord.Kind.tenantDeleted.rawValue, payload: payload)
+                try await sharedLog.waitUntilDurable(lsn)
+            } catch {
+                throw TenantError.ioError("could not log the deletion: \(error)")
+            }
+            await tenant.close(deleted: true)
+            self.active[id] = nil
+            self.catalog.remove(id: id)
+        }
+        self.logger.info("tenant deleted", metadata: ["tenant": "\(id)"])
+    }
+
+    /// The metadata of every tenant, by id, from the catalog (no tenant is activated).
+    public func listTenants() -> [TenantMetadata] {
+        self.catalog.sortedIDs().compactMap { self.catalog.entries[$0] }
+    }
+
+    /// One page of tenants after `cursor` (an id, or "0" to start).
+    /// - Returns: the page and the next cursor ("0" when done).
+    public func listTenants(after cursor: String, count: Int) -> (tenants: [TenantMetadata], next: String) {
+        let ids = self.catalog.sortedIDs()
+        var low = 0
+        if cursor != "0" {
+            var high = ids.count
+            while low < high {
+                let middle = (low + high) / 2
+                if ids[middle] <= cursor { low = middle + 1 } else { high = middle }
+            }
+        }
+        let end = min(ids.count, low + max(1, count))
+        let page = ids[low..<end].compactMap { self.catalog.entries[$0] }
+        return (page, end < ids.count ? ids[end - 1] : "0")
+    }
+
+    /// The number of tenants.
+    public var tenantCount: Int { self.catalog.entries.count }
+}

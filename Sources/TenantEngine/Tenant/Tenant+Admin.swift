@@ -1,0 +1,176 @@
+import Logging
+
+/// What USAGE reports.
+public struct TenantUsage: Sendable, Hashable {
+    public var plan: Plan
+    public var users: Int64
+    public var maxUsers: Int64
+    public var storageBytes: Int64
+    public var maxStorageBytes: Int64
+    public var messagesToday: Int64
+    public var maxMessagesPerDay: Int64
+}
+
+extension Tenant {
+    // MARK: - Quotas
+
+    static let millisecondsPerDay: Int64 = 86_400_000
+
+    /// The tenant's counters against its limits. Any user of the tenant may read them.
+    public func usage(_ principal: Principal) throws -> TenantUsage {
+        _ = try self.authorize(principal, minimum: .member)
+        let metadata = self.metadata
+        return TenantUsage(
+            plan: metadata.plan,
+            users: Int64(self.data.users.count),
+            maxUsers: metadata.maxUsers,
+            storageBytes: self.storageBytes,
+            maxStorageBytes: metadata.maxStorageBytes,
+            messagesToday: self.quotaDay.count(onDayOf: self.configuration.clock()),
+            maxMessagesPerDay: metadata.maxMessagesPerDay
+        )
+    }
+
+    /// Refuses a message over the daily or storage limit; counts it otherwise.
+    func admitMessage(now: Int64) throws {
+        let metadata = self.metadata
+        let today = self.quotaDay.count(onDayOf: now)
+        if metadata.maxMessagesPerDay > 0 && today >= metadata.maxMessagesPerDay {
+            let nextDay = (now / Self.millisecondsPerDay + 1) * Self.millisecondsPerDay
+            let retry = (nextDay - now + 999) / 1000
+            throw TenantError(
+                .quota,
+                "messages_per_day \(today)/\(metadata.maxMessagesPerDay) retry_after=\(retry)"
+            )
+        }
+        try self.checkStorage()
+        self.quotaDay.count(timestamp: now)
+        self.noteLevel(
+            "messages_per_day",
+            used: today + 1,
+            limit: metadata.maxMessagesPerDay,
+            period: now / Self.millisecondsPerDay
+        )
+    }
+
+    /// Refuses a write once the tenant holds its storage limit on disk.
+    func checkStorage() throws {
+        let limit = self.metadata.maxStorageBytes
+        if limit > 0 && self.storageBytes >= limit {
+            throw TenantError(.quota, "storage \(self.storageBytes)/\(limit)")
+        }
+        self.noteLevel("storage", used: self.storageBytes, limit: limit, period: 0)
+    }
+
+    /// Refuses a new user over the limit.
+    func admitUser() throws {
+        let limit = self.metadata.maxUsers
+        let users = Int64(self.data.users.count)
+        if limit > 0 && users >= limit { throw TenantError(.quota, "users \(users)/\(limit)") }
+        try self.checkStorage()
+        self.noteLevel("users", used: users + 1, limit: limit, period: 0)
+    }
+
+    /// Logs once when a counter crosses 80 %, 90 % and 100 % of its limit (per day for daily limits).
+    func noteLevel(_ name: String, used: Int64, limit: Int64, period: Int64) {
+        guard limit > 0 else { return }
+        let percent = used * 100 / limit
+        let level = percent >= 100 ? 100 : (percent >= 90 ? 90 : (percent >= 80 ? 80 : 0))
+        let key = "\(name)@\(period)"
+        guard level > 0, level > (self.loggedQuotaLevels[key] ?? 0) else { return }
+        self.loggedQuotaLevels[key] = level
+        self.logger.warning(
+            "tenant crossed \(level)% of its \(name) limit",
+            metadata: ["used": "\(used)", "limit": "\(limit)"]
+        )
+    }
+
+    // MARK: - Metadata (operator)
+
+    /// Changes tenant fields: `name`, `plan` (which brings that plan's limits), `max_users`,
+    /// `max_storage_bytes`, `max_messages_per_day`, `is_active`, `settings.KEY`.
+    /// - Returns: the new metadata, once durable.
+    /// - Throws: NOPERM for users; INVALID for an unknown field or a bad value.
+    public func update(_ principal: Principal, _ changes: [(String, String)]) async throws -> TenantMetadata {
+        try self.requireOperator(principal)
+        var metadata = self.metadata
+        // A plan change first, so limits set in the same command win over the plan's.
+        for (field, value) in changes where field.lowercased() == "plan" {
+            guard let plan = Plan(rawValue: value.lowercased()) else {
+                throw TenantError.invalid("plan must be free, pro or enterprise")
+            }
+            let limits = self.configuration.limits(for: plan)
+            metadata.plan = plan
+            metadata.maxUsers = limits.maxUsers
+            metadata.maxStorageBytes = limits.maxStorageBytes
+            metadata.maxMessagesPerDay = limits.maxMessagesPerDay
+        }
+        for (field, value) in changes {
+            let key = field.lowercased()
+            switch key {
+            case "plan":
+                continue
+            case "name":
+                guard Names.isValidTenantName(value) else {
+                    throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
+                }
+                metadata.name = value
+            case "max_users": metadata.maxUsers = try Self.limit(value, field: key)
+            case "max_storage_bytes": metadata.maxStorageBytes = try Self.limit(value, field: key)
+            case "max_storage_gb": metadata.maxStorageBytes = try Self.limit(value, field: key) * PlanLimits.gigabyte
+            case "max_messages_per_day": metadata.maxMessagesPerDay = try Self.limit(value, field: key)
+            case "is_active": metadata.isActive = try Self.flag(value, field: key)
+            case "is_suspended": metadata.isSuspended = try Self.flag(value, field: key)
+            case _ where key.hasPrefix("settings.") && key.count > "settings.".count:
+                let name = String(field.dropFirst("settings.".count))
+                guard name.utf8.count <= 128, value.utf8.count <= 4096 else {
+                    throw TenantError.invalid("a setting's key is at most 128 bytes, its value 4096")
+                }
+                if value.isEmpty { metadata.settings[name] = nil } else { metadata.settings[name] = value }
+                guard metadata.settings.count <= 256 else { throw TenantError.invalid("at most 256 settings") }
+            default:
+                throw TenantError.invalid(
+                    "unknown or read-only field '\(field.prefix(64))'; fields: name, plan, max_users, "
+                        + "max_storage_bytes, max_messages_per_day, is_active, settings.KEY"
+                )
+            }
+        }
+        return try await self.writeMetadata(metadata)
+    }
+
+    /// Suspends (true) or resumes (false) the tenant: its users get SUSPENDED for everything.
+    public func setSuspended(_ principal: Principal, _ suspended: Bool) async throws -> TenantMetadata {
+        try self.requireOperator(principal)
+        var metadata = self.metadata
+        metadata.isSuspended = suspended
+        return try await self.writeMetadata(metadata)
+    }
+
+    private func writeMetadata(_ changed: TenantMetadata) async throws -> TenantMetadata {
+        var metadata = changed
+        metadata.updatedAt = max(self.configuration.clock(), self.metadata.updatedAt)
+        try await self.write(.metadata(metadata))
+        await self.onMetadataChange(metadata)
+        return self.metadata
+    }
+
+    func requireOperator(_ principal: Principal) throws {
+        _ = try self.authorize(principal, minimum: .owner)
+        guard case .operator = principal else { throw TenantError.noPermission("this command is for the operator") }
+    }
+
+    private static func limit(_ value: String, field: String) throws -> Int64 {
+        guard let number = Int64(value), number >= 0 else {
+            throw TenantError.invalid("\(field) must be a non-negative integer (0 means no limit)")
+        }
+        return number
+    }
+
+    private static func flag(_ value: String, field: String) throws -> Bool {
+        switch value.lowercased() {
+        case "1", "true", "yes": return true
+        case "0", "false", "no": return false
+        default: throw TenantError.invalid("\(field) must be 1 or 0")
+        }
+    }
+}

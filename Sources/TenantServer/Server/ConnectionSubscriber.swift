@@ -1,0 +1,50 @@
+import RESP
+import Synchronization
+import TenantEngine
+
+/// A connection's side of pub/sub: tenants deliver events here, on their own executors, and it
+/// queues the pushes among the connection's replies in order.
+final class ConnectionSubscriber: MessageSubscriber {
+    private struct State {
+        var version: RESPVersion
+        var channels: Set<String> = []
+    }
+
+    private let queue: ReplyQueue<Connection.Slot>
+    private let state: Mutex<State>
+
+    init(queue: ReplyQueue<Connection.Slot>, version: RESPVersion) {
+        self.queue = queue
+        self.state = Mutex(State(version: version))
+    }
+
+    /// The protocol pushes are encoded in (the connection's, after HELLO).
+    func setVersion(_ version: RESPVersion) {
+        self.state.withLock { $0.version = version }
+    }
+
+    /// How many channels the connection is subscribed to.
+    var count: Int { self.state.withLock { $0.channels.count } }
+
+    func deliver(_ event: SubscriptionEvent) -> Bool {
+        let (value, version): (RESPValue, RESPVersion) = self.state.withLock { state in
+            switch event {
+            case .subscribed(let channel):
+                state.channels.insert(channel)
+                return (
+                    .push([.bulkString("subscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
+                    state.version
+                )
+            case .unsubscribed(let channel):
+                state.channels.remove(channel)
+                return (
+                    .push([.bulkString("unsubscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
+                    state.version
+                )
+            case .message(let channel, let payload):
+                return (.push([.bulkString("message"), .bulkString(channel), .bulkString(payload)]), state.version)
+            }
+        }
+        return self.queue.pushNow(.value(value, version))
+    }
+}
