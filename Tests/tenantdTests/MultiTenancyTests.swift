@@ -139,11 +139,13 @@ struct MultiTenancyTests {
         return (object["ts"] as? NSNumber)?.int64Value
     }
 
-    @Test func quotasAndUsageSurviveRestarts() throws {
+    @Test(arguments: ["database", "schema", "shared"])
+    func quotasAndUsageSurviveRestarts(strategy: String) throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let data = dir.path + "/data"
-        var server = try TenantdProcess(dataDirectory: data, environment: ["TENANT_MAX_MESSAGES_PER_DAY": "5"])
+        let environment = ["TENANT_MAX_MESSAGES_PER_DAY": "5", "TENANT_ISOLATION_STRATEGY": strategy]
+        var server = try TenantdProcess(dataDirectory: data, environment: environment)
         let admin = try Self.admin(server)
         let acme = try Self.create(admin, "acme")
         #expect(try admin.call("TENANT", "GET", acme.id).fields?["max_messages_per_day"] == .integer(5))
@@ -175,7 +177,7 @@ struct MultiTenancyTests {
         #expect(server.stderrText().contains("crossed 80% of its users limit"))
         #expect(server.stop() == 0)
 
-        server = try TenantdProcess(dataDirectory: data, environment: ["TENANT_MAX_MESSAGES_PER_DAY": "5"])
+        server = try TenantdProcess(dataDirectory: data, environment: environment)
         let again = try Self.login(server, "alice@acme", acme.token)
         let restarted = try #require(try again.call("USAGE").fields)
         #expect(restarted["messages_today"] == .integer(5))
@@ -185,11 +187,13 @@ struct MultiTenancyTests {
         #expect(server.stop() == 0)
     }
 
-    @Test func lifecycleUpdateSuspendResumeDelete() throws {
+    @Test(arguments: ["database", "schema", "shared"])
+    func lifecycleUpdateSuspendResumeDelete(strategy: String) throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let data = dir.path + "/data"
-        let server = try TenantdProcess(dataDirectory: data)
+        let environment = ["TENANT_ISOLATION_STRATEGY": strategy]
+        var server = try TenantdProcess(dataDirectory: data, environment: environment)
         let admin = try Self.admin(server)
         let acme = try Self.create(admin, "acme")
         let other = try Self.create(admin, "other")
@@ -251,12 +255,19 @@ struct MultiTenancyTests {
         #expect(try admin.call("TENANT", "DELETE", acme.id, other.id).errorCode == "ERR")
         #expect(try admin.call("TENANT", "DELETE", acme.id, acme.id) == .simple("OK"))
         #expect(!FileManager.default.fileExists(atPath: data + "/tenant_\(acme.id)"))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: data).allSatisfy { !$0.contains(acme.id) })
         #expect(try owner.call("ROOMS").errorCode == "NOTFOUND")
         #expect(try server.client().call("AUTH", "alice@acme", acme.token).errorCode == "WRONGPASS")
         #expect(try admin.call("TENANT", "GET", acme.id).errorCode == "NOTFOUND")
         #expect(try admin.call("TENANT", "LIST").elements?.count == 1)
-        // The subdomain is free again.
-        _ = try Self.create(admin, "acme")
+        // The subdomain is free again; after a restart the deleted tenant stays deleted.
+        let second = try Self.create(admin, "acme")
+        #expect(server.stop() == 0)
+        server = try TenantdProcess(dataDirectory: data, environment: environment)
+        let admin2 = try Self.admin(server)
+        #expect(try admin2.call("TENANT", "GET", acme.id).errorCode == "NOTFOUND")
+        #expect(try admin2.call("TENANT", "GET", "acme").fields?["tenant_id"]?.string == second.id)
+        #expect(try admin2.call("TENANT", "GET", acme.id.uppercased()).errorCode == "NOTFOUND")
         #expect(server.stop() == 0)
     }
 
@@ -359,10 +370,14 @@ struct MultiTenancyTests {
         #expect(server.stop() == 0)
     }
 
-    @Test func pubSubDeliversEveryMessageOnceInOrder() throws {
+    @Test(arguments: ["database", "shared"])
+    func pubSubDeliversEveryMessageOnceInOrder(strategy: String) throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let server = try TenantdProcess(dataDirectory: dir.path + "/data")
+        let server = try TenantdProcess(
+            dataDirectory: dir.path + "/data",
+            environment: ["TENANT_ISOLATION_STRATEGY": strategy]
+        )
         let admin = try Self.admin(server)
         let acme = try Self.create(admin, "acme", plan: "pro")
         let subscriber = try Self.login(server, "alice@acme", acme.token)
