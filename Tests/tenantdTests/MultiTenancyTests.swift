@@ -366,7 +366,16 @@ struct MultiTenancyTests {
         #expect(try server.client().call("AUTH", "bob", bobToken).errorCode == "WRONGPASS")
         let admin2 = try Self.admin(server)
         #expect(try admin2.call("TENANT", "GET", "default").fields?["subdomain"]?.string == "default")
-        _ = try Self.create(admin2, "acme")
+        let acme = try Self.create(admin2, "acme")
+        #expect(server.stop() == 0)
+
+        // Back to single-tenant: only `default` is served; acme waits untouched on disk.
+        server = try TenantdProcess(dataDirectory: data, environment: ["MULTI_TENANCY_ENABLED": "false"])
+        let admin3 = try Self.admin(server)
+        #expect(try admin3.call("USE", "acme").errorCode == "NOTFOUND")
+        #expect(try admin3.call("HISTORY", "/tenant/\(acme.id)/general").errorCode == "NOTFOUND")
+        #expect(try server.client().call("AUTH", "alice@acme", acme.token).errorCode == "WRONGPASS")
+        #expect(try Self.login(server, "bob", bobToken).call("HISTORY", "general").elements?.count == 2)
         #expect(server.stop() == 0)
     }
 

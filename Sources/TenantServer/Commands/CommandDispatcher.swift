@@ -274,12 +274,17 @@ struct CommandDispatcher: Sendable {
             throw TenantError.noPermission("USE is for the operator; a user's tenant is the one it authenticated to")
         }
         if let id = await self.registry.resolve(reference) {
+            guard self.registry.configuration.multiTenancy || id == EngineConfiguration.defaultTenantID else {
+                throw TenantError.notFound("single-tenant mode serves the tenant 'default' only")
+            }
             session.tenant = try await self.registry.tenant(id: id)
             session.tenantID = id
             return .ok
         }
         let configuration = self.registry.configuration
-        if configuration.autoProvision, configuration.idSources.contains(.header), Names.isValidTenantID(reference) {
+        if configuration.autoProvision, configuration.multiTenancy, configuration.idSources.contains(.header),
+            Names.isValidTenantID(reference)
+        {
             session.tenant = try await self.registry.tenantForOperator(id: reference)
             session.tenantID = reference
             return .ok
