@@ -33,6 +33,20 @@ struct Verify: ParsableCommand {
             self.directory.count > 1 && self.directory.hasSuffix("/")
             ? String(self.directory.dropLast()) : self.directory
         guard POSIXFile.isDirectory(path) else { throw ValidationError("\(path) is not a directory") }
+        if POSIXFile.isDirectory(path + "/shared/wal") {
+            // The schema and shared strategies: one log for every tenant.
+            let report = TenantVerifier.verifySharedLog(dataDirectory: path)
+            if let problem = report.problem {
+                print("BAD  \(report.path): \(problem)")
+                throw ExitCode(1)
+            }
+            print(
+                "OK   \(report.path): \(report.tenants) tenants, \(report.records) records to lsn \(report.lastLSN), "
+                    + "\(report.messages) messages in \(report.rooms) rooms, \(report.users) users"
+            )
+            if let torn = report.tornTail { print("     \(torn) — tenantd cuts it off when it starts") }
+            return
+        }
         let tenants: [String]
         if POSIXFile.isDirectory(path + "/wal") {
             tenants = [path]

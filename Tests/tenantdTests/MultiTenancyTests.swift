@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 
@@ -123,6 +124,21 @@ struct MultiTenancyTests {
         #expect(try attacker2.call("HISTORY", "general").elements?.count == 1)
         #expect(try attacker2.call("POST", pathB, "x").errorCode == "NOPERM")
         #expect(server.stop() == 0)
+
+        // tenantctl verify reads either layout.
+        let verify = Process()
+        verify.executableURL = URL(
+            fileURLWithPath: (TenantdProcess.binaryPath as NSString).deletingLastPathComponent + "/tenantctl"
+        )
+        verify.arguments = ["verify", data]
+        let output = Pipe()
+        verify.standardOutput = output
+        try verify.run()
+        let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        verify.waitUntilExit()
+        #expect(verify.terminationStatus == 0, "\(printed)")
+        #expect(printed.hasPrefix("OK"), "\(printed)")
+        #expect(printed.contains(strategy == "database" ? "1 rooms" : "2 tenants"), "\(printed)")
 
         // …and the data directory refuses every other strategy, with a clear message.
         for other in ["database", "schema", "shared"] where other != strategy {
@@ -333,6 +349,24 @@ struct MultiTenancyTests {
         #expect(try admin.call("USE", "bench-7") == .simple("OK"))
         #expect(try admin.call("POST", "general", "x") == .integer(1))
         #expect(try admin.call("USE", "Bad_Id").errorCode == "NOTFOUND")
+        // Many connections naming the same new ids at once, as redis-benchmark does: all succeed.
+        let token = try server.adminToken()
+        let port = server.port
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 8) { worker in
+            do {
+                let client = try RESPTestClient(port: port)
+                _ = try client.call("AUTH", token)
+                let replies = try client.pipeline(
+                    (0..<30).map { ["POST", "/tenant/burst\($0 % 3)/general", "w\(worker)"] }
+                )
+                if replies.contains(where: { $0.int == nil }) { failures.withLock { $0 += 1 } }
+            } catch {
+                failures.withLock { $0 += 1 }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
+        #expect(try admin.call("HISTORY", "/tenant/burst0/general", "LIMIT", "1000").elements?.count == 80)
         #expect(try admin.call("POST", "/tenant/UPPER/general", "x").errorCode == "INVALID")
         // Users never provision.
         let acme = try Self.create(admin, "acme")

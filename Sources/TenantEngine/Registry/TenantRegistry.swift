@@ -25,6 +25,8 @@ public actor TenantRegistry {
     var catalog = Catalog()
     var active: [String: Tenant] = [:]
     var activating: [String: Task<Tenant, any Error>] = [:]
+    /// Auto-provisioned creations in progress, so concurrent references wait for them.
+    var provisioning: [String: Task<Void, any Error>] = [:]
     /// Subdomains and ids claimed by creations in progress.
     var claimedSubdomains: Set<String> = []
     var claimedIDs: Set<String> = []
@@ -203,14 +205,22 @@ public actor TenantRegistry {
     /// well-formed id is created on the default plan.
     public func tenantForOperator(id: String) async throws -> Tenant {
         if self.catalog.entries[id] == nil && self.configuration.autoProvision && Names.isValidTenantID(id) {
-            if !self.claimedIDs.contains(id) {
+            if let provisioning = self.provisioning[id] {
+                // Another connection is creating it: wait for that creation rather than fail.
+                _ = try? await provisioning.value
+            } else {
                 let subdomain =
                     Names.subdomainProblem(id) == nil && self.catalog.idBySubdomain[id] == nil
                         && !self.claimedSubdomains.contains(id) ? id : ""
-                do {
+                let task = Task {
                     _ = try await self.create(id: id, name: id, subdomain: subdomain, plan: nil, owner: nil)
+                }
+                self.provisioning[id] = task
+                defer { self.provisioning[id] = nil }
+                do {
+                    try await task.value
                 } catch let error as TenantError where error.code == .exists {
-                    // Another connection provisioned it meanwhile.
+                    // Created meanwhile by another path.
                 }
             }
         }

@@ -12,6 +12,8 @@ public struct TenantVerification: Sendable {
     public var messages = 0
     public var users = 0
     public var rooms = 0
+    /// Tenants in a shared log.
+    public var tenants = 1
     /// The last lsn.
     public var lastLSN: UInt64 = 0
     /// A torn tail recovery would cut off (verify changes nothing).
@@ -57,6 +59,48 @@ public enum TenantVerifier {
         report.messages = state.messageCount
         report.users = state.users.count
         report.rooms = state.rooms.count
+        return report
+    }
+
+    /// Verifies the shared log of the `schema` and `shared` strategies (`<data>/shared/wal`).
+    /// - Returns: one report for the whole log; `tenantID` is nil and `users`, `rooms` and
+    ///   `messages` add up every tenant's.
+    public static func verifySharedLog(
+        dataDirectory: String,
+        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize + 256
+    )
+        -> TenantVerification
+    {
+        let directory = dataDirectory + "/shared/wal"
+        var report = TenantVerification(path: directory)
+        var states: [String: TenantState] = [:]
+        do {
+            let result = try WALReader(directory: directory, maxRecordSize: maxRecordSize).replay(repair: false) {
+                lsn,
+                type,
+                payload in
+                do {
+                    let (id, body) = try SharedLogPayload.split(payload)
+                    let record = try TenantRecord.decode(type: type, payload: body)
+                    if case .tenantDeleted = record {
+                        states[id] = nil
+                    } else {
+                        try states[id, default: TenantState()].apply(record)
+                    }
+                } catch {
+                    throw TenantError(.ioError, "record \(lsn) does not decode: \(error)")
+                }
+            }
+            report.records = result.recordCount
+            report.lastLSN = result.lastLSN
+            report.tornTail = result.tornTail
+        } catch {
+            report.problem = "\(error)"
+        }
+        report.tenants = states.count
+        report.messages = states.values.reduce(0) { $0 + $1.messageCount }
+        report.users = states.values.reduce(0) { $0 + $1.users.count }
+        report.rooms = states.values.reduce(0) { $0 + $1.rooms.count }
         return report
     }
 }
