@@ -282,4 +282,41 @@ struct EngineTests {
             await registry.shutdown()
         }
     }
+
+    @Test func listingPagesThroughThousandsOfTenantsOnceEach() async throws {
+        try await TemporaryDirectory.with { dir in
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+            configuration.isolation = .schema
+            configuration.adminToken = "operator-secret"
+            let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            try await registry.bootstrap()
+            let count = 3000
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<count {
+                    group.addTask {
+                        _ = try await registry.createTenant(
+                            name: "t\(index)",
+                            subdomain: "sub-\(index)",
+                            plan: nil,
+                            owner: "o"
+                        )
+                    }
+                }
+                try await group.waitForAll()
+            }
+            var seen: [String] = []
+            var cursor = "0"
+            repeat {
+                let page = await registry.listTenants(after: cursor, count: 1000)
+                #expect(page.tenants.count <= 1000)
+                seen += page.tenants.map(\.tenantID)
+                cursor = page.next
+            } while cursor != "0"
+            #expect(seen.count == count)
+            #expect(seen == seen.sorted())
+            #expect(Set(seen).count == count)
+            #expect(await registry.listTenants().count == count)
+            await registry.shutdown()
+        }
+    }
 }
