@@ -319,4 +319,33 @@ struct EngineTests {
             await registry.shutdown()
         }
     }
+
+    @Test func concurrentCreationsAllLandInTheCatalog() async throws {
+        try await TemporaryDirectory.with { dir in
+            let registry = try await Self.registry(dir.path, fsync: .no)
+            let ids = try await withThrowingTaskGroup(of: String.self) { group in
+                for index in 0..<200 {
+                    group.addTask {
+                        try await registry.createTenant(
+                            name: "t\(index)",
+                            subdomain: "sub-\(index)",
+                            plan: nil,
+                            owner: "o"
+                        )
+                        .metadata.tenantID
+                    }
+                }
+                return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+            }
+            #expect(ids.count == 200)
+            await registry.shutdown()
+            // The catalog file written last holds every tenant.
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.path + "/catalog/tenants.json"))
+            let file = try #require(try JSONSerialization.jsonObject(with: bytes) as? [String: Any])
+            #expect((file["tenants"] as? [Any])?.count == 200)
+            let reopened = try await Self.registry(dir.path)
+            #expect(Set(await reopened.listTenants().map(\.tenantID)) == ids)
+            await reopened.shutdown()
+        }
+    }
 }

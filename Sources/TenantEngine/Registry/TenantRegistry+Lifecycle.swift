@@ -88,7 +88,7 @@ extension TenantRegistry {
         case .database:
             try await self.createDirectory(metadata: metadata, owner: ownerUser)
             self.catalog.insert(metadata)
-            try await self.saveCatalog()
+            self.saveCatalog()
             _ = try await self.activate(id: id)
         case .schema, .shared:
             try await self.createInSharedLog(metadata: metadata, owner: ownerUser)
@@ -144,7 +144,7 @@ extension TenantRegistry {
             }
             self.active[id] = nil
             self.catalog.remove(id: id)
-            try await self.saveCatalog()
+            self.saveCatalog()
             Task.detached { try? FileManager.default.removeItem(atPath: target) }
         case .schema, .shared:
             guard let sharedLog = self.sharedLog, let tenant else { throw TenantError.notFound("no tenant '\(id)'") }

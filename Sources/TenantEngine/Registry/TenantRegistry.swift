@@ -31,6 +31,9 @@ public actor TenantRegistry {
     var claimedSubdomains: Set<String> = []
     var claimedIDs: Set<String> = []
     var adminTokenHash: [UInt8] = []
+    /// The background write of the catalog file, and whether the catalog changed since it began.
+    var catalogWriter: Task<Void, Never>?
+    var catalogDirty = false
     var signups: SignupLimiter
     /// The log every tenant shares under `schema` and `shared`.
     var sharedLog: WALWriter?
@@ -152,15 +155,39 @@ public actor TenantRegistry {
                 self.logger.error("tenant directory \(prefix)\(id) is not served: \(error)")
             }
         }
-        if changed { try await self.saveCatalog() }
+        if changed {
+            self.saveCatalog()
+            await self.flushCatalog()
+        }
     }
 
-    /// Writes the catalog file (`database` strategy; the shared log is its own index otherwise).
-    func saveCatalog() async throws {
+    /// Has the catalog file written (`database` strategy; the shared log is its own index
+    /// otherwise). Writes run one at a time in the background and the newest catalog wins: the
+    /// file is a cache, and concurrent writers of one file would race.
+    func saveCatalog() {
         guard self.configuration.isolation == .database else { return }
-        let snapshot = self.catalog
+        self.catalogDirty = true
+        guard self.catalogWriter == nil else { return }
+        self.catalogWriter = Task { await self.writeCatalog() }
+    }
+
+    private func writeCatalog() async {
         let data = self.configuration.dataDirectory
-        try await runBlocking { try snapshot.save(to: data) }
+        while self.catalogDirty {
+            self.catalogDirty = false
+            let snapshot = self.catalog
+            do {
+                try await runBlocking { try snapshot.save(to: data) }
+            } catch {
+                self.logger.error("catalog not saved (it is rebuilt at the next start): \(error)")
+            }
+        }
+        self.catalogWriter = nil
+    }
+
+    /// Waits until the catalog file holds the newest catalog.
+    func flushCatalog() async {
+        while let writer = self.catalogWriter { await writer.value }
     }
 
     /// Checks the operator token in constant time.
@@ -258,7 +285,7 @@ public actor TenantRegistry {
         if self.catalog.entries[id] != metadata {
             // The tenant's own log is the truth; the catalog is a cache of it.
             self.catalog.insert(metadata)
-            if case .running = self.state { try? await self.saveCatalog() }
+            if case .running = self.state { self.saveCatalog() }
         }
         return tenant
     }
@@ -274,11 +301,7 @@ public actor TenantRegistry {
     func metadataChanged(_ metadata: TenantMetadata) async {
         guard self.catalog.entries[metadata.tenantID] != nil else { return }
         self.catalog.insert(metadata)
-        do {
-            try await self.saveCatalog()
-        } catch {
-            self.logger.error("catalog not saved (it is rebuilt at the next start): \(error)")
-        }
+        self.saveCatalog()
     }
 
     /// Flushes and closes every tenant's log (and the shared log); the registry serves nothing more.
@@ -290,6 +313,7 @@ public actor TenantRegistry {
         await withTaskGroup(of: Void.self) { group in
             for tenant in tenants { group.addTask { await tenant.close() } }
         }
+        await self.flushCatalog()
         if let sharedLog {
             do {
                 try await sharedLog.close()
