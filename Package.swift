@@ -50,6 +50,7 @@ var package = Package(
             name: "TenantEngine",
             dependencies: [
                 "WAL",
+                "LZ4",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "DequeModule", package: "swift-collections"),

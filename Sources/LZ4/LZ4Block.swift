@@ -33,6 +33,33 @@ public enum LZ4Block {
         }
     }
 
+    /// Compresses `input` into one independent block with lz4's high-compression mode: slower to
+    /// write, as fast to read, and still plain lz4 to every decoder.
+    /// - Parameters:
+    ///   - input: the bytes to compress, at most ``maxInputSize``.
+    ///   - level: 1-12 (9 is lz4hc's default).
+    /// - Returns: the compressed block.
+    /// - Throws: ``LZ4Error`` when the input is too large.
+    public static func compressHC(_ input: [UInt8], level: Int32 = 9) throws -> [UInt8] {
+        try input.withUnsafeBytes { src in
+            guard src.count <= maxInputSize else { throw LZ4Error.inputTooLarge(src.count) }
+            let bound = compressBound(src.count)
+            var output = [UInt8](repeating: 0, count: bound)
+            let written = output.withUnsafeMutableBytes { dst in
+                LZ4_compress_HC(
+                    src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                    dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    Int32(src.count),
+                    Int32(bound),
+                    level
+                )
+            }
+            guard written > 0 || src.isEmpty else { throw LZ4Error.compressionFailed }
+            output.removeLast(bound - Int(written))
+            return output
+        }
+    }
+
     /// Decompresses one independent block whose decoded size is known.
     /// - Parameters:
     ///   - input: the compressed block.

@@ -41,6 +41,8 @@ public struct EngineConfiguration: Sendable {
     public var selfSignup: Bool
     /// Signups one client address may make per minute.
     public var signupsPerMinute: Int
+    /// Log bytes after which a tenant writes a checkpoint (`TENANT_CHECKPOINT_BYTES`).
+    public var checkpointBytes: Int64
 
     /// Creates a configuration with the contract's defaults.
     public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {
@@ -58,6 +60,7 @@ public struct EngineConfiguration: Sendable {
         self.autoProvision = false
         self.selfSignup = false
         self.signupsPerMinute = 5
+        self.checkpointBytes = 64 << 20
     }
 
     /// The id of the one tenant of single-tenant mode.

@@ -66,7 +66,9 @@ struct Verify: ParsableCommand {
                 continue
             }
             print(
-                "OK   \(tenant): tenant \(report.tenantID ?? "?"), \(report.records) records to lsn \(report.lastLSN), "
+                "OK   \(tenant): tenant \(report.tenantID ?? "?"), "
+                    + (report.checkpointLSN > 0 ? "checkpoint at lsn \(report.checkpointLSN) + " : "")
+                    + "\(report.records) records to lsn \(report.lastLSN), "
                     + "\(report.messages) messages in \(report.rooms) rooms, \(report.users) users"
             )
             if let torn = report.tornTail {

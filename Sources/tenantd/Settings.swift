@@ -82,6 +82,10 @@ struct Settings {
             guard rate > 0 else { throw ValidationError("TENANT_SIGNUPS_PER_MINUTE must be at least 1") }
             engine.signupsPerMinute = rate
         }
+        if let bytes = try Self.integer(environment, "TENANT_CHECKPOINT_BYTES") {
+            guard bytes >= 4096 else { throw ValidationError("TENANT_CHECKPOINT_BYTES must be at least 4096") }
+            engine.checkpointBytes = Int64(bytes)
+        }
         if let list = environment["TENANT_ID_SOURCE"] {
             var sources: Set<TenantIDSource> = []
             for item in list.split(separator: ",") {

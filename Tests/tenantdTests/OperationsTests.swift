@@ -61,10 +61,12 @@ struct OperationsTests {
 
         let healthy = try Self.run(Self.tenantctl, ["verify", data])
         #expect(healthy.status == 0, "\(healthy.output)")
-        #expect(healthy.output.contains("OK   \(data)/tenant_\(idA): tenant \(idA), 7 records"))
+        #expect(healthy.output.contains("OK   \(data)/tenant_\(idA): tenant \(idA), checkpoint at lsn 7"))
+        #expect(healthy.output.contains("5 messages in 1 rooms, 1 users"))
 
-        // Damage a byte inside the first record of A's first segment: corruption, not a torn tail.
-        let first = "\(data)/tenant_\(idA)/wal/00000000000000000001.wal"
+        // The clean stop compacted A into a checkpoint. Damage a byte inside its first block:
+        // corruption, not a torn tail, and no log left that could stand in for it.
+        let first = "\(data)/tenant_\(idA)/checkpoint/00000000000000000007.ckpt"
         var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: first)))
         bytes[30] ^= 0x10
         try Data(bytes).write(to: URL(fileURLWithPath: first))
@@ -72,7 +74,7 @@ struct OperationsTests {
         #expect(damaged.status == 1)
         #expect(damaged.output.contains("BAD  \(data)/tenant_\(idA)"))
         #expect(damaged.output.contains(first))
-        #expect(damaged.output.contains("offset 20"))
+        #expect(damaged.output.contains("offset 24"))
 
         server = try TenantdProcess(dataDirectory: data)
         let probe = try server.client()

@@ -18,6 +18,21 @@ struct BinaryWriter {
         }
     }
 
+    /// An unsigned LEB128 varint.
+    mutating func writeVarint(_ value: UInt64) {
+        var value = value
+        while value >= 0x80 {
+            self.bytes.append(UInt8(value & 0x7F) | 0x80)
+            value >>= 7
+        }
+        self.bytes.append(UInt8(value))
+    }
+
+    /// A signed varint, zigzag-encoded.
+    mutating func writeSignedVarint(_ value: Int64) {
+        self.writeVarint(UInt64(bitPattern: (value << 1) ^ (value >> 63)))
+    }
+
     mutating func write(bytes: [UInt8]) {
         self.write(UInt32(bytes.count))
         self.bytes.append(contentsOf: bytes)
@@ -54,6 +69,33 @@ struct BinaryReader {
         guard self.buffer.count - self.offset >= count else { throw RecordDecodingError.truncated }
         defer { self.offset += count }
         return Array(self.buffer[self.offset..<(self.offset + count)])
+    }
+
+    mutating func readVarint() throws -> UInt64 {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            guard self.offset < self.buffer.count, shift < 64 else { throw RecordDecodingError.truncated }
+            let byte = self.buffer[self.offset]
+            self.offset += 1
+            value |= UInt64(byte & 0x7F) << shift
+            if byte < 0x80 { return value }
+            shift += 7
+        }
+    }
+
+    mutating func readSignedVarint() throws -> Int64 {
+        let raw = try self.readVarint()
+        return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
+    }
+
+    /// `count` raw bytes as a string, checked to be UTF-8.
+    mutating func readString(count: Int) throws -> String {
+        guard count >= 0, self.buffer.count - self.offset >= count else { throw RecordDecodingError.truncated }
+        defer { self.offset += count }
+        let slice = UnsafeRawBufferPointer(rebasing: self.buffer[self.offset..<(self.offset + count)])
+        guard let string = String(validating: slice, as: UTF8.self) else { throw RecordDecodingError.invalidUTF8 }
+        return string
     }
 
     var isAtEnd: Bool { self.offset == self.buffer.count }

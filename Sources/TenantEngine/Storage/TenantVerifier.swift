@@ -16,6 +16,8 @@ public struct TenantVerification: Sendable {
     public var tenants = 1
     /// The last lsn.
     public var lastLSN: UInt64 = 0
+    /// The lsn the checkpoint loaded covers (0: none).
+    public var checkpointLSN: UInt64 = 0
     /// A torn tail recovery would cut off (verify changes nothing).
     public var tornTail: WALTornTail?
     /// The first damage found, with its file and offset: the directory does not recover as it is.
@@ -38,20 +40,18 @@ public enum TenantVerifier {
         var report = TenantVerification(path: path)
         var state = TenantState()
         do {
-            let result = try WALReader(directory: path + "/wal", maxRecordSize: maxRecordSize).replay(repair: false) {
-                lsn,
-                type,
-                payload in
-                do {
-                    try state.apply(TenantRecord.decode(type: type, payload: payload))
-                } catch {
-                    throw TenantError(.ioError, "record \(lsn) does not decode: \(error)")
-                }
-            }
-            report.records = result.recordCount
-            report.lastLSN = result.lastLSN
-            report.tornTail = result.tornTail
-            if state.metadata == nil { report.problem = "no tenant metadata in \(path)/wal" }
+            let recovered = try TenantStorage.recover(
+                path: path,
+                maxRecordSize: maxRecordSize,
+                repair: false,
+                logger: nil
+            )
+            state = recovered.state
+            report.records = recovered.result.recordCount
+            report.lastLSN = recovered.result.lastLSN
+            report.tornTail = recovered.result.tornTail
+            report.checkpointLSN = recovered.checkpointLSN
+            if state.metadata == nil { report.problem = "no tenant metadata in \(path)" }
         } catch {
             report.problem = "\(error)"
         }

@@ -29,6 +29,10 @@ public actor Tenant {
     /// The quota levels (80, 90, 100 %) already logged, per limit and day.
     var loggedQuotaLevels: [String: Int] = [:]
     var subscriptions = Subscriptions()
+    /// The lsn the newest checkpoint covers, and the log bytes appended since.
+    var lastCheckpointLSN: UInt64 = 0
+    var bytesSinceCheckpoint: Int64 = 0
+    var checkpointRunning = false
     /// Messages per UTC day, counted when accepted (the log's own count, plus what waits for it).
     var quotaDay: MessageDayCounter
     let configuration: EngineConfiguration
@@ -79,38 +83,30 @@ public actor Tenant {
         logger: Logger,
         onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
     ) async throws -> Tenant {
-        let (data, writer, storage) = try await runBlocking {
-            var data = TenantState()
-            let reader = WALReader(
-                directory: path + "/wal",
-                maxRecordSize: configuration.walConfiguration.maxRecordSize
-            )
-            let result: WALRecoveryResult
+        let (recovered, writer, storage) = try await runBlocking {
+            let recovered: TenantStorage.Recovered
             do {
-                result = try reader.replayRecords(repair: true, logger: logger) { record in
-                    do {
-                        try data.apply(TenantRecord.decode(type: record.type, payload: record.payload))
-                    } catch {
-                        throw TenantError(
-                            .ioError,
-                            "tenant log record \(record.lsn) in \(path) does not decode: \(error)"
-                        )
-                    }
-                }
+                recovered = try TenantStorage.recover(
+                    path: path,
+                    maxRecordSize: configuration.walConfiguration.maxRecordSize,
+                    repair: true,
+                    logger: logger
+                )
             } catch let error as WALError {
                 throw TenantError(.ioError, "tenant log is damaged: \(error)")
             }
-            guard data.metadata != nil else {
+            guard recovered.state.metadata != nil else {
                 throw TenantError(.notFound, "no tenant metadata in \(path)")
             }
             let writer = try WALWriter(
                 directory: path + "/wal",
-                lastLSN: result.lastLSN,
+                lastLSN: recovered.result.lastLSN,
                 configuration: configuration.walConfiguration
             )
-            return (data, writer, try Self.directorySize(path))
+            return (recovered, writer, try Self.directorySize(path))
         }
-        return Tenant(
+        let data = recovered.state
+        let tenant = Tenant(
             data: data,
             path: path,
             log: .own(writer),
@@ -120,6 +116,13 @@ public actor Tenant {
             logger: logger,
             onMetadataChange: onMetadataChange
         )
+        await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: recovered.result.payloadBytes)
+        return tenant
+    }
+
+    func recovered(checkpointLSN: UInt64, logBytes: Int) {
+        self.lastCheckpointLSN = checkpointLSN
+        self.bytesSinceCheckpoint = Int64(logBytes)
     }
 
     /// Writes a new tenant's first records (its metadata and its owner) durably into `path`.
@@ -154,9 +157,19 @@ public actor Tenant {
     /// The tenant's metadata.
     public var metadata: TenantMetadata { self.data.metadata! }
 
-    /// Flushes and closes the log; the tenant answers nothing more (NOTFOUND once deleted).
+    /// Flushes and closes the log, after a checkpoint of a tenant's own log; the tenant answers
+    /// nothing more (NOTFOUND once deleted).
     public func close(deleted: Bool = false) async {
         self.subscriptions.closeAll()
+        if !deleted, case .serving = self.state, self.log.isOwn,
+            self.log.writer.lastAppendedLSN > self.lastCheckpointLSN
+        {
+            do {
+                try await self.checkpoint()
+            } catch {
+                self.logger.error("checkpoint at close failed (the log still holds everything): \(error)")
+            }
+        }
         guard case .serving = self.state else {
             if case .failed = self.state { self.state = .closed(deleted: deleted) }
             return
@@ -234,6 +247,12 @@ public actor Tenant {
         do {
             let (lsn, size) = try self.log.append(record)
             self.storageBytes += Int64(size)
+            self.bytesSinceCheckpoint += Int64(size)
+            if self.bytesSinceCheckpoint >= self.configuration.checkpointBytes && !self.checkpointRunning
+                && self.log.isOwn
+            {
+                Task { await self.checkpointInBackground() }
+            }
             return lsn
         } catch let error as WALError {
             if error.isRecordTooLarge { throw TenantError(.tooBig, error.description) }

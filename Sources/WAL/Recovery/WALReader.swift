@@ -92,18 +92,31 @@ public struct WALReader {
     /// Replays every record in lsn order, with its size on disk. See ``replay(repair:logger:_:)``.
     public func replayRecords(
         repair: Bool,
+        after checkpointLSN: UInt64 = 0,
         logger: Logger? = nil,
         _ handler: (WALRecordView) throws -> Void
     ) throws -> WALRecoveryResult {
-        let segments = try self.segmentNames()
+        var segments = try self.segmentNames()
+        if checkpointLSN > 0 {
+            // Segments wholly covered by the checkpoint are not read (a crash may have left them).
+            while segments.count > 1 && segments[1].firstLSN <= checkpointLSN + 1 { segments.removeFirst() }
+            if let first = segments.first, first.firstLSN > checkpointLSN + 1 {
+                throw WALError.corrupt(
+                    file: self.directory + "/" + first.name,
+                    offset: 0,
+                    reason: "segments after the checkpoint at lsn \(checkpointLSN) start at \(first.firstLSN)"
+                )
+            }
+        }
         var result = WALRecoveryResult(
-            lastLSN: 0,
+            lastLSN: checkpointLSN,
             recordCount: 0,
             payloadBytes: 0,
             segments: segments.map(\.name),
             tornTail: nil
         )
         var expectedLSN: UInt64? = nil
+        if segments.isEmpty { result.lastLSN = checkpointLSN }
         let decompressor = LZ4StreamDecompressor(maxBlockSize: self.maxRecordSize)
         let maxStored = WALFormat.maxStoredSize(forRecordSize: self.maxRecordSize)
         for (index, segment) in segments.enumerated() {
@@ -117,7 +130,16 @@ public struct WALReader {
                     reason: "segment starts at lsn \(segment.firstLSN), \(expected) expected (a segment is missing)"
                 )
             }
-            if expectedLSN == nil { result.lastLSN = segment.firstLSN &- 1 }
+            if expectedLSN == nil {
+                if checkpointLSN == 0 && segment.firstLSN != 1 {
+                    throw WALError.corrupt(
+                        file: path,
+                        offset: 0,
+                        reason: "the log starts at lsn \(segment.firstLSN) and no checkpoint covers what came before"
+                    )
+                }
+                result.lastLSN = max(checkpointLSN, segment.firstLSN &- 1)
+            }
             decompressor.reset()
             var expected = segment.firstLSN
             let outcome: SegmentOutcome = try bytes.withUnsafeBytes { file in
@@ -169,6 +191,9 @@ public struct WALReader {
                     )
                     do {
                         try decompressor.decompress(stored, decodedSize: decodedSize) { payload in
+                            // Records the checkpoint holds are checked and decoded (the stream needs
+                            // them) but not handed over.
+                            guard lsn > checkpointLSN else { return }
                             try handler(
                                 WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset)
                             )
@@ -178,7 +203,7 @@ public struct WALReader {
                     }
                     result.recordCount += 1
                     result.payloadBytes += decodedSize
-                    result.lastLSN = lsn
+                    result.lastLSN = max(lsn, checkpointLSN)
                     expected = lsn + 1
                     offset = end
                 }

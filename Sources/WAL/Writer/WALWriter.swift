@@ -37,6 +37,7 @@ public final class WALWriter: @unchecked Sendable {
         var waiters: [(lsn: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
         var failure: WALError?
         var closed = false
+        var rollRequested = false
     }
 
     /// The log's directory.
@@ -107,7 +108,8 @@ public final class WALWriter: @unchecked Sendable {
             if let failure = state.failure { throw failure }
             if state.closed { throw WALError.closed }
             let lsn = state.nextLSN
-            if !state.hasSegment || state.segmentBytes >= self.configuration.segmentSize {
+            if !state.hasSegment || state.segmentBytes >= self.configuration.segmentSize || state.rollRequested {
+                state.rollRequested = false
                 state.compressor.reset()
                 state.pending.append(Chunk(newSegment: lsn, bytes: []))
                 state.segmentBytes = WALFormat.segmentHeaderSize
@@ -127,6 +129,12 @@ public final class WALWriter: @unchecked Sendable {
             state.segmentBytes += written
             return (lsn, written)
         }
+    }
+
+    /// Makes the next append start a new segment, so that every segment before it holds only
+    /// records up to ``lastAppendedLSN`` (what a checkpoint covers and may drop).
+    public func startNewSegment() {
+        self.state.withLock { $0.rollRequested = true }
     }
 
     /// Appends a record from a byte array. See ``append(type:payload:)``.
