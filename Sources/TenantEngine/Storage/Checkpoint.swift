@@ -18,7 +18,7 @@ enum Checkpoint {
     static let headerSize = 24
     static let blockHeaderSize = 12
     /// The raw size of one block.
-    static let blockSize = 1 << 20
+    static let blockSize = 4 << 20
     static let fileExtension = ".ckpt"
 
     static func fileName(lsn: UInt64) -> String {
@@ -42,7 +42,7 @@ enum Checkpoint {
         while offset < body.count {
             let end = min(body.count, offset + Self.blockSize)
             let raw = Array(body[offset..<end])
-            let stored = try LZ4Block.compressHC(raw)
+            let stored = try LZ4Block.compressHC(raw, level: 12)
             var block = [UInt8]()
             block.reserveCapacity(Self.blockHeaderSize + stored.count)
             block.appendLE(UInt32(0))

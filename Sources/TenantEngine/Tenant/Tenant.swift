@@ -125,6 +125,11 @@ public actor Tenant {
         self.bytesSinceCheckpoint = Int64(logBytes)
     }
 
+    /// Recovers a tenant directory on its own, outside any registry (tools and tests).
+    public static func open(path: String, configuration: EngineConfiguration, logger: Logger) async throws -> Tenant {
+        try await Self.open(path: path, configuration: configuration, logger: logger) { _ in }
+    }
+
     /// Writes a new tenant's first records (its metadata and its owner) durably into `path`.
     static func initialize(
         path: String,

@@ -1,0 +1,272 @@
+import Foundation
+import Logging
+import TenantEngine
+import TestSupport
+import Testing
+import WAL
+
+@Suite("Checkpoints and recovery")
+struct CheckpointTests {
+    static let corpusPath = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Benchmarks/Corpus/chatterbot-conversations.jsonl").path
+
+    /// Every message of the chat corpus, in file order, with its room: one room per language and
+    /// topic, as a chat product would hold those conversations.
+    static func corpus() throws -> [(room: String, text: String)] {
+        let text = try String(contentsOfFile: corpusPath, encoding: .utf8)
+        var messages: [(String, String)] = []
+        for line in text.split(separator: "\n") {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            let topic = "\(object?["lang"] ?? "x").\(object?["topic"] ?? "x")"
+            let room = String(
+                topic.unicodeScalars.map { scalar -> Character in
+                    scalar.isASCII
+                        && (CharacterSet.alphanumerics.contains(scalar) || ".:_-".unicodeScalars.contains(scalar))
+                        ? Character(scalar) : "-"
+                }.prefix(128)
+            )
+            messages += ((object?["messages"] as? [String]) ?? []).map { (room, $0) }
+        }
+        return messages
+    }
+
+    static func registry(_ path: String, checkpointBytes: Int64 = 64 << 20) async throws -> TenantRegistry {
+        var configuration = EngineConfiguration(dataDirectory: path, fsync: .no)
+        configuration.adminToken = "operator-secret"
+        configuration.checkpointBytes = checkpointBytes
+        configuration.defaultPlan = .enterprise
+        let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+        try await registry.bootstrap()
+        return registry
+    }
+
+    static func directorySize(_ path: String) -> Int {
+        let enumerator = FileManager.default.enumerator(atPath: path)
+        var total = 0
+        while let name = enumerator?.nextObject() as? String {
+            let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
+            if attributes?[.type] as? FileAttributeType == .typeRegular {
+                total += (attributes?[.size] as? NSNumber)?.intValue ?? 0
+            }
+        }
+        return total
+    }
+
+    /// What a client can see of a tenant: every room's every message, and the users.
+    static func observe(_ tenant: Tenant) async throws -> [String] {
+        var seen: [String] = []
+        for room in try await tenant.rooms(.operator) {
+            seen.append("room \(room.room) \(room.lastSeq) \(room.messageCount)")
+            var after: UInt64 = 0
+            while true {
+                let page = try await tenant.history(.operator, room: room.room, after: after, before: nil, limit: 1000)
+                guard let last = page.last else { break }
+                seen += page.map { "\($0.seq) \($0.timestamp) \($0.user) \($0.text)" }
+                after = last.seq
+            }
+        }
+        seen += try await tenant.listUsers(.operator).map { "user \($0.name) \($0.role) \($0.joinedAt)" }
+        seen.append("usage \(try await tenant.usage(.operator).messagesToday)")
+        return seen
+    }
+
+    /// The corpus posted one message per POST, then a clean stop: the directory is at most half
+    /// the raw text, and everything comes back.
+    @Test func corpusCompressesToHalfItsTextAfterACleanStop() async throws {
+        try await TemporaryDirectory.with { dir in
+            let messages = try Self.corpus()
+            #expect(messages.count > 20_000)
+            let rawBytes = messages.reduce(0) { $0 + $1.text.utf8.count }
+            #expect(rawBytes == 932_018)
+            let registry = try await Self.registry(dir.path)
+            let created = try await registry.createTenant(
+                name: "Corpus",
+                subdomain: "corpus",
+                plan: nil,
+                owner: "alice"
+            )
+            let tenant = try await registry.tenant(id: created.metadata.tenantID)
+            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            var last: PostTicket?
+            for message in messages {
+                last = try await tenant.post(alice, room: message.room, text: message.text)
+            }
+            _ = try await tenant.commit(try #require(last))
+            let before = try await Self.observe(tenant)
+            await registry.shutdown()
+
+            let size = Self.directorySize(dir.path + "/tenant_\(created.metadata.tenantID)")
+            #expect(Double(size) <= 0.5 * Double(rawBytes), "directory \(size) bytes for \(rawBytes) bytes of text")
+            let reopened = try await Self.registry(dir.path)
+            let again = try await reopened.tenant(id: created.metadata.tenantID)
+            #expect(try await Self.observe(again) == before)
+            await reopened.shutdown()
+        }
+    }
+
+    @Test func checkpointsTakenByLogSizeKeepEverythingAcrossRestarts() async throws {
+        try await TemporaryDirectory.with { dir in
+            let registry = try await Self.registry(dir.path, checkpointBytes: 16 * 1024)
+            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            let id = created.metadata.tenantID
+            let tenant = try await registry.tenant(id: id)
+            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            for index in 1...3000 {
+                _ = try await tenant.postAndCommit(
+                    alice,
+                    room: "r\(index % 3)",
+                    text: "message number \(index) of many"
+                )
+                if index % 500 == 0 { _ = try await tenant.addUser(alice, name: "user\(index)", role: .member) }
+            }
+            let checkpoints = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/checkpoint")
+            #expect(checkpoints.filter { $0.hasSuffix(".ckpt") }.count == 1)
+            let segments = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/wal")
+            #expect(segments.count <= 3, "covered segments were dropped: \(segments)")
+            let before = try await Self.observe(tenant)
+            // A crash (no clean stop) recovers from the newest checkpoint and the segments after it.
+            let copy = dir.path + "/crash/tenant_\(id)"
+            try FileManager.default.createDirectory(atPath: dir.path + "/crash", withIntermediateDirectories: true)
+            try await tenant.checkpoint()
+            _ = try await tenant.postAndCommit(alice, room: "r0", text: "after the checkpoint")
+            try FileManager.default.copyItem(atPath: dir.path + "/tenant_\(id)", toPath: copy)
+            let expected = try await Self.observe(tenant)
+            #expect(expected.count == before.count + 1)
+            await registry.shutdown()
+            let crashed = try await Tenant.open(
+                path: copy,
+                configuration: Self.configuration(dir.path),
+                logger: Logger(label: "t")
+            )
+            #expect(try await Self.observe(crashed) == expected)
+            await crashed.close()
+        }
+    }
+
+    static func configuration(_ path: String) -> EngineConfiguration {
+        var configuration = EngineConfiguration(dataDirectory: path, fsync: .no)
+        configuration.defaultPlan = .enterprise
+        return configuration
+    }
+
+    /// A crash at any step of a checkpoint leaves a directory that recovers whole: before the
+    /// rename (a temp file), after it (segments still there), and half way through dropping segments.
+    @Test func aCrashAtAnyStepOfACheckpointRecoversEverything() async throws {
+        try await TemporaryDirectory.with { dir in
+            let registry = try await Self.registry(dir.path)
+            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            let id = created.metadata.tenantID
+            let path = dir.path + "/tenant_\(id)"
+            let tenant = try await registry.tenant(id: id)
+            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            // Several segments: restart between bursts, each restart opens a new one.
+            for index in 1...400 { _ = try await tenant.postAndCommit(alice, room: "r", text: "m\(index)") }
+            let expected = try await Self.observe(tenant)
+            let fileManager = FileManager.default
+            let before = dir.path + "/before"
+            try fileManager.copyItem(atPath: path, toPath: before)
+            try await tenant.checkpoint()
+            let after = dir.path + "/after"
+            try fileManager.copyItem(atPath: path, toPath: after)
+            await registry.shutdown()
+            let checkpointName = try #require(try fileManager.contentsOfDirectory(atPath: after + "/checkpoint").first)
+            let segmentNames = try fileManager.contentsOfDirectory(atPath: before + "/wal").filter {
+                $0.hasSuffix(".wal")
+            }.sorted()
+            #expect(!segmentNames.isEmpty)
+
+            var trials: [(String, (String) throws -> Void)] = []
+            trials.append(
+                (
+                    "temp file only",
+                    { trial in
+                        try fileManager.createDirectory(
+                            atPath: trial + "/checkpoint",
+                            withIntermediateDirectories: true
+                        )
+                        try fileManager.copyItem(
+                            atPath: after + "/checkpoint/" + checkpointName,
+                            toPath: trial + "/checkpoint/" + checkpointName + ".tmp"
+                        )
+                    }
+                )
+            )
+            trials.append(
+                (
+                    "torn temp file",
+                    { trial in
+                        try fileManager.createDirectory(
+                            atPath: trial + "/checkpoint",
+                            withIntermediateDirectories: true
+                        )
+                        let bytes = try Data(contentsOf: URL(fileURLWithPath: after + "/checkpoint/" + checkpointName))
+                        try bytes.prefix(bytes.count / 2).write(
+                            to: URL(fileURLWithPath: trial + "/checkpoint/" + checkpointName + ".tmp")
+                        )
+                    }
+                )
+            )
+            trials.append(
+                (
+                    "renamed, no segment dropped",
+                    { trial in
+                        try fileManager.createDirectory(
+                            atPath: trial + "/checkpoint",
+                            withIntermediateDirectories: true
+                        )
+                        try fileManager.copyItem(
+                            atPath: after + "/checkpoint/" + checkpointName,
+                            toPath: trial + "/checkpoint/" + checkpointName
+                        )
+                    }
+                )
+            )
+            trials.append(
+                (
+                    "half the segments dropped",
+                    { trial in
+                        try fileManager.createDirectory(
+                            atPath: trial + "/checkpoint",
+                            withIntermediateDirectories: true
+                        )
+                        try fileManager.copyItem(
+                            atPath: after + "/checkpoint/" + checkpointName,
+                            toPath: trial + "/checkpoint/" + checkpointName
+                        )
+                        for name in segmentNames.prefix(max(1, segmentNames.count / 2)) {
+                            try fileManager.removeItem(atPath: trial + "/wal/" + name)
+                        }
+                    }
+                )
+            )
+            for (index, (label, damage)) in trials.enumerated() {
+                let trial = dir.path + "/trial\(index)"
+                try fileManager.copyItem(atPath: before, toPath: trial)
+                try damage(trial)
+                let recovered = try await Tenant.open(
+                    path: trial,
+                    configuration: Self.configuration(dir.path),
+                    logger: Logger(label: "t")
+                )
+                #expect(try await Self.observe(recovered) == expected, "\(label)")
+                // And it takes writes after recovering.
+                let alice2 = try await recovered.authenticate(user: "alice", token: created.ownerToken)
+                #expect(try await recovered.postAndCommit(alice2, room: "r", text: "next") == 401, "\(label)")
+                await recovered.close()
+                let reopened = try await Tenant.open(
+                    path: trial,
+                    configuration: Self.configuration(dir.path),
+                    logger: Logger(label: "t")
+                )
+                #expect(
+                    try await reopened.history(.operator, room: "r", after: 400, before: nil, limit: 5).map(\.text) == [
+                        "next"
+                    ],
+                    "\(label)"
+                )
+                await reopened.close()
+            }
+        }
+    }
+}
