@@ -90,7 +90,7 @@ var package = Package(
         ),
         .target(
             name: "TestSupport",
-            dependencies: ["RESP"]
+            dependencies: ["RESP", "WAL"]
         ),
         .testTarget(
             name: "tenantdTests",

@@ -43,6 +43,8 @@ public struct EngineConfiguration: Sendable {
     public var signupsPerMinute: Int
     /// Log bytes after which a tenant writes a checkpoint (`TENANT_CHECKPOINT_BYTES`).
     public var checkpointBytes: Int64
+    /// The file operations of the logs (a fault-injecting layer in tests).
+    public var fileSystem: any WALFileSystem
 
     /// Creates a configuration with the contract's defaults.
     public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {
@@ -61,6 +63,7 @@ public struct EngineConfiguration: Sendable {
         self.selfSignup = false
         self.signupsPerMinute = 5
         self.checkpointBytes = 64 << 20
+        self.fileSystem = POSIXFileSystem()
     }
 
     /// The id of the one tenant of single-tenant mode.

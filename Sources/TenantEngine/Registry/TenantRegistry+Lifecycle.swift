@@ -163,6 +163,23 @@ extension TenantRegistry {
         self.logger.info("tenant deleted", metadata: ["tenant": "\(id)"])
     }
 
+    /// TENANT REOPEN: closes a tenant and opens it again from its directory, as a restart would:
+    /// a tenant that turned read-only after a disk fault (IOERR) comes back to service once the
+    /// fault is cleared, with everything acknowledged. `database` strategy.
+    /// - Throws: NOTFOUND for an unknown tenant; IOERR when it still does not open.
+    public func reopenTenant(id: String) async throws {
+        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
+        guard self.configuration.isolation == .database else {
+            throw TenantError.invalid(
+                "TENANT REOPEN is for the database strategy; restart the server to reopen the shared log"
+            )
+        }
+        if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
+        _ = try await self.activate(id: id)
+        self.logger.info("tenant reopened", metadata: ["tenant": "\(id)"])
+    }
+
     /// The metadata of every tenant, by id, from the catalog (no tenant is activated).
     public func listTenants() -> [TenantMetadata] {
         self.catalog.sortedIDs().compactMap { self.catalog.entries[$0] }

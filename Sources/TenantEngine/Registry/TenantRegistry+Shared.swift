@@ -33,7 +33,12 @@ extension TenantRegistry {
             } catch let error as WALError {
                 throw TenantError(.ioError, "the shared log is damaged: \(error)")
             }
-            let writer = try WALWriter(directory: directory, lastLSN: result.lastLSN, configuration: walConfiguration)
+            let writer = try WALWriter(
+                directory: directory,
+                lastLSN: result.lastLSN,
+                configuration: walConfiguration,
+                fileSystem: configuration.fileSystem
+            )
             return (states, storage, writer)
         }
         self.sharedLog = writer

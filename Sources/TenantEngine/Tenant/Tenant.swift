@@ -101,7 +101,8 @@ public actor Tenant {
             let writer = try WALWriter(
                 directory: path + "/wal",
                 lastLSN: recovered.result.lastLSN,
-                configuration: configuration.walConfiguration
+                configuration: configuration.walConfiguration,
+                fileSystem: configuration.fileSystem
             )
             return (recovered, writer, try Self.directorySize(path))
         }

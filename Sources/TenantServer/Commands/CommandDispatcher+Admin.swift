@@ -93,6 +93,13 @@ extension CommandDispatcher {
             let tenant = try await self.operatorTenant(arguments[1])
             _ = try await tenant.setSuspended(principal, arguments.keyword(0) == "SUSPEND")
             return .ok
+        case "REOPEN":
+            try arguments.expect(2...2, for: "tenant|reopen")
+            guard let id = await self.registry.resolveAny(arguments[1]) else {
+                throw TenantError.notFound("no tenant '\(arguments[1].prefix(64))'")
+            }
+            try await self.registry.reopenTenant(id: id)
+            return .ok
         case "DELETE":
             try arguments.expect(3...3, for: "tenant|delete")
             guard arguments[1] == arguments[2] else {
@@ -106,7 +113,7 @@ extension CommandDispatcher {
         default:
             throw CommandError(
                 "unknown subcommand '\(arguments[0].prefix(64))'. "
-                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP."
+                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|REOPEN."
             )
         }
     }

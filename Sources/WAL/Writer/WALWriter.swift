@@ -47,6 +47,7 @@ public final class WALWriter: @unchecked Sendable {
     private let state: Mutex<State>
     private let queue: DispatchQueue
     private let syncScheduler: WALSyncScheduler
+    private let fileSystem: any WALFileSystem
     private var fd: Int32 = -1
     private var segmentPath = ""
     private var unsynced = false
@@ -57,18 +58,21 @@ public final class WALWriter: @unchecked Sendable {
     ///   - lastLSN: the lsn of the last record already in the log (0 for none).
     ///   - configuration: the fsync policy and sizes.
     ///   - syncScheduler: the timer that syncs `everysec` logs.
+    ///   - fileSystem: the file operations (a fault-injecting layer in tests).
     /// - Throws: ``WALError`` when the directory cannot be made.
     public init(
         directory: String,
         lastLSN: UInt64,
         configuration: WALConfiguration,
-        syncScheduler: WALSyncScheduler = .shared
+        syncScheduler: WALSyncScheduler = .shared,
+        fileSystem: any WALFileSystem = POSIXFileSystem()
     ) throws {
         self.directory = directory
         self.configuration = configuration
         self.syncScheduler = syncScheduler
+        self.fileSystem = fileSystem
         if try POSIXFile.makeDirectory(directory) {
-            try POSIXFile.fsyncDirectory(POSIXFile.parent(of: directory))
+            try fileSystem.syncDirectory(POSIXFile.parent(of: directory))
         }
         let compressor = LZ4StreamCompressor(maxBlockSize: configuration.maxRecordSize)
         self.state = Mutex(State(compressor: compressor, nextLSN: lastLSN + 1, durableLSN: lastLSN))
@@ -76,7 +80,7 @@ public final class WALWriter: @unchecked Sendable {
     }
 
     deinit {
-        if self.fd >= 0 { _ = Glibc.close(self.fd) }
+        if self.fd >= 0 { self.fileSystem.close(self.fd, path: self.segmentPath) }
     }
 
     /// The lsn of the last record appended (durable or not).
@@ -208,8 +212,8 @@ public final class WALWriter: @unchecked Sendable {
             self.queue.async {
                 do {
                     if self.fd >= 0 {
-                        try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
-                        _ = Glibc.close(self.fd)
+                        try self.fileSystem.sync(self.fd, path: self.segmentPath)
+                        self.fileSystem.close(self.fd, path: self.segmentPath)
                         self.fd = -1
                     }
                     continuation.resume()
@@ -235,11 +239,11 @@ public final class WALWriter: @unchecked Sendable {
             do {
                 for chunk in batch.chunks {
                     if let firstLSN = chunk.newSegment { try self.openSegment(firstLSN: firstLSN) }
-                    try chunk.bytes.withUnsafeBytes { try POSIXFile.writeAll(self.fd, $0, path: self.segmentPath) }
+                    try chunk.bytes.withUnsafeBytes { try self.fileSystem.write(self.fd, $0, path: self.segmentPath) }
                 }
                 switch self.configuration.fsync {
                 case .always:
-                    try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
+                    try self.fileSystem.sync(self.fd, path: self.segmentPath)
                 case .everysec:
                     self.unsynced = true
                     self.syncScheduler.markDirty(self)
@@ -280,21 +284,21 @@ public final class WALWriter: @unchecked Sendable {
     /// Runs on `queue`: closes the current segment and starts the next one durably.
     private func openSegment(firstLSN: UInt64) throws {
         if self.fd >= 0 {
-            try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
-            _ = Glibc.close(self.fd)
+            try self.fileSystem.sync(self.fd, path: self.segmentPath)
+            self.fileSystem.close(self.fd, path: self.segmentPath)
             self.fd = -1
         }
         let path = self.directory + "/" + WALFormat.segmentName(firstLSN: firstLSN)
         // A segment of this name can only be a header left by a crash before its first record:
         // recovery ended at firstLSN - 1, so truncating it loses nothing.
-        let fd = try POSIXFile.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+        let fd = try self.fileSystem.createSegment(path)
         self.fd = fd
         self.segmentPath = path
         try WALFormat.segmentHeader(firstLSN: firstLSN).withUnsafeBytes {
-            try POSIXFile.writeAll(fd, $0, path: path)
+            try self.fileSystem.write(fd, $0, path: path)
         }
-        try POSIXFile.fdatasync(fd, path: path)
-        try POSIXFile.fsyncDirectory(self.directory)
+        try self.fileSystem.sync(fd, path: path)
+        try self.fileSystem.syncDirectory(self.directory)
     }
 
     /// Schedules an fdatasync of unsynced bytes on the writer's queue (the `everysec` timer calls this).
@@ -303,7 +307,7 @@ public final class WALWriter: @unchecked Sendable {
             guard self.unsynced, self.fd >= 0 else { return }
             self.unsynced = false
             do {
-                try POSIXFile.fdatasync(self.fd, path: self.segmentPath)
+                try self.fileSystem.sync(self.fd, path: self.segmentPath)
             } catch {
                 self.fail(error)
             }

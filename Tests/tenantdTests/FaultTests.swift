@@ -1,0 +1,196 @@
+import Foundation
+import Logging
+import TenantEngine
+import TestSupport
+import Testing
+import WAL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Disk faults and power cuts through an injectable file layer, not a real failing disk.
+@Suite("Disk faults and power loss")
+struct FaultTests {
+    static func payload(_ index: Int) -> [UInt8] { Array("record \(index)".utf8) }
+
+    static func readAll(_ directory: String) throws -> [[UInt8]] {
+        var records: [[UInt8]] = []
+        _ = try WALReader(directory: directory).replay(repair: true) { _, _, payload in records.append(Array(payload)) }
+        return records
+    }
+
+    @Test(arguments: [
+        (FaultyFileSystem.Operation.write, ENOSPC), (.sync, EIO), (.write, EIO), (.createSegment, ENOSPC),
+    ])
+    func aFailedWriteOrSyncIsNeverAcknowledged(operation: FaultyFileSystem.Operation, code: Int32) async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let configuration = WALConfiguration(fsync: .always, segmentSize: 512)
+            let writer = try WALWriter(directory: dir.path, lastLSN: 0, configuration: configuration, fileSystem: disk)
+            var acknowledged = 0
+            for index in 0..<20 {
+                let lsn = try writer.append(type: 1, payload: Self.payload(index))
+                try await writer.waitUntilDurable(lsn)
+                acknowledged += 1
+            }
+            disk.fail(operation, errno: code)
+            // Keep writing until the fault is hit (a segment creation comes only with the next roll).
+            var failedAt: UInt64?
+            for index in 20..<200 where failedAt == nil {
+                let lsn: UInt64
+                do {
+                    lsn = try writer.append(type: 1, payload: Self.payload(index))
+                } catch {
+                    failedAt = UInt64(index + 1)
+                    break
+                }
+                do {
+                    try await writer.waitUntilDurable(lsn)
+                    acknowledged += 1
+                } catch let error as WALError {
+                    #expect(
+                        error.description.contains(POSIXFile.errorString(code)) || error.description.contains("failed")
+                    )
+                    failedAt = lsn
+                }
+            }
+            let failed = try #require(failedAt, "the fault was never hit")
+            #expect(writer.durableLSN < failed)
+            #expect(writer.durableLSN == UInt64(acknowledged))
+            // Read-only from now on, and a failed sync is never retried.
+            let syncs = disk.calls(.sync)
+            #expect(throws: WALError.self) { _ = try writer.append(type: 1, payload: [1]) }
+            await #expect(throws: WALError.self) { try await writer.flush() }
+            #expect(disk.calls(.sync) == syncs)
+            // The fault clears; reopening (as a restart does) finds every acknowledged record.
+            disk.clearFaults()
+            let records = try Self.readAll(dir.path)
+            #expect(records.count >= acknowledged)
+            #expect(Array(records.prefix(acknowledged)) == (0..<acknowledged).map(Self.payload))
+            let reopened = try WALWriter(
+                directory: dir.path,
+                lastLSN: UInt64(records.count),
+                configuration: configuration,
+                fileSystem: disk
+            )
+            let next = try reopened.append(type: 1, payload: Self.payload(999))
+            try await reopened.waitUntilDurable(next)
+            try await reopened.close()
+            #expect(try Self.readAll(dir.path).last == Self.payload(999))
+        }
+    }
+
+    @Test func powerLossUnderAlwaysLosesNothingAcknowledged() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let configuration = WALConfiguration(fsync: .always, segmentSize: 4096)
+            let writer = try WALWriter(directory: dir.path, lastLSN: 0, configuration: configuration, fileSystem: disk)
+            let acknowledged = try await withThrowingTaskGroup(of: Int.self) { group in
+                for index in 0..<600 {
+                    let lsn = try writer.append(type: 1, payload: Self.payload(index))
+                    group.addTask {
+                        try await writer.waitUntilDurable(lsn)
+                        return index
+                    }
+                }
+                return try await group.reduce(into: Set<Int>()) { $0.insert($1) }
+            }
+            // Appended but never waited for: may be lost.
+            for index in 600..<650 { _ = try writer.append(type: 1, payload: Self.payload(index)) }
+            try disk.simulatePowerLoss()
+            let records = try Self.readAll(dir.path)
+            #expect(records.count >= acknowledged.count)
+            #expect(records.prefix(600) == ArraySlice((0..<600).map(Self.payload)))
+        }
+    }
+
+    @Test func powerLossUnderEverysecLosesAtMostTheLastSecond() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let scheduler = WALSyncScheduler(interval: .milliseconds(200))
+            let configuration = WALConfiguration(fsync: .everysec)
+            let writer = try WALWriter(
+                directory: dir.path,
+                lastLSN: 0,
+                configuration: configuration,
+                syncScheduler: scheduler,
+                fileSystem: disk
+            )
+            let clock = ContinuousClock()
+            let start = clock.now
+            var acknowledgedAt: [ContinuousClock.Instant] = []
+            var index = 0
+            while clock.now - start < .milliseconds(1500) {
+                let lsn = try writer.append(type: 1, payload: Self.payload(index))
+                try await writer.waitUntilDurable(lsn)
+                acknowledgedAt.append(clock.now)
+                index += 1
+                if index % 50 == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            let crash = clock.now
+            try disk.simulatePowerLoss()
+            let records = try Self.readAll(dir.path)
+            #expect(records == (0..<records.count).map(Self.payload))
+            // Everything acknowledged more than a sync interval (plus slack) before the cut is there.
+            let mustSurvive = acknowledgedAt.filter { crash - $0 > .milliseconds(700) }.count
+            #expect(mustSurvive > 0)
+            #expect(records.count >= mustSurvive, "kept \(records.count), \(mustSurvive) were older than the window")
+            #expect(records.count <= acknowledgedAt.count)
+        }
+    }
+
+    @Test func aTenantTurnsReadOnlyOnADiskFaultAndComesBackWithEverythingAcknowledged() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
+            configuration.adminToken = "operator"
+            configuration.fileSystem = disk
+            let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            try await registry.bootstrap()
+            let created = try await registry.createTenant(
+                name: "A",
+                subdomain: "acme",
+                plan: .enterprise,
+                owner: "alice"
+            )
+            let other = try await registry.createTenant(name: "B", subdomain: "other", plan: .enterprise, owner: "bob")
+            let id = created.metadata.tenantID
+            var tenant = try await registry.tenant(id: id)
+            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            for index in 1...10 { _ = try await tenant.postAndCommit(alice, room: "r", text: "m\(index)") }
+            disk.fail(.sync, errno: EIO)
+            await #expect(throws: TenantError.self) {
+                _ = try await tenant.postAndCommit(alice, room: "r", text: "lost?")
+            }
+            // Read-only: writes answer IOERR, reads go on.
+            do {
+                _ = try await tenant.postAndCommit(alice, room: "r", text: "x")
+                Issue.record("a write was accepted after a disk fault")
+            } catch let error as TenantError {
+                #expect(error.code == .ioError)
+            }
+            do {
+                _ = try await tenant.addUser(alice, name: "carol", role: .member)
+                Issue.record("a user was added after a disk fault")
+            } catch let error as TenantError {
+                #expect(error.code == .ioError)
+            }
+            #expect(try await tenant.history(alice, room: "r", after: nil, before: nil, limit: 100).count == 10)
+            // Other tenants write on.
+            let otherTenant = try await registry.tenant(id: other.metadata.tenantID)
+            let bob = try await otherTenant.authenticate(user: "bob", token: other.ownerToken)
+            #expect(try await otherTenant.postAndCommit(bob, room: "r", text: "fine") == 1)
+            // The fault clears; the operator reopens the tenant.
+            disk.clearFaults()
+            try await registry.reopenTenant(id: id)
+            tenant = try await registry.tenant(id: id)
+            let alice2 = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            let texts = try await tenant.history(alice2, room: "r", after: 0, before: nil, limit: 100).map(\.text)
+            #expect(Array(texts.prefix(10)) == (1...10).map { "m\($0)" })
+            let seq = try await tenant.postAndCommit(alice2, room: "r", text: "back")
+            #expect(seq == UInt64(texts.count + 1))
+            await registry.shutdown()
+        }
+    }
+}
