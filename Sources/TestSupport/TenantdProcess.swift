@@ -27,7 +27,7 @@ public final class TenantdProcess {
     ///   - environment: more environment variables.
     public init(dataDirectory: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
         self.dataDirectory = dataDirectory
-        self.errors = dataDirectory + ".stderr.log"
+        self.errors = dataDirectory + ".\(UUID().uuidString).stderr.log"
         _ = FileManager.default.createFile(atPath: self.errors, contents: nil)
         self.process.executableURL = URL(fileURLWithPath: Self.binaryPath)
         self.process.arguments = ["--port", "0", "--data-dir", dataDirectory] + arguments

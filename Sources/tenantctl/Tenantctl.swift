@@ -8,7 +8,7 @@ struct Tenantctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenantctl",
         abstract: "Offline tools over tenantd data and tenant directories.",
-        subcommands: [Verify.self]
+        subcommands: [Verify.self, Repair.self]
     )
 }
 
@@ -76,5 +76,41 @@ struct Verify: ParsableCommand {
             }
         }
         if failed > 0 { throw ExitCode(1) }
+    }
+}
+
+/// `tenantctl repair DIR`: keeps the valid prefix of a damaged tenant directory.
+struct Repair: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Keep the valid prefix of a damaged tenant directory; say exactly what was dropped.",
+        discussion: """
+            Stop tenantd (or TENANT DETACH the tenant) first. The damaged segment is copied aside as \
+            <segment>.broken and cut at the damage; later segments are moved aside as <segment>.broken. \
+            Nothing is deleted. A note (REPAIRED.txt) stays in the directory and tenantd logs it on every open.
+            """
+    )
+
+    @Argument(help: "A tenant directory (holding wal/).")
+    var directory: String
+
+    func run() throws {
+        let path =
+            self.directory.count > 1 && self.directory.hasSuffix("/")
+            ? String(self.directory.dropLast()) : self.directory
+        guard POSIXFile.isDirectory(path + "/wal") else {
+            throw ValidationError("\(path) is not a tenant directory (no wal/)")
+        }
+        do {
+            let report = try TenantRepair.repair(path: path)
+            if report.actions.isEmpty {
+                print("OK   \(path): nothing to repair (\(report.records) records to lsn \(report.lastLSN))")
+            } else {
+                print("REPAIRED \(path): now \(report.records) log records to lsn \(report.lastLSN)")
+                for action in report.actions { print("     \(action)") }
+            }
+        } catch {
+            print("FAILED \(path): \(error)")
+            throw ExitCode(1)
+        }
     }
 }

@@ -87,4 +87,56 @@ struct OperationsTests {
         #expect(try Array(Data(contentsOf: URL(fileURLWithPath: first))) == bytes)
         #expect(server.stop() == 0)
     }
+
+    @Test func repairKeepsTheValidPrefixAndSaysWhatItDropped() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let data = dir.path + "/data"
+        var server = try TenantdProcess(dataDirectory: data)
+        let admin = try server.client()
+        try admin.call("AUTH", "admin", server.adminToken())
+        let created = try #require(try admin.call("TENANT", "CREATE", "A", "tenant-a", "OWNER", "alice").fields)
+        let id = try #require(created["tenant_id"]?.string)
+        let token = try #require(created["owner_token"]?.string)
+        // Four segments: the creation's, then one per start after a kill -9 (no checkpoint).
+        for round in 0..<3 {
+            if round > 0 { server = try TenantdProcess(dataDirectory: data) }
+            let owner = try server.client()
+            try owner.call("AUTH", "alice@tenant-a", token)
+            for index in 1...5 { #expect(try owner.call("POST", "r", "round \(round) message \(index)").int != nil) }
+            server.stop(signal: SIGKILL)
+        }
+        let tenant = "\(data)/tenant_\(id)"
+        let segments = try FileManager.default.contentsOfDirectory(atPath: tenant + "/wal").filter {
+            $0.hasSuffix(".wal")
+        }.sorted()
+        #expect(segments.count == 4)
+        let middle = tenant + "/wal/" + segments[2]
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: middle)))
+        bytes[bytes.count - 5] ^= 0x01  // inside the middle segment's last record: not a torn tail
+        try Data(bytes).write(to: URL(fileURLWithPath: middle))
+        #expect(try Self.run(Self.tenantctl, ["verify", tenant]).status == 1)
+
+        let repaired = try Self.run(Self.tenantctl, ["repair", tenant])
+        #expect(repaired.status == 0, "\(repaired.output)")
+        #expect(repaired.output.contains("REPAIRED \(tenant): now 11 log records to lsn 11"), "\(repaired.output)")
+        #expect(repaired.output.contains("cut \(middle) at offset"))
+        #expect(repaired.output.contains("moved the later segment \(tenant)/wal/\(segments[3]) aside"))
+        #expect(FileManager.default.fileExists(atPath: middle + ".broken"))
+        #expect(FileManager.default.fileExists(atPath: tenant + "/wal/" + segments[3] + ".broken"))
+        let verified = try Self.run(Self.tenantctl, ["verify", tenant])
+        #expect(verified.status == 0, "\(verified.output)")
+        #expect(verified.output.contains("9 messages"))
+
+        server = try TenantdProcess(dataDirectory: data)
+        let owner = try server.client()
+        #expect(try owner.call("AUTH", "alice@tenant-a", token) == .simple("OK"))
+        let texts = try #require(try owner.call("HISTORY", "r", "LIMIT", "100").elements).compactMap {
+            $0.elements?[3].string
+        }
+        #expect(texts == (1...5).map { "round 0 message \($0)" } + (1...4).map { "round 1 message \($0)" })
+        #expect(try owner.call("POST", "r", "after the repair") == .integer(10))
+        #expect(server.stderrText().contains("was repaired"))
+        #expect(server.stop() == 0)
+    }
 }

@@ -98,6 +98,9 @@ public actor Tenant {
             guard recovered.state.metadata != nil else {
                 throw TenantError(.notFound, "no tenant metadata in \(path)")
             }
+            if let note = try? POSIXFile.readAll(path + "/" + TenantRepair.noteName) {
+                logger.warning("tenant directory \(path) was repaired: \(String(decoding: note, as: UTF8.self))")
+            }
             let writer = try WALWriter(
                 directory: path + "/wal",
                 lastLSN: recovered.result.lastLSN,
