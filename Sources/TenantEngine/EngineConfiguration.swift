@@ -45,6 +45,9 @@ public struct EngineConfiguration: Sendable {
     public var checkpointBytes: Int64
     /// The file operations of the logs (a fault-injecting layer in tests).
     public var fileSystem: any WALFileSystem
+    /// Seconds without traffic after which a tenant's actor and files are closed
+    /// (`TENANT_IDLE_SECONDS`, `database` strategy); 0 keeps every tenant open.
+    public var idleSeconds: Int
 
     /// Creates a configuration with the contract's defaults.
     public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {
@@ -64,6 +67,7 @@ public struct EngineConfiguration: Sendable {
         self.signupsPerMinute = 5
         self.checkpointBytes = 64 << 20
         self.fileSystem = POSIXFileSystem()
+        self.idleSeconds = 300
     }
 
     /// The id of the one tenant of single-tenant mode.

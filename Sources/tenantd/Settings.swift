@@ -86,6 +86,7 @@ struct Settings {
             guard bytes >= 4096 else { throw ValidationError("TENANT_CHECKPOINT_BYTES must be at least 4096") }
             engine.checkpointBytes = Int64(bytes)
         }
+        if let seconds = try Self.integer(environment, "TENANT_IDLE_SECONDS") { engine.idleSeconds = seconds }
         if let list = environment["TENANT_ID_SOURCE"] {
             var sources: Set<TenantIDSource> = []
             for item in list.split(separator: ",") {

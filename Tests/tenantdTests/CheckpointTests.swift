@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import TenantEngine
 import TestSupport
 import Testing
@@ -266,6 +267,83 @@ struct CheckpointTests {
                     "\(label)"
                 )
                 await reopened.close()
+            }
+        }
+    }
+}
+
+@Suite("Activation and passivation")
+struct PassivationTests {
+    final class ManualClock: Sendable {
+        let now = Mutex<Int64>(1_795_000_000_000)
+        func advance(seconds: Int64) { self.now.withLock { $0 += seconds * 1000 } }
+    }
+
+    @Test func idleTenantsCloseAndComeBackWhole() async throws {
+        try await TemporaryDirectory.with { dir in
+            let clock = ManualClock()
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+            configuration.adminToken = "operator"
+            configuration.idleSeconds = 300
+            configuration.clock = { clock.now.withLock { $0 } }
+            let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            try await registry.bootstrap()
+            let a = try await registry.createTenant(name: "A", subdomain: "tenant-a", plan: .enterprise, owner: "alice")
+            let b = try await registry.createTenant(name: "B", subdomain: "tenant-b", plan: .enterprise, owner: "bob")
+            let tenantA = try await registry.tenant(id: a.metadata.tenantID)
+            let alice = try await tenantA.authenticate(user: "alice", token: a.ownerToken)
+            for index in 1...50 { _ = try await tenantA.postAndCommit(alice, room: "r", text: "m\(index)") }
+            let tenantB = try await registry.tenant(id: b.metadata.tenantID)
+            tenantB.retain()  // a connection holds B
+            #expect(await registry.activeCount == 2)
+            clock.advance(seconds: 299)
+            #expect(await registry.passivateIdleTenants() == 0)
+            clock.advance(seconds: 2)
+            #expect(await registry.passivateIdleTenants() == 1)
+            #expect(await registry.activeCount == 1)
+            #expect(tenantA.isClosed)
+            #expect(!tenantB.isClosed)
+            // Closing wrote a checkpoint; the next use opens it again with everything.
+            let checkpoints = try FileManager.default.contentsOfDirectory(
+                atPath: dir.path + "/tenant_\(a.metadata.tenantID)/checkpoint"
+            )
+            #expect(checkpoints.count == 1)
+            let reopened = try await registry.tenant(id: a.metadata.tenantID)
+            #expect(reopened !== tenantA)
+            let alice2 = try await reopened.authenticate(user: "alice", token: a.ownerToken)
+            #expect(try await reopened.history(alice2, room: "r", after: 0, before: nil, limit: 100).count == 50)
+            #expect(try await reopened.postAndCommit(alice2, room: "r", text: "again") == 51)
+            tenantB.release()
+            clock.advance(seconds: 301)
+            #expect(await registry.passivateIdleTenants() == 2)
+            await registry.shutdown()
+        }
+    }
+
+    @Test func startUpOpensNoTenant() async throws {
+        try await TemporaryDirectory.with { dir in
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+            configuration.adminToken = "operator"
+            var registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            try await registry.bootstrap()
+            var ids: [String] = []
+            for index in 0..<40 {
+                ids.append(
+                    try await registry.createTenant(name: "t", subdomain: "sub-\(index)", plan: nil, owner: "o")
+                        .metadata.tenantID
+                )
+            }
+            await registry.shutdown()
+            for removeCatalog in [false, true] {
+                if removeCatalog { try FileManager.default.removeItem(atPath: dir.path + "/catalog") }
+                registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+                try await registry.bootstrap()
+                #expect(await registry.activeCount == 0, "catalog removed: \(removeCatalog)")
+                #expect(await registry.tenantCount == 40)
+                #expect(await registry.resolve("sub-7") == ids[7])
+                _ = try await registry.tenant(id: ids[7])
+                #expect(await registry.activeCount == 1)
+                await registry.shutdown()
             }
         }
     }

@@ -139,4 +139,32 @@ struct OperationsTests {
         #expect(server.stderrText().contains("was repaired"))
         #expect(server.stop() == 0)
     }
+
+    @Test func idleTenantsArePassivatedOnlyWhenNoConnectionHoldsThem() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let data = dir.path + "/data"
+        let server = try TenantdProcess(dataDirectory: data, environment: ["TENANT_IDLE_SECONDS": "1"])
+        let admin = try server.client()
+        try admin.call("AUTH", "admin", server.adminToken())
+        let created = try #require(try admin.call("TENANT", "CREATE", "A", "tenant-a", "OWNER", "alice").fields)
+        let id = try #require(created["tenant_id"]?.string)
+        let token = try #require(created["owner_token"]?.string)
+        let checkpoints = "\(data)/tenant_\(id)/checkpoint"
+        var owner: RESPTestClient? = try server.client()
+        #expect(try owner?.call("AUTH", "alice@tenant-a", token) == .simple("OK"))
+        #expect(try owner?.call("POST", "r", "hello") == .integer(1))
+        usleep(2_500_000)
+        // Held by a connection: still open, no checkpoint written.
+        #expect(!FileManager.default.fileExists(atPath: checkpoints))
+        #expect(try owner?.call("POST", "r", "still here") == .integer(2))
+        owner = nil
+        usleep(3_000_000)
+        // Passivated: closing wrote its checkpoint. The next use opens it again.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: checkpoints).count == 1)
+        let again = try server.client()
+        #expect(try again.call("AUTH", "alice@tenant-a", token) == .simple("OK"))
+        #expect(try again.call("HISTORY", "r").elements?.count == 2)
+        #expect(server.stop() == 0)
+    }
 }

@@ -37,6 +37,8 @@ public actor TenantRegistry {
     var signups: SignupLimiter
     /// The log every tenant shares under `schema` and `shared`.
     var sharedLog: WALWriter?
+    /// The loop that closes idle tenants.
+    var passivation: Task<Void, Never>?
     /// The one executor of every tenant under `shared`.
     let sharedExecutor = TenantExecutor(label: "tenantd.shared-store")
 
@@ -73,6 +75,16 @@ public actor TenantRegistry {
             try await self.openSharedLog()
         }
         self.state = .running
+        if configuration.isolation == .database && configuration.idleSeconds > 0 {
+            let period = Duration.seconds(min(30, max(1, configuration.idleSeconds / 4)))
+            self.passivation = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: period)
+                    guard let self else { return }
+                    await self.passivateIdleTenants()
+                }
+            }
+        }
         if !configuration.multiTenancy && self.catalog.entries[EngineConfiguration.defaultTenantID] == nil {
             _ = try await self.create(
                 id: EngineConfiguration.defaultTenantID,
@@ -149,7 +161,10 @@ public actor TenantRegistry {
         }
         for id in onDisk.sorted() where self.catalog.entries[id] == nil {
             do {
-                _ = try await self.activate(id: id)
+                // Read for its metadata, then closed again: start-up keeps no tenant open.
+                let tenant = try await self.activate(id: id)
+                self.active[id] = nil
+                await tenant.close()
                 changed = true
             } catch {
                 self.logger.error("tenant directory \(prefix)\(id) is not served: \(error)")
@@ -304,9 +319,34 @@ public actor TenantRegistry {
         self.saveCatalog()
     }
 
+    /// Closes every tenant unused for `TENANT_IDLE_SECONDS` that no connection holds (its
+    /// checkpoint is written, its files closed); the next use opens it again.
+    /// - Returns: how many tenants were closed.
+    @discardableResult
+    public func passivateIdleTenants() async -> Int {
+        guard case .running = self.state, self.configuration.isolation == .database else { return 0 }
+        let now = self.configuration.clock()
+        let idle = Int64(self.configuration.idleSeconds) * 1000
+        var closed = 0
+        for (id, tenant) in self.active where self.activating[id] == nil && !self.claimedIDs.contains(id) {
+            guard await tenant.isIdle(now: now, idle: idle) else { continue }
+            // Re-checked after the await: a connection may have taken it meanwhile.
+            guard self.active[id] === tenant, tenant.leaseCount <= 0 else { continue }
+            self.active[id] = nil
+            await tenant.close()
+            closed += 1
+        }
+        if closed > 0 { self.logger.debug("passivated \(closed) idle tenants") }
+        return closed
+    }
+
+    /// The number of tenants open now.
+    public var activeCount: Int { self.active.count }
+
     /// Flushes and closes every tenant's log (and the shared log); the registry serves nothing more.
     public func shutdown() async {
         self.state = .stopped
+        self.passivation?.cancel()
         for task in self.activating.values { _ = try? await task.value }
         let tenants = self.active.values
         self.active = [:]

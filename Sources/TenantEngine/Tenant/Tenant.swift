@@ -1,6 +1,7 @@
 import DequeModule
 import Dispatch
 import Logging
+import Synchronization
 import WAL
 
 /// One tenant: its rooms, messages and users in memory, every change first appended to its own log.
@@ -29,6 +30,12 @@ public actor Tenant {
     /// The quota levels (80, 90, 100 %) already logged, per limit and day.
     var loggedQuotaLevels: [String: Int] = [:]
     var subscriptions = Subscriptions()
+    /// Connections that hold this tenant as their context: a tenant with any is never passivated.
+    nonisolated let leases = Atomic<Int>(0)
+    /// Set once the tenant is closed: connections holding it then fetch the tenant anew.
+    nonisolated let closedFlag = Atomic<Bool>(false)
+    /// When a command last ran here (ms), for passivation.
+    var lastUsed: Int64 = 0
     /// The lsn the newest checkpoint covers, and the log bytes appended since.
     var lastCheckpointLSN: UInt64 = 0
     var bytesSinceCheckpoint: Int64 = 0
@@ -166,6 +173,28 @@ public actor Tenant {
     /// The tenant's metadata.
     public var metadata: TenantMetadata { self.data.metadata! }
 
+    /// A connection takes this tenant as its context.
+    public nonisolated func retain() {
+        self.leases.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// True once closed (passivated, reopened, deleted or shut down).
+    public nonisolated var isClosed: Bool { self.closedFlag.load(ordering: .relaxed) }
+
+    /// How many connections hold this tenant.
+    public nonisolated var leaseCount: Int { self.leases.load(ordering: .relaxed) }
+
+    /// A connection leaves this tenant.
+    public nonisolated func release() {
+        self.leases.wrappingSubtract(1, ordering: .relaxed)
+    }
+
+    /// True when nobody holds or used the tenant for `idle` milliseconds before `now`.
+    func isIdle(now: Int64, idle: Int64) -> Bool {
+        self.leases.load(ordering: .relaxed) <= 0 && self.subscriptions.rooms.isEmpty && now - self.lastUsed >= idle
+            && self.pending.isEmpty && !self.checkpointRunning
+    }
+
     /// Flushes and closes the log, after a checkpoint of a tenant's own log; the tenant answers
     /// nothing more (NOTFOUND once deleted).
     public func close(deleted: Bool = false) async {
@@ -179,6 +208,7 @@ public actor Tenant {
                 self.logger.error("checkpoint at close failed (the log still holds everything): \(error)")
             }
         }
+        defer { self.closedFlag.store(true, ordering: .relaxed) }
         guard case .serving = self.state else {
             if case .failed = self.state { self.state = .closed(deleted: deleted) }
             return
@@ -197,6 +227,7 @@ public actor Tenant {
     /// Checks that `principal` may act here with at least `minimum`, and that the tenant serves.
     /// - Returns: the role of a user, nil for the operator.
     func authorize(_ principal: Principal, minimum: Role) throws -> Role? {
+        self.lastUsed = self.configuration.clock()
         if case .closed(let deleted) = self.state {
             throw deleted
                 ? TenantError.notFound("tenant was deleted") : TenantError(.loading, "tenant is closed; retry")

@@ -82,6 +82,12 @@ struct CommandDispatcher: Sendable {
             }
             throw Self.unknownCommand(arguments)
         }
+        if let tenant = session.tenant, tenant.isClosed, let id = session.tenantID,
+            let fresh = try? await self.registry.tenant(id: id)
+        {
+            // The tenant was passivated or reopened since: work with the instance open now.
+            session.setContext(fresh, id: id)
+        }
         if let pending = session.lastPost {
             // Commands run in order: whatever follows a POST sees it (or its failure) first.
             session.lastPost = nil
@@ -201,12 +207,13 @@ struct CommandDispatcher: Sendable {
         if user == "admin" {
             guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }
             session.principal = .operator
-            session.tenantID = nil
-            session.tenant = nil
+            session.setContext(nil, id: nil)
             if singleTenant {
                 // Single-tenant mode: every authenticated connection works in the tenant `default`.
-                session.tenant = try await self.registry.tenant(id: EngineConfiguration.defaultTenantID)
-                session.tenantID = EngineConfiguration.defaultTenantID
+                session.setContext(
+                    try await self.registry.tenant(id: EngineConfiguration.defaultTenantID),
+                    id: EngineConfiguration.defaultTenantID
+                )
             }
             return
         }
@@ -238,8 +245,7 @@ struct CommandDispatcher: Sendable {
             throw TenantError.ioError("tenant is unavailable: its log is damaged or unreadable; the operator is told")
         }
         session.principal = try await tenant.authenticate(user: name, token: token)
-        session.tenantID = id
-        session.tenant = tenant
+        session.setContext(tenant, id: id)
     }
 
     private func client(_ arguments: Arguments, session: inout Session) throws -> RESPValue {
@@ -277,16 +283,14 @@ struct CommandDispatcher: Sendable {
             guard self.registry.configuration.multiTenancy || id == EngineConfiguration.defaultTenantID else {
                 throw TenantError.notFound("single-tenant mode serves the tenant 'default' only")
             }
-            session.tenant = try await self.registry.tenant(id: id)
-            session.tenantID = id
+            session.setContext(try await self.registry.tenant(id: id), id: id)
             return .ok
         }
         let configuration = self.registry.configuration
         if configuration.autoProvision, configuration.multiTenancy, configuration.idSources.contains(.header),
             Names.isValidTenantID(reference)
         {
-            session.tenant = try await self.registry.tenantForOperator(id: reference)
-            session.tenantID = reference
+            session.setContext(try await self.registry.tenantForOperator(id: reference), id: reference)
             return .ok
         }
         throw TenantError.notFound("no tenant '\(reference.prefix(64))'")

@@ -7,9 +7,9 @@ struct Session: Sendable {
     let id: Int64
     var version: RESPVersion = .resp2
     var principal: Principal?
-    /// The tenant the connection works in.
-    var tenantID: String?
-    var tenant: Tenant?
+    /// The tenant the connection works in (set through ``setContext(_:id:)``, which leases it).
+    private(set) var tenantID: String?
+    private(set) var tenant: Tenant?
     var clientName: String?
     /// The newest POST not yet known durable: any other command waits for it first, so a
     /// pipelined HISTORY sees the POSTs before it.
@@ -25,6 +25,16 @@ struct Session: Sendable {
         self.id = id
         self.clientAddress = clientAddress
         self.subscriber = subscriber
+    }
+
+    /// Makes `tenant` the connection's context, holding a lease on it (a held tenant is never
+    /// passivated) and giving back the lease on the previous one.
+    mutating func setContext(_ tenant: Tenant?, id: String?) {
+        if let tenant, tenant === self.tenant { return }
+        self.tenant?.release()
+        tenant?.retain()
+        self.tenant = tenant
+        self.tenantID = id
     }
 
     /// RESP2 connections with subscriptions take only pub/sub commands, as Redis's do.

@@ -38,6 +38,7 @@ struct Connection {
                         subscriber: ConnectionSubscriber(queue: queue, version: .resp2)
                     )
                     defer {
+                        session.setContext(nil, id: nil)
                         let channels = session.channels.values.map { ($0.tenant, $0.room) }
                         let subscriber = session.subscriber
                         if !channels.isEmpty {
