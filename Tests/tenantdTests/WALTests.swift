@@ -267,4 +267,29 @@ struct WALTests {
             #expect(throws: WALError.self) { _ = try writer2.append(type: 1, payload: [7]) }
         }
     }
+
+    /// A crash during a segment roll leaves a new last segment with no header, a partial one, or
+    /// only its header: recovery keeps every record and the log goes on.
+    @Test(arguments: [0, 7, 19, 20])
+    func aCrashDuringASegmentRollRecovers(headerBytes: Int) async throws {
+        try await TemporaryDirectory.with { dir in
+            try await Self.writeRecords(
+                dir.path,
+                count: 30,
+                configuration: WALConfiguration(fsync: .always, segmentSize: 300)
+            )
+            let (records, result) = try Self.readAll(dir.path)
+            let next = result.lastLSN + 1
+            let header = WALFormat.segmentHeader(firstLSN: next)
+            let path = dir.path + "/" + WALFormat.segmentName(firstLSN: next)
+            try Data(header.prefix(headerBytes)).write(to: URL(fileURLWithPath: path))
+            let (again, recovered) = try Self.readAll(dir.path)
+            #expect(again == records)
+            #expect(recovered.lastLSN == result.lastLSN)
+            try await Self.writeRecords(dir.path, count: 5, from: 30, lastLSN: recovered.lastLSN)
+            let (after, _) = try Self.readAll(dir.path)
+            #expect(after.count == 35)
+            #expect(after.last?.payload == Self.payload(34))
+        }
+    }
 }
