@@ -7,6 +7,7 @@ let package = Package(
     dependencies: [
         .package(name: "tenantd", path: "../"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -17,7 +18,9 @@ let package = Package(
                 .product(name: "WAL", package: "tenantd"),
                 .product(name: "LZ4", package: "tenantd"),
                 .product(name: "RESP", package: "tenantd"),
+                .product(name: "TenantEngine", package: "tenantd"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/TenantdBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

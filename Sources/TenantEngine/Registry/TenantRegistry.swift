@@ -343,15 +343,16 @@ public actor TenantRegistry {
     /// The number of tenants open now.
     public var activeCount: Int { self.active.count }
 
-    /// Flushes and closes every tenant's log (and the shared log); the registry serves nothing more.
-    public func shutdown() async {
+    /// Flushes and closes every tenant's log (and the shared log), writing each tenant's
+    /// checkpoint unless told not to; the registry serves nothing more.
+    public func shutdown(checkpoint: Bool = true) async {
         self.state = .stopped
         self.passivation?.cancel()
         for task in self.activating.values { _ = try? await task.value }
         let tenants = self.active.values
         self.active = [:]
         await withTaskGroup(of: Void.self) { group in
-            for tenant in tenants { group.addTask { await tenant.close() } }
+            for tenant in tenants { group.addTask { await tenant.close(checkpoint: checkpoint) } }
         }
         await self.flushCatalog()
         if let sharedLog {

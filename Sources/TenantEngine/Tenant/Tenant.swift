@@ -197,9 +197,12 @@ public actor Tenant {
 
     /// Flushes and closes the log, after a checkpoint of a tenant's own log; the tenant answers
     /// nothing more (NOTFOUND once deleted).
-    public func close(deleted: Bool = false) async {
+    /// - Parameters:
+    ///   - deleted: the tenant was deleted: no checkpoint, and NOTFOUND from now on.
+    ///   - checkpoint: false leaves everything in the log (tools and benchmarks).
+    public func close(deleted: Bool = false, checkpoint: Bool = true) async {
         self.subscriptions.closeAll()
-        if !deleted, case .serving = self.state, self.log.isOwn,
+        if !deleted, checkpoint, case .serving = self.state, self.log.isOwn,
             self.log.writer.lastAppendedLSN > self.lastCheckpointLSN
         {
             do {
