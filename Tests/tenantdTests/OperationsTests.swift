@@ -80,6 +80,12 @@ struct OperationsTests {
         let probe = try server.client()
         let refused = try probe.call("AUTH", "owner@\(idA)", tokenA)
         #expect(refused.errorCode == "IOERR" || refused.errorCode == "WRONGPASS", "\(refused)")
+        // The operator is told exactly where: file and offset.
+        let operatorClient = try server.client()
+        _ = try operatorClient.call("AUTH", "admin", server.adminToken())
+        let quarantined = try #require(try operatorClient.call("USE", idA).errorText)
+        #expect(quarantined.hasPrefix("IOERR"))
+        #expect(quarantined.contains(first) && quarantined.contains("offset 24"), "\(quarantined)")
         let ownerB = try server.client()
         #expect(try ownerB.call("AUTH", "owner@tenant-b", tokenB) == .simple("OK"))
         #expect(try ownerB.call("POST", "r", "b goes on") == .integer(1))

@@ -93,7 +93,8 @@ let durabilityBenchmarks: @Sendable () -> Void = {
                 benchmark.startMeasurement()
                 try await registry.bootstrap()
                 benchmark.stopMeasurement()
-                precondition(await registry.tenantCount == tenants)
+                let count = await registry.tenantCount
+                precondition(count == tenants, "bootstrap found \(count) tenants")
                 await registry.shutdown()
             }
         }
