@@ -15,6 +15,7 @@ public final class FaultyFileSystem: WALFileSystem {
         case write
         case sync
         case syncDirectory
+        case rename
     }
 
     private struct State {
@@ -94,6 +95,11 @@ public final class FaultyFileSystem: WALFileSystem {
         self.state.withLock { state in
             state.unsyncedNames = state.unsyncedNames.filter { POSIXFile.parent(of: $0) != path }
         }
+    }
+
+    public func rename(_ from: String, to: String) throws {
+        try self.check(.rename, path: from)
+        try self.real.rename(from, to: to)
     }
 
     /// A power cut: every file this layer created loses what was written after its last sync,

@@ -37,7 +37,7 @@ struct CheckpointTests {
         configuration.adminToken = "operator-secret"
         configuration.checkpointBytes = checkpointBytes
         configuration.defaultPlan = .enterprise
-        let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
         try await registry.bootstrap()
         return registry
     }
@@ -138,7 +138,7 @@ struct CheckpointTests {
             let crashed = try await Tenant.open(
                 path: copy,
                 configuration: Self.configuration(dir.path),
-                logger: Logger(label: "t")
+                logger: Logger.quiet
             )
             #expect(try await Self.observe(crashed) == expected)
             await crashed.close()
@@ -248,7 +248,7 @@ struct CheckpointTests {
                 let recovered = try await Tenant.open(
                     path: trial,
                     configuration: Self.configuration(dir.path),
-                    logger: Logger(label: "t")
+                    logger: Logger.quiet
                 )
                 #expect(try await Self.observe(recovered) == expected, "\(label)")
                 // And it takes writes after recovering.
@@ -258,7 +258,7 @@ struct CheckpointTests {
                 let reopened = try await Tenant.open(
                     path: trial,
                     configuration: Self.configuration(dir.path),
-                    logger: Logger(label: "t")
+                    logger: Logger.quiet
                 )
                 #expect(
                     try await reopened.history(.operator, room: "r", after: 400, before: nil, limit: 5).map(\.text) == [
@@ -286,7 +286,7 @@ struct PassivationTests {
             configuration.adminToken = "operator"
             configuration.idleSeconds = 300
             configuration.clock = { clock.now.withLock { $0 } }
-            let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
             try await registry.bootstrap()
             let a = try await registry.createTenant(name: "A", subdomain: "tenant-a", plan: .enterprise, owner: "alice")
             let b = try await registry.createTenant(name: "B", subdomain: "tenant-b", plan: .enterprise, owner: "bob")
@@ -324,7 +324,7 @@ struct PassivationTests {
         try await TemporaryDirectory.with { dir in
             var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
             configuration.adminToken = "operator"
-            var registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            var registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
             try await registry.bootstrap()
             var ids: [String] = []
             for index in 0..<40 {
@@ -336,7 +336,7 @@ struct PassivationTests {
             await registry.shutdown()
             for removeCatalog in [false, true] {
                 if removeCatalog { try FileManager.default.removeItem(atPath: dir.path + "/catalog") }
-                registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+                registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
                 try await registry.bootstrap()
                 #expect(await registry.activeCount == 0, "catalog removed: \(removeCatalog)")
                 #expect(await registry.tenantCount == 40)

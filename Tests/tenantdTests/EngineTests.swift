@@ -10,7 +10,7 @@ struct EngineTests {
     static func registry(_ path: String, fsync: FsyncPolicy = .always) async throws -> TenantRegistry {
         var configuration = EngineConfiguration(dataDirectory: path, fsync: fsync)
         configuration.adminToken = "operator-secret"
-        let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
         try await registry.bootstrap()
         return registry
     }
@@ -288,7 +288,7 @@ struct EngineTests {
             var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
             configuration.isolation = .schema
             configuration.adminToken = "operator-secret"
-            let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
             try await registry.bootstrap()
             let count = 3000
             try await withThrowingTaskGroup(of: Void.self) { group in

@@ -151,7 +151,7 @@ struct FaultTests {
             var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
             configuration.adminToken = "operator"
             configuration.fileSystem = disk
-            let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "test"))
+            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
             try await registry.bootstrap()
             let created = try await registry.createTenant(
                 name: "A",
@@ -195,6 +195,58 @@ struct FaultTests {
             #expect(Array(texts.prefix(10)) == (1...10).map { "m\($0)" })
             let seq = try await tenant.postAndCommit(alice2, room: "r", text: "back")
             #expect(seq == UInt64(texts.count + 1))
+            await registry.shutdown()
+        }
+    }
+
+    /// A fault at any step of a checkpoint (writing, syncing or renaming its file, syncing its
+    /// directory) leaves the tenant serving and the log whole; a later checkpoint succeeds.
+    @Test(arguments: [FaultyFileSystem.Operation.write, .sync, .rename, .syncDirectory])
+    func aFaultDuringACheckpointLosesNothing(operation: FaultyFileSystem.Operation) async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
+            configuration.adminToken = "operator"
+            configuration.fileSystem = disk
+            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+            try await registry.bootstrap()
+            let created = try await registry.createTenant(
+                name: "A",
+                subdomain: "acme",
+                plan: .enterprise,
+                owner: "alice"
+            )
+            let id = created.metadata.tenantID
+            let tenant = try await registry.tenant(id: id)
+            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            for index in 1...20 { _ = try await tenant.postAndCommit(alice, room: "r", text: "m\(index)") }
+            disk.fail(operation, errno: ENOSPC)
+            await #expect(throws: (any Error).self) { try await tenant.checkpoint() }
+            // Still serving, nothing lost, no covered segment dropped without a checkpoint.
+            #expect(try await tenant.postAndCommit(alice, room: "r", text: "after the fault") == 21)
+            let walFiles = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/wal")
+            let checkpoints =
+                (try? FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/checkpoint")) ?? []
+            #expect(!walFiles.isEmpty || checkpoints.contains { $0.hasSuffix(".ckpt") })
+            #expect(!checkpoints.contains { $0.hasSuffix(".tmp") } || operation == .syncDirectory)
+            let reopened = try await Tenant.open(
+                path: dir.path + "/tenant_\(id)",
+                configuration: {
+                    var c = configuration
+                    c.fileSystem = POSIXFileSystem()
+                    return c
+                }(),
+                logger: Logger.quiet
+            )
+            #expect(try await reopened.history(.operator, room: "r", after: 0, before: nil, limit: 100).count == 21)
+            await reopened.close(checkpoint: false)
+            // The fault clears; the next checkpoint goes through.
+            try await tenant.checkpoint()
+            #expect(
+                try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/checkpoint").filter {
+                    $0.hasSuffix(".ckpt")
+                }.count == 1
+            )
             await registry.shutdown()
         }
     }

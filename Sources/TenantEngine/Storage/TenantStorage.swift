@@ -1,6 +1,12 @@
 import Logging
 import WAL
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A tenant directory on disk: its newest valid checkpoint, then the log after it.
 enum TenantStorage {
     struct Recovered {
@@ -71,11 +77,34 @@ enum TenantStorage {
     /// checkpoints it covers. Every step leaves a directory that recovers whole: the checkpoint is
     /// complete under its final name (temp name, fsync, rename, directory fsync) before anything
     /// is removed.
-    static func writeCheckpoint(_ state: TenantState, lsn: UInt64, path: String) throws {
+    static func writeCheckpoint(
+        _ state: TenantState,
+        lsn: UInt64,
+        path: String,
+        fileSystem: any WALFileSystem = POSIXFileSystem()
+    ) throws {
         let directory = path + "/checkpoint"
-        if try POSIXFile.makeDirectory(directory) { try POSIXFile.fsyncDirectory(path) }
-        let name = Checkpoint.fileName(lsn: lsn)
-        try POSIXFile.writeFileAtomically(directory + "/" + name, contents: try Checkpoint.encode(state, lsn: lsn))
+        if try POSIXFile.makeDirectory(directory) { try fileSystem.syncDirectory(path) }
+        let final = directory + "/" + Checkpoint.fileName(lsn: lsn)
+        let temporary = final + ".tmp"
+        let bytes = try Checkpoint.encode(state, lsn: lsn)
+        let fd = try POSIXFile.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+        do {
+            try bytes.withUnsafeBytes { try fileSystem.write(fd, $0, path: temporary) }
+            try fileSystem.sync(fd, path: temporary)
+            fileSystem.close(fd, path: temporary)
+        } catch {
+            fileSystem.close(fd, path: temporary)
+            try? POSIXFile.remove(temporary)
+            throw error
+        }
+        do {
+            try fileSystem.rename(temporary, to: final)
+        } catch {
+            try? POSIXFile.remove(temporary)
+            throw error
+        }
+        try fileSystem.syncDirectory(directory)
         let wal = path + "/wal"
         var removedSegment = false
         for segment in try WALReader(directory: wal).segmentNames() where segment.firstLSN <= lsn {

@@ -24,8 +24,9 @@ extension Tenant {
         let bytesAtStart = self.bytesSinceCheckpoint
         let path = self.path
         let covered = lsn
+        let fileSystem = self.configuration.fileSystem
         let storage = try await runBlocking {
-            try TenantStorage.writeCheckpoint(snapshot, lsn: covered, path: path)
+            try TenantStorage.writeCheckpoint(snapshot, lsn: covered, path: path, fileSystem: fileSystem)
             return try Self.directorySize(path)
         }
         self.lastCheckpointLSN = lsn

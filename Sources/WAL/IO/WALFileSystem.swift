@@ -18,6 +18,8 @@ public protocol WALFileSystem: Sendable {
     func close(_ fd: Int32, path: String)
     /// fsyncs a directory, making the names in it durable.
     func syncDirectory(_ path: String) throws
+    /// rename(2).
+    func rename(_ from: String, to: String) throws
 }
 
 /// The real file system.
@@ -43,5 +45,9 @@ public struct POSIXFileSystem: WALFileSystem {
 
     public func syncDirectory(_ path: String) throws {
         try POSIXFile.fsyncDirectory(path)
+    }
+
+    public func rename(_ from: String, to: String) throws {
+        try POSIXFile.rename(from, to: to)
     }
 }
