@@ -33,10 +33,12 @@ var package = Package(
             providers: [.apt(["liblz4-dev"])]
         ),
         .target(name: "LZ4", dependencies: ["CLZ4"]),
+        .target(name: "CCRC32C"),
         .target(
             name: "WAL",
             dependencies: [
                 "LZ4",
+                "CCRC32C",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -102,6 +104,6 @@ var package = Package(
     ]
 )
 
-for target in package.targets where target.type != .system {
+for target in package.targets where target.type != .system && target.name != "CCRC32C" {
     target.swiftSettings = (target.swiftSettings ?? []) + swiftSettings
 }

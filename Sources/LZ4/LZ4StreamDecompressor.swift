@@ -51,6 +51,17 @@ public final class LZ4StreamDecompressor {
         decodedSize: Int,
         _ body: (UnsafeRawBufferPointer) throws -> Result
     ) throws -> Result {
+        try body(try self.decompress(input, decodedSize: decodedSize))
+    }
+
+    /// Decodes the next block of the stream.
+    /// - Parameters:
+    ///   - input: the compressed block.
+    ///   - decodedSize: its declared decoded size, checked against ``maxBlockSize`` first.
+    /// - Returns: the decoded bytes, valid until the next call (they live in the history window).
+    /// - Throws: ``LZ4Error`` for a size out of bounds or a damaged block.
+    /// - Complexity: O(n) in the decoded size.
+    public func decompress(_ input: UnsafeRawBufferPointer, decodedSize: Int) throws -> UnsafeRawBufferPointer {
         guard decodedSize >= 0, decodedSize <= self.maxBlockSize else {
             throw LZ4Error.declaredSizeTooLarge(decodedSize)
         }
@@ -68,7 +79,7 @@ public final class LZ4StreamDecompressor {
             throw LZ4Error.sizeMismatch(expected: decodedSize, actual: Int(produced))
         }
         self.position += decodedSize
-        return try body(UnsafeRawBufferPointer(start: destination, count: decodedSize))
+        return UnsafeRawBufferPointer(start: destination, count: decodedSize)
     }
 
     private func makeRoom(for count: Int) {

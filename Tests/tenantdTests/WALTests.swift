@@ -53,6 +53,21 @@ struct WALTests {
         #expect(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
         for value: UInt32 in [0, 1, 0xDEAD_BEEF, .max] { #expect(CRC32C.unmask(CRC32C.mask(value)) == value) }
         #expect(CRC32C.mask(0) != 0)
+        // Hardware and tables agree, at every length and alignment.
+        var generator = SystemRandomNumberGenerator()
+        let bytes = (0..<4099).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        bytes.withUnsafeBytes { raw in
+            for start in 0..<9 {
+                for length in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 4090 - start] {
+                    let slice = UnsafeRawBufferPointer(rebasing: raw[start..<(start + length)])
+                    #expect(CRC32C.checksum(slice) == CRC32C.softwareChecksum(slice))
+                    #expect(
+                        CRC32C.checksum(slice, continuing: 0x1234) == CRC32C.softwareChecksum(slice, continuing: 0x1234)
+                    )
+                }
+            }
+        }
+        #expect(Array("123456789".utf8).withUnsafeBytes { CRC32C.softwareChecksum($0) } == 0xE306_9283)
     }
 
     @Test func roundTripWithGroupCommitAndSegmentRolls() async throws {

@@ -86,7 +86,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
                 taken.reader?.resume(returning: true)
                 return taken.slots
             }
-            let done = await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let ready = self.state.withLock { state -> Bool in
                     if !state.slots.isEmpty || state.finished { return true }
                     state.writer = continuation
@@ -94,7 +94,6 @@ final class ReplyQueue<Element: Sendable>: Sendable {
                 }
                 if ready { continuation.resume() }
             }
-            _ = done
             let finishedAndEmpty = self.state.withLock { $0.finished && $0.slots.isEmpty }
             if finishedAndEmpty { return nil }
         }

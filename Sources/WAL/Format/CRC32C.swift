@@ -1,6 +1,12 @@
-/// CRC-32C (Castagnoli), computed slice-by-8, with LevelDB's masking for checksums stored next to
-/// the data they cover.
+import CCRC32C
+
+/// CRC-32C (Castagnoli) with LevelDB's masking for checksums stored next to the data they cover:
+/// the SSE4.2 `crc32` instruction through a tiny C shim where the CPU has it, slice-by-8 tables
+/// elsewhere.
 public enum CRC32C {
+    /// True when the hardware instruction is used.
+    public static let usesHardware = tenantd_crc32c_hardware_available() != 0
+
     private static let polynomial: UInt32 = 0x82F6_3B78
     private static let maskDelta: UInt32 = 0xA282_EAD8
 
@@ -27,6 +33,14 @@ public enum CRC32C {
     /// The CRC-32C of `bytes`, continuing from `crc` (0 for a fresh checksum).
     /// - Complexity: O(n), eight bytes a step.
     public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+        if usesHardware {
+            return ~tenantd_crc32c_hardware(~crc, bytes.baseAddress, bytes.count)
+        }
+        return softwareChecksum(bytes, continuing: crc)
+    }
+
+    /// The slice-by-8 table implementation (used where the CPU lacks SSE4.2, and to test the other).
+    public static func softwareChecksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
         var crc = ~crc
         var index = 0
         let count = bytes.count

@@ -154,11 +154,15 @@ public struct WALReader {
                 }
                 var offset = WALFormat.segmentHeaderSize
                 while offset < file.count {
-                    let tornReason = { Self.zeroedTail(file, from: offset) }
+                    // Only on a failure path: scanning the tail for zeros costs O(tail).
+                    let here = offset
                     let remaining = file.count - offset
                     guard remaining >= WALFormat.recordHeaderSize else {
                         if isLast {
-                            return .torn(offset: offset, reason: tornReason() ?? "end of file inside a header")
+                            return .torn(
+                                offset: offset,
+                                reason: Self.zeroedTail(file, from: here) ?? "end of file inside a header"
+                            )
                         }
                         throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
                     }
@@ -169,7 +173,9 @@ public struct WALReader {
                     let decodedSize = Int(file.loadLE(UInt32.self, at: offset + 17))
                     let end = offset + WALFormat.recordHeaderSize + length
                     guard length <= maxStored, decodedSize <= self.maxRecordSize else {
-                        if isLast, let reason = tornReason() { return .torn(offset: offset, reason: reason) }
+                        if isLast, let reason = Self.zeroedTail(file, from: here) {
+                            return .torn(offset: offset, reason: reason)
+                        }
                         throw WALError.corrupt(file: path, offset: offset, reason: "declared size out of bounds")
                     }
                     guard end <= file.count else {
@@ -178,8 +184,11 @@ public struct WALReader {
                     }
                     let covered = UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end])
                     guard CRC32C.unmask(storedCRC) == CRC32C.checksum(covered) else {
-                        if isLast, end == file.count || tornReason() != nil {
-                            return .torn(offset: offset, reason: tornReason() ?? "bad checksum in the last record")
+                        if isLast, end == file.count || Self.zeroedTail(file, from: here) != nil {
+                            return .torn(
+                                offset: offset,
+                                reason: Self.zeroedTail(file, from: here) ?? "bad checksum in the last record"
+                            )
                         }
                         throw WALError.corrupt(file: path, offset: offset, reason: "checksum mismatch")
                     }
@@ -189,17 +198,16 @@ public struct WALReader {
                     let stored = UnsafeRawBufferPointer(
                         rebasing: file[(offset + WALFormat.recordHeaderSize)..<end]
                     )
+                    let payload: UnsafeRawBufferPointer
                     do {
-                        try decompressor.decompress(stored, decodedSize: decodedSize) { payload in
-                            // Records the checkpoint holds are checked and decoded (the stream needs
-                            // them) but not handed over.
-                            guard lsn > checkpointLSN else { return }
-                            try handler(
-                                WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset)
-                            )
-                        }
+                        payload = try decompressor.decompress(stored, decodedSize: decodedSize)
                     } catch let error as LZ4Error {
                         throw WALError.corrupt(file: path, offset: offset, reason: error.description)
+                    }
+                    // Records the checkpoint holds are checked and decoded (the stream needs them)
+                    // but not handed over.
+                    if lsn > checkpointLSN {
+                        try handler(WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset))
                     }
                     result.recordCount += 1
                     result.payloadBytes += decodedSize
