@@ -15,21 +15,8 @@ public enum LZ4Block {
     /// - Returns: the compressed block.
     /// - Throws: ``LZ4Error`` when the input is too large.
     public static func compress(_ input: [UInt8]) throws -> [UInt8] {
-        try input.withUnsafeBytes { src in
-            guard src.count <= maxInputSize else { throw LZ4Error.inputTooLarge(src.count) }
-            let bound = compressBound(src.count)
-            var output = [UInt8](repeating: 0, count: bound)
-            let written = output.withUnsafeMutableBytes { dst in
-                LZ4_compress_default(
-                    src.baseAddress?.assumingMemoryBound(to: CChar.self),
-                    dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                    Int32(src.count),
-                    Int32(bound)
-                )
-            }
-            guard written > 0 || src.isEmpty else { throw LZ4Error.compressionFailed }
-            output.removeLast(bound - Int(written))
-            return output
+        try self.compress(input) { source, destination, size, capacity in
+            LZ4_compress_default(source, destination, size, capacity)
         }
     }
 
@@ -41,17 +28,25 @@ public enum LZ4Block {
     /// - Returns: the compressed block.
     /// - Throws: ``LZ4Error`` when the input is too large.
     public static func compressHC(_ input: [UInt8], level: Int32 = 9) throws -> [UInt8] {
+        try self.compress(input) { source, destination, size, capacity in
+            LZ4_compress_HC(source, destination, size, capacity, level)
+        }
+    }
+
+    private static func compress(
+        _ input: [UInt8],
+        with codec: (UnsafePointer<CChar>?, UnsafeMutablePointer<CChar>, Int32, Int32) -> Int32
+    ) throws -> [UInt8] {
         try input.withUnsafeBytes { src in
             guard src.count <= maxInputSize else { throw LZ4Error.inputTooLarge(src.count) }
             let bound = compressBound(src.count)
             var output = [UInt8](repeating: 0, count: bound)
             let written = output.withUnsafeMutableBytes { dst in
-                LZ4_compress_HC(
+                codec(
                     src.baseAddress?.assumingMemoryBound(to: CChar.self),
                     dst.baseAddress!.assumingMemoryBound(to: CChar.self),
                     Int32(src.count),
-                    Int32(bound),
-                    level
+                    Int32(bound)
                 )
             }
             guard written > 0 || src.isEmpty else { throw LZ4Error.compressionFailed }

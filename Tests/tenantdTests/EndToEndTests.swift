@@ -21,22 +21,12 @@ struct EndToEndTests {
         subdomain: String,
         plan: String = "free"
     ) throws -> CreatedTenant {
-        let admin = try server.client()
-        #expect(try admin.call("AUTH", "admin", server.adminToken()) == .simple("OK"))
-        let reply = try admin.call("TENANT", "CREATE", name, subdomain, "OWNER", "alice", "PLAN", plan)
-        let fields = try #require(reply.fields, "TENANT CREATE replied \(reply)")
-        return CreatedTenant(
-            id: try #require(fields["tenant_id"]?.string),
-            owner: try #require(fields["owner"]?.string),
-            token: try #require(fields["owner_token"]?.string)
-        )
+        let created = try server.operatorClient().createTenant(name: name, subdomain: subdomain, plan: plan)
+        return CreatedTenant(id: created.id, owner: "alice", token: created.token)
     }
 
     static func login(_ server: TenantdProcess, _ user: String, _ token: String) throws -> RESPTestClient {
-        let client = try server.client()
-        let reply = try client.call("AUTH", user, token)
-        #expect(reply == .simple("OK"), "AUTH \(user) replied \(reply)")
-        return client
+        try server.login(user, token)
     }
 
     /// Every message of a room, by paging with AFTER.

@@ -17,25 +17,16 @@ struct MultiTenancyTests {
     }
 
     static func admin(_ server: TenantdProcess) throws -> RESPTestClient {
-        let client = try server.client()
-        #expect(try client.call("AUTH", "admin", server.adminToken()) == .simple("OK"))
-        return client
+        try server.operatorClient()
     }
 
     static func create(_ admin: RESPTestClient, _ subdomain: String, plan: String = "free") throws -> Created {
-        let reply = try admin.call("TENANT", "CREATE", "Org \(subdomain)", subdomain, "PLAN", plan, "OWNER", "alice")
-        let fields = try #require(reply.fields, "TENANT CREATE replied \(reply)")
-        return Created(
-            id: try #require(fields["tenant_id"]?.string),
-            token: try #require(fields["owner_token"]?.string)
-        )
+        let created = try admin.createTenant(name: "Org \(subdomain)", subdomain: subdomain, plan: plan)
+        return Created(id: created.id, token: created.token)
     }
 
     static func login(_ server: TenantdProcess, _ user: String, _ token: String) throws -> RESPTestClient {
-        let client = try server.client()
-        let reply = try client.call("AUTH", user, token)
-        #expect(reply == .simple("OK"), "AUTH \(user): \(reply)")
-        return client
+        try server.login(user, token)
     }
 
     /// What must not move in tenant B while A attacks it: its users and its metadata.
