@@ -97,18 +97,16 @@ struct Connection {
     {
         while let slots = await queue.popAll() {
             var buffer = ByteBuffer()
-            for slot in slots {
-                switch slot {
+            var index = slots.startIndex
+            while index < slots.endIndex {
+                switch slots[index] {
                 case .value(let value, let version):
                     RESPEncoder.encode(value, version: version, into: &buffer)
-                case .post(let tenant, let ticket, let version):
-                    let value: RESPValue
-                    do {
-                        value = .integer(Int64(try await tenant.commit(ticket)))
-                    } catch {
-                        value = .reply(for: error)
-                    }
-                    RESPEncoder.encode(value, version: version, into: &buffer)
+                    index += 1
+                case .post(let tenant, _, _):
+                    let end = Self.endOfPostRun(slots, from: index, tenant: tenant)
+                    await Self.commitPosts(slots[index..<end], tenant: tenant, into: &buffer)
+                    index = end
                 case .close(let value, let version):
                     RESPEncoder.encode(value, version: version, into: &buffer)
                     try await outbound.write(buffer)
@@ -116,6 +114,35 @@ struct Connection {
                 }
             }
             try await outbound.write(buffer)
+        }
+    }
+
+    /// The end of the run of POSTs to `tenant` starting at `start`.
+    private static func endOfPostRun(_ slots: [Slot], from start: Int, tenant: Tenant) -> Int {
+        var end = start + 1
+        while end < slots.endIndex, case .post(let next, _, _) = slots[end], next === tenant { end += 1 }
+        return end
+    }
+
+    /// Replies to a run of POSTs to one tenant. Their records are in one log in lsn order, so the
+    /// last one durable means all of them are: one wait for the whole run. If the log failed, each
+    /// is answered on its own (those durable before the failure still get their seq).
+    private static func commitPosts(_ run: ArraySlice<Slot>, tenant: Tenant, into buffer: inout ByteBuffer) async {
+        guard case .post(_, let last, _) = run.last else { return }
+        let allDurable = (try? await tenant.commit(last)) != nil
+        for slot in run {
+            guard case .post(_, let ticket, let version) = slot else { continue }
+            let value: RESPValue
+            if allDurable {
+                value = .integer(Int64(ticket.seq))
+            } else {
+                do {
+                    value = .integer(Int64(try await tenant.commit(ticket)))
+                } catch {
+                    value = .reply(for: error)
+                }
+            }
+            RESPEncoder.encode(value, version: version, into: &buffer)
         }
     }
 }
