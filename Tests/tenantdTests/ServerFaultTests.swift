@@ -1,0 +1,69 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TenantEngine
+import TenantServer
+import TestSupport
+import Testing
+import WAL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The server in-process, over a log whose disk fails on demand.
+@Suite("Server over a failing disk")
+struct ServerFaultTests {
+    @Test func pipelinedPostsAcrossADiskFaultGetTheirSeqOrIOERRAndNothingAcknowledgedIsLost() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
+            configuration.adminToken = "operator"
+            configuration.fileSystem = disk
+            configuration.defaultPlan = .enterprise
+            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+            try await registry.bootstrap()
+            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            let port = Mutex(0)
+            let server = TenantServer(
+                configuration: ServerConfiguration(host: "127.0.0.1", port: 0),
+                registry: registry,
+                logger: Logger.quiet
+            ) { _, bound in port.withLock { $0 = bound } }
+            let group = ServiceGroup(services: [server], logger: Logger.quiet)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                while port.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                let client = try RESPTestClient(port: port.withLock { $0 })
+                #expect(try client.call("AUTH", "alice@acme", created.ownerToken) == .simple("OK"))
+                #expect(try client.call("POST", "r", "before") == .integer(1))
+                // The 3rd fdatasync from now fails: a pipelined burst straddles the fault.
+                disk.fail(.sync, after: 2, errno: EIO)
+                var replies: [RESPReply] = []
+                for _ in 0..<10 {
+                    replies += try client.pipeline((0..<50).map { ["POST", "r", "burst \($0)"] })
+                }
+                let acknowledged = replies.prefix { $0.int != nil }.count
+                #expect(acknowledged < replies.count, "the fault was never hit")
+                #expect(
+                    replies.prefix(acknowledged)
+                        == ArraySlice((0..<acknowledged).map { RESPReply.integer(Int64($0 + 2)) })
+                )
+                #expect(replies.dropFirst(acknowledged).allSatisfy { $0.errorCode == "IOERR" })
+                #expect(try client.call("HISTORY", "r", "LIMIT", "1000").elements?.count == acknowledged + 1)
+                // The disk recovers; the operator reopens the tenant; everything acknowledged is there.
+                disk.clearFaults()
+                let admin = try RESPTestClient(port: port.withLock { $0 })
+                _ = try admin.call("AUTH", "operator")
+                #expect(try admin.call("TENANT", "REOPEN", "acme") == .simple("OK"))
+                let history = try #require(try client.call("HISTORY", "r", "AFTER", "0", "LIMIT", "1000").elements)
+                #expect(history.count >= acknowledged + 1)
+                #expect(try client.call("POST", "r", "after") == .integer(Int64(history.count + 1)))
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+            await registry.shutdown()
+        }
+    }
+}
