@@ -257,29 +257,19 @@ struct WALTests {
         }
     }
 
-    @Test func failedWriteIsNeverAcknowledged() async throws {
+    /// A real fault, no injection: the log directory vanishes under the writer.
+    @Test func aVanishedDirectoryFailsTheAppendAndNothingIsAcknowledged() async throws {
         try await TemporaryDirectory.with { dir in
             let writer = try WALWriter(
-                directory: dir.path + "/wal",
-                lastLSN: 0,
-                configuration: WALConfiguration(fsync: .always)
-            )
-            let first = try writer.append(type: 1, payload: [1, 2, 3])
-            try await writer.waitUntilDurable(first)
-            // Taking the directory away makes the next segment's creation fail.
-            let segment = try Self.segmentPaths(dir.path + "/wal")[0]
-            try FileManager.default.removeItem(atPath: dir.path + "/wal")
-            _ = segment
-            let writer2 = try WALWriter(
                 directory: dir.path + "/gone/wal",
                 lastLSN: 0,
                 configuration: WALConfiguration(fsync: .always)
             )
             try FileManager.default.removeItem(atPath: dir.path + "/gone")
-            let lsn = try writer2.append(type: 1, payload: [4, 5, 6])
-            await #expect(throws: WALError.self) { try await writer2.waitUntilDurable(lsn) }
-            #expect(writer2.durableLSN == 0)
-            #expect(throws: WALError.self) { _ = try writer2.append(type: 1, payload: [7]) }
+            let lsn = try writer.append(type: 1, payload: [4, 5, 6])
+            await #expect(throws: WALError.self) { try await writer.waitUntilDurable(lsn) }
+            #expect(writer.durableLSN == 0)
+            #expect(throws: WALError.self) { _ = try writer.append(type: 1, payload: [7]) }
         }
     }
 
