@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 
@@ -172,5 +173,77 @@ struct OperationsTests {
         #expect(try again.call("AUTH", "alice@tenant-a", token) == .simple("OK"))
         #expect(try again.call("HISTORY", "r").elements?.count == 2)
         #expect(server.stop() == 0)
+    }
+
+    @Test func snapshotWhileServingThenAttachOrStartElsewhereAndDetach() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let serverA = try TenantdProcess(dataDirectory: dir.path + "/a")
+        let adminA = try serverA.operatorClient()
+        let acme = try adminA.createTenant(name: "Acme", subdomain: "acme", plan: "pro")
+        let owner = try serverA.login("alice@acme", acme.token)
+        let bobToken = try #require(try owner.call("USER", "ADD", "bob").string)
+        for index in 1...100 { #expect(try owner.call("POST", "general", "m\(index)") == .integer(Int64(index))) }
+        // A writer keeps posting while the snapshot is taken.
+        let port = serverA.port
+        let stop = Mutex(false)
+        let writer = Thread {
+            guard let client = try? RESPTestClient(port: port),
+                (try? client.call("AUTH", "alice@acme", acme.token)) != nil
+            else { return }
+            while !stop.withLock({ $0 }) { _ = try? client.pipeline((0..<20).map { ["POST", "busy", "b\($0)"] }) }
+        }
+        writer.start()
+        // The snapshot is taken while that writer is known to be writing.
+        while try owner.call("HISTORY", "busy", "LIMIT", "1").elements?.isEmpty != false { usleep(1000) }
+        let snapshots = dir.path + "/snapshots"
+        try FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true)
+        let reply = try #require(try adminA.call("TENANT", "SNAPSHOT", "acme", snapshots).fields)
+        stop.withLock { $0 = true }
+        let path = try #require(reply["path"]?.string)
+        let lsn = try #require(reply["lsn"]?.int)
+        #expect(path == snapshots + "/tenant_\(acme.id)")
+        #expect(lsn >= 103)
+        #expect(try adminA.call("TENANT", "SNAPSHOT", "acme", snapshots).errorCode == "EXISTS")
+        #expect(try adminA.call("TENANT", "SNAPSHOT", "acme", "relative/dir").errorCode == "INVALID")
+        #expect(try adminA.call("TENANT", "SNAPSHOT", "acme", snapshots + "/../x").errorCode == "INVALID")
+        #expect(try adminA.call("TENANT", "SNAPSHOT", "acme", dir.path + "/missing").errorCode == "NOTFOUND")
+        let verified = try Self.run(Self.tenantctl, ["verify", path])
+        #expect(verified.status == 0, "\(verified.output)")
+        #expect(verified.output.contains("to lsn \(lsn)"), "\(verified.output)")
+
+        // Another server: the snapshot placed in its data directory, then ATTACH while it runs.
+        let serverB = try TenantdProcess(dataDirectory: dir.path + "/b")
+        try FileManager.default.copyItem(atPath: path, toPath: dir.path + "/b/tenant_\(acme.id)")
+        let adminB = try serverB.operatorClient()
+        #expect(try adminB.call("TENANT", "ATTACH", acme.id).fields?["subdomain"]?.string == "acme")
+        #expect(try adminB.call("TENANT", "ATTACH", acme.id).errorCode == "EXISTS")
+        #expect(try adminB.call("TENANT", "ATTACH", "nosuch").errorCode == "NOTFOUND")
+        let ownerB = try serverB.login("alice@acme", acme.token)
+        _ = try serverB.login("bob@acme", bobToken)
+        let general = try #require(try ownerB.call("HISTORY", "general", "AFTER", "0", "LIMIT", "1000").elements)
+        #expect(general.compactMap { $0.elements?[3].string } == (1...100).map { "m\($0)" })
+        let busy = try #require(try ownerB.call("HISTORY", "busy", "AFTER", "0", "LIMIT", "1000").elements)
+        #expect(busy.enumerated().allSatisfy { $0.element.elements?[0].int == Int64($0.offset + 1) })
+        #expect(try ownerB.call("POST", "general", "on b") == .integer(101))
+        #expect(serverB.stop() == 0)
+
+        // A third server started on a data directory holding the snapshot serves it too.
+        let serverC = try TenantdProcess(dataDirectory: dir.path + "/c")
+        #expect(serverC.stop() == 0)
+        try FileManager.default.copyItem(atPath: path, toPath: dir.path + "/c/tenant_\(acme.id)")
+        let restarted = try TenantdProcess(dataDirectory: dir.path + "/c")
+        #expect(try restarted.login("bob@acme", bobToken).call("ROOMS").elements?.count == 2)
+        #expect(restarted.stop() == 0)
+
+        // DETACH on the first server: forgotten, not deleted; ATTACH brings it back.
+        #expect(try adminA.call("TENANT", "DETACH", "acme") == .simple("OK"))
+        #expect(try serverA.client().call("AUTH", "alice@acme", acme.token).errorCode == "WRONGPASS")
+        #expect(FileManager.default.fileExists(atPath: dir.path + "/a/tenant_\(acme.id)/checkpoint"))
+        #expect(try adminA.call("TENANT", "ATTACH", acme.id).fields?["tenant_id"]?.string == acme.id)
+        #expect(
+            try serverA.login("alice@acme", acme.token).call("HISTORY", "general", "LIMIT", "1").elements?.count == 1
+        )
+        #expect(serverA.stop() == 0)
     }
 }

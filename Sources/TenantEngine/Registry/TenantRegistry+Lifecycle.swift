@@ -180,6 +180,81 @@ extension TenantRegistry {
         self.logger.info("tenant reopened", metadata: ["tenant": "\(id)"])
     }
 
+    /// TENANT SNAPSHOT: a consistent copy of the tenant's directory, `<destination>/<prefix><id>`.
+    /// - Parameter destination: an absolute path to an existing directory, without `..`.
+    /// - Returns: the snapshot's path and the lsn it ends at.
+    public func snapshotTenant(id: String, destination: String) async throws -> (path: String, lsn: UInt64) {
+        guard self.configuration.isolation == .database else {
+            throw TenantError.invalid("TENANT SNAPSHOT is for the database strategy")
+        }
+        guard destination.hasPrefix("/"), !destination.split(separator: "/").contains(".."),
+            !destination.utf8.contains(0)
+        else { throw TenantError.invalid("the destination must be an absolute path without '..'") }
+        guard POSIXFile.isDirectory(destination) else {
+            throw TenantError.notFound("no directory \(destination)")
+        }
+        let target = destination + "/" + self.configuration.directoryPrefix + id
+        guard !POSIXFile.exists(target) else { throw TenantError(.exists, "\(target) already exists") }
+        let tenant = try await self.tenant(id: id)
+        tenant.retain()
+        defer { tenant.release() }
+        let lsn = try await tenant.snapshot(to: target)
+        self.logger.info(
+            "tenant snapshot written",
+            metadata: ["tenant": "\(id)", "path": "\(target)", "lsn": "\(lsn)"]
+        )
+        return (target, lsn)
+    }
+
+    /// TENANT ATTACH: serves a tenant directory placed in the data directory (a snapshot or a
+    /// copy from another server, named `<prefix><id>`).
+    /// - Throws: EXISTS when the id or its subdomain is served already; NOTFOUND without the
+    ///   directory; IOERR when it does not recover.
+    public func attachTenant(id: String) async throws -> TenantMetadata {
+        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard self.configuration.isolation == .database else {
+            throw TenantError.invalid("TENANT ATTACH is for the database strategy")
+        }
+        guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
+        guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id) else {
+            throw TenantError(.exists, "tenant '\(id)' is already served")
+        }
+        guard POSIXFile.isDirectory(self.configuration.tenantDirectory(id)) else {
+            throw TenantError.notFound("no directory \(self.configuration.tenantDirectory(id))")
+        }
+        self.claimedIDs.insert(id)
+        defer { self.claimedIDs.remove(id) }
+        let tenant = try await self.activate(id: id)
+        let metadata = await tenant.metadata
+        if let other = self.catalog.idBySubdomain[metadata.subdomain], other != id {
+            self.active[id] = nil
+            await tenant.close(checkpoint: false)
+            throw TenantError(.exists, "subdomain '\(metadata.subdomain)' is served by tenant \(other)")
+        }
+        self.catalog.insert(metadata)
+        self.saveCatalog()
+        self.logger.info("tenant attached", metadata: ["tenant": "\(id)"])
+        return metadata
+    }
+
+    /// TENANT DETACH: flushes (with a checkpoint), closes and forgets a tenant, leaving its
+    /// directory in place for the operator to move. A restart would serve it again.
+    public func detachTenant(id: String) async throws {
+        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard self.configuration.isolation == .database else {
+            throw TenantError.invalid("TENANT DETACH is for the database strategy")
+        }
+        guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
+        guard !self.claimedIDs.contains(id) else { throw TenantError(.loading, "tenant '\(id)' is busy; retry") }
+        self.claimedIDs.insert(id)
+        defer { self.claimedIDs.remove(id) }
+        if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
+        self.catalog.remove(id: id)
+        self.saveCatalog()
+        await self.flushCatalog()
+        self.logger.info("tenant detached", metadata: ["tenant": "\(id)"])
+    }
+
     /// The metadata of every tenant, by id, from the catalog (no tenant is activated).
     public func listTenants() -> [TenantMetadata] {
         self.catalog.sortedIDs().compactMap { self.catalog.entries[$0] }

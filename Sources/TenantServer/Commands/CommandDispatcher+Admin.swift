@@ -93,6 +93,18 @@ extension CommandDispatcher {
             let tenant = try await self.operatorTenant(arguments[1])
             _ = try await tenant.setSuspended(principal, arguments.keyword(0) == "SUSPEND")
             return .ok
+        case "SNAPSHOT":
+            try arguments.expect(3...3, for: "tenant|snapshot")
+            let id = try await self.operatorTenantID(arguments[1])
+            let snapshot = try await self.registry.snapshotTenant(id: id, destination: arguments[2])
+            return .map([("path", .bulkString(snapshot.path)), ("lsn", .integer(Int64(snapshot.lsn)))])
+        case "ATTACH":
+            try arguments.expect(2...2, for: "tenant|attach")
+            return .map(Self.fields(try await self.registry.attachTenant(id: arguments[1])))
+        case "DETACH":
+            try arguments.expect(2...2, for: "tenant|detach")
+            try await self.registry.detachTenant(id: try await self.operatorTenantID(arguments[1]))
+            return .ok
         case "REOPEN":
             try arguments.expect(2...2, for: "tenant|reopen")
             guard let id = await self.registry.resolveAny(arguments[1]) else {
@@ -113,17 +125,21 @@ extension CommandDispatcher {
         default:
             throw CommandError(
                 "unknown subcommand '\(arguments[0].prefix(64))'. "
-                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|REOPEN."
+                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|SNAPSHOT|ATTACH|DETACH|REOPEN."
             )
         }
     }
 
     /// The tenant an operator's TENANT command names, by id, subdomain or host.
     private func operatorTenant(_ reference: String) async throws -> Tenant {
+        try await self.registry.tenant(id: try await self.operatorTenantID(reference))
+    }
+
+    private func operatorTenantID(_ reference: String) async throws -> String {
         guard let id = await self.registry.resolveAny(reference) else {
             throw TenantError.notFound("no tenant '\(reference.prefix(64))'")
         }
-        return try await self.registry.tenant(id: id)
+        return id
     }
 
     /// `TENANT LIST` (every tenant) or `TENANT LIST CURSOR <c> [COUNT <n>]` (a page: `[next, [tenants]]`).
