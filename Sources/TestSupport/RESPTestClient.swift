@@ -120,6 +120,17 @@ public final class RESPTestClient: @unchecked Sendable {
         return try commands.map { _ in try self.read() }
     }
 
+    /// Every byte until the server closes the connection (or the read times out).
+    public func readToEnd() -> [UInt8] {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(self.fd, $0.baseAddress, $0.count) }
+            if count <= 0 { return bytes }
+            bytes += chunk[0..<count]
+        }
+    }
+
     /// True when the server closed the connection (reads see EOF).
     public func isClosedByServer() -> Bool {
         do {

@@ -30,7 +30,9 @@ public final class TenantdProcess {
         self.errors = dataDirectory + ".\(UUID().uuidString).stderr.log"
         _ = FileManager.default.createFile(atPath: self.errors, contents: nil)
         self.process.executableURL = URL(fileURLWithPath: Self.binaryPath)
-        self.process.arguments = ["--port", "0", "--data-dir", dataDirectory] + arguments
+        // No metrics listener unless a test asks for one: parallel servers would share its port.
+        let metrics = arguments.contains("--metrics-port") ? [] : ["--metrics-port", "0"]
+        self.process.arguments = ["--port", "0", "--data-dir", dataDirectory] + metrics + arguments
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
         self.process.environment = env

@@ -39,6 +39,8 @@ struct Settings {
     var engine: EngineConfiguration
     var server: ServerConfiguration
     var logLevel: Logger.Level
+    /// The Prometheus port; 0 is off.
+    var metricsPort: Int
 
     init(command: TenantdCommand, environment: Environment) throws {
         let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
@@ -101,6 +103,8 @@ struct Settings {
         }
         self.engine = engine
         self.server = ServerConfiguration(host: host, port: port)
+        self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
+        guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
             throw ValidationError(

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 import TenantEngine
 import TenantServer
@@ -32,7 +34,7 @@ struct TenantdCommand: AsyncParsableCommand {
     @Option(help: "always | everysec | no (TENANTD_FSYNC). Default everysec.")
     var fsync: String?
 
-    @Option(help: "Prometheus port, 0 = off (TENANTD_METRICS_PORT). Accepted; the listener is not built yet.")
+    @Option(help: "Prometheus /metrics port, 0 = off (TENANTD_METRICS_PORT). Default 9479.")
     var metricsPort: Int?
 
     @Option(help: "Operator token (TENANT_ADMIN_TOKEN). Default: <data>/admin.token, made on first start.")
@@ -50,6 +52,10 @@ struct TenantdCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "tenantd")
+        let metrics = PrometheusCollectorRegistry()
+        if settings.metricsPort > 0 {
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
+        }
         let registry = TenantRegistry(configuration: settings.engine, logger: logger)
         do {
             try await registry.bootstrap()
@@ -63,12 +69,19 @@ struct TenantdCommand: AsyncParsableCommand {
             let line = Array("tenantd ready host=\(host) port=\(port) data=\(dataDirectory)\n".utf8)
             _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
         }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: EngineService(registry: registry))
+        ]
+        if settings.metricsPort > 0 {
+            let listener = MetricsListener(host: settings.server.host, port: settings.metricsPort, logger: logger) {
+                metrics.emitToBuffer()
+            }
+            services.append(.init(service: listener))
+        }
+        services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: EngineService(registry: registry)),
-                    .init(service: server),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )

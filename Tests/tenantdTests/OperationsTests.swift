@@ -246,4 +246,56 @@ struct OperationsTests {
         )
         #expect(serverA.stop() == 0)
     }
+
+    /// A GET over a plain socket.
+    static func httpGet(port: Int, path: String) throws -> String {
+        let client = try RESPTestClient(port: port)
+        try client.send(raw: Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8))
+        return String(decoding: client.readToEnd(), as: UTF8.self)
+    }
+
+    @Test func prometheusMetricsAndANonFatalBusyMetricsPort() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        var server: TenantdProcess?
+        var metricsPort = 0
+        for _ in 0..<5 where server == nil {
+            metricsPort = Int.random(in: 41_000...60_000)
+            server = try? TenantdProcess(
+                dataDirectory: dir.path + "/a",
+                arguments: ["--metrics-port", String(metricsPort)]
+            )
+            if let started = server, started.stderrText().contains("metrics listener not started") {
+                server = nil
+            }
+        }
+        let running = try #require(server)
+        let owner = try running.login(
+            "alice@acme",
+            try running.operatorClient().createTenant(name: "A", subdomain: "acme").token
+        )
+        #expect(try owner.call("POST", "r", "x") == .integer(1))
+        #expect(try owner.call("POST", "bad room", "x").errorCode == "INVALID")
+        var metrics = ""
+        for _ in 0..<50 where !metrics.contains("tenantd_commands_total") {
+            metrics = try Self.httpGet(port: metricsPort, path: "/metrics")
+            usleep(20_000)
+        }
+        #expect(metrics.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(metrics.contains(#"tenantd_commands_total{command="post"} 2"#), "\(metrics)")
+        #expect(metrics.contains(#"tenantd_command_errors_total{code="INVALID"} 1"#))
+        #expect(metrics.contains("tenantd_tenants_active 1"))
+        #expect(metrics.contains("tenantd_connections_total"))
+        #expect(try Self.httpGet(port: metricsPort, path: "/nothing").hasPrefix("HTTP/1.1 404"))
+        // A second server on the same metrics port still serves clients; it says why it has no metrics.
+        let second = try TenantdProcess(
+            dataDirectory: dir.path + "/b",
+            arguments: ["--metrics-port", String(metricsPort)]
+        )
+        #expect(try second.client().call("PING") == .simple("PONG"))
+        for _ in 0..<100 where !second.stderrText().contains("metrics listener not started") { usleep(20_000) }
+        #expect(second.stderrText().contains("metrics listener not started"))
+        #expect(second.stop() == 0)
+        #expect(running.stop() == 0)
+    }
 }

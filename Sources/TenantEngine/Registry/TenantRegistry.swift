@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import WAL
 
 /// What TENANT CREATE and TENANT SIGNUP return.
@@ -23,7 +24,11 @@ public actor TenantRegistry {
     let logger: Logger
     var state: State = .initial
     var catalog = Catalog()
-    var active: [String: Tenant] = [:]
+    var active: [String: Tenant] = [:] {
+        didSet { Self.activeTenants.record(self.active.count) }
+    }
+    /// Open tenants, for the metrics endpoint.
+    static let activeTenants = Gauge(label: "tenantd_tenants_active")
     var activating: [String: Task<Tenant, any Error>] = [:]
     /// Auto-provisioned creations in progress, so concurrent references wait for them.
     var provisioning: [String: Task<Void, any Error>] = [:]

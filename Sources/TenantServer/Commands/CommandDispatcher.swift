@@ -17,10 +17,13 @@ struct CommandDispatcher: Sendable {
 
     /// Runs a command; every error becomes its contract reply.
     func handle(_ arguments: Arguments, session: inout Session) async -> CommandOutcome {
+        ServerMetrics.command(arguments.name)
         do {
             return try await self.dispatch(arguments, session: &session)
         } catch {
-            return .reply(.reply(for: error))
+            let reply = RESPValue.reply(for: error)
+            if case .error(let text) = reply { ServerMetrics.error(code: String(text.prefix { $0 != " " })) }
+            return .reply(reply)
         }
     }
 

@@ -61,7 +61,11 @@ public final class TenantServer: Service {
                     for try await connection in inbound {
                         group.addTask {
                             let id = connections.add(connection.channel)
-                            defer { connections.remove(id) }
+                            ServerMetrics.connectionOpened()
+                            defer {
+                                connections.remove(id)
+                                ServerMetrics.connectionClosed()
+                            }
                             await Connection(id: id, channel: connection, dispatcher: dispatcher).run()
                         }
                     }
