@@ -348,4 +348,23 @@ struct EngineTests {
             await reopened.shutdown()
         }
     }
+
+    @Test func aDamagedStrategyFileIsDecidedByTheLayout() async throws {
+        try await TemporaryDirectory.with { dir in
+            var registry = try await Self.registry(dir.path)
+            let (_, _, created) = try await Self.owner(registry, subdomain: "acme")
+            await registry.shutdown()
+            try Data([0xFF, 0x00, 0x13]).write(to: URL(fileURLWithPath: dir.path + "/strategy"))
+            registry = try await Self.registry(dir.path)
+            #expect(await registry.resolve("acme") == created.metadata.tenantID)
+            await registry.shutdown()
+            #expect(try String(contentsOfFile: dir.path + "/strategy", encoding: .utf8) == "database\n")
+            // The layout still refuses another strategy.
+            try Data("garbage".utf8).write(to: URL(fileURLWithPath: dir.path + "/strategy"))
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+            configuration.isolation = .shared
+            let other = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+            await #expect(throws: TenantError.self) { try await other.bootstrap() }
+        }
+    }
 }

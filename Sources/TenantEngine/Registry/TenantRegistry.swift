@@ -105,9 +105,14 @@ public actor TenantRegistry {
     private static func checkStrategy(_ configuration: EngineConfiguration) throws {
         let path = configuration.dataDirectory + "/strategy"
         let wanted = configuration.isolation.rawValue
-        if POSIXFile.exists(path) {
-            let found = String(decoding: try POSIXFile.readAll(path), as: UTF8.self)
-                .trimmingCharacters(in: .whitespacesAndNewlines)
+        let recorded =
+            POSIXFile.exists(path)
+            ? String(decoding: try POSIXFile.readAll(path), as: UTF8.self).trimmingCharacters(
+                in: .whitespacesAndNewlines
+            )
+            : nil
+        // A file that names no strategy is damaged: the layout decides, as if it were missing.
+        if let found = recorded, IsolationStrategy(rawValue: found) != nil {
             guard found == wanted else {
                 throw TenantError(
                     .err,
