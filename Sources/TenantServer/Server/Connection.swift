@@ -16,6 +16,8 @@ struct Connection {
 
     /// The most replies a connection holds before it stops reading the client's requests.
     static let replyWindow = 1024
+    /// The bytes the writer encodes before it writes them out.
+    static let writeChunk = 1 << 20
 
     let id: Int64
     let channel: NIOAsyncChannel<RESPRequest, ByteBuffer>
@@ -99,6 +101,12 @@ struct Connection {
             var buffer = ByteBuffer()
             var index = slots.startIndex
             while index < slots.endIndex {
+                if buffer.readableBytes >= Self.writeChunk {
+                    // Large replies go out as they are encoded: a batch of big HISTORY replies never
+                    // sits in memory whole, and a client that does not read stops the writer here.
+                    try await outbound.write(buffer)
+                    buffer = ByteBuffer()
+                }
                 switch slots[index] {
                 case .value(let value, let version):
                     RESPEncoder.encode(value, version: version, into: &buffer)
