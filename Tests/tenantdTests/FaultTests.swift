@@ -14,6 +14,21 @@ import Glibc
 struct FaultTests {
     static func payload(_ index: Int) -> [UInt8] { Array("record \(index)".utf8) }
 
+    /// A registry over `disk` (fsync always, enterprise plan) with the tenant `acme` owned by alice.
+    static func registryOverFaultyDisk(
+        _ path: String,
+        disk: FaultyFileSystem
+    ) async throws -> (TenantRegistry, CreatedTenant, EngineConfiguration) {
+        var configuration = EngineConfiguration(dataDirectory: path, fsync: .always)
+        configuration.adminToken = "operator"
+        configuration.fileSystem = disk
+        configuration.defaultPlan = .enterprise
+        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+        try await registry.bootstrap()
+        let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+        return (registry, created, configuration)
+    }
+
     static func readAll(_ directory: String) throws -> [[UInt8]] {
         var records: [[UInt8]] = []
         _ = try WALReader(directory: directory).replay(repair: true) { _, _, payload in records.append(Array(payload)) }
@@ -148,17 +163,7 @@ struct FaultTests {
     @Test func aTenantTurnsReadOnlyOnADiskFaultAndComesBackWithEverythingAcknowledged() async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
-            configuration.adminToken = "operator"
-            configuration.fileSystem = disk
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
-            let created = try await registry.createTenant(
-                name: "A",
-                subdomain: "acme",
-                plan: .enterprise,
-                owner: "alice"
-            )
+            let (registry, created, _) = try await Self.registryOverFaultyDisk(dir.path, disk: disk)
             let other = try await registry.createTenant(name: "B", subdomain: "other", plan: .enterprise, owner: "bob")
             let id = created.metadata.tenantID
             var tenant = try await registry.tenant(id: id)
@@ -205,17 +210,7 @@ struct FaultTests {
     func aFaultDuringACheckpointLosesNothing(operation: FaultyFileSystem.Operation) async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
-            configuration.adminToken = "operator"
-            configuration.fileSystem = disk
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
-            let created = try await registry.createTenant(
-                name: "A",
-                subdomain: "acme",
-                plan: .enterprise,
-                owner: "alice"
-            )
+            let (registry, created, configuration) = try await Self.registryOverFaultyDisk(dir.path, disk: disk)
             let id = created.metadata.tenantID
             let tenant = try await registry.tenant(id: id)
             let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)

@@ -48,15 +48,10 @@ struct OperationsTests {
         defer { dir.remove() }
         let data = dir.path + "/data"
         var server = try TenantdProcess(dataDirectory: data)
-        let admin = try server.client()
-        try admin.call("AUTH", "admin", server.adminToken())
-        let a = try #require(try admin.call("TENANT", "CREATE", "A", "tenant-a").fields)
-        let b = try #require(try admin.call("TENANT", "CREATE", "B", "tenant-b").fields)
-        let idA = try #require(a["tenant_id"]?.string)
-        let tokenA = try #require(a["owner_token"]?.string)
-        let tokenB = try #require(b["owner_token"]?.string)
-        let ownerA = try server.client()
-        try ownerA.call("AUTH", "owner@tenant-a", tokenA)
+        let admin = try server.operatorClient()
+        let (idA, tokenA) = try admin.createTenant(name: "A", subdomain: "tenant-a", owner: "owner")
+        let tokenB = try admin.createTenant(name: "B", subdomain: "tenant-b", owner: "owner").token
+        let ownerA = try server.login("owner@tenant-a", tokenA)
         for index in 1...5 { #expect(try ownerA.call("POST", "r", "m\(index)") == .integer(Int64(index))) }
         #expect(server.stop() == 0)
 
@@ -100,11 +95,7 @@ struct OperationsTests {
         defer { dir.remove() }
         let data = dir.path + "/data"
         var server = try TenantdProcess(dataDirectory: data)
-        let admin = try server.client()
-        try admin.call("AUTH", "admin", server.adminToken())
-        let created = try #require(try admin.call("TENANT", "CREATE", "A", "tenant-a", "OWNER", "alice").fields)
-        let id = try #require(created["tenant_id"]?.string)
-        let token = try #require(created["owner_token"]?.string)
+        let (id, token) = try server.operatorClient().createTenant(name: "A", subdomain: "tenant-a")
         // Four segments: the creation's, then one per start after a kill -9 (no checkpoint).
         for round in 0..<3 {
             if round > 0 { server = try TenantdProcess(dataDirectory: data) }
@@ -152,11 +143,7 @@ struct OperationsTests {
         defer { dir.remove() }
         let data = dir.path + "/data"
         let server = try TenantdProcess(dataDirectory: data, environment: ["TENANT_IDLE_SECONDS": "1"])
-        let admin = try server.client()
-        try admin.call("AUTH", "admin", server.adminToken())
-        let created = try #require(try admin.call("TENANT", "CREATE", "A", "tenant-a", "OWNER", "alice").fields)
-        let id = try #require(created["tenant_id"]?.string)
-        let token = try #require(created["owner_token"]?.string)
+        let (id, token) = try server.operatorClient().createTenant(name: "A", subdomain: "tenant-a")
         let checkpoints = "\(data)/tenant_\(id)/checkpoint"
         var owner: RESPTestClient? = try server.client()
         #expect(try owner?.call("AUTH", "alice@tenant-a", token) == .simple("OK"))

@@ -18,13 +18,7 @@ struct ServerFaultTests {
     @Test func pipelinedPostsAcrossADiskFaultGetTheirSeqOrIOERRAndNothingAcknowledgedIsLost() async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
-            configuration.adminToken = "operator"
-            configuration.fileSystem = disk
-            configuration.defaultPlan = .enterprise
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
-            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            let (registry, created, _) = try await FaultTests.registryOverFaultyDisk(dir.path, disk: disk)
             let port = Mutex(0)
             let server = TenantServer(
                 configuration: ServerConfiguration(host: "127.0.0.1", port: 0),
