@@ -62,6 +62,18 @@ public final class TenantdProcess {
         throw TenantdProcessError.notReady(text)
     }
 
+    /// The process id.
+    public var pid: Int32 { self.process.processIdentifier }
+
+    /// The resident memory of the process, in bytes (from /proc).
+    public func residentBytes() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return 0 }
+        return kilobytes * 1024
+    }
+
     /// What the process wrote to standard error.
     public func stderrText() -> String {
         (try? String(contentsOfFile: self.errors, encoding: .utf8)) ?? ""

@@ -8,14 +8,33 @@ import TenantEngine
 ///
 /// The split lets a pipelining client have many POSTs in one group commit.
 struct Connection {
+    /// A reply in the queue: encoded where the command ran, so the queue knows its size.
     enum Slot: Sendable {
-        case value(RESPValue, RESPVersion)
+        case bytes(ByteBuffer)
         case post(Tenant, PostTicket, RESPVersion)
-        case close(RESPValue, RESPVersion)
+        case close(ByteBuffer)
+
+        /// The bytes it holds, for the queue's byte bound.
+        var weight: Int {
+            switch self {
+            case .bytes(let buffer), .close(let buffer): return buffer.readableBytes
+            case .post: return 16
+            }
+        }
+
+        static func value(_ value: RESPValue, _ version: RESPVersion) -> Slot {
+            .bytes(RESPEncoder.encode(value, version: version))
+        }
+
+        static func close(_ value: RESPValue, _ version: RESPVersion) -> Slot {
+            .close(RESPEncoder.encode(value, version: version))
+        }
     }
 
-    /// The most replies a connection holds before it stops reading the client's requests.
+    /// The most replies, and encoded bytes, a connection holds before it stops reading the
+    /// client's requests (one reply alone always fits).
     static let replyWindow = 1024
+    static let replyWindowBytes = 4 << 20
     /// The bytes the writer encodes before it writes them out.
     static let writeChunk = 1 << 20
 
@@ -26,7 +45,7 @@ struct Connection {
     func run() async {
         do {
             try await self.channel.executeThenClose { inbound, outbound in
-                let queue = ReplyQueue<Slot>(limit: Self.replyWindow)
+                let queue = ReplyQueue<Slot>(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         defer { queue.writerStopped() }
@@ -78,7 +97,7 @@ struct Connection {
                             }
                         }
                         if let slot {
-                            guard await queue.push(slot), !last else { break reading }
+                            guard await queue.push(slot, weight: slot.weight), !last else { break reading }
                         }
                     }
                     queue.finish()
@@ -108,15 +127,15 @@ struct Connection {
                     buffer = ByteBuffer()
                 }
                 switch slots[index] {
-                case .value(let value, let version):
-                    RESPEncoder.encode(value, version: version, into: &buffer)
+                case .bytes(let bytes):
+                    buffer.writeImmutableBuffer(bytes)
                     index += 1
                 case .post(let tenant, _, _):
                     let end = Self.endOfPostRun(slots, from: index, tenant: tenant)
                     await Self.commitPosts(slots[index..<end], tenant: tenant, into: &buffer)
                     index = end
-                case .close(let value, let version):
-                    RESPEncoder.encode(value, version: version, into: &buffer)
+                case .close(let bytes):
+                    buffer.writeImmutableBuffer(bytes)
                     try await outbound.write(buffer)
                     return
                 }

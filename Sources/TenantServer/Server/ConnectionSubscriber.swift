@@ -45,6 +45,7 @@ final class ConnectionSubscriber: MessageSubscriber {
                 return (.push([.bulkString("message"), .bulkString(channel), .bulkString(payload)]), state.version)
             }
         }
-        return self.queue.pushNow(.value(value, version))
+        let slot = Connection.Slot.value(value, version)
+        return self.queue.pushNow(slot, weight: slot.weight)
     }
 }

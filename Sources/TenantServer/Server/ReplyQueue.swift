@@ -3,7 +3,8 @@ import Synchronization
 
 /// The replies of one connection between its reader and its writer, bounded.
 ///
-/// The reader pushes a slot per request and suspends while `limit` slots wait; the writer takes
+/// The reader pushes a slot per request and suspends while `limit` slots, or `byteLimit` bytes of
+/// encoded replies, wait (one reply alone always fits, however large); the writer takes
 /// every waiting slot at once and sends them in one write. A client that pipelines without
 /// reading thus stops its own reader, NIO stops reading its socket, and TCP pushes back on it:
 /// its memory stays bounded and nobody else pays for it. Taking slots in batches is also what
@@ -11,6 +12,7 @@ import Synchronization
 final class ReplyQueue<Element: Sendable>: Sendable {
     private struct State: ~Copyable {
         var slots = Deque<Element>()
+        var bytes = 0
         var finished = false
         var writerGone = false
         var reader: CheckedContinuation<Bool, Never>?
@@ -18,20 +20,27 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     private let limit: Int
+    private let byteLimit: Int
     private let state = Mutex(State())
 
-    init(limit: Int) {
-        precondition(limit > 0, "the queue needs room for one reply")
+    init(limit: Int, byteLimit: Int) {
+        precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
         self.limit = limit
+        self.byteLimit = byteLimit
+    }
+
+    private func isFull(_ state: borrowing State) -> Bool {
+        !state.slots.isEmpty && (state.slots.count >= self.limit || state.bytes >= self.byteLimit)
     }
 
     /// Queues a slot, waiting while the queue is full. One reader at a time.
     /// - Returns: false once the writer is gone: the reader should stop.
-    func push(_ element: Element) async -> Bool {
+    func push(_ element: Element, weight: Int) async -> Bool {
         let room: Bool? = self.state.withLock { state in
             if state.writerGone { return false }
-            guard state.slots.count < self.limit else { return nil }
+            guard !self.isFull(state) else { return nil }
             state.slots.append(element)
+            state.bytes += weight
             return true
         }
         if let room {
@@ -41,23 +50,26 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         let resumed = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let ready: Bool? = self.state.withLock { state in
                 if state.writerGone { return false }
-                if state.slots.count < self.limit { return true }
+                if !self.isFull(state) { return true }
                 state.reader = continuation
                 return nil
             }
             if let ready { continuation.resume(returning: ready) }
         }
         guard resumed else { return false }
-        return await self.push(element)
+        return await self.push(element, weight: weight)
     }
 
     /// Queues a slot without waiting (pub/sub pushes, from a tenant's executor), up to a hard cap
     /// far above the window.
     /// - Returns: false when the writer is gone or the client is that far behind: the caller drops it.
-    func pushNow(_ element: Element) -> Bool {
+    func pushNow(_ element: Element, weight: Int) -> Bool {
         let queued = self.state.withLock { state -> Bool in
-            guard !state.writerGone, !state.finished, state.slots.count < self.limit * 64 else { return false }
+            guard !state.writerGone, !state.finished, state.slots.count < self.limit * 64,
+                state.bytes < self.byteLimit * 16
+            else { return false }
             state.slots.append(element)
+            state.bytes += weight
             return true
         }
         if queued { self.wakeWriter() }
@@ -78,6 +90,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
                 guard !state.slots.isEmpty else { return nil }
                 defer {
                     state.slots.removeAll(keepingCapacity: true)
+                    state.bytes = 0
                     state.reader = nil
                 }
                 return (Array(state.slots), state.reader)
