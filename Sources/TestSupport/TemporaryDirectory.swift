@@ -26,3 +26,16 @@ public struct TemporaryDirectory: Sendable {
         return try await body(directory)
     }
 }
+
+/// The bytes of every regular file under `path`.
+public func directorySize(_ path: String) -> Int64 {
+    let enumerator = FileManager.default.enumerator(atPath: path)
+    var total: Int64 = 0
+    while let name = enumerator?.nextObject() as? String {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
+        if attributes?[.type] as? FileAttributeType == .typeRegular {
+            total += (attributes?[.size] as? NSNumber)?.int64Value ?? 0
+        }
+    }
+    return total
+}

@@ -42,18 +42,6 @@ struct CheckpointTests {
         return registry
     }
 
-    static func directorySize(_ path: String) -> Int {
-        let enumerator = FileManager.default.enumerator(atPath: path)
-        var total = 0
-        while let name = enumerator?.nextObject() as? String {
-            let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
-            if attributes?[.type] as? FileAttributeType == .typeRegular {
-                total += (attributes?[.size] as? NSNumber)?.intValue ?? 0
-            }
-        }
-        return total
-    }
-
     /// What a client can see of a tenant: every room's every message, and the users.
     static func observe(_ tenant: Tenant) async throws -> [String] {
         var seen: [String] = []
@@ -97,7 +85,7 @@ struct CheckpointTests {
             let before = try await Self.observe(tenant)
             await registry.shutdown()
 
-            let size = Self.directorySize(dir.path + "/tenant_\(created.metadata.tenantID)")
+            let size = directorySize(dir.path + "/tenant_\(created.metadata.tenantID)")
             #expect(Double(size) <= 0.5 * Double(rawBytes), "directory \(size) bytes for \(rawBytes) bytes of text")
             let reopened = try await Self.registry(dir.path)
             let again = try await reopened.tenant(id: created.metadata.tenantID)

@@ -139,18 +139,6 @@ struct MultiTenancyTests {
         }
     }
 
-    static func directorySize(_ path: String) -> Int64 {
-        let enumerator = FileManager.default.enumerator(atPath: path)
-        var total: Int64 = 0
-        while let name = enumerator?.nextObject() as? String {
-            let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
-            if attributes?[.type] as? FileAttributeType == .typeRegular {
-                total += (attributes?[.size] as? NSNumber)?.int64Value ?? 0
-            }
-        }
-        return total
-    }
-
     static func timestamp(of push: RESPReply) -> Int64? {
         guard let payload = push.elements?.last?.string,
             let object = try? JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any]
@@ -207,7 +195,7 @@ struct MultiTenancyTests {
         #expect(restartedStorage > 0)
         if strategy == "database" {
             // The clean stop compacted the tenant into a checkpoint: USAGE reports the directory as it is now.
-            #expect(restartedStorage == Self.directorySize(data + "/tenant_\(acme.id)"))
+            #expect(restartedStorage == directorySize(data + "/tenant_\(acme.id)"))
             #expect(restartedStorage < storageAtStop)
         } else {
             #expect(restartedStorage == storageAtStop)

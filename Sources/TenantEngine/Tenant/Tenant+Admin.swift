@@ -14,8 +14,6 @@ public struct TenantUsage: Sendable, Hashable {
 extension Tenant {
     // MARK: - Quotas
 
-    static let millisecondsPerDay: Int64 = 86_400_000
-
     /// The tenant's counters against its limits. Any user of the tenant may read them.
     public func usage(_ principal: Principal) throws -> TenantUsage {
         _ = try self.authorize(principal, minimum: .member)
@@ -36,7 +34,7 @@ extension Tenant {
         let metadata = self.metadata
         let today = self.quotaDay.count(onDayOf: now)
         if metadata.maxMessagesPerDay > 0 && today >= metadata.maxMessagesPerDay {
-            let nextDay = (now / Self.millisecondsPerDay + 1) * Self.millisecondsPerDay
+            let nextDay = (now / MessageDayCounter.millisecondsPerDay + 1) * MessageDayCounter.millisecondsPerDay
             let retry = (nextDay - now + 999) / 1000
             throw TenantError(
                 .quota,
@@ -49,7 +47,7 @@ extension Tenant {
             "messages_per_day",
             used: today + 1,
             limit: metadata.maxMessagesPerDay,
-            period: now / Self.millisecondsPerDay
+            period: now / MessageDayCounter.millisecondsPerDay
         )
     }
 

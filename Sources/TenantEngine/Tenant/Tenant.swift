@@ -90,7 +90,7 @@ public actor Tenant {
         logger: Logger,
         onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
     ) async throws -> Tenant {
-        let (recovered, writer, storage) = try await runBlocking {
+        let (recovered, writer, storage, logBytes) = try await runBlocking {
             let recovered: TenantStorage.Recovered
             do {
                 recovered = try TenantStorage.recover(
@@ -114,7 +114,7 @@ public actor Tenant {
                 configuration: configuration.walConfiguration,
                 fileSystem: configuration.fileSystem
             )
-            return (recovered, writer, try Self.directorySize(path))
+            return (recovered, writer, try Self.directorySize(path), try Self.directorySize(path + "/wal"))
         }
         let data = recovered.state
         let tenant = Tenant(
@@ -127,13 +127,15 @@ public actor Tenant {
             logger: logger,
             onMetadataChange: onMetadataChange
         )
-        await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: recovered.result.payloadBytes)
+        await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: logBytes)
         return tenant
     }
 
-    func recovered(checkpointLSN: UInt64, logBytes: Int) {
+    /// After recovery: what the checkpoint covers, and the log bytes on disk beyond it (the unit
+    /// `append` counts in, so the next checkpoint comes at the configured size).
+    func recovered(checkpointLSN: UInt64, logBytes: Int64) {
         self.lastCheckpointLSN = checkpointLSN
-        self.bytesSinceCheckpoint = Int64(logBytes)
+        self.bytesSinceCheckpoint = logBytes
     }
 
     /// Recovers a tenant directory on its own, outside any registry (tools and tests).

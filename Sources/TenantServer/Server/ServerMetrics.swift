@@ -12,18 +12,29 @@ enum ServerMetrics {
         "TOOBIG", "IOERR", "LOADING", "PROTO",
     ]
 
+    /// Counters made once (after tenantd bootstrapped the metrics system), not on every command.
+    private static let commands: [String: Counter] = Dictionary(
+        uniqueKeysWithValues: (Self.known.map { $0.lowercased() } + ["other"]).map {
+            ($0, Counter(label: "tenantd_commands_total", dimensions: [("command", $0)]))
+        }
+    )
+    private static let errors: [String: Counter] = Dictionary(
+        uniqueKeysWithValues: (Array(Self.codes) + ["other"]).map {
+            ($0, Counter(label: "tenantd_command_errors_total", dimensions: [("code", $0)]))
+        }
+    )
+    private static let connections = Counter(label: "tenantd_connections_total")
+
     static func command(_ name: String) {
-        let label = Self.known.contains(name) ? name.lowercased() : "other"
-        Counter(label: "tenantd_commands_total", dimensions: [("command", label)]).increment()
+        Self.commands[Self.known.contains(name) ? name.lowercased() : "other"]?.increment()
     }
 
     static func error(code: String) {
-        let label = Self.codes.contains(code) ? code : "other"
-        Counter(label: "tenantd_command_errors_total", dimensions: [("code", label)]).increment()
+        Self.errors[Self.codes.contains(code) ? code : "other"]?.increment()
     }
 
     static func connectionOpened() {
-        Counter(label: "tenantd_connections_total").increment()
+        Self.connections.increment()
         Self.open.increment()
     }
 
