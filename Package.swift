@@ -79,6 +79,7 @@ var package = Package(
         .executableTarget(
             name: "tenantd",
             dependencies: [
+                "RESP",
                 "TenantServer",
                 "TenantEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -19,19 +19,40 @@ public struct RESPRequestParser: Sendable {
     }
 
     /// The bounds the parser enforces.
-    public struct Limits: Sendable {
-        /// The longest bulk string kept; longer ones (up to 512 MiB) are skipped and answered `tooBig`.
+    public struct Limits: Sendable, Hashable {
+        /// The longest bulk string kept (`proto-max-bulk-len`); longer ones (up to 512 MiB) are
+        /// skipped and answered `tooBig`.
         public var maxBulkLength: Int
-        /// The longest inline line.
+        /// The longest inline line (64 KiB, as Redis's `PROTO_INLINE_MAX_SIZE`).
         public var maxInlineLength: Int
         /// The most arguments in one array.
         public var maxArgumentCount: Int
+        /// The most bytes one request's kept arguments may take together (`client-query-buffer-limit`);
+        /// each argument also counts ``argumentOverhead`` bytes, so a million empty arguments count too.
+        public var maxRequestBytes: Int
+        /// Before authentication: the most arguments of one request (Redis 7's rule: 10).
+        public var unauthenticatedArgumentCount: Int
+        /// Before authentication: the longest argument (Redis 7's rule: 16 KiB).
+        public var unauthenticatedBulkLength: Int
 
-        /// Creates limits.
-        public init(maxBulkLength: Int = 1 << 20, maxInlineLength: Int = 1 << 20, maxArgumentCount: Int = 1 << 20) {
+        /// What an argument costs beyond its bytes, for ``maxRequestBytes``.
+        public static let argumentOverhead = 32
+
+        /// Creates limits; the defaults are the contract's.
+        public init(
+            maxBulkLength: Int = 1 << 20,
+            maxInlineLength: Int = 64 << 10,
+            maxArgumentCount: Int = 1 << 20,
+            maxRequestBytes: Int = 16 << 20,
+            unauthenticatedArgumentCount: Int = 10,
+            unauthenticatedBulkLength: Int = 16 << 10
+        ) {
             self.maxBulkLength = maxBulkLength
             self.maxInlineLength = maxInlineLength
             self.maxArgumentCount = maxArgumentCount
+            self.maxRequestBytes = maxRequestBytes
+            self.unauthenticatedArgumentCount = unauthenticatedArgumentCount
+            self.unauthenticatedBulkLength = unauthenticatedBulkLength
         }
     }
 
@@ -41,6 +62,8 @@ public struct RESPRequestParser: Sendable {
         var bulkLength: Int?
         var skipping = 0
         var tooBig = false
+        /// Bytes the kept arguments take, overhead included, against ``Limits/maxRequestBytes``.
+        var bytes = 0
     }
 
     /// Redis's own bound on a bulk string's declared length.
@@ -51,11 +74,21 @@ public struct RESPRequestParser: Sendable {
     private var array: ArrayState?
     /// The parser's limits.
     public let limits: Limits
+    /// False applies the stricter limits of an unauthenticated client, whose requests can then
+    /// never make the server hold more than about 160 KiB.
+    public var authenticated: Bool
 
     /// Creates a parser.
-    public init(limits: Limits = Limits()) {
+    /// - Parameters:
+    ///   - limits: the bounds.
+    ///   - authenticated: false (a new connection) until the client has authenticated.
+    public init(limits: Limits = Limits(), authenticated: Bool = true) {
         self.limits = limits
+        self.authenticated = authenticated
     }
+
+    /// True while a request is partly read.
+    public var isInsideRequest: Bool { self.array != nil }
 
     /// Reads the next command out of `buffer`, consuming only what it has fully parsed.
     /// - Complexity: O(n) in the bytes consumed.
@@ -75,6 +108,9 @@ public struct RESPRequestParser: Sendable {
                 guard let count = Self.parseInteger(line.dropFirst()), count <= self.limits.maxArgumentCount else {
                     return .protocolError("Protocol error: invalid multibulk length")
                 }
+                if !self.authenticated && count > self.limits.unauthenticatedArgumentCount {
+                    return .protocolError("Protocol error: unauthenticated multibulk length")
+                }
                 if count <= 0 { continue }
                 self.array = ArrayState(remaining: count, arguments: [])
                 self.array!.arguments.reserveCapacity(min(count, 64))
@@ -87,7 +123,9 @@ public struct RESPRequestParser: Sendable {
                     return .needMoreData
                 }
                 let length = newline - view.startIndex
-                if length > self.limits.maxInlineLength {
+                if length > self.limits.maxInlineLength
+                    || (!self.authenticated && length > self.limits.unauthenticatedBulkLength)
+                {
                     return .protocolError("Protocol error: too big inline request")
                 }
                 var line = buffer.readBytes(length: length)!
@@ -97,6 +135,9 @@ public struct RESPRequestParser: Sendable {
                     return .protocolError("Protocol error: unbalanced quotes in request")
                 }
                 if words.isEmpty { continue }
+                if !self.authenticated && words.count > self.limits.unauthenticatedArgumentCount {
+                    return .protocolError("Protocol error: unauthenticated multibulk length")
+                }
                 return .command(words.map { ByteBuffer(bytes: $0) })
             }
         }
@@ -138,10 +179,20 @@ public struct RESPRequestParser: Sendable {
                 self.array = nil
                 return .protocolError("Protocol error: invalid bulk length")
             }
+            if !self.authenticated && length > self.limits.unauthenticatedBulkLength {
+                self.array = nil
+                return .protocolError("Protocol error: unauthenticated bulk length")
+            }
             if length > self.limits.maxBulkLength {
                 self.array!.tooBig = true
                 self.array!.skipping = length + 2
             } else {
+                let cost = length + Limits.argumentOverhead
+                guard self.limits.maxRequestBytes - self.array!.bytes >= cost else {
+                    self.array = nil
+                    return .protocolError("Protocol error: request over client-query-buffer-limit")
+                }
+                self.array!.bytes += cost
                 self.array!.bulkLength = length
             }
         }

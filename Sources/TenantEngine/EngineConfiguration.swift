@@ -39,8 +39,13 @@ public struct EngineConfiguration: Sendable {
     public var autoProvision: Bool
     /// TENANT SIGNUP works without the operator (`TENANT_SELF_SIGNUP`).
     public var selfSignup: Bool
-    /// Signups one client address may make per minute.
+    /// Signups one client address (an IPv6 /64 counting as one) may make per minute
+    /// (`TENANT_SIGNUPS_PER_MINUTE`).
     public var signupsPerMinute: Int
+    /// Signups all clients together may make per minute (`TENANT_SIGNUPS_PER_MINUTE_TOTAL`).
+    public var signupsPerMinuteTotal: Int
+    /// The most tenants the server holds, however they are created (`TENANT_MAX_TENANTS`); 0 is no cap.
+    public var maxTenants: Int
     /// Log bytes after which a tenant writes a checkpoint (`TENANT_CHECKPOINT_BYTES`).
     public var checkpointBytes: Int64
     /// The file operations of the logs (a fault-injecting layer in tests).
@@ -65,10 +70,15 @@ public struct EngineConfiguration: Sendable {
         self.autoProvision = false
         self.selfSignup = false
         self.signupsPerMinute = 5
+        self.signupsPerMinuteTotal = 60
+        self.maxTenants = 100_000
         self.checkpointBytes = 64 << 20
         self.fileSystem = POSIXFileSystem()
         self.idleSeconds = 300
     }
+
+    /// The shortest operator token the server starts with.
+    public static let minimumAdminTokenLength = 32
 
     /// The id of the one tenant of single-tenant mode.
     public static let defaultTenantID = "default"

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RESP
 import TenantEngine
 import TenantServer
 import WAL
@@ -67,8 +68,12 @@ struct Settings {
             engine.defaultPlan = plan
         }
         engine.maxUsers = try Self.integer(environment, "TENANT_MAX_USERS").map(Int64.init)
-        engine.maxStorageBytes = try Self.integer(environment, "TENANT_MAX_STORAGE_GB").map {
-            Int64($0) * PlanLimits.gigabyte
+        engine.maxStorageBytes = try Self.integer(environment, "TENANT_MAX_STORAGE_GB").map { gigabytes in
+            let (bytes, overflow) = Int64(gigabytes).multipliedReportingOverflow(by: PlanLimits.gigabyte)
+            guard !overflow else {
+                throw ValidationError("TENANT_MAX_STORAGE_GB must be at most \(Int64.max / PlanLimits.gigabyte)")
+            }
+            return bytes
         }
         engine.maxMessagesPerDay = try Self.integer(environment, "TENANT_MAX_MESSAGES_PER_DAY").map(Int64.init)
         if let name = environment["TENANT_ISOLATION_STRATEGY"] {
@@ -88,7 +93,17 @@ struct Settings {
             guard bytes >= 4096 else { throw ValidationError("TENANT_CHECKPOINT_BYTES must be at least 4096") }
             engine.checkpointBytes = Int64(bytes)
         }
-        if let seconds = try Self.integer(environment, "TENANT_IDLE_SECONDS") { engine.idleSeconds = seconds }
+        if let seconds = try Self.integer(environment, "TENANT_IDLE_SECONDS") {
+            guard seconds <= Self.maxSeconds else {
+                throw ValidationError("TENANT_IDLE_SECONDS must be at most \(Self.maxSeconds) (ten years)")
+            }
+            engine.idleSeconds = seconds
+        }
+        if let rate = try Self.integer(environment, "TENANT_SIGNUPS_PER_MINUTE_TOTAL") {
+            guard rate > 0 else { throw ValidationError("TENANT_SIGNUPS_PER_MINUTE_TOTAL must be at least 1") }
+            engine.signupsPerMinuteTotal = rate
+        }
+        if let cap = try Self.integer(environment, "TENANT_MAX_TENANTS") { engine.maxTenants = cap }
         if let list = environment["TENANT_ID_SOURCE"] {
             var sources: Set<TenantIDSource> = []
             for item in list.split(separator: ",") {
@@ -101,8 +116,16 @@ struct Settings {
             guard !sources.isEmpty else { throw ValidationError("TENANT_ID_SOURCE names no source") }
             engine.idSources = sources
         }
+        if let token = engine.adminToken, token.count < EngineConfiguration.minimumAdminTokenLength {
+            throw ValidationError(
+                "the operator token (--admin-token or TENANT_ADMIN_TOKEN) must be at least "
+                    + "\(EngineConfiguration.minimumAdminTokenLength) characters; "
+                    + "make one with: openssl rand -hex 32"
+            )
+        }
         self.engine = engine
         self.server = ServerConfiguration(host: host, port: port)
+        self.server.limits = try Self.limits(command: command, environment: environment)
         self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
         guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
@@ -112,6 +135,55 @@ struct Settings {
             )
         }
         self.logLevel = level
+    }
+
+    /// Ten years: the longest period a setting in seconds takes, so that milliseconds never overflow.
+    static let maxSeconds = 315_360_000
+
+    /// The contract's limits, each a flag or `TENANTD_` + its name.
+    private static func limits(command: TenantdCommand, environment: Environment) throws -> ServerLimits {
+        var limits = ServerLimits()
+        if let clients = try command.maxClients ?? Self.integer(environment, "TENANTD_MAXCLIENTS") {
+            guard (1...1_000_000).contains(clients) else { throw ValidationError("maxclients must be 1-1000000") }
+            limits.maxClients = clients
+        }
+        if let seconds = try command.timeout ?? Self.integer(environment, "TENANTD_TIMEOUT") {
+            guard (0...Self.maxSeconds).contains(seconds) else {
+                throw ValidationError("timeout must be 0-\(Self.maxSeconds) seconds")
+            }
+            limits.timeoutSeconds = seconds
+        }
+        if let seconds = try command.tcpKeepalive ?? Self.integer(environment, "TENANTD_TCP_KEEPALIVE") {
+            guard (0...32767).contains(seconds) else { throw ValidationError("tcp-keepalive must be 0-32767 seconds") }
+            limits.tcpKeepaliveSeconds = seconds
+        }
+        if let text = command.protoMaxBulkLen ?? environment["TENANTD_PROTO_MAX_BULK_LEN"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), (1024...(512 << 20)).contains(bytes) else {
+                throw ValidationError("proto-max-bulk-len must be 1kb-512mb")
+            }
+            limits.request.maxBulkLength = bytes
+        }
+        if let text = command.clientQueryBufferLimit ?? environment["TENANTD_CLIENT_QUERY_BUFFER_LIMIT"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), (1 << 20...(1 << 30)).contains(bytes) else {
+                throw ValidationError("client-query-buffer-limit must be 1mb-1gb")
+            }
+            limits.request.maxRequestBytes = bytes
+        }
+        if let count = try command.maxSubscriptions ?? Self.integer(environment, "TENANTD_MAX_SUBSCRIPTIONS") {
+            guard (1...10_000_000).contains(count) else { throw ValidationError("max-subscriptions must be 1-10000000") }
+            limits.maxSubscriptions = count
+        }
+        if let text = command.clientOutputBufferLimitPubsub
+            ?? environment["TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_PUBSUB"]
+        {
+            guard let limit = PubSubLimit(parsing: text), limit.softSeconds <= Self.maxSeconds else {
+                throw ValidationError(
+                    "client-output-buffer-limit-pubsub is \"<hard> <soft> <seconds>\", as \"32mb 8mb 60\""
+                )
+            }
+            limits.pubSub = limit
+        }
+        return limits
     }
 
     private static func flag(_ environment: Environment, _ name: String) throws -> Bool? {

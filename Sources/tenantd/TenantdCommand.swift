@@ -43,15 +43,49 @@ struct TenantdCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (TENANTD_LOG_LEVEL).")
     var logLevel: String?
 
+    @Option(
+        name: .customLong("maxclients"),
+        help: "Most connections; past it: -ERR max number of clients reached (TENANTD_MAXCLIENTS). Default 10000."
+    )
+    var maxClients: Int?
+
+    @Option(help: "Close a client idle this many seconds, 0 = never (TENANTD_TIMEOUT). Default 0.")
+    var timeout: Int?
+
+    @Option(help: "TCP keepalive period in seconds, 0 = off (TENANTD_TCP_KEEPALIVE). Default 300.")
+    var tcpKeepalive: Int?
+
+    @Option(help: "Longest argument after AUTH; longer ones get -TOOBIG (TENANTD_PROTO_MAX_BULK_LEN). Default 1mb.")
+    var protoMaxBulkLen: String?
+
+    @Option(help: "Most bytes of one request; past it -PROTO and close (TENANTD_CLIENT_QUERY_BUFFER_LIMIT). Default 16mb.")
+    var clientQueryBufferLimit: String?
+
+    @Option(help: "Most rooms one connection subscribes to (TENANTD_MAX_SUBSCRIPTIONS). Default 10000.")
+    var maxSubscriptions: Int?
+
+    @Option(
+        help: "\"<hard> <soft> <seconds>\" unsent pushes of a subscriber before it is disconnected (TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_PUBSUB). Default \"32mb 8mb 60\"."
+    )
+    var clientOutputBufferLimitPubsub: String?
+
     func run() async throws {
+        // Everything tenantd writes is its own user's only (directories 0700, files 0600).
+        umask(0o077)
         let environment = Environment.current
-        let settings = try Settings(command: self, environment: environment)
+        var configured = try Settings(command: self, environment: environment)
+        let logLevel = configured.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = settings.logLevel
+            handler.logLevel = logLevel
             return handler
         }
         let logger = Logger(label: "tenantd")
+        configured.server.limits.maxClients = FileDescriptorLimit.adjust(
+            maxClients: configured.server.limits.maxClients,
+            logger: logger
+        )
+        let settings = configured
         let metrics = PrometheusCollectorRegistry()
         if settings.metricsPort > 0 {
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))

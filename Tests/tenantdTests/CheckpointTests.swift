@@ -34,7 +34,7 @@ struct CheckpointTests {
 
     static func registry(_ path: String, checkpointBytes: Int64 = 64 << 20) async throws -> TenantRegistry {
         var configuration = EngineConfiguration(dataDirectory: path, fsync: .no)
-        configuration.adminToken = "operator-secret"
+        configuration.adminToken = "operator-secret-token-0123456789abcdef"
         configuration.checkpointBytes = checkpointBytes
         configuration.defaultPlan = .enterprise
         let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
@@ -271,7 +271,7 @@ struct PassivationTests {
         try await TemporaryDirectory.with { dir in
             let clock = ManualClock()
             var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
-            configuration.adminToken = "operator"
+            configuration.adminToken = "operator-token-0123456789abcdef-0123"
             configuration.idleSeconds = 300
             configuration.clock = { clock.now.withLock { $0 } }
             let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
@@ -311,7 +311,7 @@ struct PassivationTests {
     @Test func startUpOpensNoTenant() async throws {
         try await TemporaryDirectory.with { dir in
             var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
-            configuration.adminToken = "operator"
+            configuration.adminToken = "operator-token-0123456789abcdef-0123"
             var registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
             try await registry.bootstrap()
             var ids: [String] = []

@@ -9,7 +9,7 @@ import WAL
 struct EngineTests {
     static func registry(_ path: String, fsync: FsyncPolicy = .always) async throws -> TenantRegistry {
         var configuration = EngineConfiguration(dataDirectory: path, fsync: fsync)
-        configuration.adminToken = "operator-secret"
+        configuration.adminToken = "operator-secret-token-0123456789abcdef"
         let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
         try await registry.bootstrap()
         return registry
@@ -64,7 +64,7 @@ struct EngineTests {
                 await Self.code { _ = try await tenant.authenticate(user: "bob", token: created.ownerToken) }
                     == .wrongPass
             )
-            #expect(await registry.isOperatorToken("operator-secret"))
+            #expect(await registry.isOperatorToken("operator-secret-token-0123456789abcdef"))
             #expect(await !registry.isOperatorToken("operator-secreT"))
             await registry.shutdown()
         }
@@ -287,7 +287,7 @@ struct EngineTests {
         try await TemporaryDirectory.with { dir in
             var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
             configuration.isolation = .schema
-            configuration.adminToken = "operator-secret"
+            configuration.adminToken = "operator-secret-token-0123456789abcdef"
             let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
             try await registry.bootstrap()
             let count = 3000

@@ -20,7 +20,7 @@ struct FaultTests {
         disk: FaultyFileSystem
     ) async throws -> (TenantRegistry, CreatedTenant, EngineConfiguration) {
         var configuration = EngineConfiguration(dataDirectory: path, fsync: .always)
-        configuration.adminToken = "operator"
+        configuration.adminToken = "operator-token-0123456789abcdef-0123"
         configuration.fileSystem = disk
         configuration.defaultPlan = .enterprise
         let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)

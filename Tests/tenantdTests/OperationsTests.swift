@@ -33,11 +33,11 @@ struct OperationsTests {
         defer { dir.remove() }
         let server = try TenantdProcess(
             dataDirectory: dir.path + "/data",
-            environment: ["TENANT_ADMIN_TOKEN": "s3cret-operator", "TENANTD_FSYNC": "always"]
+            environment: ["TENANT_ADMIN_TOKEN": "s3cret-operator-token-0123456789abcdef", "TENANTD_FSYNC": "always"]
         )
         let client = try server.client()
         #expect(try client.call("AUTH", "admin", "wrong").errorCode == "WRONGPASS")
-        #expect(try client.call("AUTH", "admin", "s3cret-operator") == .simple("OK"))
+        #expect(try client.call("AUTH", "admin", "s3cret-operator-token-0123456789abcdef") == .simple("OK"))
         #expect(try client.call("CONFIG", "GET", "appendfsync").elements?.last?.string == "always")
         #expect(!FileManager.default.fileExists(atPath: dir.path + "/data/admin.token"))
         #expect(server.stop() == 0)

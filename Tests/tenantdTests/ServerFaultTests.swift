@@ -49,7 +49,7 @@ struct ServerFaultTests {
                 // The disk recovers; the operator reopens the tenant; everything acknowledged is there.
                 disk.clearFaults()
                 let admin = try RESPTestClient(port: port.withLock { $0 })
-                _ = try admin.call("AUTH", "operator")
+                _ = try admin.call("AUTH", "operator-token-0123456789abcdef-0123")
                 #expect(try admin.call("TENANT", "REOPEN", "acme") == .simple("OK"))
                 let history = try #require(try client.call("HISTORY", "r", "AFTER", "0", "LIMIT", "1000").elements)
                 #expect(history.count >= acknowledged + 1)

@@ -7,6 +7,13 @@ struct SignupLimiter {
         self.perMinute = perMinute
     }
 
+    /// Whether `address` has a token at `now`, without taking it.
+    /// - Returns: nil when it has, else the seconds until the next one.
+    func peek(_ address: String, now: Int64) -> Int64? {
+        var copy = self
+        return copy.take(address, now: now)
+    }
+
     /// Takes a token for `address` at `now` (ms).
     /// - Returns: nil when allowed, else the seconds until the next token.
     mutating func take(_ address: String, now: Int64) -> Int64? {

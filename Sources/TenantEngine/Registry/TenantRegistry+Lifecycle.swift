@@ -24,8 +24,10 @@ extension TenantRegistry {
         return try await self.create(id: id, name: name, subdomain: subdomain, plan: plan, owner: owner)
     }
 
-    /// TENANT SIGNUP: a self-service creation, when `TENANT_SELF_SIGNUP=true`, limited per client address.
-    /// - Throws: NOPERM when self-signup is off; QUOTA past the rate; as ``createTenant(name:subdomain:plan:owner:)``.
+    /// TENANT SIGNUP: a self-service creation, when `TENANT_SELF_SIGNUP=true`, limited per client
+    /// address (an IPv6 /64 is one), for all clients together, and by `TENANT_MAX_TENANTS`.
+    /// - Throws: NOPERM when self-signup is off; QUOTA past a rate or the cap; as
+    ///   ``createTenant(name:subdomain:plan:owner:)``.
     public func signup(
         name: String,
         subdomain: String,
@@ -37,10 +39,18 @@ extension TenantRegistry {
         guard self.configuration.selfSignup else {
             throw TenantError.noPermission("self-signup is disabled (TENANT_SELF_SIGNUP=false)")
         }
-        if let retry = self.signups.take(clientAddress, now: self.configuration.clock()) {
+        try self.checkTenantCap()
+        let now = self.configuration.clock()
+        // The server-wide rate is checked first, so that refused addresses do not use it up.
+        if let retry = self.allSignups.peek("", now: now) {
+            let limit = self.configuration.signupsPerMinuteTotal
+            throw TenantError(.quota, "signups_per_minute_total \(limit)/\(limit) retry_after=\(retry)")
+        }
+        if let retry = self.signups.take(ClientAddress.rateKey(clientAddress), now: now) {
             let limit = self.configuration.signupsPerMinute
             throw TenantError(.quota, "signups_per_minute \(limit)/\(limit) retry_after=\(retry)")
         }
+        _ = self.allSignups.take("", now: now)
         return try await self.createTenant(name: name, subdomain: subdomain, plan: nil, owner: owner)
     }
 
@@ -66,6 +76,7 @@ extension TenantRegistry {
         else {
             throw TenantError(.exists, "tenant id '\(id)' is already taken")
         }
+        try self.checkTenantCap()
         self.claimedSubdomains.insert(subdomain)
         self.claimedIDs.insert(id)
         defer {
@@ -95,6 +106,15 @@ extension TenantRegistry {
         }
         self.logger.info("tenant created", metadata: ["tenant": "\(id)", "subdomain": "\(subdomain)"])
         return CreatedTenant(metadata: metadata, owner: owner ?? "", ownerToken: owner == nil ? "" : token)
+    }
+
+    /// Refuses a creation at `TENANT_MAX_TENANTS` (creations in progress count).
+    func checkTenantCap() throws {
+        let cap = self.configuration.maxTenants
+        let count = self.catalog.entries.count + self.claimedIDs.count
+        if cap > 0 && count >= cap {
+            throw TenantError(.quota, "tenants \(count)/\(cap)")
+        }
     }
 
     private func createDirectory(metadata: TenantMetadata, owner: User?) async throws {

@@ -40,6 +40,7 @@ public actor TenantRegistry {
     var catalogWriter: Task<Void, Never>?
     var catalogDirty = false
     var signups: SignupLimiter
+    var allSignups: SignupLimiter
     /// The log every tenant shares under `schema` and `shared`.
     var sharedLog: WALWriter?
     /// The loop that closes idle tenants.
@@ -52,6 +53,7 @@ public actor TenantRegistry {
         self.configuration = configuration
         self.logger = logger
         self.signups = SignupLimiter(perMinute: configuration.signupsPerMinute)
+        self.allSignups = SignupLimiter(perMinute: configuration.signupsPerMinuteTotal)
     }
 
     /// Prepares the data directory: the strategy check, the operator token, the tenants (the
@@ -137,12 +139,27 @@ public actor TenantRegistry {
     }
 
     private static func loadOrCreateAdminToken(_ configuration: EngineConfiguration) throws -> String {
-        if let token = configuration.adminToken, !token.isEmpty { return token }
+        let minimum = EngineConfiguration.minimumAdminTokenLength
+        if let token = configuration.adminToken, !token.isEmpty {
+            guard token.count >= minimum else {
+                throw TenantError(.err, "the operator token must be at least \(minimum) characters")
+            }
+            return token
+        }
         let path = configuration.dataDirectory + "/admin.token"
         if POSIXFile.exists(path) {
             let text = String(decoding: try POSIXFile.readAll(path), as: UTF8.self)
             let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            if !token.isEmpty { return token }
+            if !token.isEmpty {
+                guard token.count >= minimum else {
+                    throw TenantError(
+                        .err,
+                        "the operator token in \(path) is shorter than \(minimum) characters; replace it "
+                            + "(openssl rand -hex 32 > \(path)) or delete it to have a new one made"
+                    )
+                }
+                return token
+            }
         }
         let token = Tokens.generate()
         try POSIXFile.writeFileAtomically(path, contents: Array((token + "\n").utf8), mode: 0o600)

@@ -1,9 +1,10 @@
 /// What a tenant hands a subscriber, in order.
 public enum SubscriptionEvent: Sendable {
-    /// The reply to SUBSCRIBE for one channel.
-    case subscribed(channel: String)
-    /// The reply to UNSUBSCRIBE for one channel.
-    case unsubscribed(channel: String)
+    /// The reply to SUBSCRIBE for one channel; `key` names the tenant and room, whatever name
+    /// form the channel used (``Tenant/subscriptionKey(room:)``).
+    case subscribed(channel: String, key: String)
+    /// The reply to UNSUBSCRIBE for one channel (`key` nil for a channel never subscribed).
+    case unsubscribed(channel: String, key: String?)
     /// A message posted to a subscribed room: its JSON payload.
     case message(channel: String, payload: String)
 }

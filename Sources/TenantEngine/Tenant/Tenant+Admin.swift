@@ -71,8 +71,9 @@ extension Tenant {
 
     /// Logs once when a counter crosses 80 %, 90 % and 100 % of its limit (per day for daily limits).
     func noteLevel(_ name: String, used: Int64, limit: Int64, period: Int64) {
-        guard limit > 0 else { return }
-        let percent = used * 100 / limit
+        guard limit > 0, used > 0 else { return }
+        // In floating point: neither factor can overflow, whatever the limits are.
+        let percent = Int(min(1000, Double(used) * 100 / Double(limit)))
         let level = percent >= 100 ? 100 : (percent >= 90 ? 90 : (percent >= 80 ? 80 : 0))
         let key = "\(name)@\(period)"
         guard level > 0, level > (self.loggedQuotaLevels[key] ?? 0) else { return }
@@ -113,10 +114,14 @@ extension Tenant {
                     throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
                 }
                 metadata.name = value
-            case "max_users": metadata.maxUsers = try Self.limit(value, field: key)
-            case "max_storage_bytes": metadata.maxStorageBytes = try Self.limit(value, field: key)
-            case "max_storage_gb": metadata.maxStorageBytes = try Self.limit(value, field: key) * PlanLimits.gigabyte
-            case "max_messages_per_day": metadata.maxMessagesPerDay = try Self.limit(value, field: key)
+            case "max_users": metadata.maxUsers = try Self.limit(value, field: key, max: Self.maxUsersLimit)
+            case "max_storage_bytes":
+                metadata.maxStorageBytes = try Self.limit(value, field: key, max: Self.maxStorageBytesLimit)
+            case "max_storage_gb":
+                let gigabytes = try Self.limit(value, field: key, max: Self.maxStorageBytesLimit / PlanLimits.gigabyte)
+                metadata.maxStorageBytes = gigabytes * PlanLimits.gigabyte
+            case "max_messages_per_day":
+                metadata.maxMessagesPerDay = try Self.limit(value, field: key, max: Self.maxMessagesPerDayLimit)
             case "is_active": metadata.isActive = try Self.flag(value, field: key)
             case "is_suspended": metadata.isSuspended = try Self.flag(value, field: key)
             case _ where key.hasPrefix("settings.") && key.count > "settings.".count:
@@ -157,9 +162,15 @@ extension Tenant {
         guard case .operator = principal else { throw TenantError.noPermission("this command is for the operator") }
     }
 
-    private static func limit(_ value: String, field: String) throws -> Int64 {
-        guard let number = Int64(value), number >= 0 else {
-            throw TenantError.invalid("\(field) must be a non-negative integer (0 means no limit)")
+    /// The ranges of TENANT UPDATE's numbers (0 is no limit): a billion users, 8 EiB (2^63 - 1
+    /// bytes; `max_storage_gb` up to 8,589,934,591), a trillion messages a day.
+    static let maxUsersLimit: Int64 = 1_000_000_000
+    static let maxStorageBytesLimit: Int64 = .max
+    static let maxMessagesPerDayLimit: Int64 = 1_000_000_000_000
+
+    private static func limit(_ value: String, field: String, max: Int64) throws -> Int64 {
+        guard let number = Int64(value), number >= 0, number <= max else {
+            throw TenantError.invalid("\(field) must be an integer from 0 (no limit) to \(max)")
         }
         return number
     }

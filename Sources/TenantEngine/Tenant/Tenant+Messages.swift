@@ -17,6 +17,9 @@ extension Tenant {
     public static let maxHistoryLimit = 1000
     /// The number of messages HISTORY returns without LIMIT.
     public static let defaultHistoryLimit = 100
+    /// The most text one HISTORY returns (always at least one message): the client pages on
+    /// with AFTER or BEFORE.
+    public static let maxHistoryTextBytes = 4 << 20
 
     /// Accepts a message into the log's batch and hands out its seq; ``commit(_:)`` waits for it.
     ///
@@ -65,7 +68,8 @@ extension Tenant {
         return try await self.commit(ticket)
     }
 
-    /// A room's messages, oldest first.
+    /// A room's messages, oldest first, at most ``maxHistoryTextBytes`` of text: with AFTER the
+    /// page keeps its oldest messages, otherwise its newest, so paging on from its edge misses none.
     /// - Parameters:
     ///   - after: the first `limit` with a greater seq.
     ///   - before: the last `limit` with a smaller seq.
@@ -86,7 +90,22 @@ extension Tenant {
         }
         self.applyDurable()
         guard let messages = self.data.rooms[room] else { return [] }
-        return Array(messages.history(after: after, before: before, limit: min(limit, Self.maxHistoryLimit)))
+        let page = Array(messages.history(after: after, before: before, limit: min(limit, Self.maxHistoryLimit)))
+        return Self.capped(page, keepingOldest: after != nil, maxTextBytes: Self.maxHistoryTextBytes)
+    }
+
+    /// The longest run of `page` from one end whose texts fit `maxTextBytes` (one message at least).
+    static func capped(_ page: [Message], keepingOldest: Bool, maxTextBytes: Int) -> [Message] {
+        var total = 0
+        var kept = 0
+        let order = keepingOldest ? Array(page.indices) : page.indices.reversed()
+        for index in order {
+            total += page[index].text.utf8.count
+            if kept > 0 && total > maxTextBytes { break }
+            kept += 1
+        }
+        if kept == page.count { return page }
+        return keepingOldest ? Array(page.prefix(kept)) : Array(page.suffix(kept))
     }
 
     /// Every room with messages, by name.

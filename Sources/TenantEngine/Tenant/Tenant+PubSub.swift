@@ -16,7 +16,7 @@ extension Tenant {
         guard Names.isValidRoom(room) else { throw Self.invalidRoom }
         self.applyDurable()
         self.subscriptions.add(room: room, entry: .init(subscriber: subscriber, principal: principal, channel: channel))
-        if !subscriber.deliver(.subscribed(channel: channel)) {
+        if !subscriber.deliver(.subscribed(channel: channel, key: self.subscriptionKey(room: room))) {
             self.subscriptions.remove(room: room, subscriber: subscriber)
         }
     }
@@ -24,7 +24,13 @@ extension Tenant {
     /// Unsubscribes from a room; the `unsubscribed` event is delivered at once.
     public func unsubscribe(room: String, channel: String, subscriber: any MessageSubscriber) {
         self.subscriptions.remove(room: room, subscriber: subscriber)
-        _ = subscriber.deliver(.unsubscribed(channel: channel))
+        _ = subscriber.deliver(.unsubscribed(channel: channel, key: self.subscriptionKey(room: room)))
+    }
+
+    /// What identifies a subscription: the tenant and the room, whatever name form the client used
+    /// (`general` or `/tenant/<id>/general` are one subscription).
+    public nonisolated func subscriptionKey(room: String) -> String {
+        self.id + "/" + room
     }
 
     /// Drops a subscriber from every room, without events (its connection is gone).

@@ -40,7 +40,7 @@ extension Tenant {
 
     /// Copies a directory tree, fsyncing every file and directory it creates.
     static func copyTree(_ source: String, to destination: String) throws {
-        guard mkdir(destination, 0o755) == 0 else { throw WALError.io("mkdir", path: destination, errno: errno) }
+        guard mkdir(destination, 0o700) == 0 else { throw WALError.io("mkdir", path: destination, errno: errno) }
         for name in try POSIXFile.listDirectory(source) where !name.hasSuffix(".tmp") {
             let from = source + "/" + name
             let to = destination + "/" + name

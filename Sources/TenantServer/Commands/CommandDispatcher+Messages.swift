@@ -111,6 +111,7 @@ extension CommandDispatcher {
     }
 
     /// SUBSCRIBE: each channel's reply is delivered by its tenant, so it precedes every push.
+    /// A connection holds at most `max-subscriptions` rooms; past it nothing is subscribed.
     func subscribe(
         _ arguments: Arguments,
         principal: Principal,
@@ -120,11 +121,19 @@ extension CommandDispatcher {
     {
         try arguments.expect(1...Int.max, for: "subscribe")
         // Every channel is checked before any is subscribed: one refused channel subscribes none.
-        var targets: [(channel: String, tenant: Tenant, room: String)] = []
+        var targets: [(channel: String, tenant: Tenant, room: String, key: String)] = []
+        var added: Set<String> = []
         for channel in arguments.words {
             let (tenant, room) = try await self.target(room: channel, principal: principal, session: session)
             guard Names.isValidRoom(room) else { throw Tenant.invalidRoom }
-            targets.append((channel, tenant, room))
+            let key = tenant.subscriptionKey(room: room)
+            if session.channels[key] == nil { added.insert(key) }
+            guard session.channels.count + added.count <= self.limits.maxSubscriptions else {
+                throw CommandError(
+                    "max-subscriptions reached: a connection subscribes to at most \(self.limits.maxSubscriptions) rooms"
+                )
+            }
+            targets.append((channel, tenant, room, key))
         }
         for target in targets {
             try await target.tenant.subscribe(
@@ -133,25 +142,30 @@ extension CommandDispatcher {
                 channel: target.channel,
                 subscriber: session.subscriber
             )
-            session.channels[target.channel] = (target.tenant, target.room)
+            session.channels[target.key] = (target.tenant, target.room, target.channel)
         }
         return .delivered
     }
 
-    func unsubscribe(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
-        let channels = arguments.count == 0 ? session.channels.keys.sorted() : arguments.words
+    /// UNSUBSCRIBE: a channel in any name form ends the one subscription of its tenant and room.
+    func unsubscribe(_ arguments: Arguments, principal: Principal, session: inout Session) async throws
+        -> CommandOutcome
+    {
+        let channels = arguments.count == 0 ? session.channels.values.map(\.channel).sorted() : arguments.words
         if channels.isEmpty {
             return .reply(.push([.bulkString("unsubscribe"), .null, .integer(0)]))
         }
         for channel in channels {
-            if let subscription = session.channels.removeValue(forKey: channel) {
+            let resolved = try? await self.target(room: channel, principal: principal, session: session)
+            let key = resolved.map { $0.0.subscriptionKey(room: $0.1) }
+            if let key, let subscription = session.channels.removeValue(forKey: key) {
                 await subscription.tenant.unsubscribe(
                     room: subscription.room,
                     channel: channel,
                     subscriber: session.subscriber
                 )
             } else {
-                _ = session.subscriber.deliver(.unsubscribed(channel: channel))
+                _ = session.subscriber.deliver(.unsubscribed(channel: channel, key: nil))
             }
         }
         return .delivered

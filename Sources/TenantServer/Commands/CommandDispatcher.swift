@@ -13,6 +13,15 @@ import Darwin
 struct CommandDispatcher: Sendable {
     let registry: TenantRegistry
     let logger: Logger
+    let limits: ServerLimits
+    let authThrottle: AuthThrottle
+
+    init(registry: TenantRegistry, logger: Logger, limits: ServerLimits) {
+        self.registry = registry
+        self.logger = logger
+        self.limits = limits
+        self.authThrottle = AuthThrottle()
+    }
     static let serverVersion = "0.1.0"
 
     /// Runs a command; every error becomes its contract reply.
@@ -120,7 +129,7 @@ struct CommandDispatcher: Sendable {
         case "SUBSCRIBE":
             return try await self.subscribe(arguments, principal: principal, session: &session)
         case "UNSUBSCRIBE":
-            return try await self.unsubscribe(arguments, session: &session)
+            return try await self.unsubscribe(arguments, principal: principal, session: &session)
         case "USER":
             return .reply(try await self.user(arguments, principal: principal, session: &session))
         case "TENANT":
@@ -204,8 +213,34 @@ struct CommandDispatcher: Sendable {
         return .ok
     }
 
-    /// `admin` is the operator; `user@tenant-ref` a user of one tenant. Every failure is the same WRONGPASS.
+    /// `admin` is the operator; `user@tenant-ref` a user of one tenant. Every failure is the same
+    /// WRONGPASS, logged, and answered after the ``AuthThrottle``'s delay (or with a disconnect).
     func authenticate(user: String, token: String, session: inout Session) async throws {
+        do {
+            try await self.checkCredential(user: user, token: token, session: &session)
+        } catch let error as TenantError where error.code == .wrongPass {
+            session.authFailures += 1
+            ServerMetrics.authFailed()
+            let decision = self.authThrottle.failed(
+                address: session.clientAddress,
+                connectionFailures: session.authFailures
+            )
+            self.logger.warning(
+                "AUTH failed",
+                metadata: [
+                    "connection": "\(session.id)", "address": "\(session.clientAddress)",
+                    "user": "\(user.prefix(64))", "failures": "\(session.authFailures)",
+                    "delay_ms": "\(decision.delay.components.seconds * 1000 + decision.delay.components.attoseconds / 1_000_000_000_000_000)",
+                    "disconnect": "\(decision.disconnect)",
+                ]
+            )
+            if decision.delay > .zero { try? await Task.sleep(for: decision.delay) }
+            if decision.disconnect { session.closeAfterReply = true }
+            throw error
+        }
+    }
+
+    private func checkCredential(user: String, token: String, session: inout Session) async throws {
         let singleTenant = !self.registry.configuration.multiTenancy
         if user == "admin" {
             guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }

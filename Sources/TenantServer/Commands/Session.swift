@@ -14,12 +14,17 @@ struct Session: Sendable {
     /// The newest POST not yet known durable: any other command waits for it first, so a
     /// pipelined HISTORY sees the POSTs before it.
     var lastPost: (tenant: Tenant, ticket: PostTicket)?
-    /// The client's address, for the signup rate limit.
+    /// The client's address, for the signup rate limit and the AUTH throttle.
     let clientAddress: String
+    /// Failed authentications on this connection.
+    var authFailures = 0
+    /// Close the connection once the current reply is sent.
+    var closeAfterReply = false
     /// Where tenants deliver this connection's pub/sub events.
     let subscriber: ConnectionSubscriber
-    /// The channels subscribed, by the name the client used.
-    var channels: [String: (tenant: Tenant, room: String)] = [:]
+    /// The subscriptions, by ``Tenant/subscriptionKey(room:)`` (one per tenant and room, whatever
+    /// name form the client used), with the name it used last.
+    var channels: [String: (tenant: Tenant, room: String, channel: String)] = [:]
 
     init(id: Int64, clientAddress: String, subscriber: ConnectionSubscriber) {
         self.id = id

@@ -40,12 +40,17 @@ struct Connection {
 
     let id: Int64
     let channel: NIOAsyncChannel<RESPRequest, ByteBuffer>
+    let gate: RequestGate
     let dispatcher: CommandDispatcher
 
     func run() async {
         do {
             try await self.channel.executeThenClose { inbound, outbound in
-                let queue = ReplyQueue<Slot>(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
+                let queue = ReplyQueue<Slot>(
+                    limit: Self.replyWindow,
+                    byteLimit: Self.replyWindowBytes,
+                    pubSubLimit: self.dispatcher.limits.pubSub
+                )
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         defer { queue.writerStopped() }
@@ -53,10 +58,20 @@ struct Connection {
                     }
                     defer { queue.finish() }
                     let address = self.channel.channel.remoteAddress?.ipAddress ?? "unknown"
+                    let channel = self.channel.channel
+                    let logger = self.dispatcher.logger
+                    let id = self.id
                     var session = Session(
                         id: self.id,
                         clientAddress: address,
-                        subscriber: ConnectionSubscriber(queue: queue, version: .resp2)
+                        subscriber: ConnectionSubscriber(queue: queue, version: .resp2) {
+                            // Over client-output-buffer-limit-pubsub: Redis closes such a client.
+                            logger.warning(
+                                "subscriber disconnected: over client-output-buffer-limit-pubsub",
+                                metadata: ["connection": "\(id)", "address": "\(address)"]
+                            )
+                            channel.close(promise: nil)
+                        }
                     )
                     defer {
                         session.setContext(nil, id: nil)
@@ -69,6 +84,8 @@ struct Connection {
                         }
                     }
                     reading: for try await request in inbound {
+                        let cost = request.cost
+                        defer { self.gate.finished(cost) }
                         let slot: Slot?
                         var last = false
                         switch request {
@@ -78,11 +95,14 @@ struct Connection {
                         case .tooBig(let message):
                             slot = .value(.error("TOOBIG \(message)"), session.version)
                         case .command(let words):
-                            let outcome: CommandOutcome
+                            var outcome: CommandOutcome
                             do {
                                 outcome = await self.dispatcher.handle(try Arguments(words), session: &session)
                             } catch {
                                 outcome = .reply(.reply(for: error))
+                            }
+                            if session.closeAfterReply, case .reply(let value) = outcome {
+                                outcome = .replyAndClose(value)
                             }
                             switch outcome {
                             case .reply(let value):
@@ -95,6 +115,8 @@ struct Connection {
                             case .delivered:
                                 slot = nil
                             }
+                            if session.principal != nil && !self.gate.isAuthenticated { self.gate.authenticated() }
+                            self.gate.isSubscribed = !session.channels.isEmpty
                         }
                         if let slot {
                             guard await queue.push(slot, weight: slot.weight), !last else { break reading }
@@ -116,7 +138,7 @@ struct Connection {
     )
         async throws
     {
-        while let slots = await queue.popAll() {
+        while let slots = await queue.popAll(weight: { $0.weight }) {
             var buffer = ByteBuffer()
             var index = slots.startIndex
             while index < slots.endIndex {

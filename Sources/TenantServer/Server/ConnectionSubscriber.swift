@@ -12,10 +12,16 @@ final class ConnectionSubscriber: MessageSubscriber {
 
     private let queue: ReplyQueue<Connection.Slot>
     private let state: Mutex<State>
+    private let disconnect: @Sendable () -> Void
 
-    init(queue: ReplyQueue<Connection.Slot>, version: RESPVersion) {
+    /// - Parameters:
+    ///   - queue: the connection's replies.
+    ///   - version: the protocol of the pushes.
+    ///   - disconnect: closes the connection of a subscriber too far behind.
+    init(queue: ReplyQueue<Connection.Slot>, version: RESPVersion, disconnect: @escaping @Sendable () -> Void) {
         self.queue = queue
         self.state = Mutex(State(version: version))
+        self.disconnect = disconnect
     }
 
     /// The protocol pushes are encoded in (the connection's, after HELLO).
@@ -29,14 +35,14 @@ final class ConnectionSubscriber: MessageSubscriber {
     func deliver(_ event: SubscriptionEvent) -> Bool {
         let (value, version): (RESPValue, RESPVersion) = self.state.withLock { state in
             switch event {
-            case .subscribed(let channel):
-                state.channels.insert(channel)
+            case .subscribed(let channel, let key):
+                state.channels.insert(key)
                 return (
                     .push([.bulkString("subscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
                     state.version
                 )
-            case .unsubscribed(let channel):
-                state.channels.remove(channel)
+            case .unsubscribed(let channel, let key):
+                if let key { state.channels.remove(key) }
                 return (
                     .push([.bulkString("unsubscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
                     state.version
@@ -46,6 +52,10 @@ final class ConnectionSubscriber: MessageSubscriber {
             }
         }
         let slot = Connection.Slot.value(value, version)
-        return self.queue.pushNow(slot, weight: slot.weight)
+        guard self.queue.pushNow(slot, weight: slot.weight) else {
+            self.disconnect()
+            return false
+        }
+        return true
     }
 }

@@ -4,8 +4,9 @@ import Synchronization
 /// The replies of one connection between its reader and its writer, bounded.
 ///
 /// The reader pushes a slot per request and suspends while `limit` slots, or `byteLimit` bytes of
-/// encoded replies, wait (one reply alone always fits, however large); the writer takes
-/// every waiting slot at once and sends them in one write. A client that pipelines without
+/// encoded replies, wait (one reply alone always fits; no reply is unbounded, HISTORY's pages
+/// included); the writer takes the waiting slots, up to ``takeBytes`` at once, and sends them in
+/// one write, so what is queued is what is unsent, give or take one batch. A client that pipelines without
 /// reading thus stops its own reader, NIO stops reading its socket, and TCP pushes back on it:
 /// its memory stays bounded and nobody else pays for it. Taking slots in batches is also what
 /// lets a pipelining client get one write(2) for many replies.
@@ -17,16 +18,22 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         var writerGone = false
         var reader: CheckedContinuation<Bool, Never>?
         var writer: CheckedContinuation<Void, Never>?
+        /// Since when the pushes have been over the soft limit of ``PubSubLimit``.
+        var overSoftLimitSince: ContinuousClock.Instant?
     }
 
     private let limit: Int
     private let byteLimit: Int
+    private let pubSubLimit: PubSubLimit
+    /// The most bytes the writer takes at once (one slot always).
+    static var takeBytes: Int { 1 << 20 }
     private let state = Mutex(State())
 
-    init(limit: Int, byteLimit: Int) {
+    init(limit: Int, byteLimit: Int, pubSubLimit: PubSubLimit = PubSubLimit()) {
         precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
         self.limit = limit
         self.byteLimit = byteLimit
+        self.pubSubLimit = pubSubLimit
     }
 
     private func isFull(_ state: borrowing State) -> Bool {
@@ -60,21 +67,34 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         return await self.push(element, weight: weight)
     }
 
-    /// Queues a slot without waiting (pub/sub pushes, from a tenant's executor), up to a hard cap
-    /// far above the window.
-    /// - Returns: false when the writer is gone or the client is that far behind: the caller drops it.
+    /// Queues a slot without waiting (pub/sub pushes, from a tenant's executor), within
+    /// `client-output-buffer-limit-pubsub`: past the hard limit, or past the soft one for its
+    /// seconds, the push is refused and the caller disconnects the client, as Redis does.
+    /// - Returns: false when the writer is gone or the client is that far behind.
     func pushNow(_ element: Element, weight: Int) -> Bool {
+        let now = ContinuousClock.now
         let queued = self.state.withLock { state -> Bool in
-            guard !state.writerGone, !state.finished, state.slots.count < self.limit * 64,
-                state.bytes < self.byteLimit * 16
-            else { return false }
+            guard !state.writerGone, !state.finished else { return false }
+            let bytes = state.bytes + weight
+            let limit = self.pubSubLimit
+            if limit.hardBytes > 0 && bytes > limit.hardBytes { return false }
+            if limit.softBytes > 0 && bytes > limit.softBytes {
+                let since = state.overSoftLimitSince ?? now
+                state.overSoftLimitSince = since
+                if since.duration(to: now) >= .seconds(limit.softSeconds) { return false }
+            } else {
+                state.overSoftLimitSince = nil
+            }
             state.slots.append(element)
-            state.bytes += weight
+            state.bytes = bytes
             return true
         }
         if queued { self.wakeWriter() }
         return queued
     }
+
+    /// Bytes of encoded replies waiting.
+    var queuedBytes: Int { self.state.withLock { $0.bytes } }
 
     /// No more slots will come.
     func finish() {
@@ -82,18 +102,24 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         self.wakeWriter()
     }
 
-    /// Takes every queued slot, waiting for one if none is there.
+    /// Takes the queued slots, up to ``takeBytes`` of them (always one), waiting for one if none is there.
+    /// - Parameter weight: the weight of a slot, as it was pushed.
     /// - Returns: the slots, oldest first; nil once the reader finished and all were taken.
-    func popAll() async -> [Element]? {
+    func popAll(weight: (Element) -> Int) async -> [Element]? {
         while true {
             let taken: (slots: [Element], reader: CheckedContinuation<Bool, Never>?)? = self.state.withLock { state in
                 guard !state.slots.isEmpty else { return nil }
-                defer {
-                    state.slots.removeAll(keepingCapacity: true)
-                    state.bytes = 0
-                    state.reader = nil
+                var taken: [Element] = []
+                var bytes = 0
+                while let first = state.slots.first, taken.isEmpty || bytes < Self.takeBytes {
+                    bytes += weight(first)
+                    taken.append(state.slots.removeFirst())
                 }
-                return (Array(state.slots), state.reader)
+                state.bytes = max(0, state.bytes - bytes)
+                if state.slots.isEmpty { state.bytes = 0 }
+                let reader = self.isFull(state) ? nil : state.reader
+                if reader != nil { state.reader = nil }
+                return (taken, reader)
             }
             if let taken {
                 taken.reader?.resume(returning: true)
@@ -128,5 +154,52 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             return state.writer
         }
         writer?.resume()
+    }
+}
+
+/// `client-output-buffer-limit-pubsub`: the unsent bytes a subscriber may have, as Redis counts them.
+public struct PubSubLimit: Sendable, Hashable {
+    /// Past this many bytes the subscriber is disconnected at once (0 = no limit).
+    public var hardBytes: Int
+    /// Past this many bytes for ``softSeconds`` the subscriber is disconnected (0 = no limit).
+    public var softBytes: Int
+    /// How long the soft limit may be exceeded.
+    public var softSeconds: Int
+
+    /// Creates a limit; the defaults are Redis's (`32mb 8mb 60`).
+    public init(hardBytes: Int = 32 << 20, softBytes: Int = 8 << 20, softSeconds: Int = 60) {
+        self.hardBytes = hardBytes
+        self.softBytes = softBytes
+        self.softSeconds = softSeconds
+    }
+
+    /// Parses Redis's form, `"<hard> <soft> <seconds>"`, with Redis's units (`k` = 1000, `kb` = 1024,
+    /// `m`, `mb`, `g`, `gb`).
+    /// - Returns: nil for anything else, or a number out of range.
+    public init?(parsing text: String) {
+        let parts = text.split(separator: " ", omittingEmptySubsequences: true)
+        guard parts.count == 3, let hard = Self.bytes(parts[0]), let soft = Self.bytes(parts[1]),
+            let seconds = Int(parts[2]), seconds >= 0, seconds <= 1 << 31
+        else { return nil }
+        self.init(hardBytes: hard, softBytes: soft, softSeconds: seconds)
+    }
+
+    /// Redis's `memtoll`: a number with an optional unit, checked against overflow.
+    public static func bytes(_ text: Substring) -> Int? {
+        let lowered = text.lowercased()
+        let units: [(String, Int)] = [
+            ("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("g", 1_000_000_000), ("m", 1_000_000),
+            ("k", 1000), ("b", 1),
+        ]
+        var digits = Substring(lowered)
+        var multiplier = 1
+        for (suffix, value) in units where lowered.hasSuffix(suffix) {
+            digits = digits.dropLast(suffix.count)
+            multiplier = value
+            break
+        }
+        guard let number = Int(digits), number >= 0 else { return nil }
+        let (bytes, overflow) = number.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : bytes
     }
 }

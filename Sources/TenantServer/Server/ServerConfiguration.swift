@@ -6,8 +6,8 @@ public struct ServerConfiguration: Sendable {
     public var host: String
     /// The port; 0 picks a free one.
     public var port: Int
-    /// The parser's bounds on requests.
-    public var requestLimits: RESPRequestParser.Limits
+    /// What one client may make the server hold or do.
+    public var limits: ServerLimits
     /// How long a graceful shutdown waits for connections to finish what they read.
     public var shutdownGracePeriod: Duration
 
@@ -15,7 +15,37 @@ public struct ServerConfiguration: Sendable {
     public init(host: String = "127.0.0.1", port: Int = 7379) {
         self.host = host
         self.port = port
-        self.requestLimits = RESPRequestParser.Limits()
+        self.limits = ServerLimits()
         self.shutdownGracePeriod = .seconds(5)
+    }
+}
+
+/// The contract's limits, by Redis's names and with Redis's defaults.
+public struct ServerLimits: Sendable, Hashable {
+    /// `maxclients`: connections past it are refused with `-ERR max number of clients reached`.
+    public var maxClients: Int
+    /// `timeout`: seconds after which an idle client is closed; 0 never.
+    public var timeoutSeconds: Int
+    /// `tcp-keepalive`: seconds between TCP keepalive probes of an idle connection; 0 off.
+    public var tcpKeepaliveSeconds: Int
+    /// The parser's bounds: `proto-max-bulk-len`, `client-query-buffer-limit`, inline lines and
+    /// the unauthenticated rule.
+    public var request: RESPRequestParser.Limits
+    /// `max-subscriptions`: the most rooms one connection subscribes to.
+    public var maxSubscriptions: Int
+    /// `client-output-buffer-limit-pubsub`.
+    public var pubSub: PubSubLimit
+    /// Bytes of parsed requests a connection may hold before it stops reading its client.
+    public var requestWindowBytes: Int
+
+    /// Creates the contract's defaults.
+    public init() {
+        self.maxClients = 10_000
+        self.timeoutSeconds = 0
+        self.tcpKeepaliveSeconds = 300
+        self.request = RESPRequestParser.Limits()
+        self.maxSubscriptions = 10_000
+        self.pubSub = PubSubLimit()
+        self.requestWindowBytes = 1 << 20
     }
 }

@@ -24,6 +24,8 @@ enum ServerMetrics {
         }
     )
     private static let connections = Counter(label: "tenantd_connections_total")
+    private static let refused = Counter(label: "tenantd_connections_refused_total")
+    private static let authFailures = Counter(label: "tenantd_auth_failures_total")
 
     static func command(_ name: String) {
         Self.commands[Self.known.contains(name) ? name.lowercased() : "other"]?.increment()
@@ -36,6 +38,16 @@ enum ServerMetrics {
     static func connectionOpened() {
         Self.connections.increment()
         Self.open.increment()
+    }
+
+    /// A connection over `maxclients`.
+    static func connectionRefused() {
+        Self.refused.increment()
+    }
+
+    /// A failed AUTH (or HELLO AUTH).
+    static func authFailed() {
+        Self.authFailures.increment()
     }
 
     static func connectionClosed() {

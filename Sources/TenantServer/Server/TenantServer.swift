@@ -6,6 +6,12 @@ import ServiceLifecycle
 import Synchronization
 import TenantEngine
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The TCP front end: RESP and inline commands on one port, one task per connection.
 ///
 /// A graceful shutdown stops accepting, closes every connection's input so it answers what it has
@@ -36,29 +42,54 @@ public final class TenantServer: Service {
     }
 
     public func run() async throws {
-        let limits = self.configuration.requestLimits
-        let serverChannel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
+        let limits = self.configuration.limits
+        let connections = self.connections
+        var bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 511)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .bind(host: self.configuration.host, port: self.configuration.port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(RESPRequestDecoder(limits: limits))
-                    )
-                    return try NIOAsyncChannel<RESPRequest, ByteBuffer>(wrappingChannelSynchronously: channel)
+        if limits.tcpKeepaliveSeconds > 0 {
+            // As Redis's anetKeepAlive: probes after the idle time, then every third of it, three times.
+            let idle = Int32(clamping: limits.tcpKeepaliveSeconds)
+            bootstrap =
+                bootstrap
+                .childChannelOption(.socketOption(.so_keepalive), value: 1)
+                .childChannelOption(Self.tcpOption(TCP_KEEPIDLE), value: .init(idle))
+                .childChannelOption(Self.tcpOption(TCP_KEEPINTVL), value: .init(max(1, idle / 3)))
+                .childChannelOption(Self.tcpOption(TCP_KEEPCNT), value: 3)
+        }
+        let serverChannel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port) {
+            channel in
+            channel.eventLoop.makeCompletedFuture { () -> AcceptedConnection in
+                guard connections.admit(channel, limit: limits.maxClients) else {
+                    // `maxclients`: refused as Redis refuses, before any request is read.
+                    try channel.pipeline.syncOperations.addHandler(RefusingHandler())
+                    return .refused
                 }
+                let gate = RequestGate(bound: limits.requestWindowBytes)
+                if limits.timeoutSeconds > 0 {
+                    try channel.pipeline.syncOperations.addHandler(
+                        IdleStateHandler(readTimeout: .seconds(Int64(limits.timeoutSeconds)))
+                    )
+                }
+                try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
+                let wrapped = try NIOAsyncChannel<RESPRequest, ByteBuffer>(wrappingChannelSynchronously: channel)
+                return .accepted(wrapped, gate)
             }
+        }
         let port = serverChannel.channel.localAddress?.port ?? self.configuration.port
         self.onReady(self.configuration.host, port)
-        let dispatcher = CommandDispatcher(registry: self.registry, logger: self.logger)
-        let connections = self.connections
+        let dispatcher = CommandDispatcher(registry: self.registry, logger: self.logger, limits: limits)
         let grace = self.configuration.shutdownGracePeriod
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 try await serverChannel.executeThenClose { inbound in
-                    for try await connection in inbound {
+                    for try await accepted in inbound {
+                        guard case .accepted(let connection, let gate) = accepted else {
+                            ServerMetrics.connectionRefused()
+                            continue
+                        }
                         group.addTask {
                             let id = connections.add(connection.channel)
                             ServerMetrics.connectionOpened()
@@ -66,7 +97,7 @@ public final class TenantServer: Service {
                                 connections.remove(id)
                                 ServerMetrics.connectionClosed()
                             }
-                            await Connection(id: id, channel: connection, dispatcher: dispatcher).run()
+                            await Connection(id: id, channel: connection, gate: gate, dispatcher: dispatcher).run()
                         }
                     }
                 }
@@ -78,9 +109,51 @@ public final class TenantServer: Service {
     }
 }
 
+extension TenantServer {
+    static func tcpOption(_ name: Int32) -> ChannelOptions.Types.SocketOption {
+        ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: name))
+    }
+}
+
+/// What the accept loop gets for a new socket.
+enum AcceptedConnection: Sendable {
+    case accepted(NIOAsyncChannel<RESPRequest, ByteBuffer>, RequestGate)
+    /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
+    case refused
+}
+
+/// Answers a connection over `maxclients` as Redis does, then closes it.
+final class RefusingHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let reply = context.channel.allocator.buffer(string: "-ERR max number of clients reached\r\n")
+        context.writeAndFlush(NIOAny(reply)).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}
+
 /// The open connections, so a shutdown can reach them.
 final class ConnectionTracker: Sendable {
     private let state = Mutex<(next: Int64, channels: [Int64: any Channel])>((1, [:]))
+    /// Sockets accepted and not yet closed, refused ones aside: what `maxclients` counts.
+    private let open = Atomic<Int>(0)
+
+    /// Counts a new socket against `limit`, until it closes.
+    /// - Returns: false when `limit` sockets are open already.
+    func admit(_ channel: any Channel, limit: Int) -> Bool {
+        let count = self.open.wrappingAdd(1, ordering: .relaxed).newValue
+        guard count <= limit else {
+            self.open.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        channel.closeFuture.whenComplete { _ in self.open.wrappingSubtract(1, ordering: .relaxed) }
+        return true
+    }
+
+    /// Sockets open now.
+    var openCount: Int { self.open.load(ordering: .relaxed) }
 
     func add(_ channel: any Channel) -> Int64 {
         self.state.withLock { state in

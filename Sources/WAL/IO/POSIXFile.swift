@@ -12,7 +12,7 @@ public enum POSIXFile {
     }
 
     /// Opens (or creates, with `mode`) a file.
-    public static func open(_ path: String, flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0o600) throws -> Int32 {
         let fd = path.withCString { Glibc.open($0, flags | O_CLOEXEC, mode) }
         guard fd >= 0 else { throw WALError.io("open", path: path, errno: errno) }
         return fd
@@ -55,7 +55,7 @@ public enum POSIXFile {
     }
 
     /// Writes a whole new file durably: a temporary name, fsync, rename, fsync of the directory.
-    public static func writeFileAtomically(_ path: String, contents: [UInt8], mode: mode_t = 0o644) throws {
+    public static func writeFileAtomically(_ path: String, contents: [UInt8], mode: mode_t = 0o600) throws {
         let temporary = path + ".tmp"
         let fd = try open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
         do {
@@ -108,7 +108,7 @@ public enum POSIXFile {
 
     /// Creates a directory (and its missing parents); true when it was created.
     @discardableResult
-    public static func makeDirectory(_ path: String, mode: mode_t = 0o755) throws -> Bool {
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws -> Bool {
         if path.withCString({ mkdir($0, mode) }) == 0 { return true }
         let code = errno
         if code == EEXIST { return false }

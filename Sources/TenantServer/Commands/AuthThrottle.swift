@@ -1,0 +1,67 @@
+import Synchronization
+import TenantEngine
+
+/// Slows down failed authentication, per connection and per client address (an IPv6 /64 counts
+/// as one address), as a growing delay before the `WRONGPASS` reply, then a disconnect.
+///
+/// Each address's failures decay at ``decayPerSecond``: a person mistyping a token meets no delay,
+/// a guesser soon waits seconds per guess and is cut off.
+final class AuthThrottle: Sendable {
+    /// What to do with a failed attempt.
+    struct Decision: Equatable {
+        /// How long to wait before answering.
+        var delay: Duration
+        /// Close the connection after the answer.
+        var disconnect: Bool
+    }
+
+    /// Failures one connection may make before delays start, and before it is closed.
+    static let connectionFreeFailures = 2
+    static let connectionMaxFailures = 10
+    /// Recent failures one address may make before delays start, and past which each failing
+    /// connection is closed.
+    static let addressFreeFailures = 10.0
+    static let addressMaxFailures = 100.0
+    /// How fast an address's failures are forgotten.
+    static let decayPerSecond = 1.0 / 6
+    /// The longest delay.
+    static let maxDelay = Duration.seconds(5)
+    /// Addresses tracked at most; past it the ones with no recent failure are forgotten.
+    static let maxAddresses = 100_000
+
+    private let addresses = Mutex<[String: (failures: Double, updated: ContinuousClock.Instant)]>([:])
+
+    /// Records a failed attempt.
+    /// - Parameters:
+    ///   - address: the client's address (normalised here).
+    ///   - connectionFailures: the connection's failures, this one included.
+    /// - Returns: the delay and whether to disconnect.
+    func failed(address: String, connectionFailures: Int, now: ContinuousClock.Instant = .now) -> Decision {
+        let key = ClientAddress.rateKey(address)
+        let recent = self.addresses.withLock { addresses -> Double in
+            var entry = addresses[key] ?? (0, now)
+            let elapsed = Double(entry.updated.duration(to: now).components.seconds)
+            entry.failures = max(0, entry.failures - elapsed * Self.decayPerSecond) + 1
+            entry.updated = now
+            addresses[key] = entry
+            if addresses.count > Self.maxAddresses {
+                addresses = addresses.filter { $0.value.failures >= 2 }
+            }
+            return entry.failures
+        }
+        let connectionExcess = connectionFailures - Self.connectionFreeFailures
+        let addressExcess = Int(min(64, max(0, (recent - Self.addressFreeFailures).rounded(.up))))
+        let delay = max(Self.delay(excess: connectionExcess, base: .milliseconds(100)),
+                        Self.delay(excess: addressExcess, base: .milliseconds(50)))
+        return Decision(
+            delay: delay,
+            disconnect: connectionFailures >= Self.connectionMaxFailures || recent > Self.addressMaxFailures
+        )
+    }
+
+    private static func delay(excess: Int, base: Duration) -> Duration {
+        guard excess > 0 else { return .zero }
+        let doubled = base * (1 << min(excess - 1, 16))
+        return min(doubled, Self.maxDelay)
+    }
+}

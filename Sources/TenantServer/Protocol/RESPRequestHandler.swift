@@ -1,0 +1,137 @@
+import NIOCore
+import RESP
+
+/// Turns a connection's bytes into ``RESPRequest``s with ``RESPRequestParser``, holding the
+/// connection to the contract's limits.
+///
+/// It reads no further, neither parsing nor asking the socket for more, while the connection's
+/// ``RequestGate`` says enough requests wait: what one client can make the server hold is bounded
+/// by the gate's bound plus one request. Before authentication the parser applies Redis 7's
+/// stricter limits. After a protocol error it discards everything, as the connection is about
+/// to close. The end of the client's input is passed on only after every request before it.
+final class RESPRequestHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = RESPRequest
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var parser: RESPRequestParser
+    private var buffer = ByteBuffer()
+    private let gate: RequestGate
+    private var waiting = false
+    private var readHeld = false
+    private var broken = false
+    private var inputClosed = false
+    private var context: ChannelHandlerContext?
+
+    init(limits: RESPRequestParser.Limits, gate: RequestGate) {
+        self.parser = RESPRequestParser(limits: limits, authenticated: false)
+        self.gate = gate
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        self.gate.onWakeUp {
+            eventLoop.execute { loopBound.value.wokenUp() }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = Self.unwrapInboundIn(data)
+        if self.broken { return }
+        if self.buffer.readableBytes == 0 {
+            self.buffer = incoming
+        } else {
+            self.buffer.writeBuffer(&incoming)
+        }
+        _ = self.parse(context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.waiting {
+            // Enough requests wait: the socket is read again once they are answered.
+            self.readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            self.inputClosed = true
+            if self.waiting { return }  // passed on once the requests before it are handed over
+            self.dropPartialRequest()
+        }
+        if let idle = event as? IdleStateHandler.IdleStateEvent, case .read = idle {
+            // `timeout`: an idle client is closed, unless it subscribes or waits for answers.
+            if !self.gate.isSubscribed && self.gate.outstandingBytes == 0 && !self.waiting {
+                context.close(promise: nil)
+            }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func wokenUp() {
+        guard let context = self.context, self.waiting else { return }
+        self.waiting = false
+        if self.parse(context: context) {
+            // Readers downstream (NIOAsyncChannel) take what was read at the end of a read.
+            context.fireChannelReadComplete()
+        }
+        if !self.waiting {
+            if self.inputClosed {
+                self.dropPartialRequest()
+                context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            }
+            if self.readHeld {
+                self.readHeld = false
+                context.read()
+            }
+        }
+    }
+
+    /// Hands over every whole request the buffer holds, while the gate allows.
+    /// - Returns: whether it handed over any.
+    @discardableResult
+    private func parse(context: ChannelHandlerContext) -> Bool {
+        var handedOver = false
+        while !self.broken && self.buffer.readableBytes > 0 {
+            if !self.parser.isInsideRequest && !self.gate.mayParse && self.gate.waitForWakeUp() {
+                self.waiting = true
+                return handedOver
+            }
+            self.parser.authenticated = self.gate.isAuthenticated
+            let request: RESPRequest
+            switch self.parser.next(&self.buffer) {
+            case .needMoreData:
+                self.buffer.discardReadBytes()
+                return handedOver
+            case .command(let words):
+                request = .command(words)
+            case .tooBig(let message):
+                request = .tooBig(message)
+            case .protocolError(let message):
+                self.broken = true
+                self.buffer = ByteBuffer()
+                request = .protocolError(message)
+            }
+            self.gate.handedOver(request.cost)
+            context.fireChannelRead(Self.wrapInboundOut(request))
+            handedOver = true
+        }
+        if self.buffer.readableBytes == 0 { self.buffer.clear() }
+        return handedOver
+    }
+
+    /// A partial request at the end of the input is dropped, as Redis drops it.
+    private func dropPartialRequest() {
+        self.buffer = ByteBuffer()
+    }
+}
