@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// An error of the write-ahead log.
 public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
     private enum Code: Hashable, Sendable {
@@ -39,6 +45,30 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
     public var isCorruption: Bool {
         if case .corrupt = self.code { return true }
         return false
+    }
+
+    /// True for a shortage that passes (EMFILE, ENFILE, ENOMEM on opening a file): the log is
+    /// intact, the write may be retried, and it will be by the writer itself.
+    public var isTransient: Bool {
+        if case .io(_, _, let code) = self.code { return Self.transientErrnos.contains(code) }
+        return false
+    }
+
+    /// The errnos of a shortage that passes.
+    public static let transientErrnos: Set<Int32> = [EMFILE, ENFILE, ENOMEM]
+
+    /// The description without file paths, for a tenant's users: what failed and the errno's name.
+    public var publicDescription: String {
+        switch self.code {
+        case .io(let operation, _, let errno):
+            return "\(operation): \(POSIXFile.errorString(errno))"
+        case .corrupt(_, _, let reason):
+            return "the log is damaged: \(reason)"
+        case .recordTooLarge, .closed:
+            return self.description
+        case .failed:
+            return "the log failed earlier and accepts no writes"
+        }
     }
 
     /// True when a record was refused for its size; the log itself is fine.

@@ -27,11 +27,11 @@ enum FileDescriptorLimit {
         if limit.rlim_cur >= wanted { return maxClients }
         let available = Int(clamping: limit.rlim_cur) - Self.reserved
         let lowered = max(1, available)
-        logger.warning(
-            Logger.Message(stringLiteral: "You requested maxclients of \(maxClients) requiring at least \(wanted) max file descriptors; the "
-                + "open-files limit is \(limit.rlim_cur) (hard \(limit.rlim_max)). maxclients has been reduced to "
-                + "\(lowered) to compensate for low ulimit. Raise it with 'ulimit -n' or LimitNOFILE.")
-        )
+        let message =
+            "You requested maxclients of \(maxClients) requiring at least \(wanted) max file descriptors; "
+            + "the open-files limit is \(limit.rlim_cur) (hard \(limit.rlim_max)). maxclients has been reduced "
+            + "to \(lowered) to compensate for low ulimit. Raise it with 'ulimit -n' or LimitNOFILE."
+        logger.warning(Logger.Message(stringLiteral: message))
         return lowered
     }
 }

@@ -170,7 +170,9 @@ struct Settings {
             limits.request.maxRequestBytes = bytes
         }
         if let count = try command.maxSubscriptions ?? Self.integer(environment, "TENANTD_MAX_SUBSCRIPTIONS") {
-            guard (1...10_000_000).contains(count) else { throw ValidationError("max-subscriptions must be 1-10000000") }
+            guard (1...10_000_000).contains(count) else {
+                throw ValidationError("max-subscriptions must be 1-10000000")
+            }
             limits.maxSubscriptions = count
         }
         if let text = command.clientOutputBufferLimitPubsub

@@ -55,17 +55,22 @@ struct TenantdCommand: AsyncParsableCommand {
     @Option(help: "TCP keepalive period in seconds, 0 = off (TENANTD_TCP_KEEPALIVE). Default 300.")
     var tcpKeepalive: Int?
 
-    @Option(help: "Longest argument after AUTH; longer ones get -TOOBIG (TENANTD_PROTO_MAX_BULK_LEN). Default 1mb.")
+    @Option(help: "Longest argument after AUTH; longer: -TOOBIG (TENANTD_PROTO_MAX_BULK_LEN). Default 1mb.")
     var protoMaxBulkLen: String?
 
-    @Option(help: "Most bytes of one request; past it -PROTO and close (TENANTD_CLIENT_QUERY_BUFFER_LIMIT). Default 16mb.")
+    @Option(
+        help: "Most bytes of one request; past it: -PROTO, closed (TENANTD_CLIENT_QUERY_BUFFER_LIMIT). Default 16mb."
+    )
     var clientQueryBufferLimit: String?
 
     @Option(help: "Most rooms one connection subscribes to (TENANTD_MAX_SUBSCRIPTIONS). Default 10000.")
     var maxSubscriptions: Int?
 
     @Option(
-        help: "\"<hard> <soft> <seconds>\" unsent pushes of a subscriber before it is disconnected (TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_PUBSUB). Default \"32mb 8mb 60\"."
+        help: """
+            "<hard> <soft> <seconds>": a subscriber with more unsent pushes is disconnected \
+            (TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_PUBSUB). Default "32mb 8mb 60".
+            """
     )
     var clientOutputBufferLimitPubsub: String?
 

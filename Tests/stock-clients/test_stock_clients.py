@@ -284,12 +284,6 @@ def test_redis_cli_pipe_posts_land(server, pipe_run):
     assert {m[2] for m in msgs} == {"alice"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis-cli --pipe ends its input with `ECHO <20 random bytes>` and waits for that exact reply; "
-    "tenantd answers -INVALID argument is not valid UTF-8, so redis-cli reports an error, waits "
-    "--pipe-timeout and exits 1 with 'errors: 2, replies: N+1' (stock client does not work unchanged)",
-)
 def test_redis_cli_pipe_summary(pipe_run):
     _, _, out = pipe_run
     assert b"Last reply received from server." in out.stdout

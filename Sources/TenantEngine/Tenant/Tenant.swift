@@ -301,18 +301,32 @@ public actor Tenant {
             return lsn
         } catch let error as WALError {
             if error.isRecordTooLarge { throw TenantError(.tooBig, error.description) }
+            if error.isTransient { throw Self.transientError(error) }
             throw self.fail(error)
         }
     }
 
     /// Waits until `lsn` is durable, then makes the messages up to it visible.
+    /// - Throws: IOERR; after a transient shortage (EMFILE, ENFILE, ENOMEM) the tenant keeps
+    ///   serving and the log retries by itself.
     func waitDurable(_ lsn: UInt64) async throws {
         do {
             try await self.log.waitUntilDurable(lsn)
+        } catch let error as WALError where error.isTransient {
+            self.logger.warning("log write held back, retrying: \(error)")
+            throw Self.transientError(error)
         } catch {
             throw self.fail(error)
         }
         self.applyDurable()
+    }
+
+    /// What a tenant's user is told of a transient shortage: no server path.
+    static func transientError(_ error: WALError) -> TenantError {
+        TenantError(
+            .ioError,
+            "the server is short of resources (\(error.publicDescription)); this write is not acknowledged, retry"
+        )
     }
 
     /// Moves the messages whose records are durable from `pending` into the rooms, in lsn order.
@@ -334,8 +348,13 @@ public actor Tenant {
     /// Turns the tenant to IOERR: nothing more is acknowledged until it is opened again.
     func fail(_ error: any Error) -> TenantError {
         if case .failed(let existing) = self.state { return existing }
-        let tenantError = TenantError(.ioError, "write to the tenant's log failed, tenant is read-only: \(error)")
-        self.logger.error("log failed: \(error)")
+        // The tenant's users see what failed, never where: the operator's log has the paths.
+        let cause = (error as? WALError)?.publicDescription ?? "I/O error"
+        let tenantError = TenantError(
+            .ioError,
+            "write to the tenant's log failed (\(cause)); the tenant is read-only until the operator reopens it"
+        )
+        self.logger.error("log failed, tenant is read-only until TENANT REOPEN: \(error)")
         self.state = .failed(tenantError)
         self.pending.removeAll()
         return tenantError

@@ -51,8 +51,10 @@ final class AuthThrottle: Sendable {
         }
         let connectionExcess = connectionFailures - Self.connectionFreeFailures
         let addressExcess = Int(min(64, max(0, (recent - Self.addressFreeFailures).rounded(.up))))
-        let delay = max(Self.delay(excess: connectionExcess, base: .milliseconds(100)),
-                        Self.delay(excess: addressExcess, base: .milliseconds(50)))
+        let delay = max(
+            Self.delay(excess: connectionExcess, base: .milliseconds(100)),
+            Self.delay(excess: addressExcess, base: .milliseconds(50))
+        )
         return Decision(
             delay: delay,
             disconnect: connectionFailures >= Self.connectionMaxFailures || recent > Self.addressMaxFailures

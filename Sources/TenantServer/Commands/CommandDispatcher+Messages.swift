@@ -148,7 +148,11 @@ extension CommandDispatcher {
     }
 
     /// UNSUBSCRIBE: a channel in any name form ends the one subscription of its tenant and room.
-    func unsubscribe(_ arguments: Arguments, principal: Principal, session: inout Session) async throws
+    func unsubscribe(
+        _ arguments: Arguments,
+        principal: Principal,
+        session: inout Session
+    ) async throws
         -> CommandOutcome
     {
         let channels = arguments.count == 0 ? session.channels.values.map(\.channel).sorted() : arguments.words

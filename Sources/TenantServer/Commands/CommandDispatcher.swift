@@ -230,7 +230,7 @@ struct CommandDispatcher: Sendable {
                 metadata: [
                     "connection": "\(session.id)", "address": "\(session.clientAddress)",
                     "user": "\(user.prefix(64))", "failures": "\(session.authFailures)",
-                    "delay_ms": "\(decision.delay.components.seconds * 1000 + decision.delay.components.attoseconds / 1_000_000_000_000_000)",
+                    "delay": "\(decision.delay)",
                     "disconnect": "\(decision.disconnect)",
                 ]
             )

@@ -97,7 +97,11 @@ struct Connection {
                         case .command(let words):
                             var outcome: CommandOutcome
                             do {
-                                outcome = await self.dispatcher.handle(try Arguments(words), session: &session)
+                                if let echoed = Self.echo(words, session: session) {
+                                    outcome = .reply(echoed)
+                                } else {
+                                    outcome = await self.dispatcher.handle(try Arguments(words), session: &session)
+                                }
                             } catch {
                                 outcome = .reply(.reply(for: error))
                             }
@@ -129,6 +133,15 @@ struct Connection {
         } catch {
             self.dispatcher.logger.debug("connection \(self.id) ended: \(error)")
         }
+    }
+
+    /// ECHO returns its argument's bytes as they are, UTF-8 or not, as Redis does (`redis-cli --pipe`
+    /// ends its input with an ECHO of random bytes and waits for them).
+    private static func echo(_ words: [ByteBuffer], session: Session) -> RESPValue? {
+        guard words.count == 2, words[0].readableBytes == 4, !session.isInSubscribedMode,
+            String(buffer: words[0]).uppercased() == "ECHO"
+        else { return nil }
+        return .bulkBytes(Array(words[1].readableBytesView))
     }
 
     /// Writes the replies in order, every batch the reader queued in one write; a POST's once it is durable.

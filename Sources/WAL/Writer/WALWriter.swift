@@ -51,6 +51,8 @@ public final class WALWriter: @unchecked Sendable {
     private var fd: Int32 = -1
     private var segmentPath = ""
     private var unsynced = false
+    /// The delay before the next retry of a batch a transient fault held back (on `queue`).
+    private var retryDelay = 0.0
 
     /// Opens a writer that appends after `lastLSN`, in a new segment created on the first append.
     /// - Parameters:
@@ -236,10 +238,12 @@ public final class WALWriter: @unchecked Sendable {
                 return (state.pending, state.nextLSN - 1)
             }
             guard let batch else { return }
+            var written = 0
             do {
                 for chunk in batch.chunks {
                     if let firstLSN = chunk.newSegment { try self.openSegment(firstLSN: firstLSN) }
                     try chunk.bytes.withUnsafeBytes { try self.fileSystem.write(self.fd, $0, path: self.segmentPath) }
+                    written += 1
                 }
                 switch self.configuration.fsync {
                 case .always:
@@ -261,10 +265,39 @@ public final class WALWriter: @unchecked Sendable {
                     return ready
                 }
                 for continuation in ready { continuation.resume() }
+                self.retryDelay = 0
+            } catch let error as WALError where error.isTransient {
+                // Out of descriptors or memory when opening a segment: nothing is damaged. The
+                // batch's waiters are told (their writes are not acknowledged, though they may
+                // still land), the unwritten chunks go back to the head of the queue, and the
+                // writer tries again shortly.
+                self.holdBack(Array(batch.chunks[written...]), error: error)
+                return
             } catch {
                 self.fail(error)
                 return
             }
+        }
+    }
+
+    /// Runs on `queue`: puts unwritten chunks back, fails the current waiters with `error`, and
+    /// schedules a retry (backing off to a second).
+    private func holdBack(_ chunks: [Chunk], error: WALError) {
+        let waiters = self.state.withLock { state in
+            state.pending = chunks + state.pending
+            state.flushing = false
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.continuation.resume(throwing: error) }
+        self.retryDelay = min(1, max(0.01, self.retryDelay * 2))
+        self.queue.asyncAfter(deadline: .now() + self.retryDelay) {
+            let start = self.state.withLock { state -> Bool in
+                guard !state.flushing, !state.pending.isEmpty, state.failure == nil else { return false }
+                state.flushing = true
+                return true
+            }
+            if start { self.flushLoop() }
         }
     }
 
