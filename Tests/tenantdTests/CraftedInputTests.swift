@@ -137,6 +137,35 @@ struct CraftedInputTests {
         #expect(throws: WALError.self) { try WALReader.readSegment(bytes, firstLSN: lsn, isLast: true) { _ in } }
     }
 
+    /// The inputs kept in `Fuzz/Regressions/<target>/`, crashers found (or made) and fixed.
+    static func regressions(_ target: String) -> [String] {
+        let directory = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fuzz/Regressions/" + target).path
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.sorted().map { directory + "/" + $0 }
+    }
+
+    @Test func theFuzzRegressionsAreFound() {
+        #expect(Self.regressions("FuzzCheckpoint").count >= 6)
+        #expect(!Self.regressions("FuzzWALSegment").isEmpty)
+    }
+
+    /// As the fuzzer reads them: a checkpoint file, or else a body inside a valid one.
+    @Test(arguments: regressions("FuzzCheckpoint"))
+    func checkpointFuzzRegressionIsRefused(path: String) throws {
+        let bytes = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
+        let file = bytes.starts(with: Checkpoint.magic) ? bytes : try Checkpoint.encode(body: bytes, lsn: 1)
+        #expect(throws: WALError.self) { try Checkpoint.decode(bytes: file, path: path) }
+    }
+
+    @Test(arguments: regressions("FuzzWALSegment"))
+    func segmentFuzzRegressionIsRefused(path: String) throws {
+        let bytes = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
+        let firstLSN = try #require(bytes.withUnsafeBytes { WALFormat.parseSegmentHeader($0) })
+        #expect(throws: WALError.self) { try WALReader.readSegment(bytes, firstLSN: firstLSN, isLast: true) { _ in } }
+    }
+
     @Test func segmentBelowTheLastLSNStillReads() throws {
         let lsn = WALFormat.maxLSN - 1
         var records: [UInt64] = []
