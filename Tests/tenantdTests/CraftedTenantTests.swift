@@ -94,4 +94,19 @@ struct CraftedTenantTests {
         #expect(whole.status == 1, "\(whole.output)")
         #expect(whole.output.contains("OK   \(setup.data)/tenant_\(setup.good.id)"), "\(whole.output)")
     }
+
+    @Test func operatorStorageLimitThatOverflowsIsRefused() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TenantdProcess(dataDirectory: dir.path + "/data")
+        let admin = try server.operatorClient()
+        let id = try admin.createTenant(name: "Big", subdomain: "big").id
+        // 8589934592 GiB is 2^63 bytes: one past Int64.max.
+        let refused = try admin.call("TENANT", "UPDATE", id, "max_storage_gb", "8589934592")
+        #expect(refused.errorCode == "INVALID", "\(refused)")
+        let largest = try admin.call("TENANT", "UPDATE", id, "max_storage_gb", "8589934591")
+        #expect(largest.fields?["max_storage_bytes"] == .integer(8_589_934_591 << 30), "\(largest)")
+        #expect(try admin.call("PING") == .simple("PONG"))
+        #expect(server.stop() == 0)
+    }
 }

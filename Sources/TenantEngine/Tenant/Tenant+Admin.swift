@@ -115,7 +115,12 @@ extension Tenant {
                 metadata.name = value
             case "max_users": metadata.maxUsers = try Self.limit(value, field: key)
             case "max_storage_bytes": metadata.maxStorageBytes = try Self.limit(value, field: key)
-            case "max_storage_gb": metadata.maxStorageBytes = try Self.limit(value, field: key) * PlanLimits.gigabyte
+            case "max_storage_gb":
+                let (bytes, overflow) = try Self.limit(value, field: key).multipliedReportingOverflow(
+                    by: PlanLimits.gigabyte
+                )
+                guard !overflow else { throw TenantError.invalid("max_storage_gb must be at most 8589934591") }
+                metadata.maxStorageBytes = bytes
             case "max_messages_per_day": metadata.maxMessagesPerDay = try Self.limit(value, field: key)
             case "is_active": metadata.isActive = try Self.flag(value, field: key)
             case "is_suspended": metadata.isSuspended = try Self.flag(value, field: key)
