@@ -43,10 +43,13 @@ struct Catalog: Sendable {
 
     /// Reads the catalog file; an unreadable one counts as missing.
     static func load(from dataDirectory: String) -> Catalog? {
-        guard let bytes = try? POSIXFile.readAll(path(in: dataDirectory)),
-            let file = try? JSONDecoder().decode(File.self, from: Data(bytes)),
-            file.version == 2
-        else { return nil }
+        guard let bytes = try? POSIXFile.readAll(path(in: dataDirectory)) else { return nil }
+        return self.decode(bytes: bytes)
+    }
+
+    /// Decodes the bytes of a catalog file, or nil when they are not one.
+    static func decode(bytes: [UInt8]) -> Catalog? {
+        guard let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.version == 2 else { return nil }
         var catalog = Catalog()
         for entry in file.tenants { catalog.insert(entry) }
         return catalog

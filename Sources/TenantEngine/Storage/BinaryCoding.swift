@@ -98,6 +98,17 @@ struct BinaryReader {
         return string
     }
 
+    /// A varint count of items that each take at least `minimumSize` bytes, checked against the
+    /// bytes left before anything is sized by it.
+    /// - Throws: ``RecordDecodingError/invalidValue(_:)`` naming `what` when that many items cannot fit.
+    mutating func readCount(minimumSize: Int, _ what: String) throws -> Int {
+        let raw = try self.readVarint()
+        guard let count = Int(exactly: raw), count <= (self.buffer.count - self.offset) / minimumSize else {
+            throw RecordDecodingError.invalidValue(what)
+        }
+        return count
+    }
+
     var isAtEnd: Bool { self.offset == self.buffer.count }
 }
 

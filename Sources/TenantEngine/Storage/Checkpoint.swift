@@ -36,7 +36,11 @@ enum Checkpoint {
 
     /// The file bytes of `state` at `lsn`.
     static func encode(_ state: TenantState, lsn: UInt64) throws -> [UInt8] {
-        let body = Self.body(state)
+        try self.encode(body: Self.body(state), lsn: lsn)
+    }
+
+    /// The file bytes of a body at `lsn`: header, checksummed compressed blocks, trailer.
+    static func encode(body: [UInt8], lsn: UInt64) throws -> [UInt8] {
         var blocks: [[UInt8]] = []
         var offset = 0
         while offset < body.count {
@@ -109,8 +113,17 @@ enum Checkpoint {
     /// - Returns: the state it holds and its lsn.
     /// - Throws: ``WALError`` naming the file and offset of the first damage.
     static func decode(path: String, maxFileSize: Int = 1 << 36) throws -> (TenantState, UInt64) {
-        let bytes = try POSIXFile.readAll(path)
-        return try bytes.withUnsafeBytes { file in
+        try self.decode(bytes: try POSIXFile.readAll(path), path: path)
+    }
+
+    /// Checks and decodes the bytes of a checkpoint file.
+    /// - Parameters:
+    ///   - bytes: the file's bytes.
+    ///   - path: the file named in errors.
+    /// - Returns: the state it holds and its lsn.
+    /// - Throws: ``WALError`` naming the file and offset of the first damage.
+    static func decode(bytes: [UInt8], path: String) throws -> (TenantState, UInt64) {
+        try bytes.withUnsafeBytes { file in
             func corrupt(_ offset: Int, _ reason: String) -> WALError {
                 WALError.corrupt(file: path, offset: offset, reason: reason)
             }
@@ -122,6 +135,7 @@ enum Checkpoint {
                 throw corrupt(0, "bad checkpoint header checksum")
             }
             let lsn = file.loadLittleEndian(UInt64.self, at: 8)
+            guard lsn <= WALFormat.maxLSN else { throw corrupt(8, "checkpoint lsn \(lsn) out of range") }
             let blockCount = Int(file.loadLittleEndian(UInt32.self, at: 16))
             var body: [UInt8] = []
             var offset = Self.headerSize
@@ -156,6 +170,16 @@ enum Checkpoint {
         }
     }
 
+    /// The fewest body bytes one user takes: three empty length-prefixed fields and `joinedAt`.
+    private static let minimumUserSize = 4 + 4 + 4 + 8
+    /// The fewest body bytes one room takes: an empty name and two zero counts.
+    private static let minimumRoomSize = 4 + 1 + 1
+    /// The fewest body bytes one message takes: a one-byte delta, author index and length.
+    private static let minimumMessageSize = 3
+
+    /// Decodes a checkpoint body. Every count is checked against the bytes left before it sizes
+    /// or drives anything, and every sum of numbers read is checked for overflow: a body is
+    /// checksummed, but a copied or crafted file is still input from outside.
     private static func state(from body: UnsafeRawBufferPointer) throws -> TenantState {
         var reader = BinaryReader(body)
         var state = TenantState()
@@ -163,7 +187,8 @@ enum Checkpoint {
         if !metadata.isEmpty {
             state.metadata = try JSONDecoder().decode(TenantMetadata.self, from: Data(metadata))
         }
-        for _ in 0..<(try reader.readVarint()) {
+        let userCount = try reader.readCount(minimumSize: Self.minimumUserSize, "user count")
+        for _ in 0..<userCount {
             let name = try reader.readString()
             guard let role = Role(rawValue: try reader.readString()) else {
                 throw RecordDecodingError.invalidValue("role")
@@ -173,32 +198,34 @@ enum Checkpoint {
                 .userPut(User(name: name, role: role, tokenHash: hash, joinedAt: try reader.read(Int64.self)))
             )
         }
-        let roomCount = try reader.readVarint()
+        let roomCount = try reader.readCount(minimumSize: Self.minimumRoomSize, "room count")
         for _ in 0..<roomCount {
             let room = try reader.readString()
-            let count = Int(try reader.readVarint())
-            guard count <= body.count else { throw RecordDecodingError.invalidValue("message count") }
-            let authorCount = Int(try reader.readVarint())
+            let count = try reader.readCount(minimumSize: Self.minimumMessageSize, "message count")
+            let authorCount = try reader.readCount(minimumSize: 4, "author count")
             guard authorCount <= max(count, 1) else { throw RecordDecodingError.invalidValue("author count") }
             var authors: [String] = []
+            authors.reserveCapacity(authorCount)
             for _ in 0..<authorCount { authors.append(try reader.readString()) }
             var timestamps: [Int64] = []
             timestamps.reserveCapacity(count)
             var previous: Int64 = 0
             for _ in 0..<count {
-                previous += try reader.readSignedVarint()
+                let (sum, overflow) = previous.addingReportingOverflow(try reader.readSignedVarint())
+                guard !overflow else { throw RecordDecodingError.invalidValue("timestamp") }
+                previous = sum
                 timestamps.append(previous)
             }
             var users: [Int] = []
             users.reserveCapacity(count)
             for _ in 0..<count {
-                let index = Int(try reader.readVarint())
-                guard index < authors.count else { throw RecordDecodingError.invalidValue("author index") }
-                users.append(index)
+                let index = try reader.readVarint()
+                guard index < UInt64(authors.count) else { throw RecordDecodingError.invalidValue("author index") }
+                users.append(Int(index))
             }
             var lengths: [Int] = []
             lengths.reserveCapacity(count)
-            for _ in 0..<count { lengths.append(Int(try reader.readVarint())) }
+            for _ in 0..<count { lengths.append(try reader.readCount(minimumSize: 1, "text length")) }
             for index in 0..<count {
                 let text = try reader.readString(count: lengths[index])
                 let message = Message(

@@ -12,6 +12,9 @@ public enum WALFormat {
     public static let segmentHeaderSize = 20
     /// The size of a record header.
     public static let recordHeaderSize = 21
+    /// The largest lsn a log may hold: every lsn read from disk is checked against it, so the
+    /// lsn after it never overflows.
+    public static let maxLSN = UInt64(Int64.max)
     /// The file name extension of segments.
     public static let segmentExtension = ".wal"
 

@@ -96,6 +96,13 @@ public struct WALReader {
         logger: Logger? = nil,
         _ handler: (WALRecordView) throws -> Void
     ) throws -> WALRecoveryResult {
+        guard checkpointLSN <= WALFormat.maxLSN else {
+            throw WALError.corrupt(
+                file: self.directory,
+                offset: 0,
+                reason: "checkpoint lsn \(checkpointLSN) out of range"
+            )
+        }
         var segments = try self.segmentNames()
         if checkpointLSN > 0 {
             // Segments wholly covered by the checkpoint are not read (a crash may have left them).
@@ -118,7 +125,6 @@ public struct WALReader {
         var expectedLSN: UInt64? = nil
         if segments.isEmpty { result.lastLSN = checkpointLSN }
         let decompressor = LZ4StreamDecompressor(maxBlockSize: self.maxRecordSize)
-        let maxStored = WALFormat.maxStoredSize(forRecordSize: self.maxRecordSize)
         for (index, segment) in segments.enumerated() {
             let isLast = index == segments.count - 1
             let path = self.directory + "/" + segment.name
@@ -141,81 +147,18 @@ public struct WALReader {
                 result.lastLSN = max(checkpointLSN, segment.firstLSN &- 1)
             }
             decompressor.reset()
-            var expected = segment.firstLSN
-            let outcome: SegmentOutcome = try bytes.withUnsafeBytes { file in
-                guard let headerLSN = WALFormat.parseSegmentHeader(file) else {
-                    if isLast && (file.count < WALFormat.segmentHeaderSize || file.allSatisfy({ $0 == 0 })) {
-                        return .torn(offset: 0, reason: "incomplete segment header")
-                    }
-                    throw WALError.corrupt(file: path, offset: 0, reason: "bad segment header")
-                }
-                guard headerLSN == segment.firstLSN else {
-                    throw WALError.corrupt(file: path, offset: 0, reason: "header lsn \(headerLSN) does not match name")
-                }
-                var offset = WALFormat.segmentHeaderSize
-                while offset < file.count {
-                    // Only on a failure path: scanning the tail for zeros costs O(tail).
-                    let here = offset
-                    let remaining = file.count - offset
-                    guard remaining >= WALFormat.recordHeaderSize else {
-                        if isLast {
-                            return .torn(
-                                offset: offset,
-                                reason: Self.zeroedTail(file, from: here) ?? "end of file inside a header"
-                            )
-                        }
-                        throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
-                    }
-                    let storedCRC = file.loadLE(UInt32.self, at: offset)
-                    let length = Int(file.loadLE(UInt32.self, at: offset + 4))
-                    let type = file[offset + 8]
-                    let lsn = file.loadLE(UInt64.self, at: offset + 9)
-                    let decodedSize = Int(file.loadLE(UInt32.self, at: offset + 17))
-                    let end = offset + WALFormat.recordHeaderSize + length
-                    guard length <= maxStored, decodedSize <= self.maxRecordSize else {
-                        if isLast, let reason = Self.zeroedTail(file, from: here) {
-                            return .torn(offset: offset, reason: reason)
-                        }
-                        throw WALError.corrupt(file: path, offset: offset, reason: "declared size out of bounds")
-                    }
-                    guard end <= file.count else {
-                        if isLast { return .torn(offset: offset, reason: "end of file inside a record") }
-                        throw WALError.corrupt(file: path, offset: offset, reason: "record runs past end of file")
-                    }
-                    let covered = UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end])
-                    guard CRC32C.unmask(storedCRC) == CRC32C.checksum(covered) else {
-                        if isLast, end == file.count || Self.zeroedTail(file, from: here) != nil {
-                            return .torn(
-                                offset: offset,
-                                reason: Self.zeroedTail(file, from: here) ?? "bad checksum in the last record"
-                            )
-                        }
-                        throw WALError.corrupt(file: path, offset: offset, reason: "checksum mismatch")
-                    }
-                    guard lsn == expected else {
-                        throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn), \(expected) expected")
-                    }
-                    let stored = UnsafeRawBufferPointer(
-                        rebasing: file[(offset + WALFormat.recordHeaderSize)..<end]
-                    )
-                    let payload: UnsafeRawBufferPointer
-                    do {
-                        payload = try decompressor.decompress(stored, decodedSize: decodedSize)
-                    } catch let error as LZ4Error {
-                        throw WALError.corrupt(file: path, offset: offset, reason: error.description)
-                    }
-                    // Records the checkpoint holds are checked and decoded (the stream needs them)
-                    // but not handed over.
-                    if lsn > checkpointLSN {
-                        try handler(WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset))
-                    }
-                    result.recordCount += 1
-                    result.payloadBytes += decodedSize
-                    result.lastLSN = max(lsn, checkpointLSN)
-                    expected = lsn + 1
-                    offset = end
-                }
-                return .clean
+            let (outcome, expected) = try bytes.withUnsafeBytes { file in
+                try Self.scanSegment(
+                    file,
+                    path: path,
+                    firstLSN: segment.firstLSN,
+                    isLast: isLast,
+                    checkpointLSN: checkpointLSN,
+                    maxRecordSize: self.maxRecordSize,
+                    decompressor: decompressor,
+                    result: &result,
+                    handler
+                )
             }
             expectedLSN = expected
             if case .torn(let offset, let reason) = outcome {
@@ -234,6 +177,152 @@ public struct WALReader {
             }
         }
         return result
+    }
+
+    /// Reads one segment's bytes as recovery does, without touching the disk (for the fuzzers).
+    /// - Parameters:
+    ///   - bytes: the segment file's bytes.
+    ///   - firstLSN: the lsn its name stands for.
+    ///   - isLast: whether it is the newest segment (whose damaged tail counts as torn).
+    ///   - maxRecordSize: the bound on one record.
+    ///   - handler: called with each record.
+    /// - Returns: what was read; `tornTail` when the segment ends in a torn tail.
+    /// - Throws: ``WALError`` for corruption, or the handler's errors.
+    @_spi(Fuzzing)
+    public static func readSegment(
+        _ bytes: [UInt8],
+        firstLSN: UInt64,
+        isLast: Bool,
+        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
+        _ handler: (WALRecordView) throws -> Void
+    ) throws -> WALRecoveryResult {
+        let path = WALFormat.segmentName(firstLSN: firstLSN)
+        var result = WALRecoveryResult(lastLSN: 0, recordCount: 0, payloadBytes: 0, segments: [path], tornTail: nil)
+        let decompressor = LZ4StreamDecompressor(maxBlockSize: maxRecordSize)
+        let (outcome, _) = try bytes.withUnsafeBytes { file in
+            try Self.scanSegment(
+                file,
+                path: path,
+                firstLSN: firstLSN,
+                isLast: isLast,
+                checkpointLSN: 0,
+                maxRecordSize: maxRecordSize,
+                decompressor: decompressor,
+                result: &result,
+                handler
+            )
+        }
+        if case .torn(let offset, let reason) = outcome {
+            result.tornTail = WALTornTail(
+                file: path,
+                offset: offset,
+                droppedBytes: bytes.count - offset,
+                movedTo: nil,
+                reason: reason
+            )
+        }
+        return result
+    }
+
+    /// Checks and decodes the records of one segment's bytes, adding them to `result`.
+    /// - Returns: whether the segment ends clean or torn, and the lsn its successor must start at.
+    private static func scanSegment(
+        _ file: UnsafeRawBufferPointer,
+        path: String,
+        firstLSN: UInt64,
+        isLast: Bool,
+        checkpointLSN: UInt64,
+        maxRecordSize: Int,
+        decompressor: LZ4StreamDecompressor,
+        result: inout WALRecoveryResult,
+        _ handler: (WALRecordView) throws -> Void
+    ) throws -> (SegmentOutcome, UInt64) {
+        let maxStored = WALFormat.maxStoredSize(forRecordSize: maxRecordSize)
+        var expected = firstLSN
+        guard let headerLSN = WALFormat.parseSegmentHeader(file) else {
+            if isLast && (file.count < WALFormat.segmentHeaderSize || file.allSatisfy({ $0 == 0 })) {
+                return (.torn(offset: 0, reason: "incomplete segment header"), expected)
+            }
+            throw WALError.corrupt(file: path, offset: 0, reason: "bad segment header")
+        }
+        guard headerLSN == firstLSN else {
+            throw WALError.corrupt(file: path, offset: 0, reason: "header lsn \(headerLSN) does not match name")
+        }
+        guard firstLSN <= WALFormat.maxLSN else {
+            throw WALError.corrupt(file: path, offset: 0, reason: "lsn \(firstLSN) out of range")
+        }
+        var offset = WALFormat.segmentHeaderSize
+        while offset < file.count {
+            // Only on a failure path: scanning the tail for zeros costs O(tail).
+            let here = offset
+            let remaining = file.count - offset
+            guard remaining >= WALFormat.recordHeaderSize else {
+                if isLast {
+                    return (
+                        .torn(
+                            offset: offset,
+                            reason: Self.zeroedTail(file, from: here) ?? "end of file inside a header"
+                        ), expected
+                    )
+                }
+                throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
+            }
+            let storedCRC = file.loadLE(UInt32.self, at: offset)
+            let length = Int(file.loadLE(UInt32.self, at: offset + 4))
+            let type = file[offset + 8]
+            let lsn = file.loadLE(UInt64.self, at: offset + 9)
+            let decodedSize = Int(file.loadLE(UInt32.self, at: offset + 17))
+            let end = offset + WALFormat.recordHeaderSize + length
+            guard length <= maxStored, decodedSize <= maxRecordSize else {
+                if isLast, let reason = Self.zeroedTail(file, from: here) {
+                    return (.torn(offset: offset, reason: reason), expected)
+                }
+                throw WALError.corrupt(file: path, offset: offset, reason: "declared size out of bounds")
+            }
+            guard end <= file.count else {
+                if isLast { return (.torn(offset: offset, reason: "end of file inside a record"), expected) }
+                throw WALError.corrupt(file: path, offset: offset, reason: "record runs past end of file")
+            }
+            let covered = UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end])
+            guard CRC32C.unmask(storedCRC) == CRC32C.checksum(covered) else {
+                if isLast, end == file.count || Self.zeroedTail(file, from: here) != nil {
+                    return (
+                        .torn(
+                            offset: offset,
+                            reason: Self.zeroedTail(file, from: here) ?? "bad checksum in the last record"
+                        ), expected
+                    )
+                }
+                throw WALError.corrupt(file: path, offset: offset, reason: "checksum mismatch")
+            }
+            guard lsn == expected else {
+                throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn), \(expected) expected")
+            }
+            // The writer appends after the last lsn read: it must have a successor.
+            guard lsn < WALFormat.maxLSN else {
+                throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn) out of range")
+            }
+            let stored = UnsafeRawBufferPointer(
+                rebasing: file[(offset + WALFormat.recordHeaderSize)..<end]
+            )
+            let payload: UnsafeRawBufferPointer
+            do {
+                payload = try decompressor.decompress(stored, decodedSize: decodedSize)
+            } catch let error as LZ4Error {
+                throw WALError.corrupt(file: path, offset: offset, reason: error.description)
+            }
+            // Records the checkpoint holds are checked and decoded (the stream needs them)
+            // but not handed over.
+            if lsn > checkpointLSN {
+                try handler(WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset))
+            }
+            result.recordCount += 1
+            result.payloadBytes += decodedSize
+            result.lastLSN = max(lsn, checkpointLSN)
+            expected = lsn + 1
+            offset = end
+        }
+        return (.clean, expected)
     }
 
     private enum SegmentOutcome {

@@ -1,0 +1,112 @@
+import Foundation
+import TestSupport
+import Testing
+
+@testable import TenantEngine
+
+/// A tenant directory copied in from outside whose checkpoint is crafted (valid checksums, a
+/// room claiming 2^63 messages) never stops the real server, at start-up or on TENANT ATTACH,
+/// and `tenantctl verify` reports it.
+@Suite("Crafted tenant directories", .serialized)
+struct CraftedTenantTests {
+    struct Setup {
+        var data: String
+        var good: (id: String, token: String)
+        var craftedID: String
+        /// The crafted tenant directory's path in the data directory.
+        var craftedDirectory: String { self.data + "/tenant_" + self.craftedID }
+    }
+
+    /// Two real tenants made by the server, stopped cleanly (so each is one checkpoint); the
+    /// second one's checkpoint is then replaced by a crafted one at the same lsn, and the catalog
+    /// removed so that start-up reads every tenant directory.
+    static func makeCraftedTenant(in dir: TemporaryDirectory) throws -> Setup {
+        let data = dir.path + "/data"
+        let server = try TenantdProcess(dataDirectory: data)
+        let admin = try server.operatorClient()
+        let good = try admin.createTenant(name: "Good", subdomain: "good", owner: "owner")
+        let crafted = try admin.createTenant(name: "Crafted", subdomain: "crafted", owner: "owner")
+        #expect(try server.login("owner@good", good.token).call("POST", "r", "kept") == .integer(1))
+        #expect(try server.login("owner@crafted", crafted.token).call("POST", "r", "replaced") == .integer(1))
+        #expect(server.stop() == 0)
+
+        let checkpoints = data + "/tenant_\(crafted.id)/checkpoint"
+        let name = try #require(try FileManager.default.contentsOfDirectory(atPath: checkpoints).first)
+        let lsn = try #require(Checkpoint.lsn(ofFileNamed: name))
+        let body = CraftedInputTests.body(room: { writer in writer.writeVarint(1 << 63) })
+        try Data(try Checkpoint.encode(body: body, lsn: lsn)).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
+        try FileManager.default.removeItem(atPath: data + "/catalog/tenants.json")
+        return Setup(data: data, good: good, craftedID: crafted.id)
+    }
+
+    /// The good tenant still takes a POST and answers HISTORY with it.
+    static func expectGoodTenantServes(_ server: TenantdProcess, _ setup: Setup) throws {
+        let owner = try server.login("owner@good", setup.good.token)
+        #expect(try owner.call("POST", "r", "still here") == .integer(2))
+        let texts = try #require(try owner.call("HISTORY", "r", "LIMIT", "10").elements).compactMap {
+            $0.elements?[3].string
+        }
+        #expect(texts == ["kept", "still here"])
+    }
+
+    @Test func startUpServesTheOthersAndRefusesTheCraftedTenant() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let setup = try Self.makeCraftedTenant(in: dir)
+
+        let server = try TenantdProcess(dataDirectory: setup.data)
+        try Self.expectGoodTenantServes(server, setup)
+        let refused = try server.operatorClient().call("USE", setup.craftedID)
+        #expect(refused.errorCode == "NOTFOUND" || refused.errorCode == "IOERR", "\(refused)")
+        let log = server.stderrText()
+        #expect(log.contains("tenant_\(setup.craftedID) is not served") && log.contains("message count"), "\(log)")
+        #expect(server.stop() == 0)
+    }
+
+    @Test func attachRefusesTheCraftedTenantAndTheServerGoesOn() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let setup = try Self.makeCraftedTenant(in: dir)
+        let outside = dir.path + "/copied-in"
+        try FileManager.default.moveItem(atPath: setup.craftedDirectory, toPath: outside)
+
+        let server = try TenantdProcess(dataDirectory: setup.data)
+        try FileManager.default.moveItem(atPath: outside, toPath: setup.craftedDirectory)
+        let admin = try server.operatorClient()
+        let reply = try admin.call("TENANT", "ATTACH", setup.craftedID)
+        #expect(reply.errorCode == "IOERR", "\(reply)")
+        #expect(reply.errorText?.contains("message count") == true, "\(reply)")
+        #expect(try admin.call("PING") == .simple("PONG"))
+        try Self.expectGoodTenantServes(server, setup)
+        #expect(server.stop() == 0)
+    }
+
+    @Test func verifyReportsTheCraftedTenant() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let setup = try Self.makeCraftedTenant(in: dir)
+
+        let verified = try OperationsTests.run(OperationsTests.tenantctl, ["verify", setup.craftedDirectory])
+        #expect(verified.status == 1, "\(verified.output)")
+        #expect(verified.output.contains("BAD  \(setup.craftedDirectory)"), "\(verified.output)")
+        #expect(verified.output.contains("message count"), "\(verified.output)")
+        let whole = try OperationsTests.run(OperationsTests.tenantctl, ["verify", setup.data])
+        #expect(whole.status == 1, "\(whole.output)")
+        #expect(whole.output.contains("OK   \(setup.data)/tenant_\(setup.good.id)"), "\(whole.output)")
+    }
+
+    @Test func operatorStorageLimitThatOverflowsIsRefused() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TenantdProcess(dataDirectory: dir.path + "/data")
+        let admin = try server.operatorClient()
+        let id = try admin.createTenant(name: "Big", subdomain: "big").id
+        // 8589934592 GiB is 2^63 bytes: one past Int64.max.
+        let refused = try admin.call("TENANT", "UPDATE", id, "max_storage_gb", "8589934592")
+        #expect(refused.errorCode == "INVALID", "\(refused)")
+        let largest = try admin.call("TENANT", "UPDATE", id, "max_storage_gb", "8589934591")
+        #expect(largest.fields?["max_storage_bytes"] == .integer(8_589_934_591 << 30), "\(largest)")
+        #expect(try admin.call("PING") == .simple("PONG"))
+        #expect(server.stop() == 0)
+    }
+}
