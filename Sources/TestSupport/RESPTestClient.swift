@@ -58,6 +58,19 @@ public final class RESPTestClient: @unchecked Sendable {
         close(self.fd)
     }
 
+    /// Shrinks the socket's receive buffer, so that a client that does not read leaves its
+    /// replies with the server (the kernel would otherwise take megabytes of them). Not below
+    /// loopback's MSS (64 KiB): a smaller window stalls the sender on its persist timer.
+    public func shrinkReceiveBuffer(to bytes: Int32 = 128 << 10) {
+        var size = bytes
+        setsockopt(self.fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Closes the connection now (a client going away).
+    public func shutdown() {
+        Glibc.shutdown(self.fd, Int32(SHUT_RDWR))
+    }
+
     /// Encodes a command as a RESP array of bulk strings.
     public static func encode(_ words: [String]) -> [UInt8] {
         encode(words.map { Array($0.utf8) })
