@@ -17,7 +17,7 @@ final class AuthThrottle: Sendable {
 
     /// Failures one connection may make before delays start, and before it is closed.
     static let connectionFreeFailures = 2
-    static let connectionMaxFailures = 10
+    static let connectionMaxFailures = 8
     /// Recent failures one address may make before delays start, and past which each failing
     /// connection is closed.
     static let addressFreeFailures = 10.0
@@ -25,7 +25,7 @@ final class AuthThrottle: Sendable {
     /// How fast an address's failures are forgotten.
     static let decayPerSecond = 1.0 / 6
     /// The longest delay.
-    static let maxDelay = Duration.seconds(5)
+    static let maxDelay = Duration.seconds(3)
     /// Addresses tracked at most; past it the ones with no recent failure are forgotten.
     static let maxAddresses = 100_000
 
@@ -52,7 +52,7 @@ final class AuthThrottle: Sendable {
         let connectionExcess = connectionFailures - Self.connectionFreeFailures
         let addressExcess = Int(min(64, max(0, (recent - Self.addressFreeFailures).rounded(.up))))
         let delay = max(
-            Self.delay(excess: connectionExcess, base: .milliseconds(100)),
+            Self.delay(excess: connectionExcess, base: .milliseconds(50)),
             Self.delay(excess: addressExcess, base: .milliseconds(50))
         )
         return Decision(
