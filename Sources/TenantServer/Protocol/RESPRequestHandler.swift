@@ -126,7 +126,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             context.fireChannelRead(Self.wrapInboundOut(request))
             handedOver = true
         }
-        if self.buffer.readableBytes == 0 { self.buffer.clear() }
+        // An idle connection keeps no read buffer: ten thousand of them would hold 64 KiB each.
+        if self.buffer.readableBytes == 0 { self.buffer = ByteBuffer() }
         return handedOver
     }
 
