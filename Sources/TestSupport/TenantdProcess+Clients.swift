@@ -2,6 +2,11 @@
 public struct UnexpectedReply: Error, CustomStringConvertible {
     /// The command and what it got.
     public var description: String
+
+    /// Creates the error.
+    public init(description: String) {
+        self.description = description
+    }
 }
 
 extension RESPTestClient {

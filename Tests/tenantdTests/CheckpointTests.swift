@@ -1,10 +1,11 @@
 import Foundation
 import Logging
 import Synchronization
-import TenantEngine
 import TestSupport
 import Testing
 import WAL
+
+@testable import TenantEngine
 
 @Suite("Checkpoints and recovery")
 struct CheckpointTests {
@@ -32,10 +33,15 @@ struct CheckpointTests {
         return messages
     }
 
-    static func registry(_ path: String, checkpointBytes: Int64 = 64 << 20) async throws -> TenantRegistry {
+    static func registry(
+        _ path: String,
+        checkpointBytes: Int64 = 64 << 20,
+        segmentSize: Int = 8 << 20
+    ) async throws -> TenantRegistry {
         var configuration = EngineConfiguration(dataDirectory: path, fsync: .no)
         configuration.adminToken = "operator-secret-token-0123456789abcdef"
         configuration.checkpointBytes = checkpointBytes
+        configuration.segmentSize = segmentSize
         configuration.defaultPlan = .enterprise
         let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
         try await registry.bootstrap()
@@ -60,8 +66,8 @@ struct CheckpointTests {
         return seen
     }
 
-    /// The corpus posted one message per POST, then a clean stop: the directory is at most half
-    /// the raw text, and everything comes back.
+    /// The corpus posted one message per `post` (only the last ticket awaited), then a clean stop:
+    /// the tenant directory is at most half the raw text, and everything comes back on reopening.
     @Test func corpusCompressesToHalfItsTextAfterACleanStop() async throws {
         try await TemporaryDirectory.with { dir in
             let messages = try Self.corpus()
@@ -94,6 +100,8 @@ struct CheckpointTests {
         }
     }
 
+    /// Checkpoints taken in the background every 16 KiB of log: one checkpoint file and few segments
+    /// are left, and both a crash (a copy of the live directory) and a clean restart give everything back.
     @Test func checkpointsTakenByLogSizeKeepEverythingAcrossRestarts() async throws {
         try await TemporaryDirectory.with { dir in
             let registry = try await Self.registry(dir.path, checkpointBytes: 16 * 1024)
@@ -109,12 +117,16 @@ struct CheckpointTests {
                 )
                 if index % 500 == 0 { _ = try await tenant.addUser(alice, name: "user\(index)", role: .member) }
             }
+            // A background checkpoint may still be running (its new file beside the old one for a moment):
+            // wait for it on the tenant's own flag, with a deadline, before counting files.
+            try await waitUntil("the background checkpoint to finish") { await !tenant.checkpointRunning }
             let checkpoints = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/checkpoint")
-            #expect(checkpoints.filter { $0.hasSuffix(".ckpt") }.count == 1)
+            #expect(checkpoints.filter { $0.hasSuffix(".ckpt") }.count == 1, "\(checkpoints)")
             let segments = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/wal")
             #expect(segments.count <= 3, "covered segments were dropped: \(segments)")
             let before = try await Self.observe(tenant)
-            // A crash (no clean stop) recovers from the newest checkpoint and the segments after it.
+            // A crash (a copy taken with no clean stop) recovers from the newest checkpoint and the log
+            // after it, which holds one more message.
             let copy = dir.path + "/crash/tenant_\(id)"
             try FileManager.default.createDirectory(atPath: dir.path + "/crash", withIntermediateDirectories: true)
             try await tenant.checkpoint()
@@ -130,6 +142,10 @@ struct CheckpointTests {
             )
             #expect(try await Self.observe(crashed) == expected)
             await crashed.close()
+            // A clean restart of the original directory gives the same.
+            let reopened = try await Self.registry(dir.path, checkpointBytes: 16 * 1024)
+            #expect(try await Self.observe(try await reopened.tenant(id: id)) == expected)
+            await reopened.shutdown()
         }
     }
 
@@ -139,17 +155,18 @@ struct CheckpointTests {
         return configuration
     }
 
-    /// A crash at any step of a checkpoint leaves a directory that recovers whole: before the
-    /// rename (a temp file), after it (segments still there), and half way through dropping segments.
+    /// A crash at each step of a tenant's first checkpoint leaves a directory that recovers whole and
+    /// takes writes: before the rename (a whole or a torn temp file), after it (every segment still
+    /// there), half way through dropping the covered segments, and once all of them are dropped.
     @Test func aCrashAtAnyStepOfACheckpointRecoversEverything() async throws {
         try await TemporaryDirectory.with { dir in
-            let registry = try await Self.registry(dir.path)
+            // Several segments: the log rolls to a new one past 1 KiB.
+            let registry = try await Self.registry(dir.path, segmentSize: 1024)
             let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
             let id = created.metadata.tenantID
             let path = dir.path + "/tenant_\(id)"
             let tenant = try await registry.tenant(id: id)
             let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
-            // Several segments: restart between bursts, each restart opens a new one.
             for index in 1...400 { _ = try await tenant.postAndCommit(alice, room: "r", text: "m\(index)") }
             let expected = try await Self.observe(tenant)
             let fileManager = FileManager.default
@@ -163,7 +180,7 @@ struct CheckpointTests {
             let segmentNames = try fileManager.contentsOfDirectory(atPath: before + "/wal").filter {
                 $0.hasSuffix(".wal")
             }.sorted()
-            #expect(!segmentNames.isEmpty)
+            #expect(segmentNames.count >= 2, "\(segmentNames)")
 
             var trials: [(String, (String) throws -> Void)] = []
             trials.append(
@@ -224,6 +241,24 @@ struct CheckpointTests {
                             toPath: trial + "/checkpoint/" + checkpointName
                         )
                         for name in segmentNames.prefix(max(1, segmentNames.count / 2)) {
+                            try fileManager.removeItem(atPath: trial + "/wal/" + name)
+                        }
+                    }
+                )
+            )
+            trials.append(
+                (
+                    "every segment dropped",
+                    { trial in
+                        try fileManager.createDirectory(
+                            atPath: trial + "/checkpoint",
+                            withIntermediateDirectories: true
+                        )
+                        try fileManager.copyItem(
+                            atPath: after + "/checkpoint/" + checkpointName,
+                            toPath: trial + "/checkpoint/" + checkpointName
+                        )
+                        for name in segmentNames {
                             try fileManager.removeItem(atPath: trial + "/wal/" + name)
                         }
                     }

@@ -147,7 +147,9 @@ struct CrashTrialTests {
         var writers: [Writer] = []
         for tenant in 0..<2 {
             let created = try admin.createTenant(name: "T\(tenant)", subdomain: "team-\(tenant)", plan: "enterprise")
-            for room in 0..<2 { writers.append(Writer(user: "alice@team-\(tenant)", token: created.token, room: "r\(room)")) }
+            for room in 0..<2 {
+                writers.append(Writer(user: "alice@team-\(tenant)", token: created.token, room: "r\(room)"))
+            }
         }
         let acked = Mutex([Int](repeating: 0, count: writers.count))
         let problems = Mutex([String]())

@@ -182,6 +182,27 @@ struct LimitsTests {
         #expect(server.stop() == 0)
     }
 
+    @Test func subscriptionsStopAtTheDefaultMaximumAndMemoryStaysBounded() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try Self.server(dir)
+        let acme = try Self.tenant(server)
+        let baseline = server.residentBytes()
+        for batch in 0..<10 {
+            let rooms = (0..<1000).map { "room-\(batch)-\($0)" }
+            try acme.owner.send(raw: RESPTestClient.encode(["SUBSCRIBE"] + rooms))
+            for index in 0..<1000 {
+                let reply = try acme.owner.read()
+                #expect(reply.elements?[2].int == Int64(batch * 1000 + index + 1), "\(reply)")
+            }
+        }
+        // The 10,001st room is refused.
+        #expect(try acme.owner.call("SUBSCRIBE", "one-more").errorText?.hasPrefix("ERR max-subscriptions") == true)
+        let grown = server.residentBytes() - baseline
+        #expect(grown < 64 * Self.mebibyte, "resident memory grew by \(grown >> 20) MiB for 10,000 subscriptions")
+        #expect(server.stop() == 0)
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func subscribersThatNeverReadAreDisconnectedAndMemoryStaysBounded() throws {
         let dir = try TemporaryDirectory()

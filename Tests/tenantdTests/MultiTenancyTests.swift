@@ -357,7 +357,9 @@ struct MultiTenancyTests {
         DispatchQueue.concurrentPerform(iterations: 8) { worker in
             do {
                 let client = try RESPTestClient(port: port)
-                _ = try client.call("AUTH", token)
+                guard try client.call("AUTH", token) == .simple("OK") else {
+                    throw UnexpectedReply(description: "AUTH")
+                }
                 let replies = try client.pipeline(
                     (0..<60).map { ["POST", "/tenant/burst\($0 % 20)/general", "w\(worker)"] }
                 )

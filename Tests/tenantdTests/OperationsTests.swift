@@ -78,7 +78,7 @@ struct OperationsTests {
         #expect(refused.errorCode == "IOERR" || refused.errorCode == "WRONGPASS", "\(refused)")
         // The operator is told exactly where: file and offset.
         let operatorClient = try server.client()
-        _ = try operatorClient.call("AUTH", "admin", server.adminToken())
+        #expect(try operatorClient.call("AUTH", "admin", server.adminToken()) == .simple("OK"))
         let quarantined = try #require(try operatorClient.call("USE", idA).errorText)
         #expect(quarantined.hasPrefix("IOERR"))
         #expect(quarantined.contains(first) && quarantined.contains("offset 24"), "\(quarantined)")
@@ -143,19 +143,29 @@ struct OperationsTests {
         defer { dir.remove() }
         let data = dir.path + "/data"
         let server = try TenantdProcess(dataDirectory: data, environment: ["TENANT_IDLE_SECONDS": "1"])
-        let (id, token) = try server.operatorClient().createTenant(name: "A", subdomain: "tenant-a")
+        let admin = try server.operatorClient()
+        let (id, token) = try admin.createTenant(name: "A", subdomain: "tenant-a")
+        let (otherID, otherToken) = try admin.createTenant(name: "B", subdomain: "tenant-b")
         let checkpoints = "\(data)/tenant_\(id)/checkpoint"
+        let otherCheckpoints = "\(data)/tenant_\(otherID)/checkpoint"
         var owner: RESPTestClient? = try server.client()
         #expect(try owner?.call("AUTH", "alice@tenant-a", token) == .simple("OK"))
         #expect(try owner?.call("POST", "r", "hello") == .integer(1))
-        usleep(2_500_000)
-        // Held by a connection: still open, no checkpoint written.
+        // B, used as A was and then let go, is the clock: once B is passivated, A has been idle as long.
+        let other = try server.login("alice@tenant-b", otherToken)
+        #expect(try other.call("POST", "r", "hello") == .integer(1))
+        other.shutdown()
+        try waitUntil("tenant B to be passivated") {
+            (try? FileManager.default.contentsOfDirectory(atPath: otherCheckpoints).count) == 1
+        }
+        // A is held by a connection: still open, no checkpoint written.
         #expect(!FileManager.default.fileExists(atPath: checkpoints))
         #expect(try owner?.call("POST", "r", "still here") == .integer(2))
         owner = nil
-        usleep(3_000_000)
-        // Passivated: closing wrote its checkpoint. The next use opens it again.
-        #expect(try FileManager.default.contentsOfDirectory(atPath: checkpoints).count == 1)
+        // Let go: passivated, and closing wrote its checkpoint. The next use opens it again.
+        try waitUntil("tenant A to be passivated") {
+            (try? FileManager.default.contentsOfDirectory(atPath: checkpoints).count) == 1
+        }
         let again = try server.client()
         #expect(try again.call("AUTH", "alice@tenant-a", token) == .simple("OK"))
         #expect(try again.call("HISTORY", "r").elements?.count == 2)
@@ -176,13 +186,15 @@ struct OperationsTests {
         let stop = Mutex(false)
         let writer = Thread {
             guard let client = try? RESPTestClient(port: port),
-                (try? client.call("AUTH", "alice@acme", acme.token)) != nil
+                (try? client.call("AUTH", "alice@acme", acme.token)) == .simple("OK")
             else { return }
             while !stop.withLock({ $0 }) { _ = try? client.pipeline((0..<20).map { ["POST", "busy", "b\($0)"] }) }
         }
         writer.start()
         // The snapshot is taken while that writer is known to be writing.
-        while try owner.call("HISTORY", "busy", "LIMIT", "1").elements?.isEmpty != false { usleep(1000) }
+        try waitUntil("the writer's first message") {
+            try owner.call("HISTORY", "busy", "LIMIT", "1").elements?.isEmpty == false
+        }
         let snapshots = dir.path + "/snapshots"
         try FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true)
         let reply = try #require(try adminA.call("TENANT", "SNAPSHOT", "acme", snapshots).fields)
@@ -264,9 +276,9 @@ struct OperationsTests {
         #expect(try owner.call("POST", "r", "x") == .integer(1))
         #expect(try owner.call("POST", "bad room", "x").errorCode == "INVALID")
         var metrics = ""
-        for _ in 0..<50 where !metrics.contains("tenantd_commands_total") {
+        try waitUntil("the metrics endpoint") {
             metrics = try Self.httpGet(port: metricsPort, path: "/metrics")
-            usleep(20_000)
+            return metrics.contains("tenantd_commands_total")
         }
         #expect(metrics.hasPrefix("HTTP/1.1 200 OK"))
         #expect(metrics.contains(#"tenantd_commands_total{command="post"} 2"#), "\(metrics)")
@@ -280,8 +292,7 @@ struct OperationsTests {
             arguments: ["--metrics-port", String(metricsPort)]
         )
         #expect(try second.client().call("PING") == .simple("PONG"))
-        for _ in 0..<100 where !second.stderrText().contains("metrics listener not started") { usleep(20_000) }
-        #expect(second.stderrText().contains("metrics listener not started"))
+        try waitUntil("the second server's log line") { second.stderrText().contains("metrics listener not started") }
         #expect(second.stop() == 0)
         #expect(running.stop() == 0)
     }

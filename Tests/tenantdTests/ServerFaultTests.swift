@@ -28,7 +28,7 @@ struct ServerFaultTests {
             let group = ServiceGroup(services: [server], logger: Logger.quiet)
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
-                while port.withLock({ $0 }) == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                try await waitUntil("the server to listen") { port.withLock { $0 } != 0 }
                 let client = try RESPTestClient(port: port.withLock { $0 })
                 #expect(try client.call("AUTH", "alice@acme", created.ownerToken) == .simple("OK"))
                 #expect(try client.call("POST", "r", "before") == .integer(1))
@@ -49,7 +49,7 @@ struct ServerFaultTests {
                 // The disk recovers; the operator reopens the tenant; everything acknowledged is there.
                 disk.clearFaults()
                 let admin = try RESPTestClient(port: port.withLock { $0 })
-                _ = try admin.call("AUTH", "operator-token-0123456789abcdef-0123")
+                #expect(try admin.call("AUTH", "operator-token-0123456789abcdef-0123") == .simple("OK"))
                 #expect(try admin.call("TENANT", "REOPEN", "acme") == .simple("OK"))
                 let history = try #require(try client.call("HISTORY", "r", "AFTER", "0", "LIMIT", "1000").elements)
                 #expect(history.count >= acknowledged + 1)

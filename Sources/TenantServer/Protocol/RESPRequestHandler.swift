@@ -22,6 +22,7 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     private var readHeld = false
     private var broken = false
     private var inputClosed = false
+    private var inputClosedPassedOn = false
     private var context: ChannelHandlerContext?
 
     init(limits: RESPRequestParser.Limits, gate: RequestGate) {
@@ -67,6 +68,7 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             self.inputClosed = true
             if self.waiting { return }  // passed on once the requests before it are handed over
             self.dropPartialRequest()
+            self.inputClosedPassedOn = true
         }
         if let idle = event as? IdleStateHandler.IdleStateEvent, case .read = idle {
             // `timeout`: an idle client is closed, unless it subscribes or waits for answers.
@@ -86,8 +88,9 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             context.fireChannelReadComplete()
         }
         if !self.waiting {
-            if self.inputClosed {
+            if self.inputClosed && !self.inputClosedPassedOn {
                 self.dropPartialRequest()
+                self.inputClosedPassedOn = true
                 context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             }
             if self.readHeld {
