@@ -52,6 +52,20 @@ struct CraftedInputTests {
         }
     }
 
+    @Test func aDecompressionBombIsRefusedBeforeItExpands() throws {
+        // 260 MiB of zeros in 4 MiB blocks make a file of about 1 MB: over 256 MiB and 64 times
+        // the file, refused at the block that would pass the bound, before it is decompressed.
+        let body = [UInt8](repeating: 0, count: 260 << 20)
+        let file = try Checkpoint.encode(body: body, lsn: 7)
+        #expect(file.count < 4 << 20)
+        #expect(throws: WALError.self) { _ = try Checkpoint.decode(bytes: file, path: "bomb.ckpt") }
+        do {
+            _ = try Checkpoint.decode(bytes: file, path: "bomb.ckpt")
+        } catch let error as WALError {
+            #expect(error.description.contains("64 times the file"), "\(error)")
+        }
+    }
+
     @Test(arguments: [UInt64(1) << 63, UInt64.max, UInt64(Int64.max)])
     func messageCountBeyondTheBodyIsRefused(count: UInt64) throws {
         let body = Self.body(room: { writer in writer.writeVarint(count) })

@@ -20,6 +20,9 @@ enum Checkpoint {
     /// The raw size of one block.
     static let blockSize = 4 << 20
     static let fileExtension = ".ckpt"
+    /// The most a checkpoint's body may expand its file by, and the body any file may have.
+    static let maxExpansion = 64
+    static let minimumBodyBound = 256 << 20
 
     static func fileName(lsn: UInt64) -> String {
         WALFormat.segmentName(firstLSN: lsn).replacingOccurrences(of: WALFormat.segmentExtension, with: fileExtension)
@@ -137,6 +140,12 @@ enum Checkpoint {
             let lsn = file.loadLittleEndian(UInt64.self, at: 8)
             guard lsn <= WALFormat.maxLSN else { throw corrupt(8, "checkpoint lsn \(lsn) out of range") }
             let blockCount = Int(file.loadLittleEndian(UInt32.self, at: 16))
+            // lz4 expands up to 255 times: a crafted file of a few MB could otherwise ask for
+            // gigabytes. Real bodies (chat text, columns of small numbers) stay far below this.
+            let maxBody = max(
+                Self.minimumBodyBound,
+                file.count.multipliedReportingOverflow(by: Self.maxExpansion).partialValue
+            )
             var body: [UInt8] = []
             var offset = Self.headerSize
             let maxStored = LZ4Block.compressBound(Self.blockSize)
@@ -148,6 +157,9 @@ enum Checkpoint {
                 guard rawLength <= Self.blockSize, storedLength <= maxStored,
                     file.count - offset - Self.blockHeaderSize >= storedLength
                 else { throw corrupt(offset, "block size out of bounds") }
+                guard maxBody - body.count >= rawLength else {
+                    throw corrupt(offset, "body over \(maxBody) bytes, \(Self.maxExpansion) times the file")
+                }
                 let end = offset + Self.blockHeaderSize + storedLength
                 guard CRC32C.unmask(crc) == CRC32C.checksum(UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end]))
                 else { throw corrupt(offset, "block checksum mismatch") }
