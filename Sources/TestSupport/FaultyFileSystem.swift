@@ -19,7 +19,7 @@ public final class FaultyFileSystem: WALFileSystem {
     }
 
     private struct State {
-        var countdown: [Operation: (remaining: Int, errno: Int32)] = [:]
+        var countdown: [Operation: (remaining: Int, errno: Int32, times: Int)] = [:]
         var calls: [Operation: Int] = [:]
         var paths: [Int32: String] = [:]
         var syncedLength: [String: Int] = [:]
@@ -32,9 +32,10 @@ public final class FaultyFileSystem: WALFileSystem {
     /// Creates a file system with no faults.
     public init() {}
 
-    /// Makes the `skip + 1`th next call of `operation` fail with `errno`.
-    public func fail(_ operation: Operation, after skip: Int = 0, errno: Int32 = EIO) {
-        self.state.withLock { $0.countdown[operation] = (skip, errno) }
+    /// Makes the `skip + 1`th next call of `operation` fail with `errno`, and the `times - 1`
+    /// calls after it too (until ``clearFaults()``, with `Int.max`).
+    public func fail(_ operation: Operation, after skip: Int = 0, errno: Int32 = EIO, times: Int = 1) {
+        self.state.withLock { $0.countdown[operation] = (skip, errno, times) }
     }
 
     /// Removes every pending fault: the disk is healthy again.
@@ -52,10 +53,10 @@ public final class FaultyFileSystem: WALFileSystem {
             state.calls[operation, default: 0] += 1
             guard let pending = state.countdown[operation] else { return nil }
             if pending.remaining > 0 {
-                state.countdown[operation] = (pending.remaining - 1, pending.errno)
+                state.countdown[operation] = (pending.remaining - 1, pending.errno, pending.times)
                 return nil
             }
-            state.countdown[operation] = nil
+            state.countdown[operation] = pending.times > 1 ? (0, pending.errno, pending.times - 1) : nil
             return pending.errno
         }
         if let failure { throw WALError.io("\(operation) (injected)", path: path, errno: failure) }

@@ -8,6 +8,7 @@ import Darwin
 public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
     private enum Code: Hashable, Sendable {
         case io(operation: String, path: String, errno: Int32)
+        case shortage(operation: String, path: String, errno: Int32)
         case corrupt(file: String, offset: Int, reason: String)
         case recordTooLarge(Int, limit: Int)
         case closed
@@ -47,20 +48,29 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
         return false
     }
 
-    /// True for a shortage that passes (EMFILE, ENFILE, ENOMEM on opening a file): the log is
-    /// intact, the write may be retried, and it will be by the writer itself.
+    /// True for a shortage that passes (EMFILE, ENFILE, ENOMEM when the writer created a
+    /// segment): the log is intact and the writer retries by itself. A write's or a sync's
+    /// failure is never one, whatever its errno.
     public var isTransient: Bool {
-        if case .io(_, _, let code) = self.code { return Self.transientErrnos.contains(code) }
+        if case .shortage = self.code { return true }
         return false
     }
 
     /// The errnos of a shortage that passes.
     public static let transientErrnos: Set<Int32> = [EMFILE, ENFILE, ENOMEM]
 
+    /// This error as a shortage, when it is an I/O error with one of ``transientErrnos``.
+    public var asShortage: WALError? {
+        guard case .io(let operation, let path, let errno) = self.code, Self.transientErrnos.contains(errno) else {
+            return nil
+        }
+        return WALError(.shortage(operation: operation, path: path, errno: errno))
+    }
+
     /// The description without file paths, for a tenant's users: what failed and the errno's name.
     public var publicDescription: String {
         switch self.code {
-        case .io(let operation, _, let errno):
+        case .io(let operation, _, let errno), .shortage(let operation, _, let errno):
             return "\(operation): \(POSIXFile.errorString(errno))"
         case .corrupt(_, _, let reason):
             return "the log is damaged: \(reason)"
@@ -85,7 +95,7 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self.code {
-        case .io(let operation, let path, let errno):
+        case .io(let operation, let path, let errno), .shortage(let operation, let path, let errno):
             return "\(operation) \(path): \(POSIXFile.errorString(errno)) (errno \(errno))"
         case .corrupt(let file, let offset, let reason):
             return "corrupt log \(file) at offset \(offset): \(reason)"

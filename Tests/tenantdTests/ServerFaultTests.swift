@@ -28,32 +28,37 @@ struct ServerFaultTests {
             let group = ServiceGroup(services: [server], logger: Logger.quiet)
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
-                try await waitUntil("the server to listen") { port.withLock { $0 } != 0 }
-                let client = try RESPTestClient(port: port.withLock { $0 })
-                #expect(try client.call("AUTH", "alice@acme", created.ownerToken) == .simple("OK"))
-                #expect(try client.call("POST", "r", "before") == .integer(1))
-                // The 3rd fdatasync from now fails: a pipelined burst straddles the fault.
-                disk.fail(.sync, after: 2, errno: EIO)
-                var replies: [RESPReply] = []
-                for _ in 0..<10 {
-                    replies += try client.pipeline((0..<50).map { ["POST", "r", "burst \($0)"] })
+                try await waitUntilAsync("the server to listen") { port.withLock { $0 } != 0 }
+                let bound = port.withLock { $0 }
+                let token = created.ownerToken
+                // The blocking client runs on a thread of its own, never on the pool the server uses.
+                try await offThePool {
+                    let client = try RESPTestClient(port: bound)
+                    #expect(try client.call("AUTH", "alice@acme", token) == .simple("OK"))
+                    #expect(try client.call("POST", "r", "before") == .integer(1))
+                    // The 3rd fdatasync from now fails: a pipelined burst straddles the fault.
+                    disk.fail(.sync, after: 2, errno: EIO)
+                    var replies: [RESPReply] = []
+                    for _ in 0..<10 {
+                        replies += try client.pipeline((0..<50).map { ["POST", "r", "burst \($0)"] })
+                    }
+                    let acknowledged = replies.prefix { $0.int != nil }.count
+                    #expect(acknowledged < replies.count, "the fault was never hit")
+                    #expect(
+                        replies.prefix(acknowledged)
+                            == ArraySlice((0..<acknowledged).map { RESPReply.integer(Int64($0 + 2)) })
+                    )
+                    #expect(replies.dropFirst(acknowledged).allSatisfy { $0.errorCode == "IOERR" })
+                    #expect(try client.call("HISTORY", "r", "LIMIT", "1000").elements?.count == acknowledged + 1)
+                    // The disk recovers; the operator reopens the tenant; everything acknowledged is there.
+                    disk.clearFaults()
+                    let admin = try RESPTestClient(port: bound)
+                    #expect(try admin.call("AUTH", "operator-token-0123456789abcdef-0123") == .simple("OK"))
+                    #expect(try admin.call("TENANT", "REOPEN", "acme") == .simple("OK"))
+                    let history = try #require(try client.call("HISTORY", "r", "AFTER", "0", "LIMIT", "1000").elements)
+                    #expect(history.count >= acknowledged + 1)
+                    #expect(try client.call("POST", "r", "after") == .integer(Int64(history.count + 1)))
                 }
-                let acknowledged = replies.prefix { $0.int != nil }.count
-                #expect(acknowledged < replies.count, "the fault was never hit")
-                #expect(
-                    replies.prefix(acknowledged)
-                        == ArraySlice((0..<acknowledged).map { RESPReply.integer(Int64($0 + 2)) })
-                )
-                #expect(replies.dropFirst(acknowledged).allSatisfy { $0.errorCode == "IOERR" })
-                #expect(try client.call("HISTORY", "r", "LIMIT", "1000").elements?.count == acknowledged + 1)
-                // The disk recovers; the operator reopens the tenant; everything acknowledged is there.
-                disk.clearFaults()
-                let admin = try RESPTestClient(port: port.withLock { $0 })
-                #expect(try admin.call("AUTH", "operator-token-0123456789abcdef-0123") == .simple("OK"))
-                #expect(try admin.call("TENANT", "REOPEN", "acme") == .simple("OK"))
-                let history = try #require(try client.call("HISTORY", "r", "AFTER", "0", "LIMIT", "1000").elements)
-                #expect(history.count >= acknowledged + 1)
-                #expect(try client.call("POST", "r", "after") == .integer(Int64(history.count + 1)))
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
             }

@@ -49,6 +49,75 @@ struct TransientFaultTests {
         }
     }
 
+    @Test(arguments: [(FaultyFileSystem.Operation.write, ENOMEM), (.sync, ENOMEM), (.write, EMFILE)])
+    func aWriteOrSyncFailureIsNeverTakenForAShortage(operation: FaultyFileSystem.Operation, code: Int32) async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let writer = try WALWriter(
+                directory: dir.path,
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .always),
+                fileSystem: disk
+            )
+            try await writer.waitUntilDurable(try writer.append(type: 1, payload: Self.payload(0)))
+            disk.fail(operation, errno: code)
+            let lsn = try writer.append(type: 1, payload: Self.payload(1))
+            await #expect(throws: WALError.self) { try await writer.waitUntilDurable(lsn) }
+            // The log failed: a write that may have partly landed is never retried.
+            let failure = try #require(writer.failure)
+            #expect(!failure.isTransient)
+            #expect(throws: WALError.self) { _ = try writer.append(type: 1, payload: Self.payload(2)) }
+        }
+    }
+
+    @Test func aLongShortageBoundsWhatTheLogQueues() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let configuration = WALConfiguration(fsync: .always, segmentSize: 4096)
+            let writer = try WALWriter(directory: dir.path, lastLSN: 0, configuration: configuration, fileSystem: disk)
+            try await writer.waitUntilDurable(try writer.append(type: 1, payload: Self.payload(0)))
+            disk.fail(.createSegment, errno: EMFILE, times: .max)
+            // Fresh random bytes do not compress: each record takes its size in the queue.
+            var generator = SystemRandomNumberGenerator()
+            let size = 2048
+            var appended = 0
+            var refused: WALError?
+            while refused == nil && appended < 20_000 {
+                let payload = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                do {
+                    let lsn = try writer.append(type: 1, payload: payload)
+                    appended += 1
+                    if appended % 64 == 0 { try? await writer.waitUntilDurable(lsn) }
+                } catch let error as WALError {
+                    refused = error
+                }
+            }
+            let error = try #require(refused, "appends were never refused during the shortage")
+            #expect(error.isTransient)
+            #expect(appended * size < 2 * WALWriter.maxHeldBackBytes, "\(appended) records queued")
+            #expect(writer.failure == nil)
+            // The shortage passes: everything queued lands, in order, and appends go on.
+            disk.clearFaults()
+            let next = try await Self.appendWhenAccepted(writer, payload: Self.payload(99))
+            try await writer.waitUntilDurable(next)
+            try await writer.close()
+            let records = try FaultTests.readAll(dir.path)
+            #expect(records.count == appended + 2)
+            #expect(records.last == Self.payload(99))
+        }
+    }
+
+    /// Appends once the writer takes appends again (its retry has drained the queue).
+    static func appendWhenAccepted(_ writer: WALWriter, payload: [UInt8]) async throws -> UInt64 {
+        var lsn: UInt64 = 0
+        try await waitUntilAsync("the writer to take appends again") {
+            guard let accepted = try? writer.append(type: 1, payload: payload) else { return false }
+            lsn = accepted
+            return true
+        }
+        return lsn
+    }
+
     @Test func aTenantKeepsServingThroughAShortageAndItsUsersSeeNoServerPath() async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()

@@ -40,12 +40,14 @@ final class AuthThrottle: Sendable {
         let key = ClientAddress.rateKey(address)
         let recent = self.addresses.withLock { addresses -> Double in
             var entry = addresses[key] ?? (0, now)
-            let elapsed = Double(entry.updated.duration(to: now).components.seconds)
-            entry.failures = max(0, entry.failures - elapsed * Self.decayPerSecond) + 1
+            entry.failures = Self.decayed(entry, now: now) + 1
             entry.updated = now
             addresses[key] = entry
             if addresses.count > Self.maxAddresses {
-                addresses = addresses.filter { $0.value.failures >= 2 }
+                // Forget the addresses whose failures have decayed; if too many are still recent
+                // (a flood from very many addresses), forget them all rather than grow.
+                addresses = addresses.filter { Self.decayed($0.value, now: now) >= 1 }
+                if addresses.count > Self.maxAddresses / 2 { addresses = [key: entry] }
             }
             return entry.failures
         }
@@ -59,6 +61,18 @@ final class AuthThrottle: Sendable {
             delay: delay,
             disconnect: connectionFailures >= Self.connectionMaxFailures || recent > Self.addressMaxFailures
         )
+    }
+
+    /// The addresses tracked now.
+    var trackedAddresses: Int { self.addresses.withLock { $0.count } }
+
+    /// An address's failures at `now`, forgotten at ``decayPerSecond`` since they were counted.
+    private static func decayed(
+        _ entry: (failures: Double, updated: ContinuousClock.Instant),
+        now: ContinuousClock.Instant
+    ) -> Double {
+        let elapsed = entry.updated.duration(to: now) / .seconds(1)
+        return max(0, entry.failures - max(0, elapsed) * Self.decayPerSecond)
     }
 
     private static func delay(excess: Int, base: Duration) -> Duration {

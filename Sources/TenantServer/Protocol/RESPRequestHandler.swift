@@ -41,6 +41,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.gate.onWakeUp(nil)
+        self.buffer = ByteBuffer()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -71,10 +73,9 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             self.inputClosedPassedOn = true
         }
         if let idle = event as? IdleStateHandler.IdleStateEvent, case .read = idle {
-            // `timeout`: an idle client is closed, unless it subscribes or waits for answers.
-            if !self.gate.isSubscribed && self.gate.outstandingBytes == 0 && !self.waiting {
-                context.close(promise: nil)
-            }
+            // `timeout`: a client that sent nothing for that long is closed unless it subscribes,
+            // as Redis closes it (a pipeliner that stopped reading its replies included).
+            if !self.gate.isSubscribed { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)

@@ -22,8 +22,9 @@ final class RequestGate: Sendable {
         self.bound = bound
     }
 
-    /// Called by the handler once, with what resumes it on its event loop.
-    func onWakeUp(_ body: @escaping @Sendable () -> Void) {
+    /// Called by the handler when it is added, with what resumes it on its event loop, and with
+    /// nil when it is removed (the closure holds the handler: the cycle must be broken).
+    func onWakeUp(_ body: (@Sendable () -> Void)?) {
         self.wakeUp.withLock { $0 = body }
     }
 

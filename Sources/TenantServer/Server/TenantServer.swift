@@ -62,7 +62,7 @@ public final class TenantServer: Service {
         let serverChannel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port) {
             channel in
             channel.eventLoop.makeCompletedFuture { () -> AcceptedConnection in
-                guard connections.admit(channel, limit: limits.maxClients) else {
+                guard let id = connections.admit(channel, limit: limits.maxClients) else {
                     // `maxclients`: refused as Redis refuses, before any request is read.
                     try channel.pipeline.syncOperations.addHandler(RefusingHandler())
                     return .refused
@@ -75,7 +75,7 @@ public final class TenantServer: Service {
                 }
                 try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
                 let wrapped = try NIOAsyncChannel<RESPRequest, ByteBuffer>(wrappingChannelSynchronously: channel)
-                return .accepted(wrapped, gate)
+                return .accepted(wrapped, gate, id)
             }
         }
         let port = serverChannel.channel.localAddress?.port ?? self.configuration.port
@@ -86,17 +86,13 @@ public final class TenantServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 try await serverChannel.executeThenClose { inbound in
                     for try await accepted in inbound {
-                        guard case .accepted(let connection, let gate) = accepted else {
+                        guard case .accepted(let connection, let gate, let id) = accepted else {
                             ServerMetrics.connectionRefused()
                             continue
                         }
                         group.addTask {
-                            let id = connections.add(connection.channel)
                             ServerMetrics.connectionOpened()
-                            defer {
-                                connections.remove(id)
-                                ServerMetrics.connectionClosed()
-                            }
+                            defer { ServerMetrics.connectionClosed() }
                             await Connection(id: id, channel: connection, gate: gate, dispatcher: dispatcher).run()
                         }
                     }
@@ -110,6 +106,9 @@ public final class TenantServer: Service {
 }
 
 extension TenantServer {
+    /// The connections' channels open now (for tests).
+    var openChannels: [any Channel] { self.connections.openChannels }
+
     static func tcpOption(_ name: Int32) -> ChannelOptions.Types.SocketOption {
         ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: name))
     }
@@ -117,7 +116,7 @@ extension TenantServer {
 
 /// What the accept loop gets for a new socket.
 enum AcceptedConnection: Sendable {
-    case accepted(NIOAsyncChannel<RESPRequest, ByteBuffer>, RequestGate)
+    case accepted(NIOAsyncChannel<RESPRequest, ByteBuffer>, RequestGate, Int64)
     /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
     case refused
 }
@@ -134,49 +133,54 @@ final class RefusingHandler: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
-/// The open connections, so a shutdown can reach them.
+/// The open connections, so a shutdown can reach them, and their count for `maxclients`.
+///
+/// A socket is registered as it is accepted (in its channel initializer, before any request is
+/// read) and forgotten when it closes, so a shutdown reaches every connection, even one accepted
+/// a moment before it; after the shutdown began, new sockets are refused.
 final class ConnectionTracker: Sendable {
-    private let state = Mutex<(next: Int64, channels: [Int64: any Channel])>((1, [:]))
-    /// Sockets accepted and not yet closed, refused ones aside: what `maxclients` counts.
-    private let open = Atomic<Int>(0)
-
-    /// Counts a new socket against `limit`, until it closes.
-    /// - Returns: false when `limit` sockets are open already.
-    func admit(_ channel: any Channel, limit: Int) -> Bool {
-        let count = self.open.wrappingAdd(1, ordering: .relaxed).newValue
-        guard count <= limit else {
-            self.open.wrappingSubtract(1, ordering: .relaxed)
-            return false
-        }
-        channel.closeFuture.whenComplete { _ in self.open.wrappingSubtract(1, ordering: .relaxed) }
-        return true
+    private struct State {
+        var next: Int64 = 1
+        var channels: [Int64: any Channel] = [:]
+        var shuttingDown = false
     }
 
-    /// Sockets open now.
-    var openCount: Int { self.open.load(ordering: .relaxed) }
+    private let state = Mutex(State())
 
-    func add(_ channel: any Channel) -> Int64 {
-        self.state.withLock { state in
+    /// Registers a new socket, unless `limit` sockets are open or the server is shutting down.
+    /// - Returns: the connection's id, or nil when it is refused.
+    func admit(_ channel: any Channel, limit: Int) -> Int64? {
+        let id: Int64? = self.state.withLock { state in
+            guard !state.shuttingDown, state.channels.count < limit else { return nil }
             defer { state.next += 1 }
             state.channels[state.next] = channel
             return state.next
         }
+        if let id {
+            channel.closeFuture.whenComplete { _ in
+                _ = self.state.withLock { $0.channels.removeValue(forKey: id) }
+            }
+        }
+        return id
     }
 
-    func remove(_ id: Int64) {
-        _ = self.state.withLock { $0.channels.removeValue(forKey: id) }
-    }
+    /// Sockets open now.
+    var openCount: Int { self.state.withLock { $0.channels.count } }
+
+    /// The channels open now (for tests).
+    var openChannels: [any Channel] { self.state.withLock { Array($0.channels.values) } }
 
     /// Closes every connection's input (it then answers what it read and closes); closes what is
-    /// still open after `grace`.
+    /// still open after `grace`; refuses new sockets from now on.
     func closeInputs(thenForceAfter grace: Duration) {
-        let channels = self.state.withLock { Array($0.channels.values) }
+        let channels = self.state.withLock { state in
+            state.shuttingDown = true
+            return Array(state.channels.values)
+        }
+        let nanoseconds = grace.components.seconds * 1_000_000_000 + grace.components.attoseconds / 1_000_000_000
         for channel in channels {
             channel.close(mode: .input).whenFailure { _ in channel.close(promise: nil) }
-        }
-        let seconds = grace.components.seconds
-        for channel in channels {
-            channel.eventLoop.scheduleTask(in: .seconds(seconds)) { channel.close(promise: nil) }
+            channel.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) { channel.close(promise: nil) }
         }
     }
 }

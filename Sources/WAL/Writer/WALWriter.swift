@@ -38,7 +38,14 @@ public final class WALWriter: @unchecked Sendable {
         var failure: WALError?
         var closed = false
         var rollRequested = false
+        /// Bytes queued in `pending`, for the bound that holds during a shortage.
+        var pendingBytes = 0
+        /// Set while a shortage (EMFILE, ENFILE, ENOMEM opening a segment) holds writes back.
+        var shortage: WALError?
     }
+
+    /// While a shortage holds writes back, the most bytes queued before appends are refused too.
+    public static let maxHeldBackBytes = 4 << 20
 
     /// The log's directory.
     public let directory: String
@@ -113,6 +120,10 @@ public final class WALWriter: @unchecked Sendable {
         return try self.state.withLock { state in
             if let failure = state.failure { throw failure }
             if state.closed { throw WALError.closed }
+            if let shortage = state.shortage, state.pendingBytes >= Self.maxHeldBackBytes {
+                // A long shortage: memory stays bounded, the writes already queued land first.
+                throw shortage
+            }
             let lsn = state.nextLSN
             if !state.hasSegment || state.segmentBytes >= self.configuration.segmentSize || state.rollRequested {
                 state.rollRequested = false
@@ -133,6 +144,7 @@ public final class WALWriter: @unchecked Sendable {
             )
             state.nextLSN += 1
             state.segmentBytes += written
+            state.pendingBytes += written
             return (lsn, written)
         }
     }
@@ -234,7 +246,10 @@ public final class WALWriter: @unchecked Sendable {
                     state.flushing = false
                     return nil
                 }
-                defer { state.pending = [] }
+                defer {
+                    state.pending = []
+                    state.pendingBytes = 0
+                }
                 return (state.pending, state.nextLSN - 1)
             }
             guard let batch else { return }
@@ -256,6 +271,7 @@ public final class WALWriter: @unchecked Sendable {
                 }
                 let ready = self.state.withLock { state in
                     state.durableLSN = batch.upTo
+                    state.shortage = nil
                     var ready: [CheckedContinuation<Void, any Error>] = []
                     state.waiters.removeAll { waiter in
                         guard waiter.lsn <= batch.upTo else { return false }
@@ -266,12 +282,14 @@ public final class WALWriter: @unchecked Sendable {
                 }
                 for continuation in ready { continuation.resume() }
                 self.retryDelay = 0
-            } catch let error as WALError where error.isTransient {
-                // Out of descriptors or memory when opening a segment: nothing is damaged. The
-                // batch's waiters are told (their writes are not acknowledged, though they may
-                // still land), the unwritten chunks go back to the head of the queue, and the
-                // writer tries again shortly.
-                self.holdBack(Array(batch.chunks[written...]), error: error)
+            } catch let shortage as WALError where shortage.isTransient {
+                // Out of descriptors or memory when creating a segment: nothing was written and
+                // nothing is damaged. The batch's waiters are told (their writes are not
+                // acknowledged, though they may still land), the unwritten chunks go back to the
+                // head of the queue, and the writer tries again shortly. Any other failure, a
+                // write's or a sync's whatever its errno, fails the log: retrying a write that
+                // may have partly landed, or trusting a failed fsync, could corrupt or lose data.
+                self.holdBack(Array(batch.chunks[written...]), error: shortage)
                 return
             } catch {
                 self.fail(error)
@@ -285,6 +303,8 @@ public final class WALWriter: @unchecked Sendable {
     private func holdBack(_ chunks: [Chunk], error: WALError) {
         let waiters = self.state.withLock { state in
             state.pending = chunks + state.pending
+            state.pendingBytes += chunks.reduce(0) { $0 + $1.bytes.count }
+            state.shortage = error
             state.flushing = false
             defer { state.waiters = [] }
             return state.waiters
@@ -324,7 +344,12 @@ public final class WALWriter: @unchecked Sendable {
         let path = self.directory + "/" + WALFormat.segmentName(firstLSN: firstLSN)
         // A segment of this name can only be a header left by a crash before its first record:
         // recovery ended at firstLSN - 1, so truncating it loses nothing.
-        let fd = try self.fileSystem.createSegment(path)
+        let fd: Int32
+        do {
+            fd = try self.fileSystem.createSegment(path)
+        } catch let error as WALError {
+            throw error.asShortage ?? error
+        }
         self.fd = fd
         self.segmentPath = path
         try WALFormat.segmentHeader(firstLSN: firstLSN).withUnsafeBytes {
