@@ -31,6 +31,7 @@ struct ServerFaultTests {
                 try await waitUntilAsync("the server to listen") { port.withLock { $0 } != 0 }
                 let bound = port.withLock { $0 }
                 let token = created.ownerToken
+                let dataPath = dir.path
                 // The blocking client runs on a thread of its own, never on the pool the server uses.
                 try await offThePool {
                     let client = try RESPTestClient(port: bound)
@@ -49,6 +50,9 @@ struct ServerFaultTests {
                             == ArraySlice((0..<acknowledged).map { RESPReply.integer(Int64($0 + 2)) })
                     )
                     #expect(replies.dropFirst(acknowledged).allSatisfy { $0.errorCode == "IOERR" })
+                    // The tenant's user is told what failed, never where: no server path.
+                    let texts = replies.dropFirst(acknowledged).compactMap(\.errorText)
+                    #expect(!texts.contains { $0.contains(dataPath) || $0.contains("/wal") }, "\(texts.first ?? "")")
                     #expect(try client.call("HISTORY", "r", "LIMIT", "1000").elements?.count == acknowledged + 1)
                     // The disk recovers; the operator reopens the tenant; everything acknowledged is there.
                     disk.clearFaults()
