@@ -162,6 +162,12 @@ struct Connection {
                     buffer = ByteBuffer()
                 }
                 switch slots[index] {
+                case .bytes(let bytes) where bytes.readableBytes >= Self.writeChunk:
+                    // A large reply goes out as it is, not copied into the batch.
+                    if buffer.readableBytes > 0 { try await outbound.write(buffer) }
+                    try await outbound.write(bytes)
+                    buffer = ByteBuffer()
+                    index += 1
                 case .bytes(let bytes):
                     buffer.writeImmutableBuffer(bytes)
                     index += 1
