@@ -25,14 +25,31 @@ public final class TenantdProcess {
     ///   - dataDirectory: the data directory.
     ///   - arguments: more flags (`--fsync always`, …).
     ///   - environment: more environment variables.
-    public init(dataDirectory: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
+    /// - Parameters:
+    ///   - dataDirectory: the data directory.
+    ///   - arguments: flags after `--port 0 --data-dir DIR`.
+    ///   - environment: variables added to the test's own.
+    ///   - openFilesLimit: a hard and soft `RLIMIT_NOFILE` to start under (`ulimit -n`), if any.
+    public init(
+        dataDirectory: String,
+        arguments: [String] = [],
+        environment: [String: String] = [:],
+        openFilesLimit: Int? = nil
+    ) throws {
         self.dataDirectory = dataDirectory
         self.errors = dataDirectory + ".\(UUID().uuidString).stderr.log"
         _ = FileManager.default.createFile(atPath: self.errors, contents: nil)
-        self.process.executableURL = URL(fileURLWithPath: Self.binaryPath)
         // No metrics listener unless a test asks for one: parallel servers would share its port.
         let metrics = arguments.contains("--metrics-port") ? [] : ["--metrics-port", "0"]
-        self.process.arguments = ["--port", "0", "--data-dir", dataDirectory] + metrics + arguments
+        let flags = ["--port", "0", "--data-dir", dataDirectory] + metrics + arguments
+        if let openFilesLimit {
+            self.process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            self.process.arguments =
+                ["-c", "ulimit -n \(openFilesLimit) && exec \"$0\" \"$@\"", Self.binaryPath] + flags
+        } else {
+            self.process.executableURL = URL(fileURLWithPath: Self.binaryPath)
+            self.process.arguments = flags
+        }
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
         self.process.environment = env

@@ -154,6 +154,19 @@ struct LimitsTests {
         #expect(server.stop() == 0)
     }
 
+    @Test func maxclientsIsLoweredToWhatTheOpenFilesLimitAllows() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        // 1,100 descriptors in all, 1,024 kept for logs and listeners: 76 clients.
+        let server = try TenantdProcess(dataDirectory: dir.path + "/data", openFilesLimit: 1100)
+        #expect(server.stderrText().contains("maxclients has been reduced to 76"), "\(server.stderrText())")
+        let held = try (0..<76).map { _ in try server.client() }
+        for client in held { #expect(try client.call("PING") == .simple("PONG")) }
+        let refused = try server.client()
+        #expect(try refused.read() == .error("ERR max number of clients reached"))
+        #expect(server.stop() == 0)
+    }
+
     @Test func idleClientsAreClosedAfterTimeoutButSubscribersStay() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
