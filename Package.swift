@@ -107,6 +107,7 @@ var package = Package(
             dependencies: [
                 "LZ4", "WAL", "RESP", "TenantEngine", "TenantServer", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
