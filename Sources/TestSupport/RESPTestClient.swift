@@ -86,10 +86,13 @@ public final class RESPTestClient: @unchecked Sendable {
     }
 
     /// Sends raw bytes.
+    /// - Throws: ``RESPTestClientError/closed`` once the server closed the connection (never SIGPIPE).
     public func send(raw bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let written = bytes[offset...].withUnsafeBytes { write(self.fd, $0.baseAddress, $0.count) }
+            let written = bytes[offset...].withUnsafeBytes {
+                Glibc.send(self.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+            }
             if written < 0 {
                 if errno == EINTR { continue }
                 throw RESPTestClientError.closed

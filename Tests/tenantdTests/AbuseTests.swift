@@ -26,6 +26,10 @@ struct AbuseTests {
         #expect(try client.call("TENANT", "SIGNUP", "Acme", "acme", "alice").fields?["tenant_id"] != nil)
         let taken = try client.call("TENANT", "SIGNUP", "Acme again", "acme", "bob")
         #expect(taken.errorCode == "EXISTS", "\(taken)")
+        // Another tenant's id as a subdomain: the same words, so a signup learns nothing of ids.
+        let id = try #require(try server.operatorClient().call("TENANT", "GET", "acme").fields?["tenant_id"]?.string)
+        let byID = try client.call("TENANT", "SIGNUP", "Id", id, "carol")
+        #expect(byID.errorText == "EXISTS subdomain '\(id)' is already taken", "\(byID)")
         #expect(server.stop() == 0)
     }
 
@@ -153,6 +157,20 @@ struct AbuseTests {
             #expect(errors.contains(message), "\(errors)")
             #expect(!errors.contains("Fatal error"), "\(errors)")
         }
+    }
+
+    @Test func clientNamesWithSpacesOrControlCharactersAreRefused() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try TenantdProcess(dataDirectory: dir.path + "/data")
+        let client = try server.client()
+        #expect(try client.call("CLIENT", "SETNAME", "web-1") == .simple("OK"))
+        for name in ["two words", "line\r\nbreak", "tab\there", String(repeating: "n", count: 257)] {
+            #expect(try client.call("CLIENT", "SETNAME", name).errorCode == "ERR", "\(name)")
+            #expect(try client.call("HELLO", "2", "SETNAME", name).errorCode == "ERR", "\(name)")
+        }
+        #expect(try client.call("CLIENT", "GETNAME") == .bulk(Array("web-1".utf8)))
+        #expect(server.stop() == 0)
     }
 
     @Test func tenantUpdateNumbersOutOfRangeAreINVALID() throws {

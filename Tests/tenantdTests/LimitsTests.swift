@@ -85,6 +85,36 @@ struct LimitsTests {
         #expect(server.stop() == 0)
     }
 
+    @Test func anAnonymousClientThatDoesNotReadHoldsLittle() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try Self.server(dir)
+        let baseline = server.residentBytes()
+        // Forty connections each send 400 ECHOs of 16 KiB (6.5 MB) and read nothing.
+        let echo = RESPTestClient.encode(["ECHO", String(repeating: "e", count: 16 << 10)])
+        var clients: [RESPTestClient] = []
+        var senders: [Thread] = []
+        for _ in 0..<40 {
+            let client = try server.client()
+            client.shrinkReceiveBuffer()
+            let sender = Thread { try? client.send(raw: Array((0..<400).map { _ in echo }.joined())) }
+            sender.start()
+            clients.append(client)
+            senders.append(sender)
+        }
+        // They stall once their small unauthenticated reply window is full; sampled meanwhile.
+        var peak = 0
+        for _ in 0..<30 {
+            #expect(try server.client().call("PING") == .simple("PONG"))
+            peak = max(peak, server.residentBytes())
+            usleep(50_000)
+        }
+        let grown = peak - baseline
+        #expect(grown < 40 * Self.mebibyte, "resident memory grew by \(grown >> 20) MiB for 40 anonymous connections")
+        for client in clients { client.shutdown() }
+        #expect(server.stop() == 0)
+    }
+
     @Test func aPipelinedAuthWidensTheLimitsForTheRequestsAfterIt() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -294,6 +324,29 @@ struct LimitsTests {
         // Posting went on for the soft limit's second after the sleeper passed it.
         #expect(posted * 30_000 > 2 * (256 << 10), "posted \(posted)")
         #expect(Self.readUntilClosed(sleeper) == "closed")
+        #expect(server.stop() == 0)
+    }
+
+    @Test func roomsArePagedAtTenThousand() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let server = try Self.server(dir)
+        let acme = try Self.tenant(server)
+        let names = (0..<10_001).map { String(format: "room-%05d", $0) }
+        for chunk in stride(from: 0, to: names.count, by: 2000) {
+            let replies = try acme.owner.pipeline(
+                names[chunk..<min(names.count, chunk + 2000)].map { ["POST", $0, "x"] }
+            )
+            #expect(replies.allSatisfy { $0.int == 1 })
+        }
+        let first = try #require(try acme.owner.call("ROOMS").elements)
+        #expect(first.count == 10_000)
+        #expect(first.last?.elements?.first?.string == "room-09999")
+        let rest = try #require(try acme.owner.call("ROOMS", "AFTER", "room-09999").elements)
+        #expect(rest.map { $0.elements?.first?.string } == ["room-10000"])
+        let page = try #require(try acme.owner.call("ROOMS", "AFTER", "room-00010", "LIMIT", "3").elements)
+        #expect(page.map { $0.elements?.first?.string } == ["room-00011", "room-00012", "room-00013"])
+        #expect(try acme.owner.call("ROOMS", "LIMIT").errorCode == "ERR")
         #expect(server.stop() == 0)
     }
 

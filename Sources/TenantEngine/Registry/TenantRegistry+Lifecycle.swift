@@ -69,7 +69,8 @@ extension TenantRegistry {
                 throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
             }
             guard self.catalog.entries[subdomain] == nil || subdomain == id, !self.claimedIDs.contains(subdomain) else {
-                throw TenantError(.exists, "subdomain '\(subdomain)' is another tenant's id")
+                // The same words as a taken subdomain: a signup learns nothing of tenant ids.
+                throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
             }
         }
         guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id), self.catalog.idBySubdomain[id] == nil

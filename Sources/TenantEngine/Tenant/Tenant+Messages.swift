@@ -108,12 +108,22 @@ extension Tenant {
         return keepingOldest ? Array(page.prefix(kept)) : Array(page.suffix(kept))
     }
 
-    /// Every room with messages, by name.
-    public func rooms(_ principal: Principal) throws -> [RoomSummary] {
+    /// The most rooms one ROOMS returns: the client pages on with AFTER.
+    public static let maxRoomsPage = 10_000
+
+    /// The rooms with messages, by name: the first `limit` after `after`.
+    /// - Parameters:
+    ///   - after: only rooms whose names sort after this one (nil: from the first).
+    ///   - limit: clamped to ``maxRoomsPage``.
+    public func rooms(_ principal: Principal, after: String? = nil, limit: Int = Tenant.maxRoomsPage) throws
+        -> [RoomSummary]
+    {
         _ = try self.authorize(principal, minimum: .member)
         self.applyDurable()
-        return self.data.rooms.compactMap { name, room in
-            room.lastSeq > 0 ? RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.messages.count) : nil
+        let page = self.data.rooms.compactMap { name, room -> RoomSummary? in
+            guard room.lastSeq > 0, after.map({ name > $0 }) ?? true else { return nil }
+            return RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.messages.count)
         }.sorted { $0.room < $1.room }
+        return Array(page.prefix(max(0, min(limit, Self.maxRoomsPage))))
     }
 }

@@ -81,13 +81,26 @@ extension CommandDispatcher {
         )
     }
 
+    /// `ROOMS [AFTER <room>] [LIMIT <n>]`: at most 10,000 rooms a reply, paged by name.
     func rooms(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
-        try arguments.expect(0...0, for: "rooms")
+        try arguments.expect(0...4, for: "rooms")
+        var after: String?
+        var limit: Int?
+        var index = 0
+        while index < arguments.count {
+            guard index + 1 < arguments.count else { throw CommandError.syntax }
+            switch arguments.keyword(index) {
+            case "AFTER" where after == nil: after = arguments[index + 1]
+            case "LIMIT" where limit == nil: limit = Int(clamping: try arguments.unsigned(index + 1))
+            default: throw CommandError.syntax
+            }
+            index += 2
+        }
         guard let tenant = session.tenant else {
             throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
         }
         return .array(
-            try await tenant.rooms(principal).map { room in
+            try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage).map { room in
                 .array([.bulkString(room.room), .integer(Int64(room.lastSeq)), .integer(Int64(room.messageCount))])
             }
         )

@@ -182,7 +182,7 @@ struct CommandDispatcher: Sendable {
                 try await self.authenticate(user: arguments[index + 1], token: arguments[index + 2], session: &session)
                 index += 3
             case "SETNAME" where index + 1 < arguments.count:
-                name = arguments[index + 1]
+                name = try Self.clientName(arguments[index + 1])
                 index += 2
             default:
                 throw CommandError("syntax error in HELLO option '\(arguments[index])'")
@@ -286,12 +286,20 @@ struct CommandDispatcher: Sendable {
         session.setContext(tenant, id: id)
     }
 
+    /// A client name as Redis takes one: printable ASCII without spaces, here at most 256 bytes.
+    static func clientName(_ name: String) throws -> String {
+        guard name.utf8.count <= 256, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            throw CommandError("Client names cannot contain spaces, newlines or special characters.")
+        }
+        return name
+    }
+
     private func client(_ arguments: Arguments, session: inout Session) throws -> RESPValue {
         try arguments.expect(1...Int.max, for: "client")
         switch arguments.keyword(0) {
         case "SETNAME":
             try arguments.expect(2...2, for: "client|setname")
-            session.clientName = arguments[1]
+            session.clientName = try Self.clientName(arguments[1])
             return .ok
         case "GETNAME":
             return session.clientName.map { .bulkString($0) } ?? .null

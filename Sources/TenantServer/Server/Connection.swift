@@ -14,20 +14,31 @@ struct Connection {
         case post(Tenant, PostTicket, RESPVersion)
         case close(ByteBuffer)
 
-        /// The bytes it holds, for the queue's byte bound.
+        /// The memory it holds, for the queue's byte bound.
         var weight: Int {
             switch self {
-            case .bytes(let buffer), .close(let buffer): return buffer.readableBytes
+            case .bytes(let buffer), .close(let buffer): return buffer.capacity
             case .post: return 16
             }
         }
 
         static func value(_ value: RESPValue, _ version: RESPVersion) -> Slot {
-            .bytes(RESPEncoder.encode(value, version: version))
+            .bytes(Self.encoded(value, version))
         }
 
         static func close(_ value: RESPValue, _ version: RESPVersion) -> Slot {
-            .close(RESPEncoder.encode(value, version: version))
+            .close(Self.encoded(value, version))
+        }
+
+        /// The reply's bytes in a buffer of about their size: a buffer grown by doubling while a
+        /// 4 MiB reply was encoded would hold 8 MiB for as long as the reply waits.
+        private static func encoded(_ value: RESPValue, _ version: RESPVersion) -> ByteBuffer {
+            let buffer = RESPEncoder.encode(value, version: version)
+            guard buffer.capacity - buffer.readableBytes > 64 << 10 else { return buffer }
+            var tight = ByteBuffer()
+            tight.reserveCapacity(buffer.readableBytes)
+            tight.writeImmutableBuffer(buffer)
+            return tight
         }
     }
 
@@ -35,6 +46,9 @@ struct Connection {
     /// client's requests (one reply alone always fits).
     static let replyWindow = 1024
     static let replyWindowBytes = 4 << 20
+    /// The same before authentication: an anonymous client that does not read holds little.
+    static let unauthenticatedReplyWindow = 16
+    static let unauthenticatedReplyWindowBytes = 64 << 10
     /// The bytes the writer encodes before it writes them out.
     static let writeChunk = 1 << 20
 
@@ -47,8 +61,8 @@ struct Connection {
         do {
             try await self.channel.executeThenClose { inbound, outbound in
                 let queue = ReplyQueue<Slot>(
-                    limit: Self.replyWindow,
-                    byteLimit: Self.replyWindowBytes,
+                    limit: Self.unauthenticatedReplyWindow,
+                    byteLimit: Self.unauthenticatedReplyWindowBytes,
                     pubSubLimit: self.dispatcher.limits.pubSub
                 )
                 try await withThrowingTaskGroup(of: Void.self) { group in
@@ -119,7 +133,10 @@ struct Connection {
                             case .delivered:
                                 slot = nil
                             }
-                            if session.principal != nil && !self.gate.isAuthenticated { self.gate.authenticated() }
+                            if session.principal != nil && !self.gate.isAuthenticated {
+                                self.gate.authenticated()
+                                queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
+                            }
                             self.gate.isSubscribed = !session.channels.isEmpty
                         }
                         if let slot {

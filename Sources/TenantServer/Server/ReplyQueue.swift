@@ -20,24 +20,32 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         var writer: CheckedContinuation<Void, Never>?
         /// Since when the pushes have been over the soft limit of ``PubSubLimit``.
         var overSoftLimitSince: ContinuousClock.Instant?
+        /// The window: the most slots, and bytes, before the reader waits.
+        var slotLimit: Int
+        var byteLimit: Int
     }
 
-    private let limit: Int
-    private let byteLimit: Int
     private let pubSubLimit: PubSubLimit
     /// The most bytes the writer takes at once (one slot always).
     static var takeBytes: Int { 1 << 20 }
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     init(limit: Int, byteLimit: Int, pubSubLimit: PubSubLimit = PubSubLimit()) {
         precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
-        self.limit = limit
-        self.byteLimit = byteLimit
+        self.state = Mutex(State(slotLimit: limit, byteLimit: byteLimit))
         self.pubSubLimit = pubSubLimit
     }
 
     private func isFull(_ state: borrowing State) -> Bool {
-        !state.slots.isEmpty && (state.slots.count >= self.limit || state.bytes >= self.byteLimit)
+        !state.slots.isEmpty && (state.slots.count >= state.slotLimit || state.bytes >= state.byteLimit)
+    }
+
+    /// Sets wider bounds (once the client has authenticated).
+    func widen(limit: Int, byteLimit: Int) {
+        self.state.withLock { state in
+            state.slotLimit = limit
+            state.byteLimit = byteLimit
+        }
     }
 
     /// Queues a slot, waiting while the queue is full. One reader at a time.
