@@ -115,7 +115,11 @@ extension Tenant {
     /// - Parameters:
     ///   - after: only rooms whose names sort after this one (nil: from the first).
     ///   - limit: clamped to ``maxRoomsPage``.
-    public func rooms(_ principal: Principal, after: String? = nil, limit: Int = Tenant.maxRoomsPage) throws
+    public func rooms(
+        _ principal: Principal,
+        after: String? = nil,
+        limit: Int = Tenant.maxRoomsPage
+    ) throws
         -> [RoomSummary]
     {
         _ = try self.authorize(principal, minimum: .member)
