@@ -1,0 +1,120 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import RESP
+import TenantEngine
+import TestSupport
+import Testing
+import WAL
+
+@testable import TenantServer
+
+/// One connection in process, on a `NIOAsyncTestingChannel` with a real engine behind it:
+/// replies in request order, errors mapped to the contract's codes, PROTO closing the connection.
+@Suite("Connection in process")
+struct ConnectionTests {
+    /// A connection over a testing channel, running, with the tenant `acme` owned by alice.
+    struct Harness {
+        let channel: NIOAsyncTestingChannel
+        let task: Task<Void, Never>
+        let registry: TenantRegistry
+        let token: String
+
+        /// Sends `text` as the client would.
+        func send(_ text: String) async throws {
+            try await self.channel.writeInbound(ByteBuffer(string: text))
+        }
+
+        /// Sends raw bytes.
+        func send(bytes: [UInt8]) async throws {
+            try await self.channel.writeInbound(ByteBuffer(bytes: bytes))
+        }
+
+        /// Waits for the replies to add up to `count` bytes at least, and returns them as text.
+        func replies(atLeast count: Int) async throws -> String {
+            var received = ByteBuffer()
+            while received.readableBytes < count {
+                var next = try await self.channel.waitForOutboundWrite(as: ByteBuffer.self)
+                received.writeBuffer(&next)
+            }
+            return String(buffer: received)
+        }
+    }
+
+    static func withConnection(_ body: (Harness) async throws -> Void) async throws {
+        try await TemporaryDirectory.with { dir in
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+            configuration.adminToken = String(repeating: "k", count: 40)
+            configuration.defaultPlan = .enterprise
+            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+            try await registry.bootstrap()
+            let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
+            let channel = NIOAsyncTestingChannel()
+            let limits = ServerLimits()
+            let gate = RequestGate(bound: limits.requestWindowBytes)
+            let wrapped = try await channel.testingEventLoop.submit {
+                try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
+                return try NIOAsyncChannel<RESPRequest, ByteBuffer>(wrappingChannelSynchronously: channel)
+            }.get()
+            try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7379))
+            let dispatcher = CommandDispatcher(registry: registry, logger: Logger.quiet, limits: limits)
+            let task = Task {
+                await Connection(id: 1, channel: wrapped, gate: gate, dispatcher: dispatcher).run()
+            }
+            let harness = Harness(channel: channel, task: task, registry: registry, token: created.ownerToken)
+            try await body(harness)
+            _ = try? await channel.finish(acceptAlreadyClosed: true)
+            await task.value
+            await registry.shutdown()
+        }
+    }
+
+    @Test func pipelinedRepliesComeBackInRequestOrder() async throws {
+        try await Self.withConnection { connection in
+            let requests =
+                "PING\r\nAUTH alice@acme \(connection.token)\r\n"
+                + "POST general one\r\nPOST general two\r\nECHO between\r\nPOST general three\r\n"
+                + "HISTORY general LIMIT 2\r\n"
+            try await connection.send(requests)
+            let expected =
+                "+PONG\r\n+OK\r\n:1\r\n:2\r\n$7\r\nbetween\r\n:3\r\n*2\r\n*4\r\n:2\r\n"
+            let replies = try await connection.replies(atLeast: expected.utf8.count + 40)
+            #expect(replies.hasPrefix(expected), "\(replies)")
+            #expect(replies.contains("$5\r\nalice\r\n$3\r\ntwo\r\n") && replies.hasSuffix("$5\r\nthree\r\n"))
+        }
+    }
+
+    @Test func everyErrorKindReachesTheClientAsItsContractCode() async throws {
+        try await Self.withConnection { connection in
+            try await connection.send("POST general hi\r\n")
+            #expect(try await connection.replies(atLeast: 1).hasPrefix("-NOAUTH "))
+            try await connection.send("AUTH alice@acme wrong-token\r\n")
+            #expect(try await connection.replies(atLeast: 1).hasPrefix("-WRONGPASS "))
+            try await connection.send("AUTH alice@acme \(connection.token)\r\n")
+            #expect(try await connection.replies(atLeast: 5) == "+OK\r\n")
+            let cases: [(String, String)] = [
+                ("NOSUCH x\r\n", "-ERR unknown command"),
+                ("POST bad/room x\r\n", "-INVALID "),
+                ("HISTORY r AFTER x\r\n", "-ERR value is not an integer"),
+                ("USE acme\r\n", "-NOPERM "),
+                ("*2\r\n$4\r\nECHO\r\n$2000000\r\n" + String(repeating: "z", count: 2_000_000) + "\r\n", "-TOOBIG "),
+            ]
+            for (request, prefix) in cases {
+                try await connection.send(request)
+                let reply = try await connection.replies(atLeast: 1)
+                #expect(reply.hasPrefix(prefix), "\(request.prefix(40)) got \(reply)")
+            }
+            // Invalid UTF-8 in an argument.
+            try await connection.send(
+                bytes: Array("*3\r\n$4\r\nPOST\r\n$1\r\nr\r\n$2\r\n".utf8) + [0xC3, 0x28, 13, 10]
+            )
+            #expect(try await connection.replies(atLeast: 1) == "-INVALID argument is not valid UTF-8\r\n")
+            // Still usable after each of them; then broken framing: PROTO, and the connection closes.
+            try await connection.send("PING\r\n*1\r\n$x\r\nPING\r\n")
+            let last = try await connection.replies(atLeast: 7 + 8)
+            #expect(last.hasPrefix("+PONG\r\n-PROTO Protocol error: invalid bulk length\r\n"), "\(last)")
+            await connection.task.value
+            #expect(!connection.channel.isActive)
+        }
+    }
+}
