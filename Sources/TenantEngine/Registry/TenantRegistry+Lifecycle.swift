@@ -98,10 +98,15 @@ extension TenantRegistry {
         let ownerUser = owner.map { User(name: $0, role: .owner, tokenHash: Tokens.hash(token), joinedAt: now) }
         switch self.configuration.isolation {
         case .database:
-            try await self.createDirectory(metadata: metadata, owner: ownerUser)
+            let tenant = try await self.createDirectory(metadata: metadata, owner: ownerUser)
+            if case .stopped = self.state {
+                // Shut down while it was made: nothing may stay open after shutdown() returned.
+                await tenant.close()
+                throw TenantError(.loading, "server is stopping")
+            }
             self.catalog.insert(metadata)
             self.saveCatalog()
-            _ = try await self.activate(id: id)
+            self.active[id] = tenant
         case .schema, .shared:
             try await self.createInSharedLog(metadata: metadata, owner: ownerUser)
         }
@@ -118,21 +123,22 @@ extension TenantRegistry {
         }
     }
 
-    private func createDirectory(metadata: TenantMetadata, owner: User?) async throws {
+    /// A new tenant's directory, written once and served by the tenant it returns.
+    private func createDirectory(metadata: TenantMetadata, owner: User?) async throws -> Tenant {
         let configuration = self.configuration
-        let data = configuration.dataDirectory
-        let staging = data + "/.creating-" + metadata.tenantID
-        let final = configuration.tenantDirectory(metadata.tenantID)
+        let staging = configuration.dataDirectory + "/.creating-" + metadata.tenantID
         do {
-            try await runBlocking { try POSIXFile.makeDirectory(staging) }
-            try await Tenant.initialize(path: staging, metadata: metadata, owner: owner, configuration: configuration)
-            try await runBlocking {
-                try POSIXFile.fsyncDirectory(staging)
-                try POSIXFile.rename(staging, to: final)
-                try POSIXFile.fsyncDirectory(data)
-            }
+            return try await Tenant.create(
+                staging: staging,
+                path: configuration.tenantDirectory(metadata.tenantID),
+                metadata: metadata,
+                owner: owner,
+                configuration: configuration,
+                logger: self.logger,
+                onMetadataChange: self.metadataObserver()
+            )
         } catch {
-            try? FileManager.default.removeItem(atPath: staging)
+            try? await runBlocking { try? FileManager.default.removeItem(atPath: staging) }
             throw TenantError.ioError("could not create the tenant directory: \(error)")
         }
     }

@@ -1,5 +1,6 @@
 import DequeModule
 import Dispatch
+import Foundation
 import Logging
 import Synchronization
 import WAL
@@ -143,19 +144,71 @@ public actor Tenant {
         try await Self.open(path: path, configuration: configuration, logger: logger) { _ in }
     }
 
-    /// Writes a new tenant's first records (its metadata and its owner) durably into `path`.
-    static func initialize(
+    /// Creates a new tenant's directory and serves it, its first records (its metadata and its
+    /// owner) written once: a log in `staging`, fdatasync'd whatever the policy, the directory
+    /// renamed to `path` (so a crash never leaves half a tenant there), and the same writer kept
+    /// for the tenant, which then serves without reading anything back. Every file operation goes
+    /// through the configured file layer.
+    /// - Throws: the file layer's error; `staging` may then be left behind (start-up removes it).
+    static func create(
+        staging: String,
         path: String,
         metadata: TenantMetadata,
         owner: User?,
-        configuration: EngineConfiguration
-    ) async throws {
-        var walConfiguration = configuration.walConfiguration
-        walConfiguration.fsync = .always
-        let log = TenantLog.own(try WALWriter(directory: path + "/wal", lastLSN: 0, configuration: walConfiguration))
-        _ = try log.append(.metadata(metadata))
-        if let owner { _ = try log.append(.userPut(owner)) }
-        try await log.writer.close()
+        configuration: EngineConfiguration,
+        logger: Logger,
+        onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
+    ) async throws -> Tenant {
+        let fileSystem = configuration.fileSystem
+        let writer = try await runBlocking {
+            _ = try POSIXFile.makeDirectory(staging)
+            return try WALWriter(
+                directory: staging + "/wal",
+                lastLSN: 0,
+                configuration: configuration.walConfiguration,
+                fileSystem: fileSystem
+            )
+        }
+        let log = TenantLog.own(writer)
+        var state = TenantState()
+        let renamed = Atomic<Bool>(false)
+        do {
+            for record in [TenantRecord.metadata(metadata)] + (owner.map { [TenantRecord.userPut($0)] } ?? []) {
+                _ = try log.append(record)
+                try state.apply(record)
+            }
+            try await writer.flushAndSync()
+            try await runBlocking {
+                try fileSystem.syncDirectory(staging)
+                try fileSystem.rename(staging, to: path)
+                renamed.store(true, ordering: .relaxed)
+                try fileSystem.syncDirectory(POSIXFile.parent(of: path))
+            }
+        } catch {
+            try? await writer.close()
+            if renamed.load(ordering: .relaxed) {
+                // Renamed, but its name may not be durable: never acknowledged, so never a tenant
+                // (left there, it would come back at the next start with a subdomain given away).
+                try? await runBlocking { try? FileManager.default.removeItem(atPath: path) }
+            }
+            throw error
+        }
+        writer.moved(from: staging, to: path)
+        let (storage, logBytes) = try await runBlocking {
+            (try Self.directorySize(path), try Self.directorySize(path + "/wal"))
+        }
+        let tenant = Tenant(
+            data: state,
+            path: path,
+            log: log,
+            storageBytes: storage,
+            executor: TenantExecutor(label: "tenantd.tenant"),
+            configuration: configuration,
+            logger: logger,
+            onMetadataChange: onMetadataChange
+        )
+        await tenant.recovered(checkpointLSN: 0, logBytes: logBytes)
+        return tenant
     }
 
     /// The bytes of every file under `path`.

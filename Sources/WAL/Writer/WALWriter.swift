@@ -18,8 +18,8 @@ import Darwin
 ///
 /// A failed write or sync fails every waiter and every later append: nothing after it is acknowledged.
 ///
-/// `@unchecked Sendable`: `state` is a `Mutex`; `fd`, `segmentPath` and `unsynced` are touched only
-/// on `queue`.
+/// `@unchecked Sendable`: `state` is a `Mutex`; `fd`, `segmentPath`, `unsynced`, `retryDelay` and
+/// (after ``moved(from:to:)``) `directory` are touched only on `queue`.
 public final class WALWriter: @unchecked Sendable {
     private struct Chunk {
         var newSegment: UInt64?
@@ -47,8 +47,8 @@ public final class WALWriter: @unchecked Sendable {
     /// While a shortage holds writes back, the most bytes queued before appends are refused too.
     public static let maxHeldBackBytes = 4 << 20
 
-    /// The log's directory.
-    public let directory: String
+    /// The log's directory (on `queue` after ``moved(from:to:)``; read elsewhere only before).
+    public private(set) var directory: String
     /// The log's settings.
     public let configuration: WALConfiguration
     private let state: Mutex<State>
@@ -209,6 +209,37 @@ public final class WALWriter: @unchecked Sendable {
             case .fail(let error): continuation.resume(throwing: error)
             case .wait(let startFlush):
                 if startFlush { self.queue.async { self.flushLoop() } }
+            }
+        }
+    }
+
+    /// Flushes everything appended so far and fdatasyncs it, whatever the policy: for records
+    /// that must be on disk before something else happens (a new tenant's first records, before
+    /// its directory is renamed into place).
+    public func flushAndSync() async throws {
+        try await self.flush()
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            self.queue.async {
+                do {
+                    if self.fd >= 0 { try self.fileSystem.sync(self.fd, path: self.segmentPath) }
+                    self.unsynced = false
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    /// The log's directory was renamed (with its parent) from under `oldPrefix` to `newPrefix`:
+    /// later segments are made there. The open segment stays open: the rename kept its inode.
+    public func moved(from oldPrefix: String, to newPrefix: String) {
+        self.queue.sync {
+            if self.directory.hasPrefix(oldPrefix) {
+                self.directory = newPrefix + self.directory.dropFirst(oldPrefix.count)
+            }
+            if self.segmentPath.hasPrefix(oldPrefix) {
+                self.segmentPath = newPrefix + self.segmentPath.dropFirst(oldPrefix.count)
             }
         }
     }
