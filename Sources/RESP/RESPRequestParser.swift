@@ -90,9 +90,15 @@ public struct RESPRequestParser: Sendable {
     /// True while a request is partly read.
     public var isInsideRequest: Bool { self.array != nil }
 
+    /// True when the last ``next(_:)`` returned a protocol error for a limit of unauthenticated
+    /// clients only: a caller that may still authenticate the client (an AUTH before this request
+    /// has not been answered yet) can restore its copy of the parser and the buffer and retry.
+    public private(set) var hitUnauthenticatedLimit = false
+
     /// Reads the next command out of `buffer`, consuming only what it has fully parsed.
     /// - Complexity: O(n) in the bytes consumed.
     public mutating func next(_ buffer: inout ByteBuffer) -> Action {
+        self.hitUnauthenticatedLimit = false
         while true {
             if self.array != nil {
                 return self.continueArray(&buffer)
@@ -109,6 +115,7 @@ public struct RESPRequestParser: Sendable {
                     return .protocolError("Protocol error: invalid multibulk length")
                 }
                 if !self.authenticated && count > self.limits.unauthenticatedArgumentCount {
+                    self.hitUnauthenticatedLimit = true
                     return .protocolError("Protocol error: unauthenticated multibulk length")
                 }
                 if count <= 0 { continue }
@@ -123,9 +130,13 @@ public struct RESPRequestParser: Sendable {
                     return .needMoreData
                 }
                 let length = newline - view.startIndex
-                if length > self.limits.maxInlineLength
-                    || (!self.authenticated && length > self.limits.unauthenticatedBulkLength)
+                if !self.authenticated && length > self.limits.unauthenticatedBulkLength
+                    && length <= self.limits.maxInlineLength
                 {
+                    self.hitUnauthenticatedLimit = true
+                    return .protocolError("Protocol error: too big inline request")
+                }
+                if length > self.limits.maxInlineLength {
                     return .protocolError("Protocol error: too big inline request")
                 }
                 var line = buffer.readBytes(length: length)!
@@ -136,6 +147,7 @@ public struct RESPRequestParser: Sendable {
                 }
                 if words.isEmpty { continue }
                 if !self.authenticated && words.count > self.limits.unauthenticatedArgumentCount {
+                    self.hitUnauthenticatedLimit = true
                     return .protocolError("Protocol error: unauthenticated multibulk length")
                 }
                 return .command(words.map { ByteBuffer(bytes: $0) })
@@ -181,6 +193,7 @@ public struct RESPRequestParser: Sendable {
             }
             if !self.authenticated && length > self.limits.unauthenticatedBulkLength {
                 self.array = nil
+                self.hitUnauthenticatedLimit = true
                 return .protocolError("Protocol error: unauthenticated bulk length")
             }
             if length > self.limits.maxBulkLength {

@@ -80,13 +80,22 @@ struct RequestHandlerTests {
         _ = try channel.finish()
     }
 
-    @Test func beforeAuthenticationRequestsAreHandedOverOneAtATime() throws {
+    @Test func beforeAuthenticationSmallRequestsArePipelinedAsUsual() throws {
+        let (channel, _, _) = try Self.channel(authenticated: false)
+        try channel.writeInbound(ByteBuffer(string: "PING\r\nPING\r\nHELLO 3\r\n"))
+        var handed = 0
+        while try channel.readInbound(as: RESPRequest.self) != nil { handed += 1 }
+        #expect(handed == 3, "none of them is over the unauthenticated limits: no waiting")
+        _ = try channel.finish()
+    }
+
+    @Test func aRequestOverTheAnonymousLimitsWaitsForTheAuthBeforeIt() throws {
         let (channel, gate, _) = try Self.channel(authenticated: false)
         let big = "*2\r\n$4\r\nECHO\r\n$20000\r\n" + String(repeating: "y", count: 20000) + "\r\n"
         try channel.writeInbound(ByteBuffer(string: "AUTH alice@acme token\r\n" + big))
         let auth = try channel.readInbound(as: RESPRequest.self)
         #expect(Self.words(auth) == ["AUTH", "alice@acme", "token"])
-        #expect(try channel.readInbound(as: RESPRequest.self) == nil, "nothing more until AUTH is answered")
+        #expect(try channel.readInbound(as: RESPRequest.self) == nil, "judged only once AUTH is answered")
         // AUTH succeeded: the 20,000-byte argument is parsed under the wider limits.
         gate.authenticated()
         gate.finished(auth!.cost)

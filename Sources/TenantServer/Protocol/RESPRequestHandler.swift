@@ -112,8 +112,23 @@ final class RESPRequestHandler: ChannelDuplexHandler {
                 return handedOver
             }
             self.parser.authenticated = self.gate.isAuthenticated
+            let saved = (parser: self.parser, readerIndex: self.buffer.readerIndex)
+            let action = self.parser.next(&self.buffer)
+            if case .protocolError = action, self.parser.hitUnauthenticatedLimit, self.gate.outstandingBytes > 0 {
+                // Over a limit of anonymous clients, but an AUTH before it may not be answered
+                // yet: judge it again once every request before it is.
+                self.parser = saved.parser
+                self.buffer.moveReaderIndex(to: saved.readerIndex)
+                self.gate.requireIdle = true
+                if self.gate.waitForWakeUp() {
+                    self.waiting = true
+                    return handedOver
+                }
+                continue
+            }
+            self.gate.requireIdle = false
             let request: RESPRequest
-            switch self.parser.next(&self.buffer) {
+            switch action {
             case .needMoreData:
                 self.buffer.discardReadBytes()
                 return handedOver

@@ -4,15 +4,19 @@ import Synchronization
 /// share: the bytes of requests read but not yet answered, and whether the client authenticated.
 ///
 /// The handler stops parsing, and stops reading the socket, while more than ``bound`` bytes of
-/// requests wait, and, before authentication, while any request waits (an unauthenticated client
-/// runs one command at a time, as Redis runs every client: a pipelined `AUTH` thus takes effect
-/// before the next request is parsed under the unauthenticated limits). The task calls
-/// ``finished(_:)`` for every request it took; when the handler waits, that wakes it.
+/// requests wait (``unauthenticatedBound`` before authentication), and, when a request breaks a
+/// limit of unauthenticated clients while requests before it still wait, until they are all
+/// answered (``requireIdle``): a pipelined `AUTH` thus takes effect before that request is judged,
+/// as it does in Redis, which runs one command at a time. The task calls ``finished(_:)`` for
+/// every request it took; when the handler waits, that wakes it.
 final class RequestGate: Sendable {
     /// The most bytes of parsed requests a connection holds before it stops reading; one
     /// request alone (up to `client-query-buffer-limit`) always passes.
     let bound: Int
+    /// The same before authentication.
+    static let unauthenticatedBound = 64 << 10
     private let outstanding = Atomic<Int>(0)
+    private let idleRequired = Atomic<Bool>(false)
     private let authenticatedFlag = Atomic<Bool>(false)
     private let subscribedFlag = Atomic<Bool>(false)
     private let wantsWakeUp = Atomic<Bool>(false)
@@ -44,10 +48,17 @@ final class RequestGate: Sendable {
     /// Bytes of requests handed over and not yet answered.
     var outstandingBytes: Int { self.outstanding.load(ordering: .sequentiallyConsistent) }
 
+    /// The handler waits for every request handed over to be answered before it parses again.
+    var requireIdle: Bool {
+        get { self.idleRequired.load(ordering: .sequentiallyConsistent) }
+        set { self.idleRequired.store(newValue, ordering: .sequentiallyConsistent) }
+    }
+
     /// The handler may parse the next request.
     var mayParse: Bool {
         let outstanding = self.outstandingBytes
-        return self.isAuthenticated ? outstanding <= self.bound : outstanding == 0
+        if self.requireIdle { return outstanding == 0 }
+        return outstanding <= (self.isAuthenticated ? self.bound : Self.unauthenticatedBound)
     }
 
     /// The handler hands a request over.
