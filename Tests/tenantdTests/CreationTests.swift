@@ -77,3 +77,43 @@ struct CreationTests {
         }
     }
 }
+
+/// TENANT DELETE through the file layer: a fault before the move to the trash leaves the tenant
+/// served and whole; a fault after it leaves it deleted; neither loses anything acknowledged nor
+/// leaves a tenant half there.
+@Suite("Tenant deletion")
+struct DeletionTests {
+    @Test(arguments: [
+        (FaultyFileSystem.Operation.syncDirectory, 0, false), (.rename, 0, false), (.syncDirectory, 1, true),
+        (.syncDirectory, 2, true),
+    ])
+    func aFaultAtAnyStepOfADeletion(operation: FaultyFileSystem.Operation, skip: Int, movedFirst: Bool) async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let registry = try await CreationTests.registry(dir.path, disk: disk)
+            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            let id = created.metadata.tenantID
+            let tenant = try await registry.tenant(id: id)
+            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            for index in 1...5 { _ = try await tenant.postAndCommit(alice, room: "general", text: "m\(index)") }
+            disk.fail(operation, after: skip, errno: EIO)
+            await #expect(throws: TenantError.self) { try await registry.deleteTenant(id: id) }
+            #expect(disk.calls(operation) > skip, "the fault was never reached")
+            disk.clearFaults()
+            if movedFirst {
+                // Moved out of its place: deleted, and a restart does not bring it back.
+                #expect(await registry.tenantCount == 0)
+                await #expect(throws: TenantError.self) { _ = try await registry.tenant(id: id) }
+            } else {
+                // Still in place: served again, everything acknowledged there.
+                let again = try await registry.tenant(id: id)
+                let history = try await again.history(alice, room: "general", after: 0, before: nil, limit: 10)
+                #expect(history.map(\.text) == (1...5).map { "m\($0)" })
+            }
+            await registry.shutdown()
+            let restarted = try await CreationTests.registry(dir.path, disk: FaultyFileSystem())
+            #expect(await restarted.tenantCount == (movedFirst ? 0 : 1))
+            await restarted.shutdown()
+        }
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import WAL
 
 extension TenantRegistry {
@@ -159,15 +160,29 @@ extension TenantRegistry {
             let directory = self.configuration.tenantDirectory(id)
             let trash = data + "/.trash"
             let target = trash + "/" + self.configuration.directoryPrefix + id + "-\(self.configuration.clock())"
+            let fileSystem = self.configuration.fileSystem
+            let renamed = Atomic<Bool>(false)
             do {
                 try await runBlocking {
-                    if try POSIXFile.makeDirectory(trash) { try POSIXFile.fsyncDirectory(data) }
-                    try POSIXFile.rename(directory, to: target)
-                    try POSIXFile.fsyncDirectory(data)
-                    try POSIXFile.fsyncDirectory(trash)
+                    if try POSIXFile.makeDirectory(trash) { try fileSystem.syncDirectory(data) }
+                    try fileSystem.rename(directory, to: target)
+                    renamed.store(true, ordering: .relaxed)
+                    try fileSystem.syncDirectory(data)
+                    try fileSystem.syncDirectory(trash)
                 }
             } catch {
-                throw TenantError.ioError("could not move the tenant directory to the trash: \(error)")
+                self.active[id] = nil
+                guard renamed.load(ordering: .relaxed) else {
+                    // Still in place and whole: the next use opens it again.
+                    throw TenantError.ioError("could not move the tenant directory to the trash: \(error)")
+                }
+                // Out of its place, but the move may not be durable: deleted here all the same.
+                self.catalog.remove(id: id)
+                self.saveCatalog()
+                self.logger.error("tenant \(id) deleted, but its move to the trash may not be durable: \(error)")
+                throw TenantError.ioError(
+                    "tenant deleted, but its move to the trash may not be durable (a crash may bring it back): \(error)"
+                )
             }
             self.active[id] = nil
             self.catalog.remove(id: id)
