@@ -1,5 +1,5 @@
 /// The reply codes of the wire contract an engine error maps to.
-public enum ReplyCode: String, Sendable, Hashable {
+public enum ReplyCode: String, Sendable, Hashable, CaseIterable {
     case err = "ERR"
     case noAuth = "NOAUTH"
     case wrongPass = "WRONGPASS"

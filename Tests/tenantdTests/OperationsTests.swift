@@ -275,6 +275,12 @@ struct OperationsTests {
         )
         #expect(try owner.call("POST", "r", "x") == .integer(1))
         #expect(try owner.call("POST", "bad room", "x").errorCode == "INVALID")
+        // Framing errors are counted by their codes too, and a failed AUTH.
+        #expect(try owner.call("ECHO", String(repeating: "b", count: (1 << 20) + 1)).errorCode == "TOOBIG")
+        let broken = try running.client()
+        try broken.send(raw: Array("*1\r\n$x\r\n".utf8))
+        #expect(try broken.read().errorCode == "PROTO")
+        #expect(try running.client().call("AUTH", "admin", String(repeating: "w", count: 40)).errorCode == "WRONGPASS")
         var metrics = ""
         try waitUntil("the metrics endpoint") {
             metrics = try Self.httpGet(port: metricsPort, path: "/metrics")
@@ -283,6 +289,10 @@ struct OperationsTests {
         #expect(metrics.hasPrefix("HTTP/1.1 200 OK"))
         #expect(metrics.contains(#"tenantd_commands_total{command="post"} 2"#), "\(metrics)")
         #expect(metrics.contains(#"tenantd_command_errors_total{code="INVALID"} 1"#))
+        #expect(metrics.contains(#"tenantd_command_errors_total{code="TOOBIG"} 1"#), "\(metrics)")
+        #expect(metrics.contains(#"tenantd_command_errors_total{code="PROTO"} 1"#))
+        #expect(metrics.contains(#"tenantd_command_errors_total{code="WRONGPASS"} 1"#))
+        #expect(metrics.contains("tenantd_auth_failures_total 1"))
         #expect(metrics.contains("tenantd_tenants_active 1"))
         #expect(metrics.contains("tenantd_connections_total"))
         #expect(try Self.httpGet(port: metricsPort, path: "/nothing").hasPrefix("HTTP/1.1 404"))

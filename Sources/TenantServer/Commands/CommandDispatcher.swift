@@ -30,9 +30,7 @@ struct CommandDispatcher: Sendable {
         do {
             return try await self.dispatch(arguments, session: &session)
         } catch {
-            let reply = RESPValue.reply(for: error)
-            if case .error(let text) = reply { ServerMetrics.error(code: String(text.prefix { $0 != " " })) }
-            return .reply(reply)
+            return .reply(.reply(for: error))
         }
     }
 

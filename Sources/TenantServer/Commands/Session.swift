@@ -74,15 +74,27 @@ struct CommandError: Error {
 }
 
 extension RESPValue {
-    /// The one place where an error becomes its contract reply.
+    /// The one place where an error becomes its contract reply; it is counted by its code.
     static func reply(for error: any Error) -> RESPValue {
+        let (code, message) = Self.contractError(error)
+        ServerMetrics.error(code: code)
+        return .error("\(code.rawValue) \(message)")
+    }
+
+    /// The contract's code and the human message of an error.
+    static func contractError(_ error: any Error) -> (ReplyCode, String) {
         switch error {
-        case let error as TenantError:
-            return .error("\(error.code.rawValue) \(error.message)")
-        case let error as CommandError:
-            return .error("ERR \(error.message)")
-        default:
-            return .error("ERR internal error: \(error)")
+        case let error as TenantError: return (error.code, error.message)
+        case let error as CommandError: return (.err, error.message)
+        case let error as RequestError: return (error.code, error.message)
+        default: return (.err, "internal error: \(error)")
         }
     }
+}
+
+/// An error of the request's framing, found by the parser: `PROTO` (the connection closes) or
+/// `TOOBIG` (an argument over `proto-max-bulk-len`, skipped).
+struct RequestError: Error {
+    let code: ReplyCode
+    let message: String
 }

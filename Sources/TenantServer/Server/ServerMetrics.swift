@@ -1,4 +1,5 @@
 import Metrics
+import TenantEngine
 
 /// The server's metrics, through swift-metrics (tenantd exports them to Prometheus).
 enum ServerMetrics {
@@ -7,10 +8,6 @@ enum ServerMetrics {
         "AUTH", "CLIENT", "COMMAND", "CONFIG", "ECHO", "HELLO", "HISTORY", "PING", "POST", "QUIT", "ROOMS", "SELECT",
         "SUBSCRIBE", "TENANT", "UNSUBSCRIBE", "USAGE", "USE", "USER", "WHOAMI",
     ]
-    private static let codes: Set<String> = [
-        "ERR", "NOAUTH", "WRONGPASS", "NOPERM", "NOTENANT", "NOTFOUND", "SUSPENDED", "EXISTS", "INVALID", "QUOTA",
-        "TOOBIG", "IOERR", "LOADING", "PROTO",
-    ]
 
     /// Counters made once (after tenantd bootstrapped the metrics system), not on every command.
     private static let commands: [String: Counter] = Dictionary(
@@ -18,9 +15,9 @@ enum ServerMetrics {
             ($0, Counter(label: "tenantd_commands_total", dimensions: [("command", $0)]))
         }
     )
-    private static let errors: [String: Counter] = Dictionary(
-        uniqueKeysWithValues: (Array(Self.codes) + ["other"]).map {
-            ($0, Counter(label: "tenantd_command_errors_total", dimensions: [("code", $0)]))
+    private static let errors: [ReplyCode: Counter] = Dictionary(
+        uniqueKeysWithValues: ReplyCode.allCases.map {
+            ($0, Counter(label: "tenantd_command_errors_total", dimensions: [("code", $0.rawValue)]))
         }
     )
     private static let connections = Counter(label: "tenantd_connections_total")
@@ -31,8 +28,9 @@ enum ServerMetrics {
         Self.commands[Self.known.contains(name) ? name.lowercased() : "other"]?.increment()
     }
 
-    static func error(code: String) {
-        Self.errors[Self.codes.contains(code) ? code : "other"]?.increment()
+    /// An error reply, by its contract code (framing errors from the parser included).
+    static func error(code: ReplyCode) {
+        Self.errors[code]?.increment()
     }
 
     static func connectionOpened() {
