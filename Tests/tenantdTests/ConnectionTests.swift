@@ -117,4 +117,18 @@ struct ConnectionTests {
             #expect(!connection.channel.isActive)
         }
     }
+
+    @Test func theCommandTableDecidesWhatNeedsAuthenticationAndWhatIsUnknown() async throws {
+        try await Self.withConnection { connection in
+            for spec in CommandTable.all where spec.needsAuth {
+                try await connection.send("\(spec.name) x\r\n")
+                let reply = try await connection.replies(atLeast: 1)
+                #expect(reply.hasPrefix("-NOAUTH "), "\(spec.name): \(reply)")
+            }
+            try await connection.send("FLUSHALL\r\n")
+            #expect(try await connection.replies(atLeast: 1).hasPrefix("-ERR unknown command 'FLUSHALL'"))
+            try await connection.send("COMMAND COUNT\r\n")
+            #expect(try await connection.replies(atLeast: 1) == ":\(CommandTable.all.count)\r\n")
+        }
+    }
 }

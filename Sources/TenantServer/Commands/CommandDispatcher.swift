@@ -34,13 +34,8 @@ struct CommandDispatcher: Sendable {
         }
     }
 
-    /// What a RESP2 connection with subscriptions may still run.
-    static let subscribedModeCommands: Set<String> = [
-        "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE", "PUNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "PING", "QUIT", "RESET",
-    ]
-
     private func dispatch(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
-        if session.isInSubscribedMode && !Self.subscribedModeCommands.contains(arguments.name) {
+        if session.isInSubscribedMode && !CommandTable.runsInSubscribedMode(arguments.name) {
             throw CommandError(
                 "Can't execute '\(arguments.name.lowercased().prefix(64))': only (P|S)SUBSCRIBE / "
                     + "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
@@ -67,7 +62,9 @@ struct CommandDispatcher: Sendable {
         case "COMMAND":
             // Clients ask for docs and hints on connect; an empty answer is harmless.
             return .reply(
-                arguments.keyword(0) == "COUNT" ? .integer(0) : (arguments.keyword(0) == "DOCS" ? .map([]) : .array([]))
+                arguments.keyword(0) == "COUNT"
+                    ? .integer(Int64(CommandTable.all.count))
+                    : (arguments.keyword(0) == "DOCS" ? .map([]) : .array([]))
             )
         case "CONFIG":
             try arguments.expect(1...Int.max, for: "config")
@@ -87,7 +84,7 @@ struct CommandDispatcher: Sendable {
             break
         }
         guard let principal = session.principal else {
-            if Self.knownCommands.contains(arguments.name) {
+            if CommandTable.byName[arguments.name]?.needsAuth == true {
                 throw TenantError(.noAuth, "Authentication required.")
             }
             throw Self.unknownCommand(arguments)
@@ -136,10 +133,6 @@ struct CommandDispatcher: Sendable {
             throw Self.unknownCommand(arguments)
         }
     }
-
-    static let knownCommands: Set<String> = [
-        "WHOAMI", "USE", "POST", "HISTORY", "ROOMS", "USAGE", "SUBSCRIBE", "UNSUBSCRIBE", "USER", "TENANT",
-    ]
 
     static func unknownCommand(_ arguments: Arguments) -> CommandError {
         let start = arguments.words.prefix(8).map { "'\($0.prefix(64))'" }.joined(separator: " ")

@@ -4,10 +4,7 @@ import TenantEngine
 /// The server's metrics, through swift-metrics (tenantd exports them to Prometheus).
 enum ServerMetrics {
     /// The commands counted by name; anything else is `other`, so clients cannot grow the label set.
-    private static let known: Set<String> = [
-        "AUTH", "CLIENT", "COMMAND", "CONFIG", "ECHO", "HELLO", "HISTORY", "PING", "POST", "QUIT", "ROOMS", "SELECT",
-        "SUBSCRIBE", "TENANT", "UNSUBSCRIBE", "USAGE", "USE", "USER", "WHOAMI",
-    ]
+    private static let known: Set<String> = Set(CommandTable.all.map(\.name))
 
     /// Counters made once (after tenantd bootstrapped the metrics system), not on every command.
     private static let commands: [String: Counter] = Dictionary(
