@@ -86,6 +86,11 @@ struct CrashTrialTests {
                 }
             }
             for thread in threads { thread.start() }
+            // Every writer is writing (on a loaded machine connecting can take longer than the
+            // random delay), then the kill comes at a random moment.
+            try waitUntil("every writer of trial \(trial) to have an acknowledgement") {
+                results.withLock { $0.allSatisfy { $0.acked > 0 } }
+            }
             usleep(UInt32.random(in: 20_000...300_000, using: &generator))
             server.stop(signal: SIGKILL)
             stop.withLock { $0 = true }

@@ -98,8 +98,9 @@ extension Tenant {
     static func capped(_ page: [Message], keepingOldest: Bool, maxTextBytes: Int) -> [Message] {
         var total = 0
         var kept = 0
-        let order = keepingOldest ? Array(page.indices) : page.indices.reversed()
-        for index in order {
+        while kept < page.count {
+            // Counted from the end the page keeps, without building an index list on every HISTORY.
+            let index = keepingOldest ? kept : page.count - 1 - kept
             total += page[index].text.utf8.count
             if kept > 0 && total > maxTextBytes { break }
             kept += 1

@@ -101,9 +101,6 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         return queued
     }
 
-    /// Bytes of encoded replies waiting.
-    var queuedBytes: Int { self.state.withLock { $0.bytes } }
-
     /// No more slots will come.
     func finish() {
         self.state.withLock { $0.finished = true }

@@ -164,9 +164,6 @@ final class ConnectionTracker: Sendable {
         return id
     }
 
-    /// Sockets open now.
-    var openCount: Int { self.state.withLock { $0.channels.count } }
-
     /// The channels open now (for tests).
     var openChannels: [any Channel] { self.state.withLock { Array($0.channels.values) } }
 
