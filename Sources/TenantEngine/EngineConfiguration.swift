@@ -83,9 +83,6 @@ public struct EngineConfiguration: Sendable {
     /// The id of the one tenant of single-tenant mode.
     public static let defaultTenantID = "default"
 
-    /// The directory of the log all tenants share under `schema` and `shared`.
-    public var sharedLogDirectory: String { self.dataDirectory + "/shared/wal" }
-
     /// The wall clock in milliseconds.
     @Sendable public static func systemClock() -> Int64 {
         var now = timespec()
@@ -120,8 +117,6 @@ public struct EngineConfiguration: Sendable {
         return configuration
     }
 
-    /// The directory of tenant `id`.
-    public func tenantDirectory(_ id: String) -> String {
-        self.dataDirectory + "/" + self.directoryPrefix + id
-    }
+    /// The names of the data directory.
+    public var layout: DataLayout { DataLayout(root: self.dataDirectory, prefix: self.directoryPrefix) }
 }

@@ -6,21 +6,32 @@ import Glibc
 #endif
 
 /// A ``WALFileSystem`` for tests: the real files underneath, plus faults on demand (the Nth
-/// write, sync or segment creation fails with ENOSPC or EIO) and a simulated power cut that
-/// forgets every byte and every name that was never synced.
+/// call of an operation fails with ENOSPC or EIO), a crash at a step (every change from the Nth
+/// on fails, as if the process had died there), and a simulated power cut that forgets every byte
+/// and every name that was never synced.
 public final class FaultyFileSystem: WALFileSystem {
     /// An operation that can be made to fail.
     public enum Operation: Sendable, Hashable {
         case createSegment
+        case createFile
         case write
         case sync
         case syncDirectory
         case rename
+        case makeDirectory
+        case remove
+        case removeDirectory
+        case truncate
+        case read
     }
 
     private struct State {
         var countdown: [Operation: (remaining: Int, errno: Int32, times: Int)] = [:]
         var calls: [Operation: Int] = [:]
+        /// Changes made so far, and the one from which every change fails (a crash there).
+        var changes = 0
+        var crashAt: Int?
+        var trace: [String] = []
         var paths: [Int32: String] = [:]
         var syncedLength: [String: Int] = [:]
         var unsyncedNames: Set<String> = []
@@ -38,9 +49,19 @@ public final class FaultyFileSystem: WALFileSystem {
         self.state.withLock { $0.countdown[operation] = (skip, errno, times) }
     }
 
-    /// Removes every pending fault: the disk is healthy again.
+    /// A crash after `changes` more changes (creations, writes, syncs, renames, removals): that
+    /// change and every one after it fails with EIO, so the disk holds what a process killed at
+    /// that step would leave (``simulatePowerLoss()`` then drops what was never synced).
+    public func crash(afterChanges changes: Int) {
+        self.state.withLock { $0.crashAt = $0.changes + changes }
+    }
+
+    /// Removes every pending fault and crash: the disk is healthy again.
     public func clearFaults() {
-        self.state.withLock { $0.countdown = [:] }
+        self.state.withLock {
+            $0.countdown = [:]
+            $0.crashAt = nil
+        }
     }
 
     /// How many times `operation` was called.
@@ -48,9 +69,20 @@ public final class FaultyFileSystem: WALFileSystem {
         self.state.withLock { $0.calls[operation] ?? 0 }
     }
 
+    /// How many changes were made (or tried) so far.
+    public var changes: Int { self.state.withLock { $0.changes } }
+
+    /// Every change made or tried so far, as `operation path`, oldest first.
+    public var trace: [String] { self.state.withLock { $0.trace } }
+
     private func check(_ operation: Operation, path: String) throws {
         let failure: Int32? = self.state.withLock { state in
             state.calls[operation, default: 0] += 1
+            if operation != .read {
+                state.trace.append("\(operation) \(path)")
+                state.changes += 1
+                if let crashAt = state.crashAt, state.changes > crashAt { return EIO }
+            }
             guard let pending = state.countdown[operation] else { return nil }
             if pending.remaining > 0 {
                 state.countdown[operation] = (pending.remaining - 1, pending.errno, pending.times)
@@ -62,14 +94,25 @@ public final class FaultyFileSystem: WALFileSystem {
         if let failure { throw WALError.io("\(operation) (injected)", path: path, errno: failure) }
     }
 
-    public func createSegment(_ path: String) throws -> Int32 {
-        try self.check(.createSegment, path: path)
-        let fd = try self.real.createSegment(path)
+    private func track(_ fd: Int32, path: String) {
         self.state.withLock { state in
             state.paths[fd] = path
             state.syncedLength[path] = 0
             state.unsyncedNames.insert(path)
         }
+    }
+
+    public func createSegment(_ path: String) throws -> Int32 {
+        try self.check(.createSegment, path: path)
+        let fd = try self.real.createSegment(path)
+        self.track(fd, path: path)
+        return fd
+    }
+
+    public func createFile(_ path: String) throws -> Int32 {
+        try self.check(.createFile, path: path)
+        let fd = try self.real.createFile(path)
+        self.track(fd, path: path)
         return fd
     }
 
@@ -101,19 +144,73 @@ public final class FaultyFileSystem: WALFileSystem {
     public func rename(_ from: String, to: String) throws {
         try self.check(.rename, path: from)
         try self.real.rename(from, to: to)
+        self.state.withLock { state in
+            // What was tracked under the old name (a file, or the files of a directory) moves.
+            for (path, length) in state.syncedLength where path == from || path.hasPrefix(from + "/") {
+                state.syncedLength[path] = nil
+                state.syncedLength[to + path.dropFirst(from.count)] = length
+            }
+            state.unsyncedNames = Set(
+                state.unsyncedNames.map { $0 == from || $0.hasPrefix(from + "/") ? to + $0.dropFirst(from.count) : $0 }
+            )
+            state.unsyncedNames.insert(to)
+        }
+    }
+
+    public func makeDirectory(_ path: String) throws -> Bool {
+        try self.check(.makeDirectory, path: path)
+        let made = try self.real.makeDirectory(path)
+        if made { _ = self.state.withLock { $0.unsyncedNames.insert(path) } }
+        return made
+    }
+
+    public func remove(_ path: String) throws {
+        try self.check(.remove, path: path)
+        try self.real.remove(path)
+    }
+
+    public func removeDirectory(_ path: String) throws {
+        try self.check(.removeDirectory, path: path)
+        try self.real.removeDirectory(path)
+    }
+
+    public func truncate(_ path: String, to length: Int) throws {
+        try self.check(.truncate, path: path)
+        try self.real.truncate(path, to: length)
+    }
+
+    public func readFile(_ path: String) throws -> [UInt8] {
+        try self.check(.read, path: path)
+        return try self.real.readFile(path)
+    }
+
+    public func listDirectory(_ path: String) throws -> [String] {
+        try self.real.listDirectory(path)
+    }
+
+    public func fileSize(_ path: String) throws -> Int {
+        try self.real.fileSize(path)
+    }
+
+    public func isDirectory(_ path: String) -> Bool {
+        self.real.isDirectory(path)
+    }
+
+    public func exists(_ path: String) -> Bool {
+        self.real.exists(path)
     }
 
     /// A power cut: every file this layer created loses what was written after its last sync,
-    /// and a file whose name was never made durable (no directory sync) disappears.
-    /// Call it once the writer using this layer is gone.
+    /// and a name that was never made durable (no sync of its directory after it was created or
+    /// renamed) disappears with what it holds. Call it once the writers using this layer are gone.
     public func simulatePowerLoss() throws {
         let (lengths, unsynced) = self.state.withLock { ($0.syncedLength, $0.unsyncedNames) }
-        for (path, length) in lengths where POSIXFile.exists(path) {
-            if unsynced.contains(path) {
-                try POSIXFile.remove(path)
-            } else {
-                try POSIXFile.truncate(path, to: length)
-            }
+        for (path, length) in lengths where POSIXFile.exists(path) && !POSIXFile.isDirectory(path) {
+            try POSIXFile.truncate(path, to: length)
+        }
+        // Outermost first: a lost directory takes everything in it.
+        for path in unsynced.sorted(by: { $0.count < $1.count }) where POSIXFile.exists(path) {
+            try self.real.removeTree(path)
         }
         self.state.withLock { $0 = State() }
     }

@@ -33,7 +33,8 @@ struct Verify: ParsableCommand {
             self.directory.count > 1 && self.directory.hasSuffix("/")
             ? String(self.directory.dropLast()) : self.directory
         guard POSIXFile.isDirectory(path) else { throw ValidationError("\(path) is not a directory") }
-        if POSIXFile.isDirectory(path + "/shared/wal") {
+        let layout = DataLayout(root: path, prefix: self.prefix)
+        if POSIXFile.isDirectory(layout.sharedLog.wal) {
             // The schema and shared strategies: one log for every tenant.
             let report = TenantVerifier.verifySharedLog(dataDirectory: path)
             if let problem = report.problem {
@@ -48,11 +49,11 @@ struct Verify: ParsableCommand {
             return
         }
         let tenants: [String]
-        if POSIXFile.isDirectory(path + "/wal") {
+        if POSIXFile.isDirectory(TenantFiles(path).wal) {
             tenants = [path]
         } else {
-            tenants = try POSIXFile.listDirectory(path).filter { $0.hasPrefix(self.prefix) }.map { path + "/" + $0 }
-                .filter { POSIXFile.isDirectory($0) }
+            tenants = try POSIXFile.listDirectory(path).filter { layout.tenantID(ofDirectoryNamed: $0) != nil }
+                .map { path + "/" + $0 }.filter { POSIXFile.isDirectory($0) }
             if tenants.isEmpty {
                 throw ValidationError("\(path) holds no tenant directory (no wal/, no \(self.prefix)*)")
             }
@@ -97,7 +98,7 @@ struct Repair: ParsableCommand {
         let path =
             self.directory.count > 1 && self.directory.hasSuffix("/")
             ? String(self.directory.dropLast()) : self.directory
-        guard POSIXFile.isDirectory(path + "/wal") else {
+        guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
             throw ValidationError("\(path) is not a tenant directory (no wal/)")
         }
         do {

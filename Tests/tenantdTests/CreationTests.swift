@@ -36,7 +36,9 @@ struct CreationTests {
             let wal = dir.path + "/tenant_\(created.metadata.tenantID)/wal"
             #expect(try FileManager.default.contentsOfDirectory(atPath: wal).count == 1)
             #expect(disk.calls(.createSegment) == 1)
-            #expect(disk.calls(.rename) == 1)
+            // One rename, of the staging directory into place.
+            #expect(disk.trace.filter { $0.hasPrefix("rename ") && $0.contains("/.creating-") }.count == 1)
+            #expect(disk.trace.filter { $0.hasPrefix("rename ") && !$0.hasSuffix(".tmp") }.count == 1)
             // Durable before the rename, whatever the policy (everysec here).
             #expect(disk.calls(.sync) >= 1)
             await registry.shutdown()

@@ -198,7 +198,10 @@ struct MultiTenancyTests {
             #expect(restartedStorage == directorySize(data + "/tenant_\(acme.id)"))
             #expect(restartedStorage < storageAtStop)
         } else {
-            #expect(restartedStorage == storageAtStop)
+            // The clean stop checkpointed the shared log: USAGE reports the tenant's share of the
+            // checkpoint file, less than its records took in the log.
+            #expect(restartedStorage < storageAtStop)
+            #expect(restartedStorage <= directorySize(data + "/shared/checkpoint"))
         }
         #expect(restarted["max_storage_bytes"] == .integer(100))
         #expect(server.stop() == 0)

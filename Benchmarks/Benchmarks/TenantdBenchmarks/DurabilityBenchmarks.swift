@@ -47,7 +47,7 @@ func tenantWithMessages(_ messages: Int, checkpoint: Bool) async throws -> (data
     if let last { _ = try await tenant.commit(last) }
     if checkpoint { try await tenant.checkpoint() }
     await registry.shutdown(checkpoint: false)
-    return (data, configuration.tenantDirectory(created.metadata.tenantID))
+    return (data, configuration.layout.tenantDirectory(created.metadata.tenantID))
 }
 
 let durabilityBenchmarks: @Sendable () -> Void = {
@@ -66,7 +66,8 @@ let durabilityBenchmarks: @Sendable () -> Void = {
     }
 
     for checkpoint in [true, false] {
-        let name = "Activate a tenant with 100,000 messages, " + (checkpoint ? "from its checkpoint" : "from its log alone")
+        let name =
+            "Activate a tenant with 100,000 messages, " + (checkpoint ? "from its checkpoint" : "from its log alone")
         Benchmark(name, configuration: ioConfiguration) { benchmark in
             let (data, path) = try await tenantWithMessages(100_000, checkpoint: checkpoint)
             defer { try? FileManager.default.removeItem(atPath: data) }
@@ -74,7 +75,11 @@ let durabilityBenchmarks: @Sendable () -> Void = {
             configuration.defaultPlan = .enterprise
             for _ in benchmark.scaledIterations {
                 benchmark.startMeasurement()
-                let tenant = try await Tenant.open(path: path, configuration: configuration, logger: Logger(label: "bench"))
+                let tenant = try await Tenant.open(
+                    path: path,
+                    configuration: configuration,
+                    logger: Logger(label: "bench")
+                )
                 benchmark.stopMeasurement()
                 await tenant.close(checkpoint: false)
             }

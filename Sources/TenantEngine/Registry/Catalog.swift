@@ -1,5 +1,4 @@
 import Foundation
-import WAL
 
 /// The index of tenants (their metadata, by id and subdomain) in `<data>/catalog/tenants.json`:
 /// a cache that start-up checks against the tenant directories and rebuilds from them when
@@ -37,16 +36,6 @@ struct Catalog: Sendable {
         return ids
     }
 
-    static func path(in dataDirectory: String) -> String {
-        dataDirectory + "/catalog/tenants.json"
-    }
-
-    /// Reads the catalog file; an unreadable one counts as missing.
-    static func load(from dataDirectory: String) -> Catalog? {
-        guard let bytes = try? POSIXFile.readAll(path(in: dataDirectory)) else { return nil }
-        return self.decode(bytes: bytes)
-    }
-
     /// Decodes the bytes of a catalog file, or nil when they are not one.
     static func decode(bytes: [UInt8]) -> Catalog? {
         guard let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.version == 2 else { return nil }
@@ -55,13 +44,11 @@ struct Catalog: Sendable {
         return catalog
     }
 
-    /// Writes the catalog atomically.
-    func save(to dataDirectory: String) throws {
+    /// The bytes of the catalog file.
+    func encoded() throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let file = File(version: 2, tenants: self.entries.values.sorted { $0.tenantID < $1.tenantID })
-        let directory = dataDirectory + "/catalog"
-        if try POSIXFile.makeDirectory(directory) { try POSIXFile.fsyncDirectory(dataDirectory) }
-        try POSIXFile.writeFileAtomically(Catalog.path(in: dataDirectory), contents: Array(try encoder.encode(file)))
+        return Array(try encoder.encode(file))
     }
 }

@@ -1,6 +1,4 @@
-import Foundation
 import Logging
-import Synchronization
 import WAL
 
 extension TenantRegistry {
@@ -97,20 +95,15 @@ extension TenantRegistry {
         )
         let token = Tokens.generate()
         let ownerUser = owner.map { User(name: $0, role: .owner, tokenHash: Tokens.hash(token), joinedAt: now) }
-        switch self.configuration.isolation {
-        case .database:
-            let tenant = try await self.createDirectory(metadata: metadata, owner: ownerUser)
-            if case .stopped = self.state {
-                // Shut down while it was made: nothing may stay open after shutdown() returned.
-                await tenant.close()
-                throw TenantError(.loading, "server is stopping")
-            }
-            self.catalog.insert(metadata)
-            self.saveCatalog()
-            self.active[id] = tenant
-        case .schema, .shared:
-            try await self.createInSharedLog(metadata: metadata, owner: ownerUser)
+        let tenant = try await self.store.create(metadata: metadata, owner: ownerUser, context: self.tenantContext)
+        if case .stopped = self.state {
+            // Shut down while it was made: nothing may stay open after shutdown() returned.
+            await tenant.close()
+            throw TenantError(.loading, "server is stopping")
         }
+        self.catalog.insert(metadata)
+        self.saveCatalog()
+        self.active[id] = tenant
         self.logger.info("tenant created", metadata: ["tenant": "\(id)", "subdomain": "\(subdomain)"])
         return CreatedTenant(metadata: metadata, owner: owner ?? "", ownerToken: owner == nil ? "" : token)
     }
@@ -124,28 +117,8 @@ extension TenantRegistry {
         }
     }
 
-    /// A new tenant's directory, written once and served by the tenant it returns.
-    private func createDirectory(metadata: TenantMetadata, owner: User?) async throws -> Tenant {
-        let configuration = self.configuration
-        let staging = configuration.dataDirectory + "/.creating-" + metadata.tenantID
-        do {
-            return try await Tenant.create(
-                staging: staging,
-                path: configuration.tenantDirectory(metadata.tenantID),
-                metadata: metadata,
-                owner: owner,
-                configuration: configuration,
-                logger: self.logger,
-                onMetadataChange: self.metadataObserver()
-            )
-        } catch {
-            try? await runBlocking { try? FileManager.default.removeItem(atPath: staging) }
-            throw TenantError.ioError("could not create the tenant directory: \(error)")
-        }
-    }
-
-    /// TENANT DELETE: closes the tenant and removes it. Under `database` its directory is first
-    /// renamed into `<data>/.trash/` (so a crash never leaves half a tenant) and removed from there.
+    /// TENANT DELETE: removes the tenant durably (as its store does: a directory renamed into the
+    /// trash, or a deletion record in the shared log) and closes it.
     public func deleteTenant(id: String) async throws {
         guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
@@ -153,55 +126,22 @@ extension TenantRegistry {
         self.claimedIDs.insert(id)
         defer { self.claimedIDs.remove(id) }
         let tenant = try? await self.activate(id: id)
-        switch self.configuration.isolation {
-        case .database:
-            await tenant?.close(deleted: true)
-            let data = self.configuration.dataDirectory
-            let directory = self.configuration.tenantDirectory(id)
-            let trash = data + "/.trash"
-            let target = trash + "/" + self.configuration.directoryPrefix + id + "-\(self.configuration.clock())"
-            let fileSystem = self.configuration.fileSystem
-            let renamed = Atomic<Bool>(false)
-            do {
-                try await runBlocking {
-                    if try POSIXFile.makeDirectory(trash) { try fileSystem.syncDirectory(data) }
-                    try fileSystem.rename(directory, to: target)
-                    renamed.store(true, ordering: .relaxed)
-                    try fileSystem.syncDirectory(data)
-                    try fileSystem.syncDirectory(trash)
-                }
-            } catch {
+        do {
+            try await self.store.delete(id: id, tenant: tenant)
+        } catch let failure as DeletionFailure {
+            if failure.removed {
                 self.active[id] = nil
-                guard renamed.load(ordering: .relaxed) else {
-                    // Still in place and whole: the next use opens it again.
-                    throw TenantError.ioError("could not move the tenant directory to the trash: \(error)")
-                }
-                // Out of its place, but the move may not be durable: deleted here all the same.
                 self.catalog.remove(id: id)
                 self.saveCatalog()
-                self.logger.error("tenant \(id) deleted, but its move to the trash may not be durable: \(error)")
-                throw TenantError.ioError(
-                    "tenant deleted, but its move to the trash may not be durable (a crash may bring it back): \(error)"
-                )
+            } else if tenant?.isClosed ?? true {
+                // Still there and whole, but closed: the next use opens it again.
+                self.active[id] = nil
             }
-            self.active[id] = nil
-            self.catalog.remove(id: id)
-            self.saveCatalog()
-            Task.detached { try? FileManager.default.removeItem(atPath: target) }
-        case .schema, .shared:
-            guard let sharedLog = self.sharedLog, let tenant else { throw TenantError.notFound("no tenant '\(id)'") }
-            var payload = SharedLogPayload.prefix(for: id)
-            payload += TenantRecord.tenantDeleted.encode()
-            do {
-                let lsn = try sharedLog.append(type: TenantRecord.Kind.tenantDeleted.rawValue, payload: payload)
-                try await sharedLog.waitUntilDurable(lsn)
-            } catch {
-                throw TenantError.ioError("could not log the deletion: \(error)")
-            }
-            await tenant.close(deleted: true)
-            self.active[id] = nil
-            self.catalog.remove(id: id)
+            throw failure.error
         }
+        self.active[id] = nil
+        self.catalog.remove(id: id)
+        self.saveCatalog()
         self.logger.info("tenant deleted", metadata: ["tenant": "\(id)"])
     }
 
@@ -212,11 +152,7 @@ extension TenantRegistry {
     public func reopenTenant(id: String) async throws {
         guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        guard self.configuration.isolation == .database else {
-            throw TenantError.invalid(
-                "TENANT REOPEN is for the database strategy; restart the server to reopen the shared log"
-            )
-        }
+        try self.store.requireTenantDirectories(for: "REOPEN")
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         _ = try await self.activate(id: id)
         self.logger.info("tenant reopened", metadata: ["tenant": "\(id)"])
@@ -226,17 +162,9 @@ extension TenantRegistry {
     /// - Parameter destination: an absolute path to an existing directory, without `..`.
     /// - Returns: the snapshot's path and the lsn it ends at.
     public func snapshotTenant(id: String, destination: String) async throws -> (path: String, lsn: UInt64) {
-        guard self.configuration.isolation == .database else {
-            throw TenantError.invalid("TENANT SNAPSHOT is for the database strategy")
-        }
-        guard destination.hasPrefix("/"), !destination.split(separator: "/").contains(".."),
-            !destination.utf8.contains(0)
-        else { throw TenantError.invalid("the destination must be an absolute path without '..'") }
-        guard POSIXFile.isDirectory(destination) else {
-            throw TenantError.notFound("no directory \(destination)")
-        }
-        let target = destination + "/" + self.configuration.directoryPrefix + id
-        guard !POSIXFile.exists(target) else { throw TenantError(.exists, "\(target) already exists") }
+        try self.store.requireTenantDirectories(for: "SNAPSHOT")
+        let store = self.store
+        let target = try await runBlocking { try store.snapshotTarget(id: id, destination: destination) }
         let tenant = try await self.tenant(id: id)
         tenant.retain()
         defer { tenant.release() }
@@ -254,15 +182,13 @@ extension TenantRegistry {
     ///   directory; IOERR when it does not recover.
     public func attachTenant(id: String) async throws -> TenantMetadata {
         guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
-        guard self.configuration.isolation == .database else {
-            throw TenantError.invalid("TENANT ATTACH is for the database strategy")
-        }
+        try self.store.requireTenantDirectories(for: "ATTACH")
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
         guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id) else {
             throw TenantError(.exists, "tenant '\(id)' is already served")
         }
-        guard POSIXFile.isDirectory(self.configuration.tenantDirectory(id)) else {
-            throw TenantError.notFound("no directory \(self.configuration.tenantDirectory(id))")
+        guard self.store.hasDirectory(id: id) else {
+            throw TenantError.notFound("no directory \(self.store.layout.tenantDirectory(id))")
         }
         self.claimedIDs.insert(id)
         defer { self.claimedIDs.remove(id) }
@@ -283,9 +209,7 @@ extension TenantRegistry {
     /// directory in place for the operator to move. A restart would serve it again.
     public func detachTenant(id: String) async throws {
         guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
-        guard self.configuration.isolation == .database else {
-            throw TenantError.invalid("TENANT DETACH is for the database strategy")
-        }
+        try self.store.requireTenantDirectories(for: "DETACH")
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
         guard !self.claimedIDs.contains(id) else { throw TenantError(.loading, "tenant '\(id)' is busy; retry") }
         self.claimedIDs.insert(id)

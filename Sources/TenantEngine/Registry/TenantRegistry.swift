@@ -10,8 +10,8 @@ public struct CreatedTenant: Sendable {
     public var ownerToken: String
 }
 
-/// Knows every tenant, resolves tenant references and activates tenants on first use; under the
-/// `schema` and `shared` strategies it also owns the one log every tenant writes.
+/// Knows every tenant, resolves tenant references and activates tenants on first use. How
+/// tenants are kept on disk is its store's business (``TenantStore``, one per isolation strategy).
 public actor TenantRegistry {
     enum State {
         case initial
@@ -41,17 +41,16 @@ public actor TenantRegistry {
     var catalogDirty = false
     var signups: SignupLimiter
     var allSignups: SignupLimiter
-    /// The log every tenant shares under `schema` and `shared`.
-    var sharedLog: WALWriter?
+    /// Where tenants are kept: the isolation strategy's store.
+    let store: any TenantStore
     /// The loop that closes idle tenants.
     var passivation: Task<Void, Never>?
-    /// The one executor of every tenant under `shared`.
-    let sharedExecutor = TenantExecutor(label: "tenantd.shared-store")
 
     /// Creates a registry; ``bootstrap()`` makes it ready.
     public init(configuration: EngineConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        self.store = configuration.isolation.makeStore(configuration: configuration, logger: logger)
         self.signups = SignupLimiter(perMinute: configuration.signupsPerMinute)
         self.allSignups = SignupLimiter(perMinute: configuration.signupsPerMinuteTotal)
     }
@@ -63,26 +62,25 @@ public actor TenantRegistry {
     public func bootstrap() async throws {
         guard case .initial = self.state else { return }
         let configuration = self.configuration
-        let data = configuration.dataDirectory
-        let (token, listing) = try await runBlocking {
-            try POSIXFile.makeDirectory(data)
-            try Self.checkStrategy(configuration)
-            let token = try Self.loadOrCreateAdminToken(configuration)
-            return (token, try POSIXFile.listDirectory(data))
+        let layout = self.store.layout
+        let token = try await runBlocking {
+            let fileSystem = configuration.fileSystem
+            _ = try fileSystem.makeDirectory(layout.root)
+            try configuration.isolation.claim(layout, fileSystem: fileSystem)
+            return try Self.loadOrCreateAdminToken(configuration, layout: layout)
         }
         self.adminTokenHash = Tokens.hash(token)
-        if listing.contains(".trash") {
-            let trash = data + "/.trash"
-            try? await runBlocking { try? FileManager.default.removeItem(atPath: trash) }
-        }
-        switch configuration.isolation {
-        case .database:
-            try await self.reconcileCatalog(listing: listing)
-        case .schema, .shared:
-            try await self.openSharedLog()
+        switch try await self.store.load(context: self.tenantContext) {
+        case .onDisk(let ids, let index):
+            try await self.reconcileCatalog(onDisk: ids, index: index)
+        case .resident(let tenants):
+            for tenant in tenants {
+                self.active[tenant.id] = tenant
+                self.catalog.insert(await tenant.metadata)
+            }
         }
         self.state = .running
-        if configuration.isolation == .database && configuration.idleSeconds > 0 {
+        if self.store.passivates && configuration.idleSeconds > 0 {
             let period = Duration.seconds(min(30, max(1, configuration.idleSeconds / 4)))
             self.passivation = Task { [weak self] in
                 while !Task.isCancelled {
@@ -103,42 +101,15 @@ public actor TenantRegistry {
         }
     }
 
-    /// A data directory keeps the strategy it was made with; `<data>/strategy` records it.
-    private static func checkStrategy(_ configuration: EngineConfiguration) throws {
-        let path = configuration.dataDirectory + "/strategy"
-        let wanted = configuration.isolation.rawValue
-        let recorded =
-            POSIXFile.exists(path)
-            ? String(decoding: try POSIXFile.readAll(path), as: UTF8.self).trimmingCharacters(
-                in: .whitespacesAndNewlines
-            )
-            : nil
-        // A file that names no strategy is damaged: the layout decides, as if it were missing.
-        if let found = recorded, IsolationStrategy(rawValue: found) != nil {
-            guard found == wanted else {
-                throw TenantError(
-                    .err,
-                    "data directory \(configuration.dataDirectory) was created with TENANT_ISOLATION_STRATEGY=\(found); "
-                        + "it cannot be served as \(wanted). Start with TENANT_ISOLATION_STRATEGY=\(found), "
-                        + "or use another data directory."
-                )
-            }
-            return
-        }
-        let listing = try POSIXFile.listDirectory(configuration.dataDirectory)
-        let hasTenantDirectories = listing.contains { $0.hasPrefix(configuration.directoryPrefix) }
-        let hasSharedLog = listing.contains("shared")
-        if (hasTenantDirectories && wanted != "database") || (hasSharedLog && wanted == "database") {
-            throw TenantError(
-                .err,
-                "data directory \(configuration.dataDirectory) holds data of another isolation strategy "
-                    + "than \(wanted); start with the strategy it was created with"
-            )
-        }
-        try POSIXFile.writeFileAtomically(path, contents: Array((wanted + "\n").utf8))
+    /// What the store builds tenants with.
+    nonisolated var tenantContext: TenantContext {
+        TenantContext(configuration: self.configuration, logger: self.logger, onMetadataChange: self.metadataObserver())
     }
 
-    private static func loadOrCreateAdminToken(_ configuration: EngineConfiguration) throws -> String {
+    private static func loadOrCreateAdminToken(
+        _ configuration: EngineConfiguration,
+        layout: DataLayout
+    ) throws -> String {
         let minimum = EngineConfiguration.minimumAdminTokenLength
         if let token = configuration.adminToken, !token.isEmpty {
             guard token.count >= minimum else {
@@ -146,9 +117,10 @@ public actor TenantRegistry {
             }
             return token
         }
-        let path = configuration.dataDirectory + "/admin.token"
-        if POSIXFile.exists(path) {
-            let text = String(decoding: try POSIXFile.readAll(path), as: UTF8.self)
+        let fileSystem = configuration.fileSystem
+        let path = layout.adminTokenFile
+        if fileSystem.exists(path) {
+            let text = String(decoding: try fileSystem.readFile(path), as: UTF8.self)
             let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
             if !token.isEmpty {
                 guard token.count >= minimum else {
@@ -162,26 +134,14 @@ public actor TenantRegistry {
             }
         }
         let token = Tokens.generate()
-        try POSIXFile.writeFileAtomically(path, contents: Array((token + "\n").utf8), mode: 0o600)
+        try fileSystem.writeFileAtomically(path, contents: Array((token + "\n").utf8))
         return token
     }
 
-    /// Loads the catalog and makes it agree with the tenant directories on disk.
-    private func reconcileCatalog(listing: [String]) async throws {
-        let data = self.configuration.dataDirectory
-        let prefix = self.configuration.directoryPrefix
-        let loaded = Catalog.load(from: data)
-        var changed = loaded == nil
-        var onDisk: Set<String> = []
-        for name in listing where name.hasPrefix(prefix) {
-            let id = String(name.dropFirst(prefix.count))
-            if Names.isValidTenantID(id), POSIXFile.isDirectory(data + "/" + name) { onDisk.insert(id) }
-        }
-        for name in listing where name.hasPrefix(".creating-") {
-            // A creation that crashed before its rename: never acknowledged, so never a tenant.
-            try? FileManager.default.removeItem(atPath: data + "/" + name)
-        }
-        self.catalog = loaded ?? Catalog()
+    /// Makes the catalog agree with the tenant directories on disk.
+    private func reconcileCatalog(onDisk: Set<String>, index: Catalog?) async throws {
+        var changed = index == nil
+        self.catalog = index ?? Catalog()
         for id in self.catalog.entries.keys where !onDisk.contains(id) {
             self.catalog.remove(id: id)
             changed = true
@@ -194,7 +154,7 @@ public actor TenantRegistry {
                 await tenant.close()
                 changed = true
             } catch {
-                self.logger.error("tenant directory \(prefix)\(id) is not served: \(error)")
+                self.logger.error("tenant directory \(self.store.layout.directoryName(id)) is not served: \(error)")
             }
         }
         if changed {
@@ -207,19 +167,19 @@ public actor TenantRegistry {
     /// otherwise). Writes run one at a time in the background and the newest catalog wins: the
     /// file is a cache, and concurrent writers of one file would race.
     func saveCatalog() {
-        guard self.configuration.isolation == .database else { return }
+        guard self.store.keepsIndex else { return }
         self.catalogDirty = true
         guard self.catalogWriter == nil else { return }
         self.catalogWriter = Task { await self.writeCatalog() }
     }
 
     private func writeCatalog() async {
-        let data = self.configuration.dataDirectory
+        let store = self.store
         while self.catalogDirty {
             self.catalogDirty = false
             let snapshot = self.catalog
             do {
-                try await runBlocking { try snapshot.save(to: data) }
+                try await runBlocking { try store.saveIndex(snapshot) }
             } catch {
                 self.logger.error("catalog not saved (it is rebuilt at the next start): \(error)")
             }
@@ -299,24 +259,13 @@ public actor TenantRegistry {
     /// Activates a tenant once, however many ask at the same time.
     func activate(id: String) async throws -> Tenant {
         if let tenant = self.active[id] { return tenant }
-        guard self.configuration.isolation == .database else {
-            throw TenantError.notFound("no tenant '\(id)'")
-        }
         if let task = self.activating[id] { return try await task.value }
-        let path = self.configuration.tenantDirectory(id)
-        let configuration = self.configuration
-        let logger = self.logger
-        let onChange = self.metadataObserver()
-        let task = Task {
-            try await Tenant.open(path: path, configuration: configuration, logger: logger, onMetadataChange: onChange)
-        }
+        let store = self.store
+        let context = self.tenantContext
+        let task = Task { try await store.open(id: id, context: context) }
         self.activating[id] = task
         defer { self.activating[id] = nil }
         let tenant = try await task.value
-        guard tenant.id == id else {
-            await tenant.close()
-            throw TenantError(.ioError, "directory \(path) holds tenant \(tenant.id), not \(id)")
-        }
         if case .stopped = self.state {
             // Shut down while it opened: nothing may stay open after shutdown() returned.
             await tenant.close()
@@ -351,7 +300,7 @@ public actor TenantRegistry {
     /// - Returns: how many tenants were closed.
     @discardableResult
     public func passivateIdleTenants() async -> Int {
-        guard case .running = self.state, self.configuration.isolation == .database else { return 0 }
+        guard case .running = self.state, self.store.passivates else { return 0 }
         let now = self.configuration.clock()
         let idle = Int64(self.configuration.idleSeconds) * 1000
         var closed = 0
@@ -370,24 +319,19 @@ public actor TenantRegistry {
     /// The number of tenants open now.
     public var activeCount: Int { self.active.count }
 
-    /// Flushes and closes every tenant's log (and the shared log), writing each tenant's
-    /// checkpoint unless told not to; the registry serves nothing more.
+    /// Flushes and closes every tenant's log (and the shared log), writing checkpoints unless told
+    /// not to; the registry serves nothing more.
     public func shutdown(checkpoint: Bool = true) async {
         self.state = .stopped
         self.passivation?.cancel()
         for task in self.activating.values { _ = try? await task.value }
+        await self.store.prepareShutdown(checkpoint: checkpoint)
         let tenants = self.active.values
         self.active = [:]
         await withTaskGroup(of: Void.self) { group in
             for tenant in tenants { group.addTask { await tenant.close(checkpoint: checkpoint) } }
         }
         await self.flushCatalog()
-        if let sharedLog {
-            do {
-                try await sharedLog.close()
-            } catch {
-                self.logger.error("closing the shared log failed: \(error)")
-            }
-        }
+        await self.store.close()
     }
 }

@@ -70,7 +70,8 @@ enum Checkpoint {
         return file
     }
 
-    private static func body(_ state: TenantState) -> [UInt8] {
+    /// The uncompressed body of one tenant's state.
+    static func body(_ state: TenantState) -> [UInt8] {
         var writer = BinaryWriter(capacity: 1 << 16)
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
@@ -112,20 +113,23 @@ enum Checkpoint {
 
     // MARK: - Decoding
 
-    /// Reads and checks a checkpoint file.
-    /// - Returns: the state it holds and its lsn.
-    /// - Throws: ``WALError`` naming the file and offset of the first damage.
-    static func decode(path: String, maxFileSize: Int = 1 << 36) throws -> (TenantState, UInt64) {
-        try self.decode(bytes: try POSIXFile.readAll(path), path: path)
+    static func decode(bytes: [UInt8], path: String) throws -> (TenantState, UInt64) {
+        let (body, lsn) = try self.container(bytes: bytes, path: path)
+        do {
+            return (try body.withUnsafeBytes { try Self.state(from: $0) }, lsn)
+        } catch {
+            throw WALError.corrupt(
+                file: path,
+                offset: Self.headerSize,
+                reason: "checkpoint body does not decode: \(error)"
+            )
+        }
     }
 
-    /// Checks and decodes the bytes of a checkpoint file.
-    /// - Parameters:
-    ///   - bytes: the file's bytes.
-    ///   - path: the file named in errors.
-    /// - Returns: the state it holds and its lsn.
+    /// Checks the header, blocks and trailer of a checkpoint file's bytes.
+    /// - Returns: the body, decompressed, and the lsn.
     /// - Throws: ``WALError`` naming the file and offset of the first damage.
-    static func decode(bytes: [UInt8], path: String) throws -> (TenantState, UInt64) {
+    static func container(bytes: [UInt8], path: String) throws -> (body: [UInt8], lsn: UInt64) {
         try bytes.withUnsafeBytes { file in
             func corrupt(_ offset: Int, _ reason: String) -> WALError {
                 WALError.corrupt(file: path, offset: offset, reason: reason)
@@ -174,11 +178,7 @@ enum Checkpoint {
             guard file.count - offset == Self.trailer.count, file[offset...].elementsEqual(Self.trailer) else {
                 throw corrupt(offset, "missing checkpoint trailer")
             }
-            do {
-                return (try body.withUnsafeBytes { try Self.state(from: $0) }, lsn)
-            } catch {
-                throw corrupt(Self.headerSize, "checkpoint body does not decode: \(error)")
-            }
+            return (body, lsn)
         }
     }
 
@@ -192,7 +192,7 @@ enum Checkpoint {
     /// Decodes a checkpoint body. Every count is checked against the bytes left before it sizes
     /// or drives anything, and every sum of numbers read is checked for overflow: a body is
     /// checksummed, but a copied or crafted file is still input from outside.
-    private static func state(from body: UnsafeRawBufferPointer) throws -> TenantState {
+    static func state(from body: UnsafeRawBufferPointer) throws -> TenantState {
         var reader = BinaryReader(body)
         var state = TenantState()
         let metadata = try reader.readBytes()

@@ -15,10 +15,6 @@ public struct TenantRepairReport: Sendable {
 
 /// Repairs a damaged tenant directory by keeping the valid prefix of its log.
 public enum TenantRepair {
-    /// The file a repair leaves in the tenant directory; tenantd logs it on every open, so a
-    /// repaired tenant is never served as if nothing had happened.
-    public static let noteName = "REPAIRED.txt"
-
     /// Keeps the valid prefix: the damaged segment is copied aside as `<segment>.broken` and cut at
     /// the damage, every later segment is moved aside as `<segment>.broken`, a torn tail is cut as
     /// recovery does. Nothing is deleted.
@@ -31,11 +27,14 @@ public enum TenantRepair {
         throws -> TenantRepairReport
     {
         var report = TenantRepairReport(path: path)
-        let wal = path + "/wal"
+        let files = TenantFiles(path)
+        let fileSystem = POSIXFileSystem()
+        let wal = files.wal
         for _ in 0..<1000 {
             do {
-                let recovered = try TenantStorage.recover(
-                    path: path,
+                let recovered = try DirectoryStore.recover(
+                    files: files,
+                    fileSystem: fileSystem,
                     maxRecordSize: maxRecordSize,
                     repair: true,
                     logger: nil
@@ -47,45 +46,50 @@ public enum TenantRepair {
                     let note =
                         "Repaired by tenantctl on \(ISO8601DateFormatter().string(from: Date())); the tenant now ends at lsn "
                         + "\(report.lastLSN).\n" + report.actions.map { "- \($0)\n" }.joined()
-                    let notePath = path + "/" + Self.noteName
-                    let previous = (try? POSIXFile.readAll(notePath)) ?? []
-                    try POSIXFile.writeFileAtomically(notePath, contents: previous + Array(note.utf8))
+                    let previous = (try? fileSystem.readFile(files.repairNote)) ?? []
+                    try fileSystem.writeFileAtomically(files.repairNote, contents: previous + Array(note.utf8))
                 }
                 return report
             } catch let error as WALError {
                 guard let location = error.corruptionLocation, POSIXFile.parent(of: location.file) == wal else {
                     throw error
                 }
-                try Self.cut(location.file, at: location.offset, wal: wal, report: &report)
+                try Self.cut(location.file, at: location.offset, wal: wal, fileSystem: fileSystem, report: &report)
             }
         }
         throw WALError.failed("repair did not converge")
     }
 
-    private static func cut(_ file: String, at offset: Int, wal: String, report: inout TenantRepairReport) throws {
+    private static func cut(
+        _ file: String,
+        at offset: Int,
+        wal: String,
+        fileSystem: any WALFileSystem,
+        report: inout TenantRepairReport
+    ) throws {
         let segments = try WALReader(directory: wal).segmentNames()
         guard let index = segments.firstIndex(where: { wal + "/" + $0.name == file }) else {
             throw WALError.corrupt(file: file, offset: offset, reason: "not a segment of \(wal)")
         }
-        let bytes = try POSIXFile.readAll(file)
-        try POSIXFile.writeFileAtomically(file + ".broken", contents: bytes)
+        let bytes = try fileSystem.readFile(file)
+        try fileSystem.writeFileAtomically(file + ".broken", contents: bytes)
         if offset <= WALFormat.segmentHeaderSize {
-            try POSIXFile.remove(file)
+            try fileSystem.remove(file)
             report.actions.append(
                 "moved \(file) aside whole (\(bytes.count) bytes) as \(file).broken: damaged at offset \(offset)"
             )
         } else {
-            try POSIXFile.truncate(file, to: offset)
+            try fileSystem.truncate(file, to: offset)
             report.actions.append(
                 "cut \(file) at offset \(offset), dropping \(bytes.count - offset) bytes (a copy is \(file).broken)"
             )
         }
         for later in segments[(index + 1)...] {
             let path = wal + "/" + later.name
-            let size = try POSIXFile.fileSize(path)
-            try POSIXFile.rename(path, to: path + ".broken")
+            let size = try fileSystem.fileSize(path)
+            try fileSystem.rename(path, to: path + ".broken")
             report.actions.append("moved the later segment \(path) aside (\(size) bytes) as \(path).broken")
         }
-        try POSIXFile.fsyncDirectory(wal)
+        try fileSystem.syncDirectory(wal)
     }
 }

@@ -40,8 +40,9 @@ public enum TenantVerifier {
         var report = TenantVerification(path: path)
         var state = TenantState()
         do {
-            let recovered = try TenantStorage.recover(
-                path: path,
+            let recovered = try DirectoryStore.recover(
+                files: TenantFiles(path),
+                fileSystem: POSIXFileSystem(),
                 maxRecordSize: maxRecordSize,
                 repair: false,
                 logger: nil
@@ -62,7 +63,7 @@ public enum TenantVerifier {
         return report
     }
 
-    /// Verifies the shared log of the `schema` and `shared` strategies (`<data>/shared/wal`).
+    /// Verifies the shared log of the `schema` and `shared` strategies: its checkpoint and its log.
     /// - Returns: one report for the whole log; `tenantID` is nil and `users`, `rooms` and
     ///   `messages` add up every tenant's.
     public static func verifySharedLog(
@@ -71,29 +72,22 @@ public enum TenantVerifier {
     )
         -> TenantVerification
     {
-        let directory = dataDirectory + "/shared/wal"
-        var report = TenantVerification(path: directory)
+        let files = DataLayout(root: dataDirectory).sharedLog
+        var report = TenantVerification(path: files.wal)
         var states: [String: TenantState] = [:]
         do {
-            let result = try WALReader(directory: directory, maxRecordSize: maxRecordSize).replay(repair: false) {
-                lsn,
-                type,
-                payload in
-                do {
-                    let (id, body) = try SharedLogPayload.split(payload)
-                    let record = try TenantRecord.decode(type: type, payload: body)
-                    if case .tenantDeleted = record {
-                        states[id] = nil
-                    } else {
-                        try states[id, default: TenantState()].apply(record)
-                    }
-                } catch {
-                    throw TenantError(.ioError, "record \(lsn) does not decode: \(error)")
-                }
-            }
-            report.records = result.recordCount
-            report.lastLSN = result.lastLSN
-            report.tornTail = result.tornTail
+            let recovered = try SharedLogStore.recover(
+                files: files,
+                fileSystem: POSIXFileSystem(),
+                maxRecordSize: maxRecordSize,
+                repair: false,
+                logger: nil
+            )
+            states = recovered.states
+            report.records = recovered.result?.recordCount ?? 0
+            report.lastLSN = recovered.result?.lastLSN ?? 0
+            report.tornTail = recovered.result?.tornTail
+            report.checkpointLSN = recovered.checkpointLSN
         } catch {
             report.problem = "\(error)"
         }

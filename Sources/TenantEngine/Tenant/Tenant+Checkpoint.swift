@@ -1,38 +1,44 @@
 import Logging
-import WAL
 
 extension Tenant {
-    /// Compacts the tenant's state into a checkpoint and drops the log segments it covers
-    /// (`database` strategy). Writes go on meanwhile, into a new segment.
+    /// Compacts the tenant's state into a checkpoint of its own log and drops the log segments it
+    /// covers. Writes go on meanwhile, into a new segment. A tenant of a shared log does nothing
+    /// here: its store checkpoints the whole log.
     /// - Throws: when the checkpoint cannot be written; the log still holds everything then.
     public func checkpoint() async throws {
-        guard self.log.isOwn, case .serving = self.state, !self.checkpointRunning else { return }
+        guard self.journal.checkpointsItself, !self.checkpointRunning else { return }
         self.checkpointRunning = true
         defer { self.checkpointRunning = false }
-        // Everything appended is durable and applied: the state is exactly the log up to `lsn`.
-        var lsn = self.log.writer.lastAppendedLSN
-        while true {
-            try await self.waitDurable(lsn)
-            guard case .serving = self.state else { return }
-            let now = self.log.writer.lastAppendedLSN
-            if now == lsn && self.pending.isEmpty { break }
-            lsn = now
-        }
-        guard lsn > self.lastCheckpointLSN else { return }
-        let snapshot = self.data
-        self.log.writer.startNewSegment()
-        let bytesAtStart = self.bytesSinceCheckpoint
-        let path = self.path
-        let covered = lsn
-        let fileSystem = self.configuration.fileSystem
-        let storage = try await runBlocking {
-            try TenantStorage.writeCheckpoint(snapshot, lsn: covered, path: path, fileSystem: fileSystem)
-            return try Self.directorySize(path)
-        }
-        self.lastCheckpointLSN = lsn
-        self.bytesSinceCheckpoint = max(0, self.bytesSinceCheckpoint - bytesAtStart)
+        guard let (snapshot, cut) = try await self.captureForCheckpoint(), cut > self.lastCheckpointLSN else { return }
+        let storage = try await self.journal.writeCheckpoint(snapshot, lsn: cut)
+        self.lastCheckpointLSN = cut
+        self.bytesSinceCheckpoint = max(0, self.bytesSinceCheckpoint - self.bytesAtCapture)
         self.storageBytes = storage
-        self.logger.debug("checkpoint written", metadata: ["lsn": "\(lsn)"])
+        self.logger.debug("checkpoint written", metadata: ["lsn": "\(cut)"])
+    }
+
+    /// The tenant's state for a checkpoint, once every record it appended is durable and applied,
+    /// with its cut: the log's newest lsn at that moment. The state holds every record of the
+    /// tenant up to the cut and none after (this actor appends nothing between the two reads).
+    /// - Returns: nil when the tenant no longer serves.
+    func captureForCheckpoint() async throws -> (TenantState, UInt64)? {
+        var own = self.lastOwnLSN
+        while true {
+            guard case .serving = self.state else { return nil }
+            try await self.waitDurable(own)
+            guard case .serving = self.state else { return nil }
+            if self.lastOwnLSN == own && self.pending.isEmpty { break }
+            own = self.lastOwnLSN
+        }
+        self.bytesAtCapture = self.bytesSinceCheckpoint
+        return (self.data, max(own, self.journal.lastAppendedLSN))
+    }
+
+    /// A shared log's checkpoint holds this tenant's state at `cut`, in `storageBytes` of it.
+    func checkpointed(storageBytes: Int64, cut: UInt64) {
+        self.lastCheckpointLSN = cut
+        self.bytesSinceCheckpoint = max(0, self.bytesSinceCheckpoint - self.bytesAtCapture)
+        self.storageBytes = storageBytes + self.bytesSinceCheckpoint
     }
 
     func checkpointInBackground() async {

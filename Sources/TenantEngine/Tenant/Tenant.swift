@@ -19,14 +19,13 @@ public actor Tenant {
 
     /// The tenant id.
     public nonisolated let id: String
-    /// The tenant's directory (`database` strategy), or the shared log's.
-    public nonisolated let path: String
     nonisolated let executor: TenantExecutor
     var state: State = .serving
     var data: TenantState
-    let log: TenantLog
+    /// Where the tenant's records go, as its storage strategy keeps them.
+    let journal: any TenantJournal
     var pending: Deque<(lsn: UInt64, room: String, message: Message)> = []
-    /// Bytes this tenant holds on disk: its directory, or its records in a shared log.
+    /// Bytes this tenant holds on disk: its directory, or its share of a shared log.
     var storageBytes: Int64
     /// The quota levels (80, 90, 100 %) already logged, per limit and day.
     var loggedQuotaLevels: [String: Int] = [:]
@@ -37,9 +36,13 @@ public actor Tenant {
     nonisolated let closedFlag = Atomic<Bool>(false)
     /// When a command last ran here (ms), for passivation.
     var lastUsed: Int64 = 0
-    /// The lsn the newest checkpoint covers, and the log bytes appended since.
+    /// The lsn of this tenant's newest record.
+    var lastOwnLSN: UInt64 = 0
+    /// The cut the newest checkpoint covers, and the log bytes this tenant appended since.
     var lastCheckpointLSN: UInt64 = 0
     var bytesSinceCheckpoint: Int64 = 0
+    /// `bytesSinceCheckpoint` when the checkpoint being written was captured.
+    var bytesAtCapture: Int64 = 0
     var checkpointRunning = false
     /// Messages per UTC day, counted when accepted (the log's own count, plus what waits for it).
     var quotaDay: MessageDayCounter
@@ -53,176 +56,39 @@ public actor Tenant {
 
     init(
         data: TenantState,
-        path: String,
-        log: TenantLog,
+        journal: any TenantJournal,
         storageBytes: Int64,
         executor: TenantExecutor,
-        configuration: EngineConfiguration,
-        logger: Logger,
-        onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
+        context: TenantContext
     ) {
         let id = data.metadata!.tenantID
         self.id = id
-        self.path = path
         self.data = data
-        self.log = log
+        self.journal = journal
         self.storageBytes = storageBytes
         self.quotaDay = data.messageDays
         self.executor = executor
-        self.configuration = configuration
-        var logger = logger
+        self.configuration = context.configuration
+        var logger = context.logger
         logger[metadataKey: "tenant"] = "\(id)"
         self.logger = logger
-        self.onMetadataChange = onMetadataChange
+        self.onMetadataChange = context.onMetadataChange
     }
 
-    /// Recovers a tenant from its own directory (`database` strategy): replays its log, cutting a
-    /// torn tail off, and opens it for append.
-    /// - Parameters:
-    ///   - path: the tenant's directory.
-    ///   - configuration: the engine's settings.
-    ///   - logger: where recovery reports.
-    ///   - onMetadataChange: told every new metadata once it is durable.
-    /// - Returns: the tenant, serving.
-    /// - Throws: ``TenantError`` when the directory holds no tenant or its log is corrupt.
-    static func open(
-        path: String,
-        configuration: EngineConfiguration,
-        logger: Logger,
-        onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
-    ) async throws -> Tenant {
-        let (recovered, writer, storage, logBytes) = try await runBlocking {
-            let recovered: TenantStorage.Recovered
-            do {
-                recovered = try TenantStorage.recover(
-                    path: path,
-                    maxRecordSize: configuration.walConfiguration.maxRecordSize,
-                    repair: true,
-                    logger: logger
-                )
-            } catch let error as WALError {
-                throw TenantError(.ioError, "tenant log is damaged: \(error)")
-            }
-            guard recovered.state.metadata != nil else {
-                throw TenantError(.notFound, "no tenant metadata in \(path)")
-            }
-            if let note = try? POSIXFile.readAll(path + "/" + TenantRepair.noteName) {
-                logger.warning("tenant directory \(path) was repaired: \(String(decoding: note, as: UTF8.self))")
-            }
-            let writer = try WALWriter(
-                directory: path + "/wal",
-                lastLSN: recovered.result.lastLSN,
-                configuration: configuration.walConfiguration,
-                fileSystem: configuration.fileSystem
-            )
-            return (recovered, writer, try Self.directorySize(path), try Self.directorySize(path + "/wal"))
-        }
-        let data = recovered.state
-        let tenant = Tenant(
-            data: data,
-            path: path,
-            log: .own(writer),
-            storageBytes: storage,
-            executor: TenantExecutor(label: "tenantd.tenant"),
-            configuration: configuration,
-            logger: logger,
-            onMetadataChange: onMetadataChange
-        )
-        await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: logBytes)
-        return tenant
-    }
-
-    /// After recovery: what the checkpoint covers, and the log bytes on disk beyond it (the unit
-    /// `append` counts in, so the next checkpoint comes at the configured size).
+    /// After recovery: the cut its checkpoint covers, and the log bytes on disk beyond it (the
+    /// unit `append` counts in, so the next checkpoint comes at the configured size).
     func recovered(checkpointLSN: UInt64, logBytes: Int64) {
         self.lastCheckpointLSN = checkpointLSN
         self.bytesSinceCheckpoint = logBytes
+        self.lastOwnLSN = max(checkpointLSN, self.journal.checkpointsItself ? self.journal.lastAppendedLSN : 0)
     }
 
     /// Recovers a tenant directory on its own, outside any registry (tools and tests).
     public static func open(path: String, configuration: EngineConfiguration, logger: Logger) async throws -> Tenant {
-        try await Self.open(path: path, configuration: configuration, logger: logger) { _ in }
-    }
-
-    /// Creates a new tenant's directory and serves it, its first records (its metadata and its
-    /// owner) written once: a log in `staging`, fdatasync'd whatever the policy, the directory
-    /// renamed to `path` (so a crash never leaves half a tenant there), and the same writer kept
-    /// for the tenant, which then serves without reading anything back. Every file operation goes
-    /// through the configured file layer.
-    /// - Throws: the file layer's error; `staging` may then be left behind (start-up removes it).
-    static func create(
-        staging: String,
-        path: String,
-        metadata: TenantMetadata,
-        owner: User?,
-        configuration: EngineConfiguration,
-        logger: Logger,
-        onMetadataChange: @escaping @Sendable (TenantMetadata) async -> Void
-    ) async throws -> Tenant {
-        let fileSystem = configuration.fileSystem
-        let writer = try await runBlocking {
-            _ = try POSIXFile.makeDirectory(staging)
-            return try WALWriter(
-                directory: staging + "/wal",
-                lastLSN: 0,
-                configuration: configuration.walConfiguration,
-                fileSystem: fileSystem
-            )
-        }
-        let log = TenantLog.own(writer)
-        var state = TenantState()
-        let renamed = Atomic<Bool>(false)
-        do {
-            for record in [TenantRecord.metadata(metadata)] + (owner.map { [TenantRecord.userPut($0)] } ?? []) {
-                _ = try log.append(record)
-                try state.apply(record)
-            }
-            try await writer.flushAndSync()
-            try await runBlocking {
-                try fileSystem.syncDirectory(staging)
-                try fileSystem.rename(staging, to: path)
-                renamed.store(true, ordering: .relaxed)
-                try fileSystem.syncDirectory(POSIXFile.parent(of: path))
-            }
-        } catch {
-            try? await writer.close()
-            if renamed.load(ordering: .relaxed) {
-                // Renamed, but its name may not be durable: never acknowledged, so never a tenant
-                // (left there, it would come back at the next start with a subdomain given away).
-                try? await runBlocking { try? FileManager.default.removeItem(atPath: path) }
-            }
-            throw error
-        }
-        writer.moved(from: staging, to: path)
-        let (storage, logBytes) = try await runBlocking {
-            (try Self.directorySize(path), try Self.directorySize(path + "/wal"))
-        }
-        let tenant = Tenant(
-            data: state,
-            path: path,
-            log: log,
-            storageBytes: storage,
-            executor: TenantExecutor(label: "tenantd.tenant"),
-            configuration: configuration,
-            logger: logger,
-            onMetadataChange: onMetadataChange
+        try await DirectoryStore.open(
+            files: TenantFiles(path),
+            context: TenantContext(configuration: configuration, logger: logger) { _ in }
         )
-        await tenant.recovered(checkpointLSN: 0, logBytes: logBytes)
-        return tenant
-    }
-
-    /// The bytes of every file under `path`.
-    static func directorySize(_ path: String) throws -> Int64 {
-        var total: Int64 = 0
-        for name in try POSIXFile.listDirectory(path) {
-            let child = path + "/" + name
-            if POSIXFile.isDirectory(child) {
-                total += try directorySize(child)
-            } else {
-                total += Int64(try POSIXFile.fileSize(child))
-            }
-        }
-        return total
     }
 
     /// The tenant's metadata.
@@ -257,8 +123,8 @@ public actor Tenant {
     ///   - checkpoint: false leaves everything in the log (tools and benchmarks).
     public func close(deleted: Bool = false, checkpoint: Bool = true) async {
         self.subscriptions.closeAll()
-        if !deleted, checkpoint, case .serving = self.state, self.log.isOwn,
-            self.log.writer.lastAppendedLSN > self.lastCheckpointLSN
+        if !deleted, checkpoint, case .serving = self.state, self.journal.checkpointsItself,
+            self.lastOwnLSN > self.lastCheckpointLSN
         {
             do {
                 try await self.checkpoint()
@@ -273,7 +139,7 @@ public actor Tenant {
         }
         self.state = .closed(deleted: deleted)
         do {
-            try await self.log.close()
+            try await self.journal.close()
         } catch {
             self.logger.error("closing the log failed: \(error)")
         }
@@ -343,11 +209,12 @@ public actor Tenant {
     func append(_ record: TenantRecord) throws -> UInt64 {
         try self.checkWritable()
         do {
-            let (lsn, size) = try self.log.append(record)
+            let (lsn, size) = try self.journal.append(record)
+            self.lastOwnLSN = lsn
             self.storageBytes += Int64(size)
             self.bytesSinceCheckpoint += Int64(size)
             if self.bytesSinceCheckpoint >= self.configuration.checkpointBytes && !self.checkpointRunning
-                && self.log.isOwn
+                && self.journal.checkpointsItself
             {
                 Task { await self.checkpointInBackground() }
             }
@@ -364,7 +231,7 @@ public actor Tenant {
     ///   serving and the log retries by itself.
     func waitDurable(_ lsn: UInt64) async throws {
         do {
-            try await self.log.waitUntilDurable(lsn)
+            try await self.journal.waitUntilDurable(lsn)
         } catch let error as WALError where error.isTransient {
             self.logger.warning("log write held back, retrying: \(error)")
             throw Self.transientError(error)
@@ -385,7 +252,7 @@ public actor Tenant {
     /// Moves the messages whose records are durable from `pending` into the rooms, in lsn order.
     func applyDurable() {
         guard let first = self.pending.first else { return }
-        let durable = self.log.durableLSN
+        let durable = self.journal.durableLSN
         guard first.lsn <= durable else { return }
         while let next = self.pending.first, next.lsn <= durable {
             self.pending.removeFirst()

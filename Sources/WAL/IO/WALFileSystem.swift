@@ -4,12 +4,15 @@ import Glibc
 import Darwin
 #endif
 
-/// The file operations a log's writer makes. Production uses ``POSIXFileSystem``; tests put a
-/// layer in between that fails the Nth write or sync, or forgets what was never synced, to try
-/// the log against disk faults and power loss without a real failing disk.
+/// The file layer: every file operation the logs and the engine make on a data directory.
+/// Production uses ``POSIXFileSystem``; tests put a layer in between that fails the Nth call of an
+/// operation, or every call after the Nth (a crash at that step), or forgets what was never synced,
+/// to try the server against disk faults and power loss without a real failing disk.
 public protocol WALFileSystem: Sendable {
     /// Creates (truncating) a segment for appending; returns its descriptor.
     func createSegment(_ path: String) throws -> Int32
+    /// Creates (truncating) any other file for writing, mode 0600; returns its descriptor.
+    func createFile(_ path: String) throws -> Int32
     /// Writes every byte at the end of the file.
     func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws
     /// fdatasync(2).
@@ -20,6 +23,24 @@ public protocol WALFileSystem: Sendable {
     func syncDirectory(_ path: String) throws
     /// rename(2).
     func rename(_ from: String, to: String) throws
+    /// Creates a directory (mode 0700) and its missing parents; true when it was created.
+    func makeDirectory(_ path: String) throws -> Bool
+    /// unlink(2).
+    func remove(_ path: String) throws
+    /// rmdir(2).
+    func removeDirectory(_ path: String) throws
+    /// Cuts a file to `length` and fsyncs it.
+    func truncate(_ path: String, to length: Int) throws
+    /// A whole file.
+    func readFile(_ path: String) throws -> [UInt8]
+    /// The names in a directory, sorted, without `.` and `..`.
+    func listDirectory(_ path: String) throws -> [String]
+    /// A file's size in bytes.
+    func fileSize(_ path: String) throws -> Int
+    /// True when `path` names a directory.
+    func isDirectory(_ path: String) -> Bool
+    /// True when `path` exists.
+    func exists(_ path: String) -> Bool
 }
 
 /// The real file system.
@@ -29,6 +50,10 @@ public struct POSIXFileSystem: WALFileSystem {
 
     public func createSegment(_ path: String) throws -> Int32 {
         try POSIXFile.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_APPEND)
+    }
+
+    public func createFile(_ path: String) throws -> Int32 {
+        try POSIXFile.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC)
     }
 
     public func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
@@ -49,5 +74,111 @@ public struct POSIXFileSystem: WALFileSystem {
 
     public func rename(_ from: String, to: String) throws {
         try POSIXFile.rename(from, to: to)
+    }
+
+    public func makeDirectory(_ path: String) throws -> Bool {
+        try POSIXFile.makeDirectory(path)
+    }
+
+    public func remove(_ path: String) throws {
+        try POSIXFile.remove(path)
+    }
+
+    public func removeDirectory(_ path: String) throws {
+        guard path.withCString({ rmdir($0) }) == 0 else { throw WALError.io("rmdir", path: path, errno: errno) }
+    }
+
+    public func truncate(_ path: String, to length: Int) throws {
+        try POSIXFile.truncate(path, to: length)
+    }
+
+    public func readFile(_ path: String) throws -> [UInt8] {
+        try POSIXFile.readAll(path)
+    }
+
+    public func listDirectory(_ path: String) throws -> [String] {
+        try POSIXFile.listDirectory(path)
+    }
+
+    public func fileSize(_ path: String) throws -> Int {
+        try POSIXFile.fileSize(path)
+    }
+
+    public func isDirectory(_ path: String) -> Bool {
+        POSIXFile.isDirectory(path)
+    }
+
+    public func exists(_ path: String) -> Bool {
+        POSIXFile.exists(path)
+    }
+}
+
+extension WALFileSystem {
+    /// Writes a whole new file durably through this layer: a temporary name, fdatasync, rename,
+    /// fsync of the directory. A crash at any step leaves the old file or the new one, never half.
+    public func writeFileAtomically(_ path: String, contents: [UInt8]) throws {
+        let temporary = path + ".tmp"
+        let fd = try self.createFile(temporary)
+        do {
+            try contents.withUnsafeBytes { try self.write(fd, $0, path: temporary) }
+            try self.sync(fd, path: temporary)
+            self.close(fd, path: temporary)
+        } catch {
+            self.close(fd, path: temporary)
+            try? self.remove(temporary)
+            throw error
+        }
+        do {
+            try self.rename(temporary, to: path)
+        } catch {
+            try? self.remove(temporary)
+            throw error
+        }
+        try self.syncDirectory(POSIXFile.parent(of: path))
+    }
+
+    /// Removes a file or a directory tree.
+    public func removeTree(_ path: String) throws {
+        if self.isDirectory(path) {
+            for name in try self.listDirectory(path) { try self.removeTree(path + "/" + name) }
+            try self.removeDirectory(path)
+        } else if self.exists(path) {
+            try self.remove(path)
+        }
+    }
+
+    /// Copies a directory tree to a new directory, every file and directory made durable;
+    /// names ending in `.tmp` (unfinished writes) are left out.
+    public func copyTree(_ source: String, to destination: String) throws {
+        guard try self.makeDirectory(destination) else {
+            throw WALError.io("mkdir", path: destination, errno: EEXIST)
+        }
+        for name in try self.listDirectory(source) where !name.hasSuffix(".tmp") {
+            let from = source + "/" + name
+            let to = destination + "/" + name
+            if self.isDirectory(from) {
+                try self.copyTree(from, to: to)
+            } else {
+                let bytes = try self.readFile(from)
+                let fd = try self.createFile(to)
+                do {
+                    try bytes.withUnsafeBytes { try self.write(fd, $0, path: to) }
+                    try self.sync(fd, path: to)
+                    self.close(fd, path: to)
+                } catch {
+                    self.close(fd, path: to)
+                    throw error
+                }
+            }
+        }
+        try self.syncDirectory(destination)
+    }
+
+    /// The bytes of every file under `path` (0 for a missing path).
+    public func treeSize(_ path: String) throws -> Int64 {
+        guard self.isDirectory(path) else { return self.exists(path) ? Int64(try self.fileSize(path)) : 0 }
+        var total: Int64 = 0
+        for name in try self.listDirectory(path) { total += try self.treeSize(path + "/" + name) }
+        return total
     }
 }

@@ -80,7 +80,7 @@ public final class WALWriter: @unchecked Sendable {
         self.configuration = configuration
         self.syncScheduler = syncScheduler
         self.fileSystem = fileSystem
-        if try POSIXFile.makeDirectory(directory) {
+        if try fileSystem.makeDirectory(directory) {
             try fileSystem.syncDirectory(POSIXFile.parent(of: directory))
         }
         let compressor = LZ4StreamCompressor(maxBlockSize: configuration.maxRecordSize)

@@ -1,0 +1,291 @@
+import Logging
+import Synchronization
+import WAL
+
+/// The `database` strategy: a directory, a log and an executor per tenant; tenants open on first
+/// use and close when idle; a creation is written in a staging directory renamed into place, a
+/// deletion renames the directory into the trash.
+struct DirectoryStore: TenantStore {
+    let layout: DataLayout
+    let configuration: EngineConfiguration
+    let logger: Logger
+    var fileSystem: any WALFileSystem { self.configuration.fileSystem }
+
+    init(configuration: EngineConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.layout = DataLayout(root: configuration.dataDirectory, prefix: configuration.directoryPrefix)
+    }
+
+    var passivates: Bool { true }
+    var keepsIndex: Bool { true }
+
+    func load(context: TenantContext) async throws -> StoredTenants {
+        let layout = self.layout
+        let fileSystem = self.fileSystem
+        let logger = self.logger
+        return try await runBlocking {
+            let listing = try fileSystem.listDirectory(layout.root)
+            var ids: Set<String> = []
+            for name in listing {
+                if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix) {
+                    // Deleted tenants, and creations that crashed before their rename (never
+                    // acknowledged, so never tenants).
+                    do {
+                        try fileSystem.removeTree(layout.root + "/" + name)
+                    } catch {
+                        logger.warning("could not remove \(name) from the data directory: \(error)")
+                    }
+                } else if let id = layout.tenantID(ofDirectoryNamed: name),
+                    fileSystem.isDirectory(layout.root + "/" + name)
+                {
+                    ids.insert(id)
+                }
+            }
+            let index = (try? fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
+            return .onDisk(ids: ids, index: index)
+        }
+    }
+
+    func open(id: String, context: TenantContext) async throws -> Tenant {
+        let tenant = try await Self.open(
+            files: TenantFiles(self.layout.tenantDirectory(id)),
+            context: context
+        )
+        guard tenant.id == id else {
+            await tenant.close()
+            throw TenantError(
+                .ioError,
+                "directory \(self.layout.tenantDirectory(id)) holds tenant \(tenant.id), not \(id)"
+            )
+        }
+        return tenant
+    }
+
+    /// A tenant directory recovered: its newest valid checkpoint, then its log after it.
+    struct Recovered {
+        var state: TenantState
+        var result: WALRecoveryResult
+        var checkpointLSN: UInt64
+    }
+
+    /// Rebuilds a tenant's state from its directory.
+    /// - Parameters:
+    ///   - repair: cut a torn tail off and remove unfinished checkpoint files (recovery), or change
+    ///     nothing (verify).
+    /// - Throws: ``WALError`` for corruption, ``TenantError`` for a record that does not decode.
+    static func recover(
+        files: TenantFiles,
+        fileSystem: any WALFileSystem,
+        maxRecordSize: Int,
+        repair: Bool,
+        logger: Logger?
+    ) throws -> Recovered {
+        let log = CheckpointedLog(files: files, fileSystem: fileSystem)
+        let checkpoint = try log.loadNewestCheckpoint(repair: repair, logger: logger) { bytes, path in
+            let (state, lsn) = try Checkpoint.decode(bytes: bytes, path: path)
+            guard state.metadata != nil else {
+                throw WALError.corrupt(file: path, offset: 0, reason: "no tenant metadata")
+            }
+            return (state, lsn)
+        }
+        var state = checkpoint?.body ?? TenantState()
+        let checkpointLSN = checkpoint?.lsn ?? 0
+        let result = try log.replay(after: checkpointLSN, maxRecordSize: maxRecordSize, repair: repair, logger: logger)
+        { record in
+            do {
+                try state.apply(TenantRecord.decode(type: record.type, payload: record.payload))
+            } catch {
+                throw TenantError(
+                    .ioError,
+                    "tenant log record \(record.lsn) in \(files.directory) does not decode: \(error)"
+                )
+            }
+        }
+        return Recovered(state: state, result: result, checkpointLSN: checkpointLSN)
+    }
+
+    /// Recovers a tenant from its directory: replays its log, cutting a torn tail off, and opens
+    /// it for append.
+    /// - Throws: ``TenantError`` when the directory holds no tenant or its log is corrupt.
+    static func open(files: TenantFiles, context: TenantContext) async throws -> Tenant {
+        let configuration = context.configuration
+        let fileSystem = configuration.fileSystem
+        let logger = context.logger
+        let (recovered, writer, storage, logBytes) = try await runBlocking {
+            let recovered: Recovered
+            do {
+                recovered = try Self.recover(
+                    files: files,
+                    fileSystem: fileSystem,
+                    maxRecordSize: configuration.walConfiguration.maxRecordSize,
+                    repair: true,
+                    logger: logger
+                )
+            } catch let error as WALError {
+                throw TenantError(.ioError, "tenant log is damaged: \(error)")
+            }
+            guard recovered.state.metadata != nil else {
+                throw TenantError(.notFound, "no tenant metadata in \(files.directory)")
+            }
+            if let note = try? fileSystem.readFile(files.repairNote) {
+                logger.warning(
+                    "tenant directory \(files.directory) was repaired: \(String(decoding: note, as: UTF8.self))"
+                )
+            }
+            let writer = try WALWriter(
+                directory: files.wal,
+                lastLSN: recovered.result.lastLSN,
+                configuration: configuration.walConfiguration,
+                fileSystem: fileSystem
+            )
+            return (recovered, writer, try fileSystem.treeSize(files.directory), try fileSystem.treeSize(files.wal))
+        }
+        let tenant = Tenant(
+            data: recovered.state,
+            journal: DirectoryJournal(writer: writer, files: files, fileSystem: fileSystem),
+            storageBytes: storage,
+            executor: TenantExecutor(label: "tenantd.tenant"),
+            context: context
+        )
+        await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: logBytes)
+        return tenant
+    }
+
+    /// Creates a new tenant's directory and serves it, its first records (its metadata and its
+    /// owner) written once: a log in a staging directory, fdatasync'd whatever the policy, the
+    /// directory renamed into place (so a crash never leaves half a tenant there), and the same
+    /// writer kept for the tenant, which then serves without reading anything back.
+    func create(metadata: TenantMetadata, owner: User?, context: TenantContext) async throws -> Tenant {
+        let staging = self.layout.stagingDirectory(metadata.tenantID)
+        let path = self.layout.tenantDirectory(metadata.tenantID)
+        let fileSystem = self.fileSystem
+        let walConfiguration = self.configuration.walConfiguration
+        do {
+            let writer = try await runBlocking {
+                _ = try fileSystem.makeDirectory(staging)
+                return try WALWriter(
+                    directory: TenantFiles(staging).wal,
+                    lastLSN: 0,
+                    configuration: walConfiguration,
+                    fileSystem: fileSystem
+                )
+            }
+            let files = TenantFiles(path)
+            let journal = DirectoryJournal(writer: writer, files: files, fileSystem: fileSystem)
+            var state = TenantState()
+            let renamed = Atomic<Bool>(false)
+            do {
+                for record in [TenantRecord.metadata(metadata)] + (owner.map { [TenantRecord.userPut($0)] } ?? []) {
+                    _ = try journal.append(record)
+                    try state.apply(record)
+                }
+                try await writer.flushAndSync()
+                try await runBlocking {
+                    try fileSystem.syncDirectory(staging)
+                    try fileSystem.rename(staging, to: path)
+                    renamed.store(true, ordering: .relaxed)
+                    try fileSystem.syncDirectory(POSIXFile.parent(of: path))
+                }
+            } catch {
+                try? await writer.close()
+                if renamed.load(ordering: .relaxed) {
+                    // Renamed, but its name may not be durable: never acknowledged, so never a
+                    // tenant (left there, it would come back at the next start with a subdomain
+                    // given away).
+                    try? await runBlocking { try? fileSystem.removeTree(path) }
+                }
+                throw error
+            }
+            writer.moved(from: staging, to: path)
+            let (storage, logBytes) = try await runBlocking {
+                (try fileSystem.treeSize(files.directory), try fileSystem.treeSize(files.wal))
+            }
+            let tenant = Tenant(
+                data: state,
+                journal: journal,
+                storageBytes: storage,
+                executor: TenantExecutor(label: "tenantd.tenant"),
+                context: context
+            )
+            await tenant.recovered(checkpointLSN: 0, logBytes: logBytes)
+            return tenant
+        } catch {
+            try? await runBlocking { try? fileSystem.removeTree(staging) }
+            throw TenantError.ioError("could not create the tenant directory: \(error)")
+        }
+    }
+
+    /// Closes the tenant and renames its directory into the trash (so a crash never leaves half a
+    /// tenant), then removes it from there in the background.
+    func delete(id: String, tenant: Tenant?) async throws {
+        await tenant?.close(deleted: true)
+        let layout = self.layout
+        let directory = layout.tenantDirectory(id)
+        let target = layout.trashEntry(id, stamp: self.configuration.clock())
+        let fileSystem = self.fileSystem
+        let renamed = Atomic<Bool>(false)
+        do {
+            try await runBlocking {
+                if try fileSystem.makeDirectory(layout.trashDirectory) { try fileSystem.syncDirectory(layout.root) }
+                try fileSystem.rename(directory, to: target)
+                renamed.store(true, ordering: .relaxed)
+                try fileSystem.syncDirectory(layout.root)
+                try fileSystem.syncDirectory(layout.trashDirectory)
+            }
+        } catch {
+            guard renamed.load(ordering: .relaxed) else {
+                // Still in place and whole: the next use opens it again.
+                throw DeletionFailure(
+                    removed: false,
+                    error: TenantError.ioError("could not move the tenant directory to the trash: \(error)")
+                )
+            }
+            // Out of its place, but the move may not be durable: deleted here all the same.
+            self.logger.error("tenant \(id) deleted, but its move to the trash may not be durable: \(error)")
+            throw DeletionFailure(
+                removed: true,
+                error: TenantError.ioError(
+                    "tenant deleted, but its move to the trash may not be durable (a crash may bring it back): \(error)"
+                )
+            )
+        }
+        let logger = self.logger
+        Task.detached {
+            do {
+                try fileSystem.removeTree(target)
+            } catch {
+                logger.warning("could not empty \(target) from the trash (removed at the next start): \(error)")
+            }
+        }
+    }
+
+    func requireTenantDirectories(for command: String) throws {}
+
+    func hasDirectory(id: String) -> Bool {
+        self.fileSystem.isDirectory(self.layout.tenantDirectory(id))
+    }
+
+    func snapshotTarget(id: String, destination: String) throws -> String {
+        guard destination.hasPrefix("/"), !destination.split(separator: "/").contains(".."),
+            !destination.utf8.contains(0)
+        else { throw TenantError.invalid("the destination must be an absolute path without '..'") }
+        guard self.fileSystem.isDirectory(destination) else {
+            throw TenantError.notFound("no directory \(destination)")
+        }
+        let target = destination + "/" + self.layout.directoryName(id)
+        guard !self.fileSystem.exists(target) else { throw TenantError(.exists, "\(target) already exists") }
+        return target
+    }
+
+    func saveIndex(_ catalog: Catalog) throws {
+        if try self.fileSystem.makeDirectory(self.layout.catalogDirectory) {
+            try self.fileSystem.syncDirectory(self.layout.root)
+        }
+        try self.fileSystem.writeFileAtomically(self.layout.catalogFile, contents: try catalog.encoded())
+    }
+
+    func prepareShutdown(checkpoint: Bool) async {}
+
+    func close() async {}
+}

@@ -1,0 +1,401 @@
+import Logging
+import WAL
+
+/// The `schema` and `shared` strategies: one log for every tenant in `<data>/shared/`, each
+/// record framed with its tenant id, and every tenant resident from start-up. `schema` gives each
+/// tenant an executor of its own, `shared` one executor for all.
+///
+/// The store checkpoints the whole log once `TENANT_CHECKPOINT_BYTES` were appended since the
+/// last checkpoint (and at a clean shutdown): at a cut `C` (the log's last lsn when it starts,
+/// the writer rolling to a new segment), each tenant's state is captured on its own actor once
+/// its records are durable, at its own cut `c ≥ C` (every record of the tenant up to `c`, none
+/// after). One file holds them all; once it is durable the segments wholly at or before `C` and
+/// the older checkpoints go. Recovery loads the newest file, replays the log after `C` and skips
+/// a tenant's records up to its own `c`. Creations and deletions wait while a checkpoint captures
+/// (so none is half in and half out of the cut), and a checkpoint waits for those in flight.
+actor SharedLogStore: TenantStore {
+    nonisolated let layout: DataLayout
+    nonisolated let configuration: EngineConfiguration
+    nonisolated let logger: Logger
+    /// True for `shared`: one executor runs every tenant.
+    nonisolated let oneExecutor: Bool
+    nonisolated let sharedExecutor = TenantExecutor(label: "tenantd.shared-store")
+    nonisolated var fileSystem: any WALFileSystem { self.configuration.fileSystem }
+    nonisolated var files: TenantFiles { self.layout.sharedLog }
+
+    private var log: SharedLog?
+    private var members: [String: Tenant] = [:]
+    private var lastCheckpointLSN: UInt64 = 0
+    private var checkpointing = false
+    private var changesInFlight = 0
+    private var waitingForCheckpoint: [CheckedContinuation<Void, Never>] = []
+    private var waitingForChanges: CheckedContinuation<Void, Never>?
+
+    init(configuration: EngineConfiguration, logger: Logger, oneExecutor: Bool) {
+        self.configuration = configuration
+        self.logger = logger
+        self.oneExecutor = oneExecutor
+        self.layout = DataLayout(root: configuration.dataDirectory, prefix: configuration.directoryPrefix)
+    }
+
+    nonisolated var passivates: Bool { false }
+    nonisolated var keepsIndex: Bool { false }
+
+    // MARK: - Recovery
+
+    /// The shared log recovered: every live tenant's state and bytes on disk.
+    struct Recovered {
+        var states: [String: TenantState] = [:]
+        var storage: [String: Int64] = [:]
+        /// Each tenant's cut in the checkpoint loaded.
+        var cuts: [String: UInt64] = [:]
+        var result: WALRecoveryResult?
+        var checkpointLSN: UInt64 = 0
+        /// Log bytes after the checkpoint.
+        var bytesAfterCheckpoint: Int64 = 0
+    }
+
+    /// Rebuilds every tenant of the shared log: the newest usable checkpoint, then the records
+    /// after it (the one reading of the shared log's framing, for recovery and verify alike).
+    /// - Parameter repair: cut a torn tail off and remove unfinished checkpoints, or change nothing.
+    /// - Throws: ``WALError`` for corruption, ``TenantError`` for a record that does not decode.
+    static func recover(
+        files: TenantFiles,
+        fileSystem: any WALFileSystem,
+        maxRecordSize: Int,
+        repair: Bool,
+        logger: Logger?
+    ) throws -> Recovered {
+        let log = CheckpointedLog(files: files, fileSystem: fileSystem)
+        var recovered = Recovered()
+        if let checkpoint = try log.loadNewestCheckpoint(
+            repair: repair,
+            logger: logger,
+            decode: SharedCheckpoint.decode
+        ) {
+            recovered.checkpointLSN = checkpoint.lsn
+            for entry in checkpoint.body {
+                recovered.states[entry.id] = entry.state
+                recovered.storage[entry.id] = Int64(entry.size)
+                recovered.cuts[entry.id] = entry.cut
+            }
+        }
+        recovered.result = try log.replay(
+            after: recovered.checkpointLSN,
+            maxRecordSize: maxRecordSize,
+            repair: repair,
+            logger: logger
+        ) { record in
+            recovered.bytesAfterCheckpoint += Int64(record.storedSize)
+            do {
+                let (id, payload) = try SharedLogPayload.split(record.payload)
+                if let cut = recovered.cuts[id], record.lsn <= cut { return }
+                let decoded = try TenantRecord.decode(type: record.type, payload: payload)
+                if case .tenantDeleted = decoded {
+                    recovered.states[id] = nil
+                    recovered.storage[id] = nil
+                    recovered.cuts[id] = nil
+                    return
+                }
+                try recovered.states[id, default: TenantState()].apply(decoded)
+                recovered.storage[id, default: 0] += Int64(record.storedSize)
+            } catch {
+                throw TenantError(.ioError, "shared log record \(record.lsn) does not decode: \(error)")
+            }
+        }
+        return recovered
+    }
+
+    func load(context: TenantContext) async throws -> StoredTenants {
+        let configuration = self.configuration
+        let files = self.files
+        let fileSystem = self.fileSystem
+        let logger = self.logger
+        let (recovered, writer) = try await runBlocking {
+            let recovered: Recovered
+            do {
+                recovered = try Self.recover(
+                    files: files,
+                    fileSystem: fileSystem,
+                    maxRecordSize: configuration.sharedWALConfiguration.maxRecordSize,
+                    repair: true,
+                    logger: logger
+                )
+            } catch let error as WALError {
+                throw TenantError(.ioError, "the shared log is damaged: \(error)")
+            }
+            let writer = try WALWriter(
+                directory: files.wal,
+                lastLSN: recovered.result?.lastLSN ?? 0,
+                configuration: configuration.sharedWALConfiguration,
+                fileSystem: fileSystem
+            )
+            return (recovered, writer)
+        }
+        let log = SharedLog(
+            writer: writer,
+            checkpointBytes: configuration.checkpointBytes,
+            appendedSinceCheckpoint: recovered.bytesAfterCheckpoint
+        ) { [weak self] in
+            Task { await self?.checkpointInBackground() }
+        }
+        self.log = log
+        self.lastCheckpointLSN = recovered.checkpointLSN
+        for (id, state) in recovered.states {
+            guard let metadata = state.metadata, metadata.tenantID == id else {
+                self.logger.error("shared log holds records of tenant \(id) without its metadata; not served")
+                continue
+            }
+            let tenant = self.makeTenant(state: state, storage: recovered.storage[id] ?? 0, log: log, context: context)
+            await tenant.recovered(checkpointLSN: recovered.cuts[id] ?? 0, logBytes: 0)
+            self.members[id] = tenant
+        }
+        return .resident(Array(self.members.values))
+    }
+
+    private func makeTenant(state: TenantState, storage: Int64, log: SharedLog, context: TenantContext) -> Tenant {
+        let id = state.metadata!.tenantID
+        return Tenant(
+            data: state,
+            journal: SharedJournal(log: log, tenantID: id),
+            storageBytes: storage,
+            executor: self.oneExecutor ? self.sharedExecutor : TenantExecutor(label: "tenantd.tenant"),
+            context: context
+        )
+    }
+
+    // MARK: - Tenants
+
+    func open(id: String, context: TenantContext) async throws -> Tenant {
+        // Every tenant of the shared log is resident: one not open does not exist.
+        throw TenantError.notFound("no tenant '\(id)'")
+    }
+
+    func create(metadata: TenantMetadata, owner: User?, context: TenantContext) async throws -> Tenant {
+        guard let log = self.log else { throw TenantError(.loading, "shared log is not open") }
+        await self.beginChange()
+        defer { self.endChange() }
+        let prefix = SharedLogPayload.prefix(for: metadata.tenantID)
+        var state = TenantState()
+        var storage: Int64 = 0
+        var appended = false
+        do {
+            var last: UInt64 = 0
+            for record in [TenantRecord.metadata(metadata)] + (owner.map { [TenantRecord.userPut($0)] } ?? []) {
+                let (lsn, size) = try log.append(record, prefix: prefix)
+                appended = true
+                try state.apply(record)
+                storage += Int64(size)
+                last = lsn
+            }
+            try await log.writer.waitUntilDurable(last)
+        } catch {
+            if appended {
+                // Records held back by a shortage may still land: a deletion after them keeps the
+                // unacknowledged tenant from coming back at the next start.
+                _ = try? log.append(.tenantDeleted, prefix: prefix)
+            }
+            throw TenantError.ioError("could not write the new tenant to the shared log: \(error)")
+        }
+        let tenant = self.makeTenant(state: state, storage: storage, log: log, context: context)
+        self.members[metadata.tenantID] = tenant
+        return tenant
+    }
+
+    func delete(id: String, tenant: Tenant?) async throws {
+        guard let log = self.log, let tenant = tenant ?? self.members[id] else {
+            throw DeletionFailure(removed: false, error: TenantError.notFound("no tenant '\(id)'"))
+        }
+        await self.beginChange()
+        defer { self.endChange() }
+        do {
+            let (lsn, _) = try log.append(.tenantDeleted, prefix: SharedLogPayload.prefix(for: id))
+            try await log.writer.waitUntilDurable(lsn)
+        } catch {
+            throw DeletionFailure(removed: false, error: TenantError.ioError("could not log the deletion: \(error)"))
+        }
+        await tenant.close(deleted: true)
+        self.members[id] = nil
+    }
+
+    nonisolated func requireTenantDirectories(for command: String) throws {
+        throw TenantError.invalid(
+            "TENANT \(command) is for the database strategy; under \(self.oneExecutor ? "shared" : "schema") "
+                + "every tenant is in the one shared log"
+        )
+    }
+
+    nonisolated func hasDirectory(id: String) -> Bool { false }
+
+    nonisolated func snapshotTarget(id: String, destination: String) throws -> String {
+        try self.requireTenantDirectories(for: "SNAPSHOT")
+        return destination
+    }
+
+    nonisolated func saveIndex(_ catalog: Catalog) throws {}
+
+    // MARK: - Checkpoints
+
+    private func beginChange() async {
+        while self.checkpointing { await withCheckedContinuation { self.waitingForCheckpoint.append($0) } }
+        self.changesInFlight += 1
+    }
+
+    private func endChange() {
+        self.changesInFlight -= 1
+        if self.changesInFlight == 0, let waiting = self.waitingForChanges {
+            self.waitingForChanges = nil
+            waiting.resume()
+        }
+    }
+
+    private func checkpointInBackground() async {
+        do {
+            try await self.checkpoint()
+        } catch {
+            self.logger.error("shared log checkpoint failed (the log still holds everything): \(error)")
+        }
+    }
+
+    /// Checkpoints the shared log: every tenant's state in one file, then the segments and older
+    /// checkpoints it covers dropped.
+    /// - Throws: when a tenant cannot be captured or the file cannot be written; the log still
+    ///   holds everything then.
+    func checkpoint() async throws {
+        guard let log = self.log, !self.checkpointing else { return }
+        self.checkpointing = true
+        defer {
+            self.checkpointing = false
+            let waiting = self.waitingForCheckpoint
+            self.waitingForCheckpoint = []
+            for continuation in waiting { continuation.resume() }
+        }
+        while self.changesInFlight > 0 { await withCheckedContinuation { self.waitingForChanges = $0 } }
+        let cut = log.writer.lastAppendedLSN
+        guard cut > self.lastCheckpointLSN else { return }
+        // Records after the cut go to a new segment, so the ones before can be dropped.
+        log.writer.startNewSegment()
+        log.checkpointStarted()
+        var entries: [SharedCheckpoint.Capture] = []
+        var tenants: [Tenant] = []
+        for (id, tenant) in self.members.sorted(by: { $0.key < $1.key }) {
+            guard let (state, tenantCut) = try await tenant.captureForCheckpoint() else {
+                throw TenantError(.loading, "tenant \(id) is not serving; the shared log is not checkpointed")
+            }
+            entries.append(SharedCheckpoint.Capture(id: id, cut: tenantCut, state: state))
+            tenants.append(tenant)
+        }
+        let files = self.files
+        let fileSystem = self.fileSystem
+        let writer = log.writer
+        let captures = entries
+        let sizes = try await runBlocking {
+            let (bytes, sizes) = try SharedCheckpoint.encode(captures, lsn: cut)
+            try CheckpointedLog(files: files, fileSystem: fileSystem).commit(
+                checkpoint: bytes,
+                lsn: cut,
+                lastAppendedLSN: writer.lastAppendedLSN
+            )
+            return sizes
+        }
+        self.lastCheckpointLSN = cut
+        for (index, tenant) in tenants.enumerated() {
+            await tenant.checkpointed(storageBytes: Int64(sizes[index]), cut: entries[index].cut)
+        }
+        self.logger.debug("shared log checkpoint written", metadata: ["lsn": "\(cut)", "tenants": "\(entries.count)"])
+    }
+
+    func prepareShutdown(checkpoint: Bool) async {
+        guard checkpoint, let log = self.log, log.bytesSinceCheckpoint > 0 else { return }
+        do {
+            try await self.checkpoint()
+        } catch {
+            self.logger.error("shared log checkpoint at shutdown failed (the log still holds everything): \(error)")
+        }
+    }
+
+    func close() async {
+        guard let log = self.log else { return }
+        self.log = nil
+        do {
+            try await log.writer.close()
+        } catch {
+            self.logger.error("closing the shared log failed: \(error)")
+        }
+    }
+}
+
+/// The shared log's checkpoint: every tenant's state at its own cut, in one checkpoint file
+/// (``Checkpoint``'s header, checksummed compressed blocks and trailer). The body is a count, then
+/// per tenant its id, its cut (u64) and its state's body as a tenant checkpoint holds it.
+enum SharedCheckpoint {
+    struct Capture {
+        var id: String
+        var cut: UInt64
+        var state: TenantState
+    }
+
+    struct Entry {
+        var id: String
+        var cut: UInt64
+        var state: TenantState
+        /// The share of the file this tenant takes (its part of the body, scaled to the file).
+        var size: Int
+    }
+
+    /// The file bytes, and each tenant's share of them.
+    static func encode(_ captures: [Capture], lsn: UInt64) throws -> (bytes: [UInt8], sizes: [Int]) {
+        var writer = BinaryWriter(capacity: 1 << 16)
+        writer.writeVarint(UInt64(captures.count))
+        var bodySizes: [Int] = []
+        for capture in captures {
+            let start = writer.bytes.count
+            writer.write(capture.id)
+            writer.write(capture.cut)
+            writer.write(bytes: Checkpoint.body(capture.state))
+            bodySizes.append(writer.bytes.count - start)
+        }
+        let bytes = try Checkpoint.encode(body: writer.bytes, lsn: lsn)
+        let scale = Double(bytes.count) / Double(max(1, writer.bytes.count))
+        return (bytes, bodySizes.map { Int((Double($0) * scale).rounded(.up)) })
+    }
+
+    /// The fewest body bytes one tenant takes: an id, a cut and an empty state.
+    private static let minimumEntrySize = 4 + 8 + 4
+
+    /// Checks and decodes a shared checkpoint file. Every count is bounded by the bytes left.
+    static func decode(bytes: [UInt8], path: String) throws -> ([Entry], UInt64) {
+        let (body, lsn) = try Checkpoint.container(bytes: bytes, path: path)
+        do {
+            return try body.withUnsafeBytes { raw in
+                var reader = BinaryReader(raw)
+                let count = try reader.readCount(minimumSize: Self.minimumEntrySize, "tenant count")
+                var entries: [Entry] = []
+                var seen: Set<String> = []
+                let scale = Double(bytes.count) / Double(max(1, body.count))
+                for _ in 0..<count {
+                    let start = reader.offset
+                    let id = try reader.readString()
+                    let cut = try reader.read(UInt64.self)
+                    let tenantBody = try reader.readBytes()
+                    guard Names.isValidTenantID(id), seen.insert(id).inserted else {
+                        throw RecordDecodingError.invalidValue("tenant id")
+                    }
+                    guard cut >= lsn, cut <= WALFormat.maxLSN else { throw RecordDecodingError.invalidValue("cut") }
+                    let state = try tenantBody.withUnsafeBytes { try Checkpoint.state(from: $0) }
+                    guard state.metadata?.tenantID == id else { throw RecordDecodingError.invalidValue("metadata") }
+                    let size = Int((Double(reader.offset - start) * scale).rounded(.up))
+                    entries.append(Entry(id: id, cut: cut, state: state, size: size))
+                }
+                guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
+                return (entries, lsn)
+            }
+        } catch {
+            throw WALError.corrupt(
+                file: path,
+                offset: Checkpoint.headerSize,
+                reason: "shared checkpoint does not decode: \(error)"
+            )
+        }
+    }
+}

@@ -1,0 +1,184 @@
+import Synchronization
+import WAL
+
+/// Where one tenant's records go, as its storage strategy keeps them: the tenant actor appends,
+/// waits for durability and asks for checkpoints through this, and never learns the layout.
+protocol TenantJournal: AnyObject, Sendable {
+    /// Queues a record.
+    /// - Returns: its lsn and its size on disk.
+    func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int)
+    /// Waits until `lsn` is durable under the policy.
+    func waitUntilDurable(_ lsn: UInt64) async throws
+    /// The lsn up to which the log is durable.
+    var durableLSN: UInt64 { get }
+    /// The newest lsn anyone appended to the log: the cut a checkpoint captured now stands at.
+    var lastAppendedLSN: UInt64 { get }
+    /// True when the tenant checkpoints this log itself, by the bytes it appends and when it
+    /// closes (its own log); false when the store checkpoints it (a shared log).
+    var checkpointsItself: Bool { get }
+    /// Writes a checkpoint of `state`, which holds every record of the tenant up to `lsn`, and
+    /// drops what it covers.
+    /// - Returns: the bytes the tenant holds on disk afterwards.
+    func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64
+    /// Copies the tenant's files to `destination` as they are now (snapshots), synchronously, so
+    /// that the calling actor appends nothing meanwhile.
+    func copy(to destination: String) throws
+    /// Closes the log when it is the tenant's own.
+    func close() async throws
+}
+
+/// A tenant's own log in its own directory (the `database` strategy).
+final class DirectoryJournal: TenantJournal {
+    let writer: WALWriter
+    let files: TenantFiles
+    let fileSystem: any WALFileSystem
+
+    init(writer: WALWriter, files: TenantFiles, fileSystem: any WALFileSystem) {
+        self.writer = writer
+        self.files = files
+        self.fileSystem = fileSystem
+    }
+
+    func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int) {
+        try record.encode().withUnsafeBytes { try self.writer.appendRecord(type: record.kind.rawValue, payload: $0) }
+    }
+
+    func waitUntilDurable(_ lsn: UInt64) async throws {
+        try await self.writer.waitUntilDurable(lsn)
+    }
+
+    var durableLSN: UInt64 { self.writer.durableLSN }
+    var lastAppendedLSN: UInt64 { self.writer.lastAppendedLSN }
+    var checkpointsItself: Bool { true }
+
+    func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64 {
+        // Appends after the capture go to a new segment, so the ones before can be dropped.
+        self.writer.startNewSegment()
+        let log = CheckpointedLog(files: self.files, fileSystem: self.fileSystem)
+        let writer = self.writer
+        let fileSystem = self.fileSystem
+        let directory = self.files.directory
+        return try await runBlocking {
+            try log.commit(
+                checkpoint: try Checkpoint.encode(state, lsn: lsn),
+                lsn: lsn,
+                lastAppendedLSN: writer.lastAppendedLSN
+            )
+            return try fileSystem.treeSize(directory)
+        }
+    }
+
+    func copy(to destination: String) throws {
+        do {
+            try self.fileSystem.copyTree(self.files.directory, to: destination)
+            try self.fileSystem.syncDirectory(POSIXFile.parent(of: destination))
+        } catch {
+            try? self.fileSystem.removeTree(destination)
+            throw error
+        }
+    }
+
+    func close() async throws {
+        try await self.writer.close()
+    }
+}
+
+/// One tenant's share of the log every tenant writes (the `schema` and `shared` strategies):
+/// each payload starts with the tenant id. The store checkpoints the whole log.
+final class SharedJournal: TenantJournal {
+    let log: SharedLog
+    /// `u8 length + tenant id` before every payload.
+    private let prefix: [UInt8]
+
+    init(log: SharedLog, tenantID: String) {
+        self.log = log
+        self.prefix = SharedLogPayload.prefix(for: tenantID)
+    }
+
+    func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int) {
+        try self.log.append(record, prefix: self.prefix)
+    }
+
+    func waitUntilDurable(_ lsn: UInt64) async throws {
+        try await self.log.writer.waitUntilDurable(lsn)
+    }
+
+    var durableLSN: UInt64 { self.log.writer.durableLSN }
+    var lastAppendedLSN: UInt64 { self.log.writer.lastAppendedLSN }
+    var checkpointsItself: Bool { false }
+
+    func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64 {
+        throw TenantError.invalid("a tenant of the shared log is checkpointed with the whole log")
+    }
+
+    func copy(to destination: String) throws {
+        throw TenantError.invalid("TENANT SNAPSHOT is for the database strategy")
+    }
+
+    func close() async throws {
+        // The shared log is the store's to close.
+    }
+}
+
+/// The log every tenant shares: its writer, and the bytes appended since its last checkpoint,
+/// which start the next one.
+final class SharedLog: Sendable {
+    let writer: WALWriter
+    private let sinceCheckpoint: Mutex<Int64>
+    private let threshold: Int64
+    private let onThreshold: @Sendable () -> Void
+
+    init(
+        writer: WALWriter,
+        checkpointBytes: Int64,
+        appendedSinceCheckpoint: Int64,
+        onThreshold: @escaping @Sendable () -> Void
+    ) {
+        self.writer = writer
+        self.sinceCheckpoint = Mutex(appendedSinceCheckpoint)
+        self.threshold = checkpointBytes
+        self.onThreshold = onThreshold
+    }
+
+    /// Appends a tenant's record, framed once for every caller: `prefix` (the tenant id) then the
+    /// record's own payload.
+    func append(_ record: TenantRecord, prefix: [UInt8]) throws -> (lsn: UInt64, size: Int) {
+        var payload = prefix
+        payload += record.encode()
+        let appended = try payload.withUnsafeBytes {
+            try self.writer.appendRecord(type: record.kind.rawValue, payload: $0)
+        }
+        let crossed = self.sinceCheckpoint.withLock { bytes in
+            let before = bytes
+            bytes += Int64(appended.size)
+            return before < self.threshold && bytes >= self.threshold
+        }
+        if crossed { self.onThreshold() }
+        return appended
+    }
+
+    /// A checkpoint began: the bytes appended from now on count towards the next.
+    func checkpointStarted() {
+        self.sinceCheckpoint.withLock { $0 = 0 }
+    }
+
+    /// The bytes appended since the last checkpoint began.
+    var bytesSinceCheckpoint: Int64 { self.sinceCheckpoint.withLock { $0 } }
+}
+
+/// The tenant-id prefix of payloads in a shared log.
+enum SharedLogPayload {
+    static func prefix(for tenantID: String) -> [UInt8] {
+        let id = Array(tenantID.utf8)
+        precondition(id.count <= 255, "tenant ids are at most 50 bytes")
+        return [UInt8(id.count)] + id
+    }
+
+    /// Splits a shared-log payload into its tenant id and the record's own payload.
+    static func split(_ payload: UnsafeRawBufferPointer) throws -> (String, UnsafeRawBufferPointer) {
+        guard let count = payload.first.map(Int.init), payload.count >= 1 + count,
+            let id = String(validating: payload[1..<(1 + count)], as: UTF8.self), Names.isValidTenantID(id)
+        else { throw RecordDecodingError.invalidValue("shared log record without a valid tenant id") }
+        return (id, UnsafeRawBufferPointer(rebasing: payload[(1 + count)...]))
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+import WAL
+
+/// What a tenant is built with besides its data: the engine's settings, where it logs, and whom
+/// it tells of its metadata once durable (the registry's catalog).
+struct TenantContext: Sendable {
+    var configuration: EngineConfiguration
+    var logger: Logger
+    var onMetadataChange: @Sendable (TenantMetadata) async -> Void
+}
+
+/// What a store finds in the data directory at start-up.
+enum StoredTenants {
+    /// Tenants in directories of their own, each opened on first use, and the index saved at
+    /// the last run (nil when missing or unreadable: the registry rebuilds it).
+    case onDisk(ids: Set<String>, index: Catalog?)
+    /// Every tenant, recovered and serving.
+    case resident([Tenant])
+}
+
+/// A deletion that failed; `removed` tells whether the tenant is gone all the same.
+struct DeletionFailure: Error {
+    var removed: Bool
+    var error: TenantError
+}
+
+/// The storage seam: how one isolation strategy keeps tenants on disk. It owns the layout, the
+/// tenants' creation, opening, deletion, snapshots and moves, the framing of their logs,
+/// checkpoints and segment retention. The registry above it knows no strategy and no path.
+protocol TenantStore: Sendable {
+    /// The data directory's names.
+    var layout: DataLayout { get }
+    /// True when idle tenants are closed and opened again on their next use.
+    var passivates: Bool { get }
+    /// True when the registry keeps a tenant index on disk through ``saveIndex(_:)`` (tenants in
+    /// directories of their own); a shared log is its own index.
+    var keepsIndex: Bool { get }
+
+    /// Prepares the data directory and finds its tenants.
+    func load(context: TenantContext) async throws -> StoredTenants
+    /// Opens a stored tenant that is not open.
+    /// - Throws: NOTFOUND when the store keeps no such tenant closed; IOERR when it does not recover.
+    func open(id: String, context: TenantContext) async throws -> Tenant
+    /// Writes a new tenant's first records (its metadata and owner) durably, once, and serves it.
+    /// - Throws: IOERR when it could not be written; nothing of it is left then.
+    func create(metadata: TenantMetadata, owner: User?, context: TenantContext) async throws -> Tenant
+    /// Removes a tenant durably, closing its actor (NOTFOUND from then on) once removal is certain.
+    /// - Throws: ``DeletionFailure``.
+    func delete(id: String, tenant: Tenant?) async throws
+    /// Refuses the commands that move tenant directories (SNAPSHOT, ATTACH, DETACH, REOPEN) when
+    /// tenants have none.
+    func requireTenantDirectories(for command: String) throws
+    /// True when tenant `id`'s directory is in the data directory (ATTACH).
+    func hasDirectory(id: String) -> Bool
+    /// The path TENANT SNAPSHOT writes tenant `id` to under `destination`, refused when it is
+    /// not an absolute path to a directory or when the snapshot exists already.
+    func snapshotTarget(id: String, destination: String) throws -> String
+    /// Writes the index of every tenant (their metadata), replacing the last.
+    func saveIndex(_ catalog: Catalog) throws
+    /// Before the tenants are closed at shutdown: a store that checkpoints for its tenants does so.
+    func prepareShutdown(checkpoint: Bool) async
+    /// After every tenant is closed.
+    func close() async
+}
+
+extension IsolationStrategy {
+    /// The store of this strategy.
+    func makeStore(configuration: EngineConfiguration, logger: Logger) -> any TenantStore {
+        switch self {
+        case .database: DirectoryStore(configuration: configuration, logger: logger)
+        case .schema: SharedLogStore(configuration: configuration, logger: logger, oneExecutor: false)
+        case .shared: SharedLogStore(configuration: configuration, logger: logger, oneExecutor: true)
+        }
+    }
+
+    /// A data directory keeps the strategy it was made with; `<data>/strategy` records it, and
+    /// without it the layout tells (tenant directories, or the shared log).
+    /// - Throws: when the directory was made under another strategy.
+    func claim(_ layout: DataLayout, fileSystem: any WALFileSystem) throws {
+        let path = layout.strategyFile
+        let wanted = self.rawValue
+        let recorded =
+            fileSystem.exists(path)
+            ? String(decoding: try fileSystem.readFile(path), as: UTF8.self).trimmingCharacters(
+                in: .whitespacesAndNewlines
+            )
+            : nil
+        // A file that names no strategy is damaged: the layout decides, as if it were missing.
+        if let found = recorded, IsolationStrategy(rawValue: found) != nil {
+            guard found == wanted else {
+                throw TenantError(
+                    .err,
+                    "data directory \(layout.root) was created with TENANT_ISOLATION_STRATEGY=\(found); "
+                        + "it cannot be served as \(wanted). Start with TENANT_ISOLATION_STRATEGY=\(found), "
+                        + "or use another data directory."
+                )
+            }
+            return
+        }
+        let listing = try fileSystem.listDirectory(layout.root)
+        let hasTenantDirectories = listing.contains { $0.hasPrefix(layout.prefix) }
+        let hasSharedLog = listing.contains(DataLayout.sharedName)
+        if (hasTenantDirectories && self != .database) || (hasSharedLog && self == .database) {
+            throw TenantError(
+                .err,
+                "data directory \(layout.root) holds data of another isolation strategy "
+                    + "than \(wanted); start with the strategy it was created with"
+            )
+        }
+        try fileSystem.writeFileAtomically(path, contents: Array((wanted + "\n").utf8))
+    }
+}
