@@ -59,6 +59,7 @@ struct CreationTests {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
             let registry = try await Self.registry(dir.path, disk: disk)
+            await registry.flushCatalog()
             disk.fail(operation, after: skip, errno: EIO)
             await #expect(throws: TenantError.self) {
                 _ = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
@@ -98,6 +99,8 @@ struct DeletionTests {
             let tenant = try await registry.tenant(id: id)
             let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
             for index in 1...5 { _ = try await tenant.postAndCommit(alice, room: "general", text: "m\(index)") }
+            // The catalog's background write is done, so the fault meets the deletion's own step.
+            await registry.flushCatalog()
             disk.fail(operation, after: skip, errno: EIO)
             await #expect(throws: TenantError.self) { try await registry.deleteTenant(id: id) }
             #expect(disk.calls(operation) > skip, "the fault was never reached")

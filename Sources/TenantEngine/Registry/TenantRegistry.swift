@@ -39,6 +39,7 @@ public actor TenantRegistry {
     /// The background write of the catalog file, and whether the catalog changed since it began.
     var catalogWriter: Task<Void, Never>?
     var catalogDirty = false
+    var catalogSaved = true
     var signups: SignupLimiter
     var allSignups: SignupLimiter
     /// Where tenants are kept: the isolation strategy's store.
@@ -180,7 +181,9 @@ public actor TenantRegistry {
             let snapshot = self.catalog
             do {
                 try await runBlocking { try store.saveIndex(snapshot) }
+                self.catalogSaved = true
             } catch {
+                self.catalogSaved = false
                 self.logger.error("catalog not saved (it is rebuilt at the next start): \(error)")
             }
         }
@@ -188,8 +191,12 @@ public actor TenantRegistry {
     }
 
     /// Waits until the catalog file holds the newest catalog.
-    func flushCatalog() async {
+    /// - Returns: false when the last write failed (the file is then removed, if it could be,
+    ///   so that the next start rebuilds it from the tenants' own logs).
+    @discardableResult
+    func flushCatalog() async -> Bool {
         while let writer = self.catalogWriter { await writer.value }
+        return self.catalogSaved
     }
 
     /// Checks the operator token in constant time.
@@ -282,17 +289,25 @@ public actor TenantRegistry {
     }
 
     /// Keeps the catalog in step with a tenant's metadata once the tenant's log holds it.
-    nonisolated func metadataObserver() -> @Sendable (TenantMetadata) async -> Void {
+    nonisolated func metadataObserver() -> @Sendable (TenantMetadata) async throws -> Void {
         { [weak self] metadata in
             guard let self else { return }
-            await self.metadataChanged(metadata)
+            try await self.metadataChanged(metadata)
         }
     }
 
-    func metadataChanged(_ metadata: TenantMetadata) async {
+    /// Puts a tenant's new metadata in the catalog, and waits until the catalog file holds it: a
+    /// metadata change is acknowledged only once start-up would see it too.
+    /// - Throws: IOERR when the catalog could not be written.
+    func metadataChanged(_ metadata: TenantMetadata) async throws {
         guard self.catalog.entries[metadata.tenantID] != nil else { return }
         self.catalog.insert(metadata)
         self.saveCatalog()
+        guard await self.flushCatalog() else {
+            throw TenantError.ioError(
+                "the tenant's change is in its log, but the catalog could not be written (the next start rebuilds it)"
+            )
+        }
     }
 
     /// Closes every tenant unused for `TENANT_IDLE_SECONDS` that no connection holds (its
@@ -314,6 +329,12 @@ public actor TenantRegistry {
         }
         if closed > 0 { self.logger.debug("passivated \(closed) idle tenants") }
         return closed
+    }
+
+    /// Checkpoints every open tenant now (the whole shared log under `schema` and `shared`), so
+    /// that the next start replays nothing; tests, benchmarks and backups use it.
+    public func checkpointAll() async throws {
+        try await self.store.checkpoint(open: Array(self.active.values))
     }
 
     /// The number of tenants open now.

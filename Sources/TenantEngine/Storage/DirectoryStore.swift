@@ -278,11 +278,24 @@ struct DirectoryStore: TenantStore {
         return target
     }
 
+    /// Writes the catalog file; when that fails, removes the old one (if it can), so that a stale
+    /// index is never trusted at the next start: the tenants' own logs rebuild it then.
     func saveIndex(_ catalog: Catalog) throws {
-        if try self.fileSystem.makeDirectory(self.layout.catalogDirectory) {
-            try self.fileSystem.syncDirectory(self.layout.root)
+        do {
+            if try self.fileSystem.makeDirectory(self.layout.catalogDirectory) {
+                try self.fileSystem.syncDirectory(self.layout.root)
+            }
+            try self.fileSystem.writeFileAtomically(self.layout.catalogFile, contents: try catalog.encoded())
+        } catch {
+            if (try? self.fileSystem.remove(self.layout.catalogFile)) != nil {
+                try? self.fileSystem.syncDirectory(self.layout.catalogDirectory)
+            }
+            throw error
         }
-        try self.fileSystem.writeFileAtomically(self.layout.catalogFile, contents: try catalog.encoded())
+    }
+
+    func checkpoint(open tenants: [Tenant]) async throws {
+        for tenant in tenants { try await tenant.checkpoint() }
     }
 
     func prepareShutdown(checkpoint: Bool) async {}

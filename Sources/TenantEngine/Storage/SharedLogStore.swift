@@ -305,6 +305,10 @@ actor SharedLogStore: TenantStore {
         self.logger.debug("shared log checkpoint written", metadata: ["lsn": "\(cut)", "tenants": "\(entries.count)"])
     }
 
+    func checkpoint(open tenants: [Tenant]) async throws {
+        try await self.checkpoint()
+    }
+
     func prepareShutdown(checkpoint: Bool) async {
         guard checkpoint, let log = self.log, log.bytesSinceCheckpoint > 0 else { return }
         do {

@@ -7,7 +7,7 @@ import WAL
 struct TenantContext: Sendable {
     var configuration: EngineConfiguration
     var logger: Logger
-    var onMetadataChange: @Sendable (TenantMetadata) async -> Void
+    var onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
 }
 
 /// What a store finds in the data directory at start-up.
@@ -58,6 +58,8 @@ protocol TenantStore: Sendable {
     func snapshotTarget(id: String, destination: String) throws -> String
     /// Writes the index of every tenant (their metadata), replacing the last.
     func saveIndex(_ catalog: Catalog) throws
+    /// Checkpoints every tenant now: each open tenant's own log, or the whole shared log.
+    func checkpoint(open tenants: [Tenant]) async throws
     /// Before the tenants are closed at shutdown: a store that checkpoints for its tenants does so.
     func prepareShutdown(checkpoint: Bool) async
     /// After every tenant is closed.

@@ -153,7 +153,7 @@ extension Tenant {
         var metadata = changed
         metadata.updatedAt = max(self.configuration.clock(), self.metadata.updatedAt)
         try await self.write(.metadata(metadata))
-        await self.onMetadataChange(metadata)
+        try await self.onMetadataChange(metadata)
         return self.metadata
     }
 

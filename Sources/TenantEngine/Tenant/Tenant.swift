@@ -48,7 +48,7 @@ public actor Tenant {
     var quotaDay: MessageDayCounter
     let configuration: EngineConfiguration
     let logger: Logger
-    let onMetadataChange: @Sendable (TenantMetadata) async -> Void
+    let onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         self.executor.asUnownedSerialExecutor()

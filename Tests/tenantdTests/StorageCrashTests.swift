@@ -1,0 +1,361 @@
+import Foundation
+import Logging
+import TestSupport
+import Testing
+import WAL
+
+@testable import TenantEngine
+
+/// Every storage operation, crashed at each of its steps: the process dies there (every later
+/// change fails), the power goes (what was never synced is lost), and a healthy restart must
+/// serve every tenant with everything acknowledged, and take writes. Steps are counted by the
+/// file layer, so a new step in an operation is tried without changing the test.
+@Suite("Storage: a crash at every step")
+struct StorageCrashTests {
+    static let token = String(repeating: "k", count: 40)
+
+    static func configuration(
+        _ path: String,
+        strategy: IsolationStrategy,
+        disk: any WALFileSystem,
+        checkpointBytes: Int64 = 64 << 20
+    ) -> EngineConfiguration {
+        var configuration = EngineConfiguration(dataDirectory: path, fsync: .always)
+        configuration.adminToken = Self.token
+        configuration.fileSystem = disk
+        configuration.isolation = strategy
+        configuration.defaultPlan = .enterprise
+        configuration.segmentSize = 1024
+        configuration.checkpointBytes = checkpointBytes
+        configuration.idleSeconds = 0
+        return configuration
+    }
+
+    static func registry(
+        _ path: String,
+        strategy: IsolationStrategy,
+        disk: any WALFileSystem = POSIXFileSystem(),
+        checkpointBytes: Int64 = 64 << 20
+    ) async throws -> TenantRegistry {
+        let registry = TenantRegistry(
+            configuration: Self.configuration(path, strategy: strategy, disk: disk, checkpointBytes: checkpointBytes),
+            logger: Logger.quiet
+        )
+        try await registry.bootstrap()
+        return registry
+    }
+
+    /// What clients can see of every tenant, by subdomain: its name, rooms, messages and users.
+    static func observe(_ registry: TenantRegistry) async throws -> [String: [String]] {
+        var seen: [String: [String]] = [:]
+        for metadata in await registry.listTenants() {
+            let tenant = try await registry.tenant(id: metadata.tenantID)
+            seen[metadata.subdomain] = ["name \(metadata.name)"] + (try await CheckpointTests.observe(tenant))
+        }
+        return seen
+    }
+
+    /// Tenants with users and messages over several segments, one deleted, written to a data
+    /// directory and left without a checkpoint.
+    static func populate(_ registry: TenantRegistry, tenants: Int = 3) async throws {
+        for index in 0..<tenants {
+            let created = try await registry.createTenant(
+                name: "T\(index)",
+                subdomain: "team\(index)",
+                plan: nil,
+                owner: "owner"
+            )
+            let tenant = try await registry.tenant(id: created.metadata.tenantID)
+            let owner = try await tenant.authenticate(user: "owner", token: created.ownerToken)
+            _ = try await tenant.addUser(owner, name: "member", role: .member)
+            for message in 1...40 {
+                _ = try await tenant.postAndCommit(owner, room: "room\(message % 3)", text: "t\(index) m\(message)")
+            }
+        }
+        let doomed = try await registry.createTenant(name: "Doomed", subdomain: "doomed", plan: nil, owner: "o")
+        let tenant = try await registry.tenant(id: doomed.metadata.tenantID)
+        let owner = try await tenant.authenticate(user: "o", token: doomed.ownerToken)
+        for message in 1...10 { _ = try await tenant.postAndCommit(owner, room: "r", text: "gone \(message)") }
+        try await registry.deleteTenant(id: doomed.metadata.tenantID)
+    }
+
+    /// One trial per step of `operation`, plus one where it completes.
+    /// - Parameters:
+    ///   - prepare: fills a data directory (healthy disk); it is then stopped without a checkpoint.
+    ///   - operation: the operation crashed; it returns normally when it completed.
+    ///   - check: given what was seen before, what a restart shows, whether the operation
+    ///     completed, and the trial's data directory.
+    static func crashAtEveryStep(
+        strategy: IsolationStrategy,
+        prepare: (TenantRegistry) async throws -> Void,
+        operation: @escaping (TenantRegistry, String) async throws -> Void,
+        check: ([String: [String]], [String: [String]], Bool, String) async throws -> Void
+    ) async throws {
+        try await TemporaryDirectory.with { dir in
+            let base = dir.path + "/base"
+            let prepared = try await Self.registry(base, strategy: strategy)
+            try await prepare(prepared)
+            await prepared.shutdown(checkpoint: false)
+            let fileManager = FileManager.default
+            // The steps of a complete run, counted on a copy.
+            let probe = dir.path + "/probe"
+            try fileManager.copyItem(atPath: base, toPath: probe)
+            let counting = FaultyFileSystem()
+            let probeRegistry = try await Self.registry(probe, strategy: strategy, disk: counting)
+            let expected = try await Self.observe(probeRegistry)
+            await probeRegistry.flushCatalog()
+            let start = counting.changes
+            try await operation(probeRegistry, probe)
+            let steps = counting.changes - start
+            await probeRegistry.shutdown(checkpoint: false)
+            #expect(steps > 0)
+            for step in 0...steps {
+                let trial = dir.path + "/trial\(step)"
+                try fileManager.copyItem(atPath: base, toPath: trial)
+                let disk = FaultyFileSystem()
+                let registry = try await Self.registry(trial, strategy: strategy, disk: disk)
+                // Every tenant open, as in the count.
+                #expect(try await Self.observe(registry) == expected)
+                await registry.flushCatalog()
+                disk.crash(afterChanges: step)
+                let completed: Bool
+                do {
+                    try await operation(registry, trial)
+                    completed = true
+                } catch {
+                    completed = false
+                }
+                await registry.shutdown(checkpoint: false)
+                try disk.simulatePowerLoss()
+                let restarted = try await Self.registry(trial, strategy: strategy)
+                let seen = try await Self.observe(restarted)
+                try await check(expected, seen, completed, trial)
+                // And it takes writes after recovering.
+                for metadata in await restarted.listTenants() {
+                    let tenant = try await restarted.tenant(id: metadata.tenantID)
+                    #expect(try await tenant.postAndCommit(.operator, room: "after", text: "x") == 1, "step \(step)")
+                }
+                await restarted.shutdown(checkpoint: false)
+                try? fileManager.removeItem(atPath: trial)
+            }
+        }
+    }
+
+    @Test(arguments: [IsolationStrategy.schema, .shared])
+    func aSharedLogCheckpoint(strategy: IsolationStrategy) async throws {
+        try await Self.crashAtEveryStep(
+            strategy: strategy,
+            prepare: { try await Self.populate($0) },
+            operation: { registry, _ in try await registry.checkpointAll() },
+            check: { expected, seen, _, _ in #expect(seen == expected) }
+        )
+    }
+
+    @Test func aTenantCheckpoint() async throws {
+        try await Self.crashAtEveryStep(
+            strategy: .database,
+            prepare: { try await Self.populate($0) },
+            operation: { registry, _ in try await registry.checkpointAll() },
+            check: { expected, seen, _, _ in #expect(seen == expected) }
+        )
+    }
+
+    @Test(arguments: IsolationStrategy.allCases)
+    func aCreation(strategy: IsolationStrategy) async throws {
+        try await Self.crashAtEveryStep(
+            strategy: strategy,
+            prepare: { try await Self.populate($0, tenants: 1) },
+            operation: { registry, _ in
+                _ = try await registry.createTenant(name: "New", subdomain: "newco", plan: nil, owner: "n")
+            },
+            check: { expected, seen, completed, _ in
+                // There whole once acknowledged; otherwise not there at all.
+                var without = seen
+                let new = without.removeValue(forKey: "newco")
+                #expect(without == expected)
+                #expect((new != nil) == completed, "\(String(describing: new))")
+                if let new {
+                    #expect(new.first == "name New")
+                    #expect(new.contains { $0.hasPrefix("user n owner ") })
+                }
+            }
+        )
+    }
+
+    @Test(arguments: IsolationStrategy.allCases)
+    func aDeletion(strategy: IsolationStrategy) async throws {
+        try await Self.crashAtEveryStep(
+            strategy: strategy,
+            prepare: { try await Self.populate($0, tenants: 2) },
+            operation: { registry, _ in
+                let id = try #require(await registry.resolve("team0"))
+                try await registry.deleteTenant(id: id)
+            },
+            check: { expected, seen, completed, _ in
+                var without = seen
+                let kept = without.removeValue(forKey: "team0")
+                var expectedWithout = expected
+                let original = expectedWithout.removeValue(forKey: "team0")
+                #expect(without == expectedWithout)
+                // Gone once acknowledged; otherwise gone or there whole, never half.
+                if completed { #expect(kept == nil) } else if let kept { #expect(kept == original) }
+            }
+        )
+    }
+
+    @Test func aSnapshot() async throws {
+        try await Self.crashAtEveryStep(
+            strategy: .database,
+            prepare: { try await Self.populate($0, tenants: 1) },
+            operation: { registry, data in
+                let id = try #require(await registry.resolve("team0"))
+                let destination = data + "/snapshots"
+                try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
+                _ = try await registry.snapshotTenant(id: id, destination: destination)
+            },
+            check: { expected, seen, completed, data in
+                #expect(seen == expected)
+                guard completed else { return }
+                // An acknowledged snapshot is whole: it opens as the tenant it copied.
+                let snapshots = try FileManager.default.contentsOfDirectory(atPath: data + "/snapshots")
+                #expect(snapshots.count == 1)
+                let path = data + "/snapshots/" + snapshots[0]
+                let tenant = try await Tenant.open(
+                    path: path,
+                    configuration: Self.configuration(path, strategy: .database, disk: POSIXFileSystem()),
+                    logger: Logger.quiet
+                )
+                let copied = ["name \(await tenant.metadata.name)"] + (try await CheckpointTests.observe(tenant))
+                #expect(copied == expected["team0"])
+                await tenant.close(checkpoint: false)
+            }
+        )
+    }
+
+    @Test func anAttach() async throws {
+        try await Self.crashAtEveryStep(
+            strategy: .database,
+            prepare: { registry in
+                try await Self.populate(registry, tenants: 2)
+                try await registry.detachTenant(id: try #require(await registry.resolve("team1")))
+            },
+            operation: { registry, _ in
+                // Start-up served the detached directory again; a detach and an attach move it back.
+                let id = try #require(await registry.resolve("team1"))
+                try await registry.detachTenant(id: id)
+                _ = try await registry.attachTenant(id: id)
+            },
+            check: { expected, seen, _, _ in #expect(seen == expected) }
+        )
+    }
+
+    @Test func aCatalogWrite() async throws {
+        try await Self.crashAtEveryStep(
+            strategy: .database,
+            prepare: { try await Self.populate($0, tenants: 2) },
+            operation: { registry, _ in
+                let tenant = try await registry.tenant(id: try #require(await registry.resolve("team1")))
+                _ = try await tenant.update(.operator, [("name", "Renamed")])
+            },
+            check: { expected, seen, completed, _ in
+                var renamed = expected
+                renamed["team1"]?[0] = "name Renamed"
+                // An acknowledged change is in the catalog start-up reads; one not acknowledged
+                // is there or not.
+                if completed { #expect(seen == renamed) } else { #expect(seen == expected || seen == renamed) }
+            }
+        )
+    }
+}
+
+/// The shared log of `schema` and `shared` is checkpointed as a tenant's own log is: by size, in
+/// the background, every tenant at its own cut in one file, and the segments it covers dropped.
+@Suite("Shared log checkpoints")
+struct SharedLogCheckpointTests {
+    static func segments(_ data: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: data + "/shared/wal").filter { $0.hasSuffix(".wal") }
+            .sorted()
+    }
+
+    static func checkpoints(_ data: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: data + "/shared/checkpoint")) ?? [])
+            .filter { $0.hasSuffix(".ckpt") }
+    }
+
+    @Test(arguments: [IsolationStrategy.schema, .shared])
+    func checkpointsBySizeDropSegmentsAndRestartWhole(strategy: IsolationStrategy) async throws {
+        try await TemporaryDirectory.with { dir in
+            let data = dir.path
+            var registry = try await StorageCrashTests.registry(data, strategy: strategy, checkpointBytes: 8 << 10)
+            try await StorageCrashTests.populate(registry)
+            let id = try #require(await registry.resolve("team0"))
+            for round in 1...2 {
+                let tenant = try await registry.tenant(id: id)
+                let firstCheckpoints = Self.checkpoints(data)
+                for index in 1...300 {
+                    _ = try await tenant.postAndCommit(.operator, room: "busy", text: "round \(round) message \(index)")
+                }
+                // A checkpoint newer than the last one comes by itself, and the segments before it go.
+                try await waitUntilAsync("a new shared checkpoint") {
+                    let now = Self.checkpoints(data)
+                    return now.count == 1 && now != firstCheckpoints
+                }
+                let checkpoint = try #require(Self.checkpoints(data).first)
+                let covered = try #require(UInt64(checkpoint.dropLast(".ckpt".count)))
+                let segments = try Self.segments(data)
+                let first = try #require(segments.first.flatMap { UInt64($0.dropLast(".wal".count)) })
+                #expect(first > 1 && first <= covered + 1, "segments \(segments), checkpoint \(covered)")
+                // USAGE counts the tenant's share of the checkpoint and its records after it.
+                let usage = try await tenant.usage(.operator)
+                #expect(usage.storageBytes > 0)
+                #expect(usage.storageBytes < directorySize(data + "/shared"))
+                let expected = try await StorageCrashTests.observe(registry)
+                #expect(expected.keys.sorted() == ["team0", "team1", "team2"])
+                // Stopped without a last checkpoint: the file and the segments after it restore it all.
+                await registry.shutdown(checkpoint: false)
+                let report = TenantVerifier.verifySharedLog(dataDirectory: data)
+                #expect(report.problem == nil)
+                #expect(report.checkpointLSN == covered)
+                #expect(report.tenants == 3)
+                registry = try await StorageCrashTests.registry(data, strategy: strategy, checkpointBytes: 8 << 10)
+                #expect(try await StorageCrashTests.observe(registry) == expected)
+            }
+            await registry.shutdown()
+        }
+    }
+
+    /// A shared checkpoint is input from disk like any other: crafted counts and ids are refused.
+    @Test func aCraftedSharedCheckpointIsRefused() throws {
+        var metadata = TenantMetadata(
+            tenantID: "abc",
+            name: "A",
+            subdomain: "abc",
+            plan: .free,
+            limits: Plan.free.defaultLimits,
+            now: 0
+        )
+        var state = TenantState()
+        try state.apply(.metadata(metadata))
+        let good = try SharedCheckpoint.encode([.init(id: "abc", cut: 5, state: state)], lsn: 5).bytes
+        let (entries, lsn) = try SharedCheckpoint.decode(bytes: good, path: "x")
+        #expect(lsn == 5 && entries.map(\.id) == ["abc"] && entries[0].cut == 5)
+        // A tenant under another tenant's id, a cut before the checkpoint's, a duplicate, a count
+        // past the bytes.
+        metadata.tenantID = "other"
+        var other = TenantState()
+        try other.apply(.metadata(metadata))
+        let crafted: [[UInt8]] = [
+            try SharedCheckpoint.encode([.init(id: "abc", cut: 5, state: other)], lsn: 5).bytes,
+            try SharedCheckpoint.encode([.init(id: "abc", cut: 4, state: state)], lsn: 5).bytes,
+            try SharedCheckpoint.encode(
+                [.init(id: "abc", cut: 5, state: state), .init(id: "abc", cut: 5, state: state)],
+                lsn: 5
+            ).bytes,
+            try Checkpoint.encode(body: [0xFF, 0xFF, 0xFF, 0xFF, 0x0F], lsn: 5),
+            try Checkpoint.encode(body: [0x01, 0x03, 0, 0, 0, 0x2E, 0x2E, 0x2F], lsn: 5),
+        ]
+        for bytes in crafted {
+            #expect(throws: WALError.self) { try SharedCheckpoint.decode(bytes: bytes, path: "x") }
+        }
+    }
+}
