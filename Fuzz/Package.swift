@@ -53,7 +53,8 @@ var package = Package(
         .executableTarget(
             name: "FuzzCatalog",
             dependencies: [
-                .product(name: "TenantEngine", package: "tenantd")
+                "FuzzSupport",
+                .product(name: "TenantEngine", package: "tenantd"),
             ]
         ),
     ]

@@ -188,6 +188,10 @@ public final class FaultyFileSystem: WALFileSystem {
         try self.real.listDirectory(path)
     }
 
+    public func listDirectoryEntries(_ path: String) throws -> [(name: String, isDirectory: Bool)] {
+        try self.real.listDirectoryEntries(path)
+    }
+
     public func fileSize(_ path: String) throws -> Int {
         try self.real.fileSize(path)
     }

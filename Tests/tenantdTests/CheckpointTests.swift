@@ -119,7 +119,7 @@ struct CheckpointTests {
             }
             // A background checkpoint may still be running (its new file beside the old one for a moment):
             // wait for it on the tenant's own flag, with a deadline, before counting files.
-            try await waitUntilAsync("the background checkpoint to finish") { await !tenant.checkpointRunning }
+            try await waitUntilAsync("the background checkpoint to finish") { await !tenant.checkpoints.running }
             let checkpoints = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/checkpoint")
             #expect(checkpoints.filter { $0.hasSuffix(".ckpt") }.count == 1, "\(checkpoints)")
             let segments = try FileManager.default.contentsOfDirectory(atPath: dir.path + "/tenant_\(id)/wal")

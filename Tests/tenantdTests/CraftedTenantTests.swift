@@ -35,7 +35,7 @@ struct CraftedTenantTests {
         let lsn = try #require(Checkpoint.lsn(ofFileNamed: name))
         let body = CraftedInputTests.body(room: { writer in writer.writeVarint(1 << 63) })
         try Data(try Checkpoint.encode(body: body, lsn: lsn)).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
-        try FileManager.default.removeItem(atPath: data + "/catalog/tenants.json")
+        try FileManager.default.removeItem(atPath: data + "/catalog/tenants.bin")
         return Setup(data: data, good: good, craftedID: crafted.id)
     }
 

@@ -178,13 +178,13 @@ struct FaultTests {
                 _ = try await tenant.postAndCommit(alice, room: "r", text: "x")
                 Issue.record("a write was accepted after a disk fault")
             } catch let error as TenantError {
-                #expect(error.code == .ioError)
+                #expect(error.kind == .storageFailed)
             }
             do {
                 _ = try await tenant.addUser(alice, name: "carol", role: .member)
                 Issue.record("a user was added after a disk fault")
             } catch let error as TenantError {
-                #expect(error.code == .ioError)
+                #expect(error.kind == .storageFailed)
             }
             #expect(try await tenant.history(alice, room: "r", after: nil, before: nil, limit: 100).count == 10)
             // Other tenants write on.

@@ -359,3 +359,78 @@ struct SharedLogCheckpointTests {
         }
     }
 }
+
+/// The catalog file: binary, checksummed, bounded; the JSON one of earlier versions still read.
+@Suite("Catalog file")
+struct CatalogFileTests {
+    static func metadata(_ id: String, subdomain: String) -> TenantMetadata {
+        var metadata = TenantMetadata(
+            tenantID: id,
+            name: "Name ✓ \(id)",
+            subdomain: subdomain,
+            plan: .pro,
+            limits: Plan.pro.defaultLimits,
+            now: 1_700_000_000_000
+        )
+        metadata.updatedAt = 1_700_000_000_123
+        metadata.isSuspended = true
+        metadata.maxStorageBytes = .max
+        metadata.settings = ["region": "eu", "backup_keep": "7"]
+        return metadata
+    }
+
+    @Test func roundTripsEveryField() throws {
+        var catalog = Catalog()
+        catalog.insert(Self.metadata("abc", subdomain: "acme"))
+        catalog.insert(Self.metadata("def", subdomain: ""))
+        let decoded = try #require(Catalog.decode(bytes: try catalog.encoded()))
+        #expect(decoded.entries == catalog.entries)
+        #expect(decoded.idBySubdomain == ["acme": "abc"])
+    }
+
+    @Test func damagedOrCraftedFilesAreRebuilt() throws {
+        var catalog = Catalog()
+        catalog.insert(Self.metadata("abc", subdomain: "acme"))
+        let good = try catalog.encoded()
+        var flipped = good
+        flipped[flipped.count - 3] ^= 0x40
+        // Bodies with a checksum that matches: a count far past the bytes (refused before it sizes
+        // anything), an id with '..' in it.
+        func framed(_ body: [UInt8]) -> [UInt8] {
+            var file = Catalog.magic
+            withUnsafeBytes(of: UInt64(body.count).littleEndian) { file.append(contentsOf: $0) }
+            withUnsafeBytes(of: CRC32C.mask(CRC32C.checksum(body)).littleEndian) { file.append(contentsOf: $0) }
+            return file + body
+        }
+        var entry = try Array(catalog.encoded()[Catalog.headerSize...])
+        let idOffset = 1 + 4
+        entry.replaceSubrange(idOffset..<(idOffset + 3), with: Array("..a".utf8))
+        #expect(Catalog.decode(bytes: framed(Array(good[Catalog.headerSize...]))) != nil)
+        for bytes in [
+            Array(good.dropLast()), flipped, framed([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), framed(entry), good + [0],
+        ] {
+            #expect(Catalog.decode(bytes: bytes) == nil)
+        }
+    }
+
+    @Test func theJSONCatalogOfEarlierVersionsIsReadThenReplaced() async throws {
+        try await TemporaryDirectory.with { dir in
+            let registry = try await StorageCrashTests.registry(dir.path, strategy: .database)
+            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            await registry.shutdown()
+            // The catalog as an earlier version wrote it.
+            let catalog = dir.path + "/catalog"
+            try FileManager.default.removeItem(atPath: catalog + "/tenants.bin")
+            try Data(
+                (#"{"version":2,"tenants":["#
+                    + String(decoding: try JSONEncoder().encode(created.metadata), as: UTF8.self) + "]}").utf8
+            ).write(to: URL(fileURLWithPath: catalog + "/tenants.json"))
+            let again = try await StorageCrashTests.registry(dir.path, strategy: .database)
+            #expect(await again.resolve("acme") == created.metadata.tenantID)
+            #expect(await again.activeCount == 0, "the JSON catalog was read, no tenant opened to rebuild it")
+            _ = try await again.createTenant(name: "B", subdomain: "bravo", plan: nil, owner: "bob")
+            await again.shutdown()
+            #expect(try FileManager.default.contentsOfDirectory(atPath: catalog) == ["tenants.bin"])
+        }
+    }
+}

@@ -147,7 +147,7 @@ struct TransientFaultTests {
                 posted += 1
             }
             let error = try #require(refused, "the fault was never hit")
-            #expect(error.code == .ioError)
+            #expect(error.kind == .storageFailed)
             #expect(!error.message.contains(dir.path) && !error.message.contains("/wal"), "\(error.message)")
             #expect(error.message.contains("retry"))
             // Not read-only: the next request is served, and the held-back message lands too.

@@ -1,7 +1,7 @@
 import Benchmark
 import Foundation
 import Logging
-import TenantEngine
+@_spi(Fuzzing) import TenantEngine
 import WAL
 
 /// Appends `count` records under `policy`: all queued then awaited together (group commit), or
@@ -31,7 +31,7 @@ func appendRecords(count: Int, policy: FsyncPolicy, groupCommit: Bool) async thr
 func tenantWithMessages(_ messages: Int, checkpoint: Bool) async throws -> (data: String, path: String) {
     let data = temporaryDirectory()
     var configuration = EngineConfiguration(dataDirectory: data, fsync: .no)
-    configuration.adminToken = "bench"
+    configuration.adminToken = String(repeating: "b", count: 40)
     configuration.defaultPlan = .enterprise
     configuration.checkpointBytes = 1 << 40
     let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "bench"))
@@ -92,7 +92,7 @@ let durabilityBenchmarks: @Sendable () -> Void = {
             defer { try? FileManager.default.removeItem(atPath: data) }
             try makeDataDirectory(data, tenants: tenants)
             var configuration = EngineConfiguration(dataDirectory: data, fsync: .no)
-            configuration.adminToken = "bench"
+            configuration.adminToken = String(repeating: "b", count: 40)
             for _ in benchmark.scaledIterations {
                 let registry = TenantRegistry(configuration: configuration, logger: Logger(label: "bench"))
                 benchmark.startMeasurement()
@@ -109,17 +109,25 @@ let durabilityBenchmarks: @Sendable () -> Void = {
 /// `tenants` tenant directories and the catalog that lists them, written directly (creating
 /// 100,000 tenants through the engine would fsync for an hour).
 func makeDataDirectory(_ data: String, tenants: Int) throws {
-    var entries: [String] = []
+    var entries: [TenantMetadata] = []
     entries.reserveCapacity(tenants)
     for index in 0..<tenants {
         let id = String(format: "%08x", index)
         try FileManager.default.createDirectory(atPath: data + "/tenant_\(id)/wal", withIntermediateDirectories: true)
         entries.append(
-            #"{"created_at":1,"is_active":true,"is_suspended":false,"max_messages_per_day":1000,"max_storage_bytes":5368709120,"max_users":10,"name":"t","plan":"free","settings":{},"subdomain":"s\#(id)","tenant_id":"\#(id)","updated_at":1}"#
+            TenantMetadata(
+                tenantID: id,
+                name: "t",
+                subdomain: "s\(id)",
+                plan: .free,
+                limits: Plan.free.defaultLimits,
+                now: 1
+            )
         )
     }
     try FileManager.default.createDirectory(atPath: data + "/catalog", withIntermediateDirectories: true)
-    try Data(("{\"tenants\":[" + entries.joined(separator: ",") + "],\"version\":2}").utf8)
-        .write(to: URL(fileURLWithPath: data + "/catalog/tenants.json"))
+    try Data(try DecoderEntryPoints.encodeCatalog(entries)).write(
+        to: URL(fileURLWithPath: data + "/catalog/tenants.bin")
+    )
     try Data("database\n".utf8).write(to: URL(fileURLWithPath: data + "/strategy"))
 }

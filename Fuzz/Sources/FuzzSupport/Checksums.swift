@@ -71,6 +71,17 @@ public enum Checksums {
         return file + Array("TNTDCKPE".utf8)
     }
 
+    /// A catalog file (`catalog/tenants.bin`) around `body`, its length and checksum valid.
+    public static func catalog(body: [UInt8]) -> [UInt8] {
+        var file = Self.catalogMagic
+        append(UInt64(body.count), to: &file)
+        append(CRC32C.mask(CRC32C.checksum(body)), to: &file)
+        return file + body
+    }
+
+    /// The catalog magic.
+    public static let catalogMagic = Array("TNTDCAT1".utf8)
+
     /// The checkpoint magic.
     public static let checkpointMagic = Array("TNTDCKP1".utf8)
     private static let checkpointHeaderSize = 24

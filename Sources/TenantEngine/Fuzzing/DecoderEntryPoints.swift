@@ -12,10 +12,25 @@ public enum DecoderEntryPoints {
         return (lsn, state.messageCount)
     }
 
-    /// Decodes catalog file bytes (`catalog/tenants.json`) as start-up does.
+    /// Decodes catalog file bytes (`catalog/tenants.bin`, or the JSON of earlier versions) as start-up does.
     /// - Parameter bytes: the file's bytes.
     /// - Returns: how many tenants it lists, or nil when start-up would rebuild it.
     public static func decodeCatalog(_ bytes: [UInt8]) -> Int? {
         Catalog.decode(bytes: bytes)?.entries.count
+    }
+
+    /// Decodes the bytes of a shared log's checkpoint as recovery does.
+    /// - Returns: the checkpoint's lsn and how many tenants it holds.
+    /// - Throws: `WALError` when the bytes are not a valid shared checkpoint.
+    public static func decodeSharedCheckpoint(_ bytes: [UInt8]) throws -> (lsn: UInt64, tenants: Int) {
+        let (entries, lsn) = try SharedCheckpoint.decode(bytes: bytes, path: "fuzz.ckpt")
+        return (lsn, entries.count)
+    }
+
+    /// The bytes of a catalog file listing `tenants` (tools, benchmarks and fuzz seeds).
+    public static func encodeCatalog(_ tenants: [TenantMetadata]) throws -> [UInt8] {
+        var catalog = Catalog(capacity: tenants.count)
+        for metadata in tenants { catalog.insert(metadata) }
+        return try catalog.encoded()
     }
 }

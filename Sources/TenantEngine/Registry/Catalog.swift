@@ -1,17 +1,36 @@
 import Foundation
+import WAL
 
-/// The index of tenants (their metadata, by id and subdomain) in `<data>/catalog/tenants.json`:
+/// The index of tenants (their metadata, by id and subdomain) in `<data>/catalog/tenants.bin`:
 /// a cache that start-up checks against the tenant directories and rebuilds from them when
 /// missing or unreadable. Activating a tenant refreshes its entry from the tenant's own log.
+///
+/// File, integers little-endian: `magic "TNTDCAT1" (8) | body length (8) | masked crc32c of the
+/// body (4) | body`. The body is a varint count, then per tenant its id, name and subdomain
+/// (u32 length + UTF-8), plan (u8), `max_users`, `max_storage_bytes`, `max_messages_per_day`,
+/// `created_at`, `updated_at` (zig-zag varints), flags (u8: 1 active, 2 suspended), and its
+/// settings (a varint count of key and value strings). Start-up reads it at well under 2 µs a
+/// tenant (docs/benchmarks.md); the JSON file of earlier versions (`tenants.json`) is still read
+/// when no binary one exists.
 struct Catalog: Sendable {
-    private struct File: Codable {
+    private struct LegacyFile: Codable {
         var version: Int
         var tenants: [TenantMetadata]
     }
 
+    static let magic = Array("TNTDCAT1".utf8)
+    static let headerSize = 20
+
     private(set) var entries: [String: TenantMetadata] = [:]
     private(set) var idBySubdomain: [String: String] = [:]
     private var sorted: [String]?
+
+    init() {}
+
+    init(capacity: Int) {
+        self.entries.reserveCapacity(capacity)
+        self.idBySubdomain.reserveCapacity(capacity)
+    }
 
     mutating func insert(_ metadata: TenantMetadata) {
         if let old = self.entries[metadata.tenantID], self.idBySubdomain[old.subdomain] == old.tenantID {
@@ -36,19 +55,105 @@ struct Catalog: Sendable {
         return ids
     }
 
-    /// Decodes the bytes of a catalog file, or nil when they are not one.
-    static func decode(bytes: [UInt8]) -> Catalog? {
-        guard let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.version == 2 else { return nil }
-        var catalog = Catalog()
-        for entry in file.tenants { catalog.insert(entry) }
-        return catalog
-    }
+    // MARK: - File
 
     /// The bytes of the catalog file.
     func encoded() throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let file = File(version: 2, tenants: self.entries.values.sorted { $0.tenantID < $1.tenantID })
-        return Array(try encoder.encode(file))
+        var writer = BinaryWriter(capacity: 64 + self.entries.count * 96)
+        writer.writeVarint(UInt64(self.entries.count))
+        for metadata in self.entries.values {
+            writer.write(metadata.tenantID)
+            writer.write(metadata.name)
+            writer.write(metadata.subdomain)
+            writer.write(UInt8(Plan.allCases.firstIndex(of: metadata.plan)!))
+            writer.writeSignedVarint(metadata.maxUsers)
+            writer.writeSignedVarint(metadata.maxStorageBytes)
+            writer.writeSignedVarint(metadata.maxMessagesPerDay)
+            writer.writeSignedVarint(metadata.createdAt)
+            writer.writeSignedVarint(metadata.updatedAt)
+            writer.write(UInt8((metadata.isActive ? 1 : 0) | (metadata.isSuspended ? 2 : 0)))
+            writer.writeVarint(UInt64(metadata.settings.count))
+            for (key, value) in metadata.settings.sorted(by: { $0.key < $1.key }) {
+                writer.write(key)
+                writer.write(value)
+            }
+        }
+        var file = Self.magic
+        file.reserveCapacity(Self.headerSize + writer.bytes.count)
+        withUnsafeBytes(of: UInt64(writer.bytes.count).littleEndian) { file.append(contentsOf: $0) }
+        withUnsafeBytes(of: CRC32C.mask(CRC32C.checksum(writer.bytes)).littleEndian) { file.append(contentsOf: $0) }
+        file += writer.bytes
+        return file
+    }
+
+    /// The fewest body bytes one tenant takes: three empty strings, the plan, five one-byte
+    /// varints, the flags and an empty settings count.
+    private static let minimumEntrySize = 3 * 4 + 1 + 5 + 1 + 1
+
+    /// Decodes the bytes of a catalog file (binary, or the JSON of earlier versions), or nil when
+    /// they are not one: start-up then rebuilds the catalog from the tenant directories. Every
+    /// count is bounded by the bytes left, every id and subdomain checked.
+    static func decode(bytes: [UInt8]) -> Catalog? {
+        guard bytes.count >= Self.headerSize, bytes.prefix(8).elementsEqual(Self.magic) else {
+            return Self.decodeLegacy(bytes: bytes)
+        }
+        return bytes.withUnsafeBytes { file -> Catalog? in
+            let length = UInt64(littleEndian: file.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            let crc = UInt32(littleEndian: file.loadUnaligned(fromByteOffset: 16, as: UInt32.self))
+            guard length == UInt64(file.count - Self.headerSize) else { return nil }
+            let body = UnsafeRawBufferPointer(rebasing: file[Self.headerSize...])
+            guard CRC32C.unmask(crc) == CRC32C.checksum(body) else { return nil }
+            return try? Self.decodeBody(body)
+        }
+    }
+
+    private static func decodeBody(_ body: UnsafeRawBufferPointer) throws -> Catalog {
+        var reader = BinaryReader(body)
+        let count = try reader.readCount(minimumSize: Self.minimumEntrySize, "tenant count")
+        var catalog = Catalog(capacity: count)
+        for _ in 0..<count {
+            let id = try reader.readString()
+            let name = try reader.readString()
+            let subdomain = try reader.readString()
+            let planIndex = Int(try reader.read(UInt8.self))
+            guard Names.isValidTenantID(id), subdomain.isEmpty || Names.subdomainProblem(subdomain) == nil,
+                planIndex < Plan.allCases.count, catalog.entries[id] == nil
+            else { throw RecordDecodingError.invalidValue("catalog entry") }
+            let plan = Plan.allCases[planIndex]
+            var metadata = TenantMetadata(
+                tenantID: id,
+                name: name,
+                subdomain: subdomain,
+                plan: plan,
+                limits: PlanLimits(
+                    maxUsers: try reader.readSignedVarint(),
+                    maxStorageBytes: try reader.readSignedVarint(),
+                    maxMessagesPerDay: try reader.readSignedVarint()
+                ),
+                now: try reader.readSignedVarint()
+            )
+            metadata.updatedAt = try reader.readSignedVarint()
+            let flags = try reader.read(UInt8.self)
+            metadata.isActive = flags & 1 != 0
+            metadata.isSuspended = flags & 2 != 0
+            let settings = try reader.readCount(minimumSize: 8, "settings count")
+            for _ in 0..<settings {
+                let key = try reader.readString()
+                metadata.settings[key] = try reader.readString()
+            }
+            catalog.insert(metadata)
+        }
+        guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
+        return catalog
+    }
+
+    /// The JSON catalog (`tenants.json`, version 2) of earlier versions.
+    private static func decodeLegacy(bytes: [UInt8]) -> Catalog? {
+        guard let file = try? JSONDecoder().decode(LegacyFile.self, from: Data(bytes)), file.version == 2 else {
+            return nil
+        }
+        var catalog = Catalog(capacity: file.tenants.count)
+        for entry in file.tenants where Names.isValidTenantID(entry.tenantID) { catalog.insert(entry) }
+        return catalog
     }
 }

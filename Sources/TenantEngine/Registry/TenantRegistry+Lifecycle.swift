@@ -12,7 +12,7 @@ extension TenantRegistry {
     /// - Throws: ``TenantError`` (INVALID, EXISTS, IOERR).
     public func createTenant(name: String, subdomain: String, plan: Plan?, owner: String) async throws -> CreatedTenant
     {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
         var id = Tokens.newTenantID()
         while self.catalog.entries[id] != nil || self.claimedIDs.contains(id) || self.catalog.idBySubdomain[id] != nil
@@ -43,11 +43,11 @@ extension TenantRegistry {
         // The server-wide rate is checked first, so that refused addresses do not use it up.
         if let retry = self.allSignups.peek("", now: now) {
             let limit = self.configuration.signupsPerMinuteTotal
-            throw TenantError(.quota, "signups_per_minute_total \(limit)/\(limit) retry_after=\(retry)")
+            throw TenantError(.quotaExceeded, "signups_per_minute_total \(limit)/\(limit) retry_after=\(retry)")
         }
         if let retry = self.signups.take(ClientAddress.rateKey(clientAddress), now: now) {
             let limit = self.configuration.signupsPerMinute
-            throw TenantError(.quota, "signups_per_minute \(limit)/\(limit) retry_after=\(retry)")
+            throw TenantError(.quotaExceeded, "signups_per_minute \(limit)/\(limit) retry_after=\(retry)")
         }
         _ = self.allSignups.take("", now: now)
         return try await self.createTenant(name: name, subdomain: subdomain, plan: nil, owner: owner)
@@ -65,16 +65,16 @@ extension TenantRegistry {
         }
         if !subdomain.isEmpty {
             guard self.catalog.idBySubdomain[subdomain] == nil, !self.claimedSubdomains.contains(subdomain) else {
-                throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
+                throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
             guard self.catalog.entries[subdomain] == nil || subdomain == id, !self.claimedIDs.contains(subdomain) else {
                 // The same words as a taken subdomain: a signup learns nothing of tenant ids.
-                throw TenantError(.exists, "subdomain '\(subdomain)' is already taken")
+                throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
         }
         guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id), self.catalog.idBySubdomain[id] == nil
         else {
-            throw TenantError(.exists, "tenant id '\(id)' is already taken")
+            throw TenantError(.alreadyExists, "tenant id '\(id)' is already taken")
         }
         try self.checkTenantCap()
         self.claimedSubdomains.insert(subdomain)
@@ -99,7 +99,7 @@ extension TenantRegistry {
         if case .stopped = self.state {
             // Shut down while it was made: nothing may stay open after shutdown() returned.
             await tenant.close()
-            throw TenantError(.loading, "server is stopping")
+            throw TenantError(.unavailable, "server is stopping")
         }
         self.catalog.insert(metadata)
         self.saveCatalog()
@@ -113,16 +113,16 @@ extension TenantRegistry {
         let cap = self.configuration.maxTenants
         let count = self.catalog.entries.count + self.claimedIDs.count
         if cap > 0 && count >= cap {
-            throw TenantError(.quota, "tenants \(count)/\(cap)")
+            throw TenantError(.quotaExceeded, "tenants \(count)/\(cap)")
         }
     }
 
     /// TENANT DELETE: removes the tenant durably (as its store does: a directory renamed into the
     /// trash, or a deletion record in the shared log) and closes it.
     public func deleteTenant(id: String) async throws {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        guard !self.claimedIDs.contains(id) else { throw TenantError(.loading, "tenant '\(id)' is busy; retry") }
+        guard !self.claimedIDs.contains(id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
         self.claimedIDs.insert(id)
         defer { self.claimedIDs.remove(id) }
         let tenant = try? await self.activate(id: id)
@@ -150,7 +150,7 @@ extension TenantRegistry {
     /// fault is cleared, with everything acknowledged. `database` strategy.
     /// - Throws: NOTFOUND for an unknown tenant; IOERR when it still does not open.
     public func reopenTenant(id: String) async throws {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
         try self.store.requireTenantDirectories(for: "REOPEN")
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
@@ -181,11 +181,11 @@ extension TenantRegistry {
     /// - Throws: EXISTS when the id or its subdomain is served already; NOTFOUND without the
     ///   directory; IOERR when it does not recover.
     public func attachTenant(id: String) async throws -> TenantMetadata {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         try self.store.requireTenantDirectories(for: "ATTACH")
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
         guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id) else {
-            throw TenantError(.exists, "tenant '\(id)' is already served")
+            throw TenantError(.alreadyExists, "tenant '\(id)' is already served")
         }
         guard self.store.hasDirectory(id: id) else {
             throw TenantError.notFound("no directory \(self.store.layout.tenantDirectory(id))")
@@ -197,7 +197,7 @@ extension TenantRegistry {
         if let other = self.catalog.idBySubdomain[metadata.subdomain], other != id {
             self.active[id] = nil
             await tenant.close(checkpoint: false)
-            throw TenantError(.exists, "subdomain '\(metadata.subdomain)' is served by tenant \(other)")
+            throw TenantError(.alreadyExists, "subdomain '\(metadata.subdomain)' is served by tenant \(other)")
         }
         self.catalog.insert(metadata)
         self.saveCatalog()
@@ -208,10 +208,10 @@ extension TenantRegistry {
     /// TENANT DETACH: flushes (with a checkpoint), closes and forgets a tenant, leaving its
     /// directory in place for the operator to move. A restart would serve it again.
     public func detachTenant(id: String) async throws {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         try self.store.requireTenantDirectories(for: "DETACH")
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        guard !self.claimedIDs.contains(id) else { throw TenantError(.loading, "tenant '\(id)' is busy; retry") }
+        guard !self.claimedIDs.contains(id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
         self.claimedIDs.insert(id)
         defer { self.claimedIDs.remove(id) }
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }

@@ -114,7 +114,7 @@ public actor TenantRegistry {
         let minimum = EngineConfiguration.minimumAdminTokenLength
         if let token = configuration.adminToken, !token.isEmpty {
             guard token.count >= minimum else {
-                throw TenantError(.err, "the operator token must be at least \(minimum) characters")
+                throw TenantError(.refused, "the operator token must be at least \(minimum) characters")
             }
             return token
         }
@@ -126,7 +126,7 @@ public actor TenantRegistry {
             if !token.isEmpty {
                 guard token.count >= minimum else {
                     throw TenantError(
-                        .err,
+                        .refused,
                         "the operator token in \(path) is shorter than \(minimum) characters; replace it "
                             + "(openssl rand -hex 32 > \(path)) or delete it to have a new one made"
                     )
@@ -147,7 +147,7 @@ public actor TenantRegistry {
             self.catalog.remove(id: id)
             changed = true
         }
-        for id in onDisk.sorted() where self.catalog.entries[id] == nil {
+        for id in onDisk.filter({ self.catalog.entries[$0] == nil }).sorted() {
             do {
                 // Read for its metadata, then closed again: start-up keeps no tenant open.
                 let tenant = try await self.activate(id: id)
@@ -232,7 +232,7 @@ public actor TenantRegistry {
     /// The tenant of an id, activated if needed.
     /// - Throws: NOTFOUND for an unknown id; IOERR when its directory does not recover.
     public func tenant(id: String) async throws -> Tenant {
-        guard case .running = self.state else { throw TenantError(.loading, "server is starting or stopping") }
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
         return try await self.activate(id: id)
     }
@@ -255,7 +255,7 @@ public actor TenantRegistry {
                 defer { self.provisioning[id] = nil }
                 do {
                     try await task.value
-                } catch let error as TenantError where error.code == .exists {
+                } catch let error as TenantError where error.kind == .alreadyExists {
                     // Created meanwhile by another path.
                 }
             }
@@ -276,7 +276,7 @@ public actor TenantRegistry {
         if case .stopped = self.state {
             // Shut down while it opened: nothing may stay open after shutdown() returned.
             await tenant.close()
-            throw TenantError(.loading, "server is stopping")
+            throw TenantError(.unavailable, "server is stopping")
         }
         self.active[id] = tenant
         let metadata = await tenant.metadata

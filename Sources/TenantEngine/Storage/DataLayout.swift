@@ -29,8 +29,11 @@ public struct DataLayout: Sendable {
     public var adminTokenFile: String { self.root + "/admin.token" }
     /// `<data>/catalog`.
     public var catalogDirectory: String { self.root + "/catalog" }
-    /// `<data>/catalog/tenants.json`.
-    public var catalogFile: String { self.catalogDirectory + "/tenants.json" }
+    /// `<data>/catalog/tenants.bin`.
+    public var catalogFile: String { self.catalogDirectory + "/tenants.bin" }
+    /// The JSON catalog of earlier versions: read when there is no binary one, removed once one
+    /// is written.
+    var legacyCatalogFile: String { self.catalogDirectory + "/tenants.json" }
     /// `<data>/.trash`.
     public var trashDirectory: String { self.root + "/.trash" }
     /// The name of the trash in the data directory.

@@ -25,9 +25,8 @@ struct DirectoryStore: TenantStore {
         let fileSystem = self.fileSystem
         let logger = self.logger
         return try await runBlocking {
-            let listing = try fileSystem.listDirectory(layout.root)
             var ids: Set<String> = []
-            for name in listing {
+            for (name, isDirectory) in try fileSystem.listDirectoryEntries(layout.root) {
                 if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix) {
                     // Deleted tenants, and creations that crashed before their rename (never
                     // acknowledged, so never tenants).
@@ -36,13 +35,13 @@ struct DirectoryStore: TenantStore {
                     } catch {
                         logger.warning("could not remove \(name) from the data directory: \(error)")
                     }
-                } else if let id = layout.tenantID(ofDirectoryNamed: name),
-                    fileSystem.isDirectory(layout.root + "/" + name)
-                {
+                } else if isDirectory, let id = layout.tenantID(ofDirectoryNamed: name) {
                     ids.insert(id)
                 }
             }
-            let index = (try? fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
+            let index =
+                (try? fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
+                ?? (try? fileSystem.readFile(layout.legacyCatalogFile)).flatMap(Catalog.decode(bytes:))
             return .onDisk(ids: ids, index: index)
         }
     }
@@ -55,7 +54,7 @@ struct DirectoryStore: TenantStore {
         guard tenant.id == id else {
             await tenant.close()
             throw TenantError(
-                .ioError,
+                .storageFailed,
                 "directory \(self.layout.tenantDirectory(id)) holds tenant \(tenant.id), not \(id)"
             )
         }
@@ -97,7 +96,7 @@ struct DirectoryStore: TenantStore {
                 try state.apply(TenantRecord.decode(type: record.type, payload: record.payload))
             } catch {
                 throw TenantError(
-                    .ioError,
+                    .storageFailed,
                     "tenant log record \(record.lsn) in \(files.directory) does not decode: \(error)"
                 )
             }
@@ -123,7 +122,7 @@ struct DirectoryStore: TenantStore {
                     logger: logger
                 )
             } catch let error as WALError {
-                throw TenantError(.ioError, "tenant log is damaged: \(error)")
+                throw TenantError(.storageFailed, "tenant log is damaged: \(error)")
             }
             guard recovered.state.metadata != nil else {
                 throw TenantError(.notFound, "no tenant metadata in \(files.directory)")
@@ -274,7 +273,7 @@ struct DirectoryStore: TenantStore {
             throw TenantError.notFound("no directory \(destination)")
         }
         let target = destination + "/" + self.layout.directoryName(id)
-        guard !self.fileSystem.exists(target) else { throw TenantError(.exists, "\(target) already exists") }
+        guard !self.fileSystem.exists(target) else { throw TenantError(.alreadyExists, "\(target) already exists") }
         return target
     }
 
@@ -286,6 +285,10 @@ struct DirectoryStore: TenantStore {
                 try self.fileSystem.syncDirectory(self.layout.root)
             }
             try self.fileSystem.writeFileAtomically(self.layout.catalogFile, contents: try catalog.encoded())
+            if self.fileSystem.exists(self.layout.legacyCatalogFile) {
+                try self.fileSystem.remove(self.layout.legacyCatalogFile)
+                try self.fileSystem.syncDirectory(self.layout.catalogDirectory)
+            }
         } catch {
             if (try? self.fileSystem.remove(self.layout.catalogFile)) != nil {
                 try? self.fileSystem.syncDirectory(self.layout.catalogDirectory)

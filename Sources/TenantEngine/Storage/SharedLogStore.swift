@@ -100,7 +100,7 @@ actor SharedLogStore: TenantStore {
                 try recovered.states[id, default: TenantState()].apply(decoded)
                 recovered.storage[id, default: 0] += Int64(record.storedSize)
             } catch {
-                throw TenantError(.ioError, "shared log record \(record.lsn) does not decode: \(error)")
+                throw TenantError(.storageFailed, "shared log record \(record.lsn) does not decode: \(error)")
             }
         }
         return recovered
@@ -122,7 +122,7 @@ actor SharedLogStore: TenantStore {
                     logger: logger
                 )
             } catch let error as WALError {
-                throw TenantError(.ioError, "the shared log is damaged: \(error)")
+                throw TenantError(.storageFailed, "the shared log is damaged: \(error)")
             }
             let writer = try WALWriter(
                 directory: files.wal,
@@ -172,7 +172,7 @@ actor SharedLogStore: TenantStore {
     }
 
     func create(metadata: TenantMetadata, owner: User?, context: TenantContext) async throws -> Tenant {
-        guard let log = self.log else { throw TenantError(.loading, "shared log is not open") }
+        guard let log = self.log else { throw TenantError(.unavailable, "shared log is not open") }
         await self.beginChange()
         defer { self.endChange() }
         let prefix = SharedLogPayload.prefix(for: metadata.tenantID)
@@ -280,7 +280,7 @@ actor SharedLogStore: TenantStore {
         var tenants: [Tenant] = []
         for (id, tenant) in self.members.sorted(by: { $0.key < $1.key }) {
             guard let (state, tenantCut) = try await tenant.captureForCheckpoint() else {
-                throw TenantError(.loading, "tenant \(id) is not serving; the shared log is not checkpointed")
+                throw TenantError(.unavailable, "tenant \(id) is not serving; the shared log is not checkpointed")
             }
             entries.append(SharedCheckpoint.Capture(id: id, cut: tenantCut, state: state))
             tenants.append(tenant)

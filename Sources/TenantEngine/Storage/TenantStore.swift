@@ -92,7 +92,7 @@ extension IsolationStrategy {
         if let found = recorded, IsolationStrategy(rawValue: found) != nil {
             guard found == wanted else {
                 throw TenantError(
-                    .err,
+                    .refused,
                     "data directory \(layout.root) was created with TENANT_ISOLATION_STRATEGY=\(found); "
                         + "it cannot be served as \(wanted). Start with TENANT_ISOLATION_STRATEGY=\(found), "
                         + "or use another data directory."
@@ -105,7 +105,7 @@ extension IsolationStrategy {
         let hasSharedLog = listing.contains(DataLayout.sharedName)
         if (hasTenantDirectories && self != .database) || (hasSharedLog && self == .database) {
             throw TenantError(
-                .err,
+                .refused,
                 "data directory \(layout.root) holds data of another isolation strategy "
                     + "than \(wanted); start with the strategy it was created with"
             )

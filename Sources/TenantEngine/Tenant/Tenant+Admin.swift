@@ -1,5 +1,3 @@
-import Logging
-
 /// What USAGE reports.
 public struct TenantUsage: Sendable, Hashable {
     public var plan: Plan
@@ -16,71 +14,16 @@ extension Tenant {
 
     /// The tenant's counters against its limits. Any user of the tenant may read them.
     public func usage(_ principal: Principal) throws -> TenantUsage {
-        _ = try self.authorize(principal, minimum: .member)
+        _ = try self.authorize(principal, .read)
         let metadata = self.metadata
         return TenantUsage(
             plan: metadata.plan,
-            users: Int64(self.data.users.count),
+            users: Int64(self.membership.users.count),
             maxUsers: metadata.maxUsers,
-            storageBytes: self.storageBytes,
+            storageBytes: self.quota.storageBytes,
             maxStorageBytes: metadata.maxStorageBytes,
-            messagesToday: self.quotaDay.count(onDayOf: self.configuration.clock()),
+            messagesToday: self.quota.messages(onDayOf: self.configuration.clock()),
             maxMessagesPerDay: metadata.maxMessagesPerDay
-        )
-    }
-
-    /// Refuses a message over the daily or storage limit; counts it otherwise.
-    func admitMessage(now: Int64) throws {
-        let metadata = self.metadata
-        let today = self.quotaDay.count(onDayOf: now)
-        if metadata.maxMessagesPerDay > 0 && today >= metadata.maxMessagesPerDay {
-            let nextDay = (now / MessageDayCounter.millisecondsPerDay + 1) * MessageDayCounter.millisecondsPerDay
-            let retry = (nextDay - now + 999) / 1000
-            throw TenantError(
-                .quota,
-                "messages_per_day \(today)/\(metadata.maxMessagesPerDay) retry_after=\(retry)"
-            )
-        }
-        try self.checkStorage()
-        self.quotaDay.count(timestamp: now)
-        self.noteLevel(
-            "messages_per_day",
-            used: today + 1,
-            limit: metadata.maxMessagesPerDay,
-            period: now / MessageDayCounter.millisecondsPerDay
-        )
-    }
-
-    /// Refuses a write once the tenant holds its storage limit on disk.
-    func checkStorage() throws {
-        let limit = self.metadata.maxStorageBytes
-        if limit > 0 && self.storageBytes >= limit {
-            throw TenantError(.quota, "storage \(self.storageBytes)/\(limit)")
-        }
-        self.noteLevel("storage", used: self.storageBytes, limit: limit, period: 0)
-    }
-
-    /// Refuses a new user over the limit.
-    func admitUser() throws {
-        let limit = self.metadata.maxUsers
-        let users = Int64(self.data.users.count)
-        if limit > 0 && users >= limit { throw TenantError(.quota, "users \(users)/\(limit)") }
-        try self.checkStorage()
-        self.noteLevel("users", used: users + 1, limit: limit, period: 0)
-    }
-
-    /// Logs once when a counter crosses 80 %, 90 % and 100 % of its limit (per day for daily limits).
-    func noteLevel(_ name: String, used: Int64, limit: Int64, period: Int64) {
-        guard limit > 0, used > 0 else { return }
-        // In floating point: neither factor can overflow, whatever the limits are.
-        let percent = Int(min(1000, Double(used) * 100 / Double(limit)))
-        let level = percent >= 100 ? 100 : (percent >= 90 ? 90 : (percent >= 80 ? 80 : 0))
-        let key = "\(name)@\(period)"
-        guard level > 0, level > (self.loggedQuotaLevels[key] ?? 0) else { return }
-        self.loggedQuotaLevels[key] = level
-        self.logger.warning(
-            "tenant crossed \(level)% of its \(name) limit",
-            metadata: ["used": "\(used)", "limit": "\(limit)"]
         )
     }
 
@@ -158,8 +101,7 @@ extension Tenant {
     }
 
     func requireOperator(_ principal: Principal) throws {
-        _ = try self.authorize(principal, minimum: .owner)
-        guard case .operator = principal else { throw TenantError.noPermission("this command is for the operator") }
+        _ = try self.authorize(principal, .administerTenant)
     }
 
     /// The ranges of TENANT UPDATE's numbers (0 is no limit): a billion users, 8 EiB (2^63 - 1

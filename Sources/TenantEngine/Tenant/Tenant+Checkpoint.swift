@@ -6,14 +6,14 @@ extension Tenant {
     /// here: its store checkpoints the whole log.
     /// - Throws: when the checkpoint cannot be written; the log still holds everything then.
     public func checkpoint() async throws {
-        guard self.journal.checkpointsItself, !self.checkpointRunning else { return }
-        self.checkpointRunning = true
-        defer { self.checkpointRunning = false }
-        guard let (snapshot, cut) = try await self.captureForCheckpoint(), cut > self.lastCheckpointLSN else { return }
+        guard self.journal.checkpointsItself, !self.checkpoints.running else { return }
+        self.checkpoints.running = true
+        defer { self.checkpoints.running = false }
+        guard let (snapshot, cut) = try await self.captureForCheckpoint(), cut > self.checkpoints.lastCheckpointLSN
+        else { return }
         let storage = try await self.journal.writeCheckpoint(snapshot, lsn: cut)
-        self.lastCheckpointLSN = cut
-        self.bytesSinceCheckpoint = max(0, self.bytesSinceCheckpoint - self.bytesAtCapture)
-        self.storageBytes = storage
+        self.checkpoints.written(cut: cut)
+        self.quota.storageBytes = storage
         self.logger.debug("checkpoint written", metadata: ["lsn": "\(cut)"])
     }
 
@@ -22,23 +22,22 @@ extension Tenant {
     /// tenant up to the cut and none after (this actor appends nothing between the two reads).
     /// - Returns: nil when the tenant no longer serves.
     func captureForCheckpoint() async throws -> (TenantState, UInt64)? {
-        var own = self.lastOwnLSN
+        var own = self.checkpoints.lastOwnLSN
         while true {
-            guard case .serving = self.state else { return nil }
+            guard case .serving = self.lifecycle else { return nil }
             try await self.waitDurable(own)
-            guard case .serving = self.state else { return nil }
-            if self.lastOwnLSN == own && self.pending.isEmpty { break }
-            own = self.lastOwnLSN
+            guard case .serving = self.lifecycle else { return nil }
+            if self.checkpoints.lastOwnLSN == own && !self.messages.hasPending { break }
+            own = self.checkpoints.lastOwnLSN
         }
-        self.bytesAtCapture = self.bytesSinceCheckpoint
-        return (self.data, max(own, self.journal.lastAppendedLSN))
+        self.checkpoints.bytesAtCapture = self.checkpoints.bytesSinceCheckpoint
+        return (self.image, max(own, self.journal.lastAppendedLSN))
     }
 
     /// A shared log's checkpoint holds this tenant's state at `cut`, in `storageBytes` of it.
     func checkpointed(storageBytes: Int64, cut: UInt64) {
-        self.lastCheckpointLSN = cut
-        self.bytesSinceCheckpoint = max(0, self.bytesSinceCheckpoint - self.bytesAtCapture)
-        self.storageBytes = storageBytes + self.bytesSinceCheckpoint
+        self.checkpoints.written(cut: cut)
+        self.quota.storageBytes = storageBytes + self.checkpoints.bytesSinceCheckpoint
     }
 
     func checkpointInBackground() async {

@@ -19,7 +19,7 @@ extension Tenant {
     public static let defaultHistoryLimit = 100
     /// The most text one HISTORY returns (always at least one message): the client pages on
     /// with AFTER or BEFORE.
-    public static let maxHistoryTextBytes = 4 << 20
+    public static let maxHistoryTextBytes = MessageStore.maxHistoryTextBytes
 
     /// Accepts a message into the log's batch and hands out its seq; ``commit(_:)`` waits for it.
     ///
@@ -32,25 +32,22 @@ extension Tenant {
     /// - Returns: the ticket to commit.
     /// - Throws: ``TenantError`` (INVALID, TOOBIG, NOPERM, SUSPENDED, IOERR).
     public func post(_ principal: Principal, room: String, text: String) throws -> PostTicket {
-        _ = try self.authorize(principal, minimum: .member)
-        guard Names.isValidRoom(room) else {
-            throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'")
-        }
+        _ = try self.authorize(principal, .post)
+        guard Names.isValidRoom(room) else { throw Self.invalidRoom }
         let size = text.utf8.count
         guard size <= self.configuration.maxMessageBytes else {
             throw TenantError(
-                .tooBig,
+                .tooLarge,
                 "message of \(size) bytes is over the limit of \(self.configuration.maxMessageBytes)"
             )
         }
         try self.checkWritable()
         let now = self.configuration.clock()
-        try self.admitMessage(now: now)
-        let seq = self.data.rooms[room]?.nextSeq ?? 1
+        try self.quota.admitMessage(now: now, limits: self.metadata, logger: self.logger)
+        let seq = self.messages.nextSeq(in: room)
         let message = Message(seq: seq, timestamp: now, user: principal.displayName, text: text)
         let lsn = try self.append(.message(room: room, message))
-        self.data.rooms[room, default: Room()].nextSeq = seq + 1
-        self.pending.append((lsn, room, message))
+        self.messages.accept(message, room: room, lsn: lsn)
         return PostTicket(seq: seq, lsn: lsn)
     }
 
@@ -84,29 +81,16 @@ extension Tenant {
     )
         throws -> [Message]
     {
-        _ = try self.authorize(principal, minimum: .member)
-        guard Names.isValidRoom(room) else {
-            throw TenantError.invalid("room name must be 1-128 bytes of [A-Za-z0-9._:-] without '..'")
-        }
+        _ = try self.authorize(principal, .read)
+        guard Names.isValidRoom(room) else { throw Self.invalidRoom }
         self.applyDurable()
-        guard let messages = self.data.rooms[room] else { return [] }
-        let page = Array(messages.history(after: after, before: before, limit: min(limit, Self.maxHistoryLimit)))
-        return Self.capped(page, keepingOldest: after != nil, maxTextBytes: Self.maxHistoryTextBytes)
-    }
-
-    /// The longest run of `page` from one end whose texts fit `maxTextBytes` (one message at least).
-    static func capped(_ page: [Message], keepingOldest: Bool, maxTextBytes: Int) -> [Message] {
-        var total = 0
-        var kept = 0
-        while kept < page.count {
-            // Counted from the end the page keeps, without building an index list on every HISTORY.
-            let index = keepingOldest ? kept : page.count - 1 - kept
-            total += page[index].text.utf8.count
-            if kept > 0 && total > maxTextBytes { break }
-            kept += 1
-        }
-        if kept == page.count { return page }
-        return keepingOldest ? Array(page.prefix(kept)) : Array(page.suffix(kept))
+        return self.messages.history(
+            room: room,
+            after: after,
+            before: before,
+            limit: min(limit, Self.maxHistoryLimit),
+            maxTextBytes: Self.maxHistoryTextBytes
+        )
     }
 
     /// The most rooms one ROOMS returns: the client pages on with AFTER.
@@ -123,12 +107,8 @@ extension Tenant {
     ) throws
         -> [RoomSummary]
     {
-        _ = try self.authorize(principal, minimum: .member)
+        _ = try self.authorize(principal, .read)
         self.applyDurable()
-        let page = self.data.rooms.compactMap { name, room -> RoomSummary? in
-            guard room.lastSeq > 0, after.map({ name > $0 }) ?? true else { return nil }
-            return RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.messages.count)
-        }.sorted { $0.room < $1.room }
-        return Array(page.prefix(max(0, min(limit, Self.maxRoomsPage))))
+        return self.messages.summaries(after: after, limit: min(limit, Self.maxRoomsPage))
     }
 }

@@ -12,7 +12,7 @@ extension Tenant {
         channel: String,
         subscriber: any MessageSubscriber
     ) throws {
-        _ = try self.authorize(principal, minimum: .member)
+        _ = try self.authorize(principal, .read)
         guard Names.isValidRoom(room) else { throw Self.invalidRoom }
         self.applyDurable()
         self.subscriptions.add(room: room, entry: .init(subscriber: subscriber, principal: principal, channel: channel))
@@ -41,10 +41,9 @@ extension Tenant {
     /// Pushes an applied message to its room's subscribers whose credential still holds.
     func publish(room: String, message: Message) {
         guard let entries = self.subscriptions.rooms[room] else { return }
-        let payload = message.jsonPayload
         for entry in entries.values {
-            let allowed = (try? self.authorize(entry.principal, minimum: .member)) != nil
-            if !allowed || !entry.subscriber.deliver(.message(channel: entry.channel, payload: payload)) {
+            let allowed = (try? self.authorize(entry.principal, .read)) != nil
+            if !allowed || !entry.subscriber.deliver(.message(channel: entry.channel, message: message)) {
                 self.subscriptions.remove(room: room, subscriber: entry.subscriber)
             }
         }

@@ -8,14 +8,14 @@ extension Tenant {
     public func snapshot(to destination: String) async throws -> UInt64 {
         try self.checkWritable()
         try await self.checkpoint()
-        var lsn = self.lastOwnLSN
+        var lsn = self.checkpoints.lastOwnLSN
         var attempts = 0
-        while self.journal.durableLSN < lsn || !self.pending.isEmpty {
+        while self.journal.durableLSN < lsn || self.messages.hasPending {
             // Writes arrived meanwhile: let them reach the log, then look again.
             attempts += 1
-            guard attempts < 1000 else { throw TenantError(.loading, "tenant is too busy to snapshot; retry") }
+            guard attempts < 1000 else { throw TenantError(.unavailable, "tenant is too busy to snapshot; retry") }
             try await self.waitDurable(lsn)
-            lsn = self.lastOwnLSN
+            lsn = self.checkpoints.lastOwnLSN
         }
         // No suspension from here on: the files hold exactly the log up to `lsn`, and no append
         // can run while this actor copies them.

@@ -11,9 +11,15 @@ extension Tenant {
         guard Names.isValidUserName(name) else {
             throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-]")
         }
-        guard self.data.users[name] == nil else { throw TenantError(.exists, "user '\(name)' already exists") }
+        guard self.membership.users[name] == nil else {
+            throw TenantError(.alreadyExists, "user '\(name)' already exists")
+        }
         try self.checkWritable()
-        try self.admitUser()
+        try self.quota.admitUser(
+            users: Int64(self.membership.users.count),
+            limits: self.metadata,
+            logger: self.logger
+        )
         let token = Tokens.generate()
         let user = User(name: name, role: role, tokenHash: Tokens.hash(token), joinedAt: self.configuration.clock())
         try await self.write(.userPut(user))
@@ -42,7 +48,7 @@ extension Tenant {
     public func rotateToken(_ principal: Principal, name: String) async throws -> String {
         var user = try self.existingUser(name)
         if case .user(_, let own, _) = principal, own == name {
-            _ = try self.authorize(principal, minimum: .member)
+            _ = try self.authorize(principal, .rotateOwnToken)
         } else {
             try self.checkManage(principal, targetRole: user.role)
         }
@@ -54,33 +60,30 @@ extension Tenant {
 
     /// Every user, by name.
     public func listUsers(_ principal: Principal) throws -> [User] {
-        _ = try self.authorize(principal, minimum: .admin)
-        return self.data.users.values.sorted { $0.name < $1.name }
+        _ = try self.authorize(principal, .listUsers)
+        return self.membership.sortedUsers
     }
 
     /// Appends a user or metadata change, applies it in actor order and waits until it is durable.
     func write(_ record: TenantRecord) async throws {
         let lsn = try self.append(record)
-        try self.data.apply(record)
+        self.membership.apply(record)
         try await self.waitDurable(lsn)
     }
 
     private func existingUser(_ name: String) throws -> User {
-        guard let user = self.data.users[name] else { throw TenantError.notFound("no user '\(name)'") }
+        guard let user = self.membership.users[name] else { throw TenantError.notFound("no user '\(name)'") }
         return user
     }
 
-    /// Owners manage everyone, admins manage members, members manage no one.
+    /// Owners manage everyone, admins manage members, members manage no one (``AccessRule``).
     private func checkManage(_ principal: Principal, targetRole: Role) throws {
-        guard let role = try self.authorize(principal, minimum: .admin) else { return }
-        if role == .admin && targetRole != .member {
-            throw TenantError.noPermission("admins manage members only; this needs the owner role")
-        }
+        _ = try self.authorize(principal, .manageUser(target: targetRole))
     }
 
     private func checkKeepsAnOwner(removing user: User) throws {
-        guard user.role == .owner else { return }
-        let owners = self.data.users.values.filter { $0.role == .owner }.count
-        if owners <= 1 { throw TenantError.invalid("a tenant keeps at least one owner") }
+        guard self.membership.keepsAnOwner(removing: user) else {
+            throw TenantError.invalid("a tenant keeps at least one owner")
+        }
     }
 }

@@ -1,51 +1,44 @@
-import DequeModule
 import Dispatch
-import Foundation
 import Logging
 import Synchronization
 import WAL
 
-/// One tenant: its rooms, messages and users in memory, every change first appended to its own log.
+/// One tenant: an actor composing its membership (metadata and users), its message store, its
+/// quota account, its subscribers and its checkpoint schedule, every change first appended to its
+/// journal (its own log, or its share of the shared log, as its store keeps it).
 ///
-/// Messages become visible (to HISTORY, ROOMS) only once their record is durable; user and
-/// metadata changes apply at append, in actor order, and a failed log stops the tenant from
-/// serving anything built on them.
+/// Messages become visible (to HISTORY, ROOMS, subscribers) only once their record is durable;
+/// user and metadata changes apply at append, in actor order, and a failed log stops the tenant
+/// from serving anything built on them.
 public actor Tenant {
-    enum State {
+    /// Where the tenant is in its life; each case carries what it needs.
+    enum Lifecycle {
+        /// Taking reads and writes.
         case serving
+        /// Its log failed: reads still work, every write gets this error until it is reopened.
         case failed(TenantError)
+        /// Closed (passivated, reopened, shut down) or deleted: connections fetch it anew, or
+        /// get NOTFOUND once deleted.
         case closed(deleted: Bool)
     }
 
     /// The tenant id.
     public nonisolated let id: String
     nonisolated let executor: TenantExecutor
-    var state: State = .serving
-    var data: TenantState
+    var lifecycle: Lifecycle = .serving
     /// Where the tenant's records go, as its storage strategy keeps them.
     let journal: any TenantJournal
-    var pending: Deque<(lsn: UInt64, room: String, message: Message)> = []
-    /// Bytes this tenant holds on disk: its directory, or its share of a shared log.
-    var storageBytes: Int64
-    /// The quota levels (80, 90, 100 %) already logged, per limit and day.
-    var loggedQuotaLevels: [String: Int] = [:]
+    var membership: Membership
+    var messages: MessageStore
+    var quota: QuotaAccount
     var subscriptions = Subscriptions()
+    var checkpoints = CheckpointSchedule()
     /// Connections that hold this tenant as their context: a tenant with any is never passivated.
     nonisolated let leases = Atomic<Int>(0)
     /// Set once the tenant is closed: connections holding it then fetch the tenant anew.
     nonisolated let closedFlag = Atomic<Bool>(false)
     /// When a command last ran here (ms), for passivation.
     var lastUsed: Int64 = 0
-    /// The lsn of this tenant's newest record.
-    var lastOwnLSN: UInt64 = 0
-    /// The cut the newest checkpoint covers, and the log bytes this tenant appended since.
-    var lastCheckpointLSN: UInt64 = 0
-    var bytesSinceCheckpoint: Int64 = 0
-    /// `bytesSinceCheckpoint` when the checkpoint being written was captured.
-    var bytesAtCapture: Int64 = 0
-    var checkpointRunning = false
-    /// Messages per UTC day, counted when accepted (the log's own count, plus what waits for it).
-    var quotaDay: MessageDayCounter
     let configuration: EngineConfiguration
     let logger: Logger
     let onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
@@ -61,16 +54,16 @@ public actor Tenant {
         executor: TenantExecutor,
         context: TenantContext
     ) {
-        let id = data.metadata!.tenantID
-        self.id = id
-        self.data = data
+        let metadata = data.metadata!
+        self.id = metadata.tenantID
+        self.membership = Membership(metadata: metadata, users: data.users)
+        self.messages = MessageStore(rooms: data.rooms, count: data.messageCount)
+        self.quota = QuotaAccount(storageBytes: storageBytes, day: data.messageDays)
         self.journal = journal
-        self.storageBytes = storageBytes
-        self.quotaDay = data.messageDays
         self.executor = executor
         self.configuration = context.configuration
         var logger = context.logger
-        logger[metadataKey: "tenant"] = "\(id)"
+        logger[metadataKey: "tenant"] = "\(metadata.tenantID)"
         self.logger = logger
         self.onMetadataChange = context.onMetadataChange
     }
@@ -78,9 +71,12 @@ public actor Tenant {
     /// After recovery: the cut its checkpoint covers, and the log bytes on disk beyond it (the
     /// unit `append` counts in, so the next checkpoint comes at the configured size).
     func recovered(checkpointLSN: UInt64, logBytes: Int64) {
-        self.lastCheckpointLSN = checkpointLSN
-        self.bytesSinceCheckpoint = logBytes
-        self.lastOwnLSN = max(checkpointLSN, self.journal.checkpointsItself ? self.journal.lastAppendedLSN : 0)
+        self.checkpoints.lastCheckpointLSN = checkpointLSN
+        self.checkpoints.bytesSinceCheckpoint = logBytes
+        self.checkpoints.lastOwnLSN = max(
+            checkpointLSN,
+            self.journal.checkpointsItself ? self.journal.lastAppendedLSN : 0
+        )
     }
 
     /// Recovers a tenant directory on its own, outside any registry (tools and tests).
@@ -92,7 +88,18 @@ public actor Tenant {
     }
 
     /// The tenant's metadata.
-    public var metadata: TenantMetadata { self.data.metadata! }
+    public var metadata: TenantMetadata { self.membership.metadata }
+
+    /// The tenant's data as its log describes it, for a checkpoint.
+    var image: TenantState {
+        TenantState(
+            metadata: self.membership.metadata,
+            users: self.membership.users,
+            rooms: self.messages.rooms,
+            messageCount: self.messages.count,
+            messageDays: self.quota.day
+        )
+    }
 
     /// A connection takes this tenant as its context.
     public nonisolated func retain() {
@@ -113,7 +120,7 @@ public actor Tenant {
     /// True when nobody holds or used the tenant for `idle` milliseconds before `now`.
     func isIdle(now: Int64, idle: Int64) -> Bool {
         self.leases.load(ordering: .relaxed) <= 0 && self.subscriptions.rooms.isEmpty && now - self.lastUsed >= idle
-            && self.pending.isEmpty && !self.checkpointRunning
+            && !self.messages.hasPending && !self.checkpoints.running
     }
 
     /// Flushes and closes the log, after a checkpoint of a tenant's own log; the tenant answers
@@ -123,8 +130,8 @@ public actor Tenant {
     ///   - checkpoint: false leaves everything in the log (tools and benchmarks).
     public func close(deleted: Bool = false, checkpoint: Bool = true) async {
         self.subscriptions.closeAll()
-        if !deleted, checkpoint, case .serving = self.state, self.journal.checkpointsItself,
-            self.lastOwnLSN > self.lastCheckpointLSN
+        if !deleted, checkpoint, case .serving = self.lifecycle, self.journal.checkpointsItself,
+            self.checkpoints.hasNewRecords
         {
             do {
                 try await self.checkpoint()
@@ -133,11 +140,11 @@ public actor Tenant {
             }
         }
         defer { self.closedFlag.store(true, ordering: .relaxed) }
-        guard case .serving = self.state else {
-            if case .failed = self.state { self.state = .closed(deleted: deleted) }
+        guard case .serving = self.lifecycle else {
+            if case .failed = self.lifecycle { self.lifecycle = .closed(deleted: deleted) }
             return
         }
-        self.state = .closed(deleted: deleted)
+        self.lifecycle = .closed(deleted: deleted)
         do {
             try await self.journal.close()
         } catch {
@@ -148,14 +155,12 @@ public actor Tenant {
 
     // MARK: - Access
 
-    /// Checks that `principal` may act here with at least `minimum`, and that the tenant serves.
+    /// Checks that `principal` may take `action` here (``AccessRule``), that its credential still
+    /// holds, and that the tenant serves.
     /// - Returns: the role of a user, nil for the operator.
-    func authorize(_ principal: Principal, minimum: Role) throws -> Role? {
+    func authorize(_ principal: Principal, _ action: TenantAction) throws -> Role? {
         self.lastUsed = self.configuration.clock()
-        if case .closed(let deleted) = self.state {
-            throw deleted
-                ? TenantError.notFound("tenant was deleted") : TenantError(.loading, "tenant is closed; retry")
-        }
+        if case .closed(let deleted) = self.lifecycle { throw Self.closedError(deleted: deleted) }
         switch principal {
         case .operator:
             return nil
@@ -163,25 +168,25 @@ public actor Tenant {
             guard tenantID == self.id else {
                 throw TenantError.noPermission("credential is not valid for tenant \(self.id)")
             }
-            guard let user = self.data.users[name], Tokens.constantTimeEqual(user.tokenHash, tokenHash) else {
+            guard let user = self.membership.user(named: name, tokenHash: tokenHash) else {
                 throw TenantError.credentialRevoked
             }
             guard self.metadata.isServing else { throw TenantError.suspended }
-            guard user.role >= minimum else {
-                throw TenantError.noPermission("this command needs the \(minimum.rawValue) role")
-            }
+            guard AccessRule.permits(user.role, action) else { throw AccessRule.refusal(user.role, action) }
             return user.role
         }
     }
 
+    static func closedError(deleted: Bool) -> TenantError {
+        deleted ? TenantError.notFound("tenant was deleted") : TenantError(.unavailable, "tenant is closed; retry")
+    }
+
     /// Fails when the tenant cannot take writes.
     func checkWritable() throws {
-        switch self.state {
+        switch self.lifecycle {
         case .serving: return
         case .failed(let error): throw error
-        case .closed(let deleted):
-            throw deleted
-                ? TenantError.notFound("tenant was deleted") : TenantError(.loading, "tenant is closed; retry")
+        case .closed(let deleted): throw Self.closedError(deleted: deleted)
         }
     }
 
@@ -191,16 +196,14 @@ public actor Tenant {
     ///   suspended tenant's valid credential.
     public func authenticate(user name: String, token: String) throws -> Principal {
         let hash = Tokens.hash(token)
-        guard let user = self.data.users[name], Tokens.constantTimeEqual(user.tokenHash, hash) else {
-            throw TenantError.wrongPass
-        }
+        guard self.membership.user(named: name, tokenHash: hash) != nil else { throw TenantError.wrongPass }
         guard self.metadata.isServing else { throw TenantError.suspended }
         return .user(tenantID: self.id, name: name, tokenHash: hash)
     }
 
     /// The role of an authenticated principal: `operator` for the operator.
     public func roleName(of principal: Principal) throws -> String {
-        try self.authorize(principal, minimum: .member)?.rawValue ?? "operator"
+        try self.authorize(principal, .read)?.rawValue ?? "operator"
     }
 
     // MARK: - Log
@@ -210,17 +213,12 @@ public actor Tenant {
         try self.checkWritable()
         do {
             let (lsn, size) = try self.journal.append(record)
-            self.lastOwnLSN = lsn
-            self.storageBytes += Int64(size)
-            self.bytesSinceCheckpoint += Int64(size)
-            if self.bytesSinceCheckpoint >= self.configuration.checkpointBytes && !self.checkpointRunning
-                && self.journal.checkpointsItself
-            {
-                Task { await self.checkpointInBackground() }
-            }
+            self.quota.storageBytes += Int64(size)
+            let due = self.checkpoints.appended(lsn: lsn, size: size, threshold: self.configuration.checkpointBytes)
+            if due && self.journal.checkpointsItself { Task { await self.checkpointInBackground() } }
             return lsn
         } catch let error as WALError {
-            if error.isRecordTooLarge { throw TenantError(.tooBig, error.description) }
+            if error.isRecordTooLarge { throw TenantError(.tooLarge, error.description) }
             if error.isTransient { throw Self.transientError(error) }
             throw self.fail(error)
         }
@@ -244,39 +242,36 @@ public actor Tenant {
     /// What a tenant's user is told of a transient shortage: no server path.
     static func transientError(_ error: WALError) -> TenantError {
         TenantError(
-            .ioError,
+            .storageFailed,
             "the server is short of resources (\(error.publicDescription)); this write is not acknowledged, retry"
         )
     }
 
-    /// Moves the messages whose records are durable from `pending` into the rooms, in lsn order.
+    /// Makes the messages whose records are durable visible, in lsn order, and pushes them to
+    /// their rooms' subscribers.
     func applyDurable() {
-        guard let first = self.pending.first else { return }
-        let durable = self.journal.durableLSN
-        guard first.lsn <= durable else { return }
-        while let next = self.pending.first, next.lsn <= durable {
-            self.pending.removeFirst()
-            do {
-                try self.data.apply(.message(room: next.room, next.message))
-            } catch {
-                self.logger.critical("message \(next.lsn) does not apply: \(error)")
+        guard self.messages.hasPending else { return }
+        do {
+            for (room, message) in try self.messages.applyDurable(upTo: self.journal.durableLSN) {
+                self.publish(room: room, message: message)
             }
-            self.publish(room: next.room, message: next.message)
+        } catch {
+            self.logger.critical("a durable message does not apply: \(error)")
         }
     }
 
     /// Turns the tenant to IOERR: nothing more is acknowledged until it is opened again.
     func fail(_ error: any Error) -> TenantError {
-        if case .failed(let existing) = self.state { return existing }
+        if case .failed(let existing) = self.lifecycle { return existing }
         // The tenant's users see what failed, never where: the operator's log has the paths.
         let cause = (error as? WALError)?.publicDescription ?? "I/O error"
         let tenantError = TenantError(
-            .ioError,
+            .storageFailed,
             "write to the tenant's log failed (\(cause)); the tenant is read-only until the operator reopens it"
         )
         self.logger.error("log failed, tenant is read-only until TENANT REOPEN: \(error)")
-        self.state = .failed(tenantError)
-        self.pending.removeAll()
+        self.lifecycle = .failed(tenantError)
+        self.messages.dropPending()
         return tenantError
     }
 }

@@ -6,7 +6,7 @@ extension CommandDispatcher {
     func user(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
         try arguments.expect(1...Int.max, for: "user")
         guard let tenant = session.tenant else {
-            throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+            throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
         }
         switch arguments.keyword(0) {
         case "ADD":

@@ -8,7 +8,7 @@ extension CommandDispatcher {
         let prefix = "/tenant/"
         guard argument.hasPrefix(prefix), self.registry.configuration.idSources.contains(.path) else {
             guard let tenant = session.tenant else {
-                throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+                throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
             }
             return (tenant, argument)
         }
@@ -97,7 +97,7 @@ extension CommandDispatcher {
             index += 2
         }
         guard let tenant = session.tenant else {
-            throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+            throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
         }
         return .array(
             try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage).map { room in
@@ -109,7 +109,7 @@ extension CommandDispatcher {
     func usage(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
         try arguments.expect(0...0, for: "usage")
         guard let tenant = session.tenant else {
-            throw TenantError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
+            throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
         }
         let usage = try await tenant.usage(principal)
         return .map([

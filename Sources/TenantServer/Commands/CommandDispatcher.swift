@@ -85,7 +85,7 @@ struct CommandDispatcher: Sendable {
         }
         guard let principal = session.principal else {
             if CommandTable.byName[arguments.name]?.needsAuth == true {
-                throw TenantError(.noAuth, "Authentication required.")
+                throw ServerError(.noAuth, "Authentication required.")
             }
             throw Self.unknownCommand(arguments)
         }
@@ -161,7 +161,7 @@ struct CommandDispatcher: Sendable {
         var index = 0
         if arguments.count > 0 {
             guard let requested = Int(arguments[0]), let parsed = RESPVersion(rawValue: requested) else {
-                throw TenantError(.err, "unsupported protocol version; HELLO takes 2 or 3")
+                throw ServerError(.err, "unsupported protocol version; HELLO takes 2 or 3")
             }
             version = parsed
             index = 1
@@ -209,7 +209,7 @@ struct CommandDispatcher: Sendable {
     func authenticate(user: String, token: String, session: inout Session) async throws {
         do {
             try await self.checkCredential(user: user, token: token, session: &session)
-        } catch let error as TenantError where error.code == .wrongPass {
+        } catch let error as TenantError where error.kind == .wrongCredentials {
             session.authFailures += 1
             ServerMetrics.authFailed()
             let decision = self.authThrottle.failed(
@@ -266,9 +266,9 @@ struct CommandDispatcher: Sendable {
         let tenant: Tenant
         do {
             tenant = try await self.registry.tenant(id: id)
-        } catch let error as TenantError where error.code == .notFound {
+        } catch let error as TenantError where error.kind == .notFound {
             throw TenantError.wrongPass
-        } catch let error as TenantError where error.code == .ioError {
+        } catch let error as TenantError where error.kind == .storageFailed {
             // The details (file, offset) are for the operator, not for a client that has not authenticated.
             self.logger.error("AUTH to tenant \(id) refused: \(error.message)")
             throw TenantError.ioError("tenant is unavailable: its log is damaged or unreadable; the operator is told")

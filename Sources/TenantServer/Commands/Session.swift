@@ -84,17 +84,10 @@ extension RESPValue {
     /// The contract's code and the human message of an error.
     static func contractError(_ error: any Error) -> (ReplyCode, String) {
         switch error {
-        case let error as TenantError: return (error.code, error.message)
+        case let error as TenantError: return (ReplyCode(error.kind), error.message)
         case let error as CommandError: return (.err, error.message)
-        case let error as RequestError: return (error.code, error.message)
+        case let error as ServerError: return (error.code, error.message)
         default: return (.err, "internal error: \(error)")
         }
     }
-}
-
-/// An error of the request's framing, found by the parser: `PROTO` (the connection closes) or
-/// `TOOBIG` (an argument over `proto-max-bulk-len`, skipped).
-struct RequestError: Error {
-    let code: ReplyCode
-    let message: String
 }

@@ -104,10 +104,10 @@ struct Connection {
                         var last = false
                         switch request {
                         case .protocolError(let message):
-                            slot = .close(.reply(for: RequestError(code: .proto, message: message)), session.version)
+                            slot = .close(.reply(for: ServerError(.proto, message)), session.version)
                             last = true
                         case .tooBig(let message):
-                            slot = .value(.reply(for: RequestError(code: .tooBig, message: message)), session.version)
+                            slot = .value(.reply(for: ServerError(.tooBig, message)), session.version)
                         case .command(let words):
                             var outcome: CommandOutcome
                             do {

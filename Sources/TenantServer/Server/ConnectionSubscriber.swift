@@ -47,8 +47,11 @@ final class ConnectionSubscriber: MessageSubscriber {
                     .push([.bulkString("unsubscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
                     state.version
                 )
-            case .message(let channel, let payload):
-                return (.push([.bulkString("message"), .bulkString(channel), .bulkString(payload)]), state.version)
+            case .message(let channel, let message):
+                return (
+                    .push([.bulkString("message"), .bulkString(channel), .bulkString(message.jsonPayload)]),
+                    state.version
+                )
             }
         }
         let slot = Connection.Slot.value(value, version)

@@ -139,6 +139,26 @@ public enum POSIXFile {
         return names.sorted()
     }
 
+    /// The names in a directory with whether each is a directory (from the entry's type, so
+    /// without a stat per name unless the file system does not tell), unsorted.
+    public static func listDirectoryEntries(_ path: String) throws -> [(name: String, isDirectory: Bool)] {
+        guard let dir = path.withCString({ opendir($0) }) else {
+            throw WALError.io("opendir", path: path, errno: errno)
+        }
+        defer { closedir(dir) }
+        var entries: [(name: String, isDirectory: Bool)] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            guard name != "." && name != ".." else { continue }
+            let type = Int32(entry.pointee.d_type)
+            let isDirectory = type == Int32(DT_UNKNOWN) ? Self.isDirectory(path + "/" + name) : type == Int32(DT_DIR)
+            entries.append((name, isDirectory))
+        }
+        return entries
+    }
+
     /// True when `path` exists.
     public static func exists(_ path: String) -> Bool {
         var info = stat()

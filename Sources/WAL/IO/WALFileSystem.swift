@@ -35,6 +35,9 @@ public protocol WALFileSystem: Sendable {
     func readFile(_ path: String) throws -> [UInt8]
     /// The names in a directory, sorted, without `.` and `..`.
     func listDirectory(_ path: String) throws -> [String]
+    /// The names in a directory with whether each is a directory, unsorted (one read of the
+    /// directory, no stat per name where the file system gives entry types).
+    func listDirectoryEntries(_ path: String) throws -> [(name: String, isDirectory: Bool)]
     /// A file's size in bytes.
     func fileSize(_ path: String) throws -> Int
     /// True when `path` names a directory.
@@ -98,6 +101,10 @@ public struct POSIXFileSystem: WALFileSystem {
 
     public func listDirectory(_ path: String) throws -> [String] {
         try POSIXFile.listDirectory(path)
+    }
+
+    public func listDirectoryEntries(_ path: String) throws -> [(name: String, isDirectory: Bool)] {
+        try POSIXFile.listDirectoryEntries(path)
     }
 
     public func fileSize(_ path: String) throws -> Int {

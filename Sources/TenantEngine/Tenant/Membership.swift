@@ -1,0 +1,34 @@
+/// A tenant's metadata and users: what authentication and user and metadata admin read and change.
+struct Membership: Sendable {
+    private(set) var metadata: TenantMetadata
+    private(set) var users: [String: User]
+
+    init(metadata: TenantMetadata, users: [String: User]) {
+        self.metadata = metadata
+        self.users = users
+    }
+
+    /// Applies a metadata or user record (messages are the message store's).
+    mutating func apply(_ record: TenantRecord) {
+        switch record {
+        case .metadata(let metadata): self.metadata = metadata
+        case .userPut(let user): self.users[user.name] = user
+        case .userDelete(let name): self.users[name] = nil
+        case .message, .tenantDeleted: break
+        }
+    }
+
+    /// The user a token authenticates, compared in constant time.
+    func user(named name: String, tokenHash: [UInt8]) -> User? {
+        guard let user = self.users[name], Tokens.constantTimeEqual(user.tokenHash, tokenHash) else { return nil }
+        return user
+    }
+
+    /// True unless `user` is the last owner.
+    func keepsAnOwner(removing user: User) -> Bool {
+        user.role != .owner || self.users.values.contains { $0.role == .owner && $0.name != user.name }
+    }
+
+    /// Every user, by name.
+    var sortedUsers: [User] { self.users.values.sorted { $0.name < $1.name } }
+}

@@ -1,0 +1,82 @@
+import DequeModule
+
+/// A tenant's rooms and messages: those visible (their records durable) and those accepted but
+/// waiting for the log, which get their seq at once and become visible in lsn order.
+struct MessageStore: Sendable {
+    private(set) var rooms: [String: Room]
+    private(set) var count: Int
+    private var pending: Deque<(lsn: UInt64, room: String, message: Message)> = []
+
+    init(rooms: [String: Room], count: Int) {
+        self.rooms = rooms
+        self.count = count
+    }
+
+    /// True while accepted messages wait for the log.
+    var hasPending: Bool { !self.pending.isEmpty }
+
+    /// The seq the next message of `room` gets.
+    func nextSeq(in room: String) -> UInt64 {
+        self.rooms[room]?.nextSeq ?? 1
+    }
+
+    /// Takes a message whose record is appended at `lsn`; it is visible once that is durable.
+    mutating func accept(_ message: Message, room: String, lsn: UInt64) {
+        self.rooms[room, default: Room()].nextSeq = message.seq + 1
+        self.pending.append((lsn, room, message))
+    }
+
+    /// Makes the accepted messages up to `durableLSN` visible, in lsn order.
+    /// - Returns: them, for the subscribers.
+    mutating func applyDurable(upTo durableLSN: UInt64) throws -> [(room: String, message: Message)] {
+        guard let first = self.pending.first, first.lsn <= durableLSN else { return [] }
+        var applied: [(room: String, message: Message)] = []
+        while let next = self.pending.first, next.lsn <= durableLSN {
+            self.pending.removeFirst()
+            try self.rooms[next.room, default: Room()].apply(next.message)
+            self.count += 1
+            applied.append((next.room, next.message))
+        }
+        return applied
+    }
+
+    /// Forgets the accepted messages (the log failed: they are never acknowledged).
+    mutating func dropPending() {
+        self.pending.removeAll()
+    }
+
+    /// The most text one HISTORY returns (always at least one message).
+    static let maxHistoryTextBytes = 4 << 20
+
+    /// A room's visible messages, oldest first, at most `maxTextBytes` of text: with AFTER the
+    /// page keeps its oldest messages, otherwise its newest, so paging on from its edge misses none.
+    func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) -> [Message] {
+        guard let messages = self.rooms[room] else { return [] }
+        let page = Array(messages.history(after: after, before: before, limit: limit))
+        return Self.capped(page, keepingOldest: after != nil, maxTextBytes: maxTextBytes)
+    }
+
+    /// The longest run of `page` from one end whose texts fit `maxTextBytes` (one message at least).
+    static func capped(_ page: [Message], keepingOldest: Bool, maxTextBytes: Int) -> [Message] {
+        var total = 0
+        var kept = 0
+        while kept < page.count {
+            // Counted from the end the page keeps, without building an index list on every HISTORY.
+            let index = keepingOldest ? kept : page.count - 1 - kept
+            total += page[index].text.utf8.count
+            if kept > 0 && total > maxTextBytes { break }
+            kept += 1
+        }
+        if kept == page.count { return page }
+        return keepingOldest ? Array(page.prefix(kept)) : Array(page.suffix(kept))
+    }
+
+    /// The rooms with visible messages, by name: the first `limit` after `after`.
+    func summaries(after: String?, limit: Int) -> [RoomSummary] {
+        let page = self.rooms.compactMap { name, room -> RoomSummary? in
+            guard room.lastSeq > 0, after.map({ name > $0 }) ?? true else { return nil }
+            return RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.messages.count)
+        }.sorted { $0.room < $1.room }
+        return Array(page.prefix(max(0, limit)))
+    }
+}
