@@ -20,6 +20,8 @@ struct Catalog: Sendable {
 
     static let magic = Array("TNTDCAT1".utf8)
     static let headerSize = 20
+    /// The plans by their byte in the file (a stored array: `allCases` would build one per read).
+    private static let plans = Plan.allCases
 
     private(set) var entries: [String: TenantMetadata] = [:]
     private(set) var idBySubdomain: [String: String] = [:]
@@ -65,7 +67,7 @@ struct Catalog: Sendable {
             writer.write(metadata.tenantID)
             writer.write(metadata.name)
             writer.write(metadata.subdomain)
-            writer.write(UInt8(Plan.allCases.firstIndex(of: metadata.plan)!))
+            writer.write(UInt8(Self.plans.firstIndex(of: metadata.plan)!))
             writer.writeSignedVarint(metadata.maxUsers)
             writer.writeSignedVarint(metadata.maxStorageBytes)
             writer.writeSignedVarint(metadata.maxMessagesPerDay)
@@ -117,9 +119,9 @@ struct Catalog: Sendable {
             let subdomain = try reader.readString()
             let planIndex = Int(try reader.read(UInt8.self))
             guard Names.isValidTenantID(id), subdomain.isEmpty || Names.subdomainProblem(subdomain) == nil,
-                planIndex < Plan.allCases.count, catalog.entries[id] == nil
+                planIndex < Self.plans.count
             else { throw RecordDecodingError.invalidValue("catalog entry") }
-            let plan = Plan.allCases[planIndex]
+            let plan = Self.plans[planIndex]
             var metadata = TenantMetadata(
                 tenantID: id,
                 name: name,
@@ -141,7 +143,15 @@ struct Catalog: Sendable {
                 let key = try reader.readString()
                 metadata.settings[key] = try reader.readString()
             }
-            catalog.insert(metadata)
+            // A new id (one lookup), its subdomain taken by none before it.
+            guard catalog.entries.updateValue(metadata, forKey: id) == nil else {
+                throw RecordDecodingError.invalidValue("duplicate tenant id")
+            }
+            if !subdomain.isEmpty {
+                guard catalog.idBySubdomain.updateValue(id, forKey: subdomain) == nil else {
+                    throw RecordDecodingError.invalidValue("duplicate subdomain")
+                }
+            }
         }
         guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
         return catalog

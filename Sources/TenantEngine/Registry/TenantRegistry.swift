@@ -143,11 +143,15 @@ public actor TenantRegistry {
     private func reconcileCatalog(onDisk: Set<String>, index: Catalog?) async throws {
         var changed = index == nil
         self.catalog = index ?? Catalog()
-        for id in self.catalog.entries.keys where !onDisk.contains(id) {
-            self.catalog.remove(id: id)
-            changed = true
+        let missing = onDisk.filter { self.catalog.entries[$0] == nil }
+        // Every directory listed and as many entries as directories: nothing listed is gone.
+        if self.catalog.entries.count != onDisk.count - missing.count {
+            for id in self.catalog.entries.keys where !onDisk.contains(id) {
+                self.catalog.remove(id: id)
+                changed = true
+            }
         }
-        for id in onDisk.filter({ self.catalog.entries[$0] == nil }).sorted() {
+        for id in missing.sorted() {
             do {
                 // Read for its metadata, then closed again: start-up keeps no tenant open.
                 let tenant = try await self.activate(id: id)

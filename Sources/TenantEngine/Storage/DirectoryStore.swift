@@ -26,8 +26,11 @@ struct DirectoryStore: TenantStore {
         let logger = self.logger
         return try await runBlocking {
             var ids: Set<String> = []
+            ids.reserveCapacity(1024)
             for (name, isDirectory) in try fileSystem.listDirectoryEntries(layout.root) {
-                if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix) {
+                if isDirectory, let id = layout.tenantID(ofDirectoryNamed: name) {
+                    ids.insert(id)
+                } else if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix) {
                     // Deleted tenants, and creations that crashed before their rename (never
                     // acknowledged, so never tenants).
                     do {
@@ -35,8 +38,6 @@ struct DirectoryStore: TenantStore {
                     } catch {
                         logger.warning("could not remove \(name) from the data directory: \(error)")
                     }
-                } else if isDirectory, let id = layout.tenantID(ofDirectoryNamed: name) {
-                    ids.insert(id)
                 }
             }
             let index =

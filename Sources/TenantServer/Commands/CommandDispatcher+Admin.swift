@@ -4,10 +4,7 @@ import TenantEngine
 
 extension CommandDispatcher {
     func user(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
-        try arguments.expect(1...Int.max, for: "user")
-        guard let tenant = session.tenant else {
-            throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
-        }
+        let tenant = try session.contextTenant()
         switch arguments.keyword(0) {
         case "ADD":
             try arguments.expect(2...3, for: "user|add")
@@ -47,7 +44,6 @@ extension CommandDispatcher {
     }
 
     func tenantCommand(_ arguments: Arguments, principal: Principal) async throws -> RESPValue {
-        try arguments.expect(1...Int.max, for: "tenant")
         guard case .operator = principal else {
             throw TenantError.noPermission("TENANT commands are for the operator")
         }

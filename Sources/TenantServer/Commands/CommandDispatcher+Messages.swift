@@ -7,10 +7,7 @@ extension CommandDispatcher {
     func target(room argument: String, principal: Principal, session: Session) async throws -> (Tenant, String) {
         let prefix = "/tenant/"
         guard argument.hasPrefix(prefix), self.registry.configuration.idSources.contains(.path) else {
-            guard let tenant = session.tenant else {
-                throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
-            }
-            return (tenant, argument)
+            return (try session.contextTenant(), argument)
         }
         let rest = argument.dropFirst(prefix.count)
         guard let slash = rest.firstIndex(of: "/") else {
@@ -34,7 +31,6 @@ extension CommandDispatcher {
     }
 
     func post(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> CommandOutcome {
-        try arguments.expect(2...2, for: "post")
         let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
         let ticket = try await tenant.post(principal, room: room, text: arguments[1])
         session.lastPost = (tenant, ticket)
@@ -42,7 +38,6 @@ extension CommandDispatcher {
     }
 
     func history(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
-        try arguments.expect(1...5, for: "history")
         var after: UInt64?
         var before: UInt64?
         var limit: Int?
@@ -83,7 +78,6 @@ extension CommandDispatcher {
 
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`: at most 10,000 rooms a reply, paged by name.
     func rooms(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
-        try arguments.expect(0...4, for: "rooms")
         var after: String?
         var limit: Int?
         var index = 0
@@ -96,9 +90,7 @@ extension CommandDispatcher {
             }
             index += 2
         }
-        guard let tenant = session.tenant else {
-            throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
-        }
+        let tenant = try session.contextTenant()
         return .array(
             try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage).map { room in
                 .array([.bulkString(room.room), .integer(Int64(room.lastSeq)), .integer(Int64(room.messageCount))])
@@ -106,11 +98,8 @@ extension CommandDispatcher {
         )
     }
 
-    func usage(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
-        try arguments.expect(0...0, for: "usage")
-        guard let tenant = session.tenant else {
-            throw ServerError(.noTenant, "tenant context required: AUTH as a tenant's user, or USE <tenant> first")
-        }
+    func usage(principal: Principal, session: Session) async throws -> RESPValue {
+        let tenant = try session.contextTenant()
         let usage = try await tenant.usage(principal)
         return .map([
             ("plan", .bulkString(usage.plan.rawValue)),
@@ -132,7 +121,6 @@ extension CommandDispatcher {
     ) async throws
         -> CommandOutcome
     {
-        try arguments.expect(1...Int.max, for: "subscribe")
         // Every channel is checked before any is subscribed: one refused channel subscribes none.
         var targets: [(channel: String, tenant: Tenant, room: String, key: String)] = []
         var added: Set<String> = []

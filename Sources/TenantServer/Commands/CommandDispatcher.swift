@@ -34,6 +34,8 @@ struct CommandDispatcher: Sendable {
         }
     }
 
+    /// Runs a command as ``CommandTable`` describes it: subscribed mode, AUTH, arity, tenant
+    /// context, then its handler.
     private func dispatch(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
         if session.isInSubscribedMode && !CommandTable.runsInSubscribedMode(arguments.name) {
             throw CommandError(
@@ -41,54 +43,13 @@ struct CommandDispatcher: Sendable {
                     + "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             )
         }
-        switch arguments.name {
-        case "PING":
-            try arguments.expect(0...1, for: "ping")
-            if session.isInSubscribedMode {
-                return .reply(.array([.bulkString("pong"), .bulkString(arguments.count == 1 ? arguments[0] : "")]))
-            }
-            return .reply(arguments.count == 1 ? .bulkString(arguments[0]) : .simpleString("PONG"))
-        case "ECHO":
-            try arguments.expect(1...1, for: "echo")
-            return .reply(.bulkString(arguments[0]))
-        case "QUIT":
-            return .replyAndClose(.ok)
-        case "HELLO":
-            return .reply(try await self.hello(arguments, session: &session))
-        case "AUTH":
-            return .reply(try await self.auth(arguments, session: &session))
-        case "CLIENT":
-            return .reply(try self.client(arguments, session: &session))
-        case "COMMAND":
-            // Clients ask for docs and hints on connect; an empty answer is harmless.
-            return .reply(
-                arguments.keyword(0) == "COUNT"
-                    ? .integer(Int64(CommandTable.all.count))
-                    : (arguments.keyword(0) == "DOCS" ? .map([]) : .array([]))
-            )
-        case "CONFIG":
-            try arguments.expect(1...Int.max, for: "config")
-            guard arguments.keyword(0) == "GET", arguments.count >= 2 else {
-                throw CommandError(
-                    "unknown subcommand or wrong arguments for '\(arguments[0].prefix(64))'. Try CONFIG GET."
-                )
-            }
-            return .reply(self.configGet(Array(arguments.words.dropFirst())))
-        case "SELECT":
-            try arguments.expect(1...1, for: "select")
-            guard arguments[0] == "0" else { throw CommandError("DB index is out of range") }
-            return .reply(.ok)
-        case "TENANT" where arguments.keyword(0) == "SIGNUP":
-            return .reply(try await self.signup(arguments, session: session))
-        default:
-            break
+        guard let spec = CommandTable.byName[arguments.name] else { throw Self.unknownCommand(arguments) }
+        if spec.isAnonymous(arguments) {
+            try arguments.expect(spec.arity, for: spec.name.lowercased())
+            return try await spec.handler(self, arguments, &session)
         }
-        guard let principal = session.principal else {
-            if CommandTable.byName[arguments.name]?.needsAuth == true {
-                throw ServerError(.noAuth, "Authentication required.")
-            }
-            throw Self.unknownCommand(arguments)
-        }
+        guard session.principal != nil else { throw ServerError(.noAuth, "Authentication required.") }
+        try arguments.expect(spec.arity, for: spec.name.lowercased())
         if let tenant = session.tenant, tenant.isClosed, let id = session.tenantID,
             let fresh = try? await self.registry.tenant(id: id)
         {
@@ -100,38 +61,34 @@ struct CommandDispatcher: Sendable {
             session.lastPost = nil
             _ = try? await pending.tenant.commit(pending.ticket)
         }
-        switch arguments.name {
-        case "WHOAMI":
-            try arguments.expect(0...0, for: "whoami")
-            let role = try await session.tenant?.roleName(of: principal) ?? "operator"
-            return .reply(
-                .array([
-                    session.tenantID.map { .bulkString($0) } ?? .null,
-                    .bulkString(principal.displayName),
-                    .bulkString(role),
-                ])
-            )
-        case "USE":
-            return .reply(try await self.use(arguments, principal: principal, session: &session))
-        case "POST":
-            return try await self.post(arguments, principal: principal, session: &session)
-        case "HISTORY":
-            return .reply(try await self.history(arguments, principal: principal, session: session))
-        case "ROOMS":
-            return .reply(try await self.rooms(arguments, principal: principal, session: session))
-        case "USAGE":
-            return .reply(try await self.usage(arguments, principal: principal, session: session))
-        case "SUBSCRIBE":
-            return try await self.subscribe(arguments, principal: principal, session: &session)
-        case "UNSUBSCRIBE":
-            return try await self.unsubscribe(arguments, principal: principal, session: &session)
-        case "USER":
-            return .reply(try await self.user(arguments, principal: principal, session: &session))
-        case "TENANT":
-            return .reply(try await self.tenantCommand(arguments, principal: principal))
-        default:
-            throw Self.unknownCommand(arguments)
+        if spec.tenant == .context { _ = try session.contextTenant() }
+        return try await spec.handler(self, arguments, &session)
+    }
+
+    func ping(_ arguments: Arguments, session: Session) -> CommandOutcome {
+        if session.isInSubscribedMode {
+            return .reply(.array([.bulkString("pong"), .bulkString(arguments.count == 1 ? arguments[0] : "")]))
         }
+        return .reply(arguments.count == 1 ? .bulkString(arguments[0]) : .simpleString("PONG"))
+    }
+
+    func config(_ arguments: Arguments) throws -> RESPValue {
+        guard arguments.keyword(0) == "GET", arguments.count >= 2 else {
+            throw CommandError(
+                "unknown subcommand or wrong arguments for '\(arguments[0].prefix(64))'. Try CONFIG GET."
+            )
+        }
+        return self.configGet(Array(arguments.words.dropFirst()))
+    }
+
+    func whoami(session: Session) async throws -> RESPValue {
+        let principal = try session.authenticated()
+        let role = try await session.tenant?.roleName(of: principal) ?? "operator"
+        return .array([
+            session.tenantID.map { .bulkString($0) } ?? .null,
+            .bulkString(principal.displayName),
+            .bulkString(role),
+        ])
     }
 
     static func unknownCommand(_ arguments: Arguments) -> CommandError {
@@ -156,7 +113,7 @@ struct CommandDispatcher: Sendable {
         return .map(matching.map { ($0.0, RESPValue.bulkString($0.1)) })
     }
 
-    private func hello(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
+    func hello(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
         var version = session.version
         var index = 0
         if arguments.count > 0 {
@@ -193,8 +150,7 @@ struct CommandDispatcher: Sendable {
         ])
     }
 
-    private func auth(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
-        try arguments.expect(1...2, for: "auth")
+    func auth(_ arguments: Arguments, session: inout Session) async throws -> RESPValue {
         if arguments.count == 1 {
             // Redis's one-argument AUTH (redis-cli -a, redis-benchmark -a): the operator's token.
             try await self.authenticate(user: "admin", token: arguments[0], session: &session)
@@ -285,8 +241,7 @@ struct CommandDispatcher: Sendable {
         return name
     }
 
-    private func client(_ arguments: Arguments, session: inout Session) throws -> RESPValue {
-        try arguments.expect(1...Int.max, for: "client")
+    func client(_ arguments: Arguments, session: inout Session) throws -> RESPValue {
         switch arguments.keyword(0) {
         case "SETNAME":
             try arguments.expect(2...2, for: "client|setname")
@@ -304,8 +259,7 @@ struct CommandDispatcher: Sendable {
         }
     }
 
-    private func use(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
-        try arguments.expect(1...1, for: "use")
+    func use(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> RESPValue {
         let reference = arguments[0]
         guard case .operator = principal else {
             // In single-tenant mode anyone may USE the one tenant there is.

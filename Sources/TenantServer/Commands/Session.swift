@@ -32,6 +32,24 @@ struct Session: Sendable {
         self.subscriber = subscriber
     }
 
+    /// The authenticated principal (the dispatcher runs commands that need one only after AUTH).
+    func authenticated() throws -> Principal {
+        guard let principal = self.principal else { throw ServerError(.noAuth, "Authentication required.") }
+        return principal
+    }
+
+    /// The tenant context.
+    /// - Throws: NOTENANT without one.
+    func contextTenant() throws -> Tenant {
+        guard let tenant = self.tenant else { throw Self.noTenant }
+        return tenant
+    }
+
+    static let noTenant = ServerError(
+        .noTenant,
+        "tenant context required: AUTH as a tenant's user, or USE <tenant> first"
+    )
+
     /// Makes `tenant` the connection's context, holding a lease on it (a held tenant is never
     /// passivated) and giving back the lease on the previous one.
     mutating func setContext(_ tenant: Tenant?, id: String?) {
