@@ -65,7 +65,6 @@ var package = Package(
             name: "TenantServer",
             dependencies: [
                 "TenantEngine",
-                "WAL",
                 "RESP",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),

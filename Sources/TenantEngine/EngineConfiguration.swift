@@ -77,6 +77,9 @@ public struct EngineConfiguration: Sendable {
         self.idleSeconds = 300
     }
 
+    /// The fsync policy's name, as `CONFIG GET appendfsync` shows it (`always`, `everysec`, `no`).
+    public var fsyncPolicyName: String { self.fsync.rawValue }
+
     /// The shortest operator token the server starts with.
     public static let minimumAdminTokenLength = 32
 

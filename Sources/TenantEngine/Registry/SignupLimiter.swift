@@ -33,3 +33,51 @@ struct SignupLimiter {
         return nil
     }
 }
+
+/// TENANT SIGNUP's limits: a rate per client address (an IPv6 /64 counting as one) and one for
+/// all clients together (`TENANT_SIGNUPS_PER_MINUTE`, `TENANT_SIGNUPS_PER_MINUTE_TOTAL`).
+struct SignupGate {
+    private var perAddress: SignupLimiter
+    private var total: SignupLimiter
+
+    init(perMinute: Int, perMinuteTotal: Int) {
+        self.perAddress = SignupLimiter(perMinute: perMinute)
+        self.total = SignupLimiter(perMinute: perMinuteTotal)
+    }
+
+    /// Takes one signup for `address` at `now` (ms).
+    /// - Throws: QUOTA with the limit and the seconds to wait; the server-wide rate is checked
+    ///   first, so that refused addresses do not use it up.
+    mutating func admit(address: String, now: Int64) throws {
+        if let retry = self.total.peek("", now: now) {
+            let limit = self.total.perMinute
+            throw TenantError(.quotaExceeded, "signups_per_minute_total \(limit)/\(limit) retry_after=\(retry)")
+        }
+        if let retry = self.perAddress.take(ClientAddress.rateKey(address), now: now) {
+            let limit = self.perAddress.perMinute
+            throw TenantError(.quotaExceeded, "signups_per_minute \(limit)/\(limit) retry_after=\(retry)")
+        }
+        _ = self.total.take("", now: now)
+    }
+}
+
+/// The tenant ids and subdomains that creations, deletions and moves in flight hold, so that two
+/// of them never take the same name or tenant at once.
+struct Claims {
+    private(set) var ids: Set<String> = []
+    private(set) var subdomains: Set<String> = []
+
+    /// Holds `id` (and `subdomain`) until ``release(id:subdomain:)``.
+    mutating func claim(id: String, subdomain: String? = nil) {
+        self.ids.insert(id)
+        if let subdomain { self.subdomains.insert(subdomain) }
+    }
+
+    mutating func release(id: String, subdomain: String? = nil) {
+        self.ids.remove(id)
+        if let subdomain { self.subdomains.remove(subdomain) }
+    }
+
+    func holds(id: String) -> Bool { self.ids.contains(id) }
+    func holds(subdomain: String) -> Bool { self.subdomains.contains(subdomain) }
+}

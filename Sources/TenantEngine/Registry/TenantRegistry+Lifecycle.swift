@@ -15,7 +15,7 @@ extension TenantRegistry {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
         var id = Tokens.newTenantID()
-        while self.catalog.entries[id] != nil || self.claimedIDs.contains(id) || self.catalog.idBySubdomain[id] != nil
+        while self.catalog.entries[id] != nil || self.claims.holds(id: id) || self.catalog.idBySubdomain[id] != nil
             || id == subdomain
         {
             id = Tokens.newTenantID()
@@ -40,16 +40,7 @@ extension TenantRegistry {
         }
         try self.checkTenantCap()
         let now = self.configuration.clock()
-        // The server-wide rate is checked first, so that refused addresses do not use it up.
-        if let retry = self.allSignups.peek("", now: now) {
-            let limit = self.configuration.signupsPerMinuteTotal
-            throw TenantError(.quotaExceeded, "signups_per_minute_total \(limit)/\(limit) retry_after=\(retry)")
-        }
-        if let retry = self.signups.take(ClientAddress.rateKey(clientAddress), now: now) {
-            let limit = self.configuration.signupsPerMinute
-            throw TenantError(.quotaExceeded, "signups_per_minute \(limit)/\(limit) retry_after=\(retry)")
-        }
-        _ = self.allSignups.take("", now: now)
+        try self.signups.admit(address: clientAddress, now: now)
         return try await self.createTenant(name: name, subdomain: subdomain, plan: nil, owner: owner)
     }
 
@@ -64,25 +55,21 @@ extension TenantRegistry {
             throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-] without '..'")
         }
         if !subdomain.isEmpty {
-            guard self.catalog.idBySubdomain[subdomain] == nil, !self.claimedSubdomains.contains(subdomain) else {
+            guard self.catalog.idBySubdomain[subdomain] == nil, !self.claims.holds(subdomain: subdomain) else {
                 throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
-            guard self.catalog.entries[subdomain] == nil || subdomain == id, !self.claimedIDs.contains(subdomain) else {
+            guard self.catalog.entries[subdomain] == nil || subdomain == id, !self.claims.holds(id: subdomain) else {
                 // The same words as a taken subdomain: a signup learns nothing of tenant ids.
                 throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
         }
-        guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id), self.catalog.idBySubdomain[id] == nil
+        guard self.catalog.entries[id] == nil, !self.claims.holds(id: id), self.catalog.idBySubdomain[id] == nil
         else {
             throw TenantError(.alreadyExists, "tenant id '\(id)' is already taken")
         }
         try self.checkTenantCap()
-        self.claimedSubdomains.insert(subdomain)
-        self.claimedIDs.insert(id)
-        defer {
-            self.claimedSubdomains.remove(subdomain)
-            self.claimedIDs.remove(id)
-        }
+        self.claims.claim(id: id, subdomain: subdomain)
+        defer { self.claims.release(id: id, subdomain: subdomain) }
         let plan = plan ?? self.configuration.defaultPlan
         let now = self.configuration.clock()
         let metadata = TenantMetadata(
@@ -111,7 +98,7 @@ extension TenantRegistry {
     /// Refuses a creation at `TENANT_MAX_TENANTS` (creations in progress count).
     func checkTenantCap() throws {
         let cap = self.configuration.maxTenants
-        let count = self.catalog.entries.count + self.claimedIDs.count
+        let count = self.catalog.entries.count + self.claims.ids.count
         if cap > 0 && count >= cap {
             throw TenantError(.quotaExceeded, "tenants \(count)/\(cap)")
         }
@@ -122,9 +109,9 @@ extension TenantRegistry {
     public func deleteTenant(id: String) async throws {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        guard !self.claimedIDs.contains(id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
-        self.claimedIDs.insert(id)
-        defer { self.claimedIDs.remove(id) }
+        guard !self.claims.holds(id: id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
+        self.claims.claim(id: id)
+        defer { self.claims.release(id: id) }
         let tenant = try? await self.activate(id: id)
         do {
             try await self.store.delete(id: id, tenant: tenant)
@@ -184,14 +171,14 @@ extension TenantRegistry {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         try self.store.requireTenantDirectories(for: "ATTACH")
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
-        guard self.catalog.entries[id] == nil, !self.claimedIDs.contains(id) else {
+        guard self.catalog.entries[id] == nil, !self.claims.holds(id: id) else {
             throw TenantError(.alreadyExists, "tenant '\(id)' is already served")
         }
         guard self.store.hasDirectory(id: id) else {
             throw TenantError.notFound("no directory \(self.store.layout.tenantDirectory(id))")
         }
-        self.claimedIDs.insert(id)
-        defer { self.claimedIDs.remove(id) }
+        self.claims.claim(id: id)
+        defer { self.claims.release(id: id) }
         let tenant = try await self.activate(id: id)
         let metadata = await tenant.metadata
         if let other = self.catalog.idBySubdomain[metadata.subdomain], other != id {
@@ -211,9 +198,9 @@ extension TenantRegistry {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         try self.store.requireTenantDirectories(for: "DETACH")
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        guard !self.claimedIDs.contains(id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
-        self.claimedIDs.insert(id)
-        defer { self.claimedIDs.remove(id) }
+        guard !self.claims.holds(id: id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
+        self.claims.claim(id: id)
+        defer { self.claims.release(id: id) }
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         self.catalog.remove(id: id)
         self.saveCatalog()

@@ -32,16 +32,14 @@ public actor TenantRegistry {
     var activating: [String: Task<Tenant, any Error>] = [:]
     /// Auto-provisioned creations in progress, so concurrent references wait for them.
     var provisioning: [String: Task<Void, any Error>] = [:]
-    /// Subdomains and ids claimed by creations in progress.
-    var claimedSubdomains: Set<String> = []
-    var claimedIDs: Set<String> = []
+    /// Ids and subdomains held by creations, deletions and moves in flight.
+    var claims = Claims()
     var adminTokenHash: [UInt8] = []
     /// The background write of the catalog file, and whether the catalog changed since it began.
     var catalogWriter: Task<Void, Never>?
     var catalogDirty = false
     var catalogSaved = true
-    var signups: SignupLimiter
-    var allSignups: SignupLimiter
+    var signups: SignupGate
     /// Where tenants are kept: the isolation strategy's store.
     let store: any TenantStore
     /// The loop that closes idle tenants.
@@ -52,8 +50,10 @@ public actor TenantRegistry {
         self.configuration = configuration
         self.logger = logger
         self.store = configuration.isolation.makeStore(configuration: configuration, logger: logger)
-        self.signups = SignupLimiter(perMinute: configuration.signupsPerMinute)
-        self.allSignups = SignupLimiter(perMinute: configuration.signupsPerMinuteTotal)
+        self.signups = SignupGate(
+            perMinute: configuration.signupsPerMinute,
+            perMinuteTotal: configuration.signupsPerMinuteTotal
+        )
     }
 
     /// Prepares the data directory: the strategy check, the operator token, the tenants (the
@@ -251,7 +251,7 @@ public actor TenantRegistry {
             } else {
                 let subdomain =
                     Names.subdomainProblem(id) == nil && self.catalog.idBySubdomain[id] == nil
-                        && !self.claimedSubdomains.contains(id) ? id : ""
+                        && !self.claims.holds(subdomain: id) ? id : ""
                 let task = Task {
                     _ = try await self.create(id: id, name: id, subdomain: subdomain, plan: nil, owner: nil)
                 }
@@ -323,7 +323,7 @@ public actor TenantRegistry {
         let now = self.configuration.clock()
         let idle = Int64(self.configuration.idleSeconds) * 1000
         var closed = 0
-        for (id, tenant) in self.active where self.activating[id] == nil && !self.claimedIDs.contains(id) {
+        for (id, tenant) in self.active where self.activating[id] == nil && !self.claims.holds(id: id) {
             guard await tenant.isIdle(now: now, idle: idle) else { continue }
             // Re-checked after the await: a connection may have taken it meanwhile.
             guard self.active[id] === tenant, tenant.leaseCount <= 0 else { continue }

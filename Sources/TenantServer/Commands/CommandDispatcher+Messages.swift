@@ -16,9 +16,7 @@ extension CommandDispatcher {
         let id = String(rest[..<slash])
         let room = String(rest[rest.index(after: slash)...])
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
-        guard self.registry.configuration.multiTenancy || id == EngineConfiguration.defaultTenantID else {
-            throw TenantError.notFound("single-tenant mode serves the tenant 'default' only")
-        }
+        try await self.registry.checkServed(id: id)
         switch principal {
         case .operator:
             return (try await self.registry.tenantForOperator(id: id), room)

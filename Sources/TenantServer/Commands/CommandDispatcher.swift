@@ -1,7 +1,6 @@
 import Logging
 import RESP
 import TenantEngine
-import WAL
 
 #if canImport(Glibc)
 import Glibc
@@ -50,12 +49,7 @@ struct CommandDispatcher: Sendable {
         }
         guard session.principal != nil else { throw ServerError(.noAuth, "Authentication required.") }
         try arguments.expect(spec.arity, for: spec.name.lowercased())
-        if let tenant = session.tenant, tenant.isClosed, let id = session.tenantID,
-            let fresh = try? await self.registry.tenant(id: id)
-        {
-            // The tenant was passivated or reopened since: work with the instance open now.
-            session.setContext(fresh, id: id)
-        }
+        await session.refreshContext(from: self.registry)
         if let pending = session.lastPost {
             // Commands run in order: whatever follows a POST sees it (or its failure) first.
             session.lastPost = nil
@@ -100,9 +94,8 @@ struct CommandDispatcher: Sendable {
 
     /// The few settings stock tools read (redis-benchmark reads `save` and `appendonly`), by glob pattern.
     private func configGet(_ patterns: [String]) -> RESPValue {
-        let fsync = self.registry.configuration.fsync
         let settings: [(String, String)] = [
-            ("appendfsync", fsync.rawValue),
+            ("appendfsync", self.registry.configuration.fsyncPolicyName),
             ("appendonly", "yes"),
             ("databases", "1"),
             ("save", ""),
@@ -188,37 +181,21 @@ struct CommandDispatcher: Sendable {
     }
 
     private func checkCredential(user: String, token: String, session: inout Session) async throws {
-        let singleTenant = !self.registry.configuration.multiTenancy
         if user == "admin" {
             guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }
             session.principal = .operator
             session.setContext(nil, id: nil)
-            if singleTenant {
-                // Single-tenant mode: every authenticated connection works in the tenant `default`.
-                session.setContext(
-                    try await self.registry.tenant(id: EngineConfiguration.defaultTenantID),
-                    id: EngineConfiguration.defaultTenantID
-                )
+            if let implied = self.registry.impliedTenantID {
+                // Single-tenant mode: every authenticated connection works in the one tenant.
+                session.setContext(try await self.registry.tenant(id: implied), id: implied)
             }
             return
         }
-        let name: String
-        let id: String
-        if let at = user.firstIndex(of: "@") {
-            name = String(user[..<at])
-            guard Names.isValidUserName(name),
-                let resolved = await self.registry.resolve(String(user[user.index(after: at)...]))
-            else {
-                throw TenantError.wrongPass
-            }
-            id = resolved
-        } else if singleTenant {
-            name = user
-            id = EngineConfiguration.defaultTenantID
-        } else {
-            throw TenantError.wrongPass
-        }
-        guard !singleTenant || id == EngineConfiguration.defaultTenantID else { throw TenantError.wrongPass }
+        let at = user.firstIndex(of: "@")
+        let name = at.map { String(user[..<$0]) } ?? user
+        guard Names.isValidUserName(name),
+            let id = await self.registry.tenantID(forUser: at.map { String(user[user.index(after: $0)...]) })
+        else { throw TenantError.wrongPass }
         let tenant: Tenant
         do {
             tenant = try await self.registry.tenant(id: id)
@@ -263,27 +240,11 @@ struct CommandDispatcher: Sendable {
         let reference = arguments[0]
         guard case .operator = principal else {
             // In single-tenant mode anyone may USE the one tenant there is.
-            if !self.registry.configuration.multiTenancy,
-                await self.registry.resolve(reference) == EngineConfiguration.defaultTenantID
-            {
-                return .ok
-            }
+            if await self.registry.userMayUse(reference) { return .ok }
             throw TenantError.noPermission("USE is for the operator; a user's tenant is the one it authenticated to")
         }
-        if let id = await self.registry.resolve(reference) {
-            guard self.registry.configuration.multiTenancy || id == EngineConfiguration.defaultTenantID else {
-                throw TenantError.notFound("single-tenant mode serves the tenant 'default' only")
-            }
-            session.setContext(try await self.registry.tenant(id: id), id: id)
-            return .ok
-        }
-        let configuration = self.registry.configuration
-        if configuration.autoProvision, configuration.multiTenancy, configuration.idSources.contains(.header),
-            Names.isValidTenantID(reference)
-        {
-            session.setContext(try await self.registry.tenantForOperator(id: reference), id: reference)
-            return .ok
-        }
-        throw TenantError.notFound("no tenant '\(reference.prefix(64))'")
+        let (tenant, id) = try await self.registry.tenantForOperator(reference: reference)
+        session.setContext(tenant, id: id)
+        return .ok
     }
 }

@@ -50,6 +50,15 @@ struct Session: Sendable {
         "tenant context required: AUTH as a tenant's user, or USE <tenant> first"
     )
 
+    /// Moves the context to the tenant's open instance when the one held was closed since
+    /// (passivated when idle, or reopened by the operator).
+    mutating func refreshContext(from registry: TenantRegistry) async {
+        guard let tenant = self.tenant, tenant.isClosed, let id = self.tenantID,
+            let fresh = try? await registry.tenant(id: id)
+        else { return }
+        self.setContext(fresh, id: id)
+    }
+
     /// Makes `tenant` the connection's context, holding a lease on it (a held tenant is never
     /// passivated) and giving back the lease on the previous one.
     mutating func setContext(_ tenant: Tenant?, id: String?) {
