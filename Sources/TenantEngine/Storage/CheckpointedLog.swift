@@ -55,7 +55,7 @@ struct CheckpointedLog {
         }
         if let firstProblem {
             // No usable checkpoint: only a log that still starts at lsn 1 can stand in for it.
-            let segments = try WALReader(directory: self.files.wal).segmentNames()
+            let segments = try WALReader(directory: self.files.wal, fileSystem: self.fileSystem).segmentNames()
             if segments.first?.firstLSN != 1 { throw firstProblem }
         }
         return nil
@@ -69,7 +69,7 @@ struct CheckpointedLog {
         logger: Logger?,
         _ handler: (WALRecordView) throws -> Void
     ) throws -> WALRecoveryResult {
-        try WALReader(directory: self.files.wal, maxRecordSize: maxRecordSize)
+        try WALReader(directory: self.files.wal, maxRecordSize: maxRecordSize, fileSystem: self.fileSystem)
             .replayRecords(repair: repair, after: lsn, logger: logger, handler)
     }
 
@@ -87,7 +87,7 @@ struct CheckpointedLog {
         if try fileSystem.makeDirectory(directory) { try fileSystem.syncDirectory(self.files.directory) }
         try fileSystem.writeFileAtomically(directory + "/" + Checkpoint.fileName(lsn: lsn), contents: bytes)
         let wal = self.files.wal
-        let segments = try WALReader(directory: wal).segmentNames()
+        let segments = try WALReader(directory: wal, fileSystem: fileSystem).segmentNames()
         var removedSegment = false
         for (index, segment) in segments.enumerated() {
             // Covered when the segment after it starts at or before lsn + 1, or, for the newest,

@@ -67,7 +67,7 @@ public enum TenantRepair {
         fileSystem: any WALFileSystem,
         report: inout TenantRepairReport
     ) throws {
-        let segments = try WALReader(directory: wal).segmentNames()
+        let segments = try WALReader(directory: wal, fileSystem: fileSystem).segmentNames()
         guard let index = segments.firstIndex(where: { wal + "/" + $0.name == file }) else {
             throw WALError.corrupt(file: file, offset: offset, reason: "not a segment of \(wal)")
         }

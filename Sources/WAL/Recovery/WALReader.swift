@@ -57,17 +57,24 @@ public struct WALReader {
     public var directory: String
     /// The bound every record's declared size is checked against before anything is allocated.
     public var maxRecordSize: Int
+    /// The file layer every read and repair goes through.
+    public var fileSystem: any WALFileSystem
 
     /// Creates a reader.
-    public init(directory: String, maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize) {
+    public init(
+        directory: String,
+        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
+        fileSystem: any WALFileSystem = POSIXFileSystem()
+    ) {
         self.directory = directory
         self.maxRecordSize = maxRecordSize
+        self.fileSystem = fileSystem
     }
 
     /// The segment files of the directory, oldest first.
     public func segmentNames() throws -> [(name: String, firstLSN: UInt64)] {
-        guard POSIXFile.isDirectory(self.directory) else { return [] }
-        return try POSIXFile.listDirectory(self.directory).compactMap { name in
+        guard self.fileSystem.isDirectory(self.directory) else { return [] }
+        return try self.fileSystem.listDirectory(self.directory).compactMap { name in
             WALFormat.firstLSN(ofSegmentNamed: name).map { (name, $0) }
         }.sorted { $0.firstLSN < $1.firstLSN }
     }
@@ -128,7 +135,7 @@ public struct WALReader {
         for (index, segment) in segments.enumerated() {
             let isLast = index == segments.count - 1
             let path = self.directory + "/" + segment.name
-            let bytes = try POSIXFile.readAll(path)
+            let bytes = try self.fileSystem.readFile(path)
             if let expected = expectedLSN, segment.firstLSN != expected {
                 throw WALError.corrupt(
                     file: path,
@@ -170,7 +177,7 @@ public struct WALReader {
                     reason: reason
                 )
                 if repair {
-                    torn.movedTo = try Self.cutTail(path: path, bytes: bytes, at: offset)
+                    torn.movedTo = try Self.cutTail(path: path, bytes: bytes, at: offset, fileSystem: self.fileSystem)
                     logger?.warning("repaired \(torn)")
                 }
                 result.tornTail = torn
@@ -338,15 +345,20 @@ public struct WALReader {
     }
 
     /// Copies `bytes[offset...]` aside, truncates the segment to `offset`, fsyncs both and the directory.
-    private static func cutTail(path: String, bytes: [UInt8], at offset: Int) throws -> String {
+    private static func cutTail(
+        path: String,
+        bytes: [UInt8],
+        at offset: Int,
+        fileSystem: any WALFileSystem
+    ) throws -> String {
         let aside = path + ".torn-\(offset)"
-        try POSIXFile.writeFileAtomically(aside, contents: Array(bytes[offset...]))
+        try fileSystem.writeFileAtomically(aside, contents: Array(bytes[offset...]))
         if offset == 0 {
-            try POSIXFile.remove(path)
+            try fileSystem.remove(path)
         } else {
-            try POSIXFile.truncate(path, to: offset)
+            try fileSystem.truncate(path, to: offset)
         }
-        try POSIXFile.fsyncDirectory(POSIXFile.parent(of: path))
+        try fileSystem.syncDirectory(POSIXFile.parent(of: path))
         return aside
     }
 }
