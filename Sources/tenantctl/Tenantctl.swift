@@ -42,7 +42,9 @@ struct Verify: ParsableCommand {
                 throw ExitCode(1)
             }
             print(
-                "OK   \(report.path): \(report.tenants) tenants, \(report.records) records to lsn \(report.lastLSN), "
+                "OK   \(report.path): \(report.tenants) tenants, "
+                    + (report.checkpointLSN > 0 ? "checkpoint at lsn \(report.checkpointLSN) + " : "")
+                    + "\(report.records) records to lsn \(report.lastLSN), "
                     + "\(report.messages) messages in \(report.rooms) rooms, \(report.users) users"
             )
             if let torn = report.tornTail { print("     \(torn) — tenantd cuts it off when it starts") }

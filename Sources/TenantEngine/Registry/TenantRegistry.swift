@@ -43,7 +43,7 @@ public actor TenantRegistry {
     /// Where tenants are kept: the isolation strategy's store.
     let store: any TenantStore
     /// The loop that closes idle tenants.
-    var passivation: Task<Void, Never>?
+    var passivation = PassivationLoop()
 
     /// Creates a registry; ``bootstrap()`` makes it ready.
     public init(configuration: EngineConfiguration, logger: Logger) {
@@ -82,13 +82,10 @@ public actor TenantRegistry {
         }
         self.state = .running
         if self.store.passivates && configuration.idleSeconds > 0 {
-            let period = Duration.seconds(min(30, max(1, configuration.idleSeconds / 4)))
-            self.passivation = Task { [weak self] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: period)
-                    guard let self else { return }
-                    await self.passivateIdleTenants()
-                }
+            self.passivation.start(idleSeconds: configuration.idleSeconds) { [weak self] in
+                guard let self else { return false }
+                await self.passivateIdleTenants()
+                return true
             }
         }
         if !configuration.multiTenancy && self.catalog.entries[EngineConfiguration.defaultTenantID] == nil {
@@ -348,7 +345,7 @@ public actor TenantRegistry {
     /// not to; the registry serves nothing more.
     public func shutdown(checkpoint: Bool = true) async {
         self.state = .stopped
-        self.passivation?.cancel()
+        self.passivation.stop()
         for task in self.activating.values { _ = try? await task.value }
         await self.store.prepareShutdown(checkpoint: checkpoint)
         let tenants = self.active.values
