@@ -27,6 +27,8 @@ actor SharedLogStore: TenantStore {
     private var members: [String: Tenant] = [:]
     private var lastCheckpointLSN: UInt64 = 0
     private var checkpointing = false
+    /// The checkpoint being written, which a second caller waits for.
+    private var running: Task<Void, any Error>?
     private var changesInFlight = 0
     private var waitingForCheckpoint: [CheckedContinuation<Void, Never>] = []
     private var waitingForChanges: CheckedContinuation<Void, Never>?
@@ -96,6 +98,11 @@ actor SharedLogStore: TenantStore {
                     recovered.storage[id] = nil
                     recovered.cuts[id] = nil
                     return
+                }
+                // A tenant begins with its metadata: anything else of an id with no live tenant
+                // (a write that raced its deletion) belongs to no tenant.
+                if recovered.states[id] == nil {
+                    guard case .metadata = decoded else { return }
                 }
                 try recovered.states[id, default: TenantState()].apply(decoded)
                 recovered.storage[id, default: 0] += Int64(record.storedSize)
@@ -208,14 +215,33 @@ actor SharedLogStore: TenantStore {
         }
         await self.beginChange()
         defer { self.endChange() }
+        // No write of the tenant may follow its deletion record: writes stop first.
         do {
-            let (lsn, _) = try log.append(.tenantDeleted, prefix: SharedLogPayload.prefix(for: id))
-            try await log.writer.waitUntilDurable(lsn)
+            try await tenant.beginDeletion()
         } catch {
+            throw DeletionFailure(removed: false, error: error as? TenantError ?? TenantError.ioError("\(error)"))
+        }
+        let lsn: UInt64
+        do {
+            lsn = try log.append(.tenantDeleted, prefix: SharedLogPayload.prefix(for: id)).lsn
+        } catch {
+            await tenant.abortDeletion()
             throw DeletionFailure(removed: false, error: TenantError.ioError("could not log the deletion: \(error)"))
         }
         await tenant.close(deleted: true)
         self.members[id] = nil
+        do {
+            try await log.writer.waitUntilDurable(lsn)
+        } catch {
+            // Queued, so it may still land: deleted here, and the operator told it may not be durable.
+            self.logger.error("tenant \(id) deleted, but its deletion record may not be durable: \(error)")
+            throw DeletionFailure(
+                removed: true,
+                error: TenantError.ioError(
+                    "tenant deleted, but its deletion may not be durable (a crash may bring it back): \(error)"
+                )
+            )
+        }
     }
 
     nonisolated func requireTenantDirectories(for command: String) throws {
@@ -254,15 +280,29 @@ actor SharedLogStore: TenantStore {
             try await self.checkpoint()
         } catch {
             self.logger.error("shared log checkpoint failed (the log still holds everything): \(error)")
+            // Not again at once: the next append past the threshold asks after a pause.
+            try? await Task.sleep(for: .seconds(10))
+            self.log?.checkpointEnded(consumed: 0)
         }
     }
 
     /// Checkpoints the shared log: every tenant's state in one file, then the segments and older
-    /// checkpoints it covers dropped.
+    /// checkpoints it covers dropped. A call while one runs waits for that one.
     /// - Throws: when a tenant cannot be captured or the file cannot be written; the log still
     ///   holds everything then.
     func checkpoint() async throws {
-        guard let log = self.log, !self.checkpointing else { return }
+        if let running = self.running {
+            try await running.value
+            return
+        }
+        let task = Task { try await self.writeCheckpoint() }
+        self.running = task
+        defer { self.running = nil }
+        try await task.value
+    }
+
+    private func writeCheckpoint() async throws {
+        guard let log = self.log else { return }
         self.checkpointing = true
         defer {
             self.checkpointing = false
@@ -272,19 +312,24 @@ actor SharedLogStore: TenantStore {
         }
         while self.changesInFlight > 0 { await withCheckedContinuation { self.waitingForChanges = $0 } }
         let cut = log.writer.lastAppendedLSN
-        guard cut > self.lastCheckpointLSN else { return }
+        guard cut > self.lastCheckpointLSN else {
+            log.checkpointEnded(consumed: 0)
+            return
+        }
         // Records after the cut go to a new segment, so the ones before can be dropped.
         log.writer.startNewSegment()
-        log.checkpointStarted()
+        let consumed = log.bytesSinceCheckpoint
         var entries: [SharedCheckpoint.Capture] = []
         var tenants: [Tenant] = []
         for (id, tenant) in self.members.sorted(by: { $0.key < $1.key }) {
-            guard let (state, tenantCut) = try await tenant.captureForCheckpoint() else {
+            guard let (state, tenantCut) = await tenant.captureForCheckpoint(floor: cut) else {
                 throw TenantError(.unavailable, "tenant \(id) is not serving; the shared log is not checkpointed")
             }
             entries.append(SharedCheckpoint.Capture(id: id, cut: tenantCut, state: state))
             tenants.append(tenant)
         }
+        // The states may hold records not yet durable: the checkpoint never runs ahead of the log.
+        try await log.writer.waitUntilDurable(entries.map(\.cut).max() ?? cut)
         let files = self.files
         let fileSystem = self.fileSystem
         let writer = log.writer
@@ -299,6 +344,7 @@ actor SharedLogStore: TenantStore {
             return sizes
         }
         self.lastCheckpointLSN = cut
+        log.checkpointEnded(consumed: consumed)
         for (index, tenant) in tenants.enumerated() {
             await tenant.checkpointed(storageBytes: Int64(sizes[index]), cut: entries[index].cut)
         }
@@ -310,7 +356,7 @@ actor SharedLogStore: TenantStore {
     }
 
     func prepareShutdown(checkpoint: Bool) async {
-        guard checkpoint, let log = self.log, log.bytesSinceCheckpoint > 0 else { return }
+        guard checkpoint, let log = self.log, log.writer.lastAppendedLSN > self.lastCheckpointLSN else { return }
         do {
             try await self.checkpoint()
         } catch {

@@ -16,8 +16,11 @@ protocol TenantJournal: AnyObject, Sendable {
     /// True when the tenant checkpoints this log itself, by the bytes it appends and when it
     /// closes (its own log); false when the store checkpoints it (a shared log).
     var checkpointsItself: Bool { get }
-    /// Writes a checkpoint of `state`, which holds every record of the tenant up to `lsn`, and
-    /// drops what it covers.
+    /// Asks the log to put the next append in a new segment, so that the segments a checkpoint
+    /// captured now covers can be dropped (called in the actor turn of the capture).
+    func rollForCheckpoint()
+    /// Writes a checkpoint of `state`, which holds every record of the tenant up to `lsn`, once
+    /// the log is durable that far, and drops what it covers.
     /// - Returns: the bytes the tenant holds on disk afterwards.
     func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64
     /// Copies the tenant's files to `destination` as they are now (snapshots), synchronously, so
@@ -51,9 +54,13 @@ final class DirectoryJournal: TenantJournal {
     var lastAppendedLSN: UInt64 { self.writer.lastAppendedLSN }
     var checkpointsItself: Bool { true }
 
-    func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64 {
-        // Appends after the capture go to a new segment, so the ones before can be dropped.
+    func rollForCheckpoint() {
         self.writer.startNewSegment()
+    }
+
+    func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64 {
+        // The state may hold records not yet durable: the checkpoint never runs ahead of the log.
+        try await self.writer.waitUntilDurable(lsn)
         let log = CheckpointedLog(files: self.files, fileSystem: self.fileSystem)
         let writer = self.writer
         let fileSystem = self.fileSystem
@@ -107,6 +114,8 @@ final class SharedJournal: TenantJournal {
     var lastAppendedLSN: UInt64 { self.log.writer.lastAppendedLSN }
     var checkpointsItself: Bool { false }
 
+    func rollForCheckpoint() {}
+
     func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64 {
         throw TenantError.invalid("a tenant of the shared log is checkpointed with the whole log")
     }
@@ -124,7 +133,8 @@ final class SharedJournal: TenantJournal {
 /// which start the next one.
 final class SharedLog: Sendable {
     let writer: WALWriter
-    private let sinceCheckpoint: Mutex<Int64>
+    /// Bytes appended since the last checkpoint, and whether one is asked for already.
+    private let sinceCheckpoint: Mutex<(bytes: Int64, asked: Bool)>
     private let threshold: Int64
     private let onThreshold: @Sendable () -> Void
 
@@ -135,7 +145,7 @@ final class SharedLog: Sendable {
         onThreshold: @escaping @Sendable () -> Void
     ) {
         self.writer = writer
-        self.sinceCheckpoint = Mutex(appendedSinceCheckpoint)
+        self.sinceCheckpoint = Mutex((appendedSinceCheckpoint, false))
         self.threshold = checkpointBytes
         self.onThreshold = onThreshold
     }
@@ -148,22 +158,27 @@ final class SharedLog: Sendable {
         let appended = try payload.withUnsafeBytes {
             try self.writer.appendRecord(type: record.kind.rawValue, payload: $0)
         }
-        let crossed = self.sinceCheckpoint.withLock { bytes in
-            let before = bytes
-            bytes += Int64(appended.size)
-            return before < self.threshold && bytes >= self.threshold
+        let due = self.sinceCheckpoint.withLock { state in
+            state.bytes += Int64(appended.size)
+            guard state.bytes >= self.threshold, !state.asked else { return false }
+            state.asked = true
+            return true
         }
-        if crossed { self.onThreshold() }
+        if due { self.onThreshold() }
         return appended
     }
 
-    /// A checkpoint began: the bytes appended from now on count towards the next.
-    func checkpointStarted() {
-        self.sinceCheckpoint.withLock { $0 = 0 }
+    /// A checkpoint ended: the `consumed` bytes it covers no longer count (0 when it failed), and
+    /// the next append past the threshold asks for another.
+    func checkpointEnded(consumed: Int64) {
+        self.sinceCheckpoint.withLock { state in
+            state.bytes = max(0, state.bytes - consumed)
+            state.asked = false
+        }
     }
 
-    /// The bytes appended since the last checkpoint began.
-    var bytesSinceCheckpoint: Int64 { self.sinceCheckpoint.withLock { $0 } }
+    /// The bytes appended since the last checkpoint.
+    var bytesSinceCheckpoint: Int64 { self.sinceCheckpoint.withLock { $0.bytes } }
 }
 
 /// The tenant-id prefix of payloads in a shared log.

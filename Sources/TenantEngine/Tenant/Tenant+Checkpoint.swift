@@ -9,29 +9,26 @@ extension Tenant {
         guard self.journal.checkpointsItself, !self.checkpoints.running else { return }
         self.checkpoints.running = true
         defer { self.checkpoints.running = false }
-        guard let (snapshot, cut) = try await self.captureForCheckpoint(), cut > self.checkpoints.lastCheckpointLSN
+        guard let (snapshot, cut) = self.captureForCheckpoint(floor: 0), cut > self.checkpoints.lastCheckpointLSN
         else { return }
+        // In the same actor turn: appends after the capture go to a new segment.
+        self.journal.rollForCheckpoint()
         let storage = try await self.journal.writeCheckpoint(snapshot, lsn: cut)
         self.checkpoints.written(cut: cut)
         self.quota.storageBytes = storage
         self.logger.debug("checkpoint written", metadata: ["lsn": "\(cut)"])
     }
 
-    /// The tenant's state for a checkpoint, once every record it appended is durable and applied,
-    /// with its cut: the log's newest lsn at that moment. The state holds every record of the
-    /// tenant up to the cut and none after (this actor appends nothing between the two reads).
-    /// - Returns: nil when the tenant no longer serves.
-    func captureForCheckpoint() async throws -> (TenantState, UInt64)? {
-        var own = self.checkpoints.lastOwnLSN
-        while true {
-            guard case .serving = self.lifecycle else { return nil }
-            try await self.waitDurable(own)
-            guard case .serving = self.lifecycle else { return nil }
-            if self.checkpoints.lastOwnLSN == own && !self.messages.hasPending { break }
-            own = self.checkpoints.lastOwnLSN
-        }
+    /// The tenant's state for a checkpoint, captured in one actor turn: every record it appended,
+    /// durable or not, with its cut, its newest lsn or `floor` if that is higher. The state holds
+    /// every record of the tenant up to the cut and none after it: a record appended later gets an
+    /// lsn above both (`floor` is a lsn the log had reached before this call). The caller writes
+    /// the checkpoint only once the log is durable up to the cut.
+    /// - Returns: nil when the tenant does not serve (failed, being deleted, closed).
+    func captureForCheckpoint(floor: UInt64) -> (TenantState, UInt64)? {
+        guard case .serving = self.lifecycle else { return nil }
         self.checkpoints.bytesAtCapture = self.checkpoints.bytesSinceCheckpoint
-        return (self.image, max(own, self.journal.lastAppendedLSN))
+        return (self.checkpointImage, max(self.checkpoints.lastOwnLSN, floor))
     }
 
     /// A shared log's checkpoint holds this tenant's state at `cut`, in `storageBytes` of it.

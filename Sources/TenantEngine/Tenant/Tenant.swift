@@ -15,6 +15,8 @@ public actor Tenant {
     enum Lifecycle {
         /// Taking reads and writes.
         case serving
+        /// Being deleted: reads still work, writes wait for the outcome (LOADING, retry).
+        case deleting
         /// Its log failed: reads still work, every write gets this error until it is reopened.
         case failed(TenantError)
         /// Closed (passivated, reopened, shut down) or deleted: connections fetch it anew, or
@@ -90,13 +92,15 @@ public actor Tenant {
     /// The tenant's metadata.
     public var metadata: TenantMetadata { self.membership.metadata }
 
-    /// The tenant's data as its log describes it, for a checkpoint.
-    var image: TenantState {
-        TenantState(
+    /// The tenant's data as every record it appended describes it, durable or not (messages still
+    /// waiting for the log included), for a checkpoint written once the log is durable that far.
+    var checkpointImage: TenantState {
+        let (rooms, count) = self.messages.includingPending()
+        return TenantState(
             metadata: self.membership.metadata,
             users: self.membership.users,
-            rooms: self.messages.rooms,
-            messageCount: self.messages.count,
+            rooms: rooms,
+            messageCount: count,
             messageDays: self.quota.day
         )
     }
@@ -140,9 +144,12 @@ public actor Tenant {
             }
         }
         defer { self.closedFlag.store(true, ordering: .relaxed) }
-        guard case .serving = self.lifecycle else {
-            if case .failed = self.lifecycle { self.lifecycle = .closed(deleted: deleted) }
+        switch self.lifecycle {
+        case .serving, .deleting: break
+        case .failed:
+            self.lifecycle = .closed(deleted: deleted)
             return
+        case .closed: return
         }
         self.lifecycle = .closed(deleted: deleted)
         do {
@@ -151,6 +158,25 @@ public actor Tenant {
             self.logger.error("closing the log failed: \(error)")
         }
         self.applyDurable()
+    }
+
+    /// Stops taking writes for a deletion: once this returns, every record the tenant appended is
+    /// durable and no other is appended until ``abortDeletion()`` or ``close(deleted:checkpoint:)``.
+    func beginDeletion() async throws {
+        try self.checkWritable()
+        self.lifecycle = .deleting
+        do {
+            try await self.journal.waitUntilDurable(self.checkpoints.lastOwnLSN)
+        } catch {
+            self.abortDeletion()
+            throw TenantError.ioError("the tenant's last writes are not durable; not deleted: \(error)")
+        }
+        self.applyDurable()
+    }
+
+    /// The deletion did not happen: the tenant serves again.
+    func abortDeletion() {
+        if case .deleting = self.lifecycle { self.lifecycle = .serving }
     }
 
     // MARK: - Access
@@ -185,6 +211,7 @@ public actor Tenant {
     func checkWritable() throws {
         switch self.lifecycle {
         case .serving: return
+        case .deleting: throw TenantError(.unavailable, "tenant is being deleted; retry")
         case .failed(let error): throw error
         case .closed(let deleted): throw Self.closedError(deleted: deleted)
         }
