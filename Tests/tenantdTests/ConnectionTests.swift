@@ -131,4 +131,27 @@ struct ConnectionTests {
             #expect(try await connection.replies(atLeast: 1) == ":\(CommandTable.all.count)\r\n")
         }
     }
+
+    /// Every command's arity in the table is enforced before its handler runs, with Redis's error.
+    @Test func theCommandTableEnforcesEveryArity() async throws {
+        try await Self.withConnection { connection in
+            try await connection.send("AUTH admin \(String(repeating: "k", count: 40))\r\n")
+            #expect(try await connection.replies(atLeast: 1) == "+OK\r\n")
+            var tried = 0
+            for spec in CommandTable.all {
+                var counts: [Int] = []
+                if spec.arity.lowerBound > 0 { counts.append(spec.arity.lowerBound - 1) }
+                if spec.arity.upperBound < Int.max { counts.append(spec.arity.upperBound + 1) }
+                for count in counts {
+                    let words = [spec.name] + Array(repeating: "a", count: count)
+                    try await connection.send(words.joined(separator: " ") + "\r\n")
+                    let reply = try await connection.replies(atLeast: 1)
+                    let expected = "-ERR wrong number of arguments for '\(spec.name.lowercased())' command\r\n"
+                    #expect(reply == expected, "\(spec.name) with \(count) arguments")
+                    tried += 1
+                }
+            }
+            #expect(tried >= 20)
+        }
+    }
 }
