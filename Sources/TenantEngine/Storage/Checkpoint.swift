@@ -85,27 +85,35 @@ enum Checkpoint {
         }
         writer.writeVarint(UInt64(state.rooms.count))
         for (name, room) in state.rooms.sorted(by: { $0.key < $1.key }) {
-            let messages = room.messages
+            // The room's applied messages, then those still waiting for the log (seqs go on),
+            // read in place: a large room is not copied to add a few.
+            let parts: [ArraySlice<Message>] = [room.messages[...], state.pending[name]?[...] ?? []]
             writer.write(name)
-            writer.writeVarint(UInt64(messages.count))
+            writer.writeVarint(UInt64(parts.reduce(0) { $0 + $1.count }))
             var authors: [String: Int] = [:]
             var authorList: [String] = []
-            for message in messages where authors[message.user] == nil {
-                authors[message.user] = authorList.count
-                authorList.append(message.user)
+            for part in parts {
+                for message in part where authors[message.user] == nil {
+                    authors[message.user] = authorList.count
+                    authorList.append(message.user)
+                }
             }
             writer.writeVarint(UInt64(authorList.count))
             for author in authorList { writer.write(author) }
             var previous: Int64 = 0
-            for message in messages {
-                writer.writeSignedVarint(message.timestamp - previous)
-                previous = message.timestamp
+            for part in parts {
+                for message in part {
+                    writer.writeSignedVarint(message.timestamp - previous)
+                    previous = message.timestamp
+                }
             }
-            for message in messages { writer.writeVarint(UInt64(authors[message.user]!)) }
-            for message in messages { writer.writeVarint(UInt64(message.text.utf8.count)) }
-            for message in messages {
-                var text = message.text
-                text.withUTF8 { writer.bytes.append(contentsOf: $0) }
+            for part in parts { for message in part { writer.writeVarint(UInt64(authors[message.user]!)) } }
+            for part in parts { for message in part { writer.writeVarint(UInt64(message.text.utf8.count)) } }
+            for part in parts {
+                for message in part {
+                    var text = message.text
+                    text.withUTF8 { writer.bytes.append(contentsOf: $0) }
+                }
             }
         }
         return writer.bytes

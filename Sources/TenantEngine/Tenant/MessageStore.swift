@@ -40,17 +40,11 @@ struct MessageStore: Sendable {
         return applied
     }
 
-    /// The rooms with the accepted messages applied too, and their count: every message record
-    /// appended, durable or not (for a checkpoint, written once the log is durable up to its cut).
-    func includingPending() -> (rooms: [String: Room], count: Int) {
-        var rooms = self.rooms
-        var count = self.count
-        for entry in self.pending {
-            // Accepted in seq order per room: applying cannot fail.
-            guard (try? rooms[entry.room, default: Room()].apply(entry.message)) != nil else { continue }
-            count += 1
-        }
-        return (rooms, count)
+    /// The messages accepted but not yet visible, by room, in seq order (for a checkpoint).
+    var pendingByRoom: [String: [Message]] {
+        var byRoom: [String: [Message]] = [:]
+        for entry in self.pending { byRoom[entry.room, default: []].append(entry.message) }
+        return byRoom
     }
 
     /// Forgets the accepted messages (the log failed: they are never acknowledged).

@@ -95,13 +95,14 @@ public actor Tenant {
     /// The tenant's data as every record it appended describes it, durable or not (messages still
     /// waiting for the log included), for a checkpoint written once the log is durable that far.
     var checkpointImage: TenantState {
-        let (rooms, count) = self.messages.includingPending()
+        let pending = self.messages.pendingByRoom
         return TenantState(
             metadata: self.membership.metadata,
             users: self.membership.users,
-            rooms: rooms,
-            messageCount: count,
-            messageDays: self.quota.day
+            rooms: self.messages.rooms,
+            messageCount: self.messages.count + pending.values.reduce(0) { $0 + $1.count },
+            messageDays: self.quota.day,
+            pending: pending
         )
     }
 

@@ -5,6 +5,9 @@ struct TenantState: Sendable {
     var rooms: [String: Room] = [:]
     var messageCount = 0
     var messageDays = MessageDayCounter()
+    /// Messages accepted but not yet applied, by room, in seq order after the room's applied
+    /// ones: a checkpoint written once the log is durable past them writes them too.
+    var pending: [String: [Message]] = [:]
 
     /// Applies one record.
     /// - Throws: when the record contradicts the state (a seq out of order).
