@@ -29,9 +29,9 @@ public actor TenantRegistry {
     }
     /// Open tenants, for the metrics endpoint.
     static let activeTenants = Gauge(label: "tenantd_tenants_active")
-    var activating: [String: Task<Tenant, any Error>] = [:]
+    var activating = InFlight<Tenant>()
     /// Auto-provisioned creations in progress, so concurrent references wait for them.
-    var provisioning: [String: Task<Void, any Error>] = [:]
+    var provisioning = InFlight<Void>()
     /// Ids and subdomains held by creations, deletions and moves in flight.
     var claims = Claims()
     var adminTokenHash: [UInt8] = []
@@ -242,18 +242,17 @@ public actor TenantRegistry {
     /// well-formed id is created on the default plan.
     public func tenantForOperator(id: String) async throws -> Tenant {
         if self.catalog.entries[id] == nil && self.configuration.autoProvision && Names.isValidTenantID(id) {
-            if let provisioning = self.provisioning[id] {
+            if let provisioning = self.provisioning.running(id) {
                 // Another connection is creating it: wait for that creation rather than fail.
                 _ = try? await provisioning.value
             } else {
                 let subdomain =
                     Names.subdomainProblem(id) == nil && self.catalog.idBySubdomain[id] == nil
                         && !self.claims.holds(subdomain: id) ? id : ""
-                let task = Task {
+                let task = self.provisioning.start(id) {
                     _ = try await self.create(id: id, name: id, subdomain: subdomain, plan: nil, owner: nil)
                 }
-                self.provisioning[id] = task
-                defer { self.provisioning[id] = nil }
+                defer { self.provisioning.finish(id) }
                 do {
                     try await task.value
                 } catch let error as TenantError where error.kind == .alreadyExists {
@@ -267,12 +266,11 @@ public actor TenantRegistry {
     /// Activates a tenant once, however many ask at the same time.
     func activate(id: String) async throws -> Tenant {
         if let tenant = self.active[id] { return tenant }
-        if let task = self.activating[id] { return try await task.value }
+        if let task = self.activating.running(id) { return try await task.value }
         let store = self.store
         let context = self.tenantContext
-        let task = Task { try await store.open(id: id, context: context) }
-        self.activating[id] = task
-        defer { self.activating[id] = nil }
+        let task = self.activating.start(id) { try await store.open(id: id, context: context) }
+        defer { self.activating.finish(id) }
         let tenant = try await task.value
         if case .stopped = self.state {
             // Shut down while it opened: nothing may stay open after shutdown() returned.
@@ -320,7 +318,7 @@ public actor TenantRegistry {
         let now = self.configuration.clock()
         let idle = Int64(self.configuration.idleSeconds) * 1000
         var closed = 0
-        for (id, tenant) in self.active where self.activating[id] == nil && !self.claims.holds(id: id) {
+        for (id, tenant) in self.active where self.activating.running(id) == nil && !self.claims.holds(id: id) {
             guard await tenant.isIdle(now: now, idle: idle) else { continue }
             // Re-checked after the await: a connection may have taken it meanwhile.
             guard self.active[id] === tenant, tenant.leaseCount <= 0 else { continue }
@@ -346,7 +344,7 @@ public actor TenantRegistry {
     public func shutdown(checkpoint: Bool = true) async {
         self.state = .stopped
         self.passivation.stop()
-        for task in self.activating.values { _ = try? await task.value }
+        for task in self.activating.all { _ = try? await task.value }
         await self.store.prepareShutdown(checkpoint: checkpoint)
         let tenants = self.active.values
         self.active = [:]

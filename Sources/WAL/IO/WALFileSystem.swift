@@ -125,13 +125,9 @@ extension WALFileSystem {
     /// fsync of the directory. A crash at any step leaves the old file or the new one, never half.
     public func writeFileAtomically(_ path: String, contents: [UInt8]) throws {
         let temporary = path + ".tmp"
-        let fd = try self.createFile(temporary)
         do {
-            try contents.withUnsafeBytes { try self.write(fd, $0, path: temporary) }
-            try self.sync(fd, path: temporary)
-            self.close(fd, path: temporary)
+            try self.writeNewFile(temporary, contents: contents)
         } catch {
-            self.close(fd, path: temporary)
             try? self.remove(temporary)
             throw error
         }
@@ -142,6 +138,15 @@ extension WALFileSystem {
             throw error
         }
         try self.syncDirectory(POSIXFile.parent(of: path))
+    }
+
+    /// Creates (or truncates) a file with `contents`, fdatasync'd; its name is durable once its
+    /// directory is synced.
+    public func writeNewFile(_ path: String, contents: [UInt8]) throws {
+        let fd = try self.createFile(path)
+        defer { self.close(fd, path: path) }
+        try contents.withUnsafeBytes { try self.write(fd, $0, path: path) }
+        try self.sync(fd, path: path)
     }
 
     /// Removes a file or a directory tree.
@@ -166,16 +171,7 @@ extension WALFileSystem {
             if self.isDirectory(from) {
                 try self.copyTree(from, to: to)
             } else {
-                let bytes = try self.readFile(from)
-                let fd = try self.createFile(to)
-                do {
-                    try bytes.withUnsafeBytes { try self.write(fd, $0, path: to) }
-                    try self.sync(fd, path: to)
-                    self.close(fd, path: to)
-                } catch {
-                    self.close(fd, path: to)
-                    throw error
-                }
+                try self.writeNewFile(to, contents: try self.readFile(from))
             }
         }
         try self.syncDirectory(destination)
