@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import TestSupport
 import Testing
 import WAL
@@ -593,6 +594,65 @@ struct CatalogFileTests {
             _ = try await again.createTenant(name: "B", subdomain: "bravo", plan: nil, owner: "bob")
             await again.shutdown()
             #expect(try FileManager.default.contentsOfDirectory(atPath: catalog) == ["tenants.bin"])
+        }
+    }
+}
+
+/// When checkpoints come: after `TENANT_CHECKPOINT_BYTES` of log, or as many bytes as the last
+/// checkpoint took if that is more, so rewriting a large state never costs more than the log grew.
+@Suite("Checkpoint schedule")
+struct CheckpointScheduleTests {
+    @Test func aTenantWaitsForAsManyLogBytesAsItsLastCheckpointTook() {
+        var schedule = CheckpointSchedule()
+        func append(_ lsn: UInt64, _ size: Int) -> Bool {
+            schedule.appended(lsn: lsn, size: size, threshold: 1000)
+        }
+        #expect(!append(1, 600))
+        #expect(append(2, 600))
+        schedule.bytesAtCapture = schedule.bytesSinceCheckpoint
+        schedule.written(cut: 2, size: 10_000)
+        #expect(schedule.bytesSinceCheckpoint == 0)
+        #expect(!append(3, 5000))
+        #expect(!append(4, 4999))
+        #expect(append(5, 1))
+        schedule.running = true
+        #expect(!append(6, 1), "not while one runs")
+    }
+
+    @Test func theSharedLogDoesTooAndAsksOnceUntilAnswered() async throws {
+        try await TemporaryDirectory.with { dir in
+            let writer = try WALWriter(
+                directory: dir.path + "/wal",
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .no)
+            )
+            let asked = Mutex(0)
+            let log = SharedLog(
+                writer: writer,
+                checkpointBytes: 1000,
+                appendedSinceCheckpoint: 0,
+                lastCheckpointSize: 0
+            ) {
+                asked.withLock { $0 += 1 }
+            }
+            let askedCount = { asked.withLock { value in value } }
+            let prefix = SharedLogPayload.prefix(for: "abc")
+            let record = TenantRecord.userDelete(String(repeating: "u", count: 64))
+            var appended: Int64 = 0
+            while askedCount() == 0 {
+                appended += Int64(try log.append(record, prefix: prefix).size)
+            }
+            #expect(appended >= 1000)
+            // Asked once: more appends do not ask again until the checkpoint ends.
+            for _ in 0..<50 { _ = try log.append(record, prefix: prefix) }
+            #expect(askedCount() == 1)
+            // A checkpoint of 20,000 bytes: the next ask waits for 20,000 bytes of log.
+            log.checkpointEnded(consumed: log.bytesSinceCheckpoint, size: 20_000)
+            appended = 0
+            while askedCount() == 1 {
+                appended += Int64(try log.append(record, prefix: prefix).size)
+            }
+            #expect(appended >= 20_000 && appended < 21_000, "\(appended)")
         }
     }
 }

@@ -53,6 +53,8 @@ actor SharedLogStore: TenantStore {
         var cuts: [String: UInt64] = [:]
         var result: WALRecoveryResult?
         var checkpointLSN: UInt64 = 0
+        /// The checkpoint file's size.
+        var checkpointSize: Int64 = 0
         /// Log bytes after the checkpoint.
         var bytesAfterCheckpoint: Int64 = 0
     }
@@ -76,6 +78,7 @@ actor SharedLogStore: TenantStore {
             decode: SharedCheckpoint.decode
         ) {
             recovered.checkpointLSN = checkpoint.lsn
+            recovered.checkpointSize = Int64(checkpoint.size)
             for entry in checkpoint.body {
                 recovered.states[entry.id] = entry.state
                 recovered.storage[entry.id] = Int64(entry.size)
@@ -142,7 +145,8 @@ actor SharedLogStore: TenantStore {
         let log = SharedLog(
             writer: writer,
             checkpointBytes: configuration.checkpointBytes,
-            appendedSinceCheckpoint: recovered.bytesAfterCheckpoint
+            appendedSinceCheckpoint: recovered.bytesAfterCheckpoint,
+            lastCheckpointSize: recovered.checkpointSize
         ) { [weak self] in
             Task { await self?.checkpointInBackground() }
         }
@@ -334,17 +338,17 @@ actor SharedLogStore: TenantStore {
         let fileSystem = self.fileSystem
         let writer = log.writer
         let captures = entries
-        let sizes = try await runBlocking {
+        let (fileSize, sizes) = try await runBlocking {
             let (bytes, sizes) = try SharedCheckpoint.encode(captures, lsn: cut)
             try CheckpointedLog(files: files, fileSystem: fileSystem).commit(
                 checkpoint: bytes,
                 lsn: cut,
                 lastAppendedLSN: writer.lastAppendedLSN
             )
-            return sizes
+            return (Int64(bytes.count), sizes)
         }
         self.lastCheckpointLSN = cut
-        log.checkpointEnded(consumed: consumed)
+        log.checkpointEnded(consumed: consumed, size: fileSize)
         for (index, tenant) in tenants.enumerated() {
             await tenant.checkpointed(storageBytes: Int64(sizes[index]), cut: entries[index].cut)
         }

@@ -130,23 +130,27 @@ final class SharedJournal: TenantJournal {
 }
 
 /// The log every tenant shares: its writer, and the bytes appended since its last checkpoint,
-/// which start the next one.
+/// which start the next one once they reach `TENANT_CHECKPOINT_BYTES` or the size of the last
+/// checkpoint, whichever is larger (as Redis rewrites its AOF when it has doubled): rewriting
+/// every tenant's state then costs at most as many bytes as the log took since.
 final class SharedLog: Sendable {
     let writer: WALWriter
-    /// Bytes appended since the last checkpoint, and whether one is asked for already.
-    private let sinceCheckpoint: Mutex<(bytes: Int64, asked: Bool)>
-    private let threshold: Int64
+    /// Bytes appended since the last checkpoint, whether one is asked for already, and how many
+    /// bytes ask for the next.
+    private let sinceCheckpoint: Mutex<(bytes: Int64, asked: Bool, threshold: Int64)>
+    private let minimumThreshold: Int64
     private let onThreshold: @Sendable () -> Void
 
     init(
         writer: WALWriter,
         checkpointBytes: Int64,
         appendedSinceCheckpoint: Int64,
+        lastCheckpointSize: Int64,
         onThreshold: @escaping @Sendable () -> Void
     ) {
         self.writer = writer
-        self.sinceCheckpoint = Mutex((appendedSinceCheckpoint, false))
-        self.threshold = checkpointBytes
+        self.sinceCheckpoint = Mutex((appendedSinceCheckpoint, false, max(checkpointBytes, lastCheckpointSize)))
+        self.minimumThreshold = checkpointBytes
         self.onThreshold = onThreshold
     }
 
@@ -160,7 +164,7 @@ final class SharedLog: Sendable {
         }
         let due = self.sinceCheckpoint.withLock { state in
             state.bytes += Int64(appended.size)
-            guard state.bytes >= self.threshold, !state.asked else { return false }
+            guard state.bytes >= state.threshold, !state.asked else { return false }
             state.asked = true
             return true
         }
@@ -168,12 +172,14 @@ final class SharedLog: Sendable {
         return appended
     }
 
-    /// A checkpoint ended: the `consumed` bytes it covers no longer count (0 when it failed), and
-    /// the next append past the threshold asks for another.
-    func checkpointEnded(consumed: Int64) {
+    /// A checkpoint ended: the `consumed` bytes it covers no longer count (0 when it failed), the
+    /// next threshold follows its `size` (nil when it failed), and the next append past the
+    /// threshold asks for another.
+    func checkpointEnded(consumed: Int64, size: Int64? = nil) {
         self.sinceCheckpoint.withLock { state in
             state.bytes = max(0, state.bytes - consumed)
             state.asked = false
+            if let size { state.threshold = max(self.minimumThreshold, size) }
         }
     }
 

@@ -14,7 +14,7 @@ extension Tenant {
         // In the same actor turn: appends after the capture go to a new segment.
         self.journal.rollForCheckpoint()
         let storage = try await self.journal.writeCheckpoint(snapshot, lsn: cut)
-        self.checkpoints.written(cut: cut)
+        self.checkpoints.written(cut: cut, size: storage)
         self.quota.storageBytes = storage
         self.logger.debug("checkpoint written", metadata: ["lsn": "\(cut)"])
     }
@@ -33,7 +33,7 @@ extension Tenant {
 
     /// A shared log's checkpoint holds this tenant's state at `cut`, in `storageBytes` of it.
     func checkpointed(storageBytes: Int64, cut: UInt64) {
-        self.checkpoints.written(cut: cut)
+        self.checkpoints.written(cut: cut, size: storageBytes)
         self.quota.storageBytes = storageBytes + self.checkpoints.bytesSinceCheckpoint
     }
 

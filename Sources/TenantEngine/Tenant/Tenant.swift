@@ -68,6 +68,8 @@ public actor Tenant {
         logger[metadataKey: "tenant"] = "\(metadata.tenantID)"
         self.logger = logger
         self.onMetadataChange = context.onMetadataChange
+        // Opened now counts as used now: a sweep must not close a tenant the moment it opens.
+        self.lastUsed = context.configuration.clock()
     }
 
     /// After recovery: the cut its checkpoint covers, and the log bytes on disk beyond it (the
@@ -75,6 +77,7 @@ public actor Tenant {
     func recovered(checkpointLSN: UInt64, logBytes: Int64) {
         self.checkpoints.lastCheckpointLSN = checkpointLSN
         self.checkpoints.bytesSinceCheckpoint = logBytes
+        self.checkpoints.lastCheckpointSize = max(0, self.quota.storageBytes - logBytes)
         self.checkpoints.lastOwnLSN = max(
             checkpointLSN,
             self.journal.checkpointsItself ? self.journal.lastAppendedLSN : 0
