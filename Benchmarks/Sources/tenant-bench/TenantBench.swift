@@ -1,0 +1,408 @@
+import ArgumentParser
+import DequeModule
+import Foundation
+import Histogram
+import NIOCore
+import NIOPosix
+
+/// `tenant-bench`: C connections over T tenants against a running tenantd, a mix of requests
+/// with P of them in flight per connection, for a duration; throughput and latency percentiles
+/// (HdrHistogram, microseconds) as a table and as JSON. Texts come from the chat corpus.
+///
+///     tenant-bench --port 7379 --token $TOKEN --connections 50 --tenants 10 --pipeline 16 --seconds 10
+@main
+struct TenantBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenant-bench",
+        abstract: "Load a running tenantd with C connections over T tenants and report throughput and latency."
+    )
+
+    enum Mix: String, ExpressibleByArgument, CaseIterable {
+        /// POST only.
+        case post
+        /// Four POSTs to one HISTORY LIMIT 50.
+        case postHistory = "post-history"
+        /// POST only, with one subscriber per tenant counting the pushes.
+        case subscribers
+    }
+
+    @Option(help: "tenantd's address.") var host = "127.0.0.1"
+    @Option(help: "tenantd's port.") var port = 7379
+    @Option(help: "The operator token (TENANT_ADMIN_TOKEN), to create the tenants.") var token: String
+    @Option(help: "Connections in all.") var connections = 50
+    @Option(help: "Tenants the connections are spread over (created for the run).") var tenants = 1
+    @Option(help: "post | post-history | subscribers") var mix = Mix.post
+    @Option(help: "Requests in flight per connection.") var pipeline = 1
+    @Option(help: "Seconds of load.") var seconds = 10.0
+    @Option(help: "The chat corpus (JSON lines with a messages array).") var corpus = TenantBench.defaultCorpus
+    @Option(help: "Write the results as JSON to this file.") var json: String?
+
+    static var defaultCorpus: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Corpus/chatterbot-conversations.jsonl").path
+    }
+
+    func validate() throws {
+        guard (1...10_000).contains(self.connections) else { throw ValidationError("connections: 1-10000") }
+        guard (1...100_000).contains(self.tenants) else { throw ValidationError("tenants: 1-100000") }
+        guard (1...1024).contains(self.pipeline) else { throw ValidationError("pipeline: 1-1024") }
+        guard self.seconds > 0 && self.seconds <= 3600 else { throw ValidationError("seconds: up to 3600") }
+    }
+
+    func run() async throws {
+        let texts = try Self.corpusTexts(self.corpus)
+        let setup = try SyncClient(host: self.host, port: self.port)
+        _ = try setup.call(["AUTH", "admin", self.token])
+        let stamp = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        var owners: [(user: String, token: String)] = []
+        for index in 0..<self.tenants {
+            let subdomain = "bench-\(stamp)-\(index)"
+            let fields = try setup.call(["TENANT", "CREATE", subdomain, subdomain, "OWNER", "bench"])
+            guard let position = fields.firstIndex(of: "owner_token"), position + 1 < fields.count else {
+                throw ValidationError("TENANT CREATE answered \(fields)")
+            }
+            owners.append(("bench@" + subdomain, fields[position + 1]))
+        }
+        setup.close()
+
+        let group = MultiThreadedEventLoopGroup.singleton
+        let start = NIODeadline.now()
+        let deadline = start + .nanoseconds(Int64(self.seconds * 1e9))
+        var subscriberResults: [EventLoopFuture<Int>] = []
+        if self.mix == .subscribers {
+            for owner in owners {
+                let counter = SubscriberCounter(user: owner.user, token: owner.token, deadline: deadline)
+                subscriberResults.append(try await self.connect(group: group, handler: counter, result: counter.done))
+            }
+        }
+        var results: [EventLoopFuture<ConnectionResult>] = []
+        for index in 0..<self.connections {
+            let owner = owners[index % owners.count]
+            let load = LoadConnection(
+                user: owner.user,
+                token: owner.token,
+                texts: texts,
+                offset: index * 7919,
+                mix: self.mix,
+                pipeline: self.pipeline,
+                deadline: deadline
+            )
+            results.append(try await self.connect(group: group, handler: load, result: load.done))
+        }
+        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+        var replies = 0
+        var errors = 0
+        var firstError: String?
+        for future in results {
+            let result = try await future.get()
+            histogram.add(result.histogram)
+            replies += result.replies
+            errors += result.errors
+            firstError = firstError ?? result.firstError
+        }
+        let elapsed = Double((NIODeadline.now() - start).nanoseconds) / 1e9
+        var pushes = 0
+        for future in subscriberResults { pushes += try await future.get() }
+        self.report(
+            histogram: histogram,
+            replies: replies,
+            errors: errors,
+            firstError: firstError,
+            pushes: pushes,
+            elapsed: elapsed
+        )
+    }
+
+    func connect<Handler: ChannelInboundHandler & Sendable, Result>(
+        group: any EventLoopGroup,
+        handler: Handler,
+        result: (EventLoop) -> EventLoopFuture<Result>
+    ) async throws -> EventLoopFuture<Result> {
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPReplyDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .connect(host: self.host, port: self.port).get()
+        return result(channel.eventLoop)
+    }
+
+    func report(
+        histogram: Histogram<UInt64>,
+        replies: Int,
+        errors: Int,
+        firstError: String?,
+        pushes: Int,
+        elapsed: Double
+    ) {
+        func ms(_ percentile: Double) -> Double { Double(histogram.valueAtPercentile(percentile)) / 1000 }
+        let rate = Double(replies) / elapsed
+        print(
+            "tenant-bench: \(self.connections) connections over \(self.tenants) tenants, \(self.mix.rawValue), pipeline \(self.pipeline), \(String(format: "%.1f", elapsed)) s"
+        )
+        print("| replies/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
+        print("|---|---|---|---|---|---|---|")
+        print(
+            String(
+                format: "| %.0f | %.3f | %.3f | %.3f | %.3f | %.3f | %d |",
+                rate,
+                ms(50),
+                ms(90),
+                ms(99),
+                ms(99.9),
+                Double(histogram.max) / 1000,
+                errors
+            )
+        )
+        if self.mix == .subscribers {
+            print(String(format: "pushes delivered: %d (%.0f/s)", pushes, Double(pushes) / elapsed))
+        }
+        if let firstError { print("first error: \(firstError)") }
+        guard let path = self.json else { return }
+        let object: [String: Any] = [
+            "connections": self.connections, "tenants": self.tenants, "mix": self.mix.rawValue,
+            "pipeline": self.pipeline, "seconds": elapsed, "replies": replies, "replies_per_second": rate,
+            "errors": errors, "pushes": pushes,
+            "latency_ms": [
+                "p50": ms(50), "p90": ms(90), "p99": ms(99), "p99.9": ms(99.9), "max": Double(histogram.max) / 1000,
+            ],
+        ]
+        let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        FileManager.default.createFile(atPath: path, contents: data)
+    }
+
+    static func corpusTexts(_ path: String) throws -> [String] {
+        var texts: [String] = []
+        for line in try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n") {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            texts += ((object?["messages"] as? [String]) ?? []).filter { !$0.isEmpty && $0.utf8.count < 4096 }
+        }
+        guard !texts.isEmpty else { throw ValidationError("no texts in \(path)") }
+        return texts
+    }
+}
+
+/// What one load connection measured.
+struct ConnectionResult: Sendable {
+    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+    var replies = 0
+    var errors = 0
+    var firstError: String?
+}
+
+/// One connection: AUTH, then `pipeline` requests in flight until the deadline, each reply's
+/// latency (from its request's write) recorded in microseconds.
+final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Reply
+    typealias OutboundOut = ByteBuffer
+
+    let user: String
+    let token: String
+    let texts: [String]
+    var next: Int
+    let mix: TenantBench.Mix
+    let pipeline: Int
+    let deadline: NIODeadline
+    var promise: EventLoopPromise<ConnectionResult>?
+    var sent: Deque<NIODeadline> = []
+    var authenticated = false
+    var result = ConnectionResult()
+    var count = 0
+
+    init(
+        user: String,
+        token: String,
+        texts: [String],
+        offset: Int,
+        mix: TenantBench.Mix,
+        pipeline: Int,
+        deadline: NIODeadline
+    ) {
+        self.user = user
+        self.token = token
+        self.texts = texts
+        self.next = offset % texts.count
+        self.mix = mix
+        self.pipeline = pipeline
+        self.deadline = deadline
+    }
+
+    func done(_ loop: EventLoop) -> EventLoopFuture<ConnectionResult> {
+        let promise = loop.makePromise(of: ConnectionResult.self)
+        loop.execute { self.promise = promise }
+        return promise.futureResult
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(Self.wrapOutboundOut(encode(["AUTH", self.user, self.token], context)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let reply = Self.unwrapInboundIn(data)
+        guard self.authenticated else {
+            guard !reply.isError else {
+                self.finish(context, error: "AUTH: \(reply.summary)")
+                return
+            }
+            self.authenticated = true
+            for _ in 0..<self.pipeline { self.send(context) }
+            context.flush()
+            return
+        }
+        if let started = self.sent.popFirst() {
+            let micros = (NIODeadline.now() - started).nanoseconds / 1000
+            _ = self.result.histogram.record(UInt64(max(0, micros)))
+        }
+        self.result.replies += 1
+        if reply.isError {
+            self.result.errors += 1
+            self.result.firstError = self.result.firstError ?? reply.summary
+        }
+        if NIODeadline.now() < self.deadline {
+            self.send(context)
+            context.flush()
+        } else if self.sent.isEmpty {
+            self.finish(context, error: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.finish(context, error: "\(error)")
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.finish(context, error: self.sent.isEmpty ? nil : "connection closed")
+    }
+
+    private func send(_ context: ChannelHandlerContext) {
+        self.count += 1
+        let text = self.texts[self.next]
+        self.next = (self.next + 1) % self.texts.count
+        let words =
+            self.mix == .postHistory && self.count % 5 == 0
+            ? ["HISTORY", "general", "LIMIT", "50"] : ["POST", "general", text]
+        self.sent.append(.now())
+        context.write(Self.wrapOutboundOut(encode(words, context)), promise: nil)
+    }
+
+    private func finish(_ context: ChannelHandlerContext, error: String?) {
+        guard let promise = self.promise else { return }
+        self.promise = nil
+        if let error { self.result.firstError = self.result.firstError ?? error }
+        promise.succeed(self.result)
+        context.close(promise: nil)
+    }
+}
+
+/// One subscriber per tenant, counting the pushes it receives until the deadline (and a second).
+final class SubscriberCounter: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Reply
+    typealias OutboundOut = ByteBuffer
+
+    let user: String
+    let token: String
+    let deadline: NIODeadline
+    var promise: EventLoopPromise<Int>?
+    var pushes = 0
+    var replies = 0
+
+    init(user: String, token: String, deadline: NIODeadline) {
+        self.user = user
+        self.token = token
+        self.deadline = deadline
+    }
+
+    func done(_ loop: EventLoop) -> EventLoopFuture<Int> {
+        let promise = loop.makePromise(of: Int.self)
+        loop.execute {
+            self.promise = promise
+            loop.scheduleTask(deadline: self.deadline + .seconds(1)) {
+                self.promise?.succeed(self.pushes)
+                self.promise = nil
+            }
+        }
+        return promise.futureResult
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(Self.wrapOutboundOut(encode(["AUTH", self.user, self.token], context)), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(encode(["SUBSCRIBE", "general"], context)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.replies += 1
+        // The AUTH reply and the subscription's confirmation come first; every later array is a push.
+        if self.replies > 2 { self.pushes += 1 }
+    }
+}
+
+func encode(_ words: [String], _ context: ChannelHandlerContext) -> ByteBuffer {
+    var buffer = context.channel.allocator.buffer(capacity: 64)
+    buffer.writeString("*\(words.count)\r\n")
+    for word in words {
+        buffer.writeString("$\(word.utf8.count)\r\n")
+        buffer.writeString(word)
+        buffer.writeString("\r\n")
+    }
+    return buffer
+}
+
+/// A blocking client for the setup (creating tenants), over a plain socket.
+final class SyncClient {
+    let fd: Int32
+
+    init(host: String, port: Int) throws {
+        self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &address.sin_addr)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else { throw ValidationError("cannot connect to \(host):\(port)") }
+    }
+
+    /// Sends a command; returns a reply's bulk strings (an array's, flattened) or its line.
+    func call(_ words: [String]) throws -> [String] {
+        var request = "*\(words.count)\r\n"
+        for word in words { request += "$\(word.utf8.count)\r\n\(word)\r\n" }
+        let bytes = Array(request.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.send(self.fd, $0.baseAddress, $0.count, 0) }
+        var buffer = ByteBuffer()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            var probe = buffer
+            if try RESPReplyDecoder.skip(&probe) { break }
+            let got = chunk.withUnsafeMutableBytes { Glibc.recv(self.fd, $0.baseAddress, $0.count, 0) }
+            guard got > 0 else { throw ValidationError("the server closed the connection") }
+            buffer.writeBytes(chunk[0..<got])
+        }
+        let text = String(buffer: buffer)
+        if text.hasPrefix("-") { throw ValidationError("\(words.first ?? ""): \(text.prefix(200))") }
+        // Bulk strings of a flat array: every line after a `$n` line.
+        let lines = text.components(separatedBy: "\r\n")
+        var values: [String] = []
+        var index = 0
+        while index < lines.count {
+            if lines[index].hasPrefix("$"), index + 1 < lines.count {
+                values.append(lines[index + 1])
+                index += 2
+            } else {
+                index += 1
+            }
+        }
+        return values.isEmpty ? [lines.first ?? ""] : values
+    }
+
+    func close() {
+        _ = Glibc.close(self.fd)
+    }
+}
