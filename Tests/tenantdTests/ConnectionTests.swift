@@ -41,9 +41,14 @@ struct ConnectionTests {
         }
     }
 
-    static func withConnection(_ body: (Harness) async throws -> Void) async throws {
+    static func withConnection(
+        fsync: FsyncPolicy = .no,
+        fileSystem: (any WALFileSystem)? = nil,
+        _ body: (Harness) async throws -> Void
+    ) async throws {
         try await TemporaryDirectory.with { dir in
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: fsync)
+            if let fileSystem { configuration.fileSystem = fileSystem }
             configuration.adminToken = String(repeating: "k", count: 40)
             configuration.defaultPlan = .enterprise
             let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
@@ -152,6 +157,27 @@ struct ConnectionTests {
                 }
             }
             #expect(tried >= 20)
+        }
+    }
+
+    /// Pipelined POSTs on one connection share group commits (a POST does not wait for the one
+    /// before it), and their replies still come back in order, each once its record is durable.
+    @Test func pipelinedPostsShareGroupCommits() async throws {
+        let disk = FaultyFileSystem()
+        try await Self.withConnection(fsync: .always, fileSystem: disk) { connection in
+            try await connection.send("AUTH alice@acme \(connection.token)\r\n")
+            #expect(try await connection.replies(atLeast: 5) == "+OK\r\n")
+            let syncsBefore = disk.calls(.sync)
+            let count = 200
+            try await connection.send((1...count).map { "POST general m\($0)\r\n" }.joined())
+            let expected = (1...count).map { ":\($0)\r\n" }.joined()
+            #expect(try await connection.replies(atLeast: expected.utf8.count) == expected)
+            let syncs = disk.calls(.sync) - syncsBefore
+            // One fdatasync per POST if each waited for the one before; a few group commits now.
+            #expect(syncs >= 1 && syncs < count / 2, "\(syncs) fdatasyncs for \(count) pipelined POSTs")
+            // And what follows them sees them all.
+            try await connection.send("ROOMS\r\n")
+            #expect(try await connection.replies(atLeast: 10).contains("general"))
         }
     }
 }

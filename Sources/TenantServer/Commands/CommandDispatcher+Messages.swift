@@ -28,8 +28,13 @@ extension CommandDispatcher {
         }
     }
 
+    /// POST: accepted into the log's batch at once; its reply waits for durability on the
+    /// connection's writer. A POST after a POST to the same tenant does not wait for it (their
+    /// records are in lsn order in one log); one to another tenant does, so that a failure of the
+    /// first is seen before anything that follows it.
     func post(_ arguments: Arguments, principal: Principal, session: inout Session) async throws -> CommandOutcome {
         let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
+        if let pending = session.lastPost, pending.tenant !== tenant { await Self.settle(&session) }
         let ticket = try await tenant.post(principal, room: room, text: arguments[1])
         session.lastPost = (tenant, ticket)
         return .post(tenant, ticket)

@@ -50,13 +50,21 @@ struct CommandDispatcher: Sendable {
         guard session.principal != nil else { throw ServerError(.noAuth, "Authentication required.") }
         try arguments.expect(spec.arity, for: spec.name.lowercased())
         await session.refreshContext(from: self.registry)
-        if let pending = session.lastPost {
-            // Commands run in order: whatever follows a POST sees it (or its failure) first.
-            session.lastPost = nil
-            _ = try? await pending.tenant.commit(pending.ticket)
+        if spec.name != "POST" {
+            // Commands run in order: whatever follows a POST sees it (or its failure) first. A
+            // POST does not wait for the one before it in the same tenant (see `post`): pipelined
+            // POSTs share group commits, and their replies still leave in order.
+            await Self.settle(&session)
         }
         if spec.tenant == .context { _ = try session.contextTenant() }
         return try await spec.handler(self, arguments, &session)
+    }
+
+    /// Waits until the connection's last POST is durable (or failed).
+    static func settle(_ session: inout Session) async {
+        guard let pending = session.lastPost else { return }
+        session.lastPost = nil
+        _ = try? await pending.tenant.commit(pending.ticket)
     }
 
     func ping(_ arguments: Arguments, session: Session) -> CommandOutcome {
