@@ -36,6 +36,12 @@ struct TenantBench: AsyncParsableCommand {
     @Option(help: "Seconds of load.") var seconds = 10.0
     @Option(help: "The chat corpus (JSON lines with a messages array).") var corpus = TenantBench.defaultCorpus
     @Option(help: "Write the results as JSON to this file.") var json: String?
+    @Flag(
+        help: """
+            Every connection authenticates as the operator and sends each request to the next tenant in             turn (the path form /tenant/<id>/general), so that all T tenants are active at once.
+            """
+    )
+    var spread = false
 
     static var defaultCorpus: String {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -55,15 +61,22 @@ struct TenantBench: AsyncParsableCommand {
         _ = try setup.call(["AUTH", "admin", self.token])
         let stamp = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var owners: [(user: String, token: String)] = []
+        var ids: [String] = []
         for index in 0..<self.tenants {
             let subdomain = "bench-\(stamp)-\(index)"
             let fields = try setup.call(["TENANT", "CREATE", subdomain, subdomain, "OWNER", "bench"])
-            guard let position = fields.firstIndex(of: "owner_token"), position + 1 < fields.count else {
+            guard let position = fields.firstIndex(of: "owner_token"), position + 1 < fields.count,
+                let idPosition = fields.firstIndex(of: "tenant_id"), idPosition + 1 < fields.count
+            else {
                 throw ValidationError("TENANT CREATE answered \(fields)")
             }
             owners.append(("bench@" + subdomain, fields[position + 1]))
+            ids.append(fields[idPosition + 1])
         }
         setup.close()
+        // Spread: the operator's connections name each request's tenant in its room.
+        let rooms = self.spread ? ids.map { "/tenant/\($0)/general" } : ["general"]
+        if self.spread { owners = [("admin", self.token)] }
 
         let group = MultiThreadedEventLoopGroup.singleton
         let start = NIODeadline.now()
@@ -81,6 +94,7 @@ struct TenantBench: AsyncParsableCommand {
             let load = LoadConnection(
                 user: owner.user,
                 token: owner.token,
+                rooms: rooms,
                 texts: texts,
                 offset: index * 7919,
                 mix: self.mix,
@@ -141,7 +155,7 @@ struct TenantBench: AsyncParsableCommand {
         func ms(_ percentile: Double) -> Double { Double(histogram.valueAtPercentile(percentile)) / 1000 }
         let rate = Double(replies) / elapsed
         print(
-            "tenant-bench: \(self.connections) connections over \(self.tenants) tenants, \(self.mix.rawValue), pipeline \(self.pipeline), \(String(format: "%.1f", elapsed)) s"
+            "tenant-bench: \(self.connections) connections over \(self.tenants)\(self.spread ? " tenants (spread)" : " tenants"), \(self.mix.rawValue), pipeline \(self.pipeline), \(String(format: "%.1f", elapsed)) s"
         )
         print("| replies/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |")
         print("|---|---|---|---|---|---|---|")
@@ -163,7 +177,7 @@ struct TenantBench: AsyncParsableCommand {
         if let firstError { print("first error: \(firstError)") }
         guard let path = self.json else { return }
         let object: [String: Any] = [
-            "connections": self.connections, "tenants": self.tenants, "mix": self.mix.rawValue,
+            "connections": self.connections, "tenants": self.tenants, "spread": self.spread, "mix": self.mix.rawValue,
             "pipeline": self.pipeline, "seconds": elapsed, "replies": replies, "replies_per_second": rate,
             "errors": errors, "pushes": pushes,
             "latency_ms": [
@@ -201,6 +215,8 @@ final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {
 
     let user: String
     let token: String
+    /// The rooms requests go to in turn: `general`, or one per tenant in the path form.
+    let rooms: [String]
     let texts: [String]
     var next: Int
     let mix: TenantBench.Mix
@@ -215,6 +231,7 @@ final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {
     init(
         user: String,
         token: String,
+        rooms: [String],
         texts: [String],
         offset: Int,
         mix: TenantBench.Mix,
@@ -223,8 +240,9 @@ final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {
     ) {
         self.user = user
         self.token = token
+        self.rooms = rooms
         self.texts = texts
-        self.next = offset % texts.count
+        self.next = offset
         self.mix = mix
         self.pipeline = pipeline
         self.deadline = deadline
@@ -280,11 +298,12 @@ final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {
 
     private func send(_ context: ChannelHandlerContext) {
         self.count += 1
-        let text = self.texts[self.next]
-        self.next = (self.next + 1) % self.texts.count
+        let text = self.texts[self.next % self.texts.count]
+        let room = self.rooms[self.next % self.rooms.count]
+        self.next &+= 1
         let words =
             self.mix == .postHistory && self.count % 5 == 0
-            ? ["HISTORY", "general", "LIMIT", "50"] : ["POST", "general", text]
+            ? ["HISTORY", room, "LIMIT", "50"] : ["POST", room, text]
         self.sent.append(.now())
         context.write(Self.wrapOutboundOut(encode(words, context)), promise: nil)
     }
