@@ -448,26 +448,31 @@ struct SharedLogCheckpointTests {
             let kept = try await registry.createTenant(name: "K", subdomain: "kept", plan: nil, owner: "o")
             let tenant = try await registry.tenant(id: doomed.metadata.tenantID)
             let keptTenant = try await registry.tenant(id: kept.metadata.tenantID)
-            let posted = try await withThrowingTaskGroup(of: Int.self) { group in
+            // The poster goes on until a POST is refused; the deletion starts once 20 are in, so
+            // it races POSTs in flight whatever the machine's speed (no sleep stands for a wait).
+            final class Counter: Sendable { let value = Atomic<Int>(0) }
+            let counter = Counter()
+            let refused = try await withThrowingTaskGroup(of: Bool.self) { group in
                 group.addTask {
-                    var refused = 0
-                    for index in 1...400 {
+                    for index in 1...1_000_000 {
                         do {
                             _ = try await tenant.postAndCommit(.operator, room: "r", text: "m\(index)")
+                            counter.value.add(1, ordering: .relaxed)
                         } catch {
-                            refused += 1
+                            return true
                         }
                     }
-                    return refused
+                    return false
                 }
                 group.addTask {
-                    try await Task.sleep(for: .milliseconds(2))
+                    while counter.value.load(ordering: .relaxed) < 20 { await Task.yield() }
                     try await registry.deleteTenant(id: doomed.metadata.tenantID)
-                    return 0
+                    return true
                 }
-                return try await group.reduce(0, +)
+                return try await group.reduce(true) { $0 && $1 }
             }
-            #expect(posted > 0, "some POSTs came after the deletion and were refused")
+            #expect(refused, "a POST after the deletion was refused")
+            #expect(counter.value.load(ordering: .relaxed) >= 20)
             _ = try await keptTenant.postAndCommit(.operator, room: "r", text: "still here")
             await registry.shutdown(checkpoint: false)
             let restarted = try await StorageCrashTests.registry(dir.path, strategy: strategy)
