@@ -23,7 +23,8 @@ struct RequestHandlerTests {
 
     static func channel(
         bound: Int = 1 << 20,
-        authenticated: Bool = true
+        authenticated: Bool = true,
+        unbatched: Bool = true
     ) throws -> (EmbeddedChannel, RequestGate, ReadCounter) {
         let gate = RequestGate(bound: bound)
         if authenticated { gate.authenticated() }
@@ -33,7 +34,30 @@ struct RequestHandlerTests {
         try channel.pipeline.syncOperations.addHandler(
             RESPRequestHandler(limits: RESPRequestParser.Limits(), gate: gate)
         )
+        if unbatched { try channel.pipeline.syncOperations.addHandler(Unbatcher()) }
         return (channel, gate, counter)
+    }
+
+    /// Passes the handler's batches on one request at a time, as most tests read them.
+    final class Unbatcher: ChannelInboundHandler {
+        typealias InboundIn = [RESPRequest]
+        typealias InboundOut = RESPRequest
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            for request in Self.unwrapInboundIn(data) { context.fireChannelRead(Self.wrapInboundOut(request)) }
+        }
+    }
+
+    @Test func theRequestsOfOneReadComeInOneBatch() throws {
+        let (channel, _, _) = try Self.channel(unbatched: false)
+        try channel.writeInbound(ByteBuffer(string: "PING\r\n*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\nPOST r"))
+        let first = try channel.readInbound(as: [RESPRequest].self)
+        #expect(first?.map(Self.words) == [["PING"], ["ECHO", "hi"]])
+        #expect(try channel.readInbound(as: [RESPRequest].self) == nil, "one batch per read")
+        try channel.writeInbound(ByteBuffer(string: " x\r\nPING\r\n"))
+        let second = try channel.readInbound(as: [RESPRequest].self)
+        #expect(second?.map(Self.words) == [["POST", "r", "x"], ["PING"]])
+        _ = try channel.finish()
     }
 
     static func words(_ request: RESPRequest?) -> [String]? {

@@ -145,7 +145,7 @@ struct DirectoryStore: TenantStore {
             data: recovered.state,
             journal: DirectoryJournal(writer: writer, files: files, fileSystem: fileSystem),
             storageBytes: storage,
-            executor: TenantExecutor(label: "tenantd.tenant"),
+            executor: TenantExecutor(),
             context: context
         )
         await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: logBytes)
@@ -205,7 +205,7 @@ struct DirectoryStore: TenantStore {
                 data: state,
                 journal: journal,
                 storageBytes: storage,
-                executor: TenantExecutor(label: "tenantd.tenant"),
+                executor: TenantExecutor(),
                 context: context
             )
             await tenant.recovered(checkpointLSN: 0, logBytes: logBytes)

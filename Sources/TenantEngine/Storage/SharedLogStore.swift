@@ -19,7 +19,7 @@ actor SharedLogStore: TenantStore {
     nonisolated let logger: Logger
     /// True for `shared`: one executor runs every tenant.
     nonisolated let oneExecutor: Bool
-    nonisolated let sharedExecutor = TenantExecutor(label: "tenantd.shared-store")
+    nonisolated let sharedExecutor: TenantExecutor
     nonisolated var fileSystem: any WALFileSystem { self.configuration.fileSystem }
     nonisolated var files: TenantFiles { self.layout.sharedLog }
 
@@ -37,6 +37,7 @@ actor SharedLogStore: TenantStore {
         self.configuration = configuration
         self.logger = logger
         self.oneExecutor = oneExecutor
+        self.sharedExecutor = TenantExecutor()
         self.layout = DataLayout(root: configuration.dataDirectory, prefix: configuration.directoryPrefix)
     }
 
@@ -170,7 +171,8 @@ actor SharedLogStore: TenantStore {
             data: state,
             journal: SharedJournal(log: log, tenantID: id),
             storageBytes: storage,
-            executor: self.oneExecutor ? self.sharedExecutor : TenantExecutor(label: "tenantd.tenant"),
+            executor: self.oneExecutor
+                ? self.sharedExecutor : TenantExecutor(),
             context: context
         )
     }

@@ -4,6 +4,10 @@ import RESP
 /// Turns a connection's bytes into ``RESPRequest``s with ``RESPRequestParser``, holding the
 /// connection to the contract's limits.
 ///
+/// It hands the requests over in batches, every whole request one read brought in one batch: the
+/// connection's reader then pays its wake-up and the stream's bookkeeping once per read, not once
+/// per request, which is most of what a pipelining client costs.
+///
 /// It reads no further, neither parsing nor asking the socket for more, while the connection's
 /// ``RequestGate`` says enough requests wait: what one client can make the server hold is bounded
 /// by the gate's bound plus one request. Before authentication the parser applies Redis 7's
@@ -11,7 +15,7 @@ import RESP
 /// to close. The end of the client's input is passed on only after every request before it.
 final class RESPRequestHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
-    typealias InboundOut = RESPRequest
+    typealias InboundOut = [RESPRequest]
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -101,15 +105,22 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Hands over every whole request the buffer holds, while the gate allows.
+    /// Hands over every whole request the buffer holds, while the gate allows, in one batch.
     /// - Returns: whether it handed over any.
     @discardableResult
     private func parse(context: ChannelHandlerContext) -> Bool {
-        var handedOver = false
+        var batch: [RESPRequest] = []
+        self.parse(into: &batch)
+        guard !batch.isEmpty else { return false }
+        context.fireChannelRead(Self.wrapInboundOut(batch))
+        return true
+    }
+
+    private func parse(into batch: inout [RESPRequest]) {
         while !self.broken && self.buffer.readableBytes > 0 {
             if !self.parser.isInsideRequest && !self.gate.mayParse && self.gate.waitForWakeUp() {
                 self.waiting = true
-                return handedOver
+                return
             }
             self.parser.authenticated = self.gate.isAuthenticated
             let saved = (parser: self.parser, readerIndex: self.buffer.readerIndex)
@@ -122,7 +133,7 @@ final class RESPRequestHandler: ChannelDuplexHandler {
                 self.gate.requireIdle = true
                 if self.gate.waitForWakeUp() {
                     self.waiting = true
-                    return handedOver
+                    return
                 }
                 continue
             }
@@ -131,7 +142,7 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             switch action {
             case .needMoreData:
                 self.buffer.discardReadBytes()
-                return handedOver
+                return
             case .command(let words):
                 request = .command(words)
             case .tooBig(let message):
@@ -142,12 +153,10 @@ final class RESPRequestHandler: ChannelDuplexHandler {
                 request = .protocolError(message)
             }
             self.gate.handedOver(request.cost)
-            context.fireChannelRead(Self.wrapInboundOut(request))
-            handedOver = true
+            batch.append(request)
         }
         // An idle connection keeps no read buffer: ten thousand of them would hold 64 KiB each.
         if self.buffer.readableBytes == 0 { self.buffer = ByteBuffer() }
-        return handedOver
     }
 
     /// A partial request at the end of the input is dropped, as Redis drops it.

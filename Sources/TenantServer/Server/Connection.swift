@@ -53,7 +53,7 @@ struct Connection {
     static let writeChunk = 1 << 20
 
     let id: Int64
-    let channel: NIOAsyncChannel<RESPRequest, ByteBuffer>
+    let channel: NIOAsyncChannel<[RESPRequest], ByteBuffer>
     let gate: RequestGate
     let dispatcher: CommandDispatcher
 
@@ -97,51 +97,63 @@ struct Connection {
                             }
                         }
                     }
-                    reading: for try await request in inbound {
-                        let cost = request.cost
-                        defer { self.gate.finished(cost) }
-                        let slot: Slot?
-                        var last = false
-                        switch request {
-                        case .protocolError(let message):
-                            slot = .close(.reply(for: ServerError(.proto, message)), session.version)
-                            last = true
-                        case .tooBig(let message):
-                            slot = .value(.reply(for: ServerError(.tooBig, message)), session.version)
-                        case .command(let words):
-                            var outcome: CommandOutcome
-                            do {
-                                if let echoed = Self.echo(words, session: session) {
-                                    outcome = .reply(echoed)
-                                } else {
-                                    outcome = await self.dispatcher.handle(try Arguments(words), session: &session)
-                                }
-                            } catch {
-                                outcome = .reply(.reply(for: error))
-                            }
-                            if session.closeAfterReply, case .reply(let value) = outcome {
-                                outcome = .replyAndClose(value)
-                            }
-                            switch outcome {
-                            case .reply(let value):
-                                slot = .value(value, session.version)
-                            case .post(let tenant, let ticket):
-                                slot = .post(tenant, ticket, session.version)
-                            case .replyAndClose(let value):
-                                slot = .close(value, session.version)
+                    var replies = ReplyBatch()
+                    reading: for try await batch in inbound {
+                        for request in batch {
+                            let cost = request.cost
+                            defer { self.gate.finished(cost) }
+                            let slot: Slot?
+                            var last = false
+                            switch request {
+                            case .protocolError(let message):
+                                slot = .close(.reply(for: ServerError(.proto, message)), session.version)
                                 last = true
-                            case .delivered:
-                                slot = nil
+                            case .tooBig(let message):
+                                slot = .value(.reply(for: ServerError(.tooBig, message)), session.version)
+                            case .command(let words):
+                                if session.isInSubscribedMode || Self.mayDeliver(words) {
+                                    // Its replies go straight to the queue, after those before it.
+                                    guard await replies.push(to: queue) else { break reading }
+                                }
+                                var outcome: CommandOutcome
+                                do {
+                                    if let echoed = Self.echo(words, session: session) {
+                                        outcome = .reply(echoed)
+                                    } else {
+                                        outcome = await self.dispatcher.handle(try Arguments(words), session: &session)
+                                    }
+                                } catch {
+                                    outcome = .reply(.reply(for: error))
+                                }
+                                if session.closeAfterReply, case .reply(let value) = outcome {
+                                    outcome = .replyAndClose(value)
+                                }
+                                switch outcome {
+                                case .reply(let value):
+                                    slot = nil
+                                    replies.append(value, version: session.version)
+                                case .post(let tenant, let ticket):
+                                    slot = .post(tenant, ticket, session.version)
+                                case .replyAndClose(let value):
+                                    slot = .close(value, session.version)
+                                    last = true
+                                case .delivered:
+                                    slot = nil
+                                }
+                                if session.principal != nil && !self.gate.isAuthenticated {
+                                    self.gate.authenticated()
+                                    queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
+                                }
+                                self.gate.isSubscribed = !session.channels.isEmpty
                             }
-                            if session.principal != nil && !self.gate.isAuthenticated {
-                                self.gate.authenticated()
-                                queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
+                            if let slot {
+                                guard await replies.push(to: queue), await queue.push(slot, weight: slot.weight), !last
+                                else { break reading }
+                            } else if replies.isFull {
+                                guard await replies.push(to: queue) else { break reading }
                             }
-                            self.gate.isSubscribed = !session.channels.isEmpty
                         }
-                        if let slot {
-                            guard await queue.push(slot, weight: slot.weight), !last else { break reading }
-                        }
+                        guard await replies.push(to: queue) else { break reading }
                     }
                     queue.finish()
                     try await group.waitForAll()
@@ -150,6 +162,13 @@ struct Connection {
         } catch {
             self.dispatcher.logger.debug("connection \(self.id) ended: \(error)")
         }
+    }
+
+    /// Whether a command may reply through the subscriber (the SUBSCRIBE family): the replies
+    /// before it must be queued first.
+    private static func mayDeliver(_ words: [ByteBuffer]) -> Bool {
+        guard let name = words.first, name.readableBytes >= 9 else { return false }
+        return name.readableBytesView.suffix(9).elementsEqual("SUBSCRIBE".utf8) { $0 & 0xDF == $1 }
     }
 
     /// ECHO returns its argument's bytes as they are, UTF-8 or not, as Redis does (`redis-cli --pipe`
@@ -168,7 +187,7 @@ struct Connection {
     )
         async throws
     {
-        while let slots = await queue.popAll(weight: { $0.weight }) {
+        while let slots = await queue.popAll() {
             var buffer = ByteBuffer()
             var index = slots.startIndex
             while index < slots.endIndex {
@@ -229,5 +248,44 @@ struct Connection {
             }
             RESPEncoder.encode(value, version: version, into: &buffer)
         }
+    }
+}
+
+/// The replies of one batch of requests, encoded into one buffer and queued as one slot: one
+/// wake-up of the writer and one allocation per batch instead of one per reply.
+struct ReplyBatch {
+    /// The bytes after which the batch is queued before it ends (the queue's byte window still
+    /// bounds what waits).
+    static let mergeBytes = 16 << 10
+
+    private var buffer = ByteBuffer()
+    private var count = 0
+
+    /// Whether it should be queued now rather than at the end of the batch.
+    var isFull: Bool { self.buffer.readableBytes >= Self.mergeBytes }
+
+    /// Adds a reply, encoded as `version` says.
+    mutating func append(_ value: RESPValue, version: RESPVersion) {
+        RESPEncoder.encode(value, version: version, into: &self.buffer)
+        self.count += 1
+    }
+
+    /// Queues what it holds, if anything, as one slot in a buffer of about its size.
+    /// - Returns: false once the writer is gone.
+    mutating func push(to queue: ReplyQueue<Connection.Slot>) async -> Bool {
+        guard self.count > 0 else { return true }
+        var bytes = self.buffer
+        self.buffer = ByteBuffer()
+        let replies = self.count
+        self.count = 0
+        if bytes.capacity - bytes.readableBytes > 64 << 10 {
+            // A buffer grown by doubling while a 4 MiB reply was encoded would hold 8 MiB for as
+            // long as the reply waits.
+            var tight = ByteBuffer()
+            tight.reserveCapacity(bytes.readableBytes)
+            tight.writeBuffer(&bytes)
+            bytes = tight
+        }
+        return await queue.push(.bytes(bytes), weight: bytes.capacity, replies: replies)
     }
 }

@@ -3,8 +3,9 @@ import Synchronization
 
 /// The replies of one connection between its reader and its writer, bounded.
 ///
-/// The reader pushes a slot per request and suspends while `limit` slots, or `byteLimit` bytes of
-/// encoded replies, wait (one reply alone always fits; no reply is unbounded, HISTORY's pages
+/// The reader pushes a slot per reply, or one for a batch's replies encoded together (counted as
+/// the replies it holds), and suspends while `limit` replies, or `byteLimit` bytes of encoded
+/// replies, wait (one reply alone always fits; no reply is unbounded, HISTORY's pages
 /// included); the writer takes the waiting slots, up to ``takeBytes`` at once, and sends them in
 /// one write, so what is queued is what is unsent, give or take one batch. A client that pipelines without
 /// reading thus stops its own reader, NIO stops reading its socket, and TCP pushes back on it:
@@ -12,15 +13,17 @@ import Synchronization
 /// lets a pipelining client get one write(2) for many replies.
 final class ReplyQueue<Element: Sendable>: Sendable {
     private struct State: ~Copyable {
-        var slots = Deque<Element>()
+        /// Each slot with its weight and the replies it holds (a slot may hold a batch's replies).
+        var slots = Deque<(element: Element, weight: Int, replies: Int)>()
         var bytes = 0
+        var replies = 0
         var finished = false
         var writerGone = false
         var reader: CheckedContinuation<Bool, Never>?
         var writer: CheckedContinuation<Void, Never>?
         /// Since when the pushes have been over the soft limit of ``PubSubLimit``.
         var overSoftLimitSince: ContinuousClock.Instant?
-        /// The window: the most slots, and bytes, before the reader waits.
+        /// The window: the most replies, and bytes, before the reader waits.
         var slotLimit: Int
         var byteLimit: Int
     }
@@ -37,7 +40,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     private func isFull(_ state: borrowing State) -> Bool {
-        !state.slots.isEmpty && (state.slots.count >= state.slotLimit || state.bytes >= state.byteLimit)
+        !state.slots.isEmpty && (state.replies >= state.slotLimit || state.bytes >= state.byteLimit)
     }
 
     /// Sets wider bounds (once the client has authenticated).
@@ -49,13 +52,17 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     /// Queues a slot, waiting while the queue is full. One reader at a time.
+    /// - Parameters:
+    ///   - weight: the bytes it holds.
+    ///   - replies: the replies it holds, counted against the window's number of replies.
     /// - Returns: false once the writer is gone: the reader should stop.
-    func push(_ element: Element, weight: Int) async -> Bool {
+    func push(_ element: Element, weight: Int, replies: Int = 1) async -> Bool {
         let room: Bool? = self.state.withLock { state in
             if state.writerGone { return false }
             guard !self.isFull(state) else { return nil }
-            state.slots.append(element)
+            state.slots.append((element, weight, replies))
             state.bytes += weight
+            state.replies += replies
             return true
         }
         if let room {
@@ -72,7 +79,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             if let ready { continuation.resume(returning: ready) }
         }
         guard resumed else { return false }
-        return await self.push(element, weight: weight)
+        return await self.push(element, weight: weight, replies: replies)
     }
 
     /// Queues a slot without waiting (pub/sub pushes, from a tenant's executor), within
@@ -93,8 +100,9 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             } else {
                 state.overSoftLimitSince = nil
             }
-            state.slots.append(element)
+            state.slots.append((element, weight, 1))
             state.bytes = bytes
+            state.replies += 1
             return true
         }
         if queued { self.wakeWriter() }
@@ -108,20 +116,25 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     /// Takes the queued slots, up to ``takeBytes`` of them (always one), waiting for one if none is there.
-    /// - Parameter weight: the weight of a slot, as it was pushed.
     /// - Returns: the slots, oldest first; nil once the reader finished and all were taken.
-    func popAll(weight: (Element) -> Int) async -> [Element]? {
+    func popAll() async -> [Element]? {
         while true {
             let taken: (slots: [Element], reader: CheckedContinuation<Bool, Never>?)? = self.state.withLock { state in
                 guard !state.slots.isEmpty else { return nil }
                 var taken: [Element] = []
                 var bytes = 0
+                var replies = 0
                 while let first = state.slots.first, taken.isEmpty || bytes < Self.takeBytes {
-                    bytes += weight(first)
-                    taken.append(state.slots.removeFirst())
+                    bytes += first.weight
+                    replies += first.replies
+                    taken.append(state.slots.removeFirst().element)
                 }
                 state.bytes = max(0, state.bytes - bytes)
-                if state.slots.isEmpty { state.bytes = 0 }
+                state.replies = max(0, state.replies - replies)
+                if state.slots.isEmpty {
+                    state.bytes = 0
+                    state.replies = 0
+                }
                 let reader = self.isFull(state) ? nil : state.reader
                 if reader != nil { state.reader = nil }
                 return (taken, reader)

@@ -74,7 +74,7 @@ public final class TenantServer: Service {
                     )
                 }
                 try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
-                let wrapped = try NIOAsyncChannel<RESPRequest, ByteBuffer>(wrappingChannelSynchronously: channel)
+                let wrapped = try NIOAsyncChannel<[RESPRequest], ByteBuffer>(wrappingChannelSynchronously: channel)
                 return .accepted(wrapped, gate, id)
             }
         }
@@ -116,7 +116,7 @@ extension TenantServer {
 
 /// What the accept loop gets for a new socket.
 enum AcceptedConnection: Sendable {
-    case accepted(NIOAsyncChannel<RESPRequest, ByteBuffer>, RequestGate, Int64)
+    case accepted(NIOAsyncChannel<[RESPRequest], ByteBuffer>, RequestGate, Int64)
     /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
     case refused
 }
