@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A room's summary for ROOMS.
 public struct RoomSummary: Sendable, Hashable {
     public var room: String
@@ -54,8 +56,18 @@ extension Tenant {
     /// Waits until a posted message is durable and visible.
     /// - Returns: the message's seq.
     /// - Throws: IOERR when the log failed; the message is then not acknowledged.
-    public func commit(_ ticket: PostTicket) async throws -> UInt64 {
-        try await self.waitDurable(ticket.lsn)
+    ///
+    /// It enters the tenant's actor only when the message is not visible yet: of the POSTs one
+    /// group commit made durable, the first to return makes them all visible and the others
+    /// return without queueing on the actor, which a busy tenant's many connections would
+    /// otherwise each do once per flush.
+    public nonisolated func commit(_ ticket: PostTicket) async throws -> UInt64 {
+        do {
+            try await self.journal.waitUntilDurable(ticket.lsn)
+        } catch {
+            throw await self.failedWait(error)
+        }
+        if self.appliedLSN.load(ordering: .acquiring) < ticket.lsn { await self.applyDurable() }
         return ticket.seq
     }
 

@@ -39,6 +39,9 @@ public actor Tenant {
     nonisolated let leases = Atomic<Int>(0)
     /// Set once the tenant is closed: connections holding it then fetch the tenant anew.
     nonisolated let closedFlag = Atomic<Bool>(false)
+    /// Every accepted message with an lsn up to this one is visible (set on the actor by
+    /// ``applyDurable()``, read by ``commit(_:)`` from anywhere).
+    nonisolated let appliedLSN = Atomic<UInt64>(0)
     /// When a command last ran here (ms), for passivation.
     var lastUsed: Int64 = 0
     let configuration: EngineConfiguration
@@ -261,13 +264,20 @@ public actor Tenant {
     func waitDurable(_ lsn: UInt64) async throws {
         do {
             try await self.journal.waitUntilDurable(lsn)
-        } catch let error as WALError where error.isTransient {
-            self.logger.warning("log write held back, retrying: \(error)")
-            throw Self.transientError(error)
         } catch {
-            throw self.fail(error)
+            throw self.failedWait(error)
         }
         self.applyDurable()
+    }
+
+    /// The error a failed wait for durability becomes; a failure that is not transient turns the
+    /// tenant to IOERR.
+    func failedWait(_ error: any Error) -> TenantError {
+        if let error = error as? WALError, error.isTransient {
+            self.logger.warning("log write held back, retrying: \(error)")
+            return Self.transientError(error)
+        }
+        return self.fail(error)
     }
 
     /// What a tenant's user is told of a transient shortage: no server path.
@@ -281,9 +291,11 @@ public actor Tenant {
     /// Makes the messages whose records are durable visible, in lsn order, and pushes them to
     /// their rooms' subscribers.
     func applyDurable() {
+        let durable = self.journal.durableLSN
+        defer { self.appliedLSN.store(durable, ordering: .releasing) }
         guard self.messages.hasPending else { return }
         do {
-            for (room, message) in try self.messages.applyDurable(upTo: self.journal.durableLSN) {
+            for (room, message) in try self.messages.applyDurable(upTo: durable) {
                 self.publish(room: room, message: message)
             }
         } catch {

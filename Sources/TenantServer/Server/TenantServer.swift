@@ -93,7 +93,10 @@ public final class TenantServer: Service {
                         group.addTask {
                             ServerMetrics.connectionOpened()
                             defer { ServerMetrics.connectionClosed() }
-                            await Connection(id: id, channel: connection, gate: gate, dispatcher: dispatcher).run()
+                            let executor = EventLoopTaskExecutor(connection.channel.eventLoop)
+                            await withTaskExecutorPreference(executor) {
+                                await Connection(id: id, channel: connection, gate: gate, dispatcher: dispatcher).run()
+                            }
                         }
                     }
                 }
