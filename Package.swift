@@ -36,11 +36,13 @@ var package = Package(
         ),
         .target(name: "LZ4", dependencies: ["CLZ4"]),
         .target(name: "CCRC32C"),
+        .target(name: "CPOSIX"),
         .target(
             name: "WAL",
             dependencies: [
                 "LZ4",
                 "CCRC32C",
+                "CPOSIX",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -128,6 +128,23 @@ public final class FaultyFileSystem: WALFileSystem {
         self.state.withLock { $0.syncedLength[path] = size }
     }
 
+    /// A sync of the whole file system: fails as a ``Operation/sync`` does; once it succeeded,
+    /// every file written so far keeps its bytes through a power cut.
+    public func syncFileSystem(containing path: String) throws -> Bool {
+        try self.check(.sync, path: path)
+        guard try self.real.syncFileSystem(containing: path) else { return false }
+        self.state.withLock { state in
+            for file in state.syncedLength.keys {
+                state.syncedLength[file] = (try? POSIXFile.fileSize(file)) ?? state.syncedLength[file]
+            }
+        }
+        return true
+    }
+
+    public func deviceID(_ path: String) throws -> UInt64 {
+        try self.real.deviceID(path)
+    }
+
     public func close(_ fd: Int32, path: String) {
         self.real.close(fd, path: path)
         _ = self.state.withLock { $0.paths.removeValue(forKey: fd) }

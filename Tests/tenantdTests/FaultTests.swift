@@ -160,6 +160,76 @@ struct FaultTests {
         }
     }
 
+    /// `count` everysec logs under `root` on `disk`, each with `records` acknowledged records.
+    static func dirtyLogs(
+        _ count: Int,
+        records: Int,
+        under root: String,
+        disk: FaultyFileSystem,
+        scheduler: WALSyncScheduler
+    ) async throws -> [WALWriter] {
+        var writers: [WALWriter] = []
+        for log in 0..<count {
+            let writer = try WALWriter(
+                directory: root + "/log\(log)",
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .everysec),
+                syncScheduler: scheduler,
+                fileSystem: disk
+            )
+            for index in 0..<records {
+                try await writer.waitUntilDurable(try writer.append(type: 1, payload: Self.payload(index)))
+            }
+            writers.append(writer)
+        }
+        return writers
+    }
+
+    @Test func manyDirtyLogsAreSyncedWithOneSyncOfTheFileSystem() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let scheduler = WALSyncScheduler(interval: .seconds(3600))
+            let count = WALSyncScheduler.fileSystemSyncThreshold * 2 + 1
+            _ = try await Self.dirtyLogs(count, records: 5, under: dir.path, disk: disk, scheduler: scheduler)
+            let syncsBefore = disk.calls(.sync)
+            scheduler.tick()
+            #expect(disk.calls(.sync) == syncsBefore + 1, "one syncfs for \(count) logs, on the timer's thread")
+            try disk.simulatePowerLoss()
+            for log in 0..<count {
+                #expect(try Self.readAll(dir.path + "/log\(log)") == (0..<5).map(Self.payload), "log \(log)")
+            }
+        }
+    }
+
+    @Test func aFewDirtyLogsAreSyncedEachOnItsOwn() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let scheduler = WALSyncScheduler(interval: .seconds(3600))
+            let count = 3
+            _ = try await Self.dirtyLogs(count, records: 5, under: dir.path, disk: disk, scheduler: scheduler)
+            let syncsBefore = disk.calls(.sync)
+            scheduler.tick()
+            try await waitUntilAsync("each log synced") { disk.calls(.sync) == syncsBefore + count }
+            try disk.simulatePowerLoss()
+            for log in 0..<count { #expect(try Self.readAll(dir.path + "/log\(log)").count == 5) }
+        }
+    }
+
+    @Test func aFailedSyncOfTheFileSystemFailsEveryLogItCovered() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let scheduler = WALSyncScheduler(interval: .seconds(3600))
+            let count = WALSyncScheduler.fileSystemSyncThreshold + 4
+            let writers = try await Self.dirtyLogs(count, records: 2, under: dir.path, disk: disk, scheduler: scheduler)
+            disk.fail(.sync, errno: EIO)
+            scheduler.tick()
+            try await waitUntilAsync("every log failed") { writers.allSatisfy { $0.failure != nil } }
+            for writer in writers {
+                #expect(throws: WALError.self) { _ = try writer.append(type: 1, payload: Self.payload(9)) }
+            }
+        }
+    }
+
     @Test func aTenantTurnsReadOnlyOnADiskFaultAndComesBackWithEverythingAcknowledged() async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()

@@ -313,6 +313,9 @@ public actor Tenant {
             "write to the tenant's log failed (\(cause)); the tenant is read-only until the operator reopens it"
         )
         self.logger.error("log failed, tenant is read-only until TENANT REOPEN: \(error)")
+        // What the log holds is acknowledged, or will be by a commit still on its way here:
+        // visible first, only the rest is dropped.
+        self.applyDurable()
         self.lifecycle = .failed(tenantError)
         self.messages.dropPending()
         return tenantError

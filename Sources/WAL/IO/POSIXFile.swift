@@ -1,3 +1,5 @@
+import CPOSIX
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -78,6 +80,28 @@ public enum POSIXFile {
     /// fsync(2).
     public static func fsync(_ fd: Int32, path: String) throws {
         guard Glibc.fsync(fd) == 0 else { throw WALError.io("fsync", path: path, errno: errno) }
+    }
+
+    /// The id of the device (the file system) holding `path`.
+    public static func deviceID(_ path: String) throws -> UInt64 {
+        let fd = try open(path, flags: O_RDONLY)
+        defer { _ = Glibc.close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw WALError.io("fstat", path: path, errno: errno) }
+        return UInt64(info.st_dev)
+    }
+
+    /// syncfs(2) on the file system holding `path`: every write made to it before the call is
+    /// durable once it returns (Linux reports write-back errors to syncfs since 5.8).
+    /// - Returns: false where the system has no syncfs.
+    public static func syncFileSystem(containing path: String) throws -> Bool {
+        let fd = try open(path, flags: O_RDONLY)
+        defer { _ = Glibc.close(fd) }
+        guard cposix_syncfs(fd) == 0 else {
+            if errno == ENOSYS { return false }
+            throw WALError.io("syncfs", path: path, errno: errno)
+        }
+        return true
     }
 
     /// Opens a directory and fsyncs it, so the names created or renamed in it are durable.

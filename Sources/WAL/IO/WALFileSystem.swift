@@ -19,6 +19,11 @@ public protocol WALFileSystem: Sendable {
     func sync(_ fd: Int32, path: String) throws
     /// close(2).
     func close(_ fd: Int32, path: String)
+    /// syncfs(2) on the file system holding `path`: every file's writes made before the call.
+    /// - Returns: false where the system has none (the caller syncs file by file).
+    func syncFileSystem(containing path: String) throws -> Bool
+    /// The id of the device holding `path`, to tell file systems apart.
+    func deviceID(_ path: String) throws -> UInt64
     /// fsyncs a directory, making the names in it durable.
     func syncDirectory(_ path: String) throws
     /// rename(2).
@@ -65,6 +70,14 @@ public struct POSIXFileSystem: WALFileSystem {
 
     public func sync(_ fd: Int32, path: String) throws {
         try POSIXFile.fdatasync(fd, path: path)
+    }
+
+    public func syncFileSystem(containing path: String) throws -> Bool {
+        try POSIXFile.syncFileSystem(containing: path)
+    }
+
+    public func deviceID(_ path: String) throws -> UInt64 {
+        try POSIXFile.deviceID(path)
     }
 
     public func close(_ fd: Int32, path: String) {

@@ -47,14 +47,18 @@ public final class WALWriter: @unchecked Sendable {
     /// While a shortage holds writes back, the most bytes queued before appends are refused too.
     public static let maxHeldBackBytes = 4 << 20
 
-    /// The log's directory (on `queue` after ``moved(from:to:)``; read elsewhere only before).
-    public private(set) var directory: String
+    /// The log's directory (it changes when the log is moved, see ``moved(from:to:)``).
+    public var directory: String { self.location.withLock { $0 } }
+    private let location: Mutex<String>
+    /// The device holding the log (nil when it could not be told), for the `everysec` timer's
+    /// one sync per file system.
+    let device: UInt64?
     /// The log's settings.
     public let configuration: WALConfiguration
     private let state: Mutex<State>
     private let queue: DispatchQueue
     private let syncScheduler: WALSyncScheduler
-    private let fileSystem: any WALFileSystem
+    let fileSystem: any WALFileSystem
     private var fd: Int32 = -1
     private var segmentPath = ""
     private var unsynced = false
@@ -76,13 +80,14 @@ public final class WALWriter: @unchecked Sendable {
         syncScheduler: WALSyncScheduler = .shared,
         fileSystem: any WALFileSystem = POSIXFileSystem()
     ) throws {
-        self.directory = directory
+        self.location = Mutex(directory)
         self.configuration = configuration
         self.syncScheduler = syncScheduler
         self.fileSystem = fileSystem
         if try fileSystem.makeDirectory(directory) {
             try fileSystem.syncDirectory(POSIXFile.parent(of: directory))
         }
+        self.device = try? fileSystem.deviceID(directory)
         let compressor = LZ4StreamCompressor(maxBlockSize: configuration.maxRecordSize)
         self.state = Mutex(State(compressor: compressor, nextLSN: lastLSN + 1, durableLSN: lastLSN))
         self.queue = DispatchQueue(label: "tenantd.wal", target: .global(qos: .userInitiated))
@@ -235,8 +240,8 @@ public final class WALWriter: @unchecked Sendable {
     /// later segments are made there. The open segment stays open: the rename kept its inode.
     public func moved(from oldPrefix: String, to newPrefix: String) {
         self.queue.sync {
-            if self.directory.hasPrefix(oldPrefix) {
-                self.directory = newPrefix + self.directory.dropFirst(oldPrefix.count)
+            self.location.withLock { directory in
+                if directory.hasPrefix(oldPrefix) { directory = newPrefix + directory.dropFirst(oldPrefix.count) }
             }
             if self.segmentPath.hasPrefix(oldPrefix) {
                 self.segmentPath = newPrefix + self.segmentPath.dropFirst(oldPrefix.count)
@@ -388,6 +393,11 @@ public final class WALWriter: @unchecked Sendable {
         }
         try self.fileSystem.sync(fd, path: path)
         try self.fileSystem.syncDirectory(self.directory)
+    }
+
+    /// A sync of the log's whole file system failed: the log fails, as when its own sync fails.
+    func syncFailed(_ error: any Error) {
+        self.queue.async { self.fail(error) }
     }
 
     /// Schedules an fdatasync of unsynced bytes on the writer's queue (the `everysec` timer calls this).
