@@ -38,6 +38,7 @@ func appendCorpus(to directory: String, policy: FsyncPolicy) async throws {
 
 let benchmarks: @Sendable () -> Void = {
     durabilityBenchmarks()
+    hotPathBenchmarks()
     let metrics: [BenchmarkMetric] = [.wallClock, .instructions, .mallocCountTotal, .throughput]
     Benchmark.defaultConfiguration = .init(metrics: metrics, maxDuration: .seconds(5), maxIterations: 50)
 

@@ -1,0 +1,92 @@
+import Benchmark
+import Foundation
+import Logging
+import NIOCore
+import RESP
+import TenantEngine
+import WAL
+
+/// The hot paths of a request, each on 1,000 requests' worth of work, with committed malloc
+/// thresholds (`Thresholds/`, checked by `.ci/run`): a change that allocates more per request
+/// fails the build. Wall clock and instructions are reported, not checked: these machines are
+/// shared and noisy.
+let hotPathBenchmarks: @Sendable () -> Void = {
+    let configuration = Benchmark.Configuration(
+        metrics: [.wallClock, .instructions, .mallocCountTotal, .throughput],
+        maxDuration: .seconds(3),
+        maxIterations: 200,
+        thresholds: [.mallocCountTotal: .init(relative: [.p90: 15.0], absolute: [.p90: 20])]
+    )
+    let texts: [[UInt8]] = (0..<1000).map {
+        corpusMessages.isEmpty ? Array("hello".utf8) : corpusMessages[$0 % corpusMessages.count]
+    }
+
+    // 1,000 POSTs as redis-py pipelines them.
+    var pipelined: [UInt8] = []
+    for text in texts {
+        pipelined += Array("*3\r\n$4\r\nPOST\r\n$7\r\ngeneral\r\n$\(text.count)\r\n".utf8) + text + [13, 10]
+    }
+    let requests = ByteBuffer(bytes: pipelined)
+    Benchmark("HotPath.RESPParse.1000POSTs", configuration: configuration) { benchmark in
+        var parser = RESPRequestParser()
+        var buffer = requests
+        var commands = 0
+        benchmark.startMeasurement()
+        while case .command(let words) = parser.next(&buffer) { commands += words.count }
+        benchmark.stopMeasurement()
+        blackHole(commands)
+    }
+
+    // 1,000 POST replies and a HISTORY page of 50 messages, encoded into one buffer as a batch is.
+    let page = RESPValue.array(
+        texts.prefix(50).enumerated().map { index, text in
+            .array([
+                .integer(Int64(index + 1)), .integer(1_795_839_516_759), .bulkString("alice"),
+                .bulkString(String(decoding: text, as: UTF8.self)),
+            ])
+        }
+    )
+    Benchmark("HotPath.RESPEncode.1000Replies", configuration: configuration) { benchmark in
+        var buffer = ByteBuffer()
+        benchmark.startMeasurement()
+        for seq in 1...1000 { RESPEncoder.encode(.integer(Int64(seq)), version: .resp2, into: &buffer) }
+        RESPEncoder.encode(page, version: .resp3, into: &buffer)
+        benchmark.stopMeasurement()
+        blackHole(buffer.readableBytes)
+    }
+
+    // 1,000 appends to a log and one wait for the last: framing, lz4, CRC and the group commit.
+    Benchmark("HotPath.WALAppend.1000Records", configuration: configuration) { benchmark in
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let writer = try WALWriter(directory: directory, lastLSN: 0, configuration: WALConfiguration(fsync: .no))
+        benchmark.startMeasurement()
+        var last: UInt64 = 0
+        for text in texts { last = try writer.append(type: 4, payload: text) }
+        try await writer.waitUntilDurable(last)
+        benchmark.stopMeasurement()
+        try await writer.close()
+    }
+
+    // 1,000 POSTs through a tenant in process, as the dispatcher makes them: authorize, quota,
+    // seq, log append, then the commit of the last (fsync no).
+    Benchmark("HotPath.TenantPost.1000POSTs", configuration: configuration) { benchmark in
+        let data = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        var engine = EngineConfiguration(dataDirectory: data, fsync: .no)
+        engine.adminToken = String(repeating: "b", count: 40)
+        engine.defaultPlan = .enterprise
+        let registry = TenantRegistry(configuration: engine, logger: Logger(label: "bench"))
+        try await registry.bootstrap()
+        let created = try await registry.createTenant(name: "Bench", subdomain: "bench", plan: nil, owner: "alice")
+        let tenant = try await registry.tenant(id: created.metadata.tenantID)
+        let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+        let strings = texts.map { String(decoding: $0, as: UTF8.self) }
+        benchmark.startMeasurement()
+        var last: PostTicket?
+        for text in strings { last = try await tenant.post(alice, room: "general", text: text) }
+        if let last { blackHole(try await tenant.commit(last)) }
+        benchmark.stopMeasurement()
+        await registry.shutdown(checkpoint: false)
+    }
+}
