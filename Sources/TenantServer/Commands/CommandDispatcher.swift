@@ -25,9 +25,10 @@ struct CommandDispatcher: Sendable {
 
     /// Runs a command; every error becomes its contract reply.
     func handle(_ arguments: Arguments, session: inout Session) async -> CommandOutcome {
-        ServerMetrics.command(arguments.name)
+        let spec = CommandTable.byName[arguments.name]
+        ServerMetrics.command(spec)
         do {
-            return try await self.dispatch(arguments, session: &session)
+            return try await self.dispatch(arguments, spec: spec, session: &session)
         } catch {
             return .reply(.reply(for: error))
         }
@@ -35,14 +36,18 @@ struct CommandDispatcher: Sendable {
 
     /// Runs a command as ``CommandTable`` describes it: subscribed mode, AUTH, arity, tenant
     /// context, then its handler.
-    private func dispatch(_ arguments: Arguments, session: inout Session) async throws -> CommandOutcome {
+    private func dispatch(
+        _ arguments: Arguments,
+        spec: CommandSpec?,
+        session: inout Session
+    ) async throws -> CommandOutcome {
         if session.isInSubscribedMode && !CommandTable.runsInSubscribedMode(arguments.name) {
             throw CommandError(
                 "Can't execute '\(arguments.name.lowercased().prefix(64))': only (P|S)SUBSCRIBE / "
                     + "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             )
         }
-        guard let spec = CommandTable.byName[arguments.name] else { throw Self.unknownCommand(arguments) }
+        guard let spec else { throw Self.unknownCommand(arguments) }
         if spec.isAnonymous(arguments) {
             try arguments.expect(spec.arity, for: spec.name.lowercased())
             return try await spec.handler(self, arguments, &session)

@@ -1,3 +1,4 @@
+import Metrics
 import RESP
 import TenantEngine
 
@@ -29,6 +30,9 @@ struct CommandSpec: Sendable {
     let inSubscribedMode: Bool
     /// Runs it.
     let handler: Handler
+    /// Its `tenantd_commands_total` series, made once (the table is first read after tenantd
+    /// bootstrapped the metrics system), not looked up on every command.
+    let counter: Counter
 
     init(
         _ name: String,
@@ -46,11 +50,14 @@ struct CommandSpec: Sendable {
         self.tenant = tenant
         self.inSubscribedMode = inSubscribedMode
         self.handler = handler
+        self.counter = Counter(label: "tenantd_commands_total", dimensions: [("command", name.lowercased())])
     }
 
     /// Whether these arguments may run before AUTH.
     func isAnonymous(_ arguments: Arguments) -> Bool {
-        !self.needsAuth || arguments.keyword(0).map(self.anonymousSubcommands.contains) == true
+        guard self.needsAuth else { return true }
+        guard !self.anonymousSubcommands.isEmpty else { return false }
+        return arguments.keyword(0).map(self.anonymousSubcommands.contains) == true
     }
 }
 

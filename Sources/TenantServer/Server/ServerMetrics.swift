@@ -3,15 +3,9 @@ import TenantEngine
 
 /// The server's metrics, through swift-metrics (tenantd exports them to Prometheus).
 enum ServerMetrics {
-    /// The commands counted by name; anything else is `other`, so clients cannot grow the label set.
-    private static let known: Set<String> = Set(CommandTable.all.map(\.name))
-
-    /// Counters made once (after tenantd bootstrapped the metrics system), not on every command.
-    private static let commands: [String: Counter] = Dictionary(
-        uniqueKeysWithValues: (Self.known.map { $0.lowercased() } + ["other"]).map {
-            ($0, Counter(label: "tenantd_commands_total", dimensions: [("command", $0)]))
-        }
-    )
+    /// Commands tenantd does not have, counted together so clients cannot grow the label set
+    /// (each known command has its counter in its ``CommandSpec``).
+    private static let otherCommands = Counter(label: "tenantd_commands_total", dimensions: [("command", "other")])
     private static let errors: [ReplyCode: Counter] = Dictionary(
         uniqueKeysWithValues: ReplyCode.allCases.map {
             ($0, Counter(label: "tenantd_command_errors_total", dimensions: [("code", $0.rawValue)]))
@@ -21,8 +15,8 @@ enum ServerMetrics {
     private static let refused = Counter(label: "tenantd_connections_refused_total")
     private static let authFailures = Counter(label: "tenantd_auth_failures_total")
 
-    static func command(_ name: String) {
-        Self.commands[Self.known.contains(name) ? name.lowercased() : "other"]?.increment()
+    static func command(_ spec: CommandSpec?) {
+        (spec?.counter ?? Self.otherCommands).increment()
     }
 
     /// An error reply, by its contract code (framing errors from the parser included).
