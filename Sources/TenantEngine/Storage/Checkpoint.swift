@@ -86,34 +86,40 @@ enum Checkpoint {
         writer.writeVarint(UInt64(state.rooms.count))
         for (name, room) in state.rooms.sorted(by: { $0.key < $1.key }) {
             // The room's applied messages, then those still waiting for the log (seqs go on),
-            // read in place: a large room is not copied to add a few.
-            let parts: [ArraySlice<Message>] = [room.messages[...], state.pending[name]?[...] ?? []]
+            // read in place from the room's columns: a large room is neither copied nor made
+            // into `Message` values.
+            let pending = state.pending[name] ?? []
+            let applied = room.count
+            let count = applied + pending.count
+            func author(_ index: Int) -> String {
+                index < applied ? room.author(at: index) : pending[index - applied].user
+            }
             writer.write(name)
-            writer.writeVarint(UInt64(parts.reduce(0) { $0 + $1.count }))
+            writer.writeVarint(UInt64(count))
             var authors: [String: Int] = [:]
             var authorList: [String] = []
-            for part in parts {
-                for message in part where authors[message.user] == nil {
-                    authors[message.user] = authorList.count
-                    authorList.append(message.user)
+            for index in 0..<count {
+                let user = author(index)
+                if authors[user] == nil {
+                    authors[user] = authorList.count
+                    authorList.append(user)
                 }
             }
             writer.writeVarint(UInt64(authorList.count))
             for author in authorList { writer.write(author) }
             var previous: Int64 = 0
-            for part in parts {
-                for message in part {
-                    writer.writeSignedVarint(message.timestamp - previous)
-                    previous = message.timestamp
-                }
+            for index in 0..<count {
+                let timestamp = index < applied ? room.timestamp(at: index) : pending[index - applied].timestamp
+                writer.writeSignedVarint(timestamp - previous)
+                previous = timestamp
             }
-            for part in parts { for message in part { writer.writeVarint(UInt64(authors[message.user]!)) } }
-            for part in parts { for message in part { writer.writeVarint(UInt64(message.text.utf8.count)) } }
-            for part in parts {
-                for message in part {
-                    var text = message.text
-                    text.withUTF8 { writer.bytes.append(contentsOf: $0) }
-                }
+            for index in 0..<count { writer.writeVarint(UInt64(authors[author(index)]!)) }
+            for index in 0..<applied { writer.writeVarint(UInt64(room.text(at: index).count)) }
+            for message in pending { writer.writeVarint(UInt64(message.text.utf8.count)) }
+            for index in 0..<applied { writer.bytes.append(contentsOf: room.text(at: index)) }
+            for message in pending {
+                var text = message.text
+                text.withUTF8 { writer.bytes.append(contentsOf: $0) }
             }
         }
         return writer.bytes

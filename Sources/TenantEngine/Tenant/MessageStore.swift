@@ -59,7 +59,7 @@ struct MessageStore: Sendable {
     /// page keeps its oldest messages, otherwise its newest, so paging on from its edge misses none.
     func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) -> [Message] {
         guard let messages = self.rooms[room] else { return [] }
-        let page = Array(messages.history(after: after, before: before, limit: limit))
+        let page = messages.history(after: after, before: before, limit: limit)
         return Self.capped(page, keepingOldest: after != nil, maxTextBytes: maxTextBytes)
     }
 
@@ -82,7 +82,7 @@ struct MessageStore: Sendable {
     func summaries(after: String?, limit: Int) -> [RoomSummary] {
         let page = self.rooms.compactMap { name, room -> RoomSummary? in
             guard room.lastSeq > 0, after.map({ name > $0 }) ?? true else { return nil }
-            return RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.messages.count)
+            return RoomSummary(room: name, lastSeq: room.lastSeq, messageCount: room.count)
         }.sorted { $0.room < $1.room }
         return Array(page.prefix(max(0, limit)))
     }
