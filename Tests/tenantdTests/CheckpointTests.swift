@@ -33,6 +33,34 @@ struct CheckpointTests {
         return messages
     }
 
+    @Test func aRoomGivesBackEveryMessageItKeepsInItsColumns() throws {
+        var room = Room()
+        var kept: [Message] = []
+        let texts = ["", "héllo wörld", "日本語のメッセージ", String(repeating: "x", count: 70_000), "🙂", "a\u{0}b"]
+        for index in 0..<600 {
+            let message = Message(
+                seq: UInt64(index + 1),
+                timestamp: 1_795_000_000_000 + Int64(index % 7) * 1000 - Int64(index % 3),
+                user: ["alice", "bob", "carol-\(index % 5)"][index % 3],
+                text: texts[index % texts.count] + (index % 4 == 0 ? "" : " \(index)")
+            )
+            try room.apply(message)
+            kept.append(message)
+        }
+        #expect(Array(room.messages) == kept)
+        #expect(room.count == 600 && room.lastSeq == 600)
+        #expect(room.textBytes == kept.reduce(0) { $0 + $1.text.utf8.count })
+        #expect(room.history(after: 10, before: nil, limit: 5) == Array(kept[10..<15]))
+        #expect(room.history(after: nil, before: 20, limit: 5) == Array(kept[14..<19]))
+        #expect(room.history(after: nil, before: nil, limit: 3) == Array(kept[597..<600]))
+        #expect(room.history(after: 600, before: nil, limit: 3).isEmpty)
+        // Out of order is refused and leaves the room as it was.
+        #expect(throws: RecordDecodingError.self) {
+            try room.apply(Message(seq: 602, timestamp: 0, user: "alice", text: "gap"))
+        }
+        #expect(Array(room.messages) == kept)
+    }
+
     static func registry(
         _ path: String,
         checkpointBytes: Int64 = 64 << 20,
