@@ -162,6 +162,30 @@ struct ConnectionTests {
 
     /// Pipelined POSTs on one connection share group commits (a POST does not wait for the one
     /// before it), and their replies still come back in order, each once its record is durable.
+    @Test func aPipelinedRunOfPostsGetsEachItsOwnOutcomeInOrder() async throws {
+        try await Self.withConnection { connection in
+            try await connection.send("AUTH alice@acme \(connection.token)\r\n")
+            #expect(try await connection.replies(atLeast: 5) == "+OK\r\n")
+            let id = try #require(await connection.registry.resolve("acme"))
+            // One read: a run of POSTs with refusals in it, a path-form POST (the command-by-
+            // command path) and a HISTORY that must see every POST before it.
+            let big = String(repeating: "x", count: 70_000)
+            try await connection.send(
+                "POST general a\r\nPOST bad..room x\r\n*3\r\n$4\r\nPOST\r\n$7\r\ngeneral\r\n$70000\r\n\(big)\r\n"
+                    + "POST general b\r\n"
+                    + "POST /tenant/\(id)/general c\r\nPOST general d\r\nHISTORY general LIMIT 10\r\n"
+            )
+            let expected = [":1", "-INVALID", "-TOOBIG", ":2", ":3", ":4", "*4"]
+            var received = ""
+            while !received.hasSuffix("$1\r\nd\r\n") { received += try await connection.replies(atLeast: 1) }
+            let lines = received.split(separator: "\r\n").map(String.init)
+            for (index, prefix) in expected.enumerated() {
+                #expect(lines[index].hasPrefix(prefix), "reply \(index): \(lines[index]) is not \(prefix)")
+            }
+            #expect(lines.filter { ["a", "b", "c", "d"].contains($0) } == ["a", "b", "c", "d"])
+        }
+    }
+
     @Test func pipelinedPostsShareGroupCommits() async throws {
         let disk = FaultyFileSystem()
         try await Self.withConnection(fsync: .always, fileSystem: disk) { connection in

@@ -53,6 +53,21 @@ extension Tenant {
         return PostTicket(seq: seq, lsn: lsn)
     }
 
+    /// Posts a batch in one turn of the actor, each as ``post(_:room:text:)`` would in turn.
+    /// - Returns: each one's ticket, or the error it met; a failure does not stop the rest.
+    public func post(_ principal: Principal, batch: [(room: String, text: String)]) -> [Result<PostTicket, TenantError>]
+    {
+        batch.map { item in
+            do {
+                return .success(try self.post(principal, room: item.room, text: item.text))
+            } catch let error as TenantError {
+                return .failure(error)
+            } catch {
+                return .failure(TenantError(.storageFailed, "\(error)"))
+            }
+        }
+    }
+
     /// Waits until a posted message is durable and visible.
     /// - Returns: the message's seq.
     /// - Throws: IOERR when the log failed; the message is then not acknowledged.

@@ -28,6 +28,34 @@ extension CommandDispatcher {
         }
     }
 
+    /// A run of POSTs (each of two arguments, valid UTF-8) pipelined on one connection, as one
+    /// call to the tenant when every one goes to a room of the connection's tenant context:
+    /// each gets the outcome it would have had on its own, in order.
+    /// - Returns: nil when the run must go command by command (no context, a path-form room,
+    ///   subscribed mode, no AUTH): those cases have their own replies.
+    func handlePosts(_ run: [Arguments], session: inout Session) async -> [CommandOutcome]? {
+        guard let principal = session.principal, !session.isInSubscribedMode,
+            run.allSatisfy({ !$0[0].hasPrefix("/tenant/") })
+        else { return nil }
+        await session.refreshContext(from: self.registry)
+        guard let tenant = session.tenant, let spec = CommandTable.byName["POST"] else { return nil }
+        for _ in run { ServerMetrics.command(spec) }
+        if let pending = session.lastPost, pending.tenant !== tenant { await Self.settle(&session) }
+        let results = await tenant.post(principal, batch: run.map { ($0[0], $0[1]) })
+        var outcomes: [CommandOutcome] = []
+        outcomes.reserveCapacity(results.count)
+        for result in results {
+            switch result {
+            case .success(let ticket):
+                session.lastPost = (tenant, ticket)
+                outcomes.append(.post(tenant, ticket))
+            case .failure(let error):
+                outcomes.append(.reply(.reply(for: error)))
+            }
+        }
+        return outcomes
+    }
+
     /// POST: accepted into the log's batch at once; its reply waits for durability on the
     /// connection's writer. A POST after a POST to the same tenant does not wait for it (their
     /// records are in lsn order in one log); one to another tenant does, so that a failure of the

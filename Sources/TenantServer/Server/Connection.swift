@@ -98,24 +98,62 @@ struct Connection {
                         }
                     }
                     var replies = ReplyBatch()
+                    /// Queues a command's outcome. - Returns: false when the connection is done.
+                    func queueOutcome(_ outcome: CommandOutcome) async -> Bool {
+                        var outcome = outcome
+                        if session.closeAfterReply, case .reply(let value) = outcome { outcome = .replyAndClose(value) }
+                        if session.principal != nil && !self.gate.isAuthenticated {
+                            self.gate.authenticated()
+                            queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
+                        }
+                        self.gate.isSubscribed = !session.channels.isEmpty
+                        switch outcome {
+                        case .reply(let value):
+                            replies.append(value, version: session.version)
+                            return replies.isFull ? await replies.push(to: queue) : true
+                        case .post(let tenant, let ticket):
+                            let slot = Slot.post(tenant, ticket, session.version)
+                            guard await replies.push(to: queue) else { return false }
+                            return await queue.push(slot, weight: slot.weight)
+                        case .replyAndClose(let value):
+                            let slot = Slot.close(value, session.version)
+                            if await replies.push(to: queue) { _ = await queue.push(slot, weight: slot.weight) }
+                            return false
+                        case .delivered:
+                            return true
+                        }
+                    }
                     reading: for try await batch in inbound {
-                        for request in batch {
-                            let cost = request.cost
-                            defer { self.gate.finished(cost) }
-                            let slot: Slot?
-                            var last = false
+                        var index = batch.startIndex
+                        while index < batch.endIndex {
+                            // A run of POSTs to rooms of the connection's tenant: one call to the
+                            // tenant for all of them.
+                            let run = Self.postRun(batch, from: index)
+                            if run.count > 1, let outcomes = await self.dispatcher.handlePosts(run, session: &session) {
+                                for (offset, outcome) in outcomes.enumerated() {
+                                    defer { self.gate.finished(batch[index + offset].cost) }
+                                    guard await queueOutcome(outcome) else { break reading }
+                                }
+                                index += run.count
+                                continue
+                            }
+                            let request = batch[index]
+                            index += 1
+                            defer { self.gate.finished(request.cost) }
                             switch request {
                             case .protocolError(let message):
-                                slot = .close(.reply(for: ServerError(.proto, message)), session.version)
-                                last = true
+                                _ = await queueOutcome(.replyAndClose(.reply(for: ServerError(.proto, message))))
+                                break reading
                             case .tooBig(let message):
-                                slot = .value(.reply(for: ServerError(.tooBig, message)), session.version)
+                                guard await queueOutcome(.reply(.reply(for: ServerError(.tooBig, message)))) else {
+                                    break reading
+                                }
                             case .command(let words):
                                 if session.isInSubscribedMode || Self.mayDeliver(words) {
                                     // Its replies go straight to the queue, after those before it.
                                     guard await replies.push(to: queue) else { break reading }
                                 }
-                                var outcome: CommandOutcome
+                                let outcome: CommandOutcome
                                 do {
                                     if let echoed = Self.echo(words, session: session) {
                                         outcome = .reply(echoed)
@@ -125,32 +163,7 @@ struct Connection {
                                 } catch {
                                     outcome = .reply(.reply(for: error))
                                 }
-                                if session.closeAfterReply, case .reply(let value) = outcome {
-                                    outcome = .replyAndClose(value)
-                                }
-                                switch outcome {
-                                case .reply(let value):
-                                    slot = nil
-                                    replies.append(value, version: session.version)
-                                case .post(let tenant, let ticket):
-                                    slot = .post(tenant, ticket, session.version)
-                                case .replyAndClose(let value):
-                                    slot = .close(value, session.version)
-                                    last = true
-                                case .delivered:
-                                    slot = nil
-                                }
-                                if session.principal != nil && !self.gate.isAuthenticated {
-                                    self.gate.authenticated()
-                                    queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
-                                }
-                                self.gate.isSubscribed = !session.channels.isEmpty
-                            }
-                            if let slot {
-                                guard await replies.push(to: queue), await queue.push(slot, weight: slot.weight), !last
-                                else { break reading }
-                            } else if replies.isFull {
-                                guard await replies.push(to: queue) else { break reading }
+                                guard await queueOutcome(outcome) else { break reading }
                             }
                         }
                         guard await replies.push(to: queue) else { break reading }
@@ -162,6 +175,22 @@ struct Connection {
         } catch {
             self.dispatcher.logger.debug("connection \(self.id) ended: \(error)")
         }
+    }
+
+    /// The POSTs of two arguments starting at `start` in `batch`, as arguments; empty when the
+    /// request there is not one.
+    private static func postRun(_ batch: [RESPRequest], from start: Int) -> [Arguments] {
+        var run: [Arguments] = []
+        var index = start
+        while index < batch.endIndex, case .command(let words) = batch[index], words.count == 3,
+            words[0].readableBytes == 4,
+            words[0].readableBytesView.elementsEqual("POST".utf8, by: { $0 & 0xDF == $1 }),
+            let arguments = try? Arguments(words)
+        {
+            run.append(arguments)
+            index += 1
+        }
+        return run
     }
 
     /// Whether a command may reply through the subscriber (the SUBSCRIBE family): the replies
