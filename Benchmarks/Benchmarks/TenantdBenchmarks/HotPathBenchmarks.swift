@@ -11,12 +11,18 @@ import WAL
 /// fails the build. Wall clock and instructions are reported, not checked: these machines are
 /// shared and noisy.
 let hotPathBenchmarks: @Sendable () -> Void = {
-    let configuration = Benchmark.Configuration(
-        metrics: [.wallClock, .instructions, .mallocCountTotal, .throughput],
-        maxDuration: .seconds(3),
-        maxIterations: 200,
-        thresholds: [.mallocCountTotal: .init(relative: [.p90: 15.0], absolute: [.p90: 20])]
-    )
+    /// The configuration of a hot path whose p90 malloc count may exceed its threshold by at most
+    /// `tolerance` mallocs and by at most 25% (a check fails past either bound): about 10% on the
+    /// larger ones, as mallocs on other threads (the log's flush, continuations) vary a little
+    /// from run to run.
+    func configuration(tolerating tolerance: Int) -> Benchmark.Configuration {
+        Benchmark.Configuration(
+            metrics: [.wallClock, .instructions, .mallocCountTotal, .throughput],
+            maxDuration: .seconds(3),
+            maxIterations: 200,
+            thresholds: [.mallocCountTotal: .init(relative: [.p90: 25.0], absolute: [.p90: tolerance])]
+        )
+    }
     let texts: [[UInt8]] = (0..<1000).map {
         corpusMessages.isEmpty ? Array("hello".utf8) : corpusMessages[$0 % corpusMessages.count]
     }
@@ -27,7 +33,7 @@ let hotPathBenchmarks: @Sendable () -> Void = {
         pipelined += Array("*3\r\n$4\r\nPOST\r\n$7\r\ngeneral\r\n$\(text.count)\r\n".utf8) + text + [13, 10]
     }
     let requests = ByteBuffer(bytes: pipelined)
-    Benchmark("HotPath.RESPParse.1000POSTs", configuration: configuration) { benchmark in
+    Benchmark("HotPath.RESPParse.1000POSTs", configuration: configuration(tolerating: 100)) { benchmark in
         var parser = RESPRequestParser()
         var buffer = requests
         var commands = 0
@@ -46,7 +52,7 @@ let hotPathBenchmarks: @Sendable () -> Void = {
             ])
         }
     )
-    Benchmark("HotPath.RESPEncode.1000Replies", configuration: configuration) { benchmark in
+    Benchmark("HotPath.RESPEncode.1000Replies", configuration: configuration(tolerating: 8)) { benchmark in
         var buffer = ByteBuffer()
         benchmark.startMeasurement()
         for seq in 1...1000 { RESPEncoder.encode(.integer(Int64(seq)), version: .resp2, into: &buffer) }
@@ -56,7 +62,7 @@ let hotPathBenchmarks: @Sendable () -> Void = {
     }
 
     // 1,000 appends to a log and one wait for the last: framing, lz4, CRC and the group commit.
-    Benchmark("HotPath.WALAppend.1000Records", configuration: configuration) { benchmark in
+    Benchmark("HotPath.WALAppend.1000Records", configuration: configuration(tolerating: 8)) { benchmark in
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let writer = try WALWriter(directory: directory, lastLSN: 0, configuration: WALConfiguration(fsync: .no))
@@ -70,7 +76,7 @@ let hotPathBenchmarks: @Sendable () -> Void = {
 
     // 1,000 POSTs through a tenant in process, as the dispatcher makes them: authorize, quota,
     // seq, log append, then the commit of the last (fsync no).
-    Benchmark("HotPath.TenantPost.1000POSTs", configuration: configuration) { benchmark in
+    Benchmark("HotPath.TenantPost.1000POSTs", configuration: configuration(tolerating: 200)) { benchmark in
         let data = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: data) }
         var engine = EngineConfiguration(dataDirectory: data, fsync: .no)

@@ -24,6 +24,10 @@ struct TenantBench: AsyncParsableCommand {
         case postHistory = "post-history"
         /// POST only, with one subscriber per tenant counting the pushes.
         case subscribers
+        /// The noisy neighbour: one quiet connection POSTs to tenant 0 one request at a time,
+        /// first alone for the duration, then again while the other connections flood tenant 1
+        /// with `--pipeline` requests in flight each; the quiet client's latency both ways.
+        case noisy
     }
 
     @Option(help: "tenantd's address.") var host = "127.0.0.1"
@@ -31,7 +35,7 @@ struct TenantBench: AsyncParsableCommand {
     @Option(help: "The operator token (TENANT_ADMIN_TOKEN), to create the tenants.") var token: String
     @Option(help: "Connections in all.") var connections = 50
     @Option(help: "Tenants the connections are spread over (created for the run).") var tenants = 1
-    @Option(help: "post | post-history | subscribers") var mix = Mix.post
+    @Option(help: "post | post-history | subscribers | noisy") var mix = Mix.post
     @Option(help: "Requests in flight per connection.") var pipeline = 1
     @Option(help: "Seconds of load.") var seconds = 10.0
     @Option(help: "The chat corpus (JSON lines with a messages array).") var corpus = TenantBench.defaultCorpus
@@ -53,6 +57,11 @@ struct TenantBench: AsyncParsableCommand {
         guard (1...100_000).contains(self.tenants) else { throw ValidationError("tenants: 1-100000") }
         guard (1...1024).contains(self.pipeline) else { throw ValidationError("pipeline: 1-1024") }
         guard self.seconds > 0 && self.seconds <= 3600 else { throw ValidationError("seconds: up to 3600") }
+        if self.mix == .noisy {
+            guard self.tenants >= 2, self.connections >= 2, !self.spread else {
+                throw ValidationError("noisy: at least 2 tenants and 2 connections, no --spread")
+            }
+        }
     }
 
     func run() async throws {
@@ -79,6 +88,10 @@ struct TenantBench: AsyncParsableCommand {
         if self.spread { owners = [("admin", self.token)] }
 
         let group = MultiThreadedEventLoopGroup.singleton
+        if self.mix == .noisy {
+            try await self.runNoisy(group: group, owners: owners, texts: texts)
+            return
+        }
         let start = NIODeadline.now()
         let deadline = start + .nanoseconds(Int64(self.seconds * 1e9))
         var subscriberResults: [EventLoopFuture<Int>] = []
@@ -125,6 +138,95 @@ struct TenantBench: AsyncParsableCommand {
             pushes: pushes,
             elapsed: elapsed
         )
+    }
+
+    /// The noisy-neighbour mix: the quiet client alone, then under the flood.
+    func runNoisy(group: any EventLoopGroup, owners: [(user: String, token: String)], texts: [String]) async throws {
+        func quietClient(until deadline: NIODeadline) async throws -> EventLoopFuture<ConnectionResult> {
+            let quiet = LoadConnection(
+                user: owners[0].user,
+                token: owners[0].token,
+                rooms: ["general"],
+                texts: texts,
+                offset: 0,
+                mix: .post,
+                pipeline: 1,
+                deadline: deadline
+            )
+            return try await self.connect(group: group, handler: quiet, result: quiet.done)
+        }
+        let alone = try await quietClient(until: .now() + .nanoseconds(Int64(self.seconds * 1e9))).get()
+        let start = NIODeadline.now()
+        let deadline = start + .nanoseconds(Int64(self.seconds * 1e9))
+        var flood: [EventLoopFuture<ConnectionResult>] = []
+        for index in 1..<self.connections {
+            let load = LoadConnection(
+                user: owners[1].user,
+                token: owners[1].token,
+                rooms: ["general"],
+                texts: texts,
+                offset: index * 7919,
+                mix: .post,
+                pipeline: self.pipeline,
+                deadline: deadline
+            )
+            flood.append(try await self.connect(group: group, handler: load, result: load.done))
+        }
+        // The flood runs a moment before the quiet client is measured under it.
+        try await Task.sleep(for: .milliseconds(Int(min(1000, self.seconds * 100))))
+        let underFlood = try await quietClient(until: deadline).get()
+        var floodReplies = 0
+        var errors = alone.errors + underFlood.errors
+        for future in flood {
+            let result = try await future.get()
+            floodReplies += result.replies
+            errors += result.errors
+        }
+        let elapsed = Double((NIODeadline.now() - start).nanoseconds) / 1e9
+        func ms(_ histogram: Histogram<UInt64>, _ percentile: Double) -> Double {
+            Double(histogram.valueAtPercentile(percentile)) / 1000
+        }
+        let ratio = ms(underFlood.histogram, 99) / max(0.001, ms(alone.histogram, 99))
+        print(
+            "tenant-bench: noisy neighbour: 1 quiet connection (tenant 0, one POST at a time) alone, then with \(self.connections - 1) connections flooding tenant 1 (pipeline \(self.pipeline)), \(String(format: "%.1f", self.seconds)) s each"
+        )
+        print("| quiet client | replies | p50 ms | p90 ms | p99 ms | p99.9 ms |")
+        print("|---|---|---|---|---|---|")
+        for (name, result) in [("alone", alone), ("under the flood", underFlood)] {
+            print(
+                String(
+                    format: "| %@ | %d | %.3f | %.3f | %.3f | %.3f |",
+                    name,
+                    result.replies,
+                    ms(result.histogram, 50),
+                    ms(result.histogram, 90),
+                    ms(result.histogram, 99),
+                    ms(result.histogram, 99.9)
+                )
+            )
+        }
+        print(
+            String(
+                format: "quiet p99 under the flood / alone: %.2f; the flood: %.0f POST/s; errors: %d",
+                ratio,
+                Double(floodReplies) / elapsed,
+                errors
+            )
+        )
+        guard let path = self.json else { return }
+        func summary(_ result: ConnectionResult) -> [String: Any] {
+            [
+                "replies": result.replies, "p50": ms(result.histogram, 50), "p90": ms(result.histogram, 90),
+                "p99": ms(result.histogram, 99), "p99.9": ms(result.histogram, 99.9),
+            ]
+        }
+        let object: [String: Any] = [
+            "mix": "noisy", "connections": self.connections, "pipeline": self.pipeline, "seconds": self.seconds,
+            "quiet_alone_ms": summary(alone), "quiet_under_flood_ms": summary(underFlood), "p99_ratio": ratio,
+            "flood_replies_per_second": Double(floodReplies) / elapsed, "errors": errors,
+        ]
+        let data = try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        FileManager.default.createFile(atPath: path, contents: data)
     }
 
     func connect<Handler: ChannelInboundHandler & Sendable, Result>(
