@@ -130,9 +130,13 @@ public final class FaultyFileSystem: WALFileSystem {
 
     /// A sync of the whole file system: fails as a ``Operation/sync`` does; once it succeeded,
     /// every file written so far keeps its bytes through a power cut.
-    public func syncFileSystem(containing path: String) throws -> Bool {
+    public func openFileSystemHandle(_ path: String) throws -> Int32 {
+        try self.real.openFileSystemHandle(path)
+    }
+
+    public func syncFileSystem(handle: Int32, path: String) throws -> Bool {
         try self.check(.sync, path: path)
-        guard try self.real.syncFileSystem(containing: path) else { return false }
+        guard try self.real.syncFileSystem(handle: handle, path: path) else { return false }
         self.state.withLock { state in
             for file in state.syncedLength.keys {
                 state.syncedLength[file] = (try? POSIXFile.fileSize(file)) ?? state.syncedLength[file]

@@ -125,17 +125,25 @@ struct Connection {
                     }
                     reading: for try await batch in inbound {
                         var index = batch.startIndex
+                        // The end of a run of POSTs that was declined: its requests go one by one,
+                        // and the run is not looked for again at each of them.
+                        var declinedUntil = index
                         while index < batch.endIndex {
                             // A run of POSTs to rooms of the connection's tenant: one call to the
                             // tenant for all of them.
-                            let run = Self.postRun(batch, from: index)
-                            if run.count > 1, let outcomes = await self.dispatcher.handlePosts(run, session: &session) {
-                                for (offset, outcome) in outcomes.enumerated() {
-                                    defer { self.gate.finished(batch[index + offset].cost) }
-                                    guard await queueOutcome(outcome) else { break reading }
+                            if index >= declinedUntil {
+                                let run = Self.postRun(batch, from: index)
+                                if run.count > 1 {
+                                    if let outcomes = await self.dispatcher.handlePosts(run, session: &session) {
+                                        for (offset, outcome) in outcomes.enumerated() {
+                                            defer { self.gate.finished(batch[index + offset].cost) }
+                                            guard await queueOutcome(outcome) else { break reading }
+                                        }
+                                        index += run.count
+                                        continue
+                                    }
+                                    declinedUntil = index + run.count
                                 }
-                                index += run.count
-                                continue
                             }
                             let request = batch[index]
                             index += 1

@@ -91,12 +91,10 @@ public enum POSIXFile {
         return UInt64(info.st_dev)
     }
 
-    /// syncfs(2) on the file system holding `path`: every write made to it before the call is
-    /// durable once it returns (Linux reports write-back errors to syncfs since 5.8).
+    /// syncfs(2) through `fd`: every write made to its file system before the call is durable
+    /// once it returns, and a write-back error since `fd` was opened is reported (Linux 5.8+).
     /// - Returns: false where the system has no syncfs.
-    public static func syncFileSystem(containing path: String) throws -> Bool {
-        let fd = try open(path, flags: O_RDONLY)
-        defer { _ = Glibc.close(fd) }
+    public static func syncFileSystem(_ fd: Int32, path: String) throws -> Bool {
         guard cposix_syncfs(fd) == 0 else {
             if errno == ENOSYS { return false }
             throw WALError.io("syncfs", path: path, errno: errno)

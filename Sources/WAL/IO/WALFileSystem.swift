@@ -19,9 +19,13 @@ public protocol WALFileSystem: Sendable {
     func sync(_ fd: Int32, path: String) throws
     /// close(2).
     func close(_ fd: Int32, path: String)
-    /// syncfs(2) on the file system holding `path`: every file's writes made before the call.
+    /// Opens a descriptor on the directory `path` to sync its file system through: syncfs(2)
+    /// reports the write-back errors of that file system since the descriptor was opened.
+    func openFileSystemHandle(_ path: String) throws -> Int32
+    /// syncfs(2) through a handle from ``openFileSystemHandle(_:)``: every file's writes made
+    /// before the call.
     /// - Returns: false where the system has none (the caller syncs file by file).
-    func syncFileSystem(containing path: String) throws -> Bool
+    func syncFileSystem(handle: Int32, path: String) throws -> Bool
     /// The id of the device holding `path`, to tell file systems apart.
     func deviceID(_ path: String) throws -> UInt64
     /// fsyncs a directory, making the names in it durable.
@@ -72,8 +76,12 @@ public struct POSIXFileSystem: WALFileSystem {
         try POSIXFile.fdatasync(fd, path: path)
     }
 
-    public func syncFileSystem(containing path: String) throws -> Bool {
-        try POSIXFile.syncFileSystem(containing: path)
+    public func openFileSystemHandle(_ path: String) throws -> Int32 {
+        try POSIXFile.open(path, flags: O_RDONLY | O_DIRECTORY)
+    }
+
+    public func syncFileSystem(handle: Int32, path: String) throws -> Bool {
+        try POSIXFile.syncFileSystem(handle, path: path)
     }
 
     public func deviceID(_ path: String) throws -> UInt64 {

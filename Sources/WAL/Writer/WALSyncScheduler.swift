@@ -9,6 +9,9 @@ public final class WALSyncScheduler: @unchecked Sendable {
     public static let shared = WALSyncScheduler(interval: .seconds(1))
 
     private let dirty = Mutex<[ObjectIdentifier: WALWriter]>([:])
+    /// A descriptor per file system (by device), opened when its first log was: syncfs through
+    /// it reports every write-back error since then (nil where none could be opened).
+    private let handles = Mutex<[UInt64: (fd: Int32, fileSystem: any WALFileSystem)?]>([:])
     private let timer: any DispatchSourceTimer
 
     /// Creates a scheduler that syncs dirty logs every `interval`.
@@ -22,6 +25,21 @@ public final class WALSyncScheduler: @unchecked Sendable {
 
     deinit {
         self.timer.cancel()
+        for case let (fd, fileSystem)? in self.handles.withLock({ Array($0.values) }) {
+            fileSystem.close(fd, path: "(file system handle)")
+        }
+    }
+
+    /// A log opened under `everysec`: the first on its file system opens the handle its ticks
+    /// sync through.
+    func register(_ writer: WALWriter) {
+        guard let device = writer.device else { return }
+        self.handles.withLock { handles in
+            guard handles.index(forKey: device) == nil else { return }
+            handles[device] = (try? writer.fileSystem.openFileSystemHandle(writer.directory)).map {
+                ($0, writer.fileSystem)
+            }
+        }
     }
 
     /// Remembers a log with written but unsynced bytes.
@@ -55,30 +73,21 @@ public final class WALSyncScheduler: @unchecked Sendable {
             }
             byDevice[device, default: []].append(writer)
         }
-        for group in byDevice.values {
-            if group.count > Self.fileSystemSyncThreshold {
-                Self.syncFileSystem(of: group)
-            } else {
-                for writer in group { writer.syncInBackground() }
+        for (device, group) in byDevice {
+            if group.count > Self.fileSystemSyncThreshold, self.syncFileSystem(device: device) {
+                continue
             }
+            for writer in group { writer.syncInBackground() }
         }
     }
 
-    /// One syncfs for the logs of one file system, through the first whose directory is still
-    /// there (a log may have been deleted or moved since it was written). A failure fails them all:
-    /// which of them lost a write cannot be told, and none may be trusted.
-    private static func syncFileSystem(of writers: [WALWriter]) {
-        for writer in writers {
-            let directory = writer.directory
-            guard writer.fileSystem.exists(directory) else { continue }
-            do {
-                if try writer.fileSystem.syncFileSystem(containing: directory) { return }
-                break  // no syncfs here: each log on its own
-            } catch {
-                for each in writers { each.syncFailed(error) }
-                return
-            }
-        }
-        for writer in writers { writer.syncInBackground() }
+    /// One syncfs of a file system through its handle.
+    /// - Returns: true when it synced everything; false when there is no handle, no syncfs, or
+    ///   it failed: then each log syncs on its own, and each log's fdatasync reports its own
+    ///   errors (a failed syncfs cannot tell which file lost a write, and may be another
+    ///   program's).
+    private func syncFileSystem(device: UInt64) -> Bool {
+        guard let (fd, fileSystem) = self.handles.withLock({ $0[device] ?? nil }) else { return false }
+        return (try? fileSystem.syncFileSystem(handle: fd, path: "(file system of device \(device))")) == true
     }
 }

@@ -91,6 +91,7 @@ public final class WALWriter: @unchecked Sendable {
         let compressor = LZ4StreamCompressor(maxBlockSize: configuration.maxRecordSize)
         self.state = Mutex(State(compressor: compressor, nextLSN: lastLSN + 1, durableLSN: lastLSN))
         self.queue = DispatchQueue(label: "tenantd.wal", target: .global(qos: .userInitiated))
+        if configuration.fsync == .everysec { syncScheduler.register(self) }
     }
 
     deinit {
