@@ -177,7 +177,9 @@ struct ConnectionTests {
             )
             let expected = [":1", "-INVALID", "-TOOBIG", ":2", ":3", ":4", "*4"]
             var received = ""
-            while !received.hasSuffix("$1\r\nd\r\n") { received += try await connection.replies(atLeast: 1) }
+            for _ in 0..<1000 where !received.hasSuffix("$1\r\nd\r\n") {
+                received += try await connection.replies(atLeast: 1)
+            }
             let lines = received.split(separator: "\r\n").map(String.init)
             for (index, prefix) in expected.enumerated() {
                 #expect(lines[index].hasPrefix(prefix), "reply \(index): \(lines[index]) is not \(prefix)")

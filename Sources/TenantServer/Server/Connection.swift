@@ -30,10 +30,13 @@ struct Connection {
             .close(Self.encoded(value, version))
         }
 
-        /// The reply's bytes in a buffer of about their size: a buffer grown by doubling while a
-        /// 4 MiB reply was encoded would hold 8 MiB for as long as the reply waits.
         private static func encoded(_ value: RESPValue, _ version: RESPVersion) -> ByteBuffer {
-            let buffer = RESPEncoder.encode(value, version: version)
+            Self.tightened(RESPEncoder.encode(value, version: version))
+        }
+
+        /// Replies' bytes in a buffer of about their size: a buffer grown by doubling while a
+        /// 4 MiB reply was encoded would hold 8 MiB for as long as the reply waits.
+        static func tightened(_ buffer: ByteBuffer) -> ByteBuffer {
             guard buffer.capacity - buffer.readableBytes > 64 << 10 else { return buffer }
             var tight = ByteBuffer()
             tight.reserveCapacity(buffer.readableBytes)
@@ -131,8 +134,10 @@ struct Connection {
                         while index < batch.endIndex {
                             // A run of POSTs to rooms of the connection's tenant: one call to the
                             // tenant for all of them.
+                            var checked: Arguments?
                             if index >= declinedUntil {
                                 let run = Self.postRun(batch, from: index)
+                                if run.count == 1 { checked = run[0] }
                                 if run.count > 1 {
                                     if let outcomes = await self.dispatcher.handlePosts(run, session: &session) {
                                         for (offset, outcome) in outcomes.enumerated() {
@@ -166,7 +171,8 @@ struct Connection {
                                     if let echoed = Self.echo(words, session: session) {
                                         outcome = .reply(echoed)
                                     } else {
-                                        outcome = await self.dispatcher.handle(try Arguments(words), session: &session)
+                                        let arguments = try checked ?? Arguments(words)
+                                        outcome = await self.dispatcher.handle(arguments, session: &session)
                                     }
                                 } catch {
                                     outcome = .reply(.reply(for: error))
@@ -311,18 +317,10 @@ struct ReplyBatch {
     /// - Returns: false once the writer is gone.
     mutating func push(to queue: ReplyQueue<Connection.Slot>) async -> Bool {
         guard self.count > 0 else { return true }
-        var bytes = self.buffer
+        let bytes = Connection.Slot.tightened(self.buffer)
         self.buffer = ByteBuffer()
         let replies = self.count
         self.count = 0
-        if bytes.capacity - bytes.readableBytes > 64 << 10 {
-            // A buffer grown by doubling while a 4 MiB reply was encoded would hold 8 MiB for as
-            // long as the reply waits.
-            var tight = ByteBuffer()
-            tight.reserveCapacity(bytes.readableBytes)
-            tight.writeBuffer(&bytes)
-            bytes = tight
-        }
         return await queue.push(.bytes(bytes), weight: bytes.capacity, replies: replies)
     }
 }
