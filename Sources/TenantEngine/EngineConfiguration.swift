@@ -53,6 +53,9 @@ public struct EngineConfiguration: Sendable {
     /// Seconds without traffic after which a tenant's actor and files are closed
     /// (`TENANT_IDLE_SECONDS`, `database` strategy); 0 keeps every tenant open.
     public var idleSeconds: Int
+    /// The server's memory budget in bytes (`--maxmemory`): past its share for messages, tenants
+    /// move their older messages to disk. 0 keeps every message in memory.
+    public var maxMemory: Int
 
     /// Creates a configuration with the contract's defaults.
     public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {
@@ -75,6 +78,7 @@ public struct EngineConfiguration: Sendable {
         self.checkpointBytes = 64 << 20
         self.fileSystem = POSIXFileSystem()
         self.idleSeconds = 300
+        self.maxMemory = 0
     }
 
     /// The fsync policy's name, as `CONFIG GET appendfsync` shows it (`always`, `everysec`, `no`).

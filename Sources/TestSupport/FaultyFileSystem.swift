@@ -200,6 +200,21 @@ public final class FaultyFileSystem: WALFileSystem {
         try self.real.truncate(path, to: length)
     }
 
+    public func openForReading(_ path: String) throws -> Int32 {
+        try self.check(.read, path: path)
+        return try self.real.openForReading(path)
+    }
+
+    public func read(
+        _ fd: Int32,
+        into buffer: UnsafeMutableRawBufferPointer,
+        at offset: Int,
+        path: String
+    ) throws -> Int {
+        try self.check(.read, path: path)
+        return try self.real.read(fd, into: buffer, at: offset, path: path)
+    }
+
     public func readFile(_ path: String) throws -> [UInt8] {
         try self.check(.read, path: path)
         return try self.real.readFile(path)

@@ -104,6 +104,14 @@ struct Settings {
             engine.signupsPerMinuteTotal = rate
         }
         if let cap = try Self.integer(environment, "TENANT_MAX_TENANTS") { engine.maxTenants = cap }
+        if let text = command.maxmemory ?? environment["TENANTD_MAXMEMORY"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 16 << 20 else {
+                throw ValidationError("maxmemory must be 0 (no limit) or at least 16mb")
+            }
+            engine.maxMemory = bytes
+        } else {
+            engine.maxMemory = MemoryBudget.defaultMaxMemory
+        }
         if let list = environment["TENANT_ID_SOURCE"] {
             var sources: Set<TenantIDSource> = []
             for item in list.split(separator: ",") {

@@ -49,6 +49,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var maxClients: Int?
 
+    @Option(
+        help: """
+            Memory budget; past its share for messages, older messages move to disk and are read back \
+            on demand; 0 = no limit (TENANTD_MAXMEMORY). Default: half the machine's memory.
+            """
+    )
+    var maxmemory: String?
+
     @Option(help: "Close a client idle this many seconds, 0 = never (TENANTD_TIMEOUT). Default 0.")
     var timeout: Int?
 

@@ -44,11 +44,14 @@ public actor TenantRegistry {
     let store: any TenantStore
     /// The loop that closes idle tenants.
     var passivation = PassivationLoop()
+    /// The memory budget every tenant's messages share (`--maxmemory`); nil when unlimited.
+    public nonisolated let memory: MemoryBudget?
 
     /// Creates a registry; ``bootstrap()`` makes it ready.
     public init(configuration: EngineConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        self.memory = configuration.maxMemory > 0 ? MemoryBudget(maxMemory: configuration.maxMemory) : nil
         self.store = configuration.isolation.makeStore(configuration: configuration, logger: logger)
         self.signups = SignupGate(
             perMinute: configuration.signupsPerMinute,
@@ -101,7 +104,12 @@ public actor TenantRegistry {
 
     /// What the store builds tenants with.
     nonisolated var tenantContext: TenantContext {
-        TenantContext(configuration: self.configuration, logger: self.logger, onMetadataChange: self.metadataObserver())
+        TenantContext(
+            configuration: self.configuration,
+            logger: self.logger,
+            onMetadataChange: self.metadataObserver(),
+            memory: self.memory
+        )
     }
 
     private static func loadOrCreateAdminToken(

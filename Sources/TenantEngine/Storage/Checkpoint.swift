@@ -6,7 +6,8 @@ import WAL
 /// segments after that lsn.
 ///
 /// File (`checkpoint/<lsn, 20 digits>.ckpt`), integers little-endian:
-/// `magic "TNTDCKP1" (8) | lsn (8) | block count (4) | masked crc32c of the 20 bytes before (4)`,
+/// `magic "TNTDCKP1" (8) | lsn (8) | block count (4, or 0xFFFFFFFF when the blocks run up to the
+/// trailer, as a checkpoint streamed to its file writes it) | masked crc32c of the 20 bytes before (4)`,
 /// then each block `masked crc32c of the next three fields (4) | raw length (4) | stored length (4) |
 /// lz4hc-compressed bytes`, then `"TNTDCKPE"` (8). The blocks' raw bytes, joined, are the body:
 /// metadata (JSON), users, then each room column by column (timestamps as deltas, authors as
@@ -39,7 +40,61 @@ enum Checkpoint {
 
     /// The file bytes of `state` at `lsn`.
     static func encode(_ state: TenantState, lsn: UInt64) throws -> [UInt8] {
-        try self.encode(body: Self.body(state), lsn: lsn)
+        var file: [UInt8] = []
+        try self.write(state, lsn: lsn) { file += $0 }
+        return file
+    }
+
+    /// The raw size of the blocks a streamed checkpoint is written in.
+    static let streamBlockSize = 1 << 20
+    /// The block count of a header written before its blocks: they run up to the trailer.
+    static let unknownBlockCount = UInt32.max
+
+    /// Writes the checkpoint file of `state` at `lsn` to `output` a block at a time, so that it
+    /// takes a block or two of memory whatever the state's size (cold chunks are read back one by
+    /// one). Its header leaves the block count open (``unknownBlockCount``): the blocks run up to
+    /// the trailer.
+    /// - Returns: the file's size.
+    @discardableResult
+    static func write(_ state: TenantState, lsn: UInt64, to output: ([UInt8]) throws -> Void) throws -> Int {
+        var header = Self.magic
+        header.appendLE(lsn)
+        header.appendLE(Self.unknownBlockCount)
+        header.appendLE(CRC32C.mask(CRC32C.checksum(header)))
+        try output(header)
+        var size = header.count
+        var writer = BinaryWriter(capacity: Self.streamBlockSize * 2)
+        func emit(_ raw: ArraySlice<UInt8>) throws {
+            let block = try Self.block(Array(raw))
+            try output(block)
+            size += block.count
+        }
+        try Self.writeBody(state, into: &writer) { writer in
+            guard writer.bytes.count >= Self.streamBlockSize else { return }
+            var offset = 0
+            while writer.bytes.count - offset >= Self.streamBlockSize {
+                try emit(writer.bytes[offset..<(offset + Self.streamBlockSize)])
+                offset += Self.streamBlockSize
+            }
+            writer.bytes.removeFirst(offset)
+        }
+        if !writer.bytes.isEmpty { try emit(writer.bytes[...]) }
+        try output(Self.trailer)
+        return size + Self.trailer.count
+    }
+
+    /// One block: its checksum, raw and stored lengths, then `raw` lz4hc-compressed.
+    private static func block(_ raw: [UInt8]) throws -> [UInt8] {
+        let stored = try LZ4Block.compressHC(raw, level: 12)
+        var block = [UInt8]()
+        block.reserveCapacity(Self.blockHeaderSize + stored.count)
+        block.appendLE(UInt32(0))
+        block.appendLE(UInt32(raw.count))
+        block.appendLE(UInt32(stored.count))
+        block += stored
+        let crc = block.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4...])) }
+        block.replaceSubrange(0..<4, with: withUnsafeBytes(of: CRC32C.mask(crc).littleEndian) { Array($0) })
+        return block
     }
 
     /// The file bytes of a body at `lsn`: header, checksummed compressed blocks, trailer.
@@ -48,17 +103,7 @@ enum Checkpoint {
         var offset = 0
         while offset < body.count {
             let end = min(body.count, offset + Self.blockSize)
-            let raw = Array(body[offset..<end])
-            let stored = try LZ4Block.compressHC(raw, level: 12)
-            var block = [UInt8]()
-            block.reserveCapacity(Self.blockHeaderSize + stored.count)
-            block.appendLE(UInt32(0))
-            block.appendLE(UInt32(raw.count))
-            block.appendLE(UInt32(stored.count))
-            block += stored
-            let crc = block.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4...])) }
-            block.replaceSubrange(0..<4, with: withUnsafeBytes(of: CRC32C.mask(crc).littleEndian) { Array($0) })
-            blocks.append(block)
+            blocks.append(try Self.block(Array(body[offset..<end])))
             offset = end
         }
         var file = Self.magic
@@ -70,9 +115,21 @@ enum Checkpoint {
         return file
     }
 
-    /// The uncompressed body of one tenant's state.
-    static func body(_ state: TenantState) -> [UInt8] {
+    /// The uncompressed body of one tenant's state, in memory.
+    static func body(_ state: TenantState) throws -> [UInt8] {
         var writer = BinaryWriter(capacity: 1 << 16)
+        try Self.writeBody(state, into: &writer) { _ in }
+        return writer.bytes
+    }
+
+    /// Writes the uncompressed body of one tenant's state into `writer`, calling `flush` whenever
+    /// a piece is done, so that a streaming caller can take the bytes written so far.
+    /// - Throws: when a cold chunk cannot be read back, or what `flush` throws.
+    static func writeBody(
+        _ state: TenantState,
+        into writer: inout BinaryWriter,
+        flush: (inout BinaryWriter) throws -> Void
+    ) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         writer.write(bytes: state.metadata.map { (try? encoder.encode($0)).map(Array.init) ?? [] } ?? [])
@@ -83,54 +140,82 @@ enum Checkpoint {
             writer.write(bytes: user.tokenHash)
             writer.write(user.joinedAt)
         }
+        try flush(&writer)
         writer.writeVarint(UInt64(state.rooms.count))
         for (name, room) in state.rooms.sorted(by: { $0.key < $1.key }) {
             // The room's applied messages, then those still waiting for the log (seqs go on),
-            // read in place from the room's columns: a large room is neither copied nor made
-            // into `Message` values.
+            // read chunk by chunk from the room's columns: a large room is neither copied nor
+            // made into `Message` values, and its cold chunks are read back one at a time.
             let pending = state.pending[name] ?? []
-            let applied = room.count
-            let count = applied + pending.count
-            func author(_ index: Int) -> String {
-                index < applied ? room.author(at: index) : pending[index - applied].user
-            }
             writer.write(name)
-            writer.writeVarint(UInt64(count))
-            var authors: [String: Int] = [:]
-            var authorList: [String] = []
-            for index in 0..<count {
-                let user = author(index)
-                if authors[user] == nil {
-                    authors[user] = authorList.count
-                    authorList.append(user)
-                }
-            }
-            writer.writeVarint(UInt64(authorList.count))
-            for author in authorList { writer.write(author) }
+            writer.writeVarint(UInt64(room.count + pending.count))
+            // The room's authors are in order of first appearance; the pending add theirs after.
+            var authors = room.authors
+            var known = Set(authors)
+            for message in pending where known.insert(message.user).inserted { authors.append(message.user) }
+            writer.writeVarint(UInt64(authors.count))
+            for author in authors { writer.write(author) }
+            let index = Dictionary(uniqueKeysWithValues: authors.enumerated().map { ($1, $0) })
             var previous: Int64 = 0
-            for index in 0..<count {
-                let timestamp = index < applied ? room.timestamp(at: index) : pending[index - applied].timestamp
-                writer.writeSignedVarint(timestamp - previous)
-                previous = timestamp
+            try room.forEachChunk { chunk in
+                for timestamp in chunk.timestamps {
+                    writer.writeSignedVarint(timestamp &- previous)
+                    previous = timestamp
+                }
+                try flush(&writer)
             }
-            for index in 0..<count { writer.writeVarint(UInt64(authors[author(index)]!)) }
-            for index in 0..<applied { writer.writeVarint(UInt64(room.text(at: index).count)) }
+            for message in pending {
+                writer.writeSignedVarint(message.timestamp &- previous)
+                previous = message.timestamp
+            }
+            try room.forEachChunk { chunk in
+                for author in chunk.authorOf { writer.writeVarint(UInt64(author)) }
+                try flush(&writer)
+            }
+            for message in pending { writer.writeVarint(UInt64(index[message.user]!)) }
+            try room.forEachChunk { chunk in
+                var start: UInt32 = 0
+                for end in chunk.ends {
+                    writer.writeVarint(UInt64(end - start))
+                    start = end
+                }
+                try flush(&writer)
+            }
             for message in pending { writer.writeVarint(UInt64(message.text.utf8.count)) }
-            for index in 0..<applied { writer.bytes.append(contentsOf: room.text(at: index)) }
+            try room.forEachChunk { chunk in
+                writer.bytes.append(contentsOf: chunk.texts)
+                try flush(&writer)
+            }
             for message in pending {
                 var text = message.text
                 text.withUTF8 { writer.bytes.append(contentsOf: $0) }
             }
+            try flush(&writer)
         }
-        return writer.bytes
     }
 
     // MARK: - Decoding
 
-    static func decode(bytes: [UInt8], path: String) throws -> (TenantState, UInt64) {
-        let (body, lsn) = try self.container(bytes: bytes, path: path)
+    /// - Parameter cold: where the rooms decoded move their sealed chunks under the memory budget.
+    static func decode(bytes: [UInt8], path: String, cold: ColdStore? = nil) throws -> (TenantState, UInt64) {
+        try self.decode(source: CheckpointBytes(bytes: bytes), path: path, cold: cold)
+    }
+
+    /// Decodes a checkpoint read block by block from `source`: the whole file or body is never in
+    /// memory, and the rooms move their chunks out under the budget as they load.
+    static func decode(
+        source: any CheckpointSource,
+        path: String,
+        cold: ColdStore? = nil
+    ) throws -> (TenantState, UInt64) {
+        let reader = try CheckpointReader(source: source, path: path)
+        var stream = BodyStream(reader)
         do {
-            return (try body.withUnsafeBytes { try Self.state(from: $0) }, lsn)
+            let state = try Self.state(reading: &stream, cold: cold)
+            guard stream.isAtEnd else { throw RecordDecodingError.trailingBytes }
+            return (state, reader.lsn)
+        } catch let error as WALError {
+            throw error
         } catch {
             throw WALError.corrupt(
                 file: path,
@@ -144,56 +229,8 @@ enum Checkpoint {
     /// - Returns: the body, decompressed, and the lsn.
     /// - Throws: ``WALError`` naming the file and offset of the first damage.
     static func container(bytes: [UInt8], path: String) throws -> (body: [UInt8], lsn: UInt64) {
-        try bytes.withUnsafeBytes { file in
-            func corrupt(_ offset: Int, _ reason: String) -> WALError {
-                WALError.corrupt(file: path, offset: offset, reason: reason)
-            }
-            guard file.count >= Self.headerSize + Self.trailer.count, file.prefix(8).elementsEqual(Self.magic) else {
-                throw corrupt(0, "not a checkpoint")
-            }
-            let headerCRC = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: file[0..<20]))
-            guard CRC32C.unmask(file.loadLittleEndian(UInt32.self, at: 20)) == headerCRC else {
-                throw corrupt(0, "bad checkpoint header checksum")
-            }
-            let lsn = file.loadLittleEndian(UInt64.self, at: 8)
-            guard lsn <= WALFormat.maxLSN else { throw corrupt(8, "checkpoint lsn \(lsn) out of range") }
-            let blockCount = Int(file.loadLittleEndian(UInt32.self, at: 16))
-            // lz4 expands up to 255 times: a crafted file of a few MB could otherwise ask for
-            // gigabytes. Real bodies (chat text, columns of small numbers) stay far below this.
-            let maxBody = max(
-                Self.minimumBodyBound,
-                file.count.multipliedReportingOverflow(by: Self.maxExpansion).partialValue
-            )
-            var body: [UInt8] = []
-            var offset = Self.headerSize
-            let maxStored = LZ4Block.compressBound(Self.blockSize)
-            for _ in 0..<blockCount {
-                guard file.count - offset >= Self.blockHeaderSize else { throw corrupt(offset, "truncated block") }
-                let crc = file.loadLittleEndian(UInt32.self, at: offset)
-                let rawLength = Int(file.loadLittleEndian(UInt32.self, at: offset + 4))
-                let storedLength = Int(file.loadLittleEndian(UInt32.self, at: offset + 8))
-                guard rawLength <= Self.blockSize, storedLength <= maxStored,
-                    file.count - offset - Self.blockHeaderSize >= storedLength
-                else { throw corrupt(offset, "block size out of bounds") }
-                guard maxBody - body.count >= rawLength else {
-                    throw corrupt(offset, "body over \(maxBody) bytes, \(Self.maxExpansion) times the file")
-                }
-                let end = offset + Self.blockHeaderSize + storedLength
-                guard CRC32C.unmask(crc) == CRC32C.checksum(UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end]))
-                else { throw corrupt(offset, "block checksum mismatch") }
-                let stored = Array(file[(offset + Self.blockHeaderSize)..<end])
-                do {
-                    body += try LZ4Block.decompress(stored, decodedSize: rawLength, maxDecodedSize: Self.blockSize)
-                } catch {
-                    throw corrupt(offset, "\(error)")
-                }
-                offset = end
-            }
-            guard file.count - offset == Self.trailer.count, file[offset...].elementsEqual(Self.trailer) else {
-                throw corrupt(offset, "missing checkpoint trailer")
-            }
-            return (body, lsn)
-        }
+        var reader = try CheckpointReader(source: CheckpointBytes(bytes: bytes), path: path)
+        return (try reader.body(), reader.lsn)
     }
 
     /// The fewest body bytes one user takes: three empty length-prefixed fields and `joinedAt`.
@@ -206,9 +243,17 @@ enum Checkpoint {
     /// Decodes a checkpoint body. Every count is checked against the bytes left before it sizes
     /// or drives anything, and every sum of numbers read is checked for overflow: a body is
     /// checksummed, but a copied or crafted file is still input from outside.
-    static func state(from body: UnsafeRawBufferPointer) throws -> TenantState {
+    static func state(from body: UnsafeRawBufferPointer, cold: ColdStore? = nil) throws -> TenantState {
         var reader = BinaryReader(body)
+        let state = try Self.state(reading: &reader, cold: cold)
+        guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
+        return state
+    }
+
+    /// Decodes one tenant's state from `reader`, leaving it after the state's last byte.
+    static func state<Reader: BodyReading>(reading reader: inout Reader, cold: ColdStore?) throws -> TenantState {
         var state = TenantState()
+        state.cold = cold
         let metadata = try reader.readBytes()
         if !metadata.isEmpty {
             state.metadata = try JSONDecoder().decode(TenantMetadata.self, from: Data(metadata))
@@ -263,7 +308,6 @@ enum Checkpoint {
                 try state.apply(.message(room: room, message))
             }
         }
-        guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
         return state
     }
 }
@@ -271,11 +315,5 @@ enum Checkpoint {
 extension Array where Element == UInt8 {
     fileprivate mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
         Swift.withUnsafeBytes(of: value.littleEndian) { self.append(contentsOf: $0) }
-    }
-}
-
-extension UnsafeRawBufferPointer {
-    fileprivate func loadLittleEndian<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
-        T(littleEndian: self.loadUnaligned(fromByteOffset: offset, as: T.self))
     }
 }

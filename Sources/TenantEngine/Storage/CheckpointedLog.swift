@@ -18,14 +18,15 @@ struct CheckpointedLog {
     /// The newest checkpoint that decodes, falling back to older ones.
     /// - Parameters:
     ///   - repair: remove unfinished checkpoints (temporary names), as recovery does; verify does not.
-    ///   - decode: the checkpoint's bytes and path to its body and the lsn it says it covers.
+    ///   - decode: the checkpoint's file (read through it piece by piece) and path to its body and
+    ///     the lsn it says it covers.
     /// - Returns: nil when there is none (and the log must then start at lsn 1).
     /// - Throws: the first checkpoint's problem when none is usable and the log does not start at
     ///   lsn 1 (nothing else could stand in for it).
     func loadNewestCheckpoint<Body>(
         repair: Bool,
         logger: Logger?,
-        decode: ([UInt8], String) throws -> (Body, UInt64)
+        decode: (any CheckpointSource, String) throws -> (Body, UInt64)
     ) throws -> Loaded<Body>? {
         let directory = self.files.checkpoints
         guard self.fileSystem.isDirectory(directory) else { return nil }
@@ -40,12 +41,12 @@ struct CheckpointedLog {
         for (name, lsn) in checkpoints {
             let path = directory + "/" + name
             do {
-                let bytes = try self.fileSystem.readFile(path)
-                let (body, loadedLSN) = try decode(bytes, path)
+                let file = try CheckpointFile(path: path, fileSystem: self.fileSystem)
+                let (body, loadedLSN) = try decode(file, path)
                 guard loadedLSN == lsn else {
                     throw WALError.corrupt(file: path, offset: 0, reason: "lsn \(loadedLSN) under the name of \(lsn)")
                 }
-                return Loaded(body: body, lsn: lsn, size: bytes.count)
+                return Loaded(body: body, lsn: lsn, size: file.size)
             } catch {
                 // An older checkpoint and the segments after it may still recover the log; if
                 // they do not, the log reader reports the gap as corruption.
@@ -82,10 +83,19 @@ struct CheckpointedLog {
     ///     segment (``WALWriter/startNewSegment()``) when the checkpoint was captured, so that
     ///     nothing after `lsn` is appended to the segments this removes.
     func commit(checkpoint bytes: [UInt8], lsn: UInt64, lastAppendedLSN: UInt64) throws {
+        try self.commit(lsn: lsn, lastAppendedLSN: lastAppendedLSN) { output in try output(bytes) }
+    }
+
+    /// ``commit(checkpoint:lsn:lastAppendedLSN:)`` with the file written piece by piece by `write`.
+    func commit(
+        lsn: UInt64,
+        lastAppendedLSN: UInt64,
+        write: (_ output: ([UInt8]) throws -> Void) throws -> Void
+    ) throws {
         let fileSystem = self.fileSystem
         let directory = self.files.checkpoints
         if try fileSystem.makeDirectory(directory) { try fileSystem.syncDirectory(self.files.directory) }
-        try fileSystem.writeFileAtomically(directory + "/" + Checkpoint.fileName(lsn: lsn), contents: bytes)
+        try fileSystem.writeFileAtomically(directory + "/" + Checkpoint.fileName(lsn: lsn), writer: write)
         let wal = self.files.wal
         let segments = try WALReader(directory: wal, fileSystem: fileSystem).segmentNames()
         var removedSegment = false

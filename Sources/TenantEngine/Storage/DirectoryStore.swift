@@ -79,17 +79,20 @@ struct DirectoryStore: TenantStore {
         fileSystem: any WALFileSystem,
         maxRecordSize: Int,
         repair: Bool,
-        logger: Logger?
+        logger: Logger?,
+        makeCold: () -> ColdStore? = { nil }
     ) throws -> Recovered {
         let log = CheckpointedLog(files: files, fileSystem: fileSystem)
-        let checkpoint = try log.loadNewestCheckpoint(repair: repair, logger: logger) { bytes, path in
-            let (state, lsn) = try Checkpoint.decode(bytes: bytes, path: path)
+        // Each attempt gets a store of its own: a checkpoint that fails halfway drops its rooms
+        // and their count in the budget with them.
+        let checkpoint = try log.loadNewestCheckpoint(repair: repair, logger: logger) { file, path in
+            let (state, lsn) = try Checkpoint.decode(source: file, path: path, cold: makeCold())
             guard state.metadata != nil else {
                 throw WALError.corrupt(file: path, offset: 0, reason: "no tenant metadata")
             }
             return (state, lsn)
         }
-        var state = checkpoint?.body ?? TenantState()
+        var state = checkpoint?.body ?? TenantState(cold: makeCold())
         let checkpointLSN = checkpoint?.lsn ?? 0
         let result = try log.replay(after: checkpointLSN, maxRecordSize: maxRecordSize, repair: repair, logger: logger)
         { record in
@@ -120,7 +123,8 @@ struct DirectoryStore: TenantStore {
                     fileSystem: fileSystem,
                     maxRecordSize: configuration.walConfiguration.maxRecordSize,
                     repair: true,
-                    logger: logger
+                    logger: logger,
+                    makeCold: context.makeColdStore
                 )
             } catch let error as WALError {
                 throw TenantError(.storageFailed, "tenant log is damaged: \(error)")

@@ -69,14 +69,15 @@ actor SharedLogStore: TenantStore {
         fileSystem: any WALFileSystem,
         maxRecordSize: Int,
         repair: Bool,
-        logger: Logger?
+        logger: Logger?,
+        makeCold: () -> ColdStore? = { nil }
     ) throws -> Recovered {
         let log = CheckpointedLog(files: files, fileSystem: fileSystem)
         var recovered = Recovered()
         if let checkpoint = try log.loadNewestCheckpoint(
             repair: repair,
             logger: logger,
-            decode: SharedCheckpoint.decode
+            decode: { try SharedCheckpoint.decode(source: $0, path: $1, makeCold: makeCold) }
         ) {
             recovered.checkpointLSN = checkpoint.lsn
             recovered.checkpointSize = Int64(checkpoint.size)
@@ -108,7 +109,7 @@ actor SharedLogStore: TenantStore {
                 if recovered.states[id] == nil {
                     guard case .metadata = decoded else { return }
                 }
-                try recovered.states[id, default: TenantState()].apply(decoded)
+                try recovered.states[id, default: TenantState(cold: makeCold())].apply(decoded)
                 recovered.storage[id, default: 0] += Int64(record.storedSize)
             } catch {
                 throw TenantError(.storageFailed, "shared log record \(record.lsn) does not decode: \(error)")
@@ -130,7 +131,8 @@ actor SharedLogStore: TenantStore {
                     fileSystem: fileSystem,
                     maxRecordSize: configuration.sharedWALConfiguration.maxRecordSize,
                     repair: true,
-                    logger: logger
+                    logger: logger,
+                    makeCold: context.makeColdStore
                 )
             } catch let error as WALError {
                 throw TenantError(.storageFailed, "the shared log is damaged: \(error)")
@@ -408,7 +410,7 @@ enum SharedCheckpoint {
             let start = writer.bytes.count
             writer.write(capture.id)
             writer.write(capture.cut)
-            writer.write(bytes: Checkpoint.body(capture.state))
+            writer.write(bytes: try Checkpoint.body(capture.state))
             bodySizes.append(writer.bytes.count - start)
         }
         let bytes = try Checkpoint.encode(body: writer.bytes, lsn: lsn)
@@ -420,32 +422,51 @@ enum SharedCheckpoint {
     private static let minimumEntrySize = 4 + 8 + 4
 
     /// Checks and decodes a shared checkpoint file. Every count is bounded by the bytes left.
-    static func decode(bytes: [UInt8], path: String) throws -> ([Entry], UInt64) {
-        let (body, lsn) = try Checkpoint.container(bytes: bytes, path: path)
+    static func decode(
+        bytes: [UInt8],
+        path: String,
+        makeCold: () -> ColdStore? = { nil }
+    ) throws -> ([Entry], UInt64) {
+        try self.decode(source: CheckpointBytes(bytes: bytes), path: path, makeCold: makeCold)
+    }
+
+    /// Decodes a shared checkpoint read block by block from `source`, each tenant's rooms under
+    /// a cold store of its own from `makeCold`.
+    static func decode(
+        source: any CheckpointSource,
+        path: String,
+        makeCold: () -> ColdStore? = { nil }
+    ) throws -> ([Entry], UInt64) {
+        let container = try CheckpointReader(source: source, path: path)
+        let lsn = container.lsn
+        let scale = Double(source.size) / Double(max(1, container.bodySize))
+        var reader = BodyStream(container)
         do {
-            return try body.withUnsafeBytes { raw in
-                var reader = BinaryReader(raw)
-                let count = try reader.readCount(minimumSize: Self.minimumEntrySize, "tenant count")
-                var entries: [Entry] = []
-                var seen: Set<String> = []
-                let scale = Double(bytes.count) / Double(max(1, body.count))
-                for _ in 0..<count {
-                    let start = reader.offset
-                    let id = try reader.readString()
-                    let cut = try reader.read(UInt64.self)
-                    let tenantBody = try reader.readBytes()
-                    guard Names.isValidTenantID(id), seen.insert(id).inserted else {
-                        throw RecordDecodingError.invalidValue("tenant id")
-                    }
-                    guard cut >= lsn, cut <= WALFormat.maxLSN else { throw RecordDecodingError.invalidValue("cut") }
-                    let state = try tenantBody.withUnsafeBytes { try Checkpoint.state(from: $0) }
-                    guard state.metadata?.tenantID == id else { throw RecordDecodingError.invalidValue("metadata") }
-                    let size = Int((Double(reader.offset - start) * scale).rounded(.up))
-                    entries.append(Entry(id: id, cut: cut, state: state, size: size))
+            let count = try reader.readCount(minimumSize: Self.minimumEntrySize, "tenant count")
+            var entries: [Entry] = []
+            var seen: Set<String> = []
+            for _ in 0..<count {
+                let start = reader.position
+                let id = try reader.readString()
+                let cut = try reader.read(UInt64.self)
+                let length = Int(try reader.read(UInt32.self))
+                guard Names.isValidTenantID(id), seen.insert(id).inserted else {
+                    throw RecordDecodingError.invalidValue("tenant id")
                 }
-                guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
-                return (entries, lsn)
+                guard cut >= lsn, cut <= WALFormat.maxLSN else { throw RecordDecodingError.invalidValue("cut") }
+                let bodyStart = reader.position
+                let state = try Checkpoint.state(reading: &reader, cold: makeCold())
+                guard reader.position - bodyStart == length else {
+                    throw RecordDecodingError.invalidValue("tenant body length")
+                }
+                guard state.metadata?.tenantID == id else { throw RecordDecodingError.invalidValue("metadata") }
+                let size = Int((Double(reader.position - start) * scale).rounded(.up))
+                entries.append(Entry(id: id, cut: cut, state: state, size: size))
             }
+            guard reader.isAtEnd else { throw RecordDecodingError.trailingBytes }
+            return (entries, lsn)
+        } catch let error as WALError {
+            throw error
         } catch {
             throw WALError.corrupt(
                 file: path,

@@ -66,11 +66,10 @@ final class DirectoryJournal: TenantJournal {
         let fileSystem = self.fileSystem
         let directory = self.files.directory
         return try await runBlocking {
-            try log.commit(
-                checkpoint: try Checkpoint.encode(state, lsn: lsn),
-                lsn: lsn,
-                lastAppendedLSN: writer.lastAppendedLSN
-            )
+            // Streamed to the file a block at a time: a checkpoint never holds the whole state twice.
+            try log.commit(lsn: lsn, lastAppendedLSN: writer.lastAppendedLSN) { output in
+                try Checkpoint.write(state, lsn: lsn, to: output)
+            }
             return try fileSystem.treeSize(directory)
         }
     }

@@ -8,6 +8,13 @@ struct TenantContext: Sendable {
     var configuration: EngineConfiguration
     var logger: Logger
     var onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
+    /// The server's memory budget for messages; nil keeps every message in memory.
+    var memory: MemoryBudget? = nil
+
+    /// A cold store for one tenant's rooms under the budget, if there is one.
+    func makeColdStore() -> ColdStore? {
+        self.memory.map { ColdStore(budget: $0, directory: self.configuration.dataDirectory, logger: self.logger) }
+    }
 }
 
 /// What a store finds in the data directory at start-up.

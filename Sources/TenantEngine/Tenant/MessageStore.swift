@@ -6,10 +6,13 @@ struct MessageStore: Sendable {
     private(set) var rooms: [String: Room]
     private(set) var count: Int
     private var pending: Deque<(lsn: UInt64, room: String, message: Message)> = []
+    /// Where sealed chunks go when the server is over its memory budget (nil: they stay).
+    let cold: ColdStore?
 
-    init(rooms: [String: Room], count: Int) {
+    init(rooms: [String: Room], count: Int, cold: ColdStore?) {
         self.rooms = rooms
         self.count = count
+        self.cold = cold
     }
 
     /// True while accepted messages wait for the log.
@@ -33,7 +36,8 @@ struct MessageStore: Sendable {
         var applied: [(room: String, message: Message)] = []
         while let next = self.pending.first, next.lsn <= durableLSN {
             self.pending.removeFirst()
-            try self.rooms[next.room, default: Room()].apply(next.message)
+            let taken = try self.rooms[next.room, default: Room()].apply(next.message)
+            self.cold?.took(taken, room: next.room, rooms: &self.rooms)
             self.count += 1
             applied.append((next.room, next.message))
         }
@@ -57,9 +61,10 @@ struct MessageStore: Sendable {
 
     /// A room's visible messages, oldest first, at most `maxTextBytes` of text: with AFTER the
     /// page keeps its oldest messages, otherwise its newest, so paging on from its edge misses none.
-    func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) -> [Message] {
+    /// - Throws: when a cold chunk cannot be read back.
+    func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) throws -> [Message] {
         guard let messages = self.rooms[room] else { return [] }
-        let page = messages.history(after: after, before: before, limit: limit)
+        let page = try messages.history(after: after, before: before, limit: limit)
         return Self.capped(page, keepingOldest: after != nil, maxTextBytes: maxTextBytes)
     }
 

@@ -111,13 +111,17 @@ extension Tenant {
         _ = try self.authorize(principal, .read)
         guard Names.isValidRoom(room) else { throw Self.invalidRoom }
         self.applyDurable()
-        return self.messages.history(
-            room: room,
-            after: after,
-            before: before,
-            limit: min(limit, Self.maxHistoryLimit),
-            maxTextBytes: Self.maxHistoryTextBytes
-        )
+        do {
+            return try self.messages.history(
+                room: room,
+                after: after,
+                before: before,
+                limit: min(limit, Self.maxHistoryLimit),
+                maxTextBytes: Self.maxHistoryTextBytes
+            )
+        } catch {
+            throw TenantError(.storageFailed, "older messages of room \(room) could not be read back: \(error)")
+        }
     }
 
     /// The most rooms one ROOMS returns: the client pages on with AFTER.

@@ -62,7 +62,18 @@ public actor Tenant {
         let metadata = data.metadata!
         self.id = metadata.tenantID
         self.membership = Membership(metadata: metadata, users: data.users)
-        self.messages = MessageStore(rooms: data.rooms, count: data.messageCount)
+        var cold = data.cold
+        if cold == nil, let budget = context.memory {
+            // Rooms recovered or created without a store: from now on they count in the budget.
+            let store = ColdStore(
+                budget: budget,
+                directory: context.configuration.dataDirectory,
+                logger: context.logger
+            )
+            store.adopt(data.rooms)
+            cold = store
+        }
+        self.messages = MessageStore(rooms: data.rooms, count: data.messageCount, cold: cold)
         self.quota = QuotaAccount(storageBytes: storageBytes, day: data.messageDays)
         self.journal = journal
         self.executor = executor

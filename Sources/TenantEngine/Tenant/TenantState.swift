@@ -8,6 +8,8 @@ struct TenantState: Sendable {
     /// Messages accepted but not yet applied, by room, in seq order after the room's applied
     /// ones: a checkpoint written once the log is durable past them writes them too.
     var pending: [String: [Message]] = [:]
+    /// Where the rooms' sealed chunks go when the server is over its memory budget (nil: they stay).
+    var cold: ColdStore?
 
     /// Applies one record.
     /// - Throws: when the record contradicts the state (a seq out of order).
@@ -20,7 +22,8 @@ struct TenantState: Sendable {
         case .userDelete(let name):
             self.users[name] = nil
         case .message(let room, let message):
-            try self.rooms[room, default: Room()].apply(message)
+            let taken = try self.rooms[room, default: Room()].apply(message)
+            self.cold?.took(taken, room: room, rooms: &self.rooms)
             self.messageCount += 1
             self.messageDays.count(timestamp: message.timestamp)
         case .tenantDeleted:

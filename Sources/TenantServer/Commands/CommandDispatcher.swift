@@ -111,6 +111,7 @@ struct CommandDispatcher: Sendable {
             ("appendfsync", self.registry.configuration.fsyncPolicyName),
             ("appendonly", "yes"),
             ("databases", "1"),
+            ("maxmemory", String(self.registry.configuration.maxMemory)),
             ("save", ""),
         ]
         let matching = settings.filter { key, _ in

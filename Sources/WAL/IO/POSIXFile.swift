@@ -33,6 +33,21 @@ public enum POSIXFile {
         }
     }
 
+    /// pread(2), retried on EINTR: up to `buffer.count` bytes at `offset`, 0 at the end.
+    public static func read(
+        _ fd: Int32,
+        into buffer: UnsafeMutableRawBufferPointer,
+        at offset: Int,
+        path: String
+    ) throws -> Int {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        while true {
+            let got = pread(fd, base, buffer.count, off_t(offset))
+            if got >= 0 { return got }
+            if errno != EINTR { throw WALError.io("read", path: path, errno: errno) }
+        }
+    }
+
     /// Reads a whole file.
     public static func readAll(_ path: String) throws -> [UInt8] {
         let fd = try open(path, flags: O_RDONLY)

@@ -42,6 +42,10 @@ public protocol WALFileSystem: Sendable {
     func truncate(_ path: String, to length: Int) throws
     /// A whole file.
     func readFile(_ path: String) throws -> [UInt8]
+    /// Opens a file to read pieces of it with ``read(_:into:at:path:)``; returns its descriptor.
+    func openForReading(_ path: String) throws -> Int32
+    /// Reads up to `buffer.count` bytes at `offset`; returns how many, 0 at the end of the file.
+    func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: Int, path: String) throws -> Int
     /// The names in a directory, sorted, without `.` and `..`.
     func listDirectory(_ path: String) throws -> [String]
     /// The names in a directory with whether each is a directory, unsorted (one read of the
@@ -116,6 +120,19 @@ public struct POSIXFileSystem: WALFileSystem {
         try POSIXFile.truncate(path, to: length)
     }
 
+    public func openForReading(_ path: String) throws -> Int32 {
+        try POSIXFile.open(path, flags: O_RDONLY)
+    }
+
+    public func read(
+        _ fd: Int32,
+        into buffer: UnsafeMutableRawBufferPointer,
+        at offset: Int,
+        path: String
+    ) throws -> Int {
+        try POSIXFile.read(fd, into: buffer, at: offset, path: path)
+    }
+
     public func readFile(_ path: String) throws -> [UInt8] {
         try POSIXFile.readAll(path)
     }
@@ -145,9 +162,21 @@ extension WALFileSystem {
     /// Writes a whole new file durably through this layer: a temporary name, fdatasync, rename,
     /// fsync of the directory. A crash at any step leaves the old file or the new one, never half.
     public func writeFileAtomically(_ path: String, contents: [UInt8]) throws {
+        try self.writeFileAtomically(path) { output in try output(contents) }
+    }
+
+    /// ``writeFileAtomically(_:contents:)`` with the contents written piece by piece by `writer`,
+    /// which hands each piece to the output it is given: a large file never sits whole in memory.
+    public func writeFileAtomically(
+        _ path: String,
+        writer: (_ output: ([UInt8]) throws -> Void) throws -> Void
+    ) throws {
         let temporary = path + ".tmp"
         do {
-            try self.writeNewFile(temporary, contents: contents)
+            let fd = try self.createFile(temporary)
+            defer { self.close(fd, path: temporary) }
+            try writer { piece in try piece.withUnsafeBytes { try self.write(fd, $0, path: temporary) } }
+            try self.sync(fd, path: temporary)
         } catch {
             try? self.remove(temporary)
             throw error
@@ -192,10 +221,30 @@ extension WALFileSystem {
             if self.isDirectory(from) {
                 try self.copyTree(from, to: to)
             } else {
-                try self.writeNewFile(to, contents: try self.readFile(from))
+                try self.copyFile(from, to: to)
             }
         }
         try self.syncDirectory(destination)
+    }
+
+    /// Copies a file a megabyte at a time (a checkpoint of gigabytes never sits in memory), then
+    /// fdatasyncs the copy; its name is durable once its directory is synced.
+    public func copyFile(_ source: String, to destination: String) throws {
+        let input = try self.openForReading(source)
+        defer { self.close(input, path: source) }
+        let output = try self.createFile(destination)
+        defer { self.close(output, path: destination) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var offset = 0
+        while true {
+            let got = try buffer.withUnsafeMutableBytes { try self.read(input, into: $0, at: offset, path: source) }
+            if got == 0 { break }
+            try buffer.withUnsafeBytes {
+                try self.write(output, UnsafeRawBufferPointer(rebasing: $0[0..<got]), path: destination)
+            }
+            offset += got
+        }
+        try self.sync(output, path: destination)
     }
 
     /// The bytes of every file under `path` (0 for a missing path).

@@ -1,0 +1,268 @@
+import LZ4
+import WAL
+
+/// Where a checkpoint's bytes come from: its file, read piece by piece, or bytes in memory.
+protocol CheckpointSource {
+    /// The file's size.
+    var size: Int { get }
+    /// `count` bytes at `offset` (the caller keeps within ``size``).
+    func read(at offset: Int, count: Int) throws -> [UInt8]
+}
+
+/// A checkpoint in memory (fuzzing, tests, tools).
+struct CheckpointBytes: CheckpointSource {
+    let bytes: [UInt8]
+    var size: Int { self.bytes.count }
+    func read(at offset: Int, count: Int) throws -> [UInt8] { Array(self.bytes[offset..<(offset + count)]) }
+}
+
+/// A checkpoint file read through the file layer a block at a time: recovery never holds the
+/// whole file, or the whole body, in memory.
+final class CheckpointFile: CheckpointSource {
+    let fileSystem: any WALFileSystem
+    let path: String
+    let size: Int
+    private let fd: Int32
+
+    init(path: String, fileSystem: any WALFileSystem) throws {
+        self.fileSystem = fileSystem
+        self.path = path
+        self.fd = try fileSystem.openForReading(path)
+        do {
+            self.size = try fileSystem.fileSize(path)
+        } catch {
+            fileSystem.close(self.fd, path: path)
+            throw error
+        }
+    }
+
+    deinit { self.fileSystem.close(self.fd, path: self.path) }
+
+    func read(at offset: Int, count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let got = try bytes.withUnsafeMutableBytes { buffer in
+                try self.fileSystem.read(
+                    self.fd,
+                    into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]),
+                    at: offset + done,
+                    path: self.path
+                )
+            }
+            guard got > 0 else {
+                throw WALError.corrupt(file: self.path, offset: offset + done, reason: "file ends early")
+            }
+            done += got
+        }
+        return bytes
+    }
+}
+
+/// Reads a checkpoint's container: checks its header, finds its blocks (bounding the body they
+/// add up to before anything is decompressed), then gives their raw bytes one at a time, each
+/// checked against its checksum. Every problem is a ``WALError`` naming the file and offset.
+struct CheckpointReader {
+    let path: String
+    let lsn: UInt64
+    /// The body's size: the blocks' raw lengths added up.
+    let bodySize: Int
+    private let source: any CheckpointSource
+    /// Each block's offset, raw and stored length.
+    private var blocks: [(offset: Int, raw: Int, stored: Int)] = []
+    private var next = 0
+
+    init(source: any CheckpointSource, path: String) throws {
+        self.source = source
+        self.path = path
+        func corrupt(_ offset: Int, _ reason: String) -> WALError {
+            WALError.corrupt(file: path, offset: offset, reason: reason)
+        }
+        let size = source.size
+        guard size >= Checkpoint.headerSize + Checkpoint.trailer.count else { throw corrupt(0, "not a checkpoint") }
+        let header = try source.read(at: 0, count: Checkpoint.headerSize)
+        guard header.prefix(8).elementsEqual(Checkpoint.magic) else { throw corrupt(0, "not a checkpoint") }
+        guard
+            CRC32C.unmask(header.littleEndian(UInt32.self, at: 20))
+                == header[0..<20].withUnsafeBytes({ CRC32C.checksum($0) })
+        else {
+            throw corrupt(0, "bad checkpoint header checksum")
+        }
+        let lsn = header.littleEndian(UInt64.self, at: 8)
+        guard lsn <= WALFormat.maxLSN else { throw corrupt(8, "checkpoint lsn \(lsn) out of range") }
+        self.lsn = lsn
+        let declared = header.littleEndian(UInt32.self, at: 16)
+        // A streamed checkpoint's blocks run up to the trailer.
+        let blockCount = declared == Checkpoint.unknownBlockCount ? nil : Int(declared)
+        // lz4 expands up to 255 times: a crafted file of a few MB could otherwise ask for
+        // gigabytes. Real bodies (chat text, columns of small numbers) stay far below this.
+        let maxBody = max(
+            Checkpoint.minimumBodyBound,
+            size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
+        )
+        let maxStored = LZ4Block.compressBound(Checkpoint.blockSize)
+        var offset = Checkpoint.headerSize
+        var body = 0
+        var blocks: [(offset: Int, raw: Int, stored: Int)] = []
+        while blockCount.map({ blocks.count < $0 }) ?? (size - offset != Checkpoint.trailer.count) {
+            guard size - offset >= Checkpoint.blockHeaderSize else { throw corrupt(offset, "truncated block") }
+            let blockHeader = try source.read(at: offset, count: Checkpoint.blockHeaderSize)
+            let raw = Int(blockHeader.littleEndian(UInt32.self, at: 4))
+            let stored = Int(blockHeader.littleEndian(UInt32.self, at: 8))
+            guard raw <= Checkpoint.blockSize, stored <= maxStored,
+                size - offset - Checkpoint.blockHeaderSize >= stored
+            else { throw corrupt(offset, "block size out of bounds") }
+            guard maxBody - body >= raw else {
+                throw corrupt(offset, "body over \(maxBody) bytes, \(Checkpoint.maxExpansion) times the file")
+            }
+            blocks.append((offset, raw, stored))
+            body += raw
+            offset += Checkpoint.blockHeaderSize + stored
+        }
+        guard size - offset == Checkpoint.trailer.count,
+            try source.read(at: offset, count: Checkpoint.trailer.count) == Checkpoint.trailer
+        else { throw corrupt(offset, "missing checkpoint trailer") }
+        self.blocks = blocks
+        self.bodySize = body
+    }
+
+    /// The next block's raw bytes, nil after the last.
+    mutating func nextBlock() throws -> [UInt8]? {
+        guard self.next < self.blocks.count else { return nil }
+        let block = self.blocks[self.next]
+        self.next += 1
+        let bytes = try self.source.read(at: block.offset, count: Checkpoint.blockHeaderSize + block.stored)
+        guard
+            CRC32C.unmask(bytes.littleEndian(UInt32.self, at: 0))
+                == bytes[4...].withUnsafeBytes({ CRC32C.checksum($0) })
+        else {
+            throw WALError.corrupt(file: self.path, offset: block.offset, reason: "block checksum mismatch")
+        }
+        do {
+            return try LZ4Block.decompress(
+                Array(bytes[Checkpoint.blockHeaderSize...]),
+                decodedSize: block.raw,
+                maxDecodedSize: Checkpoint.blockSize
+            )
+        } catch {
+            throw WALError.corrupt(file: self.path, offset: block.offset, reason: "\(error)")
+        }
+    }
+
+    /// The whole body (a shared checkpoint's tools and tests; recovery streams it).
+    mutating func body() throws -> [UInt8] {
+        var body: [UInt8] = []
+        body.reserveCapacity(self.bodySize)
+        while let block = try self.nextBlock() { body += block }
+        return body
+    }
+}
+
+/// What the body decoders read with: ``BinaryReader`` over bytes in memory, or ``BodyStream``
+/// over a checkpoint's blocks as they come.
+protocol BodyReading {
+    mutating func read<T: FixedWidthInteger>(_ type: T.Type) throws -> T
+    mutating func readString() throws -> String
+    mutating func readBytes() throws -> [UInt8]
+    mutating func readVarint() throws -> UInt64
+    mutating func readSignedVarint() throws -> Int64
+    mutating func readString(count: Int) throws -> String
+    mutating func readCount(minimumSize: Int, _ what: String) throws -> Int
+    /// The bytes read so far.
+    var position: Int { get }
+    var isAtEnd: Bool { get }
+}
+
+extension BinaryReader: BodyReading {
+    var position: Int { self.offset }
+}
+
+/// A checkpoint body read block by block: it holds the unread part of a block or two, never the
+/// whole body. Counts are bounded by the body's size, known from the blocks' headers.
+struct BodyStream: BodyReading {
+    private var reader: CheckpointReader
+    private var window: [UInt8] = []
+    private var windowOffset = 0
+    /// The body bytes before the window.
+    private var consumed = 0
+
+    init(_ reader: CheckpointReader) {
+        self.reader = reader
+    }
+
+    var position: Int { self.consumed + self.windowOffset }
+    private var remaining: Int { self.reader.bodySize - self.position }
+    var isAtEnd: Bool { self.remaining == 0 }
+
+    /// Makes `count` bytes readable in the window.
+    private mutating func ensure(_ count: Int) throws {
+        guard self.window.count - self.windowOffset < count else { return }
+        guard count <= self.remaining else { throw RecordDecodingError.truncated }
+        self.window.removeFirst(self.windowOffset)
+        self.consumed += self.windowOffset
+        self.windowOffset = 0
+        while self.window.count < count {
+            guard let block = try self.reader.nextBlock() else { throw RecordDecodingError.truncated }
+            self.window += block
+        }
+    }
+
+    private mutating func take(_ count: Int) throws -> ArraySlice<UInt8> {
+        try self.ensure(count)
+        defer { self.windowOffset += count }
+        return self.window[self.windowOffset..<(self.windowOffset + count)]
+    }
+
+    mutating func read<T: FixedWidthInteger>(_ type: T.Type) throws -> T {
+        let bytes = try self.take(MemoryLayout<T>.size)
+        return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(as: T.self)) }
+    }
+
+    mutating func readString() throws -> String {
+        try self.readString(count: Int(try self.read(UInt32.self)))
+    }
+
+    mutating func readBytes() throws -> [UInt8] {
+        Array(try self.take(Int(try self.read(UInt32.self))))
+    }
+
+    mutating func readVarint() throws -> UInt64 {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            guard shift < 64 else { throw RecordDecodingError.truncated }
+            let byte = try self.take(1).first!
+            value |= UInt64(byte & 0x7F) << shift
+            if byte < 0x80 { return value }
+            shift += 7
+        }
+    }
+
+    mutating func readSignedVarint() throws -> Int64 {
+        let raw = try self.readVarint()
+        return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
+    }
+
+    mutating func readString(count: Int) throws -> String {
+        guard count >= 0 else { throw RecordDecodingError.truncated }
+        let bytes = try self.take(count)
+        guard let string = bytes.withUnsafeBytes({ String(validating: $0, as: UTF8.self) }) else {
+            throw RecordDecodingError.invalidUTF8
+        }
+        return string
+    }
+
+    mutating func readCount(minimumSize: Int, _ what: String) throws -> Int {
+        let raw = try self.readVarint()
+        guard let count = Int(exactly: raw), count <= self.remaining / minimumSize else {
+            throw RecordDecodingError.invalidValue(what)
+        }
+        return count
+    }
+}
+
+extension Array where Element == UInt8 {
+    fileprivate func littleEndian<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
+        self.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: T.self)) }
+    }
+}
