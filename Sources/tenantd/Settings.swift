@@ -105,8 +105,8 @@ struct Settings {
         }
         if let cap = try Self.integer(environment, "TENANT_MAX_TENANTS") { engine.maxTenants = cap }
         if let text = command.maxmemory ?? environment["TENANTD_MAXMEMORY"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 16 << 20 else {
-                throw ValidationError("maxmemory must be 0 (no limit) or at least 16mb")
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 32 << 20 else {
+                throw ValidationError("maxmemory must be 0 (no limit) or at least 32mb")
             }
             engine.maxMemory = bytes
         } else {

@@ -120,8 +120,22 @@ struct TenantdCommand: AsyncParsableCommand {
             .init(service: EngineService(registry: registry))
         ]
         if settings.metricsPort > 0 {
+            // The memory budget's figures, read at each scrape (nothing on the hot path).
+            let memory = registry.memory.map { budget in
+                (
+                    budget,
+                    Gauge(label: "tenantd_memory_messages_bytes"),
+                    Gauge(label: "tenantd_memory_messages_limit_bytes"),
+                    Gauge(label: "tenantd_memory_chunk_cache_bytes")
+                )
+            }
             let listener = MetricsListener(host: settings.server.host, port: settings.metricsPort, logger: logger) {
-                metrics.emitToBuffer()
+                if let (budget, messages, limit, cache) = memory {
+                    messages.record(budget.residentBytes)
+                    limit.record(budget.limit)
+                    cache.record(budget.cachedBytes)
+                }
+                return metrics.emitToBuffer()
             }
             services.append(.init(service: listener))
         }

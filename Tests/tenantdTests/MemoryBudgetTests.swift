@@ -175,4 +175,68 @@ struct MemoryBudgetTests {
             await reopened.shutdown()
         }
     }
+
+    /// The server as an operator runs it: `--maxmemory 32mb`, 64 MB of text posted over three
+    /// rooms. The messages' share stays within half the budget (the metrics say so), the process
+    /// grows by well under what it was sent, and the oldest messages come back as they were posted.
+    @Test func theServerKeepsItsMessagesWithinMaxmemoryAndServesTheOldestBack() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let corpus = try CheckpointTests.corpus().map(\.text)
+        var texts: [String] = []
+        var next = 0
+        for _ in 0..<64 {
+            var text = ""
+            while text.utf8.count < 16_000 {
+                text += corpus[next % corpus.count] + "\n"
+                next += 1
+            }
+            texts.append(text)
+        }
+        let (running, metricsPort) = try OperationsTests.startWithMetrics(
+            dataDirectory: dir.path + "/data",
+            arguments: ["--maxmemory", "32mb"]
+        )
+        let admin = try running.operatorClient()
+        #expect(try admin.call("CONFIG", "GET", "maxmemory").fields?["maxmemory"]?.string == "33554432")
+        let owner = try running.login(
+            "alice@acme",
+            try admin.createTenant(name: "A", subdomain: "acme", plan: "enterprise").token
+        )
+        let before = running.residentBytes()
+        var posted = 0
+        for batch in 0..<40 {
+            let replies = try owner.pipeline(
+                (0..<100).map { index in
+                    ["POST", "room-\(index % 3)", texts[(batch * 100 + index) % texts.count]]
+                }
+            )
+            #expect(replies.allSatisfy { $0.int != nil }, "\(replies.first { $0.int == nil } as Any)")
+            posted += (0..<100).reduce(0) { $0 + texts[(batch * 100 + $1) % texts.count].utf8.count }
+        }
+        let grown = running.residentBytes() - before
+        #expect(grown < posted * 5 / 8, "grew by \(grown) bytes for \(posted) posted")
+
+        let metrics = try OperationsTests.httpGet(port: metricsPort, path: "/metrics")
+        func gauge(_ name: String) -> Int? {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
+                Double($0.split(separator: " ").last ?? "").map { Int($0) }
+            }
+        }
+        #expect(gauge("tenantd_memory_messages_limit_bytes") == 16 << 20, "\(metrics)")
+        let messages = try #require(gauge("tenantd_memory_messages_bytes"))
+        #expect(messages > 0 && messages <= (16 << 20) + 3 * Self.maxTailBytes, "\(messages)")
+        #expect(gauge("tenantd_memory_chunk_cache_bytes") != nil)
+
+        // The oldest pages come back from the cold store exactly as posted.
+        for room in 0..<3 {
+            let page = try owner.call("HISTORY", "room-\(room)", "AFTER", "0", "LIMIT", "4")
+            let got = page.elements?.compactMap { $0.elements?[3].string }
+            let expected = (0..<4).map { texts[(room + 3 * $0) % texts.count] }
+            #expect(got == expected, "room-\(room)")
+        }
+        #expect(throws: TenantdProcessError.self) {
+            _ = try TenantdProcess(dataDirectory: dir.path + "/other", arguments: ["--maxmemory", "1mb"])
+        }
+    }
 }

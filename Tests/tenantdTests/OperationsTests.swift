@@ -272,6 +272,25 @@ struct OperationsTests {
         #expect(serverA.stop() == 0)
     }
 
+    /// A server with a metrics listener on a free port (tries a few random ones).
+    static func startWithMetrics(
+        dataDirectory: String,
+        arguments: [String] = []
+    ) throws -> (server: TenantdProcess, metricsPort: Int) {
+        for _ in 0..<5 {
+            let port = Int.random(in: 41_000...60_000)
+            guard
+                let server = try? TenantdProcess(
+                    dataDirectory: dataDirectory,
+                    arguments: arguments + ["--metrics-port", String(port)]
+                )
+            else { continue }
+            if !server.stderrText().contains("metrics listener not started") { return (server, port) }
+            _ = server.stop()
+        }
+        throw UnexpectedReply(description: "no free metrics port in five tries")
+    }
+
     /// A GET over a plain socket.
     static func httpGet(port: Int, path: String) throws -> String {
         let client = try RESPTestClient(port: port)
@@ -282,19 +301,7 @@ struct OperationsTests {
     @Test func prometheusMetricsAndANonFatalBusyMetricsPort() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        var server: TenantdProcess?
-        var metricsPort = 0
-        for _ in 0..<5 where server == nil {
-            metricsPort = Int.random(in: 41_000...60_000)
-            server = try? TenantdProcess(
-                dataDirectory: dir.path + "/a",
-                arguments: ["--metrics-port", String(metricsPort)]
-            )
-            if let started = server, started.stderrText().contains("metrics listener not started") {
-                server = nil
-            }
-        }
-        let running = try #require(server)
+        let (running, metricsPort) = try Self.startWithMetrics(dataDirectory: dir.path + "/a")
         let owner = try running.login(
             "alice@acme",
             try running.operatorClient().createTenant(name: "A", subdomain: "acme").token

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// One room: its messages in seq order, kept in chunks of columns rather than as ``Message``
 /// values, so that the older ones can leave memory.
 ///
@@ -16,7 +18,9 @@ public struct Room: Sendable {
     /// The messages of a chunk past which it is sealed.
     static let chunkMessages = 512
 
-    private var sealed: [SealedChunk] = []
+    /// Sealed chunks, each in a box shared by every copy of the room: a checkpoint's copy sees a
+    /// chunk leave memory when the live room moves it out, and never pins it there.
+    private var sealed: [ChunkBox] = []
     /// The number of messages up to and including sealed chunk `i`.
     private var sealedEnds: [Int] = []
     private var tail = MessageColumns()
@@ -43,28 +47,28 @@ public struct Room: Sendable {
     /// How many sealed chunks are cold.
     var coldChunkCount: Int {
         self.sealed.reduce(0) { count, chunk in
-            if case .cold = chunk { return count + 1 }
+            if case .cold = chunk.state { return count + 1 }
             return count
         }
     }
 
     /// True when chunk `index` is in the cold store.
     func isCold(chunk index: Int) -> Bool {
-        guard index < self.sealed.count, case .cold = self.sealed[index] else { return false }
+        guard index < self.sealed.count, case .cold = self.sealed[index].state else { return false }
         return true
     }
 
     /// How many sealed chunks are compressed in memory.
     var compressedChunkCount: Int {
         self.sealed.reduce(0) { count, chunk in
-            if case .compressed = chunk { return count + 1 }
+            if case .compressed = chunk.state { return count + 1 }
             return count
         }
     }
 
     /// The bytes of the room in memory, as the budget counts them.
     var residentBytes: Int {
-        self.sealed.reduce(self.tail.residentBytes) { total, chunk in total + chunk.residentBytes }
+        self.sealed.reduce(self.tail.residentBytes) { total, chunk in total + chunk.state.residentBytes }
     }
 
     /// Appends a message (the next seq).
@@ -91,7 +95,7 @@ public struct Room: Sendable {
         guard self.tail.texts.count >= Self.chunkTextBytes || self.tail.count >= Self.chunkMessages else {
             return (added, nil)
         }
-        self.sealed.append(.resident(self.tail))
+        self.sealed.append(ChunkBox(.resident(self.tail)))
         self.sealedEnds.append(self.count)
         self.tail = MessageColumns()
         return (added, self.sealed.count - 1)
@@ -99,26 +103,16 @@ public struct Room: Sendable {
 
     /// Compresses sealed chunk `index` in memory, if it is not already.
     /// - Returns: the bytes it freed.
-    mutating func compress(chunk index: Int, store: ColdStore) throws -> Int {
-        guard index < self.sealed.count, case .resident(let columns) = self.sealed[index] else { return 0 }
-        let compressed = try CompressedChunk(columns, store: store)
-        self.sealed[index] = .compressed(compressed)
-        return columns.residentBytes - compressed.residentBytes
+    func compress(chunk index: Int, store: ColdStore) throws -> Int {
+        guard index < self.sealed.count else { return 0 }
+        return try self.sealed[index].compress(store: store)
     }
 
     /// Moves sealed chunk `index` to `store`, if it is in memory.
     /// - Returns: the bytes it freed.
-    mutating func evict(chunk index: Int, to store: ColdStore) throws -> Int {
+    func evict(chunk index: Int, to store: ColdStore) throws -> Int {
         guard index < self.sealed.count else { return 0 }
-        let compressed: CompressedChunk
-        switch self.sealed[index] {
-        case .cold: return 0
-        case .compressed(let chunk): compressed = chunk
-        case .resident(let columns): compressed = try CompressedChunk(columns, store: store)
-        }
-        let freed = self.sealed[index].residentBytes
-        self.sealed[index] = .cold(try store.write(compressed))
-        return freed
+        return try self.sealed[index].evict(to: store)
     }
 
     /// Chunk `index`'s columns, decompressed or read back from the cold store when it is there.
@@ -126,7 +120,7 @@ public struct Room: Sendable {
     ///   every chunk once does not.
     func columns(ofChunk index: Int, cached: Bool = true) throws -> MessageColumns {
         guard index < self.sealed.count else { return self.tail }
-        switch self.sealed[index] {
+        switch self.sealed[index].state {
         case .resident(let columns): return columns
         case .compressed(let chunk): return try chunk.store.columns(of: chunk, cached: cached)
         case .cold(let cold): return try cold.store.read(cold, cached: cached)
@@ -200,7 +194,46 @@ public struct Room: Sendable {
     }
 }
 
-/// A sealed chunk: in memory as columns (no budget) or compressed, or in its tenant's cold store.
+/// A sealed chunk, shared by every copy of its room. Its messages never change; where they are
+/// does (in memory as columns, compressed, or cold), and every copy sees the move at once.
+final class ChunkBox: Sendable {
+    private let storage: Mutex<SealedChunk>
+
+    init(_ chunk: SealedChunk) {
+        self.storage = Mutex(chunk)
+    }
+
+    /// Where the chunk is now.
+    var state: SealedChunk { self.storage.withLock { $0 } }
+
+    /// Compresses the chunk in memory if it is columns. - Returns: the bytes freed.
+    func compress(store: ColdStore) throws -> Int {
+        try self.storage.withLock { chunk in
+            guard case .resident(let columns) = chunk else { return 0 }
+            let compressed = try CompressedChunk(columns, store: store)
+            chunk = .compressed(compressed)
+            return columns.residentBytes - compressed.residentBytes
+        }
+    }
+
+    /// Moves the chunk to the cold store if it is in memory. - Returns: the bytes freed.
+    func evict(to store: ColdStore) throws -> Int {
+        try self.storage.withLock { chunk in
+            let compressed: CompressedChunk
+            switch chunk {
+            case .cold: return 0
+            case .compressed(let inMemory): compressed = inMemory
+            case .resident(let columns): compressed = try CompressedChunk(columns, store: store)
+            }
+            let freed = chunk.residentBytes
+            chunk = .cold(try store.write(compressed))
+            return freed
+        }
+    }
+}
+
+/// Where a sealed chunk is: in memory as columns (no budget) or compressed, or in its tenant's
+/// cold store.
 enum SealedChunk: Sendable {
     case resident(MessageColumns)
     case compressed(CompressedChunk)

@@ -84,11 +84,6 @@ struct BinaryReader {
         }
     }
 
-    mutating func readSignedVarint() throws -> Int64 {
-        let raw = try self.readVarint()
-        return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
-    }
-
     /// `count` raw bytes as a string, checked to be UTF-8.
     mutating func readString(count: Int) throws -> String {
         guard count >= 0, self.buffer.count - self.offset >= count else { throw RecordDecodingError.truncated }

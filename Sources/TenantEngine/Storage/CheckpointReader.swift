@@ -165,12 +165,19 @@ protocol BodyReading {
     mutating func readString() throws -> String
     mutating func readBytes() throws -> [UInt8]
     mutating func readVarint() throws -> UInt64
-    mutating func readSignedVarint() throws -> Int64
     mutating func readString(count: Int) throws -> String
     mutating func readCount(minimumSize: Int, _ what: String) throws -> Int
     /// The bytes read so far.
     var position: Int { get }
     var isAtEnd: Bool { get }
+}
+
+extension BodyReading {
+    /// A signed varint, zigzag-encoded.
+    mutating func readSignedVarint() throws -> Int64 {
+        let raw = try self.readVarint()
+        return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
+    }
 }
 
 extension BinaryReader: BodyReading {
@@ -236,11 +243,6 @@ struct BodyStream: BodyReading {
             if byte < 0x80 { return value }
             shift += 7
         }
-    }
-
-    mutating func readSignedVarint() throws -> Int64 {
-        let raw = try self.readVarint()
-        return Int64(bitPattern: raw >> 1) ^ -Int64(bitPattern: raw & 1)
     }
 
     mutating func readString(count: Int) throws -> String {

@@ -12,9 +12,10 @@ import Darwin
 /// The server's memory budget for messages (`--maxmemory`): the bytes of messages held in memory
 /// by every tenant, and the shared cache of cold chunks read back.
 ///
-/// Like Redis's `maxmemory`, it bounds the data, not the process: of `--maxmemory`, five eighths
-/// go to messages in memory and one eighth to the chunk cache, leaving a quarter for everything
-/// else (users, room tables, connections, buffers, the allocator's slack).
+/// Like Redis's `maxmemory`, it bounds the data, not the process: of `--maxmemory`, half goes to
+/// messages in memory and a sixteenth to the chunk cache, leaving the rest for everything else
+/// (the process itself, about 30 MB; users, room tables, connections, buffers, checkpoints' blocks,
+/// the allocator's slack).
 public final class MemoryBudget: Sendable {
     /// The message bytes in memory past which tenants move their sealed chunks to disk.
     public let limit: Int
@@ -26,8 +27,8 @@ public final class MemoryBudget: Sendable {
 
     /// A budget of `maxMemory` bytes for the server.
     public init(maxMemory: Int) {
-        self.limit = maxMemory / 8 * 5
-        self.cacheCapacity = max(1 << 20, maxMemory / 8)
+        self.limit = maxMemory / 2
+        self.cacheCapacity = max(1 << 20, maxMemory / 16)
         self.cache = ChunkCache(capacity: self.cacheCapacity)
     }
 
@@ -71,7 +72,11 @@ struct CompressedChunk: Sendable {
         let raw = columns.serialized()
         self.store = store
         self.id = store.makeChunkID()
-        self.stored = try LZ4Block.compress(raw)
+        // Exactly as long as the compressed bytes: lz4's output buffer has room for the worst case.
+        let compressed = try LZ4Block.compress(raw)
+        self.stored = [UInt8](unsafeUninitializedCapacity: compressed.count) { buffer, count in
+            count = buffer.initialize(fromContentsOf: compressed)
+        }
         self.rawLength = raw.count
         self.authorCount = Int(columns.authorOf.max().map { $0 + 1 } ?? 0)
     }
