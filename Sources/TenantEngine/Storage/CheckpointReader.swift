@@ -68,9 +68,10 @@ struct CheckpointReader {
     /// The body's size: the blocks' raw lengths added up.
     let bodySize: Int
     private let source: any CheckpointSource
-    /// Each block's offset, raw and stored length.
-    private var blocks: [(offset: Int, raw: Int, stored: Int)] = []
-    private var next = 0
+    /// The next block's offset, and how many blocks are left (their headers were checked once, in
+    /// `init`, without keeping a table: a crafted file of many tiny blocks costs no memory).
+    private var nextOffset = Checkpoint.headerSize
+    private var blocksLeft: Int
 
     init(source: any CheckpointSource, path: String) throws {
         self.source = source
@@ -103,8 +104,8 @@ struct CheckpointReader {
         let maxStored = LZ4Block.compressBound(Checkpoint.blockSize)
         var offset = Checkpoint.headerSize
         var body = 0
-        var blocks: [(offset: Int, raw: Int, stored: Int)] = []
-        while blockCount.map({ blocks.count < $0 }) ?? (size - offset != Checkpoint.trailer.count) {
+        var blocks = 0
+        while blockCount.map({ blocks < $0 }) ?? (size - offset != Checkpoint.trailer.count) {
             guard size - offset >= Checkpoint.blockHeaderSize else { throw corrupt(offset, "truncated block") }
             let blockHeader = try source.read(at: offset, count: Checkpoint.blockHeaderSize)
             let raw = Int(blockHeader.littleEndian(UInt32.self, at: 4))
@@ -115,37 +116,40 @@ struct CheckpointReader {
             guard maxBody - body >= raw else {
                 throw corrupt(offset, "body over \(maxBody) bytes, \(Checkpoint.maxExpansion) times the file")
             }
-            blocks.append((offset, raw, stored))
+            blocks += 1
             body += raw
             offset += Checkpoint.blockHeaderSize + stored
         }
         guard size - offset == Checkpoint.trailer.count,
             try source.read(at: offset, count: Checkpoint.trailer.count) == Checkpoint.trailer
         else { throw corrupt(offset, "missing checkpoint trailer") }
-        self.blocks = blocks
+        self.blocksLeft = blocks
         self.bodySize = body
     }
 
     /// The next block's raw bytes, nil after the last.
     mutating func nextBlock() throws -> [UInt8]? {
-        guard self.next < self.blocks.count else { return nil }
-        let block = self.blocks[self.next]
-        self.next += 1
-        let bytes = try self.source.read(at: block.offset, count: Checkpoint.blockHeaderSize + block.stored)
-        guard
-            CRC32C.unmask(bytes.littleEndian(UInt32.self, at: 0))
-                == bytes[4...].withUnsafeBytes({ CRC32C.checksum($0) })
-        else {
-            throw WALError.corrupt(file: self.path, offset: block.offset, reason: "block checksum mismatch")
+        guard self.blocksLeft > 0 else { return nil }
+        self.blocksLeft -= 1
+        let offset = self.nextOffset
+        // Bounds checked in `init`; read again here (the source does not change under a reader).
+        let header = try self.source.read(at: offset, count: Checkpoint.blockHeaderSize)
+        let raw = Int(header.littleEndian(UInt32.self, at: 4))
+        let stored = Int(header.littleEndian(UInt32.self, at: 8))
+        let bytes = header + (try self.source.read(at: offset + Checkpoint.blockHeaderSize, count: stored))
+        self.nextOffset = offset + Checkpoint.blockHeaderSize + stored
+        let crc = bytes[4...].withUnsafeBytes { CRC32C.checksum($0) }
+        guard CRC32C.unmask(bytes.littleEndian(UInt32.self, at: 0)) == crc else {
+            throw WALError.corrupt(file: self.path, offset: offset, reason: "block checksum mismatch")
         }
         do {
             return try LZ4Block.decompress(
                 Array(bytes[Checkpoint.blockHeaderSize...]),
-                decodedSize: block.raw,
+                decodedSize: raw,
                 maxDecodedSize: Checkpoint.blockSize
             )
         } catch {
-            throw WALError.corrupt(file: self.path, offset: block.offset, reason: "\(error)")
+            throw WALError.corrupt(file: self.path, offset: offset, reason: "\(error)")
         }
     }
 

@@ -153,6 +153,20 @@ final class ColdStore: Sendable {
         }
     }
 
+    /// The tenant closed: its rooms no longer count in the budget and nothing more moves out. The
+    /// file stays open until the last chunk that refers to it goes (a checkpoint may still read).
+    func release() {
+        let resident = self.state.withLock { state in
+            defer {
+                state.resident = 0
+                state.evictable.removeAll()
+                state.failed = true
+            }
+            return state.resident
+        }
+        self.budget.add(-resident)
+    }
+
     /// A key for a chunk sealed in this store, unique in it.
     func makeChunkID() -> Int {
         self.state.withLock { state in

@@ -161,7 +161,13 @@ public actor Tenant {
                 self.logger.error("checkpoint at close failed (the log still holds everything): \(error)")
             }
         }
-        defer { self.closedFlag.store(true, ordering: .relaxed) }
+        defer {
+            self.closedFlag.store(true, ordering: .relaxed)
+            // A closed tenant serves nothing: its rooms leave memory and the budget now, not
+            // when the last session holding this instance lets it go.
+            self.messages.cold?.release()
+            self.messages = MessageStore(rooms: [:], count: 0, cold: nil)
+        }
         switch self.lifecycle {
         case .serving, .deleting: break
         case .failed:
