@@ -155,6 +155,10 @@ struct Settings {
             guard (1...1_000_000).contains(clients) else { throw ValidationError("maxclients must be 1-1000000") }
             limits.maxClients = clients
         }
+        if let count = try command.fairShare ?? Self.integer(environment, "TENANTD_FAIR_SHARE") {
+            guard (0...1_000_000).contains(count) else { throw ValidationError("fair-share must be 0-1000000") }
+            limits.fairShareWindow = count
+        }
         if let seconds = try command.timeout ?? Self.integer(environment, "TENANTD_TIMEOUT") {
             guard (0...Self.maxSeconds).contains(seconds) else {
                 throw ValidationError("timeout must be 0-\(Self.maxSeconds) seconds")

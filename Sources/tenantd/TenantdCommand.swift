@@ -57,6 +57,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var maxmemory: String?
 
+    @Option(
+        help: """
+            Requests in flight that the active tenants share: while several are active, each may have \
+            this divided by their number (at least 8), 0 = no shares (TENANTD_FAIR_SHARE). Default 0.
+            """
+    )
+    var fairShare: Int?
+
     @Option(help: "Close a client idle this many seconds, 0 = never (TENANTD_TIMEOUT). Default 0.")
     var timeout: Int?
 

@@ -14,12 +14,15 @@ struct CommandDispatcher: Sendable {
     let logger: Logger
     let limits: ServerLimits
     let authThrottle: AuthThrottle
+    /// The tenants' shares of the requests in flight.
+    let admission: TenantAdmission
 
     init(registry: TenantRegistry, logger: Logger, limits: ServerLimits) {
         self.registry = registry
         self.logger = logger
         self.limits = limits
         self.authThrottle = AuthThrottle()
+        self.admission = TenantAdmission(window: limits.fairShareWindow, minimumShare: limits.fairShareMinimum)
     }
     static let serverVersion = "0.1.0"
 

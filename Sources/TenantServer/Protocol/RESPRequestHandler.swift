@@ -23,6 +23,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     private var buffer = ByteBuffer()
     private let gate: RequestGate
     private var waiting = false
+    /// The account it waits on when it waits for its tenant's share (``waiting`` is then set too).
+    private var waitingForAdmission: TenantAdmission.Account?
     private var readHeld = false
     private var broken = false
     private var inputClosed = false
@@ -38,14 +40,15 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         self.context = context
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        self.gate.onWakeUp {
-            eventLoop.execute { loopBound.value.wokenUp() }
+        self.gate.onWakeUp { reason in
+            eventLoop.execute { loopBound.value.wokenUp(reason) }
         }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         self.gate.onWakeUp(nil)
+        self.gate.leaveAdmission()
         self.buffer = ByteBuffer()
     }
 
@@ -85,10 +88,29 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    private func wokenUp() {
-        guard let context = self.context, self.waiting else { return }
+    private func wokenUp(_ reason: RequestGate.WakeUp) {
+        var wakingAccount: TenantAdmission.Account?
+        if case .admission(let account) = reason {
+            guard self.waitingForAdmission === account else {
+                // Not waiting for it (any more): the next connection of the tenant gets it.
+                account.passOn()
+                return
+            }
+            wakingAccount = account
+            self.waitingForAdmission = nil
+        } else if self.waitingForAdmission != nil {
+            return  // waiting for the tenant's share, not for its own window
+        }
+        guard let context = self.context, self.waiting else {
+            wakingAccount?.passOn()
+            return
+        }
         self.waiting = false
-        if self.parse(context: context) {
+        let handedOver = self.parse(context: context)
+        if let wakingAccount, !handedOver, self.waitingForAdmission == nil {
+            wakingAccount.passOn()
+        }
+        if handedOver {
             // Readers downstream (NIOAsyncChannel) take what was read at the end of a read.
             context.fireChannelReadComplete()
         }
@@ -117,10 +139,24 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     }
 
     private func parse(into batch: inout [RESPRequest]) {
+        // What the tenant's share lets it hand over before it asks again (each read asks once).
+        var allowance = 0
         while !self.broken && self.buffer.readableBytes > 0 {
             if !self.parser.isInsideRequest && !self.gate.mayParse && self.gate.waitForWakeUp() {
                 self.waiting = true
+                self.waitingForAdmission = nil
                 return
+            }
+            if allowance == 0 && !self.parser.isInsideRequest {
+                switch self.gate.waitForAdmission() {
+                case .go(let granted):
+                    allowance = granted
+                case .wait(let account):
+                    // The tenant is at its share while other tenants are active.
+                    self.waiting = true
+                    self.waitingForAdmission = account
+                    return
+                }
             }
             self.parser.authenticated = self.gate.isAuthenticated
             let saved = (parser: self.parser, readerIndex: self.buffer.readerIndex)
@@ -153,6 +189,7 @@ final class RESPRequestHandler: ChannelDuplexHandler {
                 request = .protocolError(message)
             }
             self.gate.handedOver(request.cost)
+            if allowance != .max { allowance -= 1 }
             batch.append(request)
         }
         // An idle connection keeps no read buffer: ten thousand of them would hold 64 KiB each.

@@ -9,7 +9,26 @@ import Synchronization
 /// answered (``requireIdle``): a pipelined `AUTH` thus takes effect before that request is judged,
 /// as it does in Redis, which runs one command at a time. The task calls ``finished(_:)`` for
 /// every request it took; when the handler waits, that wakes it.
+///
+/// Once the connection works in a tenant, each request is also charged to the tenant's
+/// ``TenantAdmission/Account`` until it has run, and the handler waits while the tenant is at its
+/// share (``waitForAdmission()``).
 final class RequestGate: Sendable {
+    /// Why the handler is woken.
+    enum WakeUp {
+        /// Requests were answered: the connection's own window has room.
+        case window
+        /// The tenant's account has room: a handler that does not use it passes it on
+        /// (``TenantAdmission/Account/passOn()``), so that no wake-up is lost.
+        case admission(TenantAdmission.Account)
+    }
+
+    /// The tenant account requests are charged to, and how many of them are charged now.
+    private struct Charge {
+        var account: TenantAdmission.Account?
+        var charged = 0
+    }
+
     /// The most bytes of parsed requests a connection holds before it stops reading; one
     /// request alone (up to `client-query-buffer-limit`) always passes.
     let bound: Int
@@ -20,7 +39,8 @@ final class RequestGate: Sendable {
     private let authenticatedFlag = Atomic<Bool>(false)
     private let subscribedFlag = Atomic<Bool>(false)
     private let wantsWakeUp = Atomic<Bool>(false)
-    private let wakeUp: Mutex<(@Sendable () -> Void)?> = Mutex(nil)
+    private let wakeUp: Mutex<(@Sendable (WakeUp) -> Void)?> = Mutex(nil)
+    private let charge = Mutex(Charge())
 
     init(bound: Int) {
         self.bound = bound
@@ -28,7 +48,7 @@ final class RequestGate: Sendable {
 
     /// Called by the handler when it is added, with what resumes it on its event loop, and with
     /// nil when it is removed (the closure holds the handler: the cycle must be broken).
-    func onWakeUp(_ body: (@Sendable () -> Void)?) {
+    func onWakeUp(_ body: (@Sendable (WakeUp) -> Void)?) {
         self.wakeUp.withLock { $0 = body }
     }
 
@@ -64,6 +84,70 @@ final class RequestGate: Sendable {
     /// The handler hands a request over.
     func handedOver(_ cost: Int) {
         self.outstanding.wrappingAdd(cost, ordering: .sequentiallyConsistent)
+        self.charge.withLock { charge in
+            guard let account = charge.account else { return }
+            charge.charged += 1
+            account.charge(1)
+        }
+    }
+
+    // MARK: - The tenant's share
+
+    /// The connection now works in `account`'s tenant (nil: in none). What was charged to the
+    /// previous one is given back.
+    func setAccount(_ account: TenantAdmission.Account?) {
+        let (previous, charged) = self.charge.withLock { charge in
+            defer { charge = Charge(account: account) }
+            return (charge.account, charge.charged)
+        }
+        previous?.refund(charged)
+    }
+
+    /// The account requests are charged to.
+    var account: TenantAdmission.Account? { self.charge.withLock { $0.account } }
+
+    /// What the tenant's share allows the handler now.
+    enum Admission {
+        /// Hand over up to this many requests, then ask again.
+        case go(Int)
+        /// Wait: the account wakes the handler through ``admitted(by:)``.
+        case wait(TenantAdmission.Account)
+    }
+
+    /// Asks the tenant's account for room before the handler hands requests over; when there is
+    /// none, the connection joins the tenant's queue of waiting connections.
+    func waitForAdmission() -> Admission {
+        guard let account = self.account else { return .go(.max) }
+        let allowance = account.allowance
+        if allowance > 0 { return .go(allowance) }
+        let late = account.wait(self)
+        return late > 0 ? .go(late) : .wait(account)
+    }
+
+    /// `account` woke this connection (from ``TenantAdmission/Account/wakeNext()``). A handler
+    /// that is gone passes the wake-up on.
+    func admitted(by account: TenantAdmission.Account) {
+        guard let body = self.wakeUp.withLock({ $0 }) else {
+            account.passOn()
+            return
+        }
+        body(.admission(account))
+    }
+
+    /// The connection waits for its client to read its replies: what it has charged is given
+    /// back, so a client that does not read holds no share of its tenant.
+    func park() {
+        let (account, charged) = self.charge.withLock { charge in
+            defer { charge.charged = 0 }
+            return (charge.account, charge.charged)
+        }
+        account?.refund(charged)
+    }
+
+    /// The handler is gone: it leaves the tenant's queue of waiting connections (a wake-up
+    /// already on its way is passed on by ``admitted(by:)`` or by the handler).
+    func leaveAdmission() {
+        self.account?.remove(self)
     }
 
     /// The handler cannot parse: it asks to be woken.
@@ -80,9 +164,15 @@ final class RequestGate: Sendable {
     /// The task answered (or queued the answer of) a request of `cost` bytes.
     func finished(_ cost: Int) {
         self.outstanding.wrappingSubtract(cost, ordering: .sequentiallyConsistent)
+        let account = self.charge.withLock { charge -> TenantAdmission.Account? in
+            guard charge.charged > 0 else { return nil }
+            charge.charged -= 1
+            return charge.account
+        }
+        account?.refund(1)
         guard self.wantsWakeUp.load(ordering: .sequentiallyConsistent), self.mayParse,
             self.wantsWakeUp.exchange(false, ordering: .sequentiallyConsistent)
         else { return }
-        self.wakeUp.withLock { $0 }?()
+        self.wakeUp.withLock { $0 }?(.window)
     }
 }

@@ -54,6 +54,8 @@ struct Connection {
     static let unauthenticatedReplyWindowBytes = 64 << 10
     /// The bytes the writer encodes before it writes them out.
     static let writeChunk = 1 << 20
+    /// The requests a connection runs before it lets the event loop's other work go first.
+    static let requestsPerTurn = 64
 
     let id: Int64
     let channel: NIOAsyncChannel<[RESPRequest], ByteBuffer>
@@ -63,10 +65,13 @@ struct Connection {
     func run() async {
         do {
             try await self.channel.executeThenClose { inbound, outbound in
+                let gate = self.gate
                 let queue = ReplyQueue<Slot>(
                     limit: Self.unauthenticatedReplyWindow,
                     byteLimit: Self.unauthenticatedReplyWindowBytes,
-                    pubSubLimit: self.dispatcher.limits.pubSub
+                    pubSubLimit: self.dispatcher.limits.pubSub,
+                    // A client that does not read its replies holds no share of its tenant.
+                    onReaderWait: { gate.park() }
                 )
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
@@ -100,6 +105,12 @@ struct Connection {
                             }
                         }
                     }
+                    let admission = self.dispatcher.admission
+                    var account: TenantAdmission.Account?
+                    defer {
+                        gate.setAccount(nil)
+                        if let account { admission.detach(account) }
+                    }
                     var replies = ReplyBatch()
                     /// Queues a command's outcome. - Returns: false when the connection is done.
                     func queueOutcome(_ outcome: CommandOutcome) async -> Bool {
@@ -110,6 +121,12 @@ struct Connection {
                             queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
                         }
                         self.gate.isSubscribed = !session.channels.isEmpty
+                        if account?.tenantID != session.tenantID {
+                            // Its requests are now charged to its new tenant.
+                            if let account { admission.detach(account) }
+                            account = session.tenantID.map { admission.attach($0) }
+                            gate.setAccount(account)
+                        }
                         switch outcome {
                         case .reply(let value):
                             replies.append(value, version: session.version)
@@ -128,10 +145,17 @@ struct Connection {
                     }
                     reading: for try await batch in inbound {
                         var index = batch.startIndex
+                        // A turn on the event loop runs a bounded number of requests: a batch of
+                        // thousands from one client does not hold back the loop's other connections.
+                        var turnEnds = index + Self.requestsPerTurn
                         // The end of a run of POSTs that was declined: its requests go one by one,
                         // and the run is not looked for again at each of them.
                         var declinedUntil = index
                         while index < batch.endIndex {
+                            if index >= turnEnds {
+                                await Task.yield()
+                                turnEnds = index + Self.requestsPerTurn
+                            }
                             // A run of POSTs to rooms of the connection's tenant: one call to the
                             // tenant for all of them.
                             var checked: Arguments?

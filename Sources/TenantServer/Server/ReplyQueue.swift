@@ -29,14 +29,23 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     private let pubSubLimit: PubSubLimit
+    private let onReaderWait: @Sendable () -> Void
     /// The most bytes the writer takes at once (one slot always).
     static var takeBytes: Int { 1 << 20 }
     private let state: Mutex<State>
 
-    init(limit: Int, byteLimit: Int, pubSubLimit: PubSubLimit = PubSubLimit()) {
+    /// Creates a queue.
+    /// - Parameter onReaderWait: called each time the reader is about to wait for room.
+    init(
+        limit: Int,
+        byteLimit: Int,
+        pubSubLimit: PubSubLimit = PubSubLimit(),
+        onReaderWait: @escaping @Sendable () -> Void = {}
+    ) {
         precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
         self.state = Mutex(State(slotLimit: limit, byteLimit: byteLimit))
         self.pubSubLimit = pubSubLimit
+        self.onReaderWait = onReaderWait
     }
 
     private func isFull(_ state: borrowing State) -> Bool {
@@ -69,6 +78,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             if room { self.wakeWriter() }
             return room
         }
+        self.onReaderWait()
         let resumed = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let ready: Bool? = self.state.withLock { state in
                 if state.writerGone { return false }

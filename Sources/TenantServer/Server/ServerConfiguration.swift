@@ -37,6 +37,12 @@ public struct ServerLimits: Sendable, Hashable {
     public var pubSub: PubSubLimit
     /// Bytes of parsed requests a connection may hold before it stops reading its client.
     public var requestWindowBytes: Int
+    /// The requests in flight that the active tenants share: while more than one tenant is
+    /// active, each may have at most this divided by their number (``TenantAdmission``); 0 = off,
+    /// the default (docs/benchmarks.md has what it costs and what it buys).
+    public var fairShareWindow: Int
+    /// The least a tenant may always have in flight, however many are active.
+    public var fairShareMinimum: Int
 
     /// Creates the contract's defaults.
     public init() {
@@ -47,5 +53,7 @@ public struct ServerLimits: Sendable, Hashable {
         self.maxSubscriptions = 10_000
         self.pubSub = PubSubLimit()
         self.requestWindowBytes = 1 << 20
+        self.fairShareWindow = 0
+        self.fairShareMinimum = 8
     }
 }

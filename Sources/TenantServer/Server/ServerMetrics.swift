@@ -39,6 +39,13 @@ enum ServerMetrics {
         Self.authFailures.increment()
     }
 
+    /// A connection stopped reading because its tenant was at its share (``TenantAdmission``).
+    static func fairShareWait() {
+        Self.fairShareWaits.increment()
+    }
+
+    private static let fairShareWaits = Counter(label: "tenantd_fair_share_waits_total")
+
     static func connectionClosed() {
         Self.open.decrement()
     }
