@@ -35,6 +35,8 @@ public final class FaultyFileSystem: WALFileSystem {
         var paths: [Int32: String] = [:]
         var syncedLength: [String: Int] = [:]
         var unsyncedNames: Set<String> = []
+        /// File syncs that returned (``calls(_:)`` counts them as they start).
+        var syncsDone = 0
     }
 
     private let state = Mutex(State())
@@ -125,8 +127,14 @@ public final class FaultyFileSystem: WALFileSystem {
         try self.check(.sync, path: path)
         try self.real.sync(fd, path: path)
         let size = (try? POSIXFile.fileSize(path)) ?? 0
-        self.state.withLock { $0.syncedLength[path] = size }
+        self.state.withLock {
+            $0.syncedLength[path] = size
+            $0.syncsDone += 1
+        }
     }
+
+    /// File syncs that returned successfully (what a power cut then keeps is decided).
+    public var completedSyncs: Int { self.state.withLock { $0.syncsDone } }
 
     /// A sync of the whole file system: fails as a ``Operation/sync`` does; once it succeeded,
     /// every file written so far keeps its bytes through a power cut.

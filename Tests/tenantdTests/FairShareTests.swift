@@ -52,12 +52,31 @@ struct FairShareTests {
         return other
     }
 
-    /// Lets the cached count of active tenants expire, so that the next check sweeps again.
-    static func sweepAgain() {
-        Thread.sleep(forTimeInterval: 2 * Double(TenantAdmission.sweepInterval.components.attoseconds) / 1e18)
+    /// A flood at its share: tenant "flood" with a connection whose 8 requests are in flight (the
+    /// share of two active tenants in a window of 16), while tenant "quiet" has one.
+    static func floodAtItsShare() throws -> (
+        flood: TenantAdmission.Account, quiet: Connection, first: Connection, running: [RESPRequest]
+    ) {
+        let admission = TenantAdmission(window: 16, minimumShare: 4)
+        let flood = admission.attach("flood")
+        let quiet = try Self.activate(admission.attach("quiet"))
+        let first = try Connection(flood)
+        try first.send(pings: 8)
+        let running = try first.handed()
+        #expect(running.count == 8)
+        return (flood, quiet, first, running)
     }
 
-    @Test func aTenantAloneIsHeldOnlyByItsConnectionsWindows() throws {
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
+    /// Lets the cached count of active tenants expire, so that the next check sweeps again.
+    static func sweepAgain() {
+        Thread.sleep(forTimeInterval: 2 * Self.seconds(TenantAdmission.sweepInterval))
+    }
+
+    @Test func aTenantAloneIsNotHeldToAShare() throws {
         let admission = TenantAdmission(window: 16, minimumShare: 4)
         let account = admission.attach("a")
         let connection = try Connection(account)
@@ -69,7 +88,8 @@ struct FairShareTests {
     }
 
     @Test func whileAnotherTenantIsActiveAFloodIsHeldToItsShare() throws {
-        let admission = TenantAdmission(window: 16, minimumShare: 4)
+        // A span long enough that a stall of the test's own thread does not end it.
+        let admission = TenantAdmission(window: 16, minimumShare: 4, activeSpan: .milliseconds(600))
         let flood = admission.attach("flood")
         let quiet = try Self.activate(admission.attach("quiet"))
         let connection = try Connection(flood)
@@ -91,7 +111,7 @@ struct FairShareTests {
         connection.run([first[4]])
         #expect(try connection.handed().count == 4, "the quiet tenant is still active within its span")
         // Once it has been idle longer than the span, the flood is alone and takes everything.
-        Thread.sleep(forTimeInterval: 1.5 * Double(TenantAdmission.activeSpan.components.attoseconds) / 1e18)
+        Thread.sleep(forTimeInterval: 1.5 * Self.seconds(admission.activeSpan))
         connection.run([first[5]])
         #expect(try connection.handed().count == 100 - 16)
         connection.channel.embeddedEventLoop.run()
@@ -109,13 +129,7 @@ struct FairShareTests {
     }
 
     @Test func aTenantsWaitingConnectionsAreWokenInTurn() throws {
-        let admission = TenantAdmission(window: 16, minimumShare: 4)
-        let flood = admission.attach("flood")
-        let quiet = try Self.activate(admission.attach("quiet"))
-        let first = try Connection(flood)
-        try first.send(pings: 8)
-        let running = try first.handed()
-        #expect(running.count == 8)
+        let (flood, quiet, first, running) = try Self.floodAtItsShare()
         let second = try Connection(flood)
         let third = try Connection(flood)
         try second.send(pings: 8)
@@ -141,12 +155,7 @@ struct FairShareTests {
     }
 
     @Test func aWakeUpNobodyTakesIsPassedOn() throws {
-        let admission = TenantAdmission(window: 16, minimumShare: 4)
-        let flood = admission.attach("flood")
-        let quiet = try Self.activate(admission.attach("quiet"))
-        let first = try Connection(flood)
-        try first.send(pings: 8)
-        let running = try first.handed()
+        let (flood, quiet, first, running) = try Self.floodAtItsShare()
         // A connection whose handler is gone, first in the queue: its wake-up goes to the next.
         let gone = RequestGate(bound: 1 << 20)
         gone.setAccount(flood)
@@ -168,15 +177,27 @@ struct FairShareTests {
         _ = quiet
     }
 
+    /// A connection that leaves its tenant (AUTH as another, or closing) while it waits in its
+    /// queue is woken to ask again, and the tenant's next waiter keeps its place.
+    @Test func aWaitingConnectionThatLeavesItsTenantIsWokenAndTheQueueGoesOn() throws {
+        let (flood, quiet, first, running) = try Self.floodAtItsShare()
+        let leaving = try Connection(flood)
+        try leaving.send(pings: 2)
+        let next = try Connection(flood)
+        try next.send(pings: 2)
+        #expect(try leaving.handed().isEmpty && next.handed().isEmpty)
+        leaving.gate.setAccount(nil)
+        #expect(try leaving.handed().count == 2, "woken, and charged to no tenant now")
+        #expect(try next.handed().isEmpty, "the flood is still at its share")
+        first.run([running[0]])
+        #expect(try next.handed().count == 2, "the queue went on without the connection that left")
+        _ = quiet
+    }
+
     /// Bytes read before the handler began to wait still arrive while it waits; a wake-up that
     /// comes after they were handed over must still let the socket be read again.
     @Test func requestsReadWhileWaitingDoNotLeaveTheSocketHeld() throws {
-        let admission = TenantAdmission(window: 16, minimumShare: 4)
-        let flood = admission.attach("flood")
-        let quiet = try Self.activate(admission.attach("quiet"))
-        let connection = try Connection(flood)
-        try connection.send(pings: 8)
-        let running = try connection.handed()
+        let (flood, quiet, connection, running) = try Self.floodAtItsShare()
         try connection.send(pings: 2)
         #expect(try connection.handed().isEmpty)
         let readsBefore = connection.counter.reads
@@ -196,12 +217,7 @@ struct FairShareTests {
     }
 
     @Test func aConnectionWaitingForItsClientGivesItsShareBack() throws {
-        let admission = TenantAdmission(window: 16, minimumShare: 4)
-        let flood = admission.attach("flood")
-        let quiet = try Self.activate(admission.attach("quiet"))
-        let stuck = try Connection(flood)
-        try stuck.send(pings: 8)
-        let held = try stuck.handed()
+        let (flood, quiet, stuck, held) = try Self.floodAtItsShare()
         let other = try Connection(flood)
         try other.send(pings: 4)
         #expect(try other.handed().isEmpty)
@@ -210,12 +226,20 @@ struct FairShareTests {
         other.channel.embeddedEventLoop.run()
         #expect(try other.handed().count == 4, "the tenant's other connection goes on")
         #expect(flood.inFlight == 4)
-        stuck.run(held)
+        // While it is parked, what it still reads is charged to nobody.
+        try stuck.send(pings: 3)
+        let more = try stuck.handed()
+        #expect(more.count == 3 && flood.inFlight == 4)
+        stuck.run(held + more)
         #expect(flood.inFlight == 4, "what was given back is not taken back twice")
+        // Its client reads again: its requests are charged again.
+        stuck.gate.unpark()
+        try stuck.send(pings: 1)
+        #expect(try stuck.handed().count == 1 && flood.inFlight == 5)
         _ = quiet
     }
 
-    @Test func aConnectionThatChangesTenantMovesItsCharge() throws {
+    @Test func aConnectionThatChangesTenantGivesItsChargeBackAndChargesTheNewOne() throws {
         let admission = TenantAdmission(window: 16, minimumShare: 4)
         let first = admission.attach("a")
         let second = admission.attach("b")
@@ -225,10 +249,12 @@ struct FairShareTests {
         connection.gate.setAccount(second)
         #expect(first.inFlight == 0 && second.inFlight == 0)
         try connection.send(pings: 2)
-        _ = try connection.handed()
+        let newer = try connection.handed()
         #expect(second.inFlight == 2)
         connection.run(taken)
-        #expect(first.inFlight == 0 && second.inFlight == 0, "never below zero")
+        #expect(first.inFlight == 0 && second.inFlight == 2, "the older requests were charged to nobody")
+        connection.run(newer)
+        #expect(second.inFlight == 0)
         admission.detach(first)
         #expect(admission.attach("a") !== first, "the last connection gone, the account goes")
     }
@@ -253,16 +279,21 @@ struct FairShareTests {
         let perConnection = 600
         let quietSeqs = Mutex<[Int64]>([])
         let floodSeqs = Mutex<[Int: [Int64]]>([:])
-        let group = DispatchGroup()
-        DispatchQueue.global().async(group: group) {
-            var seqs: [Int64] = []
-            for index in 0..<300 {
-                if case .integer(let seq) = try? quiet.call("POST", "room", "quiet \(index)") { seqs.append(seq) }
+        let floodsDone = Atomic<Int>(0)
+        // Threads of their own (not a dispatch pool, which may run them one after another on a
+        // busy machine): the quiet tenant POSTs one at a time from before the flood to after it.
+        let quietThread = Thread {
+            var index = 0
+            while floodsDone.load(ordering: .acquiring) < floods.count || index < 20 {
+                guard case .integer(let seq) = try? quiet.call("POST", "room", "quiet \(index)") else { break }
+                quietSeqs.withLock { $0.append(seq) }
+                index += 1
             }
-            quietSeqs.withLock { $0 = seqs }
         }
+        quietThread.start()
+        try waitUntil("the quiet tenant is posting") { quietSeqs.withLock { $0.count } >= 10 }
         for (index, flood) in floods.enumerated() {
-            DispatchQueue.global().async(group: group) {
+            Thread {
                 let commands = (0..<perConnection).map { ["POST", "room\(index % 2)", "flood \(index) \($0)"] }
                 let replies = (try? flood.pipeline(commands)) ?? []
                 let seqs = replies.compactMap { reply -> Int64? in
@@ -270,10 +301,17 @@ struct FairShareTests {
                     return nil
                 }
                 floodSeqs.withLock { $0[index] = seqs }
-            }
+                floodsDone.add(1, ordering: .releasing)
+            }.start()
         }
-        #expect(group.wait(timeout: .now() + 120) == .success, "every client got its replies")
-        #expect(quietSeqs.withLock { $0 } == Array(2...301), "the quiet tenant's POSTs, each answered in order")
+        try waitUntil("every client got its replies", seconds: 120) {
+            floodsDone.load(ordering: .acquiring) == floods.count && quietThread.isFinished
+        }
+        let quietAnswered = quietSeqs.withLock { $0 }
+        #expect(
+            quietAnswered == Array(2...Int64(quietAnswered.count + 1)),
+            "the quiet tenant's POSTs, each answered in order"
+        )
         let flooded = floodSeqs.withLock { $0 }
         #expect(flooded.count == 6 && flooded.values.allSatisfy { $0.count == perConnection })
         #expect(flooded.values.allSatisfy { $0 == $0.sorted() }, "each connection's seqs in its order")

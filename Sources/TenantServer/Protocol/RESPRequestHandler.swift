@@ -82,7 +82,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         if let idle = event as? IdleStateHandler.IdleStateEvent, case .read = idle {
             // `timeout`: a client that sent nothing for that long is closed unless it subscribes,
             // as Redis closes it (a pipeliner that stopped reading its replies included).
-            if !self.gate.isSubscribed { context.close(promise: nil) }
+            // A connection held for its tenant's share is not idle: its requests wait.
+            if !self.gate.isSubscribed && self.waitingForAdmission == nil { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -107,7 +108,10 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         }
         self.waiting = false
         let handedOver = self.parse(context: context)
-        if let wakingAccount, !handedOver, self.waitingForAdmission == nil {
+        if let wakingAccount, self.waitingForAdmission !== wakingAccount,
+            !handedOver || self.gate.account !== wakingAccount
+        {
+            // Nothing was charged to the account that woke it: its next waiter gets the turn.
             wakingAccount.passOn()
         }
         if handedOver {

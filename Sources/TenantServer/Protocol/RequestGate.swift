@@ -23,10 +23,16 @@ final class RequestGate: Sendable {
         case admission(TenantAdmission.Account)
     }
 
-    /// The tenant account requests are charged to, and how many of them are charged now.
+    /// The tenant account requests are charged to, and the requests handed over and not yet
+    /// run: first `uncharged` (handed over before authentication, or before the last park or change
+    /// of tenant: their charge was given back), then `charged`. The connection runs them in
+    /// order, so ``finished(_:)`` pays the uncharged first.
     private struct Charge {
         var account: TenantAdmission.Account?
+        var uncharged = 0
         var charged = 0
+        /// The connection waits for its client to read its replies: nothing is charged meanwhile.
+        var parked = false
     }
 
     /// The most bytes of parsed requests a connection holds before it stops reading; one
@@ -85,7 +91,10 @@ final class RequestGate: Sendable {
     func handedOver(_ cost: Int) {
         self.outstanding.wrappingAdd(cost, ordering: .sequentiallyConsistent)
         self.charge.withLock { charge in
-            guard let account = charge.account else { return }
+            guard let account = charge.account, !charge.parked else {
+                charge.uncharged += 1
+                return
+            }
             charge.charged += 1
             account.charge(1)
         }
@@ -94,13 +103,21 @@ final class RequestGate: Sendable {
     // MARK: - The tenant's share
 
     /// The connection now works in `account`'s tenant (nil: in none). What was charged to the
-    /// previous one is given back.
+    /// previous one is given back; if the handler waited in the previous one's queue, it leaves it
+    /// and is woken to ask the new one (the previous one's next waiter gets its turn).
     func setAccount(_ account: TenantAdmission.Account?) {
         let (previous, charged) = self.charge.withLock { charge in
-            defer { charge = Charge(account: account) }
-            return (charge.account, charge.charged)
+            let previous = (charge.account, charge.charged)
+            charge.uncharged += charge.charged
+            charge.charged = 0
+            charge.account = account
+            return previous
         }
         previous?.refund(charged)
+        if let previous, previous !== account, previous.remove(self) {
+            previous.passOn()
+            self.admitted(by: previous)
+        }
     }
 
     /// The account requests are charged to.
@@ -135,13 +152,23 @@ final class RequestGate: Sendable {
     }
 
     /// The connection waits for its client to read its replies: what it has charged is given
-    /// back, so a client that does not read holds no share of its tenant.
+    /// back, and nothing is charged until ``unpark()``, so a client that does not read holds no
+    /// share of its tenant.
     func park() {
         let (account, charged) = self.charge.withLock { charge in
-            defer { charge.charged = 0 }
+            defer {
+                charge.uncharged += charge.charged
+                charge.charged = 0
+                charge.parked = true
+            }
             return (charge.account, charge.charged)
         }
         account?.refund(charged)
+    }
+
+    /// The client read its replies: requests are charged again.
+    func unpark() {
+        self.charge.withLock { $0.parked = false }
     }
 
     /// The handler is gone: it leaves the tenant's queue of waiting connections (a wake-up
@@ -165,6 +192,10 @@ final class RequestGate: Sendable {
     func finished(_ cost: Int) {
         self.outstanding.wrappingSubtract(cost, ordering: .sequentiallyConsistent)
         let account = self.charge.withLock { charge -> TenantAdmission.Account? in
+            if charge.uncharged > 0 {
+                charge.uncharged -= 1
+                return nil
+            }
             guard charge.charged > 0 else { return nil }
             charge.charged -= 1
             return charge.account

@@ -27,7 +27,6 @@ final class TenantAdmission: Sendable {
     /// The least a tenant may always have in flight.
     let minimumShare: Int
     static let sweepInterval: Duration = .milliseconds(10)
-    static let activeSpan: Duration = .milliseconds(100)
 
     private let accounts = Mutex<[String: (account: Account, connections: Int)]>([:])
     private let epoch = ContinuousClock.now
@@ -37,12 +36,18 @@ final class TenantAdmission: Sendable {
     /// The tenants active at the last sweep.
     private let active = Atomic<Int>(0)
 
-    /// Creates the admission; `window` 0 turns the shares off (each connection's window alone applies).
-    init(window: Int, minimumShare: Int = 8) {
-        precondition(window >= 0 && minimumShare > 0, "a share must admit a request")
-        self.window = window
-        self.minimumShare = minimumShare
+    /// How long a tenant counts as active after its last request.
+    let activeSpan: Duration
+
+    /// Creates the admission; `window` 0 turns the shares off (connections then charge nothing).
+    init(window: Int, minimumShare: Int = 8, activeSpan: Duration = .milliseconds(100)) {
+        self.window = max(0, window)
+        self.minimumShare = max(1, minimumShare)
+        self.activeSpan = activeSpan
     }
+
+    /// Whether tenants are held to shares at all.
+    var isEnabled: Bool { self.window > 0 }
 
     /// The account of tenant `id`, for one more connection (give it back with ``detach(_:)``).
     func attach(_ id: String) -> Account {
@@ -78,10 +83,15 @@ final class TenantAdmission: Sendable {
         guard now - last >= Self.nanoseconds(Self.sweepInterval),
             self.sweptAt.compareExchange(expected: last, desired: now, ordering: .acquiringAndReleasing).exchanged
         else { return self.active.load(ordering: .acquiring) }
-        let span = Self.nanoseconds(Self.activeSpan)
+        let span = Self.nanoseconds(self.activeSpan)
+        // After a long pause between sweeps, a request seen since the last one may be older than
+        // the span: only what is in flight counts then.
+        let trustRecent = now - last < span
         let count = self.accounts.withLock { accounts in
             var count = 0
-            for entry in accounts.values where entry.account.sweep(at: now, span: span) { count += 1 }
+            for entry in accounts.values where entry.account.sweep(at: now, span: span, trustRecent: trustRecent) {
+                count += 1
+            }
             return count
         }
         self.active.store(count, ordering: .releasing)
@@ -195,8 +205,8 @@ final class TenantAdmission: Sendable {
 
         /// Whether it is active at `now` (it has requests in flight, or handed one over since the
         /// sweep before, or was seen so within the last `span` nanoseconds).
-        fileprivate func sweep(at now: Int64, span: Int64) -> Bool {
-            if self.recent.exchange(false, ordering: .relaxed) || self.inFlight > 0 {
+        fileprivate func sweep(at now: Int64, span: Int64, trustRecent: Bool) -> Bool {
+            if (self.recent.exchange(false, ordering: .relaxed) && trustRecent) || self.inFlight > 0 {
                 self.seenActive.store(now, ordering: .relaxed)
                 return true
             }

@@ -71,7 +71,8 @@ struct Connection {
                     byteLimit: Self.unauthenticatedReplyWindowBytes,
                     pubSubLimit: self.dispatcher.limits.pubSub,
                     // A client that does not read its replies holds no share of its tenant.
-                    onReaderWait: { gate.park() }
+                    onReaderWait: { gate.park() },
+                    onReaderResume: { gate.unpark() }
                 )
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
@@ -107,10 +108,13 @@ struct Connection {
                     }
                     let admission = self.dispatcher.admission
                     var account: TenantAdmission.Account?
-                    defer {
+                    /// The connection reads no more: what it charged its tenant is given back.
+                    func leaveTenant() {
                         gate.setAccount(nil)
-                        if let account { admission.detach(account) }
+                        if let left = account { admission.detach(left) }
+                        account = nil
                     }
+                    defer { leaveTenant() }
                     var replies = ReplyBatch()
                     /// Queues a command's outcome. - Returns: false when the connection is done.
                     func queueOutcome(_ outcome: CommandOutcome) async -> Bool {
@@ -121,7 +125,7 @@ struct Connection {
                             queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
                         }
                         self.gate.isSubscribed = !session.channels.isEmpty
-                        if account?.tenantID != session.tenantID {
+                        if admission.isEnabled && account?.tenantID != session.tenantID {
                             // Its requests are now charged to its new tenant.
                             if let account { admission.detach(account) }
                             account = session.tenantID.map { admission.attach($0) }
@@ -153,6 +157,8 @@ struct Connection {
                         var declinedUntil = index
                         while index < batch.endIndex {
                             if index >= turnEnds {
+                                // The replies so far go to the writer first.
+                                guard await replies.push(to: queue) else { break reading }
                                 await Task.yield()
                                 turnEnds = index + Self.requestsPerTurn
                             }
@@ -206,6 +212,8 @@ struct Connection {
                         }
                         guard await replies.push(to: queue) else { break reading }
                     }
+                    // Before the writer drains (a client that does not read may take its time).
+                    leaveTenant()
                     queue.finish()
                     try await group.waitForAll()
                 }

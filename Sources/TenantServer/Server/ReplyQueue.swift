@@ -30,22 +30,27 @@ final class ReplyQueue<Element: Sendable>: Sendable {
 
     private let pubSubLimit: PubSubLimit
     private let onReaderWait: @Sendable () -> Void
+    private let onReaderResume: @Sendable () -> Void
     /// The most bytes the writer takes at once (one slot always).
     static var takeBytes: Int { 1 << 20 }
     private let state: Mutex<State>
 
     /// Creates a queue.
-    /// - Parameter onReaderWait: called each time the reader is about to wait for room.
+    /// - Parameters:
+    ///   - onReaderWait: called each time the reader is about to wait for room,
+    ///   - onReaderResume: and each time it goes on.
     init(
         limit: Int,
         byteLimit: Int,
         pubSubLimit: PubSubLimit = PubSubLimit(),
-        onReaderWait: @escaping @Sendable () -> Void = {}
+        onReaderWait: @escaping @Sendable () -> Void = {},
+        onReaderResume: @escaping @Sendable () -> Void = {}
     ) {
         precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
         self.state = Mutex(State(slotLimit: limit, byteLimit: byteLimit))
         self.pubSubLimit = pubSubLimit
         self.onReaderWait = onReaderWait
+        self.onReaderResume = onReaderResume
     }
 
     private func isFull(_ state: borrowing State) -> Bool {
@@ -88,6 +93,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+        self.onReaderResume()
         guard resumed else { return false }
         return await self.push(element, weight: weight, replies: replies)
     }
