@@ -43,7 +43,39 @@ public enum RESPEncoder {
             }
         case .push(let elements):
             writeAggregate(version == .resp3 ? ">" : "*", elements, version: version, into: &buffer)
+        case .encoded(let bytes):
+            buffer.writeImmutableBuffer(bytes)
         }
+    }
+
+    /// Appends `number` in decimal, without making a string of it.
+    public static func writeDecimal(_ number: Int64, into buffer: inout ByteBuffer) {
+        if number < 0 { buffer.writeInteger(UInt8(ascii: "-")) }
+        writeDecimal(number.magnitude, into: &buffer)
+    }
+
+    /// Appends `number` in decimal, without making a string of it.
+    public static func writeDecimal(_ number: UInt64, into buffer: inout ByteBuffer) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for 20 digits
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { raw in
+            var rest = number
+            repeat {
+                raw[23 - count] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[(24 - count)...]))
+        }
+    }
+
+    /// Appends a bulk string of `bytes`: `$len`, the bytes, CRLF.
+    public static func writeBulk(_ bytes: some Collection<UInt8>, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "$"))
+        writeDecimal(UInt64(bytes.count), into: &buffer)
+        buffer.writeStaticString("\r\n")
+        buffer.writeBytes(bytes)
+        buffer.writeStaticString("\r\n")
     }
 
     /// Encodes one value into a new buffer.

@@ -1,3 +1,5 @@
+import NIOCore
+
 /// A reply value, encoded as RESP2 or RESP3 by ``RESPEncoder``.
 public enum RESPValue: Sendable, Hashable {
     /// `+text`: a status reply.
@@ -18,6 +20,9 @@ public enum RESPValue: Sendable, Hashable {
     case map([RESPValue])
     /// RESP3 `>n` push; an array under RESP2.
     case push([RESPValue])
+    /// A reply already encoded, written as it is: only for replies whose bytes are the same
+    /// under RESP2 and RESP3 (arrays, integers and bulk strings).
+    case encoded(ByteBuffer)
 
     /// The `+OK` reply.
     public static let ok = RESPValue.simpleString("OK")

@@ -168,6 +168,31 @@ public struct Room: Sendable {
         return result
     }
 
+    /// The messages at `range` (message indexes), oldest first, as a page: texts copied into
+    /// one array, no `String` made per message.
+    func page(in range: Range<Int>) throws -> MessagePage {
+        var page = MessagePage()
+        page.firstSeq = UInt64(range.lowerBound + 1)
+        page.timestamps.reserveCapacity(range.count)
+        page.users.reserveCapacity(range.count)
+        page.ends.reserveCapacity(range.count)
+        var next = range.lowerBound
+        while next < range.upperBound {
+            let (chunk, first) = self.chunk(holding: next)
+            let columns = try self.columns(ofChunk: chunk)
+            let end = min(range.upperBound, first + columns.count)
+            for index in next..<end {
+                let local = index - first
+                page.timestamps.append(columns.timestamps[local])
+                page.users.append(self.authors[Int(columns.authorOf[local])])
+                page.texts.append(contentsOf: columns.text(at: local))
+                page.ends.append(page.texts.count)
+            }
+            next = end
+        }
+        return page
+    }
+
     /// Every message, oldest first.
     public func allMessages() throws -> [Message] {
         try self.messages(in: 0..<self.count)
@@ -180,8 +205,13 @@ public struct Room: Sendable {
     ///   - limit: the most messages returned.
     /// - Complexity: O(limit), plus a read of each cold chunk the page touches that is not cached.
     public func history(after: UInt64?, before: UInt64?, limit: Int) throws -> [Message] {
+        try self.historyPage(after: after, before: before, limit: limit).messages
+    }
+
+    /// The messages of a HISTORY query, oldest first, as a page (see ``history(after:before:limit:)``).
+    public func historyPage(after: UInt64?, before: UInt64?, limit: Int) throws -> MessagePage {
         let count = self.count
-        guard limit > 0, count > 0 else { return [] }
+        guard limit > 0, count > 0 else { return MessagePage() }
         let range: Range<Int>
         if let after {
             let start = Int(min(after, UInt64(count)))
@@ -190,7 +220,7 @@ public struct Room: Sendable {
             let end = before.map { Int(min(UInt64(count), $0 == 0 ? 0 : $0 - 1)) } ?? count
             range = max(0, end - limit)..<end
         }
-        return try self.messages(in: range)
+        return try self.page(in: range)
     }
 }
 

@@ -62,25 +62,25 @@ struct MessageStore: Sendable {
     /// A room's visible messages, oldest first, at most `maxTextBytes` of text: with AFTER the
     /// page keeps its oldest messages, otherwise its newest, so paging on from its edge misses none.
     /// - Throws: when a cold chunk cannot be read back.
-    func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) throws -> [Message] {
-        guard let messages = self.rooms[room] else { return [] }
-        let page = try messages.history(after: after, before: before, limit: limit)
+    func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) throws -> MessagePage {
+        guard let messages = self.rooms[room] else { return MessagePage() }
+        let page = try messages.historyPage(after: after, before: before, limit: limit)
         return Self.capped(page, keepingOldest: after != nil, maxTextBytes: maxTextBytes)
     }
 
     /// The longest run of `page` from one end whose texts fit `maxTextBytes` (one message at least).
-    static func capped(_ page: [Message], keepingOldest: Bool, maxTextBytes: Int) -> [Message] {
+    static func capped(_ page: MessagePage, keepingOldest: Bool, maxTextBytes: Int) -> MessagePage {
         var total = 0
         var kept = 0
         while kept < page.count {
-            // Counted from the end the page keeps, without building an index list on every HISTORY.
+            // Counted from the end the page keeps.
             let index = keepingOldest ? kept : page.count - 1 - kept
-            total += page[index].text.utf8.count
+            total += page.text(at: index).count
             if kept > 0 && total > maxTextBytes { break }
             kept += 1
         }
         if kept == page.count { return page }
-        return keepingOldest ? Array(page.prefix(kept)) : Array(page.suffix(kept))
+        return page.slice(keepingOldest ? 0..<kept : page.count - kept..<page.count)
     }
 
     /// The rooms with visible messages, by name: the first `limit` after `after`.

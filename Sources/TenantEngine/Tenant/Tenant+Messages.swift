@@ -108,6 +108,20 @@ extension Tenant {
     )
         throws -> [Message]
     {
+        try self.historyPage(principal, room: room, after: after, before: before, limit: limit).messages
+    }
+
+    /// HISTORY's messages as a page (see ``history(_:room:after:before:limit:)``): what the server
+    /// encodes its reply from.
+    public func historyPage(
+        _ principal: Principal,
+        room: String,
+        after: UInt64?,
+        before: UInt64?,
+        limit: Int
+    )
+        throws -> MessagePage
+    {
         _ = try self.authorize(principal, .read)
         guard Names.isValidRoom(room) else { throw Self.invalidRoom }
         self.applyDurable()

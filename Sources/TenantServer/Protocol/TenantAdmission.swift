@@ -85,7 +85,7 @@ final class TenantAdmission: Sendable {
         else { return self.active.load(ordering: .acquiring) }
         let span = Self.nanoseconds(self.activeSpan)
         // After a long pause between sweeps, a request seen since the last one may be older than
-        // the span: only what is in flight counts then.
+        // the span: it counts for this sweep only (not for the span after it).
         let trustRecent = now - last < span
         let count = self.accounts.withLock { accounts in
             var count = 0
@@ -206,11 +206,12 @@ final class TenantAdmission: Sendable {
         /// Whether it is active at `now` (it has requests in flight, or handed one over since the
         /// sweep before, or was seen so within the last `span` nanoseconds).
         fileprivate func sweep(at now: Int64, span: Int64, trustRecent: Bool) -> Bool {
-            if (self.recent.exchange(false, ordering: .relaxed) && trustRecent) || self.inFlight > 0 {
+            let recent = self.recent.exchange(false, ordering: .relaxed)
+            if (recent && trustRecent) || self.inFlight > 0 {
                 self.seenActive.store(now, ordering: .relaxed)
                 return true
             }
-            return now - self.seenActive.load(ordering: .relaxed) < span
+            return recent || now - self.seenActive.load(ordering: .relaxed) < span
         }
     }
 }
