@@ -20,8 +20,9 @@ public enum RESPValue: Sendable, Hashable {
     case map([RESPValue])
     /// RESP3 `>n` push; an array under RESP2.
     case push([RESPValue])
-    /// A reply already encoded, written as it is: only for replies whose bytes are the same
-    /// under RESP2 and RESP3 (arrays, integers and bulk strings).
+    /// A reply already encoded, written as it is under either protocol: only for replies whose
+    /// bytes are the same under RESP2 and RESP3 (arrays, integers and bulk strings; never a map,
+    /// a null, a push or anything else the two encode differently).
     case encoded(ByteBuffer)
 
     /// The `+OK` reply.

@@ -216,6 +216,28 @@ struct FairShareTests {
         _ = quiet
     }
 
+    /// A queued connection whose own read finds room (the wake-up went to one ahead of it) takes
+    /// it, leaves the queue and reads on at once, instead of waiting for its turn to come round.
+    @Test func aWaitingConnectionWhoseReadFindsRoomLeavesTheQueue() throws {
+        let (flood, quiet, first, running) = try Self.floodAtItsShare()
+        let ahead = try Connection(flood)
+        try ahead.send(pings: 1)
+        let late = try Connection(flood)
+        try late.send(pings: 1)
+        #expect(try ahead.handed().isEmpty && late.handed().isEmpty)
+        let readsBefore = late.counter.reads
+        late.channel.read()
+        #expect(late.counter.reads == readsBefore)
+        // Room for one batch: the wake-up goes to the connection ahead (its loop not run yet).
+        first.gate.finished(running[0].cost)
+        try late.channel.writeInbound(ByteBuffer(string: "PING\r\n"))
+        var handed = 0
+        while try late.channel.readInbound(as: RESPRequest.self) != nil { handed += 1 }
+        #expect(handed == 2)
+        #expect(late.counter.reads == readsBefore + 1, "it left the queue and reads again at once")
+        _ = (quiet, try ahead.handed())
+    }
+
     @Test func aConnectionWaitingForItsClientGivesItsShareBack() throws {
         let (flood, quiet, stuck, held) = try Self.floodAtItsShare()
         let other = try Connection(flood)

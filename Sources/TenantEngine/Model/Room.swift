@@ -170,9 +170,10 @@ public struct Room: Sendable {
 
     /// The messages at `range` (message indexes), oldest first, as a page: texts copied into
     /// one array, no `String` made per message.
-    func page(in range: Range<Int>) throws -> MessagePage {
+    func page(in range: Range<Int>, textBytes: Int = 0) throws -> MessagePage {
         var page = MessagePage()
         page.firstSeq = UInt64(range.lowerBound + 1)
+        page.texts.reserveCapacity(textBytes)
         page.timestamps.reserveCapacity(range.count)
         page.users.reserveCapacity(range.count)
         page.ends.reserveCapacity(range.count)
@@ -208,8 +209,15 @@ public struct Room: Sendable {
         try self.historyPage(after: after, before: before, limit: limit).messages
     }
 
-    /// The messages of a HISTORY query, oldest first, as a page (see ``history(after:before:limit:)``).
-    public func historyPage(after: UInt64?, before: UInt64?, limit: Int) throws -> MessagePage {
+    /// The messages of a HISTORY query, oldest first, as a page (see ``history(after:before:limit:)``),
+    /// cut to the longest run from the end it keeps (the oldest with `after`, else the newest) whose
+    /// texts fit `maxTextBytes`, one message at least. Only that run's texts are copied.
+    public func historyPage(
+        after: UInt64?,
+        before: UInt64?,
+        limit: Int,
+        maxTextBytes: Int = .max
+    ) throws -> MessagePage {
         let count = self.count
         guard limit > 0, count > 0 else { return MessagePage() }
         let range: Range<Int>
@@ -220,7 +228,50 @@ public struct Room: Sendable {
             let end = before.map { Int(min(UInt64(count), $0 == 0 ? 0 : $0 - 1)) } ?? count
             range = max(0, end - limit)..<end
         }
-        return try self.page(in: range)
+        let (kept, textBytes) = try self.fitting(range, keepingOldest: after != nil, maxTextBytes: maxTextBytes)
+        return try self.page(in: kept, textBytes: textBytes)
+    }
+
+    /// The longest run of `range` from the end it keeps whose texts fit `maxTextBytes` (one
+    /// message at least), and its text bytes: counted from the columns' ends, nothing copied.
+    private func fitting(
+        _ range: Range<Int>,
+        keepingOldest: Bool,
+        maxTextBytes: Int
+    ) throws -> (Range<Int>, Int) {
+        var total = 0
+        if keepingOldest {
+            var index = range.lowerBound
+            while index < range.upperBound {
+                let (chunk, first) = self.chunk(holding: index)
+                let columns = try self.columns(ofChunk: chunk)
+                let end = min(range.upperBound, first + columns.count)
+                for message in index..<end {
+                    let length = columns.textLength(at: message - first)
+                    if message > range.lowerBound && total + length > maxTextBytes {
+                        return (range.lowerBound..<message, total)
+                    }
+                    total += length
+                }
+                index = end
+            }
+        } else {
+            var index = range.upperBound
+            while index > range.lowerBound {
+                let (chunk, first) = self.chunk(holding: index - 1)
+                let columns = try self.columns(ofChunk: chunk)
+                let start = max(range.lowerBound, first)
+                for message in (start..<index).reversed() {
+                    let length = columns.textLength(at: message - first)
+                    if message < range.upperBound - 1 && total + length > maxTextBytes {
+                        return (message + 1..<range.upperBound, total)
+                    }
+                    total += length
+                }
+                index = start
+            }
+        }
+        return (range, total)
     }
 }
 
@@ -293,6 +344,11 @@ struct MessageColumns: Sendable {
 
     /// The memory the budget counts for these messages: their texts and 16 bytes each.
     var residentBytes: Int { self.texts.count + 16 * self.ends.count }
+
+    /// The length of message `index`'s text.
+    func textLength(at index: Int) -> Int {
+        Int(self.ends[index]) - (index == 0 ? 0 : Int(self.ends[index - 1]))
+    }
 
     /// Message `index`'s text.
     func text(at index: Int) -> ArraySlice<UInt8> {

@@ -64,7 +64,8 @@ struct MessageStore: Sendable {
     /// - Throws: when a cold chunk cannot be read back.
     func history(room: String, after: UInt64?, before: UInt64?, limit: Int, maxTextBytes: Int) throws -> MessagePage {
         guard let messages = self.rooms[room] else { return MessagePage() }
-        let page = try messages.historyPage(after: after, before: before, limit: limit)
+        // The room copies only what fits; the cap here holds the contract whatever the room does.
+        let page = try messages.historyPage(after: after, before: before, limit: limit, maxTextBytes: maxTextBytes)
         return Self.capped(page, keepingOldest: after != nil, maxTextBytes: maxTextBytes)
     }
 

@@ -100,10 +100,11 @@ extension CommandDispatcher {
     }
 
     /// A HISTORY reply, encoded straight from the page: an array of `[seq, timestamp, user, text]`
-    /// (the same bytes under RESP2 and RESP3), one buffer of about its size, no value per message.
+    /// (the same bytes under RESP2 and RESP3), one buffer sized for it, no value per message.
     static func encodeHistory(_ page: MessagePage) -> ByteBuffer {
         var buffer = ByteBuffer()
-        buffer.reserveCapacity(page.texts.count + 64 * page.count + 16)
+        // Texts, authors, and at most 80 bytes of framing and numbers a message.
+        buffer.reserveCapacity(page.texts.count + page.users.reduce(0) { $0 + $1.utf8.count } + 80 * page.count + 32)
         buffer.writeInteger(UInt8(ascii: "*"))
         RESPEncoder.writeDecimal(UInt64(page.count), into: &buffer)
         buffer.writeStaticString("\r\n")

@@ -60,7 +60,13 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         } else {
             self.buffer.writeBuffer(&incoming)
         }
+        let waited = self.waiting
         _ = self.parse(context: context)
+        if waited && !self.waiting {
+            // It waited for its tenant's share and this read found room: it left the queue, and
+            // nothing else will resume it.
+            self.resumeReading(context: context)
+        }
     }
 
     func read(context: ChannelHandlerContext) {
@@ -118,16 +124,20 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             // Readers downstream (NIOAsyncChannel) take what was read at the end of a read.
             context.fireChannelReadComplete()
         }
-        if !self.waiting {
-            if self.inputClosed && !self.inputClosedPassedOn {
-                self.dropPartialRequest()
-                self.inputClosedPassedOn = true
-                context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-            }
-            if self.readHeld {
-                self.readHeld = false
-                context.read()
-            }
+        if !self.waiting { self.resumeReading(context: context) }
+    }
+
+    /// It waits no more: the end of input, held back behind the requests, is passed on, and a
+    /// held read goes out.
+    private func resumeReading(context: ChannelHandlerContext) {
+        if self.inputClosed && !self.inputClosedPassedOn {
+            self.dropPartialRequest()
+            self.inputClosedPassedOn = true
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        }
+        if self.readHeld {
+            self.readHeld = false
+            context.read()
         }
     }
 
@@ -155,6 +165,11 @@ final class RESPRequestHandler: ChannelDuplexHandler {
                 switch self.gate.waitForAdmission() {
                 case .go(let granted):
                     allowance = granted
+                    if let stale = self.waitingForAdmission, stale.remove(self.gate) {
+                        // Still queued, no wake-up on its way: it takes this room and waits no more.
+                        self.waitingForAdmission = nil
+                        self.waiting = false
+                    }
                 case .wait(let account):
                     // The tenant is at its share while other tenants are active.
                     self.waiting = true
