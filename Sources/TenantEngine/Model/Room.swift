@@ -145,27 +145,7 @@ public struct Room: Sendable {
 
     /// The messages at `range` (message indexes), oldest first.
     func messages(in range: Range<Int>) throws -> [Message] {
-        var result: [Message] = []
-        result.reserveCapacity(range.count)
-        var next = range.lowerBound
-        while next < range.upperBound {
-            let (chunk, first) = self.chunk(holding: next)
-            let columns = try self.columns(ofChunk: chunk)
-            let end = min(range.upperBound, first + columns.count)
-            for index in next..<end {
-                let local = index - first
-                result.append(
-                    Message(
-                        seq: UInt64(index + 1),
-                        timestamp: columns.timestamps[local],
-                        user: self.authors[Int(columns.authorOf[local])],
-                        text: String(decoding: columns.text(at: local), as: UTF8.self)
-                    )
-                )
-            }
-            next = end
-        }
-        return result
+        try self.page(in: range).messages
     }
 
     /// The messages at `range` (message indexes), oldest first, as a page: texts copied into
