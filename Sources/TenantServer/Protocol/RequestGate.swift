@@ -47,6 +47,11 @@ final class RequestGate: Sendable {
     private let wantsWakeUp = Atomic<Bool>(false)
     private let wakeUp: Mutex<(@Sendable (WakeUp) -> Void)?> = Mutex(nil)
     private let charge = Mutex(Charge())
+    /// Set once the connection is given an account: until then (always, with shares off) a
+    /// request costs no lock for the bookkeeping.
+    private let charging = Atomic<Bool>(false)
+    /// Requests handed over and not yet finished (what is outstanding when charging begins).
+    private let outstandingRequests = Atomic<Int>(0)
 
     init(bound: Int) {
         self.bound = bound
@@ -90,6 +95,8 @@ final class RequestGate: Sendable {
     /// The handler hands a request over.
     func handedOver(_ cost: Int) {
         self.outstanding.wrappingAdd(cost, ordering: .sequentiallyConsistent)
+        self.outstandingRequests.wrappingAdd(1, ordering: .relaxed)
+        guard self.charging.load(ordering: .acquiring) else { return }
         self.charge.withLock { charge in
             guard let account = charge.account, !charge.parked else {
                 charge.uncharged += 1
@@ -108,6 +115,11 @@ final class RequestGate: Sendable {
     func setAccount(_ account: TenantAdmission.Account?) {
         let (previous, charged) = self.charge.withLock { charge in
             let previous = (charge.account, charge.charged)
+            if account != nil && !self.charging.load(ordering: .acquiring) {
+                // Charging begins: what is outstanding now was handed over uncharged.
+                charge.uncharged = max(0, self.outstandingRequests.load(ordering: .relaxed))
+                self.charging.store(true, ordering: .releasing)
+            }
             charge.uncharged += charge.charged
             charge.charged = 0
             charge.account = account
@@ -191,15 +203,19 @@ final class RequestGate: Sendable {
     /// The task answered (or queued the answer of) a request of `cost` bytes.
     func finished(_ cost: Int) {
         self.outstanding.wrappingSubtract(cost, ordering: .sequentiallyConsistent)
-        let account = self.charge.withLock { charge -> TenantAdmission.Account? in
-            if charge.uncharged > 0 {
-                charge.uncharged -= 1
-                return nil
+        self.outstandingRequests.wrappingSubtract(1, ordering: .relaxed)
+        let account =
+            !self.charging.load(ordering: .acquiring)
+            ? nil
+            : self.charge.withLock { charge -> TenantAdmission.Account? in
+                if charge.uncharged > 0 {
+                    charge.uncharged -= 1
+                    return nil
+                }
+                guard charge.charged > 0 else { return nil }
+                charge.charged -= 1
+                return charge.account
             }
-            guard charge.charged > 0 else { return nil }
-            charge.charged -= 1
-            return charge.account
-        }
         account?.refund(1)
         guard self.wantsWakeUp.load(ordering: .sequentiallyConsistent), self.mayParse,
             self.wantsWakeUp.exchange(false, ordering: .sequentiallyConsistent)
