@@ -17,6 +17,7 @@ var package = Package(
         .library(name: "WAL", targets: ["WAL"]),
         .library(name: "LZ4", targets: ["LZ4"]),
         .library(name: "RESP", targets: ["RESP"]),
+        .library(name: "TenantMetrics", targets: ["TenantMetrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -37,12 +38,14 @@ var package = Package(
         .target(name: "LZ4", dependencies: ["CLZ4"]),
         .target(name: "CCRC32C"),
         .target(name: "CPOSIX"),
+        .target(name: "TenantMetrics"),
         .target(
             name: "WAL",
             dependencies: [
                 "LZ4",
                 "CCRC32C",
                 "CPOSIX",
+                "TenantMetrics",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -57,6 +60,7 @@ var package = Package(
             dependencies: [
                 "WAL",
                 "LZ4",
+                "TenantMetrics",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -68,6 +72,7 @@ var package = Package(
             dependencies: [
                 "TenantEngine",
                 "RESP",
+                "TenantMetrics",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -83,6 +88,7 @@ var package = Package(
                 "RESP",
                 "TenantServer",
                 "TenantEngine",
+                "TenantMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -106,7 +112,7 @@ var package = Package(
         .testTarget(
             name: "tenantdTests",
             dependencies: [
-                "LZ4", "WAL", "RESP", "TenantEngine", "TenantServer", "TestSupport",
+                "LZ4", "WAL", "RESP", "TenantEngine", "TenantServer", "TenantMetrics", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

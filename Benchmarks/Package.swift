@@ -22,6 +22,7 @@ let package = Package(
                 .product(name: "LZ4", package: "tenantd"),
                 .product(name: "RESP", package: "tenantd"),
                 .product(name: "TenantEngine", package: "tenantd"),
+                .product(name: "TenantMetrics", package: "tenantd"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,15 +1,55 @@
 import ArgumentParser
+import Foundation
 import TenantEngine
 import WAL
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// `tenantctl`: the operator's offline tool over tenant directories.
+///
+/// Exit codes scripts can trust: 0 success, 1 damage or a failed operation, 2 a usage error.
 @main
-struct Tenantctl: ParsableCommand {
+struct Tenantctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenantctl",
         abstract: "Offline tools over tenantd data and tenant directories.",
-        subcommands: [Verify.self, Repair.self]
+        discussion: "Exit status: 0 success, 1 damage found or the operation failed, 2 a usage error.",
+        subcommands: [
+            Verify.self, Repair.self, Stats.self, Export.self, Import.self, Snapshot.self, Restore.self,
+        ]
     )
+
+    /// ArgumentParser's usage errors exit 64 (EX_USAGE); the contract says 2.
+    static func main() async {
+        var command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            Self.exit(usage: error, message: fullMessage(for: error))
+        }
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as ValidationError {
+            Self.exit(usage: error, message: "tenantctl: \(error.message)")
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// Usage errors exit 2; help (a clean exit) exits 0 as ArgumentParser has it.
+    private static func exit(usage error: any Error, message: String) -> Never {
+        guard exitCode(for: error) == .validationFailure else { exit(withError: error) }
+        FileHandle.standardError.write(Data((message + "\n").utf8))
+        Foundation.exit(2)
+    }
 }
 
 /// `tenantctl verify DIR`: checks every record of a tenant directory, or of every tenant of a data directory.

@@ -42,6 +42,8 @@ struct Settings {
     var logLevel: Logger.Level
     /// The Prometheus port; 0 is off.
     var metricsPort: Int
+    /// The most tenants with series of their own.
+    var metricsTenants: Int
 
     init(command: TenantdCommand, environment: Environment) throws {
         let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
@@ -136,6 +138,12 @@ struct Settings {
         self.server.limits = try Self.limits(command: command, environment: environment)
         self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
         guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
+        self.metricsTenants =
+            try command.metricsTenants ?? Self.integer(environment, "TENANTD_METRICS_TENANTS")
+            ?? MetricsExposition.defaultTenantLimit
+        guard (0...1_000_000).contains(self.metricsTenants) else {
+            throw ValidationError("metrics-tenants must be 0-1000000")
+        }
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
             throw ValidationError(

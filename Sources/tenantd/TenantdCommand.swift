@@ -37,6 +37,14 @@ struct TenantdCommand: AsyncParsableCommand {
     @Option(help: "Prometheus /metrics port, 0 = off (TENANTD_METRICS_PORT). Default 9479.")
     var metricsPort: Int?
 
+    @Option(
+        help: """
+            Most tenants with /metrics series of their own, the busiest by requests; the rest are \
+            summed under tenant_id="_other" (TENANTD_METRICS_TENANTS). Default 1000.
+            """
+    )
+    var metricsTenants: Int?
+
     @Option(help: "Operator token (TENANT_ADMIN_TOKEN). Default: <data>/admin.token, made on first start.")
     var adminToken: String?
 
@@ -137,13 +145,14 @@ struct TenantdCommand: AsyncParsableCommand {
                     Gauge(label: "tenantd_memory_chunk_cache_bytes")
                 )
             }
+            let exposition = MetricsExposition(counters: registry.counters, tenantLimit: settings.metricsTenants)
             let listener = MetricsListener(host: settings.server.host, port: settings.metricsPort, logger: logger) {
                 if let (budget, messages, limit, cache) = memory {
                     messages.record(budget.residentBytes)
                     limit.record(budget.limit)
                     cache.record(budget.cachedBytes)
                 }
-                return metrics.emitToBuffer()
+                return exposition.render(metrics.emitToBuffer())
             }
             services.append(.init(service: listener))
         }

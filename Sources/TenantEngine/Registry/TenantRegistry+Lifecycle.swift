@@ -91,7 +91,10 @@ extension TenantRegistry {
         self.catalog.insert(metadata)
         self.saveCatalog()
         self.active[id] = tenant
-        self.logger.info("tenant created", metadata: ["tenant": "\(id)", "subdomain": "\(subdomain)"])
+        self.logger.info(
+            "tenant created",
+            metadata: ["event": "tenant_created", "tenant_id": "\(id)", "subdomain": "\(subdomain)"]
+        )
         return CreatedTenant(metadata: metadata, owner: owner ?? "", ownerToken: owner == nil ? "" : token)
     }
 
@@ -119,6 +122,7 @@ extension TenantRegistry {
             if failure.removed {
                 self.active[id] = nil
                 self.catalog.remove(id: id)
+                self.counters.remove(id: id)
                 self.saveCatalog()
             } else if tenant?.isClosed ?? true {
                 // Still there and whole, but closed: the next use opens it again.
@@ -128,8 +132,9 @@ extension TenantRegistry {
         }
         self.active[id] = nil
         self.catalog.remove(id: id)
+        self.counters.remove(id: id)
         self.saveCatalog()
-        self.logger.info("tenant deleted", metadata: ["tenant": "\(id)"])
+        self.logger.notice("tenant deleted", metadata: ["event": "tenant_deleted", "tenant_id": "\(id)"])
     }
 
     /// TENANT REOPEN: closes a tenant and opens it again from its directory, as a restart would:
@@ -142,7 +147,7 @@ extension TenantRegistry {
         try self.store.requireTenantDirectories(for: "REOPEN")
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         _ = try await self.activate(id: id)
-        self.logger.info("tenant reopened", metadata: ["tenant": "\(id)"])
+        self.logger.info("tenant reopened", metadata: ["tenant_id": "\(id)"])
     }
 
     /// TENANT SNAPSHOT: a consistent copy of the tenant's directory, `<destination>/<prefix><id>`.
@@ -158,7 +163,7 @@ extension TenantRegistry {
         let lsn = try await tenant.snapshot(to: target)
         self.logger.info(
             "tenant snapshot written",
-            metadata: ["tenant": "\(id)", "path": "\(target)", "lsn": "\(lsn)"]
+            metadata: ["tenant_id": "\(id)", "path": "\(target)", "lsn": "\(lsn)"]
         )
         return (target, lsn)
     }
@@ -188,7 +193,7 @@ extension TenantRegistry {
         }
         self.catalog.insert(metadata)
         self.saveCatalog()
-        self.logger.info("tenant attached", metadata: ["tenant": "\(id)"])
+        self.logger.notice("tenant attached", metadata: ["event": "tenant_attached", "tenant_id": "\(id)"])
         return metadata
     }
 
@@ -203,9 +208,10 @@ extension TenantRegistry {
         defer { self.claims.release(id: id) }
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         self.catalog.remove(id: id)
+        self.counters.remove(id: id)
         self.saveCatalog()
         await self.flushCatalog()
-        self.logger.info("tenant detached", metadata: ["tenant": "\(id)"])
+        self.logger.notice("tenant detached", metadata: ["event": "tenant_detached", "tenant_id": "\(id)"])
     }
 
     /// The metadata of every tenant, by id, from the catalog (no tenant is activated).

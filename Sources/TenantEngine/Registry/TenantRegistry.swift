@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Metrics
+import Synchronization
 import WAL
 
 /// What TENANT CREATE and TENANT SIGNUP return.
@@ -23,12 +24,27 @@ public actor TenantRegistry {
     public nonisolated let configuration: EngineConfiguration
     let logger: Logger
     var state: State = .initial
-    var catalog = Catalog()
-    var active: [String: Tenant] = [:] {
-        didSet { Self.activeTenants.record(self.active.count) }
+    var catalog = Catalog() {
+        didSet { self.publishTenantCounts() }
     }
-    /// Open tenants, for the metrics endpoint.
+    var active: [String: Tenant] = [:] {
+        didSet { self.publishTenantCounts() }
+    }
+    /// Open and known-but-closed tenants, for the metrics endpoint and INFO.
     static let activeTenants = Gauge(label: "tenantd_tenants_active")
+    static let passiveTenants = Gauge(label: "tenantd_tenants_passive")
+    /// The same, readable without a hop (INFO).
+    public nonisolated let tenantCounts = Atomic<Int64>(0)
+    public nonisolated let activeTenantCount = Atomic<Int64>(0)
+
+    private func publishTenantCounts() {
+        let known = Int64(self.catalog.entries.count)
+        let active = Int64(self.active.count)
+        Self.activeTenants.record(active)
+        Self.passiveTenants.record(max(0, known - active))
+        self.tenantCounts.store(known, ordering: .relaxed)
+        self.activeTenantCount.store(active, ordering: .relaxed)
+    }
     var activating = InFlight<Tenant>()
     /// Auto-provisioned creations in progress, so concurrent references wait for them.
     var provisioning = InFlight<Void>()
@@ -46,6 +62,8 @@ public actor TenantRegistry {
     var passivation = PassivationLoop()
     /// The memory budget every tenant's messages share (`--maxmemory`); nil when unlimited.
     public nonisolated let memory: MemoryBudget?
+    /// Every tenant's usage counters, for the metrics and INFO.
+    public nonisolated let counters = TenantCounterBook()
 
     /// Creates a registry; ``bootstrap()`` makes it ready.
     public init(configuration: EngineConfiguration, logger: Logger) {
@@ -108,7 +126,8 @@ public actor TenantRegistry {
             configuration: self.configuration,
             logger: self.logger,
             onMetadataChange: self.metadataObserver(),
-            memory: self.memory
+            memory: self.memory,
+            counters: self.counters
         )
     }
 

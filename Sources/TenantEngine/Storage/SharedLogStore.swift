@@ -342,14 +342,16 @@ actor SharedLogStore: TenantStore {
         let fileSystem = self.fileSystem
         let writer = log.writer
         let captures = entries
-        let (fileSize, sizes) = try await runBlocking {
-            let (bytes, sizes) = try SharedCheckpoint.encode(captures, lsn: cut)
-            try CheckpointedLog(files: files, fileSystem: fileSystem).commit(
-                checkpoint: bytes,
-                lsn: cut,
-                lastAppendedLSN: writer.lastAppendedLSN
-            )
-            return (Int64(bytes.count), sizes)
+        let (fileSize, sizes) = try await CheckpointMetrics.measure {
+            try await runBlocking {
+                let (bytes, sizes) = try SharedCheckpoint.encode(captures, lsn: cut)
+                try CheckpointedLog(files: files, fileSystem: fileSystem).commit(
+                    checkpoint: bytes,
+                    lsn: cut,
+                    lastAppendedLSN: writer.lastAppendedLSN
+                )
+                return (Int64(bytes.count), sizes)
+            }
         }
         self.lastCheckpointLSN = cut
         log.checkpointEnded(consumed: consumed, size: fileSize)

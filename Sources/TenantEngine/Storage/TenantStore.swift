@@ -10,6 +10,8 @@ struct TenantContext: Sendable {
     var onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
     /// The server's memory budget for messages; nil keeps every message in memory.
     var memory: MemoryBudget? = nil
+    /// Every tenant's usage counters (one book per registry).
+    var counters = TenantCounterBook()
 
     /// A cold store for one tenant's rooms under the budget, if there is one.
     func makeColdStore() -> ColdStore? {

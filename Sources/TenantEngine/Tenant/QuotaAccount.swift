@@ -9,10 +9,13 @@ struct QuotaAccount: Sendable {
     private(set) var day: MessageDayCounter
     /// The levels already logged, per limit and period.
     private var loggedLevels: [String: Int] = [:]
+    /// Where refusals are counted.
+    let counters: TenantCounters
 
-    init(storageBytes: Int64, day: MessageDayCounter) {
+    init(storageBytes: Int64, day: MessageDayCounter, counters: TenantCounters) {
         self.storageBytes = storageBytes
         self.day = day
+        self.counters = counters
     }
 
     /// Messages in the UTC day holding `now`.
@@ -24,6 +27,7 @@ struct QuotaAccount: Sendable {
         if metadata.maxMessagesPerDay > 0 && today >= metadata.maxMessagesPerDay {
             let nextDay = (now / MessageDayCounter.millisecondsPerDay + 1) * MessageDayCounter.millisecondsPerDay
             let retry = (nextDay - now + 999) / 1000
+            self.counters.rejected(.messagesPerDay)
             throw TenantError(
                 .quotaExceeded,
                 "messages_per_day \(today)/\(metadata.maxMessagesPerDay) retry_after=\(retry)"
@@ -44,6 +48,7 @@ struct QuotaAccount: Sendable {
     mutating func checkStorage(limits metadata: TenantMetadata, logger: Logger) throws {
         let limit = metadata.maxStorageBytes
         if limit > 0 && self.storageBytes >= limit {
+            self.counters.rejected(.storage)
             throw TenantError(.quotaExceeded, "storage \(self.storageBytes)/\(limit)")
         }
         self.note("storage", used: self.storageBytes, limit: limit, period: 0, logger: logger)
@@ -52,7 +57,10 @@ struct QuotaAccount: Sendable {
     /// Refuses a user past the limit, `users` being there already.
     mutating func admitUser(users: Int64, limits metadata: TenantMetadata, logger: Logger) throws {
         let limit = metadata.maxUsers
-        if limit > 0 && users >= limit { throw TenantError(.quotaExceeded, "users \(users)/\(limit)") }
+        if limit > 0 && users >= limit {
+            self.counters.rejected(.users)
+            throw TenantError(.quotaExceeded, "users \(users)/\(limit)")
+        }
         try self.checkStorage(limits: metadata, logger: logger)
         self.note("users", used: users + 1, limit: limit, period: 0, logger: logger)
     }
@@ -68,7 +76,7 @@ struct QuotaAccount: Sendable {
         self.loggedLevels[key] = level
         logger.warning(
             "tenant crossed \(level)% of its \(name) limit",
-            metadata: ["used": "\(used)", "limit": "\(limit)"]
+            metadata: ["event": "quota_crossed", "quota": "\(name)", "used": "\(used)", "limit": "\(limit)"]
         )
     }
 }

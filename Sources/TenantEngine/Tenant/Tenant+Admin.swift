@@ -1,3 +1,5 @@
+import Logging
+
 /// What USAGE reports.
 public struct TenantUsage: Sendable, Hashable {
     public var plan: Plan
@@ -89,7 +91,12 @@ extension Tenant {
         try self.requireOperator(principal)
         var metadata = self.metadata
         metadata.isSuspended = suspended
-        return try await self.writeMetadata(metadata)
+        let changed = try await self.writeMetadata(metadata)
+        self.logger.notice(
+            suspended ? "tenant suspended" : "tenant resumed",
+            metadata: ["event": .string(suspended ? "tenant_suspended" : "tenant_resumed")]
+        )
+        return changed
     }
 
     private func writeMetadata(_ changed: TenantMetadata) async throws -> TenantMetadata {

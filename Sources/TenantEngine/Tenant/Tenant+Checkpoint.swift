@@ -13,7 +13,8 @@ extension Tenant {
         else { return }
         // In the same actor turn: appends after the capture go to a new segment.
         self.journal.rollForCheckpoint()
-        let storage = try await self.journal.writeCheckpoint(snapshot, lsn: cut)
+        let journal = self.journal
+        let storage = try await CheckpointMetrics.measure { try await journal.writeCheckpoint(snapshot, lsn: cut) }
         self.checkpoints.written(cut: cut, size: storage)
         self.quota.storageBytes = storage
         self.logger.debug("checkpoint written", metadata: ["lsn": "\(cut)"])

@@ -50,6 +50,7 @@ extension Tenant {
         let message = Message(seq: seq, timestamp: now, user: principal.displayName, text: text)
         let lsn = try self.append(.message(room: room, message))
         self.messages.accept(message, room: room, lsn: lsn)
+        self.counters.messagesPosted.wrappingAdd(1, ordering: .relaxed)
         return PostTicket(seq: seq, lsn: lsn)
     }
 

@@ -30,9 +30,15 @@ public actor Tenant {
     var lifecycle: Lifecycle = .serving
     /// Where the tenant's records go, as its storage strategy keeps them.
     let journal: any TenantJournal
-    var membership: Membership
+    var membership: Membership {
+        didSet { self.publishGauges() }
+    }
     var messages: MessageStore
-    var quota: QuotaAccount
+    var quota: QuotaAccount {
+        didSet { self.publishGauges() }
+    }
+    /// Its usage counters (metrics, INFO), kept across passivation by the registry's book.
+    public nonisolated let counters: TenantCounters
     var subscriptions = Subscriptions()
     var checkpoints = CheckpointSchedule()
     /// Connections that hold this tenant as their context: a tenant with any is never passivated.
@@ -74,16 +80,24 @@ public actor Tenant {
             cold = store
         }
         self.messages = MessageStore(rooms: data.rooms, count: data.messageCount, cold: cold)
-        self.quota = QuotaAccount(storageBytes: storageBytes, day: data.messageDays)
+        let counters = context.counters.counters(for: metadata.tenantID)
+        self.counters = counters
+        self.quota = QuotaAccount(storageBytes: storageBytes, day: data.messageDays, counters: counters)
         self.journal = journal
         self.executor = executor
         self.configuration = context.configuration
         var logger = context.logger
-        logger[metadataKey: "tenant"] = "\(metadata.tenantID)"
+        logger[metadataKey: "tenant_id"] = "\(metadata.tenantID)"
         self.logger = logger
         self.onMetadataChange = context.onMetadataChange
         // Opened now counts as used now: a sweep must not close a tenant the moment it opens.
         self.lastUsed = context.configuration.clock()
+        counters.set(storageBytes: storageBytes, users: data.users.count)
+    }
+
+    /// The gauges of ``counters`` follow the quota and the membership.
+    private func publishGauges() {
+        self.counters.set(storageBytes: self.quota.storageBytes, users: self.membership.users.count)
     }
 
     /// After recovery: the cut its checkpoint covers, and the log bytes on disk beyond it (the

@@ -1,6 +1,7 @@
 import NIOCore
 import RESP
 import TenantEngine
+import TenantMetrics
 
 extension CommandDispatcher {
     /// The tenant and room a room argument names: `/tenant/<id>/<room>` names its tenant, honoured
@@ -41,8 +42,12 @@ extension CommandDispatcher {
         await session.refreshContext(from: self.registry)
         guard let tenant = session.tenant, let spec = CommandTable.byName["POST"] else { return nil }
         for _ in run { ServerMetrics.command(spec) }
+        let start = LatencyHistogram.now()
         if let pending = session.lastPost, pending.tenant !== tenant { await Self.settle(&session) }
         let results = await tenant.post(principal, batch: run.map { ($0[0], $0[1]) })
+        // Each POST of the run is recorded with its share of the run's time.
+        let share = (LatencyHistogram.now() &- start) / UInt64(run.count)
+        for _ in run { spec.latency.record(nanoseconds: share) }
         var outcomes: [CommandOutcome] = []
         outcomes.reserveCapacity(results.count)
         for result in results {

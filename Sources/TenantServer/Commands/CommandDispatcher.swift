@@ -1,6 +1,8 @@
 import Logging
 import RESP
+import Synchronization
 import TenantEngine
+import TenantMetrics
 
 #if canImport(Glibc)
 import Glibc
@@ -9,13 +11,15 @@ import Darwin
 #endif
 
 /// Runs one command against the engine on behalf of a connection's ``Session``.
-struct CommandDispatcher: Sendable {
+final class CommandDispatcher: Sendable {
     let registry: TenantRegistry
     let logger: Logger
     let limits: ServerLimits
     let authThrottle: AuthThrottle
     /// The tenants' shares of the requests in flight.
     let admission: TenantAdmission
+    /// The port the server listens on, once bound (INFO's `tcp_port`).
+    let port = Atomic<Int>(0)
 
     init(registry: TenantRegistry, logger: Logger, limits: ServerLimits) {
         self.registry = registry
@@ -30,11 +34,35 @@ struct CommandDispatcher: Sendable {
     func handle(_ arguments: Arguments, session: inout Session) async -> CommandOutcome {
         let spec = CommandTable.byName[arguments.name]
         ServerMetrics.command(spec)
+        let start = LatencyHistogram.now()
+        defer { ServerMetrics.latency(of: spec).record(since: start) }
         do {
-            return try await self.dispatch(arguments, spec: spec, session: &session)
+            let outcome = try await self.dispatch(arguments, spec: spec, session: &session)
+            if self.logger.logLevel <= .trace { self.logCommand(arguments, session: session, error: nil) }
+            return outcome
         } catch {
+            if self.logger.logLevel <= .debug || (error as? TenantError)?.kind == .storageFailed {
+                self.logCommand(arguments, session: session, error: error)
+            }
             return .reply(.reply(for: error))
         }
+    }
+
+    /// One line about a command: every command at `trace`, failed ones at `debug`, an IOERR at
+    /// `warning` (the operator's business), with the connection, tenant and command as metadata.
+    private func logCommand(_ arguments: Arguments, session: Session, error: (any Error)?) {
+        var metadata: Logger.Metadata = [
+            "connection": "\(session.id)",
+            "command": "\(arguments.name.prefix(32).lowercased())",
+        ]
+        if let id = session.tenantID { metadata["tenant_id"] = "\(id)" }
+        guard let error else {
+            self.logger.trace("command", metadata: metadata)
+            return
+        }
+        metadata["error"] = "\(RESPValue.reply(for: error))"
+        let ioError = (error as? TenantError)?.kind == .storageFailed
+        self.logger.log(level: ioError ? .warning : .debug, "command failed", metadata: metadata)
     }
 
     /// Runs a command as ``CommandTable`` describes it: subscribed mode, AUTH, arity, tenant
@@ -185,6 +213,7 @@ struct CommandDispatcher: Sendable {
             self.logger.warning(
                 "AUTH failed",
                 metadata: [
+                    "event": "auth_failed",
                     "connection": "\(session.id)", "address": "\(session.clientAddress)",
                     "user": "\(user.prefix(64))", "failures": "\(session.authFailures)",
                     "delay": "\(decision.delay)",

@@ -1,6 +1,7 @@
 import Metrics
 import RESP
 import TenantEngine
+import TenantMetrics
 
 /// What a command needs of the connection's context before it runs.
 enum TenantNeed: Sendable, Hashable {
@@ -33,6 +34,8 @@ struct CommandSpec: Sendable {
     /// Its `tenantd_commands_total` series, made once (the table is first read after tenantd
     /// bootstrapped the metrics system), not looked up on every command.
     let counter: Counter
+    /// Its `tenantd_command_duration_seconds` series.
+    let latency = LatencyHistogram()
 
     init(
         _ name: String,
@@ -105,6 +108,9 @@ enum CommandTable {
                 return .reply(try await dispatcher.signup(arguments, session: session))
             }
             return .reply(try await dispatcher.tenantCommand(arguments, principal: try session.authenticated()))
+        },
+        CommandSpec("INFO", arity: 0...Int.max) { dispatcher, arguments, session in
+            .reply(try await dispatcher.info(arguments, principal: try session.authenticated(), session: session))
         },
         CommandSpec("WHOAMI", arity: 0...0) { dispatcher, _, session in
             .reply(try await dispatcher.whoami(session: session))

@@ -133,7 +133,9 @@ struct Connection {
                         }
                         switch outcome {
                         case .reply(let value):
-                            replies.append(value, version: session.version)
+                            let bytes = replies.append(value, version: session.version)
+                            ServerStats.shared.sent(bytes)
+                            session.tenant?.counters.replied(bytes: bytes)
                             return replies.isFull ? await replies.push(to: queue) : true
                         case .post(let tenant, let ticket):
                             let slot = Slot.post(tenant, ticket, session.version)
@@ -141,6 +143,10 @@ struct Connection {
                             return await queue.push(slot, weight: slot.weight)
                         case .replyAndClose(let value):
                             let slot = Slot.close(value, session.version)
+                            if case .close(let bytes) = slot {
+                                ServerStats.shared.sent(bytes.readableBytes)
+                                session.tenant?.counters.replied(bytes: bytes.readableBytes)
+                            }
                             if await replies.push(to: queue) { _ = await queue.push(slot, weight: slot.weight) }
                             return false
                         case .delivered:
@@ -171,7 +177,10 @@ struct Connection {
                                 if run.count > 1 {
                                     if let outcomes = await self.dispatcher.handlePosts(run, session: &session) {
                                         for (offset, outcome) in outcomes.enumerated() {
-                                            defer { self.gate.finished(batch[index + offset].cost) }
+                                            let request = batch[index + offset]
+                                            ServerStats.shared.received(request.wireBytes)
+                                            session.tenant?.counters.requested(bytes: request.wireBytes)
+                                            defer { self.gate.finished(request.cost) }
                                             guard await queueOutcome(outcome) else { break reading }
                                         }
                                         index += run.count
@@ -182,7 +191,12 @@ struct Connection {
                             }
                             let request = batch[index]
                             index += 1
-                            defer { self.gate.finished(request.cost) }
+                            defer {
+                                // Counted to the tenant the connection is in once it ran (AUTH's own tenant).
+                                ServerStats.shared.received(request.wireBytes)
+                                session.tenant?.counters.requested(bytes: request.wireBytes)
+                                self.gate.finished(request.cost)
+                            }
                             switch request {
                             case .protocolError(let message):
                                 _ = await queueOutcome(.replyAndClose(.reply(for: ServerError(.proto, message))))
@@ -308,6 +322,11 @@ struct Connection {
     /// is answered on its own (those durable before the failure still get their seq).
     private static func commitPosts(_ run: ArraySlice<Slot>, tenant: Tenant, into buffer: inout ByteBuffer) async {
         guard case .post(_, let last, _) = run.last else { return }
+        let start = buffer.writerIndex
+        defer {
+            ServerStats.shared.sent(buffer.writerIndex - start)
+            tenant.counters.replied(bytes: buffer.writerIndex - start)
+        }
         let allDurable = (try? await tenant.commit(last)) != nil
         for slot in run {
             guard case .post(_, let ticket, let version) = slot else { continue }
@@ -340,9 +359,13 @@ struct ReplyBatch {
     var isFull: Bool { self.buffer.readableBytes >= Self.mergeBytes }
 
     /// Adds a reply, encoded as `version` says.
-    mutating func append(_ value: RESPValue, version: RESPVersion) {
+    /// - Returns: its size in bytes.
+    @discardableResult
+    mutating func append(_ value: RESPValue, version: RESPVersion) -> Int {
+        let start = self.buffer.writerIndex
         RESPEncoder.encode(value, version: version, into: &self.buffer)
         self.count += 1
+        return self.buffer.writerIndex - start
     }
 
     /// Queues what it holds, if anything, as one slot in a buffer of about its size.

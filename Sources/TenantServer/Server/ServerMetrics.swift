@@ -1,5 +1,7 @@
 import Metrics
+import Synchronization
 import TenantEngine
+import TenantMetrics
 
 /// The server's metrics, through swift-metrics (tenantd exports them to Prometheus).
 enum ServerMetrics {
@@ -17,7 +19,15 @@ enum ServerMetrics {
 
     static func command(_ spec: CommandSpec?) {
         (spec?.counter ?? Self.otherCommands).increment()
+        ServerStats.shared.commands.wrappingAdd(1, ordering: .relaxed)
     }
+
+    /// The latency series of a command (those tenantd does not have share one).
+    static func latency(of spec: CommandSpec?) -> LatencyHistogram {
+        spec?.latency ?? Self.otherLatency
+    }
+
+    static let otherLatency = LatencyHistogram()
 
     /// An error reply, by its contract code (framing errors from the parser included).
     static func error(code: ReplyCode) {
@@ -27,16 +37,20 @@ enum ServerMetrics {
     static func connectionOpened() {
         Self.connections.increment()
         Self.open.increment()
+        ServerStats.shared.connectionsReceived.wrappingAdd(1, ordering: .relaxed)
+        ServerStats.shared.connectionsOpen.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// A connection over `maxclients`.
     static func connectionRefused() {
         Self.refused.increment()
+        ServerStats.shared.connectionsRefused.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// A failed AUTH (or HELLO AUTH).
     static func authFailed() {
         Self.authFailures.increment()
+        ServerStats.shared.authFailures.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// A connection stopped reading because its tenant was at its share (``TenantAdmission``).
@@ -48,7 +62,33 @@ enum ServerMetrics {
 
     static func connectionClosed() {
         Self.open.decrement()
+        ServerStats.shared.connectionsOpen.wrappingSubtract(1, ordering: .relaxed)
     }
 
     private static let open = Meter(label: "tenantd_connections_open")
+}
+
+/// The server-wide figures INFO reports (swift-metrics counters cannot be read back): relaxed
+/// atomics, bumped where the metrics are.
+final class ServerStats: Sendable {
+    static let shared = ServerStats()
+
+    /// When the process started (for `uptime_in_seconds`).
+    let startedAt = ContinuousClock.now
+    let commands = Atomic<UInt64>(0)
+    let connectionsReceived = Atomic<UInt64>(0)
+    let connectionsOpen = Atomic<Int64>(0)
+    let connectionsRefused = Atomic<UInt64>(0)
+    let authFailures = Atomic<UInt64>(0)
+    /// Request and reply bytes of every connection, with a tenant context or not.
+    let bytesIn = Atomic<UInt64>(0)
+    let bytesOut = Atomic<UInt64>(0)
+
+    func received(_ bytes: Int) {
+        self.bytesIn.wrappingAdd(UInt64(truncatingIfNeeded: bytes), ordering: .relaxed)
+    }
+
+    func sent(_ bytes: Int) {
+        self.bytesOut.wrappingAdd(UInt64(truncatingIfNeeded: bytes), ordering: .relaxed)
+    }
 }

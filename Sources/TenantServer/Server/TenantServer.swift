@@ -39,6 +39,7 @@ public final class TenantServer: Service {
         self.registry = registry
         self.logger = logger
         self.onReady = onReady
+        _ = ServerStats.shared  // INFO's uptime counts from here
     }
 
     public func run() async throws {
@@ -81,6 +82,7 @@ public final class TenantServer: Service {
         let port = serverChannel.channel.localAddress?.port ?? self.configuration.port
         self.onReady(self.configuration.host, port)
         let dispatcher = CommandDispatcher(registry: self.registry, logger: self.logger, limits: limits)
+        dispatcher.port.store(port, ordering: .relaxed)
         let grace = self.configuration.shutdownGracePeriod
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in

@@ -1,5 +1,6 @@
 import Dispatch
 import Synchronization
+import TenantMetrics
 
 /// Syncs the logs written under `everysec` once a second, on one timer for the whole process, so
 /// idle logs cost nothing.
@@ -88,6 +89,8 @@ public final class WALSyncScheduler: @unchecked Sendable {
     ///   program's).
     private func syncFileSystem(device: UInt64) -> Bool {
         guard let (fd, fileSystem) = self.handles.withLock({ $0[device] ?? nil }) else { return false }
+        let start = LatencyHistogram.now()
+        defer { WALMetrics.fsync.record(since: start) }
         return (try? fileSystem.syncFileSystem(handle: fd, path: "(file system of device \(device))")) == true
     }
 }

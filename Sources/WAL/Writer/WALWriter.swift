@@ -1,6 +1,7 @@
 import Dispatch
 import LZ4
 import Synchronization
+import TenantMetrics
 
 #if canImport(Glibc)
 import Glibc
@@ -292,14 +293,18 @@ public final class WALWriter: @unchecked Sendable {
             guard let batch else { return }
             var written = 0
             do {
+                let start = LatencyHistogram.now()
                 for chunk in batch.chunks {
                     if let firstLSN = chunk.newSegment { try self.openSegment(firstLSN: firstLSN) }
                     try chunk.bytes.withUnsafeBytes { try self.fileSystem.write(self.fd, $0, path: self.segmentPath) }
                     written += 1
                 }
+                WALMetrics.append.record(since: start)
                 switch self.configuration.fsync {
                 case .always:
+                    let syncStart = LatencyHistogram.now()
                     try self.fileSystem.sync(self.fd, path: self.segmentPath)
+                    WALMetrics.fsync.record(since: syncStart)
                 case .everysec:
                     self.unsynced = true
                     self.syncScheduler.markDirty(self)
@@ -407,7 +412,9 @@ public final class WALWriter: @unchecked Sendable {
             guard self.unsynced, self.fd >= 0 else { return }
             self.unsynced = false
             do {
+                let start = LatencyHistogram.now()
                 try self.fileSystem.sync(self.fd, path: self.segmentPath)
+                WALMetrics.fsync.record(since: start)
             } catch {
                 self.fail(error)
             }

@@ -1,0 +1,149 @@
+import Synchronization
+import TenantEngine
+import TenantMetrics
+import WAL
+
+/// What `GET /metrics` answers: swift-prometheus's rendering of the swift-metrics series (given
+/// their HELP lines here), then the series tenantd renders itself: the lock-free latency
+/// histograms and the per-tenant series of the seed, capped at ``tenantLimit`` tenants.
+public struct MetricsExposition: Sendable {
+    /// The most tenants with series of their own; the rest are summed under `tenant_id="_other"`.
+    public static let defaultTenantLimit = 1000
+    /// The label value of the tenants over the limit (no tenant id can be it: ids are `[a-z0-9-]`).
+    public static let otherTenants = "_other"
+
+    let counters: TenantCounterBook
+    let tenantLimit: Int
+
+    /// - Parameters:
+    ///   - counters: every tenant's counters (the registry's).
+    ///   - tenantLimit: the most tenants with series of their own, the busiest by requests.
+    public init(counters: TenantCounterBook, tenantLimit: Int = Self.defaultTenantLimit) {
+        self.counters = counters
+        self.tenantLimit = max(0, tenantLimit)
+    }
+
+    /// The whole exposition, `rendered` being swift-prometheus's output.
+    public func render(_ rendered: [UInt8]) -> [UInt8] {
+        var text = PrometheusText()
+        text.append(rendered: PrometheusText.addingHelp(to: rendered) { MetricHelp.text[$0] })
+        self.renderHistograms(into: &text)
+        self.renderTenants(into: &text)
+        return text.bytes
+    }
+
+    private func renderHistograms(into text: inout PrometheusText) {
+        var commands: [(String, LatencyHistogram.Snapshot)] = []
+        for spec in CommandTable.all {
+            let snapshot = spec.latency.snapshot()
+            if snapshot.count > 0 { commands.append((spec.name.lowercased(), snapshot)) }
+        }
+        let other = ServerMetrics.otherLatency.snapshot()
+        if other.count > 0 { commands.append(("other", other)) }
+        if !commands.isEmpty {
+            Self.family("tenantd_command_duration_seconds", .histogram, into: &text)
+            for (name, snapshot) in commands {
+                text.histogram("tenantd_command_duration_seconds", [("command", name)], snapshot)
+            }
+        }
+        for (name, histogram) in [
+            ("tenantd_wal_append_seconds", WALMetrics.append),
+            ("tenantd_wal_fsync_seconds", WALMetrics.fsync),
+            ("tenantd_checkpoint_seconds", CheckpointMetrics.duration),
+        ] {
+            Self.family(name, .histogram, into: &text)
+            text.histogram(name, [], histogram.snapshot())
+        }
+    }
+
+    /// One tenant's figures as a scrape reads them (or the sum of the tenants over the limit).
+    struct TenantFigures {
+        var id: String
+        var requests: UInt64 = 0
+        var messagesPosted: UInt64 = 0
+        var bytesIn: UInt64 = 0
+        var bytesOut: UInt64 = 0
+        var rejections: [UInt64] = Array(repeating: 0, count: TenantCounters.QuotaKind.allCases.count)
+        var storageBytes: Int64 = 0
+        var users: Int64 = 0
+
+        init(id: String) {
+            self.id = id
+        }
+
+        init(_ counters: TenantCounters) {
+            self.id = counters.tenantID
+            self.add(counters)
+        }
+
+        mutating func add(_ counters: TenantCounters) {
+            self.requests &+= counters.requests.load(ordering: .relaxed)
+            self.messagesPosted &+= counters.messagesPosted.load(ordering: .relaxed)
+            self.bytesIn &+= counters.bytesIn.load(ordering: .relaxed)
+            self.bytesOut &+= counters.bytesOut.load(ordering: .relaxed)
+            for kind in TenantCounters.QuotaKind.allCases {
+                self.rejections[kind.rawValue] &+= counters.rejections(kind)
+            }
+            self.storageBytes &+= counters.storageBytes.load(ordering: .relaxed)
+            self.users &+= counters.users.load(ordering: .relaxed)
+        }
+    }
+
+    /// The tenants with series of their own (the busiest by requests, then by id), and the sum of
+    /// the others if there are any.
+    func tenantFigures() -> (shown: [TenantFigures], other: TenantFigures?, omitted: Int) {
+        var all = self.counters.all().map(TenantFigures.init)
+        all.sort { ($0.requests, $1.id) > ($1.requests, $0.id) }
+        guard all.count > self.tenantLimit else { return (all.sorted { $0.id < $1.id }, nil, 0) }
+        var other = TenantFigures(id: Self.otherTenants)
+        for figures in all[self.tenantLimit...] {
+            other.requests &+= figures.requests
+            other.messagesPosted &+= figures.messagesPosted
+            other.bytesIn &+= figures.bytesIn
+            other.bytesOut &+= figures.bytesOut
+            for index in other.rejections.indices { other.rejections[index] &+= figures.rejections[index] }
+            other.storageBytes &+= figures.storageBytes
+            other.users &+= figures.users
+        }
+        let shown = all[..<self.tenantLimit].sorted { $0.id < $1.id }
+        return (shown, other, all.count - self.tenantLimit)
+    }
+
+    private func renderTenants(into text: inout PrometheusText) {
+        let (shown, other, omitted) = self.tenantFigures()
+        let rows = shown + (other.map { [$0] } ?? [])
+        Self.family("tenant_series_omitted", .gauge, into: &text)
+        text.sample("tenant_series_omitted", [], Int64(omitted))
+        guard !rows.isEmpty else { return }
+        let counters: [(String, (TenantFigures) -> UInt64)] = [
+            ("tenant_requests_total", { $0.requests }),
+            ("tenant_messages_posted_total", { $0.messagesPosted }),
+            ("tenant_bytes_in_total", { $0.bytesIn }),
+            ("tenant_bytes_out_total", { $0.bytesOut }),
+        ]
+        for (name, value) in counters {
+            Self.family(name, .counter, into: &text)
+            for row in rows { text.sample(name, [("tenant_id", row.id)], value(row)) }
+        }
+        Self.family("tenant_quota_rejections_total", .counter, into: &text)
+        for row in rows {
+            for kind in TenantCounters.QuotaKind.allCases {
+                text.sample(
+                    "tenant_quota_rejections_total",
+                    [("tenant_id", row.id), ("kind", kind.label)],
+                    row.rejections[kind.rawValue]
+                )
+            }
+        }
+        Self.family("tenant_storage_bytes", .gauge, into: &text)
+        for row in rows { text.sample("tenant_storage_bytes", [("tenant_id", row.id)], row.storageBytes) }
+        // A gauge by meaning, typed untyped: `promtool check metrics` keeps the `_count` suffix of
+        // the seed's name for histograms and summaries, and lints only typed families for it.
+        Self.family("tenant_users_count", .untyped, into: &text)
+        for row in rows { text.sample("tenant_users_count", [("tenant_id", row.id)], row.users) }
+    }
+
+    private static func family(_ name: String, _ kind: PrometheusText.Kind, into text: inout PrometheusText) {
+        text.family(name, kind, help: MetricHelp.text[name] ?? name)
+    }
+}
