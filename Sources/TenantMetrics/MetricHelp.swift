@@ -30,6 +30,9 @@ public enum MetricHelp {
         "tenant_quota_rejections_total": "Writes refused with QUOTA, by limit (messages_per_day, storage, users).",
         "tenant_bytes_in_total": "Request bytes received on connections in the tenant's context.",
         "tenant_bytes_out_total": "Reply bytes sent on connections in the tenant's context.",
+        "tenantd_backups_total": "Scheduled tenant backups, by outcome (written, failed).",
+        "tenantd_backup_seconds": "Time to write one scheduled tenant backup.",
+        "tenant_last_backup_timestamp_seconds": "When the tenant's last scheduled backup was written (Unix time).",
         "tenant_series_omitted": "Tenants whose series are summed under tenant_id=\"_other\" (over --metrics-tenants).",
     ]
 }

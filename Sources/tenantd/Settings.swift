@@ -44,6 +44,8 @@ struct Settings {
     var metricsPort: Int
     /// The most tenants with series of their own.
     var metricsTenants: Int
+    /// Where scheduled backups go; nil: no backups.
+    var backupDirectory: String?
 
     init(command: TenantdCommand, environment: Environment) throws {
         let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
@@ -144,6 +146,7 @@ struct Settings {
         guard (0...1_000_000).contains(self.metricsTenants) else {
             throw ValidationError("metrics-tenants must be 0-1000000")
         }
+        self.backupDirectory = (command.backupDir ?? environment["TENANTD_BACKUP_DIR"]).map(Self.trimmed)
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
             throw ValidationError(

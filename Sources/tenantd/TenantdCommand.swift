@@ -45,6 +45,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var metricsTenants: Int?
 
+    @Option(
+        help: """
+            Where scheduled tenant backups go, as <dir>/<tenant-id>/<UTC timestamp>/, for tenants with \
+            settings.backup_interval (TENANTD_BACKUP_DIR). Default: none.
+            """
+    )
+    var backupDir: String?
+
     @Option(help: "Operator token (TENANT_ADMIN_TOKEN). Default: <data>/admin.token, made on first start.")
     var adminToken: String?
 
@@ -156,6 +164,16 @@ struct TenantdCommand: AsyncParsableCommand {
             }
             services.append(.init(service: listener))
         }
+        if let directory = settings.backupDirectory {
+            do {
+                _ = try POSIXFile.makeDirectory(directory)
+            } catch {
+                logger.critical("cannot use the backup directory \(directory): \(error)")
+                throw ExitCode(1)
+            }
+            let scheduler = BackupScheduler(registry: registry, directory: directory, logger: logger)
+            services.append(.init(service: BackupService(scheduler: scheduler)))
+        }
         services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(
@@ -175,5 +193,17 @@ struct EngineService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         await self.registry.shutdown()
+    }
+}
+
+/// Runs the backup schedule until the server shuts down (a backup in progress is cancelled
+/// between tenants, never halfway through one: its snapshot finishes or is removed).
+struct BackupService: Service {
+    let scheduler: BackupScheduler
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await self.scheduler.run()
+        }
     }
 }

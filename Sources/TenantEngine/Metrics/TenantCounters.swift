@@ -35,6 +35,8 @@ public final class TenantCounters: Sendable {
     /// figures: it does not change while closed).
     public let storageBytes = Atomic<Int64>(0)
     public let users = Atomic<Int64>(0)
+    /// When its last scheduled backup was written (seconds since the epoch; 0: none since start).
+    public let lastBackupSeconds = Atomic<Int64>(0)
     /// Whether the gauges were set since the server started (a tenant not opened since has none).
     public let hasGauges = Atomic<Bool>(false)
 

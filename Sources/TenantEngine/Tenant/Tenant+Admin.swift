@@ -74,6 +74,7 @@ extension Tenant {
                 guard name.utf8.count <= 128, value.utf8.count <= 4096 else {
                     throw TenantError.invalid("a setting's key is at most 128 bytes, its value 4096")
                 }
+                if !value.isEmpty { try BackupPolicy.validate(setting: name, value: value) }
                 if value.isEmpty { metadata.settings[name] = nil } else { metadata.settings[name] = value }
                 guard metadata.settings.count <= 256 else { throw TenantError.invalid("at most 256 settings") }
             default:

@@ -50,6 +50,7 @@ public struct MetricsExposition: Sendable {
             ("tenantd_wal_append_seconds", WALMetrics.append),
             ("tenantd_wal_fsync_seconds", WALMetrics.fsync),
             ("tenantd_checkpoint_seconds", CheckpointMetrics.duration),
+            ("tenantd_backup_seconds", BackupScheduler.duration),
         ] {
             Self.family(name, .histogram, into: &text)
             text.histogram(name, [], histogram.snapshot())
@@ -66,6 +67,8 @@ public struct MetricsExposition: Sendable {
         var rejections: [UInt64] = Array(repeating: 0, count: TenantCounters.QuotaKind.allCases.count)
         var storageBytes: Int64 = 0
         var users: Int64 = 0
+        /// Seconds since the epoch of its last backup (the newest, for `_other`); 0 for none.
+        var lastBackup: Int64 = 0
 
         init(id: String) {
             self.id = id
@@ -86,6 +89,7 @@ public struct MetricsExposition: Sendable {
             }
             self.storageBytes &+= counters.storageBytes.load(ordering: .relaxed)
             self.users &+= counters.users.load(ordering: .relaxed)
+            self.lastBackup = max(self.lastBackup, counters.lastBackupSeconds.load(ordering: .relaxed))
         }
     }
 
@@ -141,6 +145,13 @@ public struct MetricsExposition: Sendable {
         // the seed's name for histograms and summaries, and lints only typed families for it.
         Self.family("tenant_users_count", .untyped, into: &text)
         for row in rows { text.sample("tenant_users_count", [("tenant_id", row.id)], row.users) }
+        let backedUp = shown.filter { $0.lastBackup > 0 }
+        if !backedUp.isEmpty {
+            Self.family("tenant_last_backup_timestamp_seconds", .gauge, into: &text)
+            for row in backedUp {
+                text.sample("tenant_last_backup_timestamp_seconds", [("tenant_id", row.id)], row.lastBackup)
+            }
+        }
     }
 
     private static func family(_ name: String, _ kind: PrometheusText.Kind, into text: inout PrometheusText) {
