@@ -56,6 +56,19 @@ public struct EngineConfiguration: Sendable {
     /// The server's memory budget in bytes (`--maxmemory`): past its share for messages, tenants
     /// move their older messages to disk. 0 keeps every message in memory.
     public var maxMemory: Int
+    /// Named data roots for data residency (`TENANT_REGIONS`, `--region`), by name: a tenant
+    /// placed in one lives in `<root>/<prefix><id>/`. `database` strategy only.
+    public var regions: [String: String] = [:]
+
+    /// Whether `name` may name a region: 1-32 bytes of `[a-z0-9-]`.
+    public static func isValidRegionName(_ name: String) -> Bool {
+        (1...32).contains(name.utf8.count)
+            && name.utf8.allSatisfy {
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+                    || $0 == UInt8(ascii: "-")
+            }
+    }
 
     /// Creates a configuration with the contract's defaults.
     public init(dataDirectory: String, fsync: FsyncPolicy = .everysec) {

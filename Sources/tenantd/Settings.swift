@@ -147,6 +147,10 @@ struct Settings {
             throw ValidationError("metrics-tenants must be 0-1000000")
         }
         self.backupDirectory = (command.backupDir ?? environment["TENANTD_BACKUP_DIR"]).map(Self.trimmed)
+        let regionList =
+            command.regions.isEmpty
+            ? (environment["TENANT_REGIONS"]?.split(separator: ",").map(String.init) ?? []) : command.regions
+        self.engine.regions = try Self.regions(regionList, dataDirectory: self.engine.dataDirectory)
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
             throw ValidationError(
@@ -227,6 +231,28 @@ struct Settings {
     }
 
     /// `data/` and `data` name the same directory; the ready line shows it without the slash.
+    /// `NAME=DIR` pairs: valid, distinct names, each root its own (not the data directory, not
+    /// another region's).
+    private static func regions(_ pairs: [String], dataDirectory: String) throws -> [String: String] {
+        var regions: [String: String] = [:]
+        for pair in pairs {
+            let parts = pair.split(separator: "=", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, !parts[1].isEmpty else {
+                throw ValidationError("a region is NAME=DIR (TENANT_REGIONS=eu=/srv/eu,us=/srv/us), not '\(pair)'")
+            }
+            guard EngineConfiguration.isValidRegionName(parts[0]) else {
+                throw ValidationError("region name '\(parts[0])' must be 1-32 bytes of [a-z0-9-]")
+            }
+            guard regions[parts[0]] == nil else { throw ValidationError("region '\(parts[0])' is given twice") }
+            let root = Self.trimmed(parts[1])
+            guard root != dataDirectory, !regions.values.contains(root) else {
+                throw ValidationError("region '\(parts[0])' needs a root of its own, not \(root)")
+            }
+            regions[parts[0]] = root
+        }
+        return regions
+    }
+
     private static func trimmed(_ path: String) -> String {
         var path = path
         while path.count > 1 && path.hasSuffix("/") { path.removeLast() }

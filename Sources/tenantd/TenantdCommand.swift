@@ -53,6 +53,15 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var backupDir: String?
 
+    @Option(
+        name: .customLong("region"),
+        help: """
+            A named data root for data residency, NAME=DIR; repeat for more (TENANT_REGIONS=eu=/srv/eu,us=/srv/us). \
+            TENANT CREATE ... REGION NAME places a tenant there.
+            """
+    )
+    var regions: [String] = []
+
     @Option(help: "Operator token (TENANT_ADMIN_TOKEN). Default: <data>/admin.token, made on first start.")
     var adminToken: String?
 

@@ -19,9 +19,12 @@ struct StorageCrashTests {
         _ path: String,
         strategy: IsolationStrategy,
         disk: any WALFileSystem,
-        checkpointBytes: Int64 = 64 << 20
+        checkpointBytes: Int64 = 64 << 20,
+        regions: [String] = []
     ) -> EngineConfiguration {
         var configuration = EngineConfiguration(dataDirectory: path, fsync: .always)
+        // Regions inside the data directory, so that a copy of it holds them too.
+        configuration.regions = Dictionary(uniqueKeysWithValues: regions.map { ($0, path + "/region-" + $0) })
         configuration.adminToken = Self.token
         configuration.fileSystem = disk
         configuration.isolation = strategy
@@ -36,10 +39,17 @@ struct StorageCrashTests {
         _ path: String,
         strategy: IsolationStrategy,
         disk: any WALFileSystem = POSIXFileSystem(),
-        checkpointBytes: Int64 = 64 << 20
+        checkpointBytes: Int64 = 64 << 20,
+        regions: [String] = []
     ) async throws -> TenantRegistry {
         let registry = TenantRegistry(
-            configuration: Self.configuration(path, strategy: strategy, disk: disk, checkpointBytes: checkpointBytes),
+            configuration: Self.configuration(
+                path,
+                strategy: strategy,
+                disk: disk,
+                checkpointBytes: checkpointBytes,
+                regions: regions
+            ),
             logger: Logger.quiet
         )
         try await registry.bootstrap()
@@ -89,27 +99,28 @@ struct StorageCrashTests {
     static func crashAtEveryStep(
         strategy: IsolationStrategy,
         openFirst: Bool = true,
+        regions: [String] = [],
         prepare: (TenantRegistry) async throws -> Void,
         operation: @escaping (TenantRegistry, String) async throws -> Void,
         check: ([String: [String]], [String: [String]], Bool, String) async throws -> Void
     ) async throws {
         try await TemporaryDirectory.with { dir in
             let base = dir.path + "/base"
-            let prepared = try await Self.registry(base, strategy: strategy)
+            let prepared = try await Self.registry(base, strategy: strategy, regions: regions)
             try await prepare(prepared)
             await prepared.shutdown(checkpoint: false)
             let fileManager = FileManager.default
             // What a healthy start serves, seen on a copy.
             let seeing = dir.path + "/seeing"
             try fileManager.copyItem(atPath: base, toPath: seeing)
-            let seeingRegistry = try await Self.registry(seeing, strategy: strategy)
+            let seeingRegistry = try await Self.registry(seeing, strategy: strategy, regions: regions)
             let expected = try await Self.observe(seeingRegistry)
             await seeingRegistry.shutdown(checkpoint: false)
             // The steps of a complete run, counted on another copy.
             let probe = dir.path + "/probe"
             try fileManager.copyItem(atPath: base, toPath: probe)
             let counting = FaultyFileSystem()
-            let probeRegistry = try await Self.registry(probe, strategy: strategy, disk: counting)
+            let probeRegistry = try await Self.registry(probe, strategy: strategy, disk: counting, regions: regions)
             // Every tenant open, so that the operation finds them so (unless it opens them itself).
             if openFirst { #expect(try await Self.observe(probeRegistry) == expected) }
             await probeRegistry.flushCatalog()
@@ -125,7 +136,7 @@ struct StorageCrashTests {
                     let trial = dir.path + "/trial\(step)-\(powerLoss)"
                     try fileManager.copyItem(atPath: base, toPath: trial)
                     let disk = FaultyFileSystem()
-                    let registry = try await Self.registry(trial, strategy: strategy, disk: disk)
+                    let registry = try await Self.registry(trial, strategy: strategy, disk: disk, regions: regions)
                     // Every tenant open, as in the count.
                     if openFirst { #expect(try await Self.observe(registry) == expected) }
                     await registry.flushCatalog()
@@ -139,7 +150,7 @@ struct StorageCrashTests {
                     }
                     await registry.shutdown(checkpoint: false)
                     if powerLoss { try disk.simulatePowerLoss() }
-                    let restarted = try await Self.registry(trial, strategy: strategy)
+                    let restarted = try await Self.registry(trial, strategy: strategy, regions: regions)
                     let seen = try await Self.observe(restarted)
                     try await check(expected, seen, completed, trial)
                     // And it takes writes after recovering.

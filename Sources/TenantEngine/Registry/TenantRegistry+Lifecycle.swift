@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 import WAL
 
 extension TenantRegistry {
@@ -10,8 +11,13 @@ extension TenantRegistry {
     ///   - owner: the owner's user name.
     /// - Returns: the metadata, and the owner's token (shown this once).
     /// - Throws: ``TenantError`` (INVALID, EXISTS, IOERR).
-    public func createTenant(name: String, subdomain: String, plan: Plan?, owner: String) async throws -> CreatedTenant
-    {
+    public func createTenant(
+        name: String,
+        subdomain: String,
+        plan: Plan?,
+        owner: String,
+        region: String = ""
+    ) async throws -> CreatedTenant {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
         var id = Tokens.newTenantID()
@@ -20,7 +26,14 @@ extension TenantRegistry {
         {
             id = Tokens.newTenantID()
         }
-        return try await self.create(id: id, name: name, subdomain: subdomain, plan: plan, owner: owner)
+        return try await self.create(
+            id: id,
+            name: name,
+            subdomain: subdomain,
+            plan: plan,
+            owner: owner,
+            region: region
+        )
     }
 
     /// TENANT SIGNUP: a self-service creation, when `TENANT_SELF_SIGNUP=true`, limited per client
@@ -46,8 +59,14 @@ extension TenantRegistry {
 
     /// Creates tenant `id`: durably written (a staging directory renamed into place, or records in
     /// the shared log), put in the catalog, activated.
-    func create(id: String, name: String, subdomain: String, plan: Plan?, owner: String?) async throws -> CreatedTenant
-    {
+    func create(
+        id: String,
+        name: String,
+        subdomain: String,
+        plan: Plan?,
+        owner: String?,
+        region: String = ""
+    ) async throws -> CreatedTenant {
         guard Names.isValidTenantName(name) else {
             throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
         }
@@ -82,7 +101,14 @@ extension TenantRegistry {
         )
         let token = Tokens.generate()
         let ownerUser = owner.map { User(name: $0, role: .owner, tokenHash: Tokens.hash(token), joinedAt: now) }
-        let tenant = try await self.store.create(metadata: metadata, owner: ownerUser, context: self.tenantContext)
+        try self.store.place(id: id, region: region)
+        let tenant: Tenant
+        do {
+            tenant = try await self.store.create(metadata: metadata, owner: ownerUser, context: self.tenantContext)
+        } catch {
+            self.store.forget(id: id)
+            throw error
+        }
         if case .stopped = self.state {
             // Shut down while it was made: nothing may stay open after shutdown() returned.
             await tenant.close()
@@ -93,7 +119,9 @@ extension TenantRegistry {
         self.active[id] = tenant
         self.logger.info(
             "tenant created",
-            metadata: ["event": "tenant_created", "tenant_id": "\(id)", "subdomain": "\(subdomain)"]
+            metadata: [
+                "event": "tenant_created", "tenant_id": "\(id)", "subdomain": "\(subdomain)", "region": "\(region)",
+            ]
         )
         return CreatedTenant(metadata: metadata, owner: owner ?? "", ownerToken: owner == nil ? "" : token)
     }
@@ -123,6 +151,7 @@ extension TenantRegistry {
                 self.active[id] = nil
                 self.catalog.remove(id: id)
                 self.counters.remove(id: id)
+                self.store.forget(id: id)
                 self.saveCatalog()
             } else if tenant?.isClosed ?? true {
                 // Still there and whole, but closed: the next use opens it again.
@@ -133,6 +162,7 @@ extension TenantRegistry {
         self.active[id] = nil
         self.catalog.remove(id: id)
         self.counters.remove(id: id)
+        self.store.forget(id: id)
         self.saveCatalog()
         self.logger.notice("tenant deleted", metadata: ["event": "tenant_deleted", "tenant_id": "\(id)"])
     }
@@ -209,6 +239,7 @@ extension TenantRegistry {
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         self.catalog.remove(id: id)
         self.counters.remove(id: id)
+        self.store.forget(id: id)
         self.saveCatalog()
         await self.flushCatalog()
         self.logger.notice("tenant detached", metadata: ["event": "tenant_detached", "tenant_id": "\(id)"])
@@ -238,4 +269,74 @@ extension TenantRegistry {
 
     /// The number of tenants.
     public var tenantCount: Int { self.catalog.entries.count }
+
+    /// The region tenant `id` lives in ("" for the data directory).
+    public nonisolated func region(of id: String) -> String {
+        self.store.region(of: id)
+    }
+
+    /// The configured regions' names, sorted.
+    public nonisolated var regionNames: [String] {
+        self.configuration.regions.keys.sorted()
+    }
+
+    /// TENANT MOVE <id> REGION <name>: moves the tenant's directory to another region's root while
+    /// the server runs. Its commands wait meanwhile (those already running on it finish first, or
+    /// get LOADING and retry): the tenant is closed (every acknowledged write is in its log),
+    /// its directory copied and synced, renamed into place in the new root, the source removed,
+    /// and the tenant opened from there. A failure before the copy is in place leaves it where it
+    /// was. `database` strategy.
+    /// - Parameter region: a configured region, or "" for the data directory.
+    /// - Throws: INVALID for an unknown region or another strategy; NOTFOUND; IOERR.
+    public func moveTenant(id: String, region: String) async throws {
+        guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
+        guard self.configuration.isolation == .database else {
+            throw TenantError.invalid("regions are for the database strategy")
+        }
+        guard region.isEmpty || self.configuration.regions[region] != nil else {
+            throw TenantError.invalid(
+                "unknown region '\(region.prefix(32))'; regions: "
+                    + (self.regionNames.isEmpty ? "none (TENANT_REGIONS)" : self.regionNames.joined(separator: ", "))
+            )
+        }
+        guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
+        let from = self.store.region(of: id)
+        guard from != region else { return }
+        guard !self.claims.holds(id: id), self.activating.running(id) == nil else {
+            throw TenantError(.unavailable, "tenant '\(id)' is busy; retry")
+        }
+        self.claims.claim(id: id)
+        defer { self.claims.release(id: id) }
+        let current = self.active.removeValue(forKey: id)
+        let store = self.store
+        let context = self.tenantContext
+        // Requests for the tenant join this task (as they join an activation) and get the tenant
+        // opened where it is once the move ends: the new root, or the old one if the move failed.
+        let failure = MoveFailure()
+        let task = self.activating.start(id) {
+            if let current { await current.close() }
+            do {
+                try await store.move(id: id, to: region)
+            } catch {
+                failure.error.withLock { $0 = error }
+            }
+            return try await store.open(id: id, context: context)
+        }
+        defer { self.activating.finish(id) }
+        self.active[id] = try await task.value
+        if let error = failure.error.withLock({ $0 }) { throw error }
+        self.logger.notice(
+            "tenant moved",
+            metadata: [
+                "event": "tenant_moved", "tenant_id": "\(id)", "from": "\(from.isEmpty ? "-" : from)",
+                "to": "\(region.isEmpty ? "-" : region)",
+            ]
+        )
+    }
+}
+
+/// Why a move failed, for the command that asked for it (requests that joined it get the tenant
+/// back where it was).
+final class MoveFailure: Sendable {
+    let error = Mutex<(any Error)?>(nil)
 }

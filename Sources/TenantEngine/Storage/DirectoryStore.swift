@@ -6,15 +6,67 @@ import WAL
 /// use and close when idle; a creation is written in a staging directory renamed into place, a
 /// deletion renames the directory into the trash.
 struct DirectoryStore: TenantStore {
+    /// The data directory's layout: the catalog, and the tenants without a region.
     let layout: DataLayout
+    /// Each region's root, by name (`TENANT_REGIONS`).
+    let regionLayouts: [String: DataLayout]
+    /// Which region each tenant lives in (absent: the data directory).
+    let placement = Placement()
     let configuration: EngineConfiguration
     let logger: Logger
     var fileSystem: any WALFileSystem { self.configuration.fileSystem }
+
+    /// Where tenants are, by id: set at start-up from the roots' listings, by CREATE, ATTACH and MOVE.
+    final class Placement: Sendable {
+        private let regions = Mutex<[String: String]>([:])
+
+        func region(of id: String) -> String { self.regions.withLock { $0[id] ?? "" } }
+
+        func set(_ id: String, region: String) {
+            self.regions.withLock { $0[id] = region.isEmpty ? nil : region }
+        }
+    }
+
+    /// The name of the marker a moved directory carries until its source is gone: it holds the
+    /// source's path, so a start-up after a crash mid-move knows which copy wins.
+    static let movedFromName = "MOVED_FROM"
+    /// The prefix of a move's staging directory in the target root.
+    static let movingPrefix = ".moving-"
 
     init(configuration: EngineConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         self.layout = DataLayout(root: configuration.dataDirectory, prefix: configuration.directoryPrefix)
+        self.regionLayouts = configuration.regions.mapValues {
+            DataLayout(root: $0, prefix: configuration.directoryPrefix)
+        }
+    }
+
+    /// The layout of the root tenant `id` lives in.
+    func layout(for id: String) -> DataLayout {
+        self.layout(region: self.placement.region(of: id))
+    }
+
+    /// The layout of a region's root ("" or an unknown name: the data directory).
+    func layout(region: String) -> DataLayout {
+        region.isEmpty ? self.layout : (self.regionLayouts[region] ?? self.layout)
+    }
+
+    func region(of id: String) -> String { self.placement.region(of: id) }
+
+    func place(id: String, region: String) throws {
+        guard region.isEmpty || self.regionLayouts[region] != nil else {
+            throw TenantError.invalid("unknown region '\(region.prefix(32))'; regions: \(self.regionNames)")
+        }
+        self.placement.set(id, region: region)
+    }
+
+    func forget(id: String) {
+        self.placement.set(id, region: "")
+    }
+
+    var regionNames: String {
+        self.regionLayouts.isEmpty ? "none (TENANT_REGIONS)" : self.regionLayouts.keys.sorted().joined(separator: ", ")
     }
 
     var passivates: Bool { true }
@@ -22,41 +74,109 @@ struct DirectoryStore: TenantStore {
 
     func load(context: TenantContext) async throws -> StoredTenants {
         let layout = self.layout
+        let regions = self.regionLayouts.sorted { $0.key < $1.key }
         let fileSystem = self.fileSystem
         let logger = self.logger
+        let placement = self.placement
+        let now = self.configuration.clock()
         return try await runBlocking {
-            var ids: Set<String> = []
-            ids.reserveCapacity(1024)
-            for (name, isDirectory) in try fileSystem.listDirectoryEntries(layout.root) {
-                if isDirectory, let id = layout.tenantID(ofDirectoryNamed: name) {
-                    ids.insert(id)
-                } else if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix) {
-                    // Deleted tenants, and creations that crashed before their rename (never
-                    // acknowledged, so never tenants).
-                    do {
-                        try fileSystem.removeTree(layout.root + "/" + name)
-                    } catch {
-                        logger.warning("could not remove \(name) from the data directory: \(error)")
+            var found: [String: (region: String, layout: DataLayout)] = [:]
+            found.reserveCapacity(1024)
+            for (region, root) in [("", layout)] + regions {
+                _ = try fileSystem.makeDirectory(root.root)
+                for (name, isDirectory) in try fileSystem.listDirectoryEntries(root.root) {
+                    if isDirectory, let id = root.tenantID(ofDirectoryNamed: name) {
+                        if let first = found[id] {
+                            found[id] = Self.resolveTwoCopies(
+                                id,
+                                first,
+                                (region, root),
+                                fileSystem: fileSystem,
+                                logger: logger,
+                                stamp: now
+                            )
+                        } else {
+                            found[id] = (region, root)
+                        }
+                    } else if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix)
+                        || name.hasPrefix(Self.movingPrefix)
+                    {
+                        // Deleted tenants, creations that crashed before their rename (never
+                        // acknowledged, so never tenants), moves that crashed before theirs.
+                        do {
+                            try fileSystem.removeTree(root.root + "/" + name)
+                        } catch {
+                            logger.warning("could not remove \(name) from \(root.root): \(error)")
+                        }
                     }
+                }
+            }
+            for (id, place) in found {
+                placement.set(id, region: place.region)
+                let marker = place.layout.tenantDirectory(id) + "/" + Self.movedFromName
+                if fileSystem.exists(marker) {
+                    // A move whose source is gone already: only the marker is left to remove.
+                    try? fileSystem.remove(marker)
+                    try? fileSystem.syncDirectory(place.layout.tenantDirectory(id))
                 }
             }
             let index =
                 (try? fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
                 ?? (try? fileSystem.readFile(layout.legacyCatalogFile)).flatMap(Catalog.decode(bytes:))
-            return .onDisk(ids: ids, index: index)
+            return .onDisk(ids: Set(found.keys), index: index)
         }
     }
 
-    func open(id: String, context: TenantContext) async throws -> Tenant {
-        let tenant = try await Self.open(
-            files: TenantFiles(self.layout.tenantDirectory(id)),
-            context: context
+    /// Two directories of one tenant, in two roots: a move interrupted after its copy was renamed
+    /// into place and before its source was removed. The copy that carries the marker naming the
+    /// other wins, and the other goes to its root's trash. Without such a marker (copied by hand)
+    /// nothing is removed: the first root's is served and the operator is told.
+    static func resolveTwoCopies(
+        _ id: String,
+        _ first: (region: String, layout: DataLayout),
+        _ second: (region: String, layout: DataLayout),
+        fileSystem: any WALFileSystem,
+        logger: Logger,
+        stamp: Int64
+    ) -> (region: String, layout: DataLayout) {
+        func movedFrom(_ place: (region: String, layout: DataLayout)) -> String? {
+            let marker = place.layout.tenantDirectory(id) + "/" + Self.movedFromName
+            return (try? fileSystem.readFile(marker)).map { String(decoding: $0, as: UTF8.self) }
+        }
+        for (winner, loser) in [(second, first), (first, second)] {
+            guard movedFrom(winner) == loser.layout.tenantDirectory(id) else { continue }
+            let stale = loser.layout.tenantDirectory(id)
+            do {
+                if try fileSystem.makeDirectory(loser.layout.trashDirectory) {
+                    try fileSystem.syncDirectory(loser.layout.root)
+                }
+                try fileSystem.rename(stale, to: loser.layout.trashEntry(id, stamp: stamp))
+                try fileSystem.syncDirectory(loser.layout.root)
+                logger.notice(
+                    "finished the move of tenant \(id) interrupted by a crash: serving \(winner.layout.tenantDirectory(id)), removed \(stale)",
+                    metadata: ["event": "tenant_moved", "tenant_id": "\(id)"]
+                )
+            } catch {
+                logger.error("tenant \(id): could not remove the source of a finished move, \(stale): \(error)")
+            }
+            return winner
+        }
+        logger.error(
+            "tenant \(id) is in two places, \(first.layout.tenantDirectory(id)) and \(second.layout.tenantDirectory(id)): serving the first; remove the other"
         )
+        return first
+    }
+
+    func open(id: String, context: TenantContext) async throws -> Tenant {
+        let layout = self.layout(for: id)
+        var context = context
+        if layout.root != self.layout.root { context.coldDirectory = layout.root }
+        let tenant = try await Self.open(files: TenantFiles(layout.tenantDirectory(id)), context: context)
         guard tenant.id == id else {
             await tenant.close()
             throw TenantError(
                 .storageFailed,
-                "directory \(self.layout.tenantDirectory(id)) holds tenant \(tenant.id), not \(id)"
+                "directory \(layout.tenantDirectory(id)) holds tenant \(tenant.id), not \(id)"
             )
         }
         return tenant
@@ -161,8 +281,11 @@ struct DirectoryStore: TenantStore {
     /// directory renamed into place (so a crash never leaves half a tenant there), and the same
     /// writer kept for the tenant, which then serves without reading anything back.
     func create(metadata: TenantMetadata, owner: User?, context: TenantContext) async throws -> Tenant {
-        let staging = self.layout.stagingDirectory(metadata.tenantID)
-        let path = self.layout.tenantDirectory(metadata.tenantID)
+        let layout = self.layout(for: metadata.tenantID)
+        var context = context
+        if layout.root != self.layout.root { context.coldDirectory = layout.root }
+        let staging = layout.stagingDirectory(metadata.tenantID)
+        let path = layout.tenantDirectory(metadata.tenantID)
         let fileSystem = self.fileSystem
         let walConfiguration = self.configuration.walConfiguration
         do {
@@ -224,7 +347,7 @@ struct DirectoryStore: TenantStore {
     /// tenant), then removes it from there in the background.
     func delete(id: String, tenant: Tenant?) async throws {
         await tenant?.close(deleted: true)
-        let layout = self.layout
+        let layout = self.layout(for: id)
         let directory = layout.tenantDirectory(id)
         let target = layout.trashEntry(id, stamp: self.configuration.clock())
         let fileSystem = self.fileSystem
@@ -267,7 +390,71 @@ struct DirectoryStore: TenantStore {
     func requireTenantDirectories(for command: String) throws {}
 
     func hasDirectory(id: String) -> Bool {
-        self.fileSystem.isDirectory(self.layout.tenantDirectory(id))
+        for (region, layout) in [("", self.layout)] + self.regionLayouts.sorted(by: { $0.key < $1.key })
+        where self.fileSystem.isDirectory(layout.tenantDirectory(id)) {
+            self.placement.set(id, region: region)
+            return true
+        }
+        return false
+    }
+
+    func move(id: String, to region: String) async throws {
+        guard region.isEmpty || self.regionLayouts[region] != nil else {
+            throw TenantError.invalid("unknown region '\(region.prefix(32))'; regions: \(self.regionNames)")
+        }
+        let from = self.layout(for: id)
+        let to = self.layout(region: region)
+        guard from.root != to.root else { return }
+        let source = from.tenantDirectory(id)
+        let target = to.tenantDirectory(id)
+        let staging = to.root + "/" + Self.movingPrefix + id
+        let trash = from.trashEntry(id, stamp: self.configuration.clock())
+        let fileSystem = self.fileSystem
+        let logger = self.logger
+        let decided = Atomic<Bool>(false)
+        do {
+            try await runBlocking {
+                guard !fileSystem.exists(target) else {
+                    throw TenantError(.alreadyExists, "\(target) exists: remove it first")
+                }
+                if fileSystem.exists(staging) { try fileSystem.removeTree(staging) }
+                // A copy, every file synced, with the marker naming its source.
+                try fileSystem.copyTree(source, to: staging)
+                try fileSystem.writeFileAtomically(
+                    staging + "/" + Self.movedFromName,
+                    contents: Array(source.utf8)
+                )
+                try fileSystem.syncDirectory(staging)
+                // The decision: from this rename on, the copy is the tenant (start-up finishes the move).
+                try fileSystem.rename(staging, to: target)
+                try fileSystem.syncDirectory(to.root)
+                decided.store(true, ordering: .relaxed)
+                if try fileSystem.makeDirectory(from.trashDirectory) { try fileSystem.syncDirectory(from.root) }
+                try fileSystem.rename(source, to: trash)
+                try fileSystem.syncDirectory(from.root)
+                try fileSystem.remove(target + "/" + Self.movedFromName)
+                try fileSystem.syncDirectory(target)
+            }
+        } catch {
+            if decided.load(ordering: .relaxed) {
+                // The copy is in place: the tenant lives there now; what is left over is tidied at
+                // the next start (the marker settles which copy wins).
+                self.placement.set(id, region: region)
+                logger.error("tenant \(id) moved to \(target), but the source was not removed: \(error)")
+                return
+            }
+            try? await runBlocking { try? fileSystem.removeTree(staging) }
+            if let error = error as? TenantError { throw error }
+            throw TenantError.ioError("moving tenant \(id) to \(target) failed (it stays in \(source)): \(error)")
+        }
+        self.placement.set(id, region: region)
+        Task.detached {
+            do {
+                try fileSystem.removeTree(trash)
+            } catch {
+                logger.warning("could not empty \(trash) from the trash (removed at the next start): \(error)")
+            }
+        }
     }
 
     func snapshotTarget(id: String, destination: String) throws -> String {

@@ -261,6 +261,18 @@ actor SharedLogStore: TenantStore {
 
     nonisolated func hasDirectory(id: String) -> Bool { false }
 
+    nonisolated func region(of id: String) -> String { "" }
+
+    nonisolated func place(id: String, region: String) throws {
+        guard region.isEmpty else { throw TenantError.invalid("regions are for the database strategy") }
+    }
+
+    nonisolated func forget(id: String) {}
+
+    nonisolated func move(id: String, to region: String) async throws {
+        throw TenantError.invalid("regions are for the database strategy")
+    }
+
     nonisolated func snapshotTarget(id: String, destination: String) throws -> String {
         try self.requireTenantDirectories(for: "SNAPSHOT")
         return destination

@@ -12,10 +12,18 @@ struct TenantContext: Sendable {
     var memory: MemoryBudget? = nil
     /// Every tenant's usage counters (one book per registry).
     var counters = TenantCounterBook()
+    /// Where a tenant's cold message chunks go: its region's root (nil: the data directory).
+    var coldDirectory: String? = nil
 
     /// A cold store for one tenant's rooms under the budget, if there is one.
     func makeColdStore() -> ColdStore? {
-        self.memory.map { ColdStore(budget: $0, directory: self.configuration.dataDirectory, logger: self.logger) }
+        self.memory.map {
+            ColdStore(
+                budget: $0,
+                directory: self.coldDirectory ?? self.configuration.dataDirectory,
+                logger: self.logger
+            )
+        }
     }
 }
 
@@ -60,8 +68,19 @@ protocol TenantStore: Sendable {
     /// Refuses the commands that move tenant directories (SNAPSHOT, ATTACH, DETACH, REOPEN) when
     /// tenants have none.
     func requireTenantDirectories(for command: String) throws
-    /// True when tenant `id`'s directory is in the data directory (ATTACH).
+    /// True when tenant `id`'s directory is in the data directory or a region's root (ATTACH),
+    /// which it is then known to be in.
     func hasDirectory(id: String) -> Bool
+    /// The region tenant `id` lives in; "" for the data directory.
+    func region(of id: String) -> String
+    /// Places a tenant about to be created in `region` ("" for the data directory).
+    /// - Throws: INVALID for an unknown region, or a region under a strategy without directories.
+    func place(id: String, region: String) throws
+    /// Forgets where a deleted or detached tenant was.
+    func forget(id: String)
+    /// Moves a closed tenant's directory to `region`'s root: copied, synced, renamed into place,
+    /// then the source removed; after a crash at any step the start-up finishes or undoes it.
+    func move(id: String, to region: String) async throws
     /// The path TENANT SNAPSHOT writes tenant `id` to under `destination`, refused when it is
     /// not an absolute path to a directory or when the snapshot exists already.
     func snapshotTarget(id: String, destination: String) throws -> String

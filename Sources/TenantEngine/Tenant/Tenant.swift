@@ -73,7 +73,7 @@ public actor Tenant {
             // Rooms recovered or created without a store: from now on they count in the budget.
             let store = ColdStore(
                 budget: budget,
-                directory: context.configuration.dataDirectory,
+                directory: context.coldDirectory ?? context.configuration.dataDirectory,
                 logger: context.logger
             )
             store.adopt(data.rooms)

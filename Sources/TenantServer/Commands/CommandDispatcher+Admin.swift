@@ -52,6 +52,7 @@ extension CommandDispatcher {
             guard arguments.count >= 3, arguments.count % 2 == 1 else { throw CommandError.wrongArity("tenant|create") }
             var plan: Plan?
             var owner = "owner"
+            var region = ""
             var index = 3
             while index < arguments.count {
                 switch arguments.keyword(index) {
@@ -62,6 +63,14 @@ extension CommandDispatcher {
                     plan = parsed
                 case "OWNER":
                     owner = arguments[index + 1]
+                case "REGION":
+                    region = arguments[index + 1]
+                    guard self.registry.configuration.isolation == .database else {
+                        throw TenantError.invalid("REGION is for the database strategy")
+                    }
+                    guard self.registry.configuration.regions[region] != nil else {
+                        throw TenantError.invalid("unknown region '\(region.prefix(32))'; regions: \(self.regionList)")
+                    }
                 default:
                     throw CommandError.syntax
                 }
@@ -71,19 +80,20 @@ extension CommandDispatcher {
                 name: arguments[1],
                 subdomain: arguments[2],
                 plan: plan,
-                owner: owner
+                owner: owner,
+                region: region
             )
-            return Self.createdReply(created)
+            return self.createdReply(created)
         case "GET":
             try arguments.expect(2...2, for: "tenant|get")
-            return .map(Self.fields(try await self.operatorTenant(arguments[1]).metadata))
+            return .map(self.fields(try await self.operatorTenant(arguments[1]).metadata))
         case "LIST":
             return try await self.listTenants(arguments)
         case "UPDATE":
             guard arguments.count >= 4, arguments.count % 2 == 0 else { throw CommandError.wrongArity("tenant|update") }
             let tenant = try await self.operatorTenant(arguments[1])
             let changes = stride(from: 2, to: arguments.count, by: 2).map { (arguments[$0], arguments[$0 + 1]) }
-            return .map(Self.fields(try await tenant.update(principal, changes)))
+            return .map(self.fields(try await tenant.update(principal, changes)))
         case "SUSPEND", "RESUME":
             try arguments.expect(2...2, for: "tenant|\(arguments[0].lowercased())")
             let tenant = try await self.operatorTenant(arguments[1])
@@ -96,10 +106,17 @@ extension CommandDispatcher {
             return .map([("path", .bulkString(snapshot.path)), ("lsn", .integer(Int64(snapshot.lsn)))])
         case "ATTACH":
             try arguments.expect(2...2, for: "tenant|attach")
-            return .map(Self.fields(try await self.registry.attachTenant(id: arguments[1])))
+            return .map(self.fields(try await self.registry.attachTenant(id: arguments[1])))
         case "DETACH":
             try arguments.expect(2...2, for: "tenant|detach")
             try await self.registry.detachTenant(id: try await self.operatorTenantID(arguments[1]))
+            return .ok
+        case "MOVE":
+            // TENANT MOVE <id> REGION <name>
+            try arguments.expect(4...4, for: "tenant|move")
+            guard arguments.keyword(2) == "REGION" else { throw CommandError.syntax }
+            let id = try await self.operatorTenantID(arguments[1])
+            try await self.registry.moveTenant(id: id, region: arguments[3])
             return .ok
         case "REOPEN":
             try arguments.expect(2...2, for: "tenant|reopen")
@@ -121,7 +138,7 @@ extension CommandDispatcher {
         default:
             throw CommandError(
                 "unknown subcommand '\(arguments[0].prefix(64))'. "
-                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|SNAPSHOT|ATTACH|DETACH|REOPEN."
+                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|SNAPSHOT|ATTACH|DETACH|REOPEN|MOVE."
             )
         }
     }
@@ -142,7 +159,7 @@ extension CommandDispatcher {
     private func listTenants(_ arguments: Arguments) async throws -> RESPValue {
         try arguments.expect(1...5, for: "tenant|list")
         if arguments.count == 1 {
-            return .array(await self.registry.listTenants().map { .map(Self.fields($0)) })
+            return .array(await self.registry.listTenants().map { .map(self.fields($0)) })
         }
         var cursor: String?
         var count = 100
@@ -161,7 +178,7 @@ extension CommandDispatcher {
             index += 2
         }
         let page = await self.registry.listTenants(after: cursor ?? "0", count: count)
-        return .array([.bulkString(page.next), .array(page.tenants.map { .map(Self.fields($0)) })])
+        return .array([.bulkString(page.next), .array(page.tenants.map { .map(self.fields($0)) })])
     }
 
     /// TENANT SIGNUP name subdomain owner: no authentication, when self-signup is on.
@@ -173,12 +190,12 @@ extension CommandDispatcher {
             owner: arguments[3],
             clientAddress: session.clientAddress
         )
-        return Self.createdReply(created)
+        return self.createdReply(created)
     }
 
-    static func createdReply(_ created: CreatedTenant) -> RESPValue {
+    func createdReply(_ created: CreatedTenant) -> RESPValue {
         .map(
-            Self.fields(created.metadata) + [
+            self.fields(created.metadata) + [
                 ("owner", .bulkString(created.owner)), ("owner_token", .bulkString(created.ownerToken)),
             ]
         )
@@ -190,8 +207,13 @@ extension CommandDispatcher {
         return encoder
     }
 
-    /// Every field of the seed's Tenant, in its order.
-    static func fields(_ metadata: TenantMetadata) -> [(String, RESPValue)] {
+    /// Every field of the seed's Tenant, then its region.
+    func fields(_ metadata: TenantMetadata) -> [(String, RESPValue)] {
+        Self.fields(metadata, region: self.registry.region(of: metadata.tenantID))
+    }
+
+    /// Every field of the seed's Tenant, in its order, then `region` ("" for none).
+    static func fields(_ metadata: TenantMetadata, region: String) -> [(String, RESPValue)] {
         let settings = (try? Self.settingsEncoder().encode(metadata.settings)).map {
             String(decoding: $0, as: UTF8.self)
         }
@@ -208,6 +230,13 @@ extension CommandDispatcher {
             ("created_at", .integer(metadata.createdAt)),
             ("updated_at", .integer(metadata.updatedAt)),
             ("settings", .bulkString(settings ?? "{}")),
+            ("region", .bulkString(region)),
         ]
+    }
+
+    /// The configured regions, for error messages.
+    var regionList: String {
+        let names = self.registry.regionNames
+        return names.isEmpty ? "none (TENANT_REGIONS)" : names.joined(separator: ", ")
     }
 }
