@@ -33,6 +33,7 @@ public enum MetricHelp {
         "tenantd_backups_total": "Scheduled tenant backups, by outcome (written, failed).",
         "tenantd_backup_seconds": "Time to write one scheduled tenant backup.",
         "tenant_last_backup_timestamp_seconds": "When the tenant's last scheduled backup was written (Unix time).",
-        "tenant_series_omitted": "Tenants whose series are summed under tenant_id=\"_other\" (over --metrics-tenants).",
+        "tenant_series_omitted":
+            "Tenants whose series are summed under tenant_id=\"_other\" (past --metrics-tenants; the first tenants given series keep them).",
     ]
 }

@@ -180,8 +180,21 @@ struct Import: AsyncParsableCommand {
     @Option(help: "The prefix of tenant directory names (TENANT_DATABASE_PREFIX).")
     var prefix = "tenant_"
 
+    @Option(help: "The longest message text, in bytes, as the server's TENANT_MAX_MESSAGE_BYTES.")
+    var maxMessageBytes = 65_536
+
     @Flag(help: "One JSON document on standard output.")
     var json = false
+
+    /// The longest line read: a message of the longest text, every byte escaped, or a tenant line
+    /// of 256 settings of 4 KiB.
+    var maxLineBytes: Int { max(16 << 20, self.maxMessageBytes * 6 + (64 << 10)) }
+
+    func validate() throws {
+        guard (1...(16 << 20)).contains(self.maxMessageBytes) else {
+            throw ValidationError("--max-message-bytes must be 1-16777216")
+        }
+    }
 
     func run() async throws {
         let dataPath = trimmedPath(self.dataDirectory)
@@ -197,24 +210,23 @@ struct Import: AsyncParsableCommand {
         var lineNumber = 0
         var bytesRead = 0
         do {
-            var line: UnsafeMutablePointer<CChar>?
-            var capacity = 0
-            defer { free(line) }
-            while true {
-                let length = getline(&line, &capacity, input)
-                if length < 0 { break }
+            var reader = LineReader(file: input, maxLength: self.maxLineBytes)
+            while let line = try reader.next() {
                 lineNumber += 1
-                bytesRead += length
-                guard let line else { break }
-                let bytes = UnsafeRawBufferPointer(start: line, count: length)
-                if bytes.allSatisfy({ $0 == 0x0A || $0 == 0x0D || $0 == 0x20 }) { continue }
-                let data = Data(bytes)
+                bytesRead = reader.consumed
+                if line.allSatisfy({ $0 == 0x0D || $0 == 0x20 }) { continue }
+                let data = Data(line)
                 let type = try Self.decode(LineType.self, data, line: lineNumber).type
                 switch type {
                 case "tenant":
                     guard importer == nil else { throw ImportError(lineNumber, "a second tenant line") }
                     let metadata = try Self.decode(TenantMetadata.self, data, line: lineNumber)
-                    importer = try TenantImport(metadata: metadata, dataDirectory: dataPath, prefix: self.prefix)
+                    importer = try TenantImport(
+                        metadata: metadata,
+                        dataDirectory: dataPath,
+                        prefix: self.prefix,
+                        maxMessageBytes: self.maxMessageBytes
+                    )
                 case "user":
                     guard let importer else { throw ImportError(lineNumber, "a user before the tenant line") }
                     let user = try Self.decode(UserLine.self, data, line: lineNumber)
@@ -243,7 +255,6 @@ struct Import: AsyncParsableCommand {
                 }
                 progress.update(bytesRead)
             }
-            if ferror(input) != 0 { throw ImportError(lineNumber, "read error: \(String(cString: strerror(errno)))") }
             guard let importer else { throw ImportError(lineNumber, "no tenant line") }
             let path = try await importer.finish()
             progress.finish()
@@ -560,5 +571,68 @@ indirect enum JSONText {
             }
         }
         text += "\""
+    }
+}
+
+/// Lines of a file, each at most `maxLength` bytes: a longer one is an error, not a read of
+/// gigabytes into memory.
+struct LineReader {
+    let file: UnsafeMutablePointer<FILE>
+    let maxLength: Int
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var atEnd = false
+    /// Bytes handed out so far, newlines included.
+    private(set) var consumed = 0
+
+    init(file: UnsafeMutablePointer<FILE>, maxLength: Int) {
+        self.file = file
+        self.maxLength = maxLength
+    }
+
+    /// The next line, without its newline; nil at the end.
+    mutating func next() throws -> [UInt8]? {
+        var scanned = self.start
+        while true {
+            if let newline = self.buffer[scanned...].firstIndex(of: 0x0A) {
+                let line = Array(self.buffer[self.start..<newline])
+                self.consumed += newline + 1 - self.start
+                self.start = newline + 1
+                return line
+            }
+            scanned = self.buffer.count
+            guard self.buffer.count - self.start <= self.maxLength else {
+                throw LineTooLong(limit: self.maxLength)
+            }
+            if self.atEnd {
+                guard self.start < self.buffer.count else { return nil }
+                let line = Array(self.buffer[self.start...])
+                self.consumed += line.count
+                self.start = self.buffer.count
+                return line
+            }
+            if self.start > 0 {
+                self.buffer.removeFirst(self.start)
+                scanned -= self.start
+                self.start = 0
+            }
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            let got = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, self.file) }
+            if got < chunk.count {
+                if ferror(self.file) != 0 { throw ReadFailed(message: String(cString: strerror(errno))) }
+                self.atEnd = true
+            }
+            self.buffer += chunk[0..<got]
+        }
+    }
+
+    struct LineTooLong: Error, CustomStringConvertible {
+        let limit: Int
+        var description: String { "a line is over \(limit) bytes" }
+    }
+
+    struct ReadFailed: Error, CustomStringConvertible {
+        let message: String
+        var description: String { "read error: \(message)" }
     }
 }

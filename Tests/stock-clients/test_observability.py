@@ -35,7 +35,8 @@ def metered():
     token = secrets.token_hex(32)
     metrics_port = _free_port()
     proc = subprocess.Popen(
-        [str(TENANTD_BIN), "--port", "0", "--data-dir", str(root / "data"), "--metrics-port", str(metrics_port)],
+        [str(TENANTD_BIN), "--port", "0", "--data-dir", str(root / "data"), "--metrics-port", str(metrics_port),
+         "--metrics-tenants", "1"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -70,6 +71,10 @@ def test_promtool_accepts_metrics_with_the_seeds_per_tenant_series(metered):
     with _client(port, "alice@" + acme["subdomain"], acme["owner_token"]) as alice:
         for index in range(3):
             assert alice.execute_command("POST", "general", f"message {index}") == index + 1
+    # A second, quieter tenant: over --metrics-tenants 1, summed under _other.
+    beta = _tenant(port, token, "beta-" + secrets.token_hex(2))
+    with _client(port, "alice@" + beta["subdomain"], beta["owner_token"]) as alice:
+        assert alice.execute_command("POST", "general", "one") == 1
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=SOCKET_TIMEOUT).read()
     checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
                              timeout=SUBPROCESS_TIMEOUT)
@@ -82,6 +87,9 @@ def test_promtool_accepts_metrics_with_the_seeds_per_tenant_series(metered):
     assert f'tenant_messages_posted_total{{tenant_id="{tenant}"}} 3\n' in text
     assert f'tenant_users_count{{tenant_id="{tenant}"}} 1\n' in text
     assert 'tenantd_command_duration_seconds_bucket{command="post",le="+Inf"} ' in text
+    assert 'tenant_messages_posted_total{tenant_id="_other"} 1\n' in text
+    assert "tenant_series_omitted 1\n" in text
+    assert beta["tenant_id"] not in text
 
 
 @pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])

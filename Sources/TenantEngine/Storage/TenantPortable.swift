@@ -97,6 +97,15 @@ public final class TenantImport {
     /// Messages appended.
     public private(set) var messages = 0
     private var finished = false
+    /// The longest text a message may have (the server's `TENANT_MAX_MESSAGE_BYTES`).
+    private let maxMessageBytes: Int
+    /// The latest timestamp a message may have: now, and five minutes of clock skew. A message
+    /// from the future would move the tenant's daily count to its day.
+    private let latestTimestamp: Int64
+
+    /// The prefix of an import's staging directory in the data directory (never the server's own
+    /// `.creating-`, which a starting server removes).
+    static let stagingPrefix = ".importing-"
 
     /// The most bytes appended before the log is flushed (the writer holds them until then).
     static let flushBytes = 8 << 20
@@ -104,7 +113,13 @@ public final class TenantImport {
     /// Starts an import of the tenant `metadata` describes into `dataDirectory`.
     /// - Throws: ``TenantError``: INVALID for metadata that breaks the rules, EXISTS when the tenant's
     ///   directory is there already, IOERR when the staging directory cannot be made.
-    public init(metadata: TenantMetadata, dataDirectory: String, prefix: String = "tenant_") throws {
+    public init(
+        metadata: TenantMetadata,
+        dataDirectory: String,
+        prefix: String = "tenant_",
+        maxMessageBytes: Int = 65_536,
+        now: Int64 = EngineConfiguration.systemClock()
+    ) throws {
         guard Names.isValidTenantID(metadata.tenantID) else {
             throw TenantError.invalid("tenant_id must be 1-50 bytes of [a-z0-9-]")
         }
@@ -112,19 +127,44 @@ public final class TenantImport {
         if !metadata.subdomain.isEmpty, let problem = Names.subdomainProblem(metadata.subdomain) {
             throw TenantError.invalid(problem)
         }
-        guard metadata.maxUsers >= 0, metadata.maxStorageBytes >= 0, metadata.maxMessagesPerDay >= 0 else {
-            throw TenantError.invalid("limits must be 0 (none) or more")
+        guard (0...Tenant.maxUsersLimit).contains(metadata.maxUsers),
+            (0...Tenant.maxStorageBytesLimit).contains(metadata.maxStorageBytes),
+            (0...Tenant.maxMessagesPerDayLimit).contains(metadata.maxMessagesPerDay)
+        else {
+            throw TenantError.invalid(
+                "limits must be 0 (none) or more, at most max_users \(Tenant.maxUsersLimit), "
+                    + "max_messages_per_day \(Tenant.maxMessagesPerDayLimit)"
+            )
+        }
+        try Tenant.validateSettings(metadata.settings)
+        guard metadata.createdAt >= 0, metadata.updatedAt >= metadata.createdAt else {
+            throw TenantError.invalid("created_at must be 0 or more, and updated_at no earlier")
         }
         let layout = DataLayout(root: dataDirectory, prefix: prefix)
         self.metadata = metadata
+        self.maxMessageBytes = maxMessageBytes
+        self.latestTimestamp = now + 300_000
         self.path = layout.tenantDirectory(metadata.tenantID)
-        self.staging = layout.stagingDirectory(metadata.tenantID)
+        self.staging = dataDirectory + "/" + Self.stagingPrefix + metadata.tenantID
         guard !POSIXFile.exists(self.path) else {
             throw TenantError(.alreadyExists, "\(self.path) exists: the tenant is there already")
         }
+        guard !POSIXFile.exists(self.staging) else {
+            throw TenantError(
+                .alreadyExists,
+                "\(self.staging) exists: another import of this tenant is running, or one was interrupted (remove it)"
+            )
+        }
         do {
-            try? self.fileSystem.removeTree(self.staging)  // left by an import that was interrupted
-            _ = try self.fileSystem.makeDirectory(self.staging)
+            guard try self.fileSystem.makeDirectory(self.staging) else {
+                throw TenantError(.alreadyExists, "\(self.staging) appeared: another import of this tenant is running")
+            }
+        } catch let error as TenantError {
+            throw error
+        } catch {
+            throw TenantError.ioError("cannot make \(self.staging): \(error)")
+        }
+        do {
             self.writer = try WALWriter(
                 directory: TenantFiles(self.staging).wal,
                 lastLSN: 0,
@@ -132,10 +172,16 @@ public final class TenantImport {
                 fileSystem: self.fileSystem
             )
         } catch {
+            try? self.fileSystem.removeTree(self.staging)
             throw TenantError.ioError("cannot make \(self.staging): \(error)")
         }
         self.journal = DirectoryJournal(writer: self.writer, files: TenantFiles(self.path), fileSystem: self.fileSystem)
-        try self.append(.metadata(metadata))
+        do {
+            try self.append(.metadata(metadata))
+        } catch {
+            try? self.fileSystem.removeTree(self.staging)
+            throw error
+        }
     }
 
     /// Adds a user with a new token.
@@ -163,8 +209,17 @@ public final class TenantImport {
         guard seq == expected else {
             throw TenantError.invalid("room '\(room)': seq \(seq) where \(expected) comes next")
         }
-        guard !user.isEmpty, user.utf8.count <= 200 else {
-            throw TenantError.invalid("message author must be 1-200 bytes")
+        guard Names.isValidUserName(user) || user == Principal.operator.displayName else {
+            throw TenantError.invalid("message author '\(user.prefix(64))' is not a user name")
+        }
+        guard (0...self.latestTimestamp).contains(timestamp) else {
+            throw TenantError.invalid("ts \(timestamp) is before 1970 or in the future")
+        }
+        guard text.utf8.count <= self.maxMessageBytes else {
+            throw TenantError(
+                .tooLarge,
+                "a message of \(text.utf8.count) bytes is over the limit of \(self.maxMessageBytes) (--max-message-bytes)"
+            )
         }
         try self.append(.message(room: room, Message(seq: seq, timestamp: timestamp, user: user, text: text)))
         self.lastSeq[room] = seq
@@ -186,7 +241,14 @@ public final class TenantImport {
                 throw TenantError(.alreadyExists, "\(self.path) appeared during the import")
             }
             try self.fileSystem.rename(self.staging, to: self.path)
-            try self.fileSystem.syncDirectory(POSIXFile.parent(of: self.path))
+            do {
+                try self.fileSystem.syncDirectory(POSIXFile.parent(of: self.path))
+            } catch {
+                // In place but maybe not durably: not reported as imported, so not left there (its
+                // tokens would never be shown).
+                try? self.fileSystem.removeTree(self.path)
+                throw error
+            }
             self.finished = true
             return self.path
         } catch let error as TenantError {

@@ -71,12 +71,11 @@ extension Tenant {
             case "is_suspended": metadata.isSuspended = try Self.flag(value, field: key)
             case _ where key.hasPrefix("settings.") && key.count > "settings.".count:
                 let name = String(field.dropFirst("settings.".count))
-                guard name.utf8.count <= 128, value.utf8.count <= 4096 else {
-                    throw TenantError.invalid("a setting's key is at most 128 bytes, its value 4096")
-                }
-                if !value.isEmpty { try BackupPolicy.validate(setting: name, value: value) }
+                try Self.validateSetting(name, value)
                 if value.isEmpty { metadata.settings[name] = nil } else { metadata.settings[name] = value }
-                guard metadata.settings.count <= 256 else { throw TenantError.invalid("at most 256 settings") }
+                guard metadata.settings.count <= Self.maxSettings else {
+                    throw TenantError.invalid("at most 256 settings")
+                }
             default:
                 throw TenantError.invalid(
                     "unknown or read-only field '\(field.prefix(64))'; fields: name, plan, max_users, "
@@ -114,6 +113,25 @@ extension Tenant {
 
     /// The ranges of TENANT UPDATE's numbers (0 is no limit): a billion users, 8 EiB (2^63 - 1
     /// bytes; `max_storage_gb` up to 8,589,934,591), a trillion messages a day.
+    static let maxSettings = 256
+
+    /// A setting as TENANT UPDATE takes it (an empty value removes it).
+    static func validateSetting(_ name: String, _ value: String) throws {
+        guard name.utf8.count <= 128, value.utf8.count <= 4096 else {
+            throw TenantError.invalid("a setting's key is at most 128 bytes, its value 4096")
+        }
+        if !value.isEmpty { try BackupPolicy.validate(setting: name, value: value) }
+    }
+
+    /// Settings as TENANT UPDATE could have made them (an import's).
+    static func validateSettings(_ settings: [String: String]) throws {
+        guard settings.count <= Self.maxSettings else { throw TenantError.invalid("at most 256 settings") }
+        for (name, value) in settings {
+            guard !name.isEmpty, !value.isEmpty else { throw TenantError.invalid("a setting needs a key and a value") }
+            try Self.validateSetting(name, value)
+        }
+    }
+
     static let maxUsersLimit: Int64 = 1_000_000_000
     static let maxStorageBytesLimit: Int64 = .max
     static let maxMessagesPerDayLimit: Int64 = 1_000_000_000_000

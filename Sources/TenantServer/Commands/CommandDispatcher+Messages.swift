@@ -21,7 +21,9 @@ extension CommandDispatcher {
         try await self.registry.checkServed(id: id)
         switch principal {
         case .operator:
-            return (try await self.registry.tenantForOperator(id: id), room)
+            let tenant = try await self.registry.tenantForOperator(id: id)
+            session.pathTarget.set(tenant)
+            return (tenant, room)
         case .user(let tenantID, _, _):
             guard tenantID == id, let tenant = session.tenant else {
                 throw TenantError.noPermission("credential is not valid for tenant '\(id)'")

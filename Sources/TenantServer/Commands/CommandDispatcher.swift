@@ -34,10 +34,11 @@ final class CommandDispatcher: Sendable {
     func handle(_ arguments: Arguments, session: inout Session) async -> CommandOutcome {
         let spec = CommandTable.byName[arguments.name]
         ServerMetrics.command(spec)
-        let start = LatencyHistogram.now()
+        // Reset once the command waited for the connection's last POST: its own time only.
+        var start = LatencyHistogram.now()
         defer { ServerMetrics.latency(of: spec).record(since: start) }
         do {
-            let outcome = try await self.dispatch(arguments, spec: spec, session: &session)
+            let outcome = try await self.dispatch(arguments, spec: spec, session: &session, start: &start)
             if self.logger.logLevel <= .trace { self.logCommand(arguments, session: session, error: nil) }
             return outcome
         } catch {
@@ -70,7 +71,8 @@ final class CommandDispatcher: Sendable {
     private func dispatch(
         _ arguments: Arguments,
         spec: CommandSpec?,
-        session: inout Session
+        session: inout Session,
+        start: inout UInt64
     ) async throws -> CommandOutcome {
         if session.isInSubscribedMode && !CommandTable.runsInSubscribedMode(arguments.name) {
             throw CommandError(
@@ -91,6 +93,7 @@ final class CommandDispatcher: Sendable {
             // POST does not wait for the one before it in the same tenant (see `post`): pipelined
             // POSTs share group commits, and their replies still leave in order.
             await Self.settle(&session)
+            start = LatencyHistogram.now()
         }
         if spec.tenant == .context { _ = try session.contextTenant() }
         return try await spec.handler(self, arguments, &session)

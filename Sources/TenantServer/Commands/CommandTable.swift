@@ -109,7 +109,7 @@ enum CommandTable {
             }
             return .reply(try await dispatcher.tenantCommand(arguments, principal: try session.authenticated()))
         },
-        CommandSpec("INFO", arity: 0...Int.max) { dispatcher, arguments, session in
+        CommandSpec("INFO", arity: 0...32) { dispatcher, arguments, session in
             .reply(try await dispatcher.info(arguments, principal: try session.authenticated(), session: session))
         },
         CommandSpec("WHOAMI", arity: 0...0) { dispatcher, _, session in

@@ -22,6 +22,9 @@ struct Session: Sendable {
     var closeAfterReply = false
     /// Where tenants deliver this connection's pub/sub events.
     let subscriber: ConnectionSubscriber
+    /// The tenant the command running now works in when it names another than the context
+    /// (`/tenant/<id>/<room>`): its request and reply are counted there.
+    let pathTarget = PathTarget()
     /// The subscriptions, by ``Tenant/subscriptionKey(room:)`` (one per tenant and room, whatever
     /// name form the client used), with the name it used last.
     var channels: [String: (tenant: Tenant, room: String, channel: String)] = [:]
@@ -116,5 +119,22 @@ extension RESPValue {
         case let error as ServerError: return (error.code, error.message)
         default: return (.err, "internal error: \(error)")
         }
+    }
+}
+
+/// The tenant a path-form command resolved to, set by the dispatcher and taken by the connection
+/// once the command is answered. Only the connection's own task touches it, one command at a time.
+final class PathTarget: @unchecked Sendable {
+    private var tenant: Tenant?
+
+    func set(_ tenant: Tenant) { self.tenant = tenant }
+
+    /// The tenant set, if any, left set.
+    var current: Tenant? { self.tenant }
+
+    /// The tenant set, if any, cleared.
+    func take() -> Tenant? {
+        defer { self.tenant = nil }
+        return self.tenant
     }
 }

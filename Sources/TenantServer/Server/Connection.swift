@@ -135,7 +135,7 @@ struct Connection {
                         case .reply(let value):
                             let bytes = replies.append(value, version: session.version)
                             ServerStats.shared.sent(bytes)
-                            session.tenant?.counters.replied(bytes: bytes)
+                            (session.pathTarget.current ?? session.tenant)?.counters.replied(bytes: bytes)
                             return replies.isFull ? await replies.push(to: queue) : true
                         case .post(let tenant, let ticket):
                             let slot = Slot.post(tenant, ticket, session.version)
@@ -145,7 +145,9 @@ struct Connection {
                             let slot = Slot.close(value, session.version)
                             if case .close(let bytes) = slot {
                                 ServerStats.shared.sent(bytes.readableBytes)
-                                session.tenant?.counters.replied(bytes: bytes.readableBytes)
+                                (session.pathTarget.current ?? session.tenant)?.counters.replied(
+                                    bytes: bytes.readableBytes
+                                )
                             }
                             if await replies.push(to: queue) { _ = await queue.push(slot, weight: slot.weight) }
                             return false
@@ -192,9 +194,12 @@ struct Connection {
                             let request = batch[index]
                             index += 1
                             defer {
-                                // Counted to the tenant the connection is in once it ran (AUTH's own tenant).
+                                // Counted to the tenant the command ran in: a path-form room's, or
+                                // the connection's once it ran (AUTH's own tenant). A framing error
+                                // ran no command.
                                 ServerStats.shared.received(request.wireBytes)
-                                session.tenant?.counters.requested(bytes: request.wireBytes)
+                                let ran = session.pathTarget.take() ?? session.tenant
+                                if case .command = request { ran?.counters.requested(bytes: request.wireBytes) }
                                 self.gate.finished(request.cost)
                             }
                             switch request {
@@ -213,6 +218,7 @@ struct Connection {
                                 let outcome: CommandOutcome
                                 do {
                                     if let echoed = Self.echo(words, session: session) {
+                                        ServerMetrics.command(CommandTable.byName["ECHO"])
                                         outcome = .reply(echoed)
                                     } else {
                                         let arguments = try checked ?? Arguments(words)

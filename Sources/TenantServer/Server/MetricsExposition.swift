@@ -14,6 +14,13 @@ public struct MetricsExposition: Sendable {
 
     let counters: TenantCounterBook
     let tenantLimit: Int
+    /// The tenants with series of their own, kept from scrape to scrape: a tenant once given its
+    /// own series keeps them (until it is deleted), so `_other` only ever grows, as a counter must.
+    private let selection = Selection()
+
+    final class Selection: Sendable {
+        let ids = Mutex<Set<String>>([])
+    }
 
     /// - Parameters:
     ///   - counters: every tenant's counters (the registry's).
@@ -98,9 +105,22 @@ public struct MetricsExposition: Sendable {
     func tenantFigures() -> (shown: [TenantFigures], other: TenantFigures?, omitted: Int) {
         var all = self.counters.all().map(TenantFigures.init)
         all.sort { ($0.requests, $1.id) > ($1.requests, $0.id) }
-        guard all.count > self.tenantLimit else { return (all.sorted { $0.id < $1.id }, nil, 0) }
+        let limit = self.tenantLimit
+        let chosen: Set<String> = self.selection.ids.withLock { selected in
+            // Those chosen before that still exist, then the busiest others up to the limit.
+            let present = Set(all.map(\.id))
+            selected.formIntersection(present)
+            if selected.count > limit {
+                selected = Set(all.lazy.map(\.id).filter(selected.contains).prefix(limit))
+            }
+            for figures in all where selected.count < limit && !selected.contains(figures.id) {
+                selected.insert(figures.id)
+            }
+            return selected
+        }
+        guard all.count > chosen.count else { return (all.sorted { $0.id < $1.id }, nil, 0) }
         var other = TenantFigures(id: Self.otherTenants)
-        for figures in all[self.tenantLimit...] {
+        for figures in all where !chosen.contains(figures.id) {
             other.requests &+= figures.requests
             other.messagesPosted &+= figures.messagesPosted
             other.bytesIn &+= figures.bytesIn
@@ -109,8 +129,8 @@ public struct MetricsExposition: Sendable {
             other.storageBytes &+= figures.storageBytes
             other.users &+= figures.users
         }
-        let shown = all[..<self.tenantLimit].sorted { $0.id < $1.id }
-        return (shown, other, all.count - self.tenantLimit)
+        let shown = all.filter { chosen.contains($0.id) }.sorted { $0.id < $1.id }
+        return (shown, other, all.count - shown.count)
     }
 
     private func renderTenants(into text: inout PrometheusText) {
