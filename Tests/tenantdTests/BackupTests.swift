@@ -90,6 +90,12 @@ struct BackupTests {
         let restored = try OperationsTests.run(OperationsTests.tenantctl, ["restore", newest, dir.path + "/b"])
         #expect(restored.status == 0, "\(restored.output)")
         #expect(try other.operatorClient().call("TENANT", "ATTACH", acme.id).fields?["tenant_id"]?.string == acme.id)
+        // The restore is a security event in the server's log, naming the backup.
+        let restoredLine = try #require(
+            other.stderrText().split(separator: "\n").first { $0.contains("event=tenant_restored") }
+        )
+        #expect(restoredLine.contains("tenant_id=\(acme.id)") && restoredLine.contains("from=\(newest)"))
+        #expect(!FileManager.default.fileExists(atPath: dir.path + "/b/tenant_\(acme.id)/RESTORED_FROM"))
         let history = try EndToEndTests.allMessages(try other.login("alice@acme", acme.token), room: "general")
         #expect(history.map(\.text) == (1...20).map { "before \($0)" })
     }

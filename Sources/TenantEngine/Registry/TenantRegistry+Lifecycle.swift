@@ -224,6 +224,12 @@ extension TenantRegistry {
         self.catalog.insert(metadata)
         self.saveCatalog()
         self.logger.notice("tenant attached", metadata: ["event": "tenant_attached", "tenant_id": "\(id)"])
+        if let source = self.store.takeRestoreNote(id: id) {
+            self.logger.notice(
+                "tenant restored",
+                metadata: ["event": "tenant_restored", "tenant_id": "\(id)", "from": "\(source)"]
+            )
+        }
         return metadata
     }
 

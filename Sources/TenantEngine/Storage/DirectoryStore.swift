@@ -65,6 +65,15 @@ struct DirectoryStore: TenantStore {
         self.placement.set(id, region: "")
     }
 
+    func takeRestoreNote(id: String) -> String? {
+        let directory = self.layout(for: id).tenantDirectory(id)
+        let path = directory + "/" + OfflineSnapshot.restoredFromName
+        guard let bytes = try? self.fileSystem.readFile(path) else { return nil }
+        try? self.fileSystem.remove(path)
+        try? self.fileSystem.syncDirectory(directory)
+        return String(decoding: bytes.prefix(4096), as: UTF8.self)
+    }
+
     var regionNames: String {
         self.regionLayouts.isEmpty ? "none (TENANT_REGIONS)" : self.regionLayouts.keys.sorted().joined(separator: ", ")
     }

@@ -322,18 +322,26 @@ public enum OfflineSnapshot {
             throw TenantError.notFound("\(dataDirectory) is not a directory")
         }
         let target = DataLayout(root: Self.trimmed(dataDirectory), prefix: prefix).tenantDirectory(id)
-        try Self.place(snapshot, at: target)
+        try Self.place(snapshot, at: target, note: (Self.restoredFromName, snapshot))
         return (id, target)
     }
 
-    /// Copies `source` to `target` through `<target>.partial`, synced, then renamed.
-    private static func place(_ source: String, at target: String) throws {
+    /// The note a restored directory carries until the server attaches it (and logs where from).
+    public static let restoredFromName = "RESTORED_FROM"
+
+    /// Copies `source` to `target` through `<target>.partial`, synced, then renamed; `note` is a
+    /// file written into the copy first.
+    private static func place(_ source: String, at target: String, note: (name: String, text: String)? = nil) throws {
         guard !POSIXFile.exists(target) else { throw TenantError(.alreadyExists, "\(target) exists") }
         let fileSystem = POSIXFileSystem()
         let partial = target + ".partial"
         do {
             try? fileSystem.removeTree(partial)
             try fileSystem.copyTree(source, to: partial)
+            if let note {
+                try fileSystem.writeFileAtomically(partial + "/" + note.name, contents: Array(note.text.utf8))
+                try fileSystem.syncDirectory(partial)
+            }
             try fileSystem.rename(partial, to: target)
             try fileSystem.syncDirectory(POSIXFile.parent(of: target))
         } catch {
