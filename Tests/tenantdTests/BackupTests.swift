@@ -121,3 +121,60 @@ struct BackupTests {
         #expect(!second.stderrText().contains("event=backup_written"))
     }
 }
+
+/// Issue 10's "done when", as docs/operations.md tells an operator: place a tenant in a region,
+/// back it up on a schedule, export it, and restore it on another server.
+@Suite("The operator's walkthrough", .serialized)
+struct OperatorWalkthroughTests {
+    @Test func placeBackUpExportAndRestoreElsewhere() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let backups = dir.path + "/backups"
+        let source = try TenantdProcess(
+            dataDirectory: dir.path + "/a",
+            arguments: ["--region", "eu=\(dir.path)/eu", "--backup-dir", backups]
+        )
+        defer { _ = source.stop() }
+        let admin = try source.operatorClient()
+        let created = try #require(
+            try admin.call("TENANT", "CREATE", "Acme", "acme", "OWNER", "alice", "REGION", "eu").fields
+        )
+        let id = try #require(created["tenant_id"]?.string)
+        let token = try #require(created["owner_token"]?.string)
+        let alice = try source.login("alice@acme", token)
+        for index in 1...30 { #expect(try alice.call("POST", "general", "Grüße \(index)") == .integer(Int64(index))) }
+        #expect(try admin.call("TENANT", "UPDATE", id, "settings.backup_interval", "1h").errorCode == nil)
+        try waitUntil("the scheduled backup") { source.stderrText().contains("event=backup_written") }
+        let backup = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: backups + "/" + id).first {
+                BackupScheduler.timestamp(ofName: $0) != nil
+            }
+        )
+        let backupPath = backups + "/" + id + "/" + backup
+
+        // Export from the backup (offline), import on one server; restore on another.
+        let export = try PortableTests.tenantctl(["export", backupPath])
+        #expect(export.status == 0 && export.output.split(separator: "\n").count == 1 + 1 + 30)
+        try FileManager.default.createDirectory(atPath: dir.path + "/b", withIntermediateDirectories: true)
+        let imported = try PortableTests.tenantctl(["import", "-", dir.path + "/b", "--json"], input: export.output)
+        #expect(imported.status == 0, "\(imported.errors)")
+        let newToken = try #require(
+            (try PortableTests.json(imported.output)["users"] as? [[String: String]])?.first?["token"]
+        )
+        let importedServer = try TenantdProcess(dataDirectory: dir.path + "/b")
+        defer { _ = importedServer.stop() }
+        let fromImport = try EndToEndTests.allMessages(
+            try importedServer.login("alice@acme", newToken),
+            room: "general"
+        )
+        #expect(fromImport.map(\.text) == (1...30).map { "Grüße \($0)" })
+
+        let restoredServer = try TenantdProcess(dataDirectory: dir.path + "/c")
+        defer { _ = restoredServer.stop() }
+        #expect(try PortableTests.tenantctl(["restore", backupPath, dir.path + "/c"]).status == 0)
+        #expect(try restoredServer.operatorClient().call("TENANT", "ATTACH", id).fields?["tenant_id"]?.string == id)
+        // A restore keeps the tokens.
+        let fromBackup = try EndToEndTests.allMessages(try restoredServer.login("alice@acme", token), room: "general")
+        #expect(fromBackup.map(\.seq) == (1...30).map { Int64($0) })
+    }
+}
