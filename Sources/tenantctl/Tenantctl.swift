@@ -68,57 +68,84 @@ struct Verify: ParsableCommand {
     @Option(help: "The prefix of tenant directory names in a data directory.")
     var prefix = "tenant_"
 
+    @Flag(help: "One JSON document on standard output.")
+    var json = false
+
     func run() throws {
-        let path =
-            self.directory.count > 1 && self.directory.hasSuffix("/")
-            ? String(self.directory.dropLast()) : self.directory
+        let path = trimmedPath(self.directory)
         guard POSIXFile.isDirectory(path) else { throw ValidationError("\(path) is not a directory") }
         let layout = DataLayout(root: path, prefix: self.prefix)
-        if POSIXFile.isDirectory(layout.sharedLog.wal) {
+        var reports: [TenantVerification] = []
+        let shared = POSIXFile.isDirectory(layout.sharedLog.wal)
+        if shared {
             // The schema and shared strategies: one log for every tenant.
-            let report = TenantVerifier.verifySharedLog(dataDirectory: path)
-            if let problem = report.problem {
-                print("BAD  \(report.path): \(problem)")
-                throw ExitCode(1)
+            reports = [TenantVerifier.verifySharedLog(dataDirectory: path)]
+        } else {
+            let tenants: [String]
+            if POSIXFile.isDirectory(TenantFiles(path).wal) {
+                tenants = [path]
+            } else {
+                tenants = try POSIXFile.listDirectory(path).filter { layout.tenantID(ofDirectoryNamed: $0) != nil }
+                    .sorted().map { path + "/" + $0 }.filter { POSIXFile.isDirectory($0) }
+                if tenants.isEmpty {
+                    throw ValidationError("\(path) holds no tenant directory (no wal/, no \(self.prefix)*)")
+                }
             }
-            print(
-                "OK   \(report.path): \(report.tenants) tenants, "
-                    + (report.checkpointLSN > 0 ? "checkpoint at lsn \(report.checkpointLSN) + " : "")
-                    + "\(report.records) records to lsn \(report.lastLSN), "
-                    + "\(report.messages) messages in \(report.rooms) rooms, \(report.users) users"
+            reports = tenants.map { TenantVerifier.verify(path: $0) }
+        }
+        let failed = reports.filter { $0.problem != nil }.count
+        if self.json {
+            Output.standard.line(
+                JSONText.object([
+                    ("ok", .bool(failed == 0)),
+                    ("logs", .array(reports.map { .object(Self.fields($0, shared: shared)) })),
+                ])
             )
-            if let torn = report.tornTail { print("     \(torn) — tenantd cuts it off when it starts") }
+        } else {
+            for report in reports { self.print(report, shared: shared) }
+        }
+        Output.standard.flush()
+        if failed > 0 { throw ExitCode(1) }
+    }
+
+    private static func fields(_ report: TenantVerification, shared: Bool) -> [(String, JSONText)] {
+        var fields: [(String, JSONText)] = [
+            ("path", .string(report.path)), ("ok", .bool(report.problem == nil)),
+        ]
+        if let problem = report.problem { fields.append(("problem", .string(problem))) }
+        if shared {
+            fields.append(("tenants", .int(Int64(report.tenants))))
+        } else if let id = report.tenantID {
+            fields.append(("tenant_id", .string(id)))
+        }
+        fields += [
+            ("records", .int(Int64(report.records))), ("last_lsn", .int(Int64(report.lastLSN))),
+            ("checkpoint_lsn", .int(Int64(report.checkpointLSN))), ("messages", .int(Int64(report.messages))),
+            ("rooms", .int(Int64(report.rooms))), ("users", .int(Int64(report.users))),
+        ]
+        if let torn = report.tornTail { fields.append(("torn_tail", .string("\(torn)"))) }
+        return fields
+    }
+
+    private func print(_ report: TenantVerification, shared: Bool) {
+        if let problem = report.problem {
+            Output.standard.line("BAD  \(report.path): \(problem)")
             return
         }
-        let tenants: [String]
-        if POSIXFile.isDirectory(TenantFiles(path).wal) {
-            tenants = [path]
-        } else {
-            tenants = try POSIXFile.listDirectory(path).filter { layout.tenantID(ofDirectoryNamed: $0) != nil }
-                .map { path + "/" + $0 }.filter { POSIXFile.isDirectory($0) }
-            if tenants.isEmpty {
-                throw ValidationError("\(path) holds no tenant directory (no wal/, no \(self.prefix)*)")
-            }
+        let who = shared ? "\(report.tenants) tenants" : "tenant \(report.tenantID ?? "?")"
+        Output.standard.line(
+            "OK   \(report.path): \(who), "
+                + (report.checkpointLSN > 0 ? "checkpoint at lsn \(report.checkpointLSN) + " : "")
+                + "\(report.records) records to lsn \(report.lastLSN), "
+                + "\(report.messages) messages in \(report.rooms) rooms, \(report.users) users"
+        )
+        if let torn = report.tornTail {
+            let cut =
+                shared
+                ? "tenantd cuts it off when it starts"
+                : "tenantd cuts it off (moving the bytes aside) when it opens the tenant"
+            Output.standard.line("     \(torn) — \(cut)")
         }
-        var failed = 0
-        for tenant in tenants {
-            let report = TenantVerifier.verify(path: tenant)
-            if let problem = report.problem {
-                failed += 1
-                print("BAD  \(tenant): \(problem)")
-                continue
-            }
-            print(
-                "OK   \(tenant): tenant \(report.tenantID ?? "?"), "
-                    + (report.checkpointLSN > 0 ? "checkpoint at lsn \(report.checkpointLSN) + " : "")
-                    + "\(report.records) records to lsn \(report.lastLSN), "
-                    + "\(report.messages) messages in \(report.rooms) rooms, \(report.users) users"
-            )
-            if let torn = report.tornTail {
-                print("     \(torn) — tenantd cuts it off (moving the bytes aside) when it opens the tenant")
-            }
-        }
-        if failed > 0 { throw ExitCode(1) }
     }
 }
 
@@ -136,23 +163,39 @@ struct Repair: ParsableCommand {
     @Argument(help: "A tenant directory (holding wal/).")
     var directory: String
 
+    @Flag(help: "One JSON document on standard output.")
+    var json = false
+
     func run() throws {
-        let path =
-            self.directory.count > 1 && self.directory.hasSuffix("/")
-            ? String(self.directory.dropLast()) : self.directory
+        let path = trimmedPath(self.directory)
         guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
             throw ValidationError("\(path) is not a tenant directory (no wal/)")
         }
         do {
             let report = try TenantRepair.repair(path: path)
-            if report.actions.isEmpty {
-                print("OK   \(path): nothing to repair (\(report.records) records to lsn \(report.lastLSN))")
+            if self.json {
+                Output.standard.line(
+                    JSONText.object([
+                        ("path", .string(path)), ("repaired", .bool(!report.actions.isEmpty)),
+                        ("records", .int(Int64(report.records))), ("last_lsn", .int(Int64(report.lastLSN))),
+                        ("actions", .array(report.actions.map { .string("\($0)") })),
+                    ])
+                )
+            } else if report.actions.isEmpty {
+                Output.standard.line(
+                    "OK   \(path): nothing to repair (\(report.records) records to lsn \(report.lastLSN))"
+                )
             } else {
-                print("REPAIRED \(path): now \(report.records) log records to lsn \(report.lastLSN)")
-                for action in report.actions { print("     \(action)") }
+                Output.standard.line("REPAIRED \(path): now \(report.records) log records to lsn \(report.lastLSN)")
+                for action in report.actions { Output.standard.line("     \(action)") }
             }
+            Output.standard.flush()
         } catch {
-            print("FAILED \(path): \(error)")
+            if self.json {
+                throw fail(describe(error), json: true)
+            }
+            Output.standard.line("FAILED \(path): \(error)")
+            Output.standard.flush()
             throw ExitCode(1)
         }
     }

@@ -66,7 +66,18 @@ struct RegionTests {
             #expect(Self.files(under: dir.path + "/data", containing: needle).isEmpty, "\(needle)")
             #expect(Self.files(under: dir.path + "/us", containing: needle).isEmpty, "\(needle)")
         }
-        #expect(!Self.files(under: dir.path + "/eu", containing: "bob-the-resident").isEmpty)
+        // The logs are compressed, so the scan above is backed by the listing: outside the region's
+        // root there is nothing but the server's own files and the other tenant's directory.
+        let outside = try #require(FileManager.default.enumerator(atPath: dir.path + "/data")?.allObjects as? [String])
+        let expected: Set<String> = ["admin.token", "strategy", "catalog", "catalog/tenants.bin", ".trash"]
+        let unexpected = outside.filter { !expected.contains($0) && !$0.hasPrefix("tenant_\(plain.id)") }
+        #expect(unexpected.isEmpty, "\(unexpected)")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: dir.path + "/us").filter { !$0.hasPrefix(".") }.isEmpty
+        )
+        // And the region's root holds the user (read back through the export).
+        let exported = try PortableTests.tenantctl(["export", dir.path + "/eu/tenant_\(id)"])
+        #expect(exported.output.contains(#""name":"bob-the-resident""#))
 
         // Placement is kept across a restart.
         let restarted = try TenantdProcess(dataDirectory: dir.path + "/data", arguments: Self.regionFlags(dir.path))
@@ -116,6 +127,9 @@ struct RegionTests {
         let seqs = acknowledged.withLock { $0 }
         #expect(seqs.count > 20, "the client kept posting: \(seqs.count)")
         #expect(seqs == Array(1...Int64(seqs.count)), "acknowledged in order, no gap")
+        let moves = server.stderrText().split(separator: "\n").filter { $0.contains("event=tenant_moved") }
+        #expect(moves.count == 4 && moves.allSatisfy { $0.contains("tenant_id=\(acme.id)") }, "\(moves)")
+        #expect(moves.first?.contains("from=- ") == true && moves.first?.contains("to=eu") == true)
         // The other tenant never noticed.
         #expect(try server.login("alice@other", other.token).call("POST", "r", "x") == .integer(1))
         #expect(server.stop() == 0)
