@@ -14,6 +14,15 @@ func trimmedPath(_ path: String) -> String {
     path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
 }
 
+/// `path` without a trailing slash, once it is known to be a tenant directory (holding wal/).
+func requireTenantDirectory(_ path: String) throws -> String {
+    let path = trimmedPath(path)
+    guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
+        throw ValidationError("\(path) is not a tenant directory (no wal/)")
+    }
+    return path
+}
+
 /// An error as the operator reads it: a ``TenantError``'s message, without its kind.
 func describe(_ error: any Error) -> String {
     (error as? TenantError)?.message ?? "\(error)"
@@ -49,10 +58,7 @@ struct Stats: ParsableCommand {
     var json = false
 
     func run() throws {
-        let path = trimmedPath(self.directory)
-        guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
-            throw ValidationError("\(path) is not a tenant directory (no wal/)")
-        }
+        let path = try requireTenantDirectory(self.directory)
         let tenant: OfflineTenant
         let payload: Int64
         let disk: Int64
@@ -113,10 +119,7 @@ struct Export: ParsableCommand {
     var directory: String
 
     func run() throws {
-        let path = trimmedPath(self.directory)
-        guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
-            throw ValidationError("\(path) is not a tenant directory (no wal/)")
-        }
+        let path = try requireTenantDirectory(self.directory)
         let output = Output.standard
         do {
             let tenant = try OfflineTenant.read(path: path)
@@ -363,10 +366,7 @@ struct Snapshot: ParsableCommand {
     var json = false
 
     func run() throws {
-        let path = trimmedPath(self.directory)
-        guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
-            throw ValidationError("\(path) is not a tenant directory (no wal/)")
-        }
+        let path = try requireTenantDirectory(self.directory)
         guard POSIXFile.isDirectory(self.destination) else {
             throw ValidationError("\(self.destination) is not a directory")
         }
@@ -418,10 +418,7 @@ struct Restore: ParsableCommand {
     var json = false
 
     func run() throws {
-        let path = trimmedPath(self.snapshot)
-        guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
-            throw ValidationError("\(path) is not a tenant directory (no wal/)")
-        }
+        let path = try requireTenantDirectory(self.snapshot)
         guard POSIXFile.isDirectory(self.dataDirectory) else {
             throw ValidationError("\(self.dataDirectory) is not a directory")
         }
@@ -555,22 +552,7 @@ indirect enum JSONText {
     }
 
     static func escape(_ value: String, into text: inout String) {
-        text += "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": text += "\\\""
-            case "\\": text += "\\\\"
-            case "\n": text += "\\n"
-            case "\r": text += "\\r"
-            case "\t": text += "\\t"
-            case let control
-            where control.value < 0x20 || control.value == 0x7F || control.value == 0x2028
-                || control.value == 0x2029:
-                text += String(format: "\\u%04x", control.value)
-            default: text.unicodeScalars.append(scalar)
-            }
-        }
-        text += "\""
+        JSONString.append(value, to: &text)
     }
 }
 

@@ -167,10 +167,7 @@ struct Repair: ParsableCommand {
     var json = false
 
     func run() throws {
-        let path = trimmedPath(self.directory)
-        guard POSIXFile.isDirectory(TenantFiles(path).wal) else {
-            throw ValidationError("\(path) is not a tenant directory (no wal/)")
-        }
+        let path = try requireTenantDirectory(self.directory)
         do {
             let report = try TenantRepair.repair(path: path)
             if self.json {
