@@ -130,6 +130,7 @@ struct OperatorWalkthroughTests {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let backups = dir.path + "/backups"
+        try FileManager.default.createDirectory(atPath: dir.path + "/eu", withIntermediateDirectories: true)
         let source = try TenantdProcess(
             dataDirectory: dir.path + "/a",
             arguments: ["--region", "eu=\(dir.path)/eu", "--backup-dir", backups]
@@ -145,12 +146,15 @@ struct OperatorWalkthroughTests {
         for index in 1...30 { #expect(try alice.call("POST", "general", "Grüße \(index)") == .integer(Int64(index))) }
         #expect(try admin.call("TENANT", "UPDATE", id, "settings.backup_interval", "1h").errorCode == nil)
         try waitUntil("the scheduled backup") { source.stderrText().contains("event=backup_written") }
+        // A tenant in a region is backed up inside its region's root, never to the backup directory.
+        #expect(!FileManager.default.fileExists(atPath: backups + "/" + id))
+        let folder = dir.path + "/eu/.backups/" + id
         let backup = try #require(
-            try FileManager.default.contentsOfDirectory(atPath: backups + "/" + id).first {
+            try FileManager.default.contentsOfDirectory(atPath: folder).first {
                 BackupScheduler.timestamp(ofName: $0) != nil
             }
         )
-        let backupPath = backups + "/" + id + "/" + backup
+        let backupPath = folder + "/" + backup
 
         // Export from the backup (offline), import on one server; restore on another.
         let export = try PortableTests.tenantctl(["export", backupPath])

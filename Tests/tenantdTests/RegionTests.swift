@@ -12,8 +12,13 @@ import WAL
 /// with nothing acknowledged lost, whatever step a crash interrupts; placement survives restarts.
 @Suite("Regions", .serialized)
 struct RegionTests {
+    /// The flags of two regions under `dir`, their roots made (a root must exist: a volume not
+    /// mounted is not silently replaced by an empty directory).
     static func regionFlags(_ dir: String) -> [String] {
-        ["--region", "eu=\(dir)/eu", "--region", "us=\(dir)/us"]
+        for name in ["eu", "us"] {
+            try? FileManager.default.createDirectory(atPath: dir + "/" + name, withIntermediateDirectories: true)
+        }
+        return ["--region", "eu=\(dir)/eu", "--region", "us=\(dir)/us"]
     }
 
     /// Every file under `root` (skipping `skip`) holding `needle`.
@@ -69,12 +74,13 @@ struct RegionTests {
         // The logs are compressed, so the scan above is backed by the listing: outside the region's
         // root there is nothing but the server's own files and the other tenant's directory.
         let outside = try #require(FileManager.default.enumerator(atPath: dir.path + "/data")?.allObjects as? [String])
-        let expected: Set<String> = ["admin.token", "strategy", "catalog", "catalog/tenants.bin", ".trash"]
+        let expected: Set<String> = [
+            "admin.token", "strategy", "catalog", "catalog/tenants.bin", ".trash", "regions", "regions/eu",
+            "regions/us",
+        ]
         let unexpected = outside.filter { !expected.contains($0) && !$0.hasPrefix("tenant_\(plain.id)") }
         #expect(unexpected.isEmpty, "\(unexpected)")
-        #expect(
-            try FileManager.default.contentsOfDirectory(atPath: dir.path + "/us").filter { !$0.hasPrefix(".") }.isEmpty
-        )
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path + "/us") == [".tenantd-region"])
         // And the region's root holds the user (read back through the export).
         let exported = try PortableTests.tenantctl(["export", dir.path + "/eu/tenant_\(id)"])
         #expect(exported.output.contains(#""name":"bob-the-resident""#))
@@ -116,8 +122,12 @@ struct RegionTests {
         poster.start()
         Thread.sleep(forTimeInterval: 0.2)
         for region in ["eu", "us", "", "eu"] {
+            let before = acknowledged.withLock { $0.count }
             #expect(try admin.call("TENANT", "MOVE", acme.id, "REGION", region) == .simple("OK"), "\(region)")
-            Thread.sleep(forTimeInterval: 0.15)
+            // The client goes on after each move (it waited, it was not cut off).
+            try waitUntil("acknowledgements after the move to '\(region)'") {
+                acknowledged.withLock { $0.count } > before + 10
+            }
         }
         #expect(try admin.call("TENANT", "MOVE", acme.id, "REGION", "mars").errorCode == "INVALID")
         #expect(try admin.call("TENANT", "MOVE", "nosuch", "REGION", "eu").errorCode == "NOTFOUND")
@@ -160,7 +170,7 @@ struct RegionTests {
                 let restarted = try await StorageCrashTests.registry(trial, strategy: .database, regions: ["eu"])
                 let id = try #require(await restarted.resolveAny("team0"))
                 let inRegion = FileManager.default.fileExists(atPath: trial + "/region-eu/tenant_\(id)")
-                let inData = FileManager.default.fileExists(atPath: trial + "/tenant_\(id)")
+                let inData = FileManager.default.fileExists(atPath: trial + "/data/tenant_\(id)")
                 #expect(inRegion != inData, "in exactly one root (region \(inRegion), data \(inData))")
                 if completed { #expect(inRegion) }
                 #expect(restarted.region(of: id) == (inRegion ? "eu" : ""))
@@ -174,16 +184,19 @@ struct RegionTests {
     /// served, nothing is removed, the operator is told.
     @Test func twoCopiesWithoutAMoveAreLeftForTheOperator() async throws {
         try await TemporaryDirectory.with { dir in
-            let data = dir.path + "/data"
-            let registry = try await StorageCrashTests.registry(data, strategy: .database, regions: ["eu"])
+            let path = dir.path + "/server"
+            let registry = try await StorageCrashTests.registry(path, strategy: .database, regions: ["eu"])
             let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "o")
             let id = created.metadata.tenantID
             await registry.shutdown(checkpoint: true)
-            try FileManager.default.createDirectory(atPath: data + "/region-eu", withIntermediateDirectories: true)
-            try FileManager.default.copyItem(atPath: data + "/tenant_\(id)", toPath: data + "/region-eu/tenant_\(id)")
-            let restarted = try await StorageCrashTests.registry(data, strategy: .database, regions: ["eu"])
+            try FileManager.default.copyItem(
+                atPath: path + "/data/tenant_\(id)",
+                toPath: path + "/region-eu/tenant_\(id)"
+            )
+            let restarted = try await StorageCrashTests.registry(path, strategy: .database, regions: ["eu"])
             #expect(restarted.region(of: id) == "")
-            #expect(FileManager.default.fileExists(atPath: data + "/region-eu/tenant_\(id)"))
+            #expect(FileManager.default.fileExists(atPath: path + "/region-eu/tenant_\(id)"))
+            #expect(FileManager.default.fileExists(atPath: path + "/data/tenant_\(id)"))
             #expect(try await restarted.tenant(id: id).id == id)
             await restarted.shutdown(checkpoint: false)
         }
@@ -203,17 +216,51 @@ struct RegionTests {
         #expect(try admin.call("TENANT", "CREATE", "A", "acme", "REGION", "eu").errorCode == "INVALID")
         let plain = try admin.createTenant(name: "P", subdomain: "plain")
         #expect(try admin.call("TENANT", "MOVE", plain.id, "REGION", "eu").errorCode == "INVALID")
-        // Bad region settings stop the server at start.
-        for bad in [
-            ["--region", "EU=/x"], ["--region", "eu"], ["--region", "eu=\(dir.path)/data"],
-            ["--region", "eu=/a", "--region", "eu=/b"], ["--region", "eu=/a", "--region", "us=/a"],
-        ] {
-            #expect(throws: (any Error).self, "\(bad)") {
-                try TenantdProcess(dataDirectory: dir.path + "/data", arguments: bad)
+        // Bad region settings stop the server at start, each for its own reason (the roots exist).
+        let roots = dir.path + "/roots"
+        for name in ["a", "b"] {
+            try FileManager.default.createDirectory(atPath: roots + "/" + name, withIntermediateDirectories: true)
+        }
+        try FileManager.default.createDirectory(atPath: dir.path + "/data/inside", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: roots + "/alias-of-a", withDestinationPath: roots + "/a")
+        try FileManager.default.createSymbolicLink(
+            atPath: roots + "/alias-of-data",
+            withDestinationPath: dir.path + "/data"
+        )
+        let bad: [[String]] = [
+            ["--region", "EU=\(roots)/a"],  // not a region name
+            ["--region", "eu"],  // no root
+            ["--region", "eu=\(dir.path)/data"],  // the data directory
+            ["--region", "eu=\(roots)/a", "--region", "eu=\(roots)/b"],  // a name twice
+            ["--region", "eu=\(roots)/a", "--region", "us=\(roots)/a"],  // a root twice
+            ["--region", "eu=\(roots)/a", "--region", "us=\(roots)/alias-of-a"],  // the same, by a link
+            ["--region", "eu=\(roots)/alias-of-data"],  // the data directory, by a link
+            ["--region", "eu=\(dir.path)/data/inside"],  // inside the data directory
+            ["--region", "eu=\(roots)/missing"],  // a root that is not there (a volume not mounted)
+        ]
+        for flags in bad {
+            #expect(throws: (any Error).self, "\(flags)") {
+                try TenantdProcess(dataDirectory: dir.path + "/data", arguments: flags)
             }
         }
         #expect(throws: (any Error).self) {
-            try TenantdProcess(dataDirectory: dir.path + "/data", environment: ["TENANT_REGIONS": "eu=/a,bad"])
+            try TenantdProcess(dataDirectory: dir.path + "/data", environment: ["TENANT_REGIONS": "eu=\(roots)/a,bad"])
         }
+        // A region in use whose root later holds no identity (an empty mount point) is refused;
+        // so is a root that says it is another region's.
+        let first = try TenantdProcess(dataDirectory: dir.path + "/data2", arguments: ["--region", "eu=\(roots)/b"])
+        #expect(first.stop() == 0)
+        try FileManager.default.removeItem(atPath: roots + "/b/.tenantd-region")
+        #expect(throws: (any Error).self) {
+            try TenantdProcess(dataDirectory: dir.path + "/data2", arguments: ["--region", "eu=\(roots)/b"])
+        }
+        try "us\n".write(toFile: roots + "/b/.tenantd-region", atomically: true, encoding: .utf8)
+        #expect(throws: (any Error).self) {
+            try TenantdProcess(dataDirectory: dir.path + "/data2", arguments: ["--region", "eu=\(roots)/b"])
+        }
+        // And a good configuration starts.
+        #expect(
+            try TenantdProcess(dataDirectory: dir.path + "/data3", arguments: ["--region", "eu=\(roots)/a"]).stop() == 0
+        )
     }
 }

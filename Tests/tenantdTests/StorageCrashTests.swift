@@ -22,9 +22,13 @@ struct StorageCrashTests {
         checkpointBytes: Int64 = 64 << 20,
         regions: [String] = []
     ) -> EngineConfiguration {
-        var configuration = EngineConfiguration(dataDirectory: path, fsync: .always)
-        // Regions inside the data directory, so that a copy of it holds them too.
+        // With regions, the data directory and the regions' roots side by side under `path`, so
+        // that a copy of `path` holds them all.
+        var configuration = EngineConfiguration(dataDirectory: regions.isEmpty ? path : path + "/data", fsync: .always)
         configuration.regions = Dictionary(uniqueKeysWithValues: regions.map { ($0, path + "/region-" + $0) })
+        for root in [configuration.dataDirectory] + configuration.regions.values {
+            try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        }
         configuration.adminToken = Self.token
         configuration.fileSystem = disk
         configuration.isolation = strategy

@@ -119,9 +119,13 @@ public actor BackupScheduler {
             guard !Task.isCancelled else { break }
             guard let policy = try? BackupPolicy.parse(settings) else { continue }
             let now = self.registry.configuration.clock()
-            let last = self.lastBackup(of: id)
-            if let failed = self.failedAt[id], now - failed < min(60_000, policy.intervalSeconds * 1000) { continue }
-            guard last == nil || now - last! >= policy.intervalSeconds * 1000 else { continue }
+            if let failed = self.failedAt[id], failed <= now, now - failed < min(60_000, policy.intervalSeconds * 1000)
+            {
+                continue
+            }
+            // Due once the interval has passed, or when the last backup is dated after now (the
+            // clock stepped back, or a name from elsewhere): never stuck waiting for the future.
+            if let last = self.lastBackup(of: id), last <= now, now - last < policy.intervalSeconds * 1000 { continue }
             if await self.backup(id: id, keep: policy.keep, now: now) { done.append(id) }
         }
         return done
@@ -129,13 +133,14 @@ public actor BackupScheduler {
 
     /// One backup of `id`, then the oldest beyond `keep` removed.
     private func backup(id: String, keep: Int, now: Int64) async -> Bool {
-        let folder = self.directory + "/" + id
+        let folder = self.folder(of: id)
         let name = Self.timestampName(now)
         let target = folder + "/" + name
         let partial = target + ".partial"
         let start = LatencyHistogram.now()
         do {
             try await runBlocking {
+                _ = try POSIXFile.makeDirectory(POSIXFile.parent(of: folder))
                 _ = try POSIXFile.makeDirectory(folder)
                 let fileSystem = POSIXFileSystem()
                 if POSIXFile.exists(partial) { try fileSystem.removeTree(partial) }
@@ -154,7 +159,7 @@ public actor BackupScheduler {
             tenant.counters.lastBackupSeconds.store(now / 1000, ordering: .relaxed)
             Self.duration.record(since: start)
             Self.written.increment()
-            let removed = await self.prune(folder: folder, keep: keep)
+            let removed = await self.prune(folder: folder, keep: keep, written: name)
             self.logger.info(
                 "backup written",
                 metadata: [
@@ -175,26 +180,46 @@ public actor BackupScheduler {
         }
     }
 
-    /// Removes the oldest backups of a tenant beyond `keep`, and any `.partial` left by a crash.
+    /// Removes the oldest backups of a tenant beyond `keep` (never the one just `written`), and any
+    /// `.partial` left by a crash. Only names that are backups' are touched.
     /// - Returns: how many were removed.
-    private func prune(folder: String, keep: Int) async -> Int {
+    private func prune(folder: String, keep: Int, written: String) async -> Int {
         (try? await runBlocking {
             let fileSystem = POSIXFileSystem()
             let names = try POSIXFile.listDirectory(folder)
-            for name in names where name.hasSuffix(".partial") { try? fileSystem.removeTree(folder + "/" + name) }
-            let backups = names.filter { Self.timestamp(ofName: $0) != nil }.sorted()
-            let old = backups.dropLast(keep)
+            for name in names
+            where name.hasSuffix(".partial") && Self.timestamp(ofName: String(name.dropLast(8))) != nil {
+                try? fileSystem.removeTree(folder + "/" + name)
+            }
+            let others = names.filter { $0 != written && Self.timestamp(ofName: $0) != nil }.sorted()
+            let old = others.dropLast(max(0, keep - 1))
             for name in old { try fileSystem.removeTree(folder + "/" + name) }
             return old.count
         }) ?? 0
     }
 
-    /// When `id` was last backed up: remembered, or the newest backup's name on disk.
+    /// Where `id`'s backups go: `<backup-dir>/<id>`, or for a tenant in a region
+    /// `<region root>/.backups/<id>`, so that its data never leaves its region.
+    public nonisolated func folder(of id: String) -> String {
+        let region = self.registry.region(of: id)
+        guard !region.isEmpty, let root = self.registry.configuration.regions[region] else {
+            return self.directory + "/" + id
+        }
+        return root + "/" + Self.regionBackupsName + "/" + id
+    }
+
+    /// The backups of a region's tenants, in the region's root.
+    public static let regionBackupsName = ".backups"
+
+    /// When `id` was last backed up: remembered, or the newest backup's name on disk (which the
+    /// tenant's `tenant_last_backup_timestamp_seconds` then shows, so an alert on its age works
+    /// from the start).
     private func lastBackup(of id: String) -> Int64? {
         if let last = self.last[id] { return last }
-        let names = (try? POSIXFile.listDirectory(self.directory + "/" + id)) ?? []
+        let names = (try? POSIXFile.listDirectory(self.folder(of: id))) ?? []
         guard let newest = names.compactMap(Self.timestamp(ofName:)).max() else { return nil }
         self.last[id] = newest
+        self.registry.counters.counters(for: id).lastBackupSeconds.store(newest / 1000, ordering: .relaxed)
         return newest
     }
 

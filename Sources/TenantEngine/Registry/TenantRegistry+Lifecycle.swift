@@ -224,12 +224,6 @@ extension TenantRegistry {
         self.catalog.insert(metadata)
         self.saveCatalog()
         self.logger.notice("tenant attached", metadata: ["event": "tenant_attached", "tenant_id": "\(id)"])
-        if let source = self.store.takeRestoreNote(id: id) {
-            self.logger.notice(
-                "tenant restored",
-                metadata: ["event": "tenant_restored", "tenant_id": "\(id)", "from": "\(source)"]
-            )
-        }
         return metadata
     }
 
@@ -329,7 +323,13 @@ extension TenantRegistry {
             return try await store.open(id: id, context: context)
         }
         defer { self.activating.finish(id) }
-        self.active[id] = try await task.value
+        let tenant = try await task.value
+        if case .stopped = self.state {
+            // Shut down while it moved: nothing may stay open after shutdown() returned.
+            await tenant.close()
+            throw TenantError(.unavailable, "server is stopping")
+        }
+        self.active[id] = tenant
         if let error = failure.error.withLock({ $0 }) { throw error }
         self.logger.notice(
             "tenant moved",

@@ -348,9 +348,12 @@ public actor TenantRegistry {
         for (id, tenant) in self.active where self.activating.running(id) == nil && !self.claims.holds(id: id) {
             guard await tenant.isIdle(now: now, idle: idle) else { continue }
             // Re-checked after the await: a connection may have taken it meanwhile.
-            guard self.active[id] === tenant, tenant.leaseCount <= 0 else { continue }
+            guard self.active[id] === tenant, tenant.leaseCount <= 0, !self.claims.holds(id: id) else { continue }
             self.active[id] = nil
+            // Claimed while it closes: a MOVE, DELETE or DETACH waits for its checkpoint to end.
+            self.claims.claim(id: id)
             await tenant.close()
+            self.claims.release(id: id)
             closed += 1
         }
         if closed > 0 { self.logger.debug("passivated \(closed) idle tenants") }

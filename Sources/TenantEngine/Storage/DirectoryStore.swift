@@ -2,6 +2,12 @@ import Logging
 import Synchronization
 import WAL
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The `database` strategy: a directory, a log and an executor per tenant; tenants open on first
 /// use and close when idle; a creation is written in a staging directory renamed into place, a
 /// deletion renames the directory into the trash.
@@ -89,14 +95,16 @@ struct DirectoryStore: TenantStore {
         let placement = self.placement
         let now = self.configuration.clock()
         return try await runBlocking {
+            try Self.checkRegionRoots(layout, regions, fileSystem: fileSystem)
             var found: [String: (region: String, layout: DataLayout)] = [:]
+            // Tenants whose second copy could not be set aside: their marker stays for the next start.
+            var unsettled: Set<String> = []
             found.reserveCapacity(1024)
             for (region, root) in [("", layout)] + regions {
-                _ = try fileSystem.makeDirectory(root.root)
                 for (name, isDirectory) in try fileSystem.listDirectoryEntries(root.root) {
                     if isDirectory, let id = root.tenantID(ofDirectoryNamed: name) {
                         if let first = found[id] {
-                            found[id] = Self.resolveTwoCopies(
+                            let (winner, settled) = Self.resolveTwoCopies(
                                 id,
                                 first,
                                 (region, root),
@@ -104,6 +112,8 @@ struct DirectoryStore: TenantStore {
                                 logger: logger,
                                 stamp: now
                             )
+                            found[id] = winner
+                            if !settled { unsettled.insert(id) }
                         } else {
                             found[id] = (region, root)
                         }
@@ -123,7 +133,7 @@ struct DirectoryStore: TenantStore {
             for (id, place) in found {
                 placement.set(id, region: place.region)
                 let marker = place.layout.tenantDirectory(id) + "/" + Self.movedFromName
-                if fileSystem.exists(marker) {
+                if !unsettled.contains(id), fileSystem.exists(marker) {
                     // A move whose source is gone already: only the marker is left to remove.
                     try? fileSystem.remove(marker)
                     try? fileSystem.syncDirectory(place.layout.tenantDirectory(id))
@@ -147,7 +157,7 @@ struct DirectoryStore: TenantStore {
         fileSystem: any WALFileSystem,
         logger: Logger,
         stamp: Int64
-    ) -> (region: String, layout: DataLayout) {
+    ) -> (winner: (region: String, layout: DataLayout), settled: Bool) {
         func movedFrom(_ place: (region: String, layout: DataLayout)) -> String? {
             let marker = place.layout.tenantDirectory(id) + "/" + Self.movedFromName
             return (try? fileSystem.readFile(marker)).map { String(decoding: $0, as: UTF8.self) }
@@ -165,15 +175,76 @@ struct DirectoryStore: TenantStore {
                     "finished the move of tenant \(id) interrupted by a crash: serving \(winner.layout.tenantDirectory(id)), removed \(stale)",
                     metadata: ["event": "tenant_moved", "tenant_id": "\(id)"]
                 )
+                return (winner, true)
             } catch {
                 logger.error("tenant \(id): could not remove the source of a finished move, \(stale): \(error)")
+                return (winner, false)
             }
-            return winner
         }
         logger.error(
             "tenant \(id) is in two places, \(first.layout.tenantDirectory(id)) and \(second.layout.tenantDirectory(id)): serving the first; remove the other"
         )
-        return first
+        return (first, true)
+    }
+
+    /// The name of the file that says which region a root is.
+    static let regionIdentityName = ".tenantd-region"
+
+    /// Refuses roots that are one directory under two names (or one inside another), a root that
+    /// holds another region's identity, and a root that was in use before but no longer says so
+    /// (a volume not mounted: serving it empty would drop its tenants). A new root gets its
+    /// identity, and the data directory a note that the region is in use.
+    static func checkRegionRoots(
+        _ data: DataLayout,
+        _ regions: [(key: String, value: DataLayout)],
+        fileSystem: any WALFileSystem
+    ) throws {
+        var real: [(String, String)] = [("the data directory", try Self.realPath(data.root))]
+        for (name, layout) in regions {
+            guard fileSystem.isDirectory(layout.root) else {
+                throw TenantError(
+                    .refused,
+                    "region \(name)'s root \(layout.root) is not a directory: make it (or mount it)"
+                )
+            }
+            let path = try Self.realPath(layout.root)
+            for (other, otherPath) in real
+            where path == otherPath || path.hasPrefix(otherPath + "/") || otherPath.hasPrefix(path + "/") {
+                throw TenantError(
+                    .refused,
+                    "region \(name)'s root \(layout.root) is \(other)'s, or inside it: each region needs a root of its own"
+                )
+            }
+            real.append(("region \(name)", path))
+            let identity = layout.root + "/" + Self.regionIdentityName
+            let known = data.root + "/regions/" + name
+            if let bytes = try? fileSystem.readFile(identity) {
+                let said = String(String(decoding: bytes, as: UTF8.self).prefix { $0 != "\n" && $0 != "\r" })
+                guard said == name else {
+                    throw TenantError(.refused, "\(layout.root) is region \(said)'s root, not \(name)'s")
+                }
+            } else {
+                guard !fileSystem.exists(known) else {
+                    throw TenantError(
+                        .refused,
+                        "region \(name)'s root \(layout.root) has no \(Self.regionIdentityName), though the region was in use: is its volume mounted?"
+                    )
+                }
+                try fileSystem.writeFileAtomically(identity, contents: Array((name + "\n").utf8))
+            }
+            if !fileSystem.exists(known) {
+                if try fileSystem.makeDirectory(data.root + "/regions") { try fileSystem.syncDirectory(data.root) }
+                try fileSystem.writeFileAtomically(known, contents: Array((layout.root + "\n").utf8))
+            }
+        }
+    }
+
+    private static func realPath(_ path: String) throws -> String {
+        guard let resolved = realpath(path, nil) else {
+            throw TenantError(.refused, "cannot resolve \(path): \(POSIXFile.errorString(errno))")
+        }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     func open(id: String, context: TenantContext) async throws -> Tenant {
@@ -186,6 +257,13 @@ struct DirectoryStore: TenantStore {
             throw TenantError(
                 .storageFailed,
                 "directory \(layout.tenantDirectory(id)) holds tenant \(tenant.id), not \(id)"
+            )
+        }
+        if let source = self.takeRestoreNote(id: id) {
+            // Restored by tenantctl restore, served now (by ATTACH or a start): said once.
+            self.logger.notice(
+                "tenant restored",
+                metadata: ["event": "tenant_restored", "tenant_id": "\(id)", "from": "\(source)"]
             )
         }
         return tenant
@@ -421,6 +499,7 @@ struct DirectoryStore: TenantStore {
         let fileSystem = self.fileSystem
         let logger = self.logger
         let decided = Atomic<Bool>(false)
+        let maxRecordSize = self.configuration.walConfiguration.maxRecordSize
         do {
             try await runBlocking {
                 guard !fileSystem.exists(target) else {
@@ -434,6 +513,9 @@ struct DirectoryStore: TenantStore {
                     contents: Array(source.utf8)
                 )
                 try fileSystem.syncDirectory(staging)
+                // The copy must recover as the source does before it may replace it.
+                let copy = TenantVerifier.verify(path: staging, maxRecordSize: maxRecordSize, fileSystem: fileSystem)
+                if let problem = copy.problem { throw TenantError.ioError("the copy does not verify: \(problem)") }
                 // The decision: from this rename on, the copy is the tenant (start-up finishes the move).
                 try fileSystem.rename(staging, to: target)
                 try fileSystem.syncDirectory(to.root)
@@ -446,10 +528,25 @@ struct DirectoryStore: TenantStore {
             }
         } catch {
             if decided.load(ordering: .relaxed) {
-                // The copy is in place: the tenant lives there now; what is left over is tidied at
-                // the next start (the marker settles which copy wins).
+                if fileSystem.exists(source) {
+                    // The source is still there (whole and closed): the move is undone, so that one
+                    // copy is the tenant whatever happens next. If even that fails, the marker
+                    // makes the copy win at the next start, and the tenant is served from it now.
+                    let undone =
+                        (try? await runBlocking { () -> Bool in
+                            try fileSystem.removeTree(target)
+                            try fileSystem.syncDirectory(to.root)
+                            return true
+                        }) == true
+                    if !undone { self.placement.set(id, region: region) }
+                    throw TenantError.ioError(
+                        "moving tenant \(id) failed: its source could not be removed (\(error)); "
+                            + (undone ? "it stays in \(source)" : "it is served from \(target)")
+                    )
+                }
+                // The source is gone: the tenant lives in the copy; its marker is tidied at the next start.
                 self.placement.set(id, region: region)
-                logger.error("tenant \(id) moved to \(target), but the source was not removed: \(error)")
+                logger.error("tenant \(id) moved to \(target), but its marker was not removed: \(error)")
                 return
             }
             try? await runBlocking { try? fileSystem.removeTree(staging) }
@@ -472,6 +569,12 @@ struct DirectoryStore: TenantStore {
         else { throw TenantError.invalid("the destination must be an absolute path without '..'") }
         guard self.fileSystem.isDirectory(destination) else {
             throw TenantError.notFound("no directory \(destination)")
+        }
+        // A snapshot in a root the server scans would be a second live copy at the next start.
+        let real = try? Self.realPath(destination)
+        for root in [self.layout.root] + self.regionLayouts.values.map(\.root) where (try? Self.realPath(root)) == real
+        {
+            throw TenantError.invalid("the destination is a directory tenantd serves tenants from: choose another")
         }
         let target = destination + "/" + self.layout.directoryName(id)
         guard !self.fileSystem.exists(target) else { throw TenantError(.alreadyExists, "\(target) already exists") }

@@ -269,8 +269,6 @@ actor SharedLogStore: TenantStore {
 
     nonisolated func forget(id: String) {}
 
-    nonisolated func takeRestoreNote(id: String) -> String? { nil }
-
     nonisolated func move(id: String, to region: String) async throws {
         throw TenantError.invalid("regions are for the database strategy")
     }

@@ -78,8 +78,6 @@ protocol TenantStore: Sendable {
     func place(id: String, region: String) throws
     /// Forgets where a deleted or detached tenant was.
     func forget(id: String)
-    /// The note `tenantctl restore` left in the tenant's directory (the backup it came from), removed.
-    func takeRestoreNote(id: String) -> String?
     /// Moves a closed tenant's directory to `region`'s root: copied, synced, renamed into place,
     /// then the source removed; after a crash at any step the start-up finishes or undoes it.
     func move(id: String, to region: String) async throws

@@ -33,7 +33,8 @@ public enum TenantVerifier {
     /// - Returns: the report; `problem` is set when the log is corrupt or holds no tenant.
     public static func verify(
         path: String,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize
+        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
+        fileSystem: any WALFileSystem = POSIXFileSystem()
     )
         -> TenantVerification
     {
@@ -42,7 +43,7 @@ public enum TenantVerifier {
         do {
             let recovered = try DirectoryStore.recover(
                 files: TenantFiles(path),
-                fileSystem: POSIXFileSystem(),
+                fileSystem: fileSystem,
                 maxRecordSize: maxRecordSize,
                 repair: false,
                 logger: nil

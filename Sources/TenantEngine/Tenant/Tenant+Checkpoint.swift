@@ -8,7 +8,12 @@ extension Tenant {
     public func checkpoint() async throws {
         guard self.journal.checkpointsItself, !self.checkpoints.running else { return }
         self.checkpoints.running = true
-        defer { self.checkpoints.running = false }
+        defer {
+            self.checkpoints.running = false
+            let waiting = self.checkpointWaiters
+            self.checkpointWaiters = []
+            for waiter in waiting { waiter.resume() }
+        }
         guard let (snapshot, cut) = self.captureForCheckpoint(floor: 0), cut > self.checkpoints.lastCheckpointLSN
         else { return }
         // In the same actor turn: appends after the capture go to a new segment.
@@ -36,6 +41,14 @@ extension Tenant {
     func checkpointed(storageBytes: Int64, cut: UInt64) {
         self.checkpoints.written(cut: cut, size: storageBytes)
         self.quota.storageBytes = storageBytes + self.checkpoints.bytesSinceCheckpoint
+    }
+
+    /// Waits until no checkpoint runs: closing the log under one would leave its files half
+    /// rewritten for whoever copies the directory next (a move, a snapshot).
+    func waitForCheckpoint() async {
+        while self.checkpoints.running {
+            await withCheckedContinuation { self.checkpointWaiters.append($0) }
+        }
     }
 
     func checkpointInBackground() async {

@@ -41,6 +41,8 @@ public actor Tenant {
     public nonisolated let counters: TenantCounters
     var subscriptions = Subscriptions()
     var checkpoints = CheckpointSchedule()
+    /// Callers waiting for the running checkpoint to end (``waitForCheckpoint()``).
+    var checkpointWaiters: [CheckedContinuation<Void, Never>] = []
     /// Connections that hold this tenant as their context: a tenant with any is never passivated.
     nonisolated let leases = Atomic<Int>(0)
     /// Set once the tenant is closed: connections holding it then fetch the tenant anew.
@@ -166,6 +168,9 @@ public actor Tenant {
     ///   - checkpoint: false leaves everything in the log (tools and benchmarks).
     public func close(deleted: Bool = false, checkpoint: Bool = true) async {
         self.subscriptions.closeAll()
+        // A checkpoint running (by size, or for a snapshot) finishes first: its files are whole
+        // before the log closes and anyone copies the directory.
+        await self.waitForCheckpoint()
         if !deleted, checkpoint, case .serving = self.lifecycle, self.journal.checkpointsItself,
             self.checkpoints.hasNewRecords
         {
@@ -175,6 +180,8 @@ public actor Tenant {
                 self.logger.error("checkpoint at close failed (the log still holds everything): \(error)")
             }
         }
+        // And one that began meanwhile: from here to the lifecycle's change nothing suspends.
+        await self.waitForCheckpoint()
         defer {
             self.closedFlag.store(true, ordering: .relaxed)
             // A closed tenant serves nothing: its rooms leave memory and the budget now, not

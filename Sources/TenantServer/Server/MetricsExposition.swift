@@ -76,6 +76,8 @@ public struct MetricsExposition: Sendable {
         var users: Int64 = 0
         /// Seconds since the epoch of its last backup (the newest, for `_other`); 0 for none.
         var lastBackup: Int64 = 0
+        /// Whether its storage and users are known (it was opened since the start).
+        var hasGauges = false
 
         init(id: String) {
             self.id = id
@@ -97,6 +99,7 @@ public struct MetricsExposition: Sendable {
             self.storageBytes &+= counters.storageBytes.load(ordering: .relaxed)
             self.users &+= counters.users.load(ordering: .relaxed)
             self.lastBackup = max(self.lastBackup, counters.lastBackupSeconds.load(ordering: .relaxed))
+            self.hasGauges = self.hasGauges || counters.hasGauges.load(ordering: .relaxed)
         }
     }
 
@@ -160,11 +163,15 @@ public struct MetricsExposition: Sendable {
             }
         }
         Self.family("tenant_storage_bytes", .gauge, into: &text)
-        for row in rows { text.sample("tenant_storage_bytes", [("tenant_id", row.id)], row.storageBytes) }
+        for row in rows where row.hasGauges || row.id == Self.otherTenants {
+            text.sample("tenant_storage_bytes", [("tenant_id", row.id)], row.storageBytes)
+        }
         // A gauge by meaning, typed untyped: `promtool check metrics` keeps the `_count` suffix of
         // the seed's name for histograms and summaries, and lints only typed families for it.
         Self.family("tenant_users_count", .untyped, into: &text)
-        for row in rows { text.sample("tenant_users_count", [("tenant_id", row.id)], row.users) }
+        for row in rows where row.hasGauges || row.id == Self.otherTenants {
+            text.sample("tenant_users_count", [("tenant_id", row.id)], row.users)
+        }
         let backedUp = shown.filter { $0.lastBackup > 0 }
         if !backedUp.isEmpty {
             Self.family("tenant_last_backup_timestamp_seconds", .gauge, into: &text)
