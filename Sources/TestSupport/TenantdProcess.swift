@@ -73,6 +73,7 @@ public final class TenantdProcess {
                 let portField = line.split(separator: " ").first(where: { $0.hasPrefix("port=") }),
                 let port = Int(portField.dropFirst(5))
             {
+                self.readyLine = String(line)
                 return port
             }
         }
@@ -81,6 +82,14 @@ public final class TenantdProcess {
 
     /// The process id.
     public var pid: Int32 { self.process.processIdentifier }
+
+    /// The ready line as printed.
+    public private(set) var readyLine = ""
+
+    /// The TLS listener's port from the ready line, if it has one.
+    public var tlsPort: Int? {
+        self.readyLine.split(separator: " ").first { $0.hasPrefix("tls_port=") }.flatMap { Int($0.dropFirst(9)) }
+    }
 
     /// The resident memory of the process, in bytes (from /proc).
     public func residentBytes() -> Int {

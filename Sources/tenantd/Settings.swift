@@ -151,6 +151,24 @@ struct Settings {
             command.regions.isEmpty
             ? (environment["TENANT_REGIONS"]?.split(separator: ",").map(String.init) ?? []) : command.regions
         self.engine.regions = try Self.regions(regionList, dataDirectory: self.engine.dataDirectory)
+        if let tlsPort = try command.tlsPort ?? Self.integer(environment, "TENANTD_TLS_PORT") {
+            guard (0...65535).contains(tlsPort) else { throw ValidationError("tls-port must be 0-65535") }
+            guard let certificate = command.tlsCertFile ?? environment["TENANTD_TLS_CERT_FILE"],
+                let key = command.tlsKeyFile ?? environment["TENANTD_TLS_KEY_FILE"]
+            else { throw ValidationError("--tls-port needs --tls-cert-file and --tls-key-file") }
+            do {
+                self.server.tls = try TLSListener(port: tlsPort, certificateFile: certificate, keyFile: key)
+            } catch {
+                throw ValidationError("cannot use the TLS certificate \(certificate) and key \(key): \(error)")
+            }
+        }
+        if let domain = environment["TENANT_DOMAIN"] {
+            let trimmed = domain.trimmingCharacters(in: CharacterSet(charactersIn: ".")).lowercased()
+            guard !trimmed.isEmpty, trimmed.utf8.count <= 253 else {
+                throw ValidationError("TENANT_DOMAIN must be a domain name")
+            }
+            self.server.tenantDomain = trimmed
+        }
         let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
         guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
             throw ValidationError(

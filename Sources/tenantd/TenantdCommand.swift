@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 import TenantEngine
 import TenantServer
 import UnixSignals
@@ -61,6 +62,15 @@ struct TenantdCommand: AsyncParsableCommand {
             """
     )
     var regions: [String] = []
+
+    @Option(help: "Port of the TLS listener, 0 picks a free one (TENANTD_TLS_PORT). Default: no TLS listener.")
+    var tlsPort: Int?
+
+    @Option(help: "PEM certificate chain of the TLS listener (TENANTD_TLS_CERT_FILE); SIGHUP reloads it.")
+    var tlsCertFile: String?
+
+    @Option(help: "PEM private key of the TLS listener (TENANTD_TLS_KEY_FILE); SIGHUP reloads it.")
+    var tlsKeyFile: String?
 
     @Option(help: "Operator token (TENANT_ADMIN_TOKEN). Default: <data>/admin.token, made on first start.")
     var adminToken: String?
@@ -144,9 +154,11 @@ struct TenantdCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let dataDirectory = settings.engine.dataDirectory
+        let tls = settings.server.tls
         let server = TenantServer(configuration: settings.server, registry: registry, logger: logger) { host, port in
             // One unbuffered write: harnesses wait for this line on a pipe.
-            let line = Array("tenantd ready host=\(host) port=\(port) data=\(dataDirectory)\n".utf8)
+            let tlsField = tls.map { " tls_port=\($0.boundPort.load(ordering: .relaxed))" } ?? ""
+            let line = Array("tenantd ready host=\(host) port=\(port)\(tlsField) data=\(dataDirectory)\n".utf8)
             _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
         }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
@@ -183,6 +195,9 @@ struct TenantdCommand: AsyncParsableCommand {
             let scheduler = BackupScheduler(registry: registry, directory: directory, logger: logger)
             services.append(.init(service: BackupService(scheduler: scheduler)))
         }
+        if let tls {
+            services.append(.init(service: CertificateReloader(listener: tls, logger: logger)))
+        }
         services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(
@@ -213,6 +228,30 @@ struct BackupService: Service {
     func run() async throws {
         await cancelWhenGracefulShutdown {
             await self.scheduler.run()
+        }
+    }
+}
+
+/// Reloads the TLS certificate and key on SIGHUP: new connections get them, open ones keep theirs;
+/// files that do not load are logged and the certificate in use stays.
+struct CertificateReloader: Service {
+    let listener: TLSListener
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await cancelWhenGracefulShutdown {
+            for await _ in signals {
+                do {
+                    try self.listener.reload()
+                    self.logger.notice(
+                        "TLS certificate reloaded",
+                        metadata: ["event": "tls_reloaded", "file": "\(self.listener.certificateFile)"]
+                    )
+                } catch {
+                    self.logger.error("TLS certificate not reloaded (the one in use stays): \(error)")
+                }
+            }
         }
     }
 }

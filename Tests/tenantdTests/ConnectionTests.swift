@@ -64,7 +64,13 @@ struct ConnectionTests {
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7379))
             let dispatcher = CommandDispatcher(registry: registry, logger: Logger.quiet, limits: limits)
             let task = Task {
-                await Connection(id: 1, channel: wrapped, gate: gate, dispatcher: dispatcher).run()
+                await Connection(
+                    id: 1,
+                    channel: wrapped,
+                    gate: gate,
+                    transport: ConnectionTransport(isTLS: false),
+                    dispatcher: dispatcher
+                ).run()
             }
             let harness = Harness(channel: channel, task: task, registry: registry, token: created.ownerToken)
             try await body(harness)

@@ -13,6 +13,11 @@ extension TenantRegistry {
         return self.impliedTenantID.map { $0 == id ? id : nil } ?? id
     }
 
+    /// The tenant whose subdomain is `label` (a TLS server name's first label), if any.
+    public func tenantID(forSubdomain label: String) -> String? {
+        self.catalog.idBySubdomain[label.lowercased()]
+    }
+
     /// Refuses a tenant id outside single-tenant mode's one tenant.
     /// - Throws: NOTFOUND.
     public func checkServed(id: String) throws {

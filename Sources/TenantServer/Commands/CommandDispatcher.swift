@@ -20,11 +20,14 @@ final class CommandDispatcher: Sendable {
     let admission: TenantAdmission
     /// The port the server listens on, once bound (INFO's `tcp_port`).
     let port = Atomic<Int>(0)
+    /// `TENANT_DOMAIN`, lowercased: a TLS server name under it names the connection's tenant.
+    let tenantDomain: String?
 
-    init(registry: TenantRegistry, logger: Logger, limits: ServerLimits) {
+    init(registry: TenantRegistry, logger: Logger, limits: ServerLimits, tenantDomain: String? = nil) {
         self.registry = registry
         self.logger = logger
         self.limits = limits
+        self.tenantDomain = tenantDomain?.lowercased()
         self.authThrottle = AuthThrottle()
         self.admission = TenantAdmission(window: limits.fairShareWindow, minimumShare: limits.fairShareMinimum)
     }
@@ -229,7 +232,31 @@ final class CommandDispatcher: Sendable {
         }
     }
 
+    /// What a TLS connection's server name says of its tenant under `TENANT_DOMAIN`.
+    enum ServerNameTenant {
+        /// Not a TLS connection, no `TENANT_DOMAIN`, `subdomain` not an id source, or a name
+        /// outside the domain: AUTH works as on a plain connection.
+        case none
+        /// `<label>.<domain>` where `label` is this tenant's subdomain.
+        case tenant(String)
+        /// `<label>.<domain>` naming no tenant: nobody authenticates as a tenant's user.
+        case nobody
+    }
+
+    func serverNameTenant(_ session: Session) async -> ServerNameTenant {
+        guard let domain = self.tenantDomain, session.transport.isTLS,
+            self.registry.configuration.idSources.contains(.subdomain),
+            let name = session.transport.serverName, name.hasSuffix("." + domain)
+        else { return .none }
+        let label = String(name.dropLast(domain.count + 1))
+        guard !label.isEmpty, !label.contains("."), !Names.reservedSubdomains.contains(label),
+            let id = await self.registry.tenantID(forSubdomain: label)
+        else { return .nobody }
+        return .tenant(id)
+    }
+
     private func checkCredential(user: String, token: String, session: inout Session) async throws {
+        let fromServerName = await self.serverNameTenant(session)
         if user == "admin" {
             guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }
             session.principal = .operator
@@ -237,14 +264,30 @@ final class CommandDispatcher: Sendable {
             if let implied = self.registry.impliedTenantID {
                 // Single-tenant mode: every authenticated connection works in the one tenant.
                 session.setContext(try await self.registry.tenant(id: implied), id: implied)
+            } else if case .tenant(let id) = fromServerName {
+                // The server name's tenant is the context, as for its users.
+                session.setContext(try await self.registry.tenant(id: id), id: id)
             }
             return
         }
         let at = user.firstIndex(of: "@")
         let name = at.map { String(user[..<$0]) } ?? user
-        guard Names.isValidUserName(name),
-            let id = await self.registry.tenantID(forUser: at.map { String(user[user.index(after: $0)...]) })
-        else { throw TenantError.wrongPass }
+        let reference = at.map { String(user[user.index(after: $0)...]) }
+        let resolved: String?
+        switch fromServerName {
+        case .none:
+            resolved = await self.registry.tenantID(forUser: reference)
+        case .nobody:
+            throw TenantError.wrongPass
+        case .tenant(let id):
+            // A plain name is a user of the server name's tenant; `user@tenant` must name that
+            // same tenant: another tenant's credential is WRONGPASS here.
+            if let reference {
+                guard await self.registry.tenantID(forUser: reference) == id else { throw TenantError.wrongPass }
+            }
+            resolved = id
+        }
+        guard Names.isValidUserName(name), let id = resolved else { throw TenantError.wrongPass }
         let tenant: Tenant
         do {
             tenant = try await self.registry.tenant(id: id)

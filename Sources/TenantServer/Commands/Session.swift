@@ -29,9 +29,18 @@ struct Session: Sendable {
     /// name form the client used), with the name it used last.
     var channels: [String: (tenant: Tenant, room: String, channel: String)] = [:]
 
-    init(id: Int64, clientAddress: String, subscriber: ConnectionSubscriber) {
+    /// The connection's transport: TLS or not, and the server name a TLS client asked for.
+    let transport: ConnectionTransport
+
+    init(
+        id: Int64,
+        clientAddress: String,
+        transport: ConnectionTransport = ConnectionTransport(isTLS: false),
+        subscriber: ConnectionSubscriber
+    ) {
         self.id = id
         self.clientAddress = clientAddress
+        self.transport = transport
         self.subscriber = subscriber
     }
 

@@ -60,6 +60,7 @@ struct Connection {
     let id: Int64
     let channel: NIOAsyncChannel<[RESPRequest], ByteBuffer>
     let gate: RequestGate
+    let transport: ConnectionTransport
     let dispatcher: CommandDispatcher
 
     func run() async {
@@ -87,6 +88,7 @@ struct Connection {
                     var session = Session(
                         id: self.id,
                         clientAddress: address,
+                        transport: self.transport,
                         subscriber: ConnectionSubscriber(queue: queue, version: .resp2) {
                             // Over client-output-buffer-limit-pubsub: Redis closes such a client.
                             logger.warning(

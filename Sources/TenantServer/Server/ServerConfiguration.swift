@@ -10,6 +10,11 @@ public struct ServerConfiguration: Sendable {
     public var limits: ServerLimits
     /// How long a graceful shutdown waits for connections to finish what they read.
     public var shutdownGracePeriod: Duration
+    /// The TLS listener (`--tls-port`), if any.
+    public var tls: TLSListener?
+    /// `TENANT_DOMAIN`: a TLS server name `<label>.<domain>` names the tenant whose subdomain is
+    /// `<label>` (lowercased; nil: off).
+    public var tenantDomain: String?
 
     /// Creates a configuration with the contract's defaults.
     public init(host: String = "127.0.0.1", port: Int = 7379) {

@@ -44,6 +44,74 @@ public final class TenantServer: Service {
 
     public func run() async throws {
         let limits = self.configuration.limits
+        let plain = try await self.bind(port: self.configuration.port, tls: nil)
+        let port = plain.channel.localAddress?.port ?? self.configuration.port
+        var bound = [plain]
+        if let tls = self.configuration.tls {
+            let secure = try await self.bind(port: tls.port, tls: tls)
+            tls.boundPort.store(secure.channel.localAddress?.port ?? tls.port, ordering: .relaxed)
+            bound.append(secure)
+        }
+        let listeners = bound
+        self.onReady(self.configuration.host, port)
+        let dispatcher = CommandDispatcher(
+            registry: self.registry,
+            logger: self.logger,
+            limits: limits,
+            tenantDomain: self.configuration.tenantDomain
+        )
+        dispatcher.port.store(port, ordering: .relaxed)
+        let grace = self.configuration.shutdownGracePeriod
+        let connections = self.connections
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                for listener in listeners {
+                    group.addTask {
+                        try await Self.accept(listener, dispatcher: dispatcher)
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            for listener in listeners { listener.channel.close(promise: nil) }
+            connections.closeInputs(thenForceAfter: grace)
+        }
+    }
+
+    /// Runs every connection a listener accepts, each in a task of its own on its event loop.
+    private static func accept(
+        _ listener: NIOAsyncChannel<AcceptedConnection, Never>,
+        dispatcher: CommandDispatcher
+    ) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            try await listener.executeThenClose { inbound in
+                for try await accepted in inbound {
+                    guard case .accepted(let connection, let gate, let id, let transport) = accepted else {
+                        ServerMetrics.connectionRefused()
+                        continue
+                    }
+                    group.addTask {
+                        ServerMetrics.connectionOpened()
+                        defer { ServerMetrics.connectionClosed() }
+                        let executor = EventLoopTaskExecutor(connection.channel.eventLoop)
+                        await withTaskExecutorPreference(executor) {
+                            await Connection(
+                                id: id,
+                                channel: connection,
+                                gate: gate,
+                                transport: transport,
+                                dispatcher: dispatcher
+                            ).run()
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Listens on `port`, plain or (with `tls`) TLS: the same protocol, the same limits; a TLS
+    /// connection counts against `maxclients` from its accept, before its handshake.
+    private func bind(port: Int, tls: TLSListener?) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
+        let limits = self.configuration.limits
         let connections = self.connections
         var bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 511)
@@ -60,13 +128,17 @@ public final class TenantServer: Service {
                 .childChannelOption(Self.tcpOption(TCP_KEEPINTVL), value: .init(max(1, idle / 3)))
                 .childChannelOption(Self.tcpOption(TCP_KEEPCNT), value: 3)
         }
-        let serverChannel = try await bootstrap.bind(host: self.configuration.host, port: self.configuration.port) {
-            channel in
+        return try await bootstrap.bind(host: self.configuration.host, port: port) { channel in
             channel.eventLoop.makeCompletedFuture { () -> AcceptedConnection in
                 guard let id = connections.admit(channel, limit: limits.maxClients) else {
-                    // `maxclients`: refused as Redis refuses, before any request is read.
-                    try channel.pipeline.syncOperations.addHandler(RefusingHandler())
+                    // `maxclients`: refused as Redis refuses, before any request is read (over TLS,
+                    // the client sees the connection closed).
+                    try channel.pipeline.syncOperations.addHandler(RefusingHandler(plain: tls == nil))
                     return .refused
+                }
+                let transport = ConnectionTransport(isTLS: tls != nil)
+                if let tls {
+                    try channel.pipeline.syncOperations.addTLS(tls, transport: transport, channel: channel)
                 }
                 let gate = RequestGate(bound: limits.requestWindowBytes)
                 if limits.timeoutSeconds > 0 {
@@ -76,36 +148,8 @@ public final class TenantServer: Service {
                 }
                 try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
                 let wrapped = try NIOAsyncChannel<[RESPRequest], ByteBuffer>(wrappingChannelSynchronously: channel)
-                return .accepted(wrapped, gate, id)
+                return .accepted(wrapped, gate, id, transport)
             }
-        }
-        let port = serverChannel.channel.localAddress?.port ?? self.configuration.port
-        self.onReady(self.configuration.host, port)
-        let dispatcher = CommandDispatcher(registry: self.registry, logger: self.logger, limits: limits)
-        dispatcher.port.store(port, ordering: .relaxed)
-        let grace = self.configuration.shutdownGracePeriod
-        try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { group in
-                try await serverChannel.executeThenClose { inbound in
-                    for try await accepted in inbound {
-                        guard case .accepted(let connection, let gate, let id) = accepted else {
-                            ServerMetrics.connectionRefused()
-                            continue
-                        }
-                        group.addTask {
-                            ServerMetrics.connectionOpened()
-                            defer { ServerMetrics.connectionClosed() }
-                            let executor = EventLoopTaskExecutor(connection.channel.eventLoop)
-                            await withTaskExecutorPreference(executor) {
-                                await Connection(id: id, channel: connection, gate: gate, dispatcher: dispatcher).run()
-                            }
-                        }
-                    }
-                }
-            }
-        } onGracefulShutdown: {
-            serverChannel.channel.close(promise: nil)
-            connections.closeInputs(thenForceAfter: grace)
         }
     }
 }
@@ -121,7 +165,7 @@ extension TenantServer {
 
 /// What the accept loop gets for a new socket.
 enum AcceptedConnection: Sendable {
-    case accepted(NIOAsyncChannel<[RESPRequest], ByteBuffer>, RequestGate, Int64)
+    case accepted(NIOAsyncChannel<[RESPRequest], ByteBuffer>, RequestGate, Int64, ConnectionTransport)
     /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
     case refused
 }
@@ -130,7 +174,18 @@ enum AcceptedConnection: Sendable {
 final class RefusingHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
 
+    /// Whether the reply can be written in the clear (over TLS it cannot: the connection is closed).
+    let plain: Bool
+
+    init(plain: Bool = true) {
+        self.plain = plain
+    }
+
     func channelActive(context: ChannelHandlerContext) {
+        guard self.plain else {
+            context.close(promise: nil)
+            return
+        }
         let reply = context.channel.allocator.buffer(string: "-ERR max number of clients reached\r\n")
         context.writeAndFlush(NIOAny(reply)).whenComplete { _ in context.close(promise: nil) }
     }
