@@ -128,6 +128,9 @@ struct TenantdCommand: AsyncParsableCommand {
     func run() async throws {
         // Everything tenantd writes is its own user's only (directories 0700, files 0600).
         umask(0o077)
+        // A certificate renewal's SIGHUP during start-up must not end the process (the reloader
+        // takes it over once it runs).
+        signal(SIGHUP, SIG_IGN)
         let environment = Environment.current
         var configured = try Settings(command: self, environment: environment)
         let logLevel = configured.logLevel

@@ -121,12 +121,22 @@ def test_another_tenants_credential_or_an_unknown_name_is_wrongpass(tls_server):
     acme = _tenant(tls_server, "acme2-" + secrets.token_hex(2))
     globex = _tenant(tls_server, "globex-" + secrets.token_hex(2))
     sni = f"{acme['subdomain']}.{DOMAIN}"
-    for user, password in [("alice", globex["owner_token"]), ("alice@" + globex["subdomain"], globex["owner_token"]),
+    # Credentials that work on the plain port (user@tenant) are refused under another tenant's name.
+    for user, password in [("alice@" + globex["subdomain"], globex["owner_token"]),
                            ("alice@" + globex["tenant_id"], globex["owner_token"])]:
+        with redis.Redis(port=tls_server["port"], username=user, password=password,
+                         socket_timeout=SOCKET_TIMEOUT) as plain_port:
+            assert plain_port.ping() is True
         refused = _cli(tls_server, sni, user, password, "PING")
         assert b"WRONGPASS" in refused.stdout + refused.stderr, (user, refused)
-    unknown = _cli(tls_server, f"nosuch-{secrets.token_hex(2)}.{DOMAIN}", "alice", acme["owner_token"], "PING")
-    assert b"WRONGPASS" in unknown.stdout + unknown.stderr
+    # And through redis-py's HELLO 3 AUTH.
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        with _tls_client(tls_server, sni, "alice@" + globex["subdomain"], globex["owner_token"]) as wrong:
+            wrong.ping()
+    # A name that names no tenant: even a credential valid elsewhere is refused.
+    unknown = _cli(tls_server, f"nosuch-{secrets.token_hex(2)}.{DOMAIN}", "alice@" + acme["subdomain"],
+                   acme["owner_token"], "PING")
+    assert b"WRONGPASS" in unknown.stdout + unknown.stderr, unknown
     # Outside the domain (no tenant in the name), the user@tenant form works as on the plain port.
     plain = _cli(tls_server, "localhost", "alice@" + acme["subdomain"], acme["owner_token"], "PING")
     assert plain.stdout == b"PONG\n", plain
@@ -150,15 +160,27 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(tls_server)
         assert again.ping() is True
 
 
-def test_plain_bytes_on_the_tls_port_harm_nobody(tls_server):
-    with socket.create_connection(("127.0.0.1", tls_server["tls_port"]), timeout=SOCKET_TIMEOUT) as raw:
-        raw.sendall(b"*1\r\n$4\r\nPING\r\n")
-        raw.settimeout(SOCKET_TIMEOUT)
+def _read_until_closed(raw: socket.socket) -> bytes:
+    data = b""
+    while True:
         try:
-            data = raw.recv(100)
-        except (ConnectionResetError, socket.timeout):
-            data = b""
-        assert b"PONG" not in data
+            chunk = raw.recv(4096)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\x16\x03\x01\xff\xff\r\n"], ids=["plain", "a-record-header"])
+def test_plain_bytes_on_the_tls_port_are_never_read_as_requests(tls_server, prefix):
+    acme = _tenant(tls_server, "plain-" + secrets.token_hex(2))
+    with socket.create_connection(("127.0.0.1", tls_server["tls_port"]), timeout=SOCKET_TIMEOUT) as raw:
+        auth = f"*3\r\n$4\r\nAUTH\r\n${len('alice@' + acme['subdomain'])}\r\nalice@{acme['subdomain']}\r\n$64\r\n{acme['owner_token']}\r\n"
+        raw.sendall(prefix + auth.encode() + b"*1\r\n$4\r\nPING\r\n")
+        raw.shutdown(socket.SHUT_WR)  # the end of input, as a half-closing client sends it
+        data = _read_until_closed(raw)  # a timeout here fails the test: the server must close
+        assert b"PONG" not in data and b"+OK" not in data, data
     with redis.Redis(port=tls_server["port"], username="admin", password=tls_server["token"],
                      socket_timeout=SOCKET_TIMEOUT) as op:
         assert op.ping() is True

@@ -252,6 +252,8 @@ final class CommandDispatcher: Sendable {
         guard !label.isEmpty, !label.contains("."), !Names.reservedSubdomains.contains(label),
             let id = await self.registry.tenantID(forSubdomain: label)
         else { return .nobody }
+        // Single-tenant mode serves its one tenant only, whatever the name says.
+        if let implied = self.registry.impliedTenantID, implied != id { return .nobody }
         return .tenant(id)
     }
 
@@ -259,15 +261,17 @@ final class CommandDispatcher: Sendable {
         let fromServerName = await self.serverNameTenant(session)
         if user == "admin" {
             guard await self.registry.isOperatorToken(token) else { throw TenantError.wrongPass }
-            session.principal = .operator
-            session.setContext(nil, id: nil)
+            // The context first: an AUTH that fails on it leaves the connection as it was.
+            var context: (Tenant, String)?
             if let implied = self.registry.impliedTenantID {
                 // Single-tenant mode: every authenticated connection works in the one tenant.
-                session.setContext(try await self.registry.tenant(id: implied), id: implied)
+                context = (try await self.registry.tenant(id: implied), implied)
             } else if case .tenant(let id) = fromServerName {
                 // The server name's tenant is the context, as for its users.
-                session.setContext(try await self.registry.tenant(id: id), id: id)
+                context = (try await self.registry.tenant(id: id), id)
             }
+            session.principal = .operator
+            session.setContext(context?.0, id: context?.1)
             return
         }
         let at = user.firstIndex(of: "@")

@@ -54,7 +54,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = Self.unwrapInboundIn(data)
-        if self.broken { return }
+        // After the end of input (a TLS connection told so at shutdown) nothing more is read.
+        if self.broken || self.inputClosed { return }
         if self.buffer.readableBytes == 0 {
             self.buffer = incoming
         } else {

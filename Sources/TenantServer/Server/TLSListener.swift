@@ -37,10 +37,11 @@ public final class TLSListener: Sendable {
         let chain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { NIOSSLCertificateSource.certificate($0) }
         guard !chain.isEmpty else { throw TLSSetupError("no certificate in \(certificateFile)") }
         let key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
-        let configuration = TLSConfiguration.makeServerConfiguration(
+        var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain,
             privateKey: .privateKey(key)
         )
+        configuration.minimumTLSVersion = .tlsv12
         return try NIOSSLContext(configuration: configuration)
     }
 }
@@ -55,38 +56,92 @@ struct TLSSetupError: Error, CustomStringConvertible {
 final class ConnectionTransport: Sendable {
     let isTLS: Bool
     private let name = Mutex<String?>(nil)
+    /// Set once the TLS handshake completed.
+    let handshakeDone = Atomic<Bool>(false)
 
     init(isTLS: Bool) {
         self.isTLS = isTLS
     }
 
-    /// The server name (lowercased), once the ClientHello was read; nil for none.
+    /// The server name (lowercased, without a trailing dot), once the ClientHello was read; nil for none.
     var serverName: String? { self.name.withLock { $0 } }
 
     func setServerName(_ name: String?) {
-        self.name.withLock { $0 = name?.lowercased() }
+        var name = name?.lowercased()
+        if name?.hasSuffix(".") == true { name?.removeLast() }
+        self.name.withLock { $0 = name }
+    }
+}
+
+/// Stands between the SNI reader and the RESP handler until the TLS handler takes its place: any
+/// bytes or end of input reaching it (the SNI reader hands its raw buffer on at the end of input,
+/// never decrypted) close the connection. Nothing in the clear is ever read as a request.
+final class PlaintextGuard: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.close(promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Marks the handshake done, for the handshake deadline.
+final class HandshakeWatcher: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    let transport: ConnectionTransport
+
+    init(transport: ConnectionTransport) {
+        self.transport = transport
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.handshakeCompleted) = event as? TLSUserEvent {
+            self.transport.handshakeDone.store(true, ordering: .relaxed)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 
 extension ChannelPipeline.SynchronousOperations {
-    /// Reads the ClientHello's server name, then puts the TLS handler in its place: every byte
-    /// after it is decrypted before the RESP handler sees it.
+    /// How long a TLS client has from its accept to a completed handshake.
+    static var handshakeDeadline: TimeAmount { .seconds(10) }
+
+    /// Reads the ClientHello's server name, then puts the TLS handler in the guard's place: every
+    /// byte after it is decrypted before the RESP handler sees it. A client that has not completed
+    /// its handshake within ``handshakeDeadline`` is closed.
     func addTLS(_ listener: TLSListener, transport: ConnectionTransport, channel: any Channel) throws {
+        let guardHandler = PlaintextGuard()
         let sni = ByteToMessageHandler(
             SNIHandler { result in
                 if case .hostname(let name) = result { transport.setServerName(name) }
                 do {
-                    let handler = NIOSSLServerHandler(context: listener.current)
-                    let sniContext = try channel.pipeline.syncOperations.context(
-                        handlerType: ByteToMessageHandler<SNIHandler>.self
+                    let operations = channel.pipeline.syncOperations
+                    let sniContext = try operations.context(handlerType: ByteToMessageHandler<SNIHandler>.self)
+                    try operations.addHandler(
+                        NIOSSLServerHandler(context: listener.current),
+                        position: .after(sniContext.handler)
                     )
-                    try channel.pipeline.syncOperations.addHandler(handler, position: .after(sniContext.handler))
+                    try operations.addHandler(HandshakeWatcher(transport: transport), position: .before(guardHandler))
+                    operations.removeHandler(guardHandler, promise: nil)
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
+                    channel.close(promise: nil)
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
         )
         try self.addHandler(sni)
+        try self.addHandler(guardHandler)
+        channel.eventLoop.scheduleTask(in: Self.handshakeDeadline) {
+            if !transport.handshakeDone.load(ordering: .relaxed) { channel.close(promise: nil) }
+        }
     }
 }

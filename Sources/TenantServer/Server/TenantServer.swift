@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import RESP
 import ServiceLifecycle
 import Synchronization
@@ -236,7 +237,18 @@ final class ConnectionTracker: Sendable {
         }
         let nanoseconds = grace.components.seconds * 1_000_000_000 + grace.components.attoseconds / 1_000_000_000
         for channel in channels {
-            channel.close(mode: .input).whenFailure { _ in channel.close(promise: nil) }
+            channel.close(mode: .input).whenFailure { _ in
+                // TLS cannot close only its input: the RESP handler is told instead, from the TLS
+                // handler's place, and answers what it read before the channel closes.
+                channel.eventLoop.execute {
+                    guard let tls = try? channel.pipeline.syncOperations.context(handlerType: NIOSSLServerHandler.self)
+                    else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    tls.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+                }
+            }
             channel.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) { channel.close(promise: nil) }
         }
     }
