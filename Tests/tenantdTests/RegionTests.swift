@@ -120,7 +120,7 @@ struct RegionTests {
             }
         }
         poster.start()
-        Thread.sleep(forTimeInterval: 0.2)
+        try waitUntil("the client posting") { acknowledged.withLock { $0.count } >= 10 }
         for region in ["eu", "us", "", "eu"] {
             let before = acknowledged.withLock { $0.count }
             #expect(try admin.call("TENANT", "MOVE", acme.id, "REGION", region) == .simple("OK"), "\(region)")

@@ -67,15 +67,20 @@ struct TLSTests {
             dataDirectory: dir.path + "/data",
             arguments: [
                 "--tls-port", "0", "--tls-cert-file", dir.path + "/cert.pem", "--tls-key-file", dir.path + "/key.pem",
-                "--maxclients", "2",
+                "--maxclients", "3",
             ]
         )
         defer { _ = server.stop() }
         let tlsPort = try #require(server.tlsPort)
+        // The operator's connection takes the first place and watches the count.
+        let admin = try server.operatorClient()
         let silent = try (0..<2).map { _ in try RESPTestClient(port: tlsPort) }
         // Their accepts are asynchronous: a probe sent before them would take a place itself.
-        Thread.sleep(forTimeInterval: 1)
-        try waitUntil("both counted") {
+        try waitUntil("both TLS connections counted") {
+            let info = try admin.call("INFO", "clients").string ?? ""
+            return info.contains("connected_clients:3\r\n")
+        }
+        try waitUntil("the plain port refusing") {
             // A third connection, plain, is refused as Redis refuses.
             let probe = try RESPTestClient(port: server.port, timeout: 1)
             defer { probe.shutdown() }
@@ -86,6 +91,7 @@ struct TLSTests {
         let refused = try RESPTestClient(port: tlsPort, timeout: 5)
         #expect(refused.isClosedByServer())
         for client in silent { client.shutdown() }
+        _ = admin
         // Once they are gone, clients get in again.
         try waitUntil("a place again") { (try? server.client().call("PING")) == .simple("PONG") }
     }

@@ -115,7 +115,12 @@ public actor BackupScheduler {
             return []
         }
         var done: [String] = []
-        for (id, settings) in await self.registry.backupSchedules() {
+        let schedules = await self.registry.backupSchedules()
+        // Tenants deleted or unscheduled since are forgotten: the maps hold scheduled tenants only.
+        let scheduled = Set(schedules.map(\.0))
+        self.last = self.last.filter { scheduled.contains($0.key) }
+        self.failedAt = self.failedAt.filter { scheduled.contains($0.key) }
+        for (id, settings) in schedules {
             guard !Task.isCancelled else { break }
             guard let policy = try? BackupPolicy.parse(settings) else { continue }
             let now = self.registry.configuration.clock()
