@@ -74,6 +74,7 @@ var package = Package(
                 "TenantEngine",
                 "RESP",
                 "TenantMetrics",
+                "WAL",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -28,6 +28,9 @@ public struct TenantError: Error, Hashable, CustomStringConvertible, Sendable {
         case storageFailed
         /// Not serving now (starting, stopping, closed, busy): retry.
         case unavailable
+        /// The tenant was handed to another server (`TENANT MIGRATE`); the message is
+        /// `<tenant-id> <host>:<port>`.
+        case migrated
     }
 
     /// What went wrong.

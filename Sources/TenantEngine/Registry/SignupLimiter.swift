@@ -78,6 +78,11 @@ struct Claims {
         if let subdomain { self.subdomains.remove(subdomain) }
     }
 
+    /// Holds a subdomain alone (a migration prepared here and not yet committed).
+    mutating func claim(subdomain: String) { self.subdomains.insert(subdomain) }
+
+    mutating func release(subdomain: String) { self.subdomains.remove(subdomain) }
+
     func holds(id: String) -> Bool { self.ids.contains(id) }
     func holds(subdomain: String) -> Bool { self.subdomains.contains(subdomain) }
 }

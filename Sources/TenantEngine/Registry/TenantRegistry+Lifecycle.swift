@@ -222,6 +222,7 @@ extension TenantRegistry {
             throw TenantError(.alreadyExists, "subdomain '\(metadata.subdomain)' is served by tenant \(other)")
         }
         self.catalog.insert(metadata)
+        self.forgetDeparture(id)
         self.saveCatalog()
         self.logger.notice("tenant attached", metadata: ["event": "tenant_attached", "tenant_id": "\(id)"])
         return metadata

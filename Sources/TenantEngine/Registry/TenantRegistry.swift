@@ -51,6 +51,22 @@ public actor TenantRegistry {
     /// Ids and subdomains held by creations, deletions and moves in flight.
     var claims = Claims()
     var adminTokenHash: [UInt8] = []
+    /// The operator token itself: a migration authenticates with it at the destination.
+    var adminToken = ""
+    /// Tenants handed to other servers (`TENANT MIGRATE`), by id and by subdomain: their
+    /// commands and AUTH are answered MIGRATED.
+    var departed: [String: Departure] = [:]
+    var departedBySubdomain: [String: String] = [:]
+    /// Migrations arriving here: tenant id to migration id.
+    var incoming: [String: String] = [:]
+    /// The subdomains of prepared arrivals, held from other tenants until their COMMIT.
+    var preparedSubdomains: [String: String] = [:]
+    /// How the registry reaches other servers (set by the server).
+    var migrationPeers: MigrationPeerFactory?
+    /// Hand-overs whose destination has not confirmed yet, asked again in the background.
+    var commitRetries: [String: Task<Void, Never>] = [:]
+    /// Told when a tenant is handed over.
+    public nonisolated let migrationEvents = MigrationObservers()
     /// The background write of the catalog file, and whether the catalog changed since it began.
     var catalogWriter: Task<Void, Never>?
     var catalogDirty = false
@@ -92,6 +108,7 @@ public actor TenantRegistry {
             return try Self.loadOrCreateAdminToken(configuration, layout: layout)
         }
         self.adminTokenHash = Tokens.hash(token)
+        self.adminToken = token
         switch try await self.store.load(context: self.tenantContext) {
         case .onDisk(let ids, let index):
             try await self.reconcileCatalog(onDisk: ids, index: index)
@@ -101,6 +118,8 @@ public actor TenantRegistry {
                 self.catalog.insert(await tenant.metadata)
             }
         }
+        self.loadDepartures()
+        self.loadIncoming()
         self.state = .running
         if self.store.passivates && configuration.idleSeconds > 0 {
             self.passivation.start(idleSeconds: configuration.idleSeconds) { [weak self] in
@@ -247,21 +266,29 @@ public actor TenantRegistry {
     private func resolve(_ reference: String, sources: Set<TenantIDSource>) -> String? {
         let reference = reference.lowercased()
         if sources.contains(.header), self.catalog.entries[reference] != nil { return reference }
-        guard sources.contains(.subdomain) else { return nil }
-        if let id = self.catalog.idBySubdomain[reference] { return id }
-        if let dot = reference.firstIndex(of: ".") {
-            let label = String(reference[..<dot])
-            guard !Names.reservedSubdomains.contains(label) else { return nil }
-            return self.catalog.idBySubdomain[label]
+        if sources.contains(.subdomain) {
+            if let id = self.catalog.idBySubdomain[reference] { return id }
+            if let dot = reference.firstIndex(of: ".") {
+                let label = String(reference[..<dot])
+                guard !Names.reservedSubdomains.contains(label) else { return nil }
+                if let id = self.catalog.idBySubdomain[label] { return id }
+                // A tenant handed to another server: named still, so that it is answered MIGRATED.
+                return self.departedBySubdomain[label]
+            }
         }
-        return nil
+        guard !self.departed.isEmpty else { return nil }
+        if sources.contains(.header), self.departed[reference] != nil { return reference }
+        return sources.contains(.subdomain) ? self.departedBySubdomain[reference] : nil
     }
 
     /// The tenant of an id, activated if needed.
     /// - Throws: NOTFOUND for an unknown id; IOERR when its directory does not recover.
     public func tenant(id: String) async throws -> Tenant {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
-        guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
+        guard self.catalog.entries[id] != nil else {
+            if let departure = self.departed[id] { throw TenantError.migrated(id, departure.target) }
+            throw TenantError.notFound("no tenant '\(id)'")
+        }
         return try await self.activate(id: id)
     }
 
@@ -374,6 +401,7 @@ public actor TenantRegistry {
     public func shutdown(checkpoint: Bool = true) async {
         self.state = .stopped
         self.passivation.stop()
+        for task in self.commitRetries.values { task.cancel() }
         for task in self.activating.all { _ = try? await task.value }
         await self.store.prepareShutdown(checkpoint: checkpoint)
         let tenants = self.active.values

@@ -38,6 +38,13 @@ struct DirectoryStore: TenantStore {
     static let movedFromName = "MOVED_FROM"
     /// The prefix of a move's staging directory in the target root.
     static let movingPrefix = ".moving-"
+    /// The prefix of a migration's staging directory on its destination (kept across restarts:
+    /// a migration resumes from what arrived).
+    static let incomingPrefix = ".incoming-"
+    /// Where a tenant handed to another server is kept, in its root, until the operator removes it.
+    static let migratedName = ".migrated"
+    /// The tenants handed to other servers, found by ``load(context:)``.
+    let departures = DepartureBook()
 
     init(configuration: EngineConfiguration, logger: Logger) {
         self.configuration = configuration
@@ -94,15 +101,26 @@ struct DirectoryStore: TenantStore {
         let logger = self.logger
         let placement = self.placement
         let now = self.configuration.clock()
+        let book = self.departures
         return try await runBlocking {
             try Self.checkRegionRoots(layout, regions, fileSystem: fileSystem)
             var found: [String: (region: String, layout: DataLayout)] = [:]
             // Tenants whose second copy could not be set aside: their marker stays for the next start.
             var unsettled: Set<String> = []
             found.reserveCapacity(1024)
+            var departures: [String: Departure] = [:]
+            func departed(_ departure: Departure) {
+                if let known = departures[departure.id], known.at > departure.at { return }
+                departures[departure.id] = departure
+            }
             for (region, root) in [("", layout)] + regions {
                 for (name, isDirectory) in try fileSystem.listDirectoryEntries(root.root) {
-                    if isDirectory, let id = root.tenantID(ofDirectoryNamed: name) {
+                    if isDirectory, let id = root.tenantID(ofDirectoryNamed: name),
+                        let departure = Departure.read(id: id, directory: root.root + "/" + name, committed: false)
+                    {
+                        // Handed to another server, its commit not yet confirmed: never served here.
+                        departed(departure)
+                    } else if isDirectory, let id = root.tenantID(ofDirectoryNamed: name) {
                         if let first = found[id] {
                             let (winner, settled) = Self.resolveTwoCopies(
                                 id,
@@ -116,6 +134,13 @@ struct DirectoryStore: TenantStore {
                             if !settled { unsettled.insert(id) }
                         } else {
                             found[id] = (region, root)
+                        }
+                    } else if name == Self.migratedName, isDirectory {
+                        for (kept, _) in (try? fileSystem.listDirectoryEntries(root.root + "/" + name)) ?? [] {
+                            let path = root.root + "/" + name + "/" + kept
+                            if let departure = Departure.read(id: nil, directory: path, committed: true) {
+                                departed(departure)
+                            }
                         }
                     } else if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix)
                         || name.hasPrefix(Self.movingPrefix)
@@ -139,6 +164,8 @@ struct DirectoryStore: TenantStore {
                     try? fileSystem.syncDirectory(place.layout.tenantDirectory(id))
                 }
             }
+            // A tenant served here again (migrated back) is no departure.
+            book.set(departures.values.filter { found[$0.id] == nil })
             let index =
                 (try? fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
                 ?? (try? fileSystem.readFile(layout.legacyCatalogFile)).flatMap(Catalog.decode(bytes:))

@@ -6,6 +6,8 @@ public struct TenantVerification: Sendable {
     public var path: String
     /// The tenant id its metadata names, if it got that far.
     public var tenantID: String?
+    /// The subdomain its metadata names ("" if none).
+    public var subdomain = ""
     /// Records read.
     public var records = 0
     /// Messages, users and rooms in the replayed state.
@@ -58,6 +60,7 @@ public enum TenantVerifier {
             report.problem = "\(error)"
         }
         report.tenantID = state.metadata?.tenantID
+        report.subdomain = state.metadata?.subdomain ?? ""
         report.messages = state.messageCount
         report.users = state.users.count
         report.rooms = state.rooms.count

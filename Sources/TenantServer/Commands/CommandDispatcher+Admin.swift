@@ -118,6 +118,10 @@ extension CommandDispatcher {
             let id = try await self.operatorTenantID(arguments[1])
             try await self.registry.moveTenant(id: id, region: arguments[3])
             return .ok
+        case "MIGRATE":
+            return try await self.migrate(arguments)
+        case "RECEIVE":
+            return try await self.receive(arguments)
         case "REOPEN":
             try arguments.expect(2...2, for: "tenant|reopen")
             guard let id = await self.registry.resolveAny(arguments[1]) else {
@@ -138,7 +142,7 @@ extension CommandDispatcher {
         default:
             throw CommandError(
                 "unknown subcommand '\(arguments[0].prefix(64))'. "
-                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|SNAPSHOT|ATTACH|DETACH|REOPEN|MOVE."
+                    + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|SNAPSHOT|ATTACH|DETACH|REOPEN|MOVE|MIGRATE|RECEIVE."
             )
         }
     }

@@ -41,7 +41,8 @@ extension CommandDispatcher {
         guard let principal = session.principal, !session.isInSubscribedMode,
             run.allSatisfy({ !$0[0].hasPrefix("/tenant/") })
         else { return nil }
-        await session.refreshContext(from: self.registry)
+        // A tenant handed over meanwhile: each POST is answered on its own (MIGRATED).
+        guard (try? await session.refreshContext(from: self.registry)) != nil else { return nil }
         guard let tenant = session.tenant, let spec = CommandTable.byName["POST"] else { return nil }
         for _ in run { ServerMetrics.command(spec) }
         let start = LatencyHistogram.now()

@@ -22,6 +22,8 @@ final class CommandDispatcher: Sendable {
     let port = Atomic<Int>(0)
     /// `TENANT_DOMAIN`, lowercased: a TLS server name under it names the connection's tenant.
     let tenantDomain: String?
+    /// The connections by their tenant context, to tell them when their tenant leaves.
+    let contexts = TenantContexts()
 
     init(registry: TenantRegistry, logger: Logger, limits: ServerLimits, tenantDomain: String? = nil) {
         self.registry = registry
@@ -30,6 +32,10 @@ final class CommandDispatcher: Sendable {
         self.tenantDomain = tenantDomain?.lowercased()
         self.authThrottle = AuthThrottle()
         self.admission = TenantAdmission(window: limits.fairShareWindow, minimumShare: limits.fairShareMinimum)
+        let contexts = self.contexts
+        registry.migrationEvents.add { id, reply in
+            contexts.tell(id: id, error: "\(ReplyCode.migrated.rawValue) \(reply)")
+        }
     }
     static let serverVersion = "0.1.0"
 
@@ -90,7 +96,7 @@ final class CommandDispatcher: Sendable {
         }
         guard session.principal != nil else { throw ServerError(.noAuth, "Authentication required.") }
         try arguments.expect(spec.arity, for: spec.name.lowercased())
-        await session.refreshContext(from: self.registry)
+        try await session.refreshContext(from: self.registry)
         if spec.name != "POST" {
             // Commands run in order: whatever follows a POST sees it (or its failure) first. A
             // POST does not wait for the one before it in the same tenant (see `post`): pipelined

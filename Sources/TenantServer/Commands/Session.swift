@@ -64,10 +64,19 @@ struct Session: Sendable {
 
     /// Moves the context to the tenant's open instance when the one held was closed since
     /// (passivated when idle, or reopened by the operator).
-    mutating func refreshContext(from registry: TenantRegistry) async {
-        guard let tenant = self.tenant, tenant.isClosed, let id = self.tenantID,
-            let fresh = try? await registry.tenant(id: id)
-        else { return }
+    /// - Throws: MIGRATED once the tenant was handed to another server: the connection is told
+    ///   and closed.
+    mutating func refreshContext(from registry: TenantRegistry) async throws {
+        guard let tenant = self.tenant, tenant.isClosed, let id = self.tenantID else { return }
+        let fresh: Tenant
+        do {
+            fresh = try await registry.tenant(id: id)
+        } catch let error as TenantError where error.kind == .migrated {
+            self.closeAfterReply = true
+            throw error
+        } catch {
+            return
+        }
         self.setContext(fresh, id: id)
     }
 

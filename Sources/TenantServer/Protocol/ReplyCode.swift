@@ -16,6 +16,7 @@ public enum ReplyCode: String, Sendable, Hashable, CaseIterable {
     case ioError = "IOERR"
     case loading = "LOADING"
     case proto = "PROTO"
+    case migrated = "MIGRATED"
 
     /// The contract's code of an engine error: the one mapping from the engine's terms to the wire's.
     public init(_ kind: TenantError.Kind) {
@@ -32,6 +33,7 @@ public enum ReplyCode: String, Sendable, Hashable, CaseIterable {
         case .tooLarge: self = .tooBig
         case .storageFailed: self = .ioError
         case .unavailable: self = .loading
+        case .migrated: self = .migrated
         }
     }
 }

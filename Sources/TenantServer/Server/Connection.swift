@@ -96,8 +96,15 @@ struct Connection {
                                 metadata: ["connection": "\(id)", "address": "\(address)"]
                             )
                             channel.close(promise: nil)
+                        } hangUp: {
+                            // The writer sends the last reply first; a client that does not read
+                            // it is closed all the same.
+                            channel.eventLoop.scheduleTask(in: .milliseconds(500)) { channel.close(promise: nil) }
                         }
                     )
+                    let contexts = self.dispatcher.contexts
+                    var registeredContext: String?
+                    defer { contexts.move(session.subscriber, from: registeredContext, to: nil) }
                     defer {
                         session.setContext(nil, id: nil)
                         let channels = session.channels.values.map { ($0.tenant, $0.room) }
@@ -127,6 +134,10 @@ struct Connection {
                             queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
                         }
                         self.gate.isSubscribed = !session.channels.isEmpty
+                        if registeredContext != session.tenantID {
+                            contexts.move(session.subscriber, from: registeredContext, to: session.tenantID)
+                            registeredContext = session.tenantID
+                        }
                         if admission.isEnabled && account?.tenantID != session.tenantID {
                             // Its requests are now charged to its new tenant.
                             if let account { admission.detach(account) }

@@ -13,15 +13,31 @@ final class ConnectionSubscriber: MessageSubscriber {
     private let queue: ReplyQueue<Connection.Slot>
     private let state: Mutex<State>
     private let disconnect: @Sendable () -> Void
+    private let hangUp: @Sendable () -> Void
 
     /// - Parameters:
     ///   - queue: the connection's replies.
     ///   - version: the protocol of the pushes.
     ///   - disconnect: closes the connection of a subscriber too far behind.
-    init(queue: ReplyQueue<Connection.Slot>, version: RESPVersion, disconnect: @escaping @Sendable () -> Void) {
+    ///   - hangUp: closes the connection, once what is queued had time to be written.
+    init(
+        queue: ReplyQueue<Connection.Slot>,
+        version: RESPVersion,
+        disconnect: @escaping @Sendable () -> Void,
+        hangUp: @escaping @Sendable () -> Void = {}
+    ) {
         self.queue = queue
         self.state = Mutex(State(version: version))
         self.disconnect = disconnect
+        self.hangUp = hangUp
+    }
+
+    /// Sends the connection one last error (its tenant left this server) and closes it.
+    func tellAndClose(error message: String) {
+        let version = self.state.withLock { $0.version }
+        let slot = Connection.Slot.close(.error(message), version)
+        _ = self.queue.pushNow(slot, weight: slot.weight)
+        self.hangUp()
     }
 
     /// The protocol pushes are encoded in (the connection's, after HELLO).
@@ -60,5 +76,30 @@ final class ConnectionSubscriber: MessageSubscriber {
             return false
         }
         return true
+    }
+}
+
+/// The connections by tenant context, so the ones working in a tenant can be told when it is
+/// handed to another server.
+final class TenantContexts: Sendable {
+    private let byTenant = Mutex<[String: [ObjectIdentifier: ConnectionSubscriber]]>([:])
+
+    /// Records that `subscriber`'s connection works in `id` now (nil: in none), instead of `previous`.
+    func move(_ subscriber: ConnectionSubscriber, from previous: String?, to id: String?) {
+        guard previous != id else { return }
+        let key = ObjectIdentifier(subscriber)
+        self.byTenant.withLock { byTenant in
+            if let previous {
+                byTenant[previous]?.removeValue(forKey: key)
+                if byTenant[previous]?.isEmpty == true { byTenant[previous] = nil }
+            }
+            if let id { byTenant[id, default: [:]][key] = subscriber }
+        }
+    }
+
+    /// Tells every connection working in `id` and closes it.
+    func tell(id: String, error: String) {
+        let subscribers = self.byTenant.withLock { $0.removeValue(forKey: id) } ?? [:]
+        for subscriber in subscribers.values { subscriber.tellAndClose(error: error) }
     }
 }

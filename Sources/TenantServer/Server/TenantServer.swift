@@ -62,6 +62,10 @@ public final class TenantServer: Service {
             tenantDomain: self.configuration.tenantDomain
         )
         dispatcher.port.store(port, ordering: .relaxed)
+        // TENANT MIGRATE reaches other servers over this same protocol.
+        await self.registry.setMigrationPeers { host, port, token in
+            try await MigrationClient.connect(host: host, port: port, token: token)
+        }
         let grace = self.configuration.shutdownGracePeriod
         let connections = self.connections
         try await withGracefulShutdownHandler {
