@@ -99,6 +99,9 @@ def test_a_migrated_tenant_is_served_by_the_destination_with_everything(pair):
         raw.ping()
     # The other tenant did not notice.
     assert_all_there(a, other["tenant_id"], other_acked)
+    # Its subdomain stays its own on the source: the router sends it to the destination.
+    with a.operator() as op, pytest.raises(redis.ResponseError, match="^EXISTS subdomain 'acme' is already taken"):
+        op.execute_command("TENANT", "CREATE", "Impostor", "acme")
     # The source keeps its copy under .migrated/; a restart still answers MIGRATED.
     kept = list((a.data / ".migrated").iterdir())
     assert len(kept) == 1 and kept[0].name.startswith(f"tenant_{tid}")
@@ -112,6 +115,15 @@ def test_a_migrated_tenant_is_served_by_the_destination_with_everything(pair):
     b.stop()
     b.start()
     assert_all_there(b, tid, acked)
+    # And back again: the source serves it once more, with what was written on the destination.
+    with b.client("bob@acme", bob) as c:
+        seq = int(c.execute_command("POST", "general", "on b"))
+    back = migrate(b, tid, a)
+    assert int(back["committed"]) == 1
+    assert a.serves(tid) and not b.serves(tid)
+    assert_all_there(a, tid, acked + [("general", seq, "on b")])
+    with a.client("bob@acme", bob) as c:
+        assert c.execute_command("WHOAMI")[0] == tid
 
 
 def test_the_error_code_is_migrated(pair):

@@ -49,6 +49,7 @@ struct ErrorMappingTests {
             .refused: "ERR", .credentialRevoked: "NOAUTH", .wrongCredentials: "WRONGPASS", .forbidden: "NOPERM",
             .notFound: "NOTFOUND", .suspended: "SUSPENDED", .alreadyExists: "EXISTS", .invalid: "INVALID",
             .quotaExceeded: "QUOTA", .tooLarge: "TOOBIG", .storageFailed: "IOERR", .unavailable: "LOADING",
+            .migrated: "MIGRATED",
         ]
         #expect(Set(table.keys) == Set(TenantError.Kind.allCases))
         for (kind, code) in table { #expect(ReplyCode(kind).rawValue == code, "\(kind)") }

@@ -22,7 +22,7 @@ extension TenantRegistry {
         if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
         var id = Tokens.newTenantID()
         while self.catalog.entries[id] != nil || self.claims.holds(id: id) || self.catalog.idBySubdomain[id] != nil
-            || id == subdomain
+            || id == subdomain || self.departed[id] != nil
         {
             id = Tokens.newTenantID()
         }
@@ -74,7 +74,10 @@ extension TenantRegistry {
             throw TenantError.invalid("user name must be 1-64 bytes of [A-Za-z0-9._-] without '..'")
         }
         if !subdomain.isEmpty {
-            guard self.catalog.idBySubdomain[subdomain] == nil, !self.claims.holds(subdomain: subdomain) else {
+            // A migrated tenant's subdomain stays its own: the router sends it to the destination.
+            guard self.catalog.idBySubdomain[subdomain] == nil, !self.claims.holds(subdomain: subdomain),
+                self.departedBySubdomain[subdomain] == nil
+            else {
                 throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
             guard self.catalog.entries[subdomain] == nil || subdomain == id, !self.claims.holds(id: subdomain) else {
@@ -82,7 +85,8 @@ extension TenantRegistry {
                 throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
         }
-        guard self.catalog.entries[id] == nil, !self.claims.holds(id: id), self.catalog.idBySubdomain[id] == nil
+        guard self.catalog.entries[id] == nil, !self.claims.holds(id: id), self.catalog.idBySubdomain[id] == nil,
+            self.departed[id] == nil
         else {
             throw TenantError(.alreadyExists, "tenant id '\(id)' is already taken")
         }
