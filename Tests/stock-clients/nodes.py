@@ -104,9 +104,10 @@ class Node:
     def operator(self) -> redis.Redis:
         return self.client("admin", self.token)
 
-    def create_tenant(self, subdomain: str, owner: str = "owner") -> dict:
+    def create_tenant(self, subdomain: str, owner: str = "owner", plan: str = "free") -> dict:
         with self.operator() as op:
-            flat = op.execute_command("TENANT", "CREATE", f"Tenant {subdomain}", subdomain, "OWNER", owner)
+            flat = op.execute_command("TENANT", "CREATE", f"Tenant {subdomain}", subdomain, "OWNER", owner,
+                                      "PLAN", plan)
         return dict(zip(flat[0::2], flat[1::2]))
 
     def history(self, tenant_id: str, room: str) -> list:
