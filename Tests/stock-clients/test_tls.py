@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conftest import READY_RE, SOCKET_TIMEOUT, SUBPROCESS_TIMEOUT, TENANTD_BIN, _clean_env
 
@@ -84,7 +86,7 @@ def _tenant(srv, subdomain: str) -> dict:
 def _tls_client(srv, host: str, username: str, password: str, protocol: int = 3) -> redis.Redis:
     return redis.Redis(host=host, port=srv["tls_port"], username=username, password=password, protocol=protocol,
                        ssl=True, ssl_ca_certs=str(srv["root"] / "cert.pem"), decode_responses=True,
-                       socket_timeout=SOCKET_TIMEOUT)
+                       socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0))
 
 
 def _cli(srv, sni: str, user: str, password: str, *command: str) -> subprocess.CompletedProcess:
@@ -181,6 +183,106 @@ def test_plain_bytes_on_the_tls_port_are_never_read_as_requests(tls_server, pref
         raw.shutdown(socket.SHUT_WR)  # the end of input, as a half-closing client sends it
         data = _read_until_closed(raw)  # a timeout here fails the test: the server must close
         assert b"PONG" not in data and b"+OK" not in data, data
+    with redis.Redis(port=tls_server["port"], username="admin", password=tls_server["token"],
+                     socket_timeout=SOCKET_TIMEOUT) as op:
+        assert op.ping() is True
+
+
+def _code(client: redis.Redis, *command: str) -> str:
+    """The error code a command gets (redis-py keeps it in the message but for the codes it turns
+    into exception classes: WRONGPASS, NOPERM)."""
+    try:
+        client.execute_command(*command)
+    except redis.exceptions.AuthenticationError:
+        return "WRONGPASS"
+    except redis.exceptions.NoPermissionError:
+        return "NOPERM"
+    except redis.ResponseError as error:
+        return str(error).split(" ", 1)[0]
+    return "none"
+
+
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+def test_the_cross_tenant_matrix_under_a_server_name(tls_server, protocol):
+    """A user logged in by the server name of tenant A aims at tenant B every way the protocol has:
+    each is refused with the contract's code, and B is as it was."""
+    a = _tenant(tls_server, f"mx-a{protocol}-" + secrets.token_hex(2))
+    b = _tenant(tls_server, f"mx-b{protocol}-" + secrets.token_hex(2))
+    with redis.Redis(port=tls_server["port"], username="alice@" + b["subdomain"], password=b["owner_token"],
+                     protocol=2, decode_responses=True, socket_timeout=SOCKET_TIMEOUT) as owner_b:
+        owner_b.execute_command("POST", "general", "b1")
+        carol = owner_b.execute_command("USER", "ADD", "carol", "member")
+        before = [owner_b.execute_command("USER", "LIST"), owner_b.execute_command("HISTORY", "general")]
+    with redis.Redis(port=tls_server["port"], username="admin", password=tls_server["token"], protocol=2,
+                     decode_responses=True, socket_timeout=SOCKET_TIMEOUT) as op:
+        meta_before = op.execute_command("TENANT", "GET", b["tenant_id"])
+
+    sni = f"{a['subdomain']}.{DOMAIN}"
+    path_b = f"/tenant/{b['tenant_id']}/general"
+    matrix = [
+        (("POST", path_b, "x"), {"NOPERM"}),
+        (("HISTORY", path_b), {"NOPERM"}),
+        (("HISTORY", path_b, "AFTER", "0", "LIMIT", "5"), {"NOPERM"}),
+        (("USE", b["tenant_id"]), {"NOPERM"}),
+        (("USE", b["subdomain"]), {"NOPERM"}),
+        # Under A's server name, every credential is A's: B's users and tokens are nobody here.
+        (("AUTH", "alice@" + b["subdomain"], b["owner_token"]), {"WRONGPASS"}),
+        (("AUTH", "alice@" + b["tenant_id"], b["owner_token"]), {"WRONGPASS"}),
+        (("AUTH", "alice", b["owner_token"]), {"WRONGPASS"}),
+        (("AUTH", "carol", carol), {"WRONGPASS"}),
+        (("AUTH", "carol@" + b["subdomain"], carol), {"WRONGPASS"}),
+        (("HELLO", "3", "AUTH", "alice@" + b["subdomain"], b["owner_token"]), {"WRONGPASS"}),
+        (("USER", "DEL", "carol"), {"NOTFOUND"}),
+        (("USER", "ROLE", "carol", "owner"), {"NOTFOUND"}),
+        (("USER", "TOKEN", "carol"), {"NOTFOUND"}),
+        (("USER", "DEL", "carol@" + b["subdomain"]), {"NOTFOUND", "INVALID"}),
+        (("TENANT", "GET", b["tenant_id"]), {"NOPERM"}),
+        (("TENANT", "LIST"), {"NOPERM"}),
+        (("TENANT", "UPDATE", b["tenant_id"], "max_users", "1"), {"NOPERM"}),
+        (("TENANT", "SUSPEND", b["tenant_id"]), {"NOPERM"}),
+        (("TENANT", "DELETE", b["tenant_id"], b["tenant_id"]), {"NOPERM"}),
+        (("TENANT", "MIGRATE", b["tenant_id"], "127.0.0.1", "1"), {"NOPERM"}),
+        (("TENANT", "RECEIVE", b["tenant_id"], "ab", "ABORT"), {"NOPERM"}),
+    ]
+    with _tls_client(tls_server, sni, "alice", a["owner_token"], protocol=protocol) as attacker:
+        for command, codes in matrix:
+            code = _code(attacker, *command)
+            assert code in codes, (command, code)
+            # Whatever it tried, the connection is still A's owner.
+            assert attacker.execute_command("WHOAMI") == [a["tenant_id"], "alice", "owner"], command
+        # A's own room of the same name is A's alone.
+        assert attacker.execute_command("POST", "general", "a1") == 1
+        assert [m[3] for m in attacker.execute_command("HISTORY", "general")] == ["a1"]
+    # A subscription through the path form is refused too (redis-py's pubsub reads the error).
+    with _tls_client(tls_server, sni, "alice", a["owner_token"], protocol=protocol) as attacker:
+        pubsub = attacker.pubsub()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            pubsub.subscribe(path_b)
+            pubsub.get_message(timeout=5)
+        pubsub.close()
+    # B is as it was.
+    with redis.Redis(port=tls_server["port"], username="alice@" + b["subdomain"], password=b["owner_token"],
+                     protocol=2, decode_responses=True, socket_timeout=SOCKET_TIMEOUT) as owner_b:
+        assert [owner_b.execute_command("USER", "LIST"), owner_b.execute_command("HISTORY", "general")] == before
+    with redis.Redis(port=tls_server["port"], username="admin", password=tls_server["token"], protocol=2,
+                     decode_responses=True, socket_timeout=SOCKET_TIMEOUT) as op:
+        assert op.execute_command("TENANT", "GET", b["tenant_id"]) == meta_before
+
+
+def test_a_handshake_not_done_in_10_s_is_closed(tls_server):
+    """A client that opens the TLS port and sends nothing, or half a ClientHello, holds a
+    connection slot 10 s at most (the contract's handshake deadline), then is closed."""
+    silent = socket.create_connection(("127.0.0.1", tls_server["tls_port"]), timeout=SOCKET_TIMEOUT)
+    partial = socket.create_connection(("127.0.0.1", tls_server["tls_port"]), timeout=SOCKET_TIMEOUT)
+    # A TLS record header announcing 512 bytes of handshake, then only a few of them.
+    partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    started = time.monotonic()
+    for raw in (silent, partial):
+        raw.settimeout(20)
+        assert _read_until_closed(raw) == b""
+        raw.close()
+    waited = time.monotonic() - started
+    assert 8.0 <= waited <= 15.0, waited
     with redis.Redis(port=tls_server["port"], username="admin", password=tls_server["token"],
                      socket_timeout=SOCKET_TIMEOUT) as op:
         assert op.ping() is True
