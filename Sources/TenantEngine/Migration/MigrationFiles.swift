@@ -36,7 +36,7 @@ public protocol MigrationPeer: Sendable {
     /// Serves the prepared tenant (done again after a crash, it answers OK).
     func commit(id: String, migration: String) async throws
     /// Drops what was received.
-    func abort(id: String, migration: String) async
+    func abort(id: String, migration: String) async throws
     /// Closes the connection.
     func close() async
 }
@@ -181,6 +181,16 @@ enum MigrationFiles {
     /// Writes `bytes` at `offset` of `directory/path`, the file cut at `offset` first; a file
     /// shorter than `offset` is refused (no holes). Not synced: PREPARE syncs everything.
     static func write(_ bytes: [UInt8], at offset: Int, to path: String, in directory: String) throws {
+        // Refused before anything is made: a chunk past the end leaves the staging directory as it was.
+        if offset > 0 {
+            var existing = stat()
+            let held = (directory + "/" + path).withCString { stat($0, &existing) } == 0 ? Int(existing.st_size) : 0
+            guard offset <= held else {
+                throw TenantError.invalid(
+                    "offset \(offset) is past the end of \(path) (\(held) bytes): send from there"
+                )
+            }
+        }
         let parts = path.split(separator: "/")
         var parent = directory
         for part in parts.dropLast() {
@@ -188,7 +198,7 @@ enum MigrationFiles {
             _ = try POSIXFile.makeDirectory(parent)
         }
         let full = directory + "/" + path
-        let fd = try POSIXFile.open(full, flags: O_WRONLY | O_CREAT | O_CLOEXEC)
+        let fd = try POSIXFile.open(full, flags: O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW)
         defer { _ = Glibc.close(fd) }
         var status = stat()
         guard fstat(fd, &status) == 0 else { throw WALError.io("fstat", path: full, errno: errno) }
@@ -273,24 +283,46 @@ struct Departure: Sendable {
     /// When the decision was taken (ms).
     var at: Int64
 
-    /// The departure a directory's `MIGRATED_TO` marker records, if it has one (and, with `id`,
-    /// for that tenant).
-    static func read(id: String?, directory: String, committed: Bool) -> Departure? {
+    /// What a directory's `MIGRATED_TO` marker says.
+    enum Probe {
+        /// No marker: the directory is a tenant like any other.
+        case absent
+        case departed(Departure)
+        /// A marker that cannot be read or makes no sense: the directory must not be served
+        /// (it may be another server's tenant now), and the operator is told.
+        case unreadable(String)
+    }
+
+    /// Reads a directory's `MIGRATED_TO` marker, failing closed: only a marker that is certainly
+    /// absent (ENOENT) lets the directory be served.
+    static func probe(id: String?, directory: String, committed: Bool) -> Probe {
         let marker = directory + "/" + MigrationFiles.migratedToName
-        guard POSIXFile.exists(marker), let bytes = try? POSIXFile.readAll(marker) else { return nil }
+        var info = stat()
+        if marker.withCString({ stat($0, &info) }) != 0 {
+            let code = errno
+            return code == ENOENT ? .absent : .unreadable("stat \(marker): \(String(cString: strerror(code)))")
+        }
+        let bytes: [UInt8]
+        do {
+            bytes = try POSIXFile.readAll(marker)
+        } catch {
+            return .unreadable("\(error)")
+        }
         let fields = MigrationFiles.fields(bytes)
         guard let tenant = fields["tenant"], Names.isValidTenantID(tenant), id == nil || id == tenant,
             let migration = fields["migration"], let target = fields["target"]
-        else { return nil }
-        return Departure(
-            id: tenant,
-            migration: migration,
-            target: target,
-            subdomain: fields["subdomain"] ?? "",
-            token: fields["token"] ?? "",
-            directory: directory,
-            committed: committed,
-            at: Int64(fields["at"] ?? "") ?? 0
+        else { return .unreadable("\(marker) is malformed") }
+        return .departed(
+            Departure(
+                id: tenant,
+                migration: migration,
+                target: target,
+                subdomain: fields["subdomain"] ?? "",
+                token: fields["token"] ?? "",
+                directory: directory,
+                committed: committed,
+                at: Int64(fields["at"] ?? "") ?? 0
+            )
         )
     }
 

@@ -17,8 +17,10 @@ struct InFlight<Value: Sendable> {
         return task
     }
 
-    mutating func finish(_ id: String) {
-        self.tasks[id] = nil
+    /// Forgets `task`, if it is still the one running for `id` (a later one started for the same
+    /// id is left alone).
+    mutating func finish(_ id: String, _ task: Task<Value, any Error>) {
+        if self.tasks[id] == task { self.tasks[id] = nil }
     }
 
     /// Every operation running, to wait for at shutdown.

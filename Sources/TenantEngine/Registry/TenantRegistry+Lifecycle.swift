@@ -179,6 +179,10 @@ extension TenantRegistry {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
         try self.store.requireTenantDirectories(for: "REOPEN")
+        // A migration, move or detach in flight owns the tenant until it ends.
+        guard !self.claims.holds(id: id), !self.undecided.contains(id) else {
+            throw TenantError(.unavailable, "tenant '\(id)' is busy; retry")
+        }
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         _ = try await self.activate(id: id)
         self.logger.info("tenant reopened", metadata: ["tenant_id": "\(id)"])
@@ -215,6 +219,16 @@ extension TenantRegistry {
         }
         guard self.store.hasDirectory(id: id) else {
             throw TenantError.notFound("no directory \(self.store.layout.tenantDirectory(id))")
+        }
+        switch Departure.probe(id: nil, directory: self.store.layout.tenantDirectory(id), committed: false) {
+        case .absent:
+            break
+        case .departed(let departure):
+            throw TenantError.invalid(
+                "\(self.store.layout.tenantDirectory(id)) was handed to \(departure.target) (its MIGRATED_TO file): remove that file first to serve it here"
+            )
+        case .unreadable(let problem):
+            throw TenantError.invalid("its migration marker cannot be read: \(problem)")
         }
         self.claims.claim(id: id)
         defer { self.claims.release(id: id) }
@@ -327,7 +341,7 @@ extension TenantRegistry {
             }
             return try await store.open(id: id, context: context)
         }
-        defer { self.activating.finish(id) }
+        defer { self.activating.finish(id, task) }
         let tenant = try await task.value
         if case .stopped = self.state {
             // Shut down while it moved: nothing may stay open after shutdown() returned.

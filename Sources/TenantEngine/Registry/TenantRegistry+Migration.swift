@@ -42,6 +42,11 @@ extension TenantError {
 private final class HandOver: Sendable {
     struct State {
         var decided = false
+        /// When the decision was durable: the end of the pause the clients saw.
+        var decidedAt: ContinuousClock.Instant?
+        /// The decision could be neither confirmed nor undone (a disk fault): the tenant is
+        /// served by nobody until a restart reads what is on disk.
+        var undecided = false
         var error: (any Error)?
         var manifest: [MigrationFile] = []
         var bytes = 0
@@ -88,7 +93,9 @@ extension TenantRegistry {
             throw TenantError.notFound("no tenant '\(id)'")
         }
         guard let factory = self.migrationPeers else { throw TenantError(.unavailable, "server is starting") }
-        guard !self.claims.holds(id: id), self.activating.running(id) == nil else {
+        // A move, a deletion, a detach or another migration: busy. A tenant merely being opened is
+        // fine: the pause waits for its opening to end.
+        guard !self.claims.holds(id: id), !self.undecided.contains(id) else {
             throw TenantError(.unavailable, "tenant '\(id)' is busy; retry")
         }
         self.claims.claim(id: id)
@@ -132,8 +139,7 @@ extension TenantRegistry {
                 if sent < Self.pauseThreshold || rounds >= Self.maxLiveRounds { break }
             }
         } catch {
-            await peer.abort(id: id, migration: migration)
-            await peer.close()
+            await self.abandon(peer, id: id, migration: migration, target: target, token: token)
             logger.warning(
                 "tenant migration failed",
                 metadata: ["event": "migration_failed", "tenant_id": "\(id)", "error": "\(error)"]
@@ -141,6 +147,19 @@ extension TenantRegistry {
             throw error
         }
         Failpoint.hit("migrate-after-precopy")
+        // Activations begun during the copy (a login, a backup, a REOPEN's) end first, so that no
+        // instance of the tenant is open but the one closed below; from the last check to the
+        // start of the pause nothing is awaited, so none can begin in between.
+        while true {
+            guard case .running = self.state else {
+                await self.abandon(peer, id: id, migration: migration, target: target, token: token)
+                throw TenantError(.unavailable, "server is stopping")
+            }
+            guard let running = self.activating.running(id) else { break }
+            _ = try? await running.value
+            // Its caller installs the tenant and forgets the task on this actor: let it run.
+            if self.activating.running(id) == running { try? await Task.sleep(for: .milliseconds(1)) }
+        }
         // The pause: requests for the tenant join this task, as they join an activation.
         let pauseStart = ContinuousClock.now
         let current = self.active.removeValue(forKey: id)
@@ -160,6 +179,8 @@ extension TenantRegistry {
             // Everything acknowledged is in the log once it is closed; no checkpoint now, so the
             // last round sends only the log's new tail.
             if let current { await current.close(checkpoint: false) }
+            let marker = directory + "/" + MigrationFiles.migratedToName
+            var prepared = false
             do {
                 Failpoint.hit("migrate-after-pause")
                 let last = try await Self.sendChanges(
@@ -176,38 +197,59 @@ extension TenantRegistry {
                 }
                 Failpoint.hit("migrate-after-final-sync")
                 try await peer.prepare(id: id, migration: migration, manifest: last.manifest)
+                prepared = true
                 Failpoint.hit("migrate-after-prepare")
+                guard await self.isRunning else { throw TenantError(.unavailable, "server is stopping") }
                 // The decision, durable before anything is told: from here the tenant is the destination's.
-                try await runBlocking {
-                    try fileSystem.writeFileAtomically(
-                        directory + "/" + MigrationFiles.migratedToName,
-                        contents: departure.marker
-                    )
-                }
+                try await runBlocking { try fileSystem.writeFileAtomically(marker, contents: departure.marker) }
             } catch {
                 handOver.state.withLock { $0.error = error }
-                // A marker renamed into place whose sync failed must not decide at the next start.
-                try? await runBlocking {
-                    let marker = directory + "/" + MigrationFiles.migratedToName
-                    if fileSystem.exists(marker) {
-                        try fileSystem.remove(marker)
-                        try fileSystem.syncDirectory(directory)
+                if prepared {
+                    // The marker may be in place (renamed, its sync failed): serving here again
+                    // needs its absence durable; else nobody serves the tenant until a restart
+                    // reads the disk (the destination keeps its prepared copy for that restart).
+                    let undone: Bool
+                    do {
+                        try await runBlocking { () throws -> Void in
+                            if fileSystem.exists(marker) { try fileSystem.remove(marker) }
+                            try fileSystem.syncDirectory(directory)
+                        }
+                        undone = true
+                    } catch {
+                        undone = false
+                    }
+                    if !undone {
+                        handOver.state.withLock { $0.undecided = true }
+                        throw error
                     }
                 }
-                await peer.abort(id: id, migration: migration)
+                await self.abandon(peer, id: id, migration: migration, target: target, token: token)
                 // Never handed over: it serves here again.
                 return try await store.open(id: id, context: context)
             }
-            handOver.state.withLock { $0.decided = true }
+            handOver.state.withLock {
+                $0.decided = true
+                $0.decidedAt = .now
+            }
             Failpoint.hit("migrate-after-decision")
             throw TenantError.migrated(id, target)
         }
-        defer { self.activating.finish(id) }
+        defer { self.activating.finish(id, task) }
         let reopened: Tenant
         do {
             reopened = try await task.value
         } catch {
-            guard handOver.state.withLock({ $0.decided }) else {
+            let (decided, undecided) = handOver.state.withLock { ($0.decided, $0.undecided) }
+            if undecided {
+                self.undecided.insert(id)
+                await peer.close()
+                logger.critical(
+                    "tenant \(id) is served by no server: its migration's decision could be neither written nor undone (\(error)); fix the disk and restart: the file \(directory)/\(MigrationFiles.migratedToName) decides (present: the tenant is \(target)'s)",
+                    metadata: ["event": "migration_undecided", "tenant_id": "\(id)"]
+                )
+                throw TenantError.ioError("tenant '\(id)' is between servers after a disk fault; see the log")
+            }
+            guard decided else {
                 await peer.close()
                 throw error
             }
@@ -218,12 +260,12 @@ extension TenantRegistry {
             self.counters.remove(id: id)
             self.saveCatalog()
             self.migrationEvents.tell(id: id, reply: "\(id) \(target)")
-            let committed = await self.commit(departure, peer: peer)
+            let outcome = await self.commit(departure, peer: peer)
             await peer.close()
-            if !committed { self.retryCommit(departure) }
+            if outcome == .pending { self.retryCommit(departure) }
             await self.flushCatalog()
-            let (manifest, lastBytes) = handOver.state.withLock { ($0.manifest, $0.bytes) }
-            let pause = ContinuousClock.now - pauseStart
+            let (manifest, lastBytes, decidedAt) = handOver.state.withLock { ($0.manifest, $0.bytes, $0.decidedAt) }
+            let pause = (decidedAt ?? .now) - pauseStart
             let report = MigrationReport(
                 tenantID: id,
                 target: target,
@@ -233,14 +275,14 @@ extension TenantRegistry {
                 bytesSent: bytesSent + lastBytes,
                 pauseMilliseconds: pause.components.seconds * 1000 + pause.components.attoseconds
                     / 1_000_000_000_000_000,
-                committed: committed
+                committed: outcome == .committed
             )
             logger.notice(
                 "tenant migrated",
                 metadata: [
                     "event": "tenant_migrated", "tenant_id": "\(id)", "target": "\(target)",
                     "migration": "\(migration)", "pause_ms": "\(report.pauseMilliseconds)",
-                    "bytes": "\(report.bytesSent)", "committed": "\(committed)",
+                    "bytes": "\(report.bytesSent)", "committed": "\(report.committed)",
                 ]
             )
             return report
@@ -257,6 +299,46 @@ extension TenantRegistry {
             metadata: ["event": "migration_failed", "tenant_id": "\(id)", "error": "\(error)"]
         )
         throw error
+    }
+
+    var isRunning: Bool {
+        if case .running = self.state { return true }
+        return false
+    }
+
+    /// Tells the destination to drop what it received, and closes the connection. A connection
+    /// already gone (a timeout closes it) is replaced: a few tries in the background, so that the
+    /// destination does not keep a staging directory, and its subdomain claimed, for nothing.
+    private func abandon(
+        _ peer: any MigrationPeer,
+        id: String,
+        migration: String,
+        target: String,
+        token: String
+    )
+        async
+    {
+        do {
+            try await peer.abort(id: id, migration: migration)
+            await peer.close()
+            return
+        } catch {
+            await peer.close()
+        }
+        guard let factory = self.migrationPeers, let (host, port) = try? Self.split(target) else { return }
+        let logger = self.logger
+        Task {
+            for attempt in 0..<5 {
+                try? await Task.sleep(for: .milliseconds(500 << attempt))
+                guard let fresh = try? await factory(host, port, token) else { continue }
+                let told = (try? await fresh.abort(id: id, migration: migration)) != nil
+                await fresh.close()
+                if told { return }
+            }
+            logger.warning(
+                "the destination \(target) was not told to drop migration \(migration) of tenant \(id): its .incoming-\(id) stays until the next try or its operator removes it"
+            )
+        }
     }
 
     /// The bytes a live round may send and still be followed by the pause.
@@ -320,45 +402,66 @@ extension TenantRegistry {
         return (manifest, bytes)
     }
 
+    /// How asking the destination to serve a migrated tenant ended.
+    enum CommitOutcome: Equatable {
+        case committed
+        /// No answer yet: ask again later.
+        case pending
+        /// The destination refuses for good (it lost the prepared copy): the operator decides.
+        case refused
+    }
+
     /// Asks the destination to serve the tenant, a few times; then the source's copy moves to
-    /// `.migrated/`. - Returns: whether it was confirmed.
-    private func commit(_ departure: Departure, peer: (any MigrationPeer)?) async -> Bool {
+    /// `.migrated/`.
+    private func commit(_ departure: Departure, peer: (any MigrationPeer)?) async -> CommitOutcome {
         var peer = peer
+        var opened: (any MigrationPeer)?
+        defer {
+            if let opened { Task { await opened.close() } }
+        }
         for attempt in 0..<5 {
             if attempt > 0 { try? await Task.sleep(for: .milliseconds(200 << attempt)) }
             do {
                 if peer == nil, let factory = self.migrationPeers {
                     let (host, port) = try Self.split(departure.target)
-                    peer = try await factory(host, port, departure.token.isEmpty ? self.adminToken : departure.token)
+                    let fresh = try await factory(
+                        host,
+                        port,
+                        departure.token.isEmpty ? self.adminToken : departure.token
+                    )
+                    peer = fresh
+                    opened = fresh
                 }
-                guard let connected = peer else { return false }
+                guard let connected = peer else { return .pending }
                 try await connected.commit(id: departure.id, migration: departure.migration)
                 Failpoint.hit("migrate-after-commit")
                 await self.settle(departure)
-                return true
+                return .committed
             } catch let error as TenantError where [.notFound, .alreadyExists, .invalid].contains(error.kind) {
-                // The destination refuses for good (it lost the prepared copy): the operator decides.
                 self.logger.error(
                     "the destination refuses to serve migrated tenant \(departure.id): \(error); its copy here is in \(departure.directory)"
                 )
-                if let peer, attempt > 0 { await peer.close() }
-                return false
+                return .refused
             } catch {
                 self.logger.warning("migrated tenant \(departure.id): the destination has not confirmed yet: \(error)")
-                if let connected = peer { await connected.close() }
+                if let connected = opened {
+                    await connected.close()
+                    opened = nil
+                }
                 peer = nil
             }
         }
-        return false
+        return .pending
     }
 
-    /// Keeps asking the destination in the background until it confirms.
+    /// Keeps asking the destination in the background until it confirms (or refuses for good;
+    /// a restart asks again).
     private func retryCommit(_ departure: Departure) {
         guard self.commitRetries[departure.id] == nil, self.migrationPeers != nil else { return }
         self.commitRetries[departure.id] = Task {
             var delay = Duration.seconds(1)
             while !Task.isCancelled {
-                if await self.commit(departure, peer: nil) { break }
+                if await self.commit(departure, peer: nil) != .pending { break }
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(30))
             }
@@ -575,6 +678,14 @@ extension TenantRegistry {
             throw TenantError.invalid("the copy holds tenant \(verification.tenantID ?? "none"), not \(id)")
         }
         guard self.incoming[id] == migration else { throw TenantError(.unavailable, "the migration was started again") }
+        // Whatever could make the COMMIT fail must fail here, before the source decides.
+        guard self.catalog.entries[id] == nil, self.departed[id].map({ $0.committed }) ?? true else {
+            throw TenantError(.alreadyExists, "tenant '\(id)' is served here, or is leaving here")
+        }
+        let target = self.store.layout.tenantDirectory(id)
+        guard !fileSystem.exists(target) else {
+            throw TenantError(.alreadyExists, "\(target) exists here: its operator must move it away first")
+        }
         let subdomain = verification.subdomain
         if !subdomain.isEmpty {
             if let other = self.catalog.idBySubdomain[subdomain], other != id {
@@ -618,27 +729,34 @@ extension TenantRegistry {
             }
             throw TenantError(.alreadyExists, "tenant '\(id)' is served here already")
         }
-        guard let bytes = try? fileSystem.readFile(staging + "/" + MigrationFiles.preparedName),
-            MigrationFiles.fields(bytes)["migration"] == migration
-        else {
-            throw TenantError.notFound("migration \(migration.prefix(64)) of tenant '\(id)' is not prepared here")
-        }
-        guard !self.claims.holds(id: id) || self.incoming[id] != nil else {
-            throw TenantError(.unavailable, "tenant '\(id)' is busy here; retry")
-        }
-        do {
-            try await runBlocking {
-                guard !fileSystem.exists(target) else {
-                    throw TenantError(.alreadyExists, "\(target) exists: remove it first")
-                }
-                try fileSystem.rename(staging, to: target)
-                try fileSystem.syncDirectory(POSIXFile.parent(of: target))
-                Failpoint.hit("receive-after-commit-rename")
+        // Moved into place by an earlier COMMIT of this migration whose opening failed: open it.
+        let placed =
+            (try? fileSystem.readFile(target + "/" + MigrationFiles.preparedName)).map {
+                MigrationFiles.fields($0)["migration"] == migration
+            } ?? false
+        if !placed {
+            guard let bytes = try? fileSystem.readFile(staging + "/" + MigrationFiles.preparedName),
+                MigrationFiles.fields(bytes)["migration"] == migration
+            else {
+                throw TenantError.notFound("migration \(migration.prefix(64)) of tenant '\(id)' is not prepared here")
             }
-        } catch let error as TenantError {
-            throw error
-        } catch {
-            throw Self.ioError(error, "could not move \(staging) into place")
+            guard !self.claims.holds(id: id) || self.incoming[id] != nil else {
+                throw TenantError(.unavailable, "tenant '\(id)' is busy here; retry")
+            }
+            do {
+                try await runBlocking {
+                    guard !fileSystem.exists(target) else {
+                        throw TenantError(.alreadyExists, "\(target) exists: remove it first")
+                    }
+                    try fileSystem.rename(staging, to: target)
+                    try fileSystem.syncDirectory(POSIXFile.parent(of: target))
+                    Failpoint.hit("receive-after-commit-rename")
+                }
+            } catch let error as TenantError {
+                throw error
+            } catch {
+                throw Self.ioError(error, "could not move \(staging) into place")
+            }
         }
         self.endIncoming(id)
         if let subdomain = self.preparedSubdomains.removeValue(forKey: id) { self.claims.release(subdomain: subdomain) }
@@ -679,19 +797,24 @@ extension TenantRegistry {
         try? await runBlocking { try fileSystem.removeTree(staging) }
     }
 
-    /// Prepared migrations found at start-up keep their subdomain from other tenants.
+    /// Prepared migrations found at start-up keep their id and subdomain from other tenants.
     func loadIncoming() {
         let fileSystem = self.configuration.fileSystem
         let root = self.store.layout.root
         for (name, isDirectory) in (try? fileSystem.listDirectoryEntries(root)) ?? []
         where isDirectory && name.hasPrefix(DirectoryStore.incomingPrefix) {
             let id = String(name.dropFirst(DirectoryStore.incomingPrefix.count))
-            guard Names.isValidTenantID(id), self.catalog.entries[id] == nil,
+            guard Names.isValidTenantID(id), self.catalog.entries[id] == nil, !self.claims.holds(id: id),
                 let bytes = try? fileSystem.readFile(root + "/" + name + "/" + MigrationFiles.preparedName),
-                let subdomain = MigrationFiles.fields(bytes)["subdomain"], !subdomain.isEmpty
+                let migration = MigrationFiles.fields(bytes)["migration"]
             else { continue }
-            self.claims.claim(subdomain: subdomain)
-            self.preparedSubdomains[id] = subdomain
+            // Its source may have decided: the id waits for its COMMIT (or ABORT, or a new BEGIN).
+            self.claims.claim(id: id)
+            self.incoming[id] = migration
+            if let subdomain = MigrationFiles.fields(bytes)["subdomain"], !subdomain.isEmpty {
+                self.claims.claim(subdomain: subdomain)
+                self.preparedSubdomains[id] = subdomain
+            }
         }
     }
 

@@ -61,6 +61,9 @@ public actor TenantRegistry {
     var incoming: [String: String] = [:]
     /// The subdomains of prepared arrivals, held from other tenants until their COMMIT.
     var preparedSubdomains: [String: String] = [:]
+    /// Tenants whose migration's decision could be neither written nor undone (a disk fault):
+    /// served by nobody (IOERR) until a restart reads the disk.
+    var undecided: Set<String> = []
     /// How the registry reaches other servers (set by the server).
     var migrationPeers: MigrationPeerFactory?
     /// Hand-overs whose destination has not confirmed yet, asked again in the background.
@@ -289,6 +292,9 @@ public actor TenantRegistry {
             if let departure = self.departed[id] { throw TenantError.migrated(id, departure.target) }
             throw TenantError.notFound("no tenant '\(id)'")
         }
+        guard !self.undecided.contains(id) else {
+            throw TenantError.ioError("tenant '\(id)' is between servers after a disk fault; see the log")
+        }
         return try await self.activate(id: id)
     }
 
@@ -306,7 +312,7 @@ public actor TenantRegistry {
                 let task = self.provisioning.start(id) {
                     _ = try await self.create(id: id, name: id, subdomain: subdomain, plan: nil, owner: nil)
                 }
-                defer { self.provisioning.finish(id) }
+                defer { self.provisioning.finish(id, task) }
                 do {
                     try await task.value
                 } catch let error as TenantError where error.kind == .alreadyExists {
@@ -324,7 +330,7 @@ public actor TenantRegistry {
         let store = self.store
         let context = self.tenantContext
         let task = self.activating.start(id) { try await store.open(id: id, context: context) }
-        defer { self.activating.finish(id) }
+        defer { self.activating.finish(id, task) }
         let tenant = try await task.value
         if case .stopped = self.state {
             // Shut down while it opened: nothing may stay open after shutdown() returned.

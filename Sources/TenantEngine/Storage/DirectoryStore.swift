@@ -113,13 +113,27 @@ struct DirectoryStore: TenantStore {
                 if let known = departures[departure.id], known.at > departure.at { return }
                 departures[departure.id] = departure
             }
+            func handedOver(_ id: String, _ directory: String) -> Bool {
+                switch Departure.probe(id: id, directory: directory, committed: false) {
+                case .absent:
+                    return false
+                case .departed(let departure):
+                    departed(departure)
+                    return true
+                case .unreadable(let problem):
+                    logger.error(
+                        "tenant directory \(directory) is not served: its migration marker cannot be read (\(problem)); fix it and restart"
+                    )
+                    return true
+                }
+            }
             for (region, root) in [("", layout)] + regions {
                 for (name, isDirectory) in try fileSystem.listDirectoryEntries(root.root) {
                     if isDirectory, let id = root.tenantID(ofDirectoryNamed: name),
-                        let departure = Departure.read(id: id, directory: root.root + "/" + name, committed: false)
+                        handedOver(id, root.root + "/" + name)
                     {
-                        // Handed to another server, its commit not yet confirmed: never served here.
-                        departed(departure)
+                        // Handed to another server (its commit not yet confirmed), or a marker
+                        // that cannot be read: never served here.
                     } else if isDirectory, let id = root.tenantID(ofDirectoryNamed: name) {
                         if let first = found[id] {
                             let (winner, settled) = Self.resolveTwoCopies(
@@ -138,7 +152,11 @@ struct DirectoryStore: TenantStore {
                     } else if name == Self.migratedName, isDirectory {
                         for (kept, _) in (try? fileSystem.listDirectoryEntries(root.root + "/" + name)) ?? [] {
                             let path = root.root + "/" + name + "/" + kept
-                            if let departure = Departure.read(id: nil, directory: path, committed: true) {
+                            if case .departed(let departure) = Departure.probe(
+                                id: nil,
+                                directory: path,
+                                committed: true
+                            ) {
                                 departed(departure)
                             }
                         }

@@ -36,12 +36,17 @@ indirect enum PeerReply: Sendable {
 /// Reads replies off the wire (RESP2 and RESP3 shapes a tenantd sends).
 struct PeerReplyDecoder: ByteToMessageDecoder {
     typealias InboundOut = PeerReply
-    /// The most bytes one reply may take (a BEGIN's file list is the largest).
-    static let maxReplyBytes = 64 << 20
+    /// The most bytes one reply may take (a BEGIN's file list is the largest: at most 100,000
+    /// files of a few dozen bytes each).
+    static let maxReplyBytes = 16 << 20
+    /// The most values one reply may hold (four per file of a BEGIN's list), so that a peer's
+    /// reply cannot cost more memory than its bytes would suggest.
+    static let maxReplyValues = 500_000
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         var copy = buffer
-        guard let reply = try Self.parse(&copy, depth: 0) else {
+        var budget = Self.maxReplyValues
+        guard let reply = try Self.parse(&copy, depth: 0, budget: &budget) else {
             if buffer.readableBytes > Self.maxReplyBytes {
                 throw TenantError.invalid("the destination's reply is too large")
             }
@@ -62,8 +67,10 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
         return text
     }
 
-    static func parse(_ buffer: inout ByteBuffer, depth: Int) throws -> PeerReply? {
+    static func parse(_ buffer: inout ByteBuffer, depth: Int, budget: inout Int) throws -> PeerReply? {
         guard depth < 8 else { throw TenantError.invalid("the destination's reply nests too deep") }
+        budget -= 1
+        guard budget >= 0 else { throw TenantError.invalid("the destination's reply holds too many values") }
         guard let type = buffer.readInteger(as: UInt8.self) else { return nil }
         guard let text = Self.line(&buffer) else { return nil }
         switch type {
@@ -90,7 +97,7 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
             var items: [PeerReply] = []
             items.reserveCapacity(min(total, 1024))
             for _ in 0..<total {
-                guard let item = try Self.parse(&buffer, depth: depth + 1) else { return nil }
+                guard let item = try Self.parse(&buffer, depth: depth + 1, budget: &budget) else { return nil }
                 items.append(item)
             }
             return .array(items)
@@ -113,7 +120,11 @@ final class PeerRequestHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let reply = Self.unwrapInboundIn(data)
-        guard !self.pending.isEmpty else { return }
+        guard !self.pending.isEmpty else {
+            // A reply nobody asked for: the peer is not following the protocol.
+            context.close(promise: nil)
+            return
+        }
         self.pending.removeFirst().succeed(reply)
     }
 
@@ -218,6 +229,15 @@ final class MigrationClient: MigrationPeer {
         try await self.send(["TENANT", "RECEIVE", id, migration, step] + rest).checked()
     }
 
+    /// Steps that answer `+OK` answer exactly that: anything else means the replies and the
+    /// requests no longer line up, and the connection is not trusted further.
+    private func expectOK(_ reply: PeerReply) throws {
+        guard case .simple("OK") = reply else {
+            self.channel.close(promise: nil)
+            throw TenantError(.refused, "the destination's reply is not +OK")
+        }
+    }
+
     func begin(id: String, migration: String) async throws -> [MigrationFile] {
         guard case .array(let items) = try await self.receive(id, migration, "BEGIN") else {
             throw TenantError.invalid("the destination's BEGIN reply is not a list")
@@ -233,26 +253,28 @@ final class MigrationClient: MigrationPeer {
 
     func chunk(id: String, migration: String, path: String, offset: Int, bytes: [UInt8]) async throws {
         let crc = bytes.withUnsafeBytes { CRC32C.checksum($0) }
-        _ = try await self.receive(
-            id,
-            migration,
-            "CHUNK",
-            [path, "\(offset)", "\(crc)", Data(bytes).base64EncodedString()]
+        try self.expectOK(
+            await self.receive(
+                id,
+                migration,
+                "CHUNK",
+                [path, "\(offset)", "\(crc)", Data(bytes).base64EncodedString()]
+            )
         )
     }
 
     func prepare(id: String, migration: String, manifest: [MigrationFile]) async throws {
         var words = ["\(manifest.count)"]
         for file in manifest { words += [file.path, "\(file.size)", "\(file.crc)"] }
-        _ = try await self.receive(id, migration, "PREPARE", words)
+        try self.expectOK(await self.receive(id, migration, "PREPARE", words))
     }
 
     func commit(id: String, migration: String) async throws {
-        _ = try await self.receive(id, migration, "COMMIT")
+        try self.expectOK(await self.receive(id, migration, "COMMIT"))
     }
 
-    func abort(id: String, migration: String) async {
-        _ = try? await self.receive(id, migration, "ABORT")
+    func abort(id: String, migration: String) async throws {
+        try await self.expectOK(self.receive(id, migration, "ABORT"))
     }
 
     func close() async {

@@ -169,6 +169,7 @@ struct Connection {
                         }
                     }
                     reading: for try await batch in inbound {
+                        guard session.subscriber.beginRequests() else { break reading }
                         var index = batch.startIndex
                         // A turn on the event loop runs a bounded number of requests: a batch of
                         // thousands from one client does not hold back the loop's other connections.
@@ -244,6 +245,11 @@ struct Connection {
                             }
                         }
                         guard await replies.push(to: queue) else { break reading }
+                        if let message = session.subscriber.endRequests() {
+                            // Its tenant left this server while these ran: told after their replies.
+                            _ = await queueOutcome(.replyAndClose(.error(message)))
+                            break reading
+                        }
                     }
                     // Before the writer drains (a client that does not read may take its time).
                     leaveTenant()

@@ -32,12 +32,55 @@ final class ConnectionSubscriber: MessageSubscriber {
         self.hangUp = hangUp
     }
 
-    /// Sends the connection one last error (its tenant left this server) and closes it.
+    /// Where the connection is between reading requests and queuing their replies, so that a
+    /// last error told from outside never takes the place of a reply.
+    private struct Telling {
+        /// Requests read are being run: their replies are not all queued yet.
+        var busy = false
+        /// The error to tell once they are.
+        var pending: String?
+        var told = false
+    }
+    private let telling = Mutex(Telling())
+
+    /// Sends the connection one last error (its tenant left this server) and closes it: at once
+    /// when it is idle, else after the replies of the requests it is running.
     func tellAndClose(error message: String) {
         let version = self.state.withLock { $0.version }
-        let slot = Connection.Slot.close(.error(message), version)
-        _ = self.queue.pushNow(slot, weight: slot.weight)
-        self.hangUp()
+        let now = self.telling.withLock { telling -> Bool in
+            guard !telling.told else { return false }
+            guard !telling.busy else {
+                telling.pending = message
+                return false
+            }
+            telling.told = true
+            let slot = Connection.Slot.close(.error(message), version)
+            _ = self.queue.pushNow(slot, weight: slot.weight)
+            return true
+        }
+        if now { self.hangUp() }
+    }
+
+    /// The connection starts on requests it read. - Returns: false once it was told to close
+    /// (it runs nothing more: no command may run whose reply the client would never see).
+    func beginRequests() -> Bool {
+        self.telling.withLock { telling in
+            guard !telling.told else { return false }
+            telling.busy = true
+            return true
+        }
+    }
+
+    /// Their replies are queued. - Returns: the error the connection must still be told, after
+    /// which it closes.
+    func endRequests() -> String? {
+        self.telling.withLock { telling in
+            telling.busy = false
+            guard let message = telling.pending else { return nil }
+            telling.pending = nil
+            telling.told = true
+            return message
+        }
     }
 
     /// The protocol pushes are encoded in (the connection's, after HELLO).
