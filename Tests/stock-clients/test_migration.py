@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from nodes import Node
+from tlsnames import read_until_closed
 
 MESSAGES = 120
 
@@ -147,12 +148,7 @@ def test_connections_in_the_tenant_are_told_and_closed(pair):
     assert s.recv(100) == b"+OK\r\n"
     migrate(a, tenant["tenant_id"], b)
     # Idle, it is told without asking, then closed.
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until_closed(s)
     s.close()
     assert data == f"-MIGRATED {tenant['tenant_id']} 127.0.0.1:{b.port}\r\n".encode()
 
@@ -172,12 +168,7 @@ def test_the_migrating_operator_in_the_tenant_gets_its_report_first(pair):
         while got.count(b"+OK\r\n") < 2:
             got += s.recv(100)
         s.sendall(f"TENANT MIGRATE {tid} 127.0.0.1 {b.port} AUTH {b.token}\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(s)
     assert data.startswith(b"*16\r\n$9\r\ntenant_id\r\n"), data
     assert data.endswith(f"-MIGRATED {tid} 127.0.0.1:{b.port}\r\n".encode()), data
     assert b.serves(tid)
@@ -206,14 +197,14 @@ def test_posting_without_pause_loses_nothing_acknowledged(pair):
                 client = node.client("owner@hooli", tenant["owner_token"])
                 time.sleep(0.01)
 
-    thread = threading.Thread(target=poster)
+    thread = threading.Thread(target=poster, daemon=True)
     thread.start()
-    time.sleep(0.5)
+    wait_for(lambda: len(acked) >= 20, what="acknowledgements before the move")
     report = migrate(a, tid, b)
-    time.sleep(0.5)
+    moved_at = len(acked)
+    wait_for(lambda: len(acked) >= moved_at + 20, what="acknowledgements from the destination")
     stop.set()
     thread.join(timeout=30)
-    assert len(acked) > 20
     history = b.history(tid, "live")
     seqs = [int(m[0]) for m in history]
     assert seqs == list(range(1, len(seqs) + 1))

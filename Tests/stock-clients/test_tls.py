@@ -24,24 +24,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from conftest import READY_RE, SOCKET_TIMEOUT, SUBPROCESS_TIMEOUT, TENANTD_BIN, _clean_env
-
-DOMAIN = "chat.test"
-
-
-def _make_certificate(directory: Path, name: str) -> None:
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-subj", f"/CN={name}",
-         "-addext", f"subjectAltName=DNS:*.{DOMAIN},DNS:{DOMAIN},DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=SUBPROCESS_TIMEOUT)
-
+from tlsnames import DOMAIN, make_certificate, read_until_closed, resolve_chat_test  # noqa: F401 (a fixture)
 
 @pytest.fixture(scope="module")
 def tls_server():
     if shutil.which("openssl") is None:
         pytest.fail("openssl is not installed (apt-get install openssl)")
     root = Path(tempfile.mkdtemp(prefix="tenantd-tls-"))
-    _make_certificate(root, "first")
+    make_certificate(root, "first")
     token = secrets.token_hex(32)
     env = _clean_env(token)
     env["TENANT_DOMAIN"] = DOMAIN
@@ -61,19 +51,6 @@ def tls_server():
         assert proc.wait(timeout=SUBPROCESS_TIMEOUT) == 0
         proc.stdout.close()
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def resolve_chat_test(monkeypatch):
-    """`<anything>.chat.test` is 127.0.0.1 for this process (redis-py sends its host as SNI)."""
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):
-        if isinstance(host, str) and (host == DOMAIN or host.endswith("." + DOMAIN)):
-            host = "127.0.0.1"
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 def _tenant(srv, subdomain: str) -> dict:
@@ -150,7 +127,7 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(tls_server)
     before = ssl.get_server_certificate(("127.0.0.1", tls_server["tls_port"]))
     with _tls_client(tls_server, host, "alice", acme["owner_token"]) as alice:
         assert alice.execute_command("POST", "general", "before the reload") == 1
-        _make_certificate(tls_server["root"], "second")
+        make_certificate(tls_server["root"], "second")
         tls_server["proc"].send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while ssl.get_server_certificate(("127.0.0.1", tls_server["tls_port"])) == before:
@@ -162,18 +139,6 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(tls_server)
         assert again.ping() is True
 
 
-def _read_until_closed(raw: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = raw.recv(4096)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
 @pytest.mark.parametrize("prefix", [b"", b"\x16\x03\x01\xff\xff\r\n"], ids=["plain", "a-record-header"])
 def test_plain_bytes_on_the_tls_port_are_never_read_as_requests(tls_server, prefix):
     acme = _tenant(tls_server, "plain-" + secrets.token_hex(2))
@@ -181,7 +146,7 @@ def test_plain_bytes_on_the_tls_port_are_never_read_as_requests(tls_server, pref
         auth = f"*3\r\n$4\r\nAUTH\r\n${len('alice@' + acme['subdomain'])}\r\nalice@{acme['subdomain']}\r\n$64\r\n{acme['owner_token']}\r\n"
         raw.sendall(prefix + auth.encode() + b"*1\r\n$4\r\nPING\r\n")
         raw.shutdown(socket.SHUT_WR)  # the end of input, as a half-closing client sends it
-        data = _read_until_closed(raw)  # a timeout here fails the test: the server must close
+        data = read_until_closed(raw)  # a timeout here fails the test: the server must close
         assert b"PONG" not in data and b"+OK" not in data, data
     with redis.Redis(port=tls_server["port"], username="admin", password=tls_server["token"],
                      socket_timeout=SOCKET_TIMEOUT) as op:
@@ -279,7 +244,7 @@ def test_a_handshake_not_done_in_10_s_is_closed(tls_server):
     started = time.monotonic()
     for raw in (silent, partial):
         raw.settimeout(20)
-        assert _read_until_closed(raw) == b""
+        assert read_until_closed(raw) == b""
         raw.close()
     waited = time.monotonic() - started
     assert 8.0 <= waited <= 15.0, waited
