@@ -72,9 +72,6 @@ extension TenantRegistry {
         for departure in self.departed.values where !departure.committed { self.retryCommit(departure) }
     }
 
-    /// The server a tenant was handed to, if it was.
-    public func departure(of id: String) -> String? { self.departed[id]?.target }
-
     /// TENANT MIGRATE: sends tenant `id` to the server at `host:port` and hands it over. The
     /// directory is copied while the tenant serves (rounds of what changed), then its requests
     /// wait while the last changes are sent, the destination checks and syncs its copy, and this
