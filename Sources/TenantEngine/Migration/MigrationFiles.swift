@@ -237,9 +237,9 @@ enum MigrationFiles {
     }
 
     /// A marker's fields, one `key=value` a line.
-    static func fields(_ bytes: [UInt8]) -> [String: String] {
+    static func fields(_ bytes: [UInt8], limit: Int = 4096) -> [String: String] {
         var fields: [String: String] = [:]
-        for line in String(decoding: bytes.prefix(4096), as: UTF8.self).split(separator: "\n") {
+        for line in String(decoding: bytes.prefix(limit), as: UTF8.self).split(separator: "\n") {
             guard let equals = line.firstIndex(of: "=") else { continue }
             fields[String(line[..<equals])] = String(line[line.index(after: equals)...])
         }
@@ -282,6 +282,9 @@ struct Departure: Sendable {
     var committed: Bool
     /// When the decision was taken (ms).
     var at: Int64
+    /// The tenant's credential keys when it left: AUTH is answered MIGRATED only with a right
+    /// token (nil in markers of earlier versions: WRONGPASS for everyone).
+    var credentials: Set<CredentialKey>? = nil
 
     /// What a directory's `MIGRATED_TO` marker says.
     enum Probe {
@@ -308,7 +311,7 @@ struct Departure: Sendable {
         } catch {
             return .unreadable("\(error)")
         }
-        let fields = MigrationFiles.fields(bytes)
+        let fields = MigrationFiles.fields(bytes, limit: Departure.markerLimit)
         guard let tenant = fields["tenant"], Names.isValidTenantID(tenant), id == nil || id == tenant,
             let migration = fields["migration"], let target = fields["target"]
         else { return .unreadable("\(marker) is malformed") }
@@ -321,17 +324,34 @@ struct Departure: Sendable {
                 token: fields["token"] ?? "",
                 directory: directory,
                 committed: committed,
-                at: Int64(fields["at"] ?? "") ?? 0
+                at: Int64(fields["at"] ?? "") ?? 0,
+                credentials: fields["keys"].flatMap(Self.decodeKeys)
             )
         )
     }
 
+    /// The most of a marker read: its credential keys take 17 bytes a user.
+    static let markerLimit = 64 << 20
+
     /// The marker's bytes.
     var marker: [UInt8] {
-        MigrationFiles.encode([
+        var fields = [
             ("tenant", self.id), ("migration", self.migration), ("target", self.target),
             ("subdomain", self.subdomain), ("token", self.token), ("at", "\(self.at)"),
-        ])
+        ]
+        if let credentials { fields.append(("keys", credentials.map { String($0.value, radix: 16) }.joined(separator: ","))) }
+        return MigrationFiles.encode(fields)
+    }
+
+    /// The `keys` field: hex u64s separated by commas; nil when any is not one.
+    static func decodeKeys(_ text: String) -> Set<CredentialKey>? {
+        guard !text.isEmpty else { return [] }
+        var keys = Set<CredentialKey>()
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            guard part.utf8.count <= 16, let value = UInt64(part, radix: 16) else { return nil }
+            keys.insert(CredentialKey(value: value))
+        }
+        return keys
     }
 }
 

@@ -86,7 +86,7 @@ extension TenantRegistry {
             }
         }
         guard self.catalog.entries[id] == nil, !self.claims.holds(id: id), self.catalog.idBySubdomain[id] == nil,
-            self.departed[id] == nil
+            self.departed[id] == nil, !self.claims.holds(subdomain: id), self.nameClash(id: id, subdomain: subdomain) == nil
         else {
             throw TenantError(.alreadyExists, "tenant id '\(id)' is already taken")
         }
@@ -119,6 +119,7 @@ extension TenantRegistry {
             throw TenantError(.unavailable, "server is stopping")
         }
         self.catalog.insert(metadata)
+        self.catalog.setCredentials(Set(ownerUser.map { [CredentialKey($0)] } ?? []), for: id)
         self.saveCatalog()
         self.active[id] = tenant
         self.logger.info(

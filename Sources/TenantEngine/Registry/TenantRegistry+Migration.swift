@@ -170,7 +170,8 @@ extension TenantRegistry {
             token: token == self.adminToken ? "" : token,
             directory: directory,
             committed: false,
-            at: self.configuration.clock()
+            at: self.configuration.clock(),
+            credentials: self.catalog.credentials[id]
         )
         let task = self.activating.start(id) {
             // Everything acknowledged is in the log once it is closed; no checkpoint now, so the
@@ -684,6 +685,7 @@ extension TenantRegistry {
             throw TenantError(.alreadyExists, "\(target) exists here: its operator must move it away first")
         }
         let subdomain = verification.subdomain
+        if let clash = self.nameClash(id: id, subdomain: subdomain) { throw TenantError(.alreadyExists, clash) }
         if !subdomain.isEmpty {
             if let other = self.catalog.idBySubdomain[subdomain], other != id {
                 throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is served here by tenant \(other)")

@@ -119,6 +119,7 @@ public actor TenantRegistry {
             for tenant in tenants {
                 self.active[tenant.id] = tenant
                 self.catalog.insert(await tenant.metadata)
+                self.catalog.setCredentials(await tenant.credentialKeys, for: tenant.id)
             }
         }
         self.loadDepartures()
@@ -148,6 +149,7 @@ public actor TenantRegistry {
             configuration: self.configuration,
             logger: self.logger,
             onMetadataChange: self.metadataObserver(),
+            onCredentialChange: { [weak self] id, change in try await self?.credentialsChanged(id, change) },
             memory: self.memory,
             counters: self.counters
         )
@@ -189,9 +191,11 @@ public actor TenantRegistry {
     private func reconcileCatalog(onDisk: Set<String>, index: Catalog?) async throws {
         var changed = index == nil
         self.catalog = index ?? Catalog()
-        let missing = onDisk.filter { self.catalog.entries[$0] == nil }
+        // Tenants the index does not list, or lists without their credential keys (an index of
+        // an earlier version): each is read once, so that AUTH never needs to open a tenant.
+        let missing = onDisk.filter { self.catalog.entries[$0] == nil || self.catalog.credentials[$0] == nil }
         // Every directory listed and as many entries as directories: nothing listed is gone.
-        if self.catalog.entries.count != onDisk.count - missing.count {
+        if self.catalog.entries.count != onDisk.count - missing.filter({ self.catalog.entries[$0] == nil }).count {
             for id in self.catalog.entries.keys where !onDisk.contains(id) {
                 self.catalog.remove(id: id)
                 changed = true
@@ -337,14 +341,73 @@ public actor TenantRegistry {
             await tenant.close()
             throw TenantError(.unavailable, "server is stopping")
         }
-        self.active[id] = tenant
         let metadata = await tenant.metadata
-        if self.catalog.entries[id] != metadata {
+        if self.catalog.entries[id]?.subdomain != metadata.subdomain,
+            let clash = self.nameClash(id: id, subdomain: metadata.subdomain)
+        {
+            // A directory placed by hand (ATTACH, start-up) or arrived whose id or subdomain is
+            // another tenant's: never served, so that it cannot take over the other's name.
+            await tenant.close(checkpoint: false)
+            throw TenantError(.alreadyExists, clash)
+        }
+        self.active[id] = tenant
+        let keys = await tenant.credentialKeys
+        if self.catalog.entries[id] != metadata || self.catalog.credentials[id] != keys {
             // The tenant's own log is the truth; the catalog is a cache of it.
             self.catalog.insert(metadata)
+            self.catalog.setCredentials(keys, for: id)
             if case .running = self.state { self.saveCatalog() }
         }
         return tenant
+    }
+
+    /// Why tenant `id` with `subdomain` may not be served beside the others: ids and subdomains
+    /// are one namespace (a reference resolves to one tenant whatever its form), so neither may
+    /// equal another tenant's id or subdomain, here, leaving, or being created or received.
+    func nameClash(id: String, subdomain: String) -> String? {
+        for name in [id, subdomain] where !name.isEmpty {
+            if let other = self.catalog.otherTenant(named: name, besides: id) {
+                return "'\(name)' names tenant \(other) here already"
+            }
+            if name != id, self.departed[name] != nil { return "'\(name)' names a tenant that left this server" }
+            if let other = self.departedBySubdomain[name], other != id {
+                return "'\(name)' names a tenant that left this server"
+            }
+            if let other = self.preparedSubdomains.first(where: { $0.value == name && $0.key != id }) {
+                return "'\(name)' names tenant \(other.key), arriving here"
+            }
+            if name != id, self.preparedSubdomains[name] != nil || self.incoming[name] != nil {
+                return "'\(name)' names a tenant arriving here"
+            }
+        }
+        return nil
+    }
+
+    /// Whether a user's token may be checked by tenant `id` (opening it): false when the
+    /// catalog's keys say it is wrong, so that a wrong AUTH opens nothing. A tenant whose keys
+    /// are not known (one that failed to open at start-up) admits no one until the operator has
+    /// opened it (TENANT REOPEN or GET), which learns them.
+    public func mayAuthenticate(id: String, user: String, tokenHash: [UInt8]) -> Bool {
+        if self.active[id] != nil { return true }
+        if let departure = self.departed[id] {
+            // A handed-over tenant's address is told only to its own users.
+            return departure.credentials?.contains(CredentialKey(user: user, tokenHash: tokenHash)) ?? false
+        }
+        return self.catalog.admits(CredentialKey(user: user, tokenHash: tokenHash), to: id) ?? false
+    }
+
+    /// Puts a tenant's credential change in the catalog, and waits until the catalog file holds
+    /// it: a new user or token is acknowledged only once a restart would let it in.
+    /// - Throws: IOERR when the catalog could not be written.
+    func credentialsChanged(_ id: String, _ change: CredentialChange) async throws {
+        guard self.catalog.entries[id] != nil else { return }
+        self.catalog.apply(change, to: id)
+        self.saveCatalog()
+        guard await self.flushCatalog() else {
+            throw TenantError.ioError(
+                "the user change is in the tenant's log, but the catalog could not be written (the next start rebuilds it)"
+            )
+        }
     }
 
     /// Keeps the catalog in step with a tenant's metadata once the tenant's log holds it.

@@ -8,6 +8,8 @@ struct TenantContext: Sendable {
     var configuration: EngineConfiguration
     var logger: Logger
     var onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
+    /// Told of a change of the tenant's credentials once it is durable (the registry's keys).
+    var onCredentialChange: @Sendable (String, CredentialChange) async throws -> Void = { _, _ in }
     /// The server's memory budget for messages; nil keeps every message in memory.
     var memory: MemoryBudget? = nil
     /// Every tenant's usage counters (one book per registry).

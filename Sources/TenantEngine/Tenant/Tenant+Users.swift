@@ -64,11 +64,22 @@ extension Tenant {
         return self.membership.sortedUsers
     }
 
-    /// Appends a user or metadata change, applies it in actor order and waits until it is durable.
+    /// Appends a user or metadata change, applies it in actor order and waits until it is durable;
+    /// a change of credentials is acknowledged only once the registry's keys (and so the next
+    /// start) know it.
     func write(_ record: TenantRecord) async throws {
+        var previous: User?
+        switch record {
+        case .userPut(let user): previous = self.membership.users[user.name]
+        case .userDelete(let name): previous = self.membership.users[name]
+        case .metadata, .message, .tenantDeleted: break
+        }
         let lsn = try self.append(record)
         self.membership.apply(record)
         try await self.waitDurable(lsn)
+        if let change = CredentialChange.of(record, previous: previous) {
+            try await self.onCredentialChange(self.id, change)
+        }
     }
 
     private func existingUser(_ name: String) throws -> User {

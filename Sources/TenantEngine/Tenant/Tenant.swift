@@ -55,6 +55,7 @@ public actor Tenant {
     let configuration: EngineConfiguration
     let logger: Logger
     let onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
+    let onCredentialChange: @Sendable (String, CredentialChange) async throws -> Void
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         self.executor.asUnownedSerialExecutor()
@@ -92,6 +93,7 @@ public actor Tenant {
         logger[metadataKey: "tenant_id"] = "\(metadata.tenantID)"
         self.logger = logger
         self.onMetadataChange = context.onMetadataChange
+        self.onCredentialChange = context.onCredentialChange
         // Opened now counts as used now: a sweep must not close a tenant the moment it opens.
         self.lastUsed = context.configuration.clock()
         counters.set(storageBytes: storageBytes, users: data.users.count)
@@ -124,6 +126,9 @@ public actor Tenant {
 
     /// The tenant's metadata.
     public var metadata: TenantMetadata { self.membership.metadata }
+
+    /// Every user's credential key, for the registry's catalog.
+    var credentialKeys: Set<CredentialKey> { Set(self.membership.users.values.map(CredentialKey.init)) }
 
     /// The tenant's data as every record it appended describes it, durable or not (messages still
     /// waiting for the log included), for a checkpoint written once the log is durable that far.

@@ -298,6 +298,12 @@ final class CommandDispatcher: Sendable {
             resolved = id
         }
         guard Names.isValidUserName(name), let id = resolved else { throw TenantError.wrongPass }
+        // The catalog's keys first: a wrong token never opens a tenant (no file, no descriptor,
+        // no memory), and an anonymous client learns nothing of it.
+        let tokenHash = Tokens.hash(token)
+        guard await self.registry.mayAuthenticate(id: id, user: name, tokenHash: tokenHash) else {
+            throw TenantError.wrongPass
+        }
         let tenant: Tenant
         do {
             tenant = try await self.registry.tenant(id: id)
