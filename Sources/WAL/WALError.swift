@@ -13,6 +13,7 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
         case recordTooLarge(Int, limit: Int)
         case closed
         case failed(String)
+        case foreignFile(String)
     }
 
     private let code: Code
@@ -41,6 +42,9 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
 
     /// An earlier write or sync failed; the writer accepts nothing more.
     public static func failed(_ cause: String) -> WALError { WALError(.failed(cause)) }
+
+    /// A symbolic link, FIFO, socket or device where tenantd keeps only directories and files.
+    public static func foreignFile(_ path: String) -> WALError { WALError(.foreignFile(path)) }
 
     /// True when the log holds damage recovery must not repair by itself.
     public var isCorruption: Bool {
@@ -78,6 +82,8 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
             return self.description
         case .failed:
             return "the log failed earlier and accepts no writes"
+        case .foreignFile:
+            return "the tenant's directory holds a symbolic link or special file"
         }
     }
 
@@ -105,6 +111,8 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
             return "log is closed"
         case .failed(let cause):
             return "log failed earlier and accepts no writes: \(cause)"
+        case .foreignFile(let path):
+            return "\(path) is a symbolic link or special file (tenantd makes none; remove it): refused, never followed"
         }
     }
 }

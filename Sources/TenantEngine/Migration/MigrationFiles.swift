@@ -100,6 +100,11 @@ enum MigrationFiles {
                 let child = relative.isEmpty ? name : relative + "/" + name
                 if isDirectory {
                     if depth + 1 < maxDepth { try walk(child, depth: depth + 1) }
+                } else if POSIXFile.kind(path + "/" + name) == .other {
+                    // A link planted in the directory is never followed, nor shipped.
+                    throw TenantError.invalid(
+                        "the tenant directory holds a symbolic link or special file (\(child)): remove it first"
+                    )
                 } else if isValidPath(child) {
                     found.append(child)
                     guard found.count <= maxFiles else {
@@ -228,7 +233,7 @@ enum MigrationFiles {
             if isDirectory {
                 try syncTree(path, fileSystem: fileSystem)
             } else {
-                let fd = try POSIXFile.open(path, flags: O_RDONLY | O_CLOEXEC)
+                let fd = try POSIXFile.open(path, flags: O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
                 defer { _ = Glibc.close(fd) }
                 try POSIXFile.fsync(fd, path: path)
             }

@@ -296,7 +296,8 @@ struct DirectoryStore: TenantStore {
         let layout = self.layout(for: id)
         var context = context
         if layout.root != self.layout.root { context.coldDirectory = layout.root }
-        let tenant = try await Self.open(files: TenantFiles(layout.tenantDirectory(id)), context: context)
+        let directory = layout.tenantDirectory(id)
+        let tenant = try await Self.open(files: TenantFiles(directory), context: context)
         guard tenant.id == id else {
             await tenant.close()
             throw TenantError(
@@ -334,6 +335,12 @@ struct DirectoryStore: TenantStore {
         logger: Logger?,
         makeCold: () -> ColdStore? = { nil }
     ) throws -> Recovered {
+        // A directory placed by hand (ATTACH, a copy, a start, tenantctl, a migration's copy)
+        // that holds a symbolic link is not read: its log or checkpoint could be another
+        // tenant's files.
+        if let foreign = try fileSystem.foreignFile(under: files.directory) {
+            throw TenantError(.storageFailed, "\(WALError.foreignFile(foreign))")
+        }
         let log = CheckpointedLog(files: files, fileSystem: fileSystem)
         // Each attempt gets a store of its own: a checkpoint that fails halfway drops its rooms
         // and their count in the budget with them.

@@ -190,7 +190,9 @@ public enum POSIXFile {
             }
             guard name != "." && name != ".." else { continue }
             let type = Int32(entry.pointee.d_type)
-            let isDirectory = type == Int32(DT_UNKNOWN) ? Self.isDirectory(path + "/" + name) : type == Int32(DT_DIR)
+            // Never through a link: a link to a directory is not a directory here.
+            let isDirectory =
+                type == Int32(DT_UNKNOWN) ? Self.kind(path + "/" + name) == .directory : type == Int32(DT_DIR)
             entries.append((name, isDirectory))
         }
         return entries
@@ -202,7 +204,26 @@ public enum POSIXFile {
         return path.withCString { stat($0, &info) } == 0
     }
 
-    /// True when `path` is a directory.
+    /// What a directory entry is, as `lstat` tells: a link is never followed.
+    public enum EntryKind: Sendable, Equatable {
+        case directory
+        case regularFile
+        /// A symbolic link, a FIFO, a socket or a device: nothing tenantd makes.
+        case other
+    }
+
+    /// The kind of `path` itself (a link is `.other`, never what it points to); nil when absent.
+    public static func kind(_ path: String) -> EntryKind? {
+        var info = stat()
+        guard path.withCString({ lstat($0, &info) }) == 0 else { return nil }
+        switch info.st_mode & S_IFMT {
+        case S_IFDIR: return .directory
+        case S_IFREG: return .regularFile
+        default: return .other
+        }
+    }
+
+    /// True when `path` is a directory (following links: for paths the operator names).
     public static func isDirectory(_ path: String) -> Bool {
         var info = stat()
         guard path.withCString({ stat($0, &info) }) == 0 else { return false }

@@ -121,7 +121,8 @@ public struct POSIXFileSystem: WALFileSystem {
     }
 
     public func openForReading(_ path: String) throws -> Int32 {
-        try POSIXFile.open(path, flags: O_RDONLY)
+        // O_NOFOLLOW: a link planted in a tenant directory never reads another tenant's file.
+        try POSIXFile.open(path, flags: O_RDONLY | O_NOFOLLOW)
     }
 
     public func read(
@@ -199,32 +200,58 @@ extension WALFileSystem {
         try self.sync(fd, path: path)
     }
 
-    /// Removes a file or a directory tree.
+    /// Removes a file or a directory tree. A symbolic link is removed, never followed: a link
+    /// planted in a tenant directory cannot make a deletion reach another tenant's files.
     public func removeTree(_ path: String) throws {
-        if self.isDirectory(path) {
+        switch POSIXFile.kind(path) {
+        case .directory:
             for name in try self.listDirectory(path) { try self.removeTree(path + "/" + name) }
             try self.removeDirectory(path)
-        } else if self.exists(path) {
+        case .regularFile, .other:
             try self.remove(path)
+        case nil:
+            break
         }
     }
 
     /// Copies a directory tree to a new directory, every file and directory made durable;
     /// names ending in `.tmp` (unfinished writes) are left out.
+    /// - Throws: ``WALError/foreignFile(_:)`` at a symbolic link, FIFO, socket or device (none of
+    ///   them tenantd's: a copy never follows a link to another tenant's files).
     public func copyTree(_ source: String, to destination: String) throws {
+        guard POSIXFile.kind(source) == .directory else { throw WALError.foreignFile(source) }
         guard try self.makeDirectory(destination) else {
             throw WALError.io("mkdir", path: destination, errno: EEXIST)
         }
         for name in try self.listDirectory(source) where !name.hasSuffix(".tmp") {
             let from = source + "/" + name
             let to = destination + "/" + name
-            if self.isDirectory(from) {
-                try self.copyTree(from, to: to)
-            } else {
-                try self.copyFile(from, to: to)
+            switch POSIXFile.kind(from) {
+            case .directory: try self.copyTree(from, to: to)
+            case .regularFile: try self.copyFile(from, to: to)
+            case .other: throw WALError.foreignFile(from)
+            case nil: continue  // removed while listed (an old segment after a checkpoint)
             }
         }
         try self.syncDirectory(destination)
+    }
+
+    /// The first symbolic link, FIFO, socket or device under `path` (the path itself included),
+    /// or nil when it holds only directories and regular files. tenantd makes none of them: a
+    /// directory placed by hand that holds one is refused before it is opened or copied.
+    public func foreignFile(under path: String, depth: Int = 0) throws -> String? {
+        switch POSIXFile.kind(path) {
+        case .directory:
+            guard depth < 16 else { return path }
+            for name in try self.listDirectory(path) {
+                if let found = try self.foreignFile(under: path + "/" + name, depth: depth + 1) { return found }
+            }
+            return nil
+        case .regularFile, nil:
+            return nil
+        case .other:
+            return path
+        }
     }
 
     /// Copies a file a megabyte at a time (a checkpoint of gigabytes never sits in memory), then
@@ -249,7 +276,11 @@ extension WALFileSystem {
 
     /// The bytes of every file under `path` (0 for a missing path).
     public func treeSize(_ path: String) throws -> Int64 {
-        guard self.isDirectory(path) else { return self.exists(path) ? Int64(try self.fileSize(path)) : 0 }
+        switch POSIXFile.kind(path) {
+        case .directory: break
+        case .regularFile: return Int64(try self.fileSize(path))
+        case .other, nil: return 0
+        }
         var total: Int64 = 0
         for name in try self.listDirectory(path) { total += try self.treeSize(path + "/" + name) }
         return total
