@@ -42,6 +42,7 @@ struct Settings {
     var logLevel: Logger.Level
     /// The Prometheus port; 0 is off.
     var metricsPort: Int
+    var metricsHost: String
     /// The most tenants with series of their own.
     var metricsTenants: Int
     /// Where scheduled backups go; nil: no backups.
@@ -138,6 +139,7 @@ struct Settings {
         self.engine = engine
         self.server = ServerConfiguration(host: host, port: port)
         self.server.limits = try Self.limits(command: command, environment: environment)
+        self.metricsHost = command.metricsHost ?? environment["TENANTD_METRICS_HOST"] ?? "127.0.0.1"
         self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
         guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
         self.metricsTenants =

@@ -40,6 +40,14 @@ struct TenantdCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            Address /metrics listens on (TENANTD_METRICS_HOST). Default 127.0.0.1, whatever --host \
+            says: the endpoint needs no authentication, so exposing it is the operator's choice.
+            """
+    )
+    var metricsHost: String?
+
+    @Option(
+        help: """
             Most tenants with /metrics series of their own, the busiest by requests; the rest are \
             summed under tenant_id="_other" (TENANTD_METRICS_TENANTS). Default 1000.
             """
@@ -178,7 +186,7 @@ struct TenantdCommand: AsyncParsableCommand {
                 )
             }
             let exposition = MetricsExposition(counters: registry.counters, tenantLimit: settings.metricsTenants)
-            let listener = MetricsListener(host: settings.server.host, port: settings.metricsPort, logger: logger) {
+            let listener = MetricsListener(host: settings.metricsHost, port: settings.metricsPort, logger: logger) {
                 if let (budget, messages, limit, cache) = memory {
                     messages.record(budget.residentBytes)
                     limit.record(budget.limit)

@@ -1,7 +1,11 @@
 /// A tenant's metadata and users: what authentication and user and metadata admin read and change.
 struct Membership: Sendable {
     private(set) var metadata: TenantMetadata
-    private(set) var users: [String: User]
+    private(set) var users: [String: User] {
+        didSet { if self.users.count != oldValue.count { self.sortedNames = nil } }
+    }
+    /// The user names in order, for paging (made again after a user is added or removed).
+    private var sortedNames: [String]?
 
     init(metadata: TenantMetadata, users: [String: User]) {
         self.metadata = metadata
@@ -31,4 +35,26 @@ struct Membership: Sendable {
 
     /// Every user, by name.
     var sortedUsers: [User] { self.users.values.sorted { $0.name < $1.name } }
+
+    /// At most `limit` users whose names come after `after` (nil: from the first), by name.
+    mutating func users(after: String?, limit: Int) -> [User] {
+        let names: [String]
+        if let sortedNames {
+            names = sortedNames
+        } else {
+            names = self.users.keys.sorted()
+            self.sortedNames = names
+        }
+        var low = 0
+        if let after {
+            // The first name past `after`.
+            var high = names.count
+            while low < high {
+                let middle = (low + high) / 2
+                if names[middle] <= after { low = middle + 1 } else { high = middle }
+            }
+        }
+        let end = min(names.count, low + max(0, limit))
+        return names[low..<end].compactMap { self.users[$0] }
+    }
 }

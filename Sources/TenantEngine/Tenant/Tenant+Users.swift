@@ -58,10 +58,15 @@ extension Tenant {
         return token
     }
 
-    /// Every user, by name.
-    public func listUsers(_ principal: Principal) throws -> [User] {
+    /// The most users one USER LIST reply holds (as ROOMS: no reply is unbounded).
+    public static let maxUsersPage = 10_000
+
+    /// Users by name, a page at a time: at most `limit` (and ``maxUsersPage``) after `after`.
+    public func listUsers(_ principal: Principal, after: String? = nil, limit: Int = Tenant.maxUsersPage) throws
+        -> [User]
+    {
         _ = try self.authorize(principal, .listUsers)
-        return self.membership.sortedUsers
+        return self.membership.users(after: after, limit: min(limit, Self.maxUsersPage))
     }
 
     /// Appends a user or metadata change, applies it in actor order and waits until it is durable;

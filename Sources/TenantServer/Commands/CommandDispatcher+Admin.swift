@@ -19,9 +19,21 @@ extension CommandDispatcher {
             try await tenant.setRole(principal, name: arguments[1], role: Self.role(arguments[2]))
             return .ok
         case "LIST":
-            try arguments.expect(1...1, for: "user|list")
+            // `USER LIST [AFTER <name>] [LIMIT <n>]`: paged by name like ROOMS.
+            var after: String?
+            var limit: Int?
+            var index = 1
+            while index < arguments.count {
+                guard index + 1 < arguments.count else { throw CommandError.syntax }
+                switch arguments.keyword(index) {
+                case "AFTER" where after == nil: after = arguments[index + 1]
+                case "LIMIT" where limit == nil: limit = Int(clamping: try arguments.unsigned(index + 1))
+                default: throw CommandError.syntax
+                }
+                index += 2
+            }
             return .array(
-                try await tenant.listUsers(principal).map { user in
+                try await tenant.listUsers(principal, after: after, limit: limit ?? Tenant.maxUsersPage).map { user in
                     .array([.bulkString(user.name), .bulkString(user.role.rawValue), .integer(user.joinedAt)])
                 }
             )

@@ -3,12 +3,25 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// The Prometheus endpoint: `GET /metrics` on its own port answers the text exposition format.
 ///
 /// A port it cannot bind is logged and skipped, never fatal: several servers started with
 /// `--port 0` on one machine all default to the same metrics port.
+///
+/// Bounded like a RESP client, since it answers anyone who reaches it: one request answered at a
+/// time and the next one not read while a reply waits unsent (a client that pipelines scrapes
+/// and reads nothing holds one reply), at most ``maxConnections`` connections, each closed after
+/// ``idleTimeout`` without a request, request heads at most NIO's 80 KiB.
 public struct MetricsListener: Service {
+    /// Connections open at once; past it a new one is closed at its accept.
+    public static let maxConnections = 64
+    /// A connection that sends no request for this long is closed.
+    public static let idleTimeout = TimeAmount.seconds(30)
+    /// Unsent reply bytes past which the next request waits (one reply always goes out whole).
+    static let writeBufferHighWater = 256 << 10
+
     private let host: String
     private let port: Int
     private let logger: Logger
@@ -29,12 +42,25 @@ public struct MetricsListener: Service {
 
     public func run() async throws {
         let render = self.render
+        let open = MetricsConnectionCount()
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(
+                    .writeBufferWaterMark,
+                    value: .init(low: Self.writeBufferHighWater / 2, high: Self.writeBufferHighWater)
+                )
                 .childChannelInitializer { channel in
-                    channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    guard open.admit() else {
+                        return channel.close()
+                    }
+                    channel.closeFuture.whenComplete { _ in open.leave() }
+                    return channel.pipeline.addHandler(
+                        IdleStateHandler(readTimeout: Self.idleTimeout, allTimeout: Self.idleTimeout)
+                    ).flatMap {
+                        channel.pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true)
+                    }.flatMap {
                         channel.pipeline.addHandler(MetricsHandler(render: render))
                     }
                 }
@@ -51,17 +77,53 @@ public struct MetricsListener: Service {
     }
 }
 
-/// Answers one HTTP request at a time: `/metrics` or 404.
-private final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// The metrics connections open now, bounded by ``MetricsListener/maxConnections``.
+final class MetricsConnectionCount: Sendable {
+    private let count = Atomic<Int>(0)
+
+    func admit() -> Bool {
+        if self.count.wrappingAdd(1, ordering: .relaxed).newValue > MetricsListener.maxConnections {
+            self.count.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func leave() { self.count.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// Answers one HTTP request at a time: `/metrics` or 404. NIO's pipelining handler gives it the
+/// next request only once the reply before is written, and reads nothing meanwhile; a reply is
+/// written only while the connection is writable, so a client that reads nothing holds at most
+/// one reply and the write buffer's high-water mark.
+final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () -> [UInt8]
     private var path = ""
     private var keepAlive = true
+    /// A request read whole whose reply waits for the connection to be writable.
+    private var waiting = false
 
     init(render: @escaping @Sendable () -> [UInt8]) {
         self.render = render
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if self.waiting && context.channel.isWritable {
+            self.waiting = false
+            self.respond(context: context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -72,19 +134,27 @@ private final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandl
         case .body:
             break
         case .end:
-            let found = self.path == "/metrics"
-            let body = found ? self.render() : Array("not found; try /metrics\n".utf8)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
-            headers.add(name: "Content-Length", value: String(body.count))
-            if !self.keepAlive { headers.add(name: "Connection", value: "close") }
-            let head = HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers)
-            context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            let keepAlive = self.keepAlive
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
+            if context.channel.isWritable {
+                self.respond(context: context)
+            } else {
+                self.waiting = true
             }
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext) {
+        let found = self.path == "/metrics"
+        let body = found ? self.render() : Array("not found; try /metrics\n".utf8)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+        headers.add(name: "Content-Length", value: String(body.count))
+        if !self.keepAlive { headers.add(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers)
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        let keepAlive = self.keepAlive
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { context.close(promise: nil) }
         }
     }
 }
