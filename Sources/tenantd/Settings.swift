@@ -232,6 +232,12 @@ struct Settings {
             }
             limits.pubSub = limit
         }
+        if let text = command.maxmemoryClients ?? environment["TENANTD_MAXMEMORY_CLIENTS"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
+                throw ValidationError("maxmemory-clients must be 0 (no bound) or at least 1mb")
+            }
+            limits.maxMemoryClients = bytes
+        }
         return limits
     }
 

@@ -133,6 +133,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var clientOutputBufferLimitPubsub: String?
 
+    @Option(
+        help: """
+            Most bytes of unsent replies all connections together hold; past it the connections \
+            holding the most are closed (TENANTD_MAXMEMORY_CLIENTS). 0 = no bound. Default 256mb.
+            """
+    )
+    var maxmemoryClients: String?
+
     func run() async throws {
         // Everything tenantd writes is its own user's only (directories 0700, files 0600).
         umask(0o077)

@@ -24,6 +24,8 @@ final class CommandDispatcher: Sendable {
     let tenantDomain: String?
     /// The connections by their tenant context, to tell them when their tenant leaves.
     let contexts = TenantContexts()
+    /// `maxmemory-clients`: what every connection's unsent replies add up to.
+    let clientMemory: ClientMemoryGuard
 
     init(registry: TenantRegistry, logger: Logger, limits: ServerLimits, tenantDomain: String? = nil) {
         self.registry = registry
@@ -31,6 +33,7 @@ final class CommandDispatcher: Sendable {
         self.limits = limits
         self.tenantDomain = tenantDomain?.lowercased()
         self.authThrottle = AuthThrottle()
+        self.clientMemory = ClientMemoryGuard(limit: limits.maxMemoryClients)
         self.admission = TenantAdmission(window: limits.fairShareWindow, minimumShare: limits.fairShareMinimum)
         let contexts = self.contexts
         registry.migrationEvents.add { id, reply in

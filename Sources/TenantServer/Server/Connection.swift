@@ -71,10 +71,29 @@ struct Connection {
                     limit: Self.unauthenticatedReplyWindow,
                     byteLimit: Self.unauthenticatedReplyWindowBytes,
                     pubSubLimit: self.dispatcher.limits.pubSub,
+                    memory: self.dispatcher.clientMemory,
                     // A client that does not read its replies holds no share of its tenant.
                     onReaderWait: { gate.park() },
                     onReaderResume: { gate.unpark() }
                 )
+                let memory = self.dispatcher.clientMemory
+                let connectionID = self.id
+                let nioChannel = self.channel.channel
+                let logger = self.dispatcher.logger
+                memory.register(
+                    id: connectionID,
+                    holder: .init(
+                        bytes: { queue.heldBytes },
+                        close: {
+                            logger.warning(
+                                "client disconnected: over maxmemory-clients, it held the most unsent replies",
+                                metadata: ["event": "client_evicted", "connection": "\(connectionID)"]
+                            )
+                            nioChannel.close(promise: nil)
+                        }
+                    )
+                )
+                defer { memory.unregister(id: connectionID, holding: queue.heldBytes) }
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         defer { queue.writerStopped() }

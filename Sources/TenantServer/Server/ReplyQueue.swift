@@ -16,6 +16,11 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         /// Each slot with its weight and the replies it holds (a slot may hold a batch's replies).
         var slots = Deque<(element: Element, weight: Int, replies: Int)>()
         var bytes = 0
+        /// The bytes the writer took last: held until it comes back for more (its write went to
+        /// the channel, whose next write waits until the client has read).
+        var inFlight = 0
+        /// The reply the reader holds while it waits for room.
+        var waiting = 0
         var replies = 0
         var finished = false
         var writerGone = false
@@ -29,6 +34,8 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     private let pubSubLimit: PubSubLimit
+    /// `maxmemory-clients`: told of every change of the bytes queued here.
+    private let memory: ClientMemoryGuard?
     private let onReaderWait: @Sendable () -> Void
     private let onReaderResume: @Sendable () -> Void
     /// The most bytes the writer takes at once (one slot always).
@@ -43,12 +50,14 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         limit: Int,
         byteLimit: Int,
         pubSubLimit: PubSubLimit = PubSubLimit(),
+        memory: ClientMemoryGuard? = nil,
         onReaderWait: @escaping @Sendable () -> Void = {},
         onReaderResume: @escaping @Sendable () -> Void = {}
     ) {
         precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
         self.state = Mutex(State(slotLimit: limit, byteLimit: byteLimit))
         self.pubSubLimit = pubSubLimit
+        self.memory = memory
         self.onReaderWait = onReaderWait
         self.onReaderResume = onReaderResume
     }
@@ -80,10 +89,16 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             return true
         }
         if let room {
-            if room { self.wakeWriter() }
+            if room {
+                self.memory?.add(weight)
+                self.wakeWriter()
+            }
             return room
         }
         self.onReaderWait()
+        // The reply waiting for room is held too: it counts for maxmemory-clients.
+        self.state.withLock { $0.waiting = weight }
+        self.memory?.add(weight)
         let resumed = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let ready: Bool? = self.state.withLock { state in
                 if state.writerGone { return false }
@@ -93,6 +108,8 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             }
             if let ready { continuation.resume(returning: ready) }
         }
+        self.state.withLock { $0.waiting = 0 }
+        self.memory?.add(-weight)
         self.onReaderResume()
         guard resumed else { return false }
         return await self.push(element, weight: weight, replies: replies)
@@ -121,9 +138,15 @@ final class ReplyQueue<Element: Sendable>: Sendable {
             state.replies += 1
             return true
         }
-        if queued { self.wakeWriter() }
+        if queued {
+            self.memory?.add(weight)
+            self.wakeWriter()
+        }
         return queued
     }
+
+    /// The bytes queued now, and those the writer is writing.
+    var heldBytes: Int { self.state.withLock { $0.bytes + $0.inFlight + $0.waiting } }
 
     /// No more slots will come.
     func finish() {
@@ -135,8 +158,14 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     /// - Returns: the slots, oldest first; nil once the reader finished and all were taken.
     func popAll() async -> [Element]? {
         while true {
-            let taken: (slots: [Element], reader: CheckedContinuation<Bool, Never>?)? = self.state.withLock { state in
-                guard !state.slots.isEmpty else { return nil }
+            let taken: (slots: [Element], reader: CheckedContinuation<Bool, Never>?, freed: Int)? = self.state.withLock {
+                state in
+                // The writer is back: what it took last is written.
+                let before = state.bytes + state.inFlight
+                state.inFlight = 0
+                guard !state.slots.isEmpty else {
+                    return before == 0 ? nil : ([], nil, before)
+                }
                 var taken: [Element] = []
                 var bytes = 0
                 var replies = 0
@@ -153,9 +182,12 @@ final class ReplyQueue<Element: Sendable>: Sendable {
                 }
                 let reader = self.isFull(state) ? nil : state.reader
                 if reader != nil { state.reader = nil }
-                return (taken, reader)
+                state.inFlight = bytes
+                return (taken, reader, before - state.bytes - state.inFlight)
             }
             if let taken {
+                self.memory?.add(-taken.freed)
+                if taken.slots.isEmpty { continue }
                 taken.reader?.resume(returning: true)
                 return taken.slots
             }

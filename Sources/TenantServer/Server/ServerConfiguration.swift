@@ -40,6 +40,9 @@ public struct ServerLimits: Sendable, Hashable {
     public var maxSubscriptions: Int
     /// `client-output-buffer-limit-pubsub`.
     public var pubSub: PubSubLimit
+    /// `maxmemory-clients`: the most reply bytes all connections together hold unsent before
+    /// the biggest holders are closed; 0 = no bound.
+    public var maxMemoryClients: Int
     /// Bytes of parsed requests a connection may hold before it stops reading its client.
     public var requestWindowBytes: Int
     /// The requests in flight that the active tenants share: while more than one tenant is
@@ -49,6 +52,9 @@ public struct ServerLimits: Sendable, Hashable {
     /// The least a tenant may always have in flight, however many are active.
     public var fairShareMinimum: Int
 
+    /// `maxmemory-clients` unless told: 256 MiB, 64 connections' full reply windows.
+    public static let defaultMaxMemoryClients = 256 << 20
+
     /// Creates the contract's defaults.
     public init() {
         self.maxClients = 10_000
@@ -57,6 +63,7 @@ public struct ServerLimits: Sendable, Hashable {
         self.request = RESPRequestParser.Limits()
         self.maxSubscriptions = 10_000
         self.pubSub = PubSubLimit()
+        self.maxMemoryClients = Self.defaultMaxMemoryClients
         self.requestWindowBytes = 1 << 20
         self.fairShareWindow = 0
         self.fairShareMinimum = 8
