@@ -59,6 +59,16 @@ public struct EngineConfiguration: Sendable {
     /// Named data roots for data residency (`TENANT_REGIONS`, `--region`), by name: a tenant
     /// placed in one lives in `<root>/<prefix><id>/`. `database` strategy only.
     public var regions: [String: String] = [:]
+    /// `--migrate-staging-limit`: the bytes every migration arriving here may hold in staging
+    /// together (TENANT RECEIVE); 0 = no bound.
+    public var migrateStagingLimit: Int64 = EngineConfiguration.defaultMigrateStagingLimit
+    /// The default: 32 GiB, a large tenant's directory, on the data directory's disk.
+    public static let defaultMigrateStagingLimit: Int64 = 32 << 30
+    /// Migrations that may arrive at once.
+    public static let maxIncomingMigrations = 4
+    /// A migration arriving that has sent nothing for this long, and is not prepared, is dropped
+    /// (its staging directory removed) when another needs the room, and at each start.
+    public static let incomingIdleMilliseconds: Int64 = 10 * 60 * 1000
 
     /// Whether `name` may name a region: 1-32 bytes of `[a-z0-9-]`.
     public static func isValidRegionName(_ name: String) -> Bool {

@@ -117,6 +117,12 @@ struct Settings {
         } else {
             engine.maxMemory = MemoryBudget.defaultMaxMemory
         }
+        if let text = command.migrateStagingLimit ?? environment["TENANTD_MIGRATE_STAGING_LIMIT"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
+                throw ValidationError("migrate-staging-limit must be 0 (no bound) or at least 1mb")
+            }
+            engine.migrateStagingLimit = Int64(bytes)
+        }
         if let list = environment["TENANT_ID_SOURCE"] {
             var sources: Set<TenantIDSource> = []
             for item in list.split(separator: ",") {

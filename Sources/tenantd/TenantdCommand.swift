@@ -141,6 +141,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var maxmemoryClients: String?
 
+    @Option(
+        help: """
+            Most bytes the migrations arriving here (TENANT RECEIVE) hold in staging together \
+            (TENANTD_MIGRATE_STAGING_LIMIT). 0 = no bound. Default 32gb.
+            """
+    )
+    var migrateStagingLimit: String?
+
     func run() async throws {
         // Everything tenantd writes is its own user's only (directories 0700, files 0600).
         umask(0o077)

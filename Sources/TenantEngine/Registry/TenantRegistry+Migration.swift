@@ -557,13 +557,24 @@ extension TenantRegistry {
         guard !self.claims.holds(id: id) || self.incoming[id] != nil else {
             throw TenantError(.unavailable, "tenant '\(id)' is busy here; retry")
         }
-        if self.incoming[id] == nil { self.claims.claim(id: id) }
+        if let clash = self.nameClash(id: id, subdomain: "") { throw TenantError(.alreadyExists, clash) }
+        if self.incoming[id] == nil {
+            await self.dropIdleIncoming()
+            guard self.incoming.count < EngineConfiguration.maxIncomingMigrations else {
+                throw TenantError(
+                    .unavailable,
+                    "\(EngineConfiguration.maxIncomingMigrations) migrations are arriving here already; retry later"
+                )
+            }
+            self.claims.claim(id: id)
+        }
         self.incoming[id] = migration
+        self.incomingTouched[id] = self.configuration.clock()
         if let subdomain = self.preparedSubdomains.removeValue(forKey: id) { self.claims.release(subdomain: subdomain) }
         let staging = self.incomingDirectory(id)
         let fileSystem = self.configuration.fileSystem
         do {
-            return try await runBlocking {
+            let files = try await runBlocking {
                 if try fileSystem.makeDirectory(staging) { try fileSystem.syncDirectory(POSIXFile.parent(of: staging)) }
                 // Held again for this migration: no longer prepared.
                 if fileSystem.exists(staging + "/" + MigrationFiles.preparedName) {
@@ -583,6 +594,8 @@ extension TenantRegistry {
                 Failpoint.hit("receive-after-begin")
                 return files
             }
+            self.incomingBytes[id] = files.reduce(0) { $0 + Int64($1.size) }
+            return files
         } catch {
             self.endIncoming(id)
             throw Self.ioError(error, "could not prepare \(staging)")
@@ -590,8 +603,29 @@ extension TenantRegistry {
     }
 
     private func endIncoming(_ id: String) {
+        self.incomingBytes[id] = nil
+        self.incomingTouched[id] = nil
         guard self.incoming.removeValue(forKey: id) != nil else { return }
         self.claims.release(id: id)
+    }
+
+    /// Drops the migrations arriving here that sent nothing for
+    /// ``EngineConfiguration/incomingIdleMilliseconds`` and are not prepared (a prepared one
+    /// waits for its source's decision, however long).
+    func dropIdleIncoming() async {
+        let now = self.configuration.clock()
+        let fileSystem = self.configuration.fileSystem
+        for (id, touched) in self.incomingTouched
+        where now - touched >= EngineConfiguration.incomingIdleMilliseconds && self.preparedSubdomains[id] == nil {
+            let staging = self.incomingDirectory(id)
+            guard !fileSystem.exists(staging + "/" + MigrationFiles.preparedName) else { continue }
+            self.endIncoming(id)
+            try? await runBlocking { try fileSystem.removeTree(staging) }
+            self.logger.notice(
+                "abandoned migration staging removed",
+                metadata: ["event": "migration_staging_dropped", "tenant_id": "\(id)"]
+            )
+        }
     }
 
     private func requireIncoming(_ id: String, _ migration: String) throws {
@@ -626,6 +660,31 @@ extension TenantRegistry {
             throw TenantError.invalid("chunk checksum mismatch: send it again")
         }
         let staging = self.incomingDirectory(id)
+        let fileSystem = self.configuration.fileSystem
+        // A chunk starts within what the file holds (no holes: a sparse file would hide its size
+        // from the budget), and what it adds counts against --migrate-staging-limit.
+        let size = try await runBlocking { () -> Int in
+            let full = staging + "/" + path
+            switch POSIXFile.kind(full) {
+            case nil: return 0
+            case .regularFile: return try fileSystem.fileSize(full)
+            case .directory, .other: throw TenantError.invalid("\(path) is not a file here")
+            }
+        }
+        guard offset <= size else {
+            throw TenantError.invalid("offset \(offset) is past the end of \(path) (\(size) bytes): no holes")
+        }
+        let growth = Int64(max(0, offset + bytes.count - size))
+        let limit = self.configuration.migrateStagingLimit
+        let staged = self.incomingBytes.values.reduce(0, +)
+        if limit > 0 && staged + growth > limit {
+            throw TenantError(
+                .quotaExceeded,
+                "migrations arriving here would hold more than --migrate-staging-limit (\(limit) bytes)"
+            )
+        }
+        self.incomingBytes[id, default: 0] += growth
+        self.incomingTouched[id] = self.configuration.clock()
         do {
             try await runBlocking { try MigrationFiles.write(bytes, at: offset, to: path, in: staging) }
         } catch let error as TenantError {
@@ -806,7 +865,18 @@ extension TenantRegistry {
             guard Names.isValidTenantID(id), self.catalog.entries[id] == nil, !self.claims.holds(id: id),
                 let bytes = try? fileSystem.readFile(root + "/" + name + "/" + MigrationFiles.preparedName),
                 let migration = MigrationFiles.fields(bytes)["migration"]
-            else { continue }
+            else {
+                // Not prepared: no source waits on it (a migration sends BEGIN again after a
+                // restart). Removed, so that abandoned staging never piles up.
+                if !fileSystem.exists(root + "/" + name + "/" + MigrationFiles.preparedName) {
+                    try? fileSystem.removeTree(root + "/" + name)
+                    self.logger.notice(
+                        "unprepared migration staging removed at start",
+                        metadata: ["event": "migration_staging_dropped", "directory": "\(name)"]
+                    )
+                }
+                continue
+            }
             // Its source may have decided: the id waits for its COMMIT (or ABORT, or a new BEGIN).
             self.claims.claim(id: id)
             self.incoming[id] = migration

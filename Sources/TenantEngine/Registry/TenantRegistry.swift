@@ -59,6 +59,9 @@ public actor TenantRegistry {
     var departedBySubdomain: [String: String] = [:]
     /// Migrations arriving here: tenant id to migration id.
     var incoming: [String: String] = [:]
+    /// The bytes each arriving migration holds in staging, and when it last sent a chunk (ms).
+    var incomingBytes: [String: Int64] = [:]
+    var incomingTouched: [String: Int64] = [:]
     /// The subdomains of prepared arrivals, held from other tenants until their COMMIT.
     var preparedSubdomains: [String: String] = [:]
     /// Tenants whose migration's decision could be neither written nor undone (a disk fault):
