@@ -2,6 +2,7 @@ import DequeModule
 import LZ4
 import Logging
 import Synchronization
+import WAL
 
 #if canImport(Glibc)
 import Glibc
@@ -93,6 +94,9 @@ struct ColdChunk: Sendable {
     let storedLength: Int
     let rawLength: Int
     let authorCount: Int
+    /// The CRC-32C of the stored bytes: a chunk read back altered is an error (IOERR), never
+    /// altered text.
+    let crc: UInt32
 }
 
 /// One tenant's cold store: its sealed chunks moved out of memory, each lz4-compressed, in one
@@ -225,7 +229,8 @@ final class ColdStore: Sendable {
                 offset: state.end,
                 storedLength: chunk.stored.count,
                 rawLength: chunk.rawLength,
-                authorCount: chunk.authorCount
+                authorCount: chunk.authorCount,
+                crc: chunk.stored.withUnsafeBytes { CRC32C.checksum($0) }
             )
             state.end += chunk.stored.count
             return cold
@@ -255,6 +260,9 @@ final class ColdStore: Sendable {
             if result < 0 && errno == EINTR { continue }
             guard result > 0 else { throw ColdStoreError("cold store read failed: errno \(errno)") }
             done += result
+        }
+        guard stored.withUnsafeBytes({ CRC32C.checksum($0) }) == chunk.crc else {
+            throw ColdStoreError("cold chunk \(chunk.id) at offset \(chunk.offset) is damaged (CRC-32C mismatch)")
         }
         let columns = try Self.decode(stored, rawLength: chunk.rawLength, authorCount: chunk.authorCount)
         if cached { self.budget.cache.put(key, columns) }
