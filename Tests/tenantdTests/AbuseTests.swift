@@ -255,6 +255,21 @@ struct AuthThrottleTests {
         #expect(last.delay == .zero)
     }
 
+    @Test func manyConnectionsFromOneAddressGetNoMoreGuesses() {
+        let throttle = AuthThrottle()
+        var now = ContinuousClock.now
+        // Each failure on a new connection (connectionFailures 1), as 500 connections would make them.
+        for _ in 0..<Int(AuthThrottle.addressMaxFailures) + 1 {
+            _ = throttle.failed(address: "198.51.100.9", connectionFailures: 1, now: now)
+        }
+        #expect(throttle.refuses(address: "198.51.100.9", now: now))
+        // Another address, and the same one six seconds after the guessing stopped, are not refused.
+        #expect(!throttle.refuses(address: "203.0.113.4", now: now))
+        for _ in 0..<1000 { _ = throttle.failed(address: "198.51.100.9", connectionFailures: 1, now: now) }
+        now = now.advanced(by: .seconds(7))
+        #expect(!throttle.refuses(address: "198.51.100.9", now: now))
+    }
+
     @Test func anAddressFloodDoesNotGrowTheTableWithoutBound() {
         let throttle = AuthThrottle()
         let now = ContinuousClock.now

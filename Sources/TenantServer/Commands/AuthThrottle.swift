@@ -40,7 +40,8 @@ final class AuthThrottle: Sendable {
         let key = ClientAddress.rateKey(address)
         let recent = self.addresses.withLock { addresses -> Double in
             var entry = addresses[key] ?? (0, now)
-            entry.failures = Self.decayed(entry, now: now) + 1
+            // Capped: a lockout ends six seconds after the guessing stops.
+            entry.failures = min(Self.addressMaxFailures + 1, Self.decayed(entry, now: now) + 1)
             entry.updated = now
             addresses[key] = entry
             if addresses.count > Self.maxAddresses {
@@ -61,6 +62,18 @@ final class AuthThrottle: Sendable {
             delay: delay,
             disconnect: connectionFailures >= Self.connectionMaxFailures || recent > Self.addressMaxFailures
         )
+    }
+
+    /// Whether an address is past ``addressMaxFailures`` recent failures: its AUTH attempts are
+    /// then refused unchecked (WRONGPASS and a disconnect, not counted), so that opening many
+    /// connections buys no more guesses: past the bound an address gets one checked guess each
+    /// time a failure is forgotten (one per six seconds), however many connections it opens.
+    func refuses(address: String, now: ContinuousClock.Instant = .now) -> Bool {
+        let key = ClientAddress.rateKey(address)
+        return self.addresses.withLock { addresses in
+            guard let entry = addresses[key] else { return false }
+            return Self.decayed(entry, now: now) > Self.addressMaxFailures
+        }
     }
 
     /// The addresses tracked now.

@@ -216,6 +216,13 @@ final class CommandDispatcher: Sendable {
     /// `admin` is the operator; `user@tenant-ref` a user of one tenant. Every failure is the same
     /// WRONGPASS, logged, and answered after the ``AuthThrottle``'s delay (or with a disconnect).
     func authenticate(user: String, token: String, session: inout Session) async throws {
+        if self.authThrottle.refuses(address: session.clientAddress) {
+            // A guesser over the address's bound: refused unchecked, after the longest delay.
+            ServerMetrics.authFailed()
+            session.closeAfterReply = true
+            try? await Task.sleep(for: AuthThrottle.maxDelay)
+            throw TenantError.wrongPass
+        }
         do {
             try await self.checkCredential(user: user, token: token, session: &session)
         } catch let error as TenantError where error.kind == .wrongCredentials {
