@@ -344,7 +344,9 @@ struct Departure: Sendable {
             ("tenant", self.id), ("migration", self.migration), ("target", self.target),
             ("subdomain", self.subdomain), ("token", self.token), ("at", "\(self.at)"),
         ]
-        if let credentials { fields.append(("keys", credentials.map { String($0.value, radix: 16) }.joined(separator: ","))) }
+        if let credentials {
+            fields.append(("keys", credentials.map { String($0.value, radix: 16) }.joined(separator: ",")))
+        }
         return MigrationFiles.encode(fields)
     }
 

@@ -86,7 +86,8 @@ extension TenantRegistry {
             }
         }
         guard self.catalog.entries[id] == nil, !self.claims.holds(id: id), self.catalog.idBySubdomain[id] == nil,
-            self.departed[id] == nil, !self.claims.holds(subdomain: id), self.nameClash(id: id, subdomain: subdomain) == nil
+            self.departed[id] == nil, !self.claims.holds(subdomain: id),
+            self.nameClash(id: id, subdomain: subdomain) == nil
         else {
             throw TenantError(.alreadyExists, "tenant id '\(id)' is already taken")
         }

@@ -62,7 +62,11 @@ extension Tenant {
     public static let maxUsersPage = 10_000
 
     /// Users by name, a page at a time: at most `limit` (and ``maxUsersPage``) after `after`.
-    public func listUsers(_ principal: Principal, after: String? = nil, limit: Int = Tenant.maxUsersPage) throws
+    public func listUsers(
+        _ principal: Principal,
+        after: String? = nil,
+        limit: Int = Tenant.maxUsersPage
+    ) throws
         -> [User]
     {
         _ = try self.authorize(principal, .listUsers)

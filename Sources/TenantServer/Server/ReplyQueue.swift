@@ -158,7 +158,8 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     /// - Returns: the slots, oldest first; nil once the reader finished and all were taken.
     func popAll() async -> [Element]? {
         while true {
-            let taken: (slots: [Element], reader: CheckedContinuation<Bool, Never>?, freed: Int)? = self.state.withLock {
+            let taken: (slots: [Element], reader: CheckedContinuation<Bool, Never>?, freed: Int)? = self.state.withLock
+            {
                 state in
                 // The writer is back: what it took last is written.
                 let before = state.bytes + state.inFlight
