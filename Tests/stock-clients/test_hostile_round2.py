@@ -47,6 +47,8 @@ from test_migration import crc32c, migrate
 
 TENANTCTL = TENANTD_BIN.parent / "tenantctl"
 WRONGPASS = b"-WRONGPASS"
+# An error reply: redis-py raises LOADING as BusyLoadingError, which is no ResponseError.
+REFUSED = (redis.ResponseError, redis.exceptions.BusyLoadingError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def post_messages(node: Node, tenant: dict, room: str, count: int, owner: str = 
 def assert_history(node: Node, tenant_id: str, room: str, acked: list) -> None:
     try:
         history = {int(m[0]): m[3] for m in node.history(tenant_id, room)}
-    except redis.ResponseError as error:
+    except REFUSED as error:
         raise AssertionError(f"tenant {tenant_id} is not served: {error}") from error
     missing = [(seq, text) for seq, text in acked if history.get(seq) != text]
     assert not missing, f"{len(missing)} acknowledged messages of {tenant_id}/{room} lost or altered: {missing[:3]}"
@@ -573,11 +575,11 @@ def attach_then_delete(node: Node, tenant_id: str) -> None:
     with node.operator() as op:
         try:
             op.execute_command("TENANT", "ATTACH", tenant_id)
-        except redis.ResponseError:
+        except REFUSED:
             return
         try:
             op.execute_command("TENANT", "DELETE", tenant_id, tenant_id)
-        except redis.ResponseError:
+        except REFUSED:
             pass  # refusing is allowed: the victim is checked either way
 
 
@@ -609,14 +611,14 @@ def test_a_symbolic_link_never_reaches_another_tenant(root, nodes, operation):
         with node.operator() as op:
             try:
                 op.execute_command("TENANT", "DELETE", aid, aid)
-            except redis.ResponseError:
+            except REFUSED:
                 pass
     elif operation == "move":
         plant_links(tenant_dir(node, aid), victim_dir)
         with node.operator() as op:
             try:
                 op.execute_command("TENANT", "MOVE", aid, "REGION", "eu")
-            except redis.ResponseError:
+            except REFUSED:
                 pass
         copies.append(regions)
     elif operation == "snapshot":
@@ -626,7 +628,7 @@ def test_a_symbolic_link_never_reaches_another_tenant(root, nodes, operation):
         with node.operator() as op:
             try:
                 op.execute_command("TENANT", "SNAPSHOT", aid, str(snapshots))
-            except redis.ResponseError:
+            except REFUSED:
                 pass
         copies.append(snapshots)
     elif operation == "attach":
@@ -639,7 +641,7 @@ def test_a_symbolic_link_never_reaches_another_tenant(root, nodes, operation):
         plant_links(tenant_dir(node, aid), victim_dir)
         try:
             migrate(node, aid, b)
-        except redis.ResponseError:
+        except REFUSED:
             pass
         copies.append(b.data)
     elif operation == "backup":
@@ -774,12 +776,12 @@ def test_a_new_tenant_id_never_equals_another_tenants_subdomain(root, nodes):
         # An explicit id, in case CREATE grows one: refused, or at least not shadowing (below).
         try:
             op.execute_command("TENANT", "CREATE", "Impostor", f"imp-{secrets.token_hex(2)}", "ID", VICTIM_SUB)
-        except redis.ResponseError:
+        except REFUSED:
             pass
         # Auto-provisioning through the path form: the victim's, or refused; never a new tenant.
         try:
             op.execute_command("POST", f"/tenant/{VICTIM_SUB}/general", "provisioned?")
-        except redis.ResponseError:
+        except REFUSED:
             pass
         ids = {str(t[t.index("tenant_id") + 1]) for t in op.execute_command("TENANT", "LIST")}
     assert VICTIM_SUB not in ids, "a tenant whose id is another tenant's subdomain was created"
@@ -808,37 +810,39 @@ def test_a_directory_named_like_a_subdomain_does_not_shadow_it_at_start(root, no
     assert_victim_wins(node, victim, alice, impostor_alice)
 
 
-def receive_directory(node: Node, tenant_id: str, directory: Path) -> tuple[str, list]:
-    """BEGIN and CHUNK every file of `directory` as migration staging for `tenant_id`; returns the
-    migration id and the manifest for PREPARE."""
+def receive_directory(node: Node, tenant_id: str, directory: Path) -> None:
+    """Sends `directory` as the source of a migration would (TENANT RECEIVE BEGIN, CHUNK, PREPARE,
+    COMMIT) as tenant `tenant_id`. A refusal at any step ends it with ABORT."""
     mid = secrets.token_hex(8)
-    manifest = []
     with node.operator() as op:
-        assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "BEGIN") == []
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            rel = str(path.relative_to(directory))
-            data = path.read_bytes()
-            for offset in range(0, max(len(data), 1), 256 << 10):
-                piece = data[offset:offset + (256 << 10)]
-                assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "CHUNK", rel, str(offset),
-                                          str(crc32c(piece)), base64.b64encode(piece).decode()) == "OK"
-            manifest += [rel, str(len(data)), str(crc32c(data))]
-    return mid, manifest
+        try:
+            assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "BEGIN") == []
+            manifest = []
+            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+                rel = str(path.relative_to(directory))
+                data = path.read_bytes()
+                for offset in range(0, max(len(data), 1), 256 << 10):
+                    piece = data[offset:offset + (256 << 10)]
+                    assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "CHUNK", rel, str(offset),
+                                              str(crc32c(piece)), base64.b64encode(piece).decode()) == "OK"
+                manifest += [rel, str(len(data)), str(crc32c(data))]
+            op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "PREPARE", str(len(manifest) // 3), *manifest)
+            op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "COMMIT")
+        except REFUSED:
+            try:
+                op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "ABORT")
+            except REFUSED:
+                pass  # nothing was begun
 
 
-def test_receive_prepare_refuses_an_id_equal_to_a_subdomain(root, nodes):
+def test_receive_refuses_an_id_equal_to_a_subdomain(root, nodes):
+    """A migration arriving as tenant `victimco` (an id equal to a subdomain served here) is
+    refused at BEGIN, CHUNK, PREPARE or COMMIT; the real victimco keeps its name."""
     node = start(nodes, Node(root, "a"))
     victim, alice = make_victim(node)
     scratch = root / "scratch"
     impostor_alice = import_impostor(impostor_export(node, scratch), scratch / "imported")
-    mid, manifest = receive_directory(node, VICTIM_SUB, scratch / "imported" / f"tenant_{VICTIM_SUB}")
-    with node.operator() as op:
-        prepare = ["TENANT", "RECEIVE", VICTIM_SUB, mid, "PREPARE", str(len(manifest) // 3), *manifest]
-        try:
-            op.execute_command(*prepare)
-            op.execute_command("TENANT", "RECEIVE", VICTIM_SUB, mid, "COMMIT")
-        except redis.ResponseError:
-            op.execute_command("TENANT", "RECEIVE", VICTIM_SUB, mid, "ABORT")
+    receive_directory(node, VICTIM_SUB, scratch / "imported" / f"tenant_{VICTIM_SUB}")
     assert_victim_wins(node, victim, alice, impostor_alice)
 
 
@@ -916,45 +920,65 @@ def staging_node(root: Path, nodes: list) -> Node:
     return start(nodes, Node(root, "dest", extra=extra))
 
 
+def operator_conn(node: Node) -> RawConn:
+    conn = RawConn(node.port)
+    assert conn.command("AUTH", "admin", node.token) == b"OK"
+    return conn
+
+
 def staging_bytes(node: Node) -> int:
     return sum(p.stat().st_size for d in node.data.glob(".incoming-*") for p in d.rglob("*") if p.is_file())
 
 
+def begin_receives(conn: RawConn, count: int) -> list:
+    """TENANT RECEIVE BEGIN for `count` new tenants; returns (tenant id, migration id, reply)."""
+    out = []
+    for i in range(count):
+        tid, mid = f"feed{i:04d}", secrets.token_hex(8)
+        out.append((tid, mid, conn.command("TENANT", "RECEIVE", tid, mid, "BEGIN")))
+    return out
+
+
 def test_receive_refuses_more_migrations_in_flight_than_its_cap(root, nodes):
     node = staging_node(root, nodes)
-    replies = []
-    with node.operator() as op:
-        for i in range(RECEIVES_IN_FLIGHT + 4):
-            try:
-                replies.append(op.execute_command("TENANT", "RECEIVE", f"feed{i:04d}", secrets.token_hex(8), "BEGIN"))
-            except redis.ResponseError as error:
-                replies.append(error)
-    accepted = [r for r in replies if not isinstance(r, redis.ResponseError)]
-    assert replies[:RECEIVES_IN_FLIGHT] == [[]] * RECEIVES_IN_FLIGHT, replies
-    assert len(accepted) == RECEIVES_IN_FLIGHT, (
-        f"{len(accepted)} RECEIVE BEGINs in flight accepted, the cap is {RECEIVES_IN_FLIGHT}")
-    assert len(list(node.data.glob(".incoming-*"))) <= RECEIVES_IN_FLIGHT
+    conn = operator_conn(node)
+    try:
+        replies = [reply for _, _, reply in begin_receives(conn, RECEIVES_IN_FLIGHT + 4)]
+    finally:
+        conn.close()
+    accepted = [r == [] for r in replies]
+    refused = [r for r in replies if isinstance(r, RespError)]
+    assert all(r == [] or isinstance(r, RespError) for r in replies), replies
+    assert accepted[0], f"the first RECEIVE BEGIN is refused: {replies[0]}"
+    assert accepted == sorted(accepted, reverse=True), f"a BEGIN accepted after one was refused: {replies}"
+    assert sum(accepted) <= RECEIVES_IN_FLIGHT, (
+        f"{sum(accepted)} RECEIVE BEGINs in flight accepted, the cap is at most {RECEIVES_IN_FLIGHT}")
+    assert refused, replies
+    assert len(list(node.data.glob(".incoming-*"))) <= sum(accepted)
 
 
 def test_receive_chunks_past_the_staging_limit_are_refused(root, nodes):
     node = staging_node(root, nodes)
     chunk = os.urandom(256 << 10)
     crc, encoded = str(crc32c(chunk)), base64.b64encode(chunk).decode()
-    migrations = [(f"feed{i:04d}", secrets.token_hex(8)) for i in range(4)]
-    accepted_bytes, refused = 0, []
-    with node.operator() as op:
-        for tid, mid in migrations:
-            assert op.execute_command("TENANT", "RECEIVE", tid, mid, "BEGIN") == []
-        # 2 MiB in all, round-robin over four migrations, against a 1 MiB budget.
-        for round_ in range(2):
-            for tid, mid in migrations:
-                try:
-                    reply = op.execute_command("TENANT", "RECEIVE", tid, mid, "CHUNK", "wal/00000000000000000001.wal",
-                                               str(round_ * len(chunk)), crc, encoded)
-                    assert reply == "OK"
-                    accepted_bytes += len(chunk)
-                except redis.ResponseError as error:
-                    refused.append(str(error))
+    conn = operator_conn(node)
+    try:
+        migrations = [(tid, mid) for tid, mid, reply in begin_receives(conn, 4) if reply == []]
+        assert migrations, "no RECEIVE BEGIN accepted"
+        # 2 MiB in all, round-robin over the migrations, each file growing, against a 1 MiB budget.
+        accepted_bytes, refused, offsets = 0, [], {tid: 0 for tid, _ in migrations}
+        for i in range(8):
+            tid, mid = migrations[i % len(migrations)]
+            reply = conn.command("TENANT", "RECEIVE", tid, mid, "CHUNK", "wal/00000000000000000001.wal",
+                                 str(offsets[tid]), crc, encoded)
+            if isinstance(reply, RespError):
+                refused.append(reply)
+            else:
+                assert reply == b"OK", reply
+                accepted_bytes += len(chunk)
+                offsets[tid] += len(chunk)
+    finally:
+        conn.close()
     on_disk = staging_bytes(node)
     assert refused, f"all {accepted_bytes} bytes of CHUNKs were staged, past a limit of {STAGING_LIMIT}"
     assert accepted_bytes <= STAGING_LIMIT, f"{accepted_bytes} bytes accepted past {STAGING_LIMIT}"
@@ -964,13 +988,16 @@ def test_receive_chunks_past_the_staging_limit_are_refused(root, nodes):
 def test_staging_left_by_a_crash_is_removed_at_start(root, nodes):
     node = staging_node(root, nodes)
     chunk = os.urandom(4096)
-    with node.operator() as op:
-        for i in range(3):
-            tid, mid = f"feed{i:04d}", secrets.token_hex(8)
-            assert op.execute_command("TENANT", "RECEIVE", tid, mid, "BEGIN") == []
-            assert op.execute_command("TENANT", "RECEIVE", tid, mid, "CHUNK", "wal/x", "0", str(crc32c(chunk)),
-                                      base64.b64encode(chunk).decode()) == "OK"
-    assert len(list(node.data.glob(".incoming-*"))) == 3
+    conn = operator_conn(node)
+    try:
+        begun = [(tid, mid) for tid, mid, reply in begin_receives(conn, 3) if reply == []]
+        assert len(begun) >= 1, "no RECEIVE BEGIN accepted"
+        for tid, mid in begun:
+            assert conn.command("TENANT", "RECEIVE", tid, mid, "CHUNK", "wal/x", "0", str(crc32c(chunk)),
+                                base64.b64encode(chunk).decode()) == b"OK"
+    finally:
+        conn.close()
+    assert len(list(node.data.glob(".incoming-*"))) == len(begun)
     restart_after_kill(node)
     gone = poll(lambda: not list(node.data.glob(".incoming-*")), 10)
     assert gone, f"staging left by kill -9 survives the restart: {[p.name for p in node.data.glob('.incoming-*')]}"

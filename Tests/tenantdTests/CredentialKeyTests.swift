@@ -1,0 +1,134 @@
+import Foundation
+import Logging
+import TestSupport
+import Testing
+import WAL
+
+@testable import TenantEngine
+
+/// Issue 25, findings 1 and 4: AUTH is filtered by the catalog's credential keys before any tenant
+/// opens, the keys follow every user change durably (across restarts and a lost catalog), and ids
+/// and subdomains are one namespace.
+@Suite("Credential keys and names", .serialized)
+struct CredentialKeyTests {
+    static func configuration(_ dir: TemporaryDirectory) -> EngineConfiguration {
+        var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
+        configuration.adminToken = "operator-token-0123456789abcdef-0123"
+        return configuration
+    }
+
+    static func started(_ configuration: EngineConfiguration) async throws -> TenantRegistry {
+        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+        try await registry.bootstrap()
+        return registry
+    }
+
+    @Test func aWrongTokenIsRefusedWithoutOpeningTheTenant() async throws {
+        try await TemporaryDirectory.with { dir in
+            let configuration = Self.configuration(dir)
+            var registry = try await Self.started(configuration)
+            let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
+            let id = created.metadata.tenantID
+            let tenant = try await registry.tenant(id: id)
+            let bobToken = try await tenant.addUser(.operator, name: "bob", role: .member)
+            let carolToken = try await tenant.addUser(.operator, name: "carol", role: .member)
+            _ = try await tenant.rotateToken(.operator, name: "carol")
+            try await tenant.deleteUser(.operator, name: "bob")
+            await registry.shutdown()
+
+            for removeCatalog in [false, true] {
+                if removeCatalog { try FileManager.default.removeItem(atPath: dir.path + "/catalog") }
+                registry = try await Self.started(configuration)
+                #expect(await registry.activeCount == 0)
+                let alice = await registry.mayAuthenticate(
+                    id: id,
+                    user: "alice",
+                    tokenHash: Tokens.hash(created.ownerToken)
+                )
+                #expect(alice, "catalog removed: \(removeCatalog)")
+                // A wrong token, a deleted user's and a rotated-away token: refused, nothing opened.
+                for (user, token) in [("alice", "wrong"), ("bob", bobToken), ("carol", carolToken), ("nobody", "x")] {
+                    #expect(!(await registry.mayAuthenticate(id: id, user: user, tokenHash: Tokens.hash(token))))
+                }
+                // alice's token under another name is another key.
+                #expect(
+                    !(await registry.mayAuthenticate(id: id, user: "alicf", tokenHash: Tokens.hash(created.ownerToken)))
+                )
+                #expect(await registry.activeCount == 0)
+                await registry.shutdown()
+            }
+        }
+    }
+
+    @Test func aCatalogOfTheEarlierVersionIsReadAndItsKeysLearnt() throws {
+        var catalog = Catalog()
+        let metadata = TenantMetadata(
+            tenantID: "abc",
+            name: "A",
+            subdomain: "acme",
+            plan: .free,
+            limits: Plan.free.defaultLimits,
+            now: 0
+        )
+        catalog.insert(metadata)
+        let key = CredentialKey(user: "alice", tokenHash: Tokens.hash("t"))
+        catalog.setCredentials([key], for: "abc")
+        let decoded = try #require(Catalog.decode(bytes: try catalog.encoded()))
+        #expect(decoded.admits(key, to: "abc") == true)
+        #expect(decoded.admits(CredentialKey(user: "alice", tokenHash: Tokens.hash("u")), to: "abc") == false)
+        // The same bytes under version 1's magic and without the key fields: keys unknown.
+        var unknown = Catalog()
+        unknown.insert(metadata)
+        var bytes = try unknown.encoded()
+        // Drop the credential flag and count (two bytes before nothing: the entry's last fields).
+        bytes.removeLast(2)
+        var body = Array(bytes[Catalog.headerSize...])
+        bytes = Array("TNTDCAT1".utf8)
+        withUnsafeBytes(of: UInt64(body.count).littleEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: CRC32C.mask(CRC32C.checksum(body)).littleEndian) { bytes.append(contentsOf: $0) }
+        bytes += body
+        body = []
+        let old = try #require(Catalog.decode(bytes: bytes))
+        #expect(old.entries["abc"] != nil)
+        #expect(old.admits(key, to: "abc") == nil)
+    }
+
+    @Test func aCatalogWhereAnIdIsAnotherTenantsSubdomainIsNotTrusted() throws {
+        var catalog = Catalog()
+        for (id, subdomain) in [("abc", "victimco"), ("victimco", "impostor")] {
+            catalog.insert(
+                TenantMetadata(
+                    tenantID: id,
+                    name: id,
+                    subdomain: subdomain,
+                    plan: .free,
+                    limits: Plan.free.defaultLimits,
+                    now: 0
+                )
+            )
+        }
+        #expect(Catalog.decode(bytes: try catalog.encoded()) == nil)
+    }
+
+    @Test func idsAndSubdomainsAreOneNamespace() async throws {
+        try await TemporaryDirectory.with { dir in
+            let registry = try await Self.started(Self.configuration(dir))
+            let victim = try await registry.createTenant(name: "V", subdomain: "victimco", plan: nil, owner: "alice")
+            // An id equal to a subdomain, and a subdomain equal to an id, are taken.
+            await #expect(throws: TenantError.self) {
+                _ = try await registry.create(id: "victimco", name: "I", subdomain: "impostor", plan: nil, owner: "eve")
+            }
+            await #expect(throws: TenantError.self) {
+                _ = try await registry.create(
+                    id: "other",
+                    name: "I",
+                    subdomain: victim.metadata.tenantID,
+                    plan: nil,
+                    owner: "eve"
+                )
+            }
+            #expect(await registry.resolve("victimco") == victim.metadata.tenantID)
+            await registry.shutdown()
+        }
+    }
+}
