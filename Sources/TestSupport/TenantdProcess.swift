@@ -100,6 +100,15 @@ public final class TenantdProcess {
         return kilobytes * 1024
     }
 
+    /// The most resident memory the process has had, in bytes (VmHWM, from /proc).
+    public func peakResidentBytes() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+            let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return 0 }
+        return kilobytes * 1024
+    }
+
     /// What the process wrote to standard error.
     public func stderrText() -> String {
         (try? String(contentsOfFile: self.errors, encoding: .utf8)) ?? ""

@@ -49,6 +49,78 @@ struct CraftedTenantTests {
         #expect(texts == ["kept", "still here"])
     }
 
+    /// Issue 25, finding 5: a small checkpoint with valid checksums whose body is millions of
+    /// empty messages (all zeros: lz4 packs it 250 to 1). Its columns were decoded into arrays of
+    /// their own first (24 bytes a message, whatever the budget); now four cursors read them side
+    /// by side, and the messages go to the cold store under --maxmemory, on ATTACH and in
+    /// `tenantctl verify`.
+    @Test func aCheckpointOfMillionsOfEmptyMessagesIsReadWithinTheBudget() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let data = dir.path + "/data"
+        var server = try TenantdProcess(dataDirectory: data)
+        let admin = try server.operatorClient()
+        let crafted = try admin.createTenant(name: "Crafted", subdomain: "crafted", owner: "owner")
+        #expect(try admin.call("TENANT", "DETACH", crafted.id) == .simple("OK"))
+        #expect(server.stop() == 0)
+        let checkpoints = data + "/tenant_\(crafted.id)/checkpoint"
+        let name = try #require(try FileManager.default.contentsOfDirectory(atPath: checkpoints).first)
+        let lsn = try #require(Checkpoint.lsn(ofFileNamed: name))
+        let count = 6_000_000
+        // The tenant's own metadata, then one room of `count` messages whose timestamp deltas,
+        // author indexes and lengths are all zero.
+        let original = try Checkpoint.decode(
+            bytes: Array(try Data(contentsOf: URL(fileURLWithPath: checkpoints + "/" + name))),
+            path: name
+        ).0
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        var writer = BinaryWriter()
+        writer.write(bytes: Array(try encoder.encode(try #require(original.metadata))))
+        writer.writeVarint(0)
+        writer.writeVarint(1)
+        writer.write("r")
+        writer.writeVarint(UInt64(count))
+        writer.writeVarint(1)
+        writer.write("u")
+        writer.bytes += [UInt8](repeating: 0, count: 3 * count)
+        let body = writer.bytes
+        let file = try Checkpoint.encode(body: body, lsn: lsn)
+        #expect(file.count < body.count / 100, "\(file.count) bytes for a body of \(body.count)")
+        try Data(file).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
+
+        // tenantctl verify, run by a python3 that reports its child's peak resident memory.
+        let verify = Process()
+        verify.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        verify.arguments = [
+            "python3", "-c",
+            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+                + "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+            TenantdProcess.binaryPath.replacingOccurrences(of: "/tenantd", with: "/tenantctl"),
+            "verify", data + "/tenant_\(crafted.id)",
+        ]
+        let output = Pipe()
+        verify.standardOutput = output
+        try verify.run()
+        verify.waitUntilExit()
+        let peak = Int(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        #expect(peak > 0 && peak < 160 * 1024, "tenantctl verify peaked at \(peak) KiB for \(count) messages")
+
+        // Out of the data directory while the server starts (a start would serve it), then back.
+        let outside = dir.path + "/copied-in"
+        try FileManager.default.moveItem(atPath: data + "/tenant_\(crafted.id)", toPath: outside)
+        server = try TenantdProcess(dataDirectory: data, arguments: ["--maxmemory", "32mb"])
+        try FileManager.default.moveItem(atPath: outside, toPath: data + "/tenant_\(crafted.id)")
+        let before = server.peakResidentBytes()
+        let attached = try server.operatorClient().call("TENANT", "ATTACH", crafted.id)
+        #expect(attached.errorCode == nil, "\(attached)")
+        let growth = server.peakResidentBytes() - before
+        #expect(growth < 96 << 20, "ATTACH grew the peak by \(growth >> 20) MiB for \(count) messages")
+        #expect(try server.operatorClient().call("PING") == .simple("PONG"))
+        #expect(server.stop() == 0)
+    }
+
     @Test func startUpServesTheOthersAndRefusesTheCraftedTenant() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -710,6 +710,7 @@ extension TenantRegistry {
         let staging = self.incomingDirectory(id)
         let fileSystem = self.configuration.fileSystem
         let maxRecordSize = self.configuration.walConfiguration.maxRecordSize
+        let memory = self.memory
         let verification = try await runBlocking { () -> TenantVerification in
             let wanted = Dictionary(manifest.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
             for path in try MigrationFiles.list(staging, fileSystem: fileSystem) where wanted[path] == nil {
@@ -728,7 +729,12 @@ extension TenantRegistry {
                 }
             }
             try MigrationFiles.syncTree(staging, fileSystem: fileSystem)
-            return TenantVerifier.verify(path: staging, maxRecordSize: maxRecordSize, fileSystem: fileSystem)
+            return TenantVerifier.verify(
+                path: staging,
+                maxRecordSize: maxRecordSize,
+                fileSystem: fileSystem,
+                memory: memory
+            )
         }
         if let problem = verification.problem { throw TenantError.invalid("the copy does not recover: \(problem)") }
         guard verification.tenantID == id else {

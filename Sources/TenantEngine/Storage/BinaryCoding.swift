@@ -104,6 +104,12 @@ struct BinaryReader {
         return count
     }
 
+    /// Passes over `count` bytes.
+    mutating func skip(_ count: Int) throws {
+        guard count >= 0, self.buffer.count - self.offset >= count else { throw RecordDecodingError.truncated }
+        self.offset += count
+    }
+
     var isAtEnd: Bool { self.offset == self.buffer.count }
 }
 

@@ -278,31 +278,40 @@ enum Checkpoint {
             var authors: [String] = []
             authors.reserveCapacity(authorCount)
             for _ in 0..<authorCount { authors.append(try reader.readString()) }
-            var timestamps: [Int64] = []
-            timestamps.reserveCapacity(count)
-            var previous: Int64 = 0
+            // The room's columns (timestamps, authors, lengths, texts) are read side by side by
+            // four cursors over the body, so that decoding holds a few blocks, never a column:
+            // a crafted count costs time in proportion to the file, not memory.
+            var timestampCursor = reader
+            for _ in 0..<count { _ = try reader.readVarint() }
+            var authorCursor = reader
+            for _ in 0..<count { _ = try reader.readVarint() }
+            var lengthCursor = reader
+            var textBytes = 0
             for _ in 0..<count {
-                let (sum, overflow) = previous.addingReportingOverflow(try reader.readSignedVarint())
+                let (sum, overflow) = textBytes.addingReportingOverflow(
+                    try reader.readCount(minimumSize: 1, "text length")
+                )
+                guard !overflow else { throw RecordDecodingError.invalidValue("text length") }
+                textBytes = sum
+            }
+            var textCursor = reader
+            try reader.skip(textBytes)
+            var previous: Int64 = 0
+            for index in 0..<count {
+                let (sum, overflow) = previous.addingReportingOverflow(try timestampCursor.readSignedVarint())
                 guard !overflow else { throw RecordDecodingError.invalidValue("timestamp") }
                 previous = sum
-                timestamps.append(previous)
-            }
-            var users: [Int] = []
-            users.reserveCapacity(count)
-            for _ in 0..<count {
-                let index = try reader.readVarint()
-                guard index < UInt64(authors.count) else { throw RecordDecodingError.invalidValue("author index") }
-                users.append(Int(index))
-            }
-            var lengths: [Int] = []
-            lengths.reserveCapacity(count)
-            for _ in 0..<count { lengths.append(try reader.readCount(minimumSize: 1, "text length")) }
-            for index in 0..<count {
-                let text = try reader.readString(count: lengths[index])
+                let author = try authorCursor.readVarint()
+                guard author < UInt64(authors.count) else { throw RecordDecodingError.invalidValue("author index") }
+                // Checked in the pass above: every length fits.
+                guard let length = Int(exactly: try lengthCursor.readVarint()) else {
+                    throw RecordDecodingError.invalidValue("text length")
+                }
+                let text = try textCursor.readString(count: length)
                 let message = Message(
                     seq: UInt64(index + 1),
-                    timestamp: timestamps[index],
-                    user: authors[users[index]],
+                    timestamp: previous,
+                    user: authors[Int(author)],
                     text: text
                 )
                 try state.apply(.message(room: room, message))

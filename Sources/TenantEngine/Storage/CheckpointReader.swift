@@ -171,6 +171,8 @@ protocol BodyReading {
     mutating func readVarint() throws -> UInt64
     mutating func readString(count: Int) throws -> String
     mutating func readCount(minimumSize: Int, _ what: String) throws -> Int
+    /// Passes over `count` bytes without keeping them.
+    mutating func skip(_ count: Int) throws
     /// The bytes read so far.
     var position: Int { get }
     var isAtEnd: Bool { get }
@@ -264,6 +266,25 @@ struct BodyStream: BodyReading {
             throw RecordDecodingError.invalidValue(what)
         }
         return count
+    }
+
+    mutating func skip(_ count: Int) throws {
+        guard count >= 0, count <= self.remaining else { throw RecordDecodingError.truncated }
+        var left = count
+        while true {
+            let available = self.window.count - self.windowOffset
+            if left <= available {
+                self.windowOffset += left
+                return
+            }
+            left -= available
+            // The whole window is passed: the next block starts a new one.
+            self.consumed += self.window.count
+            self.window = []
+            self.windowOffset = 0
+            guard let block = try self.reader.nextBlock() else { throw RecordDecodingError.truncated }
+            self.window = block
+        }
     }
 }
 

@@ -28,27 +28,36 @@ public struct TenantVerification: Sendable {
 
 /// Reads a tenant directory the way recovery does, without changing a byte of it.
 public enum TenantVerifier {
+    /// The memory budget of a verification's messages unless told (``verify(path:maxRecordSize:fileSystem:memory:)``).
+    public static let defaultMemory = 64 << 20
+
     /// Verifies one tenant directory.
     /// - Parameters:
     ///   - path: the tenant directory (holding `wal/`).
     ///   - maxRecordSize: the bound on one record.
     /// - Returns: the report; `problem` is set when the log is corrupt or holds no tenant.
+    ///   - memory: the budget the replayed messages are held within: past it they move to an
+    ///     unlinked cold file beside the directory, as the server's do, so that a copied or
+    ///     crafted directory is verified in bounded memory. Default 64 MiB.
     public static func verify(
         path: String,
         maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
-        fileSystem: any WALFileSystem = POSIXFileSystem()
+        fileSystem: any WALFileSystem = POSIXFileSystem(),
+        memory: MemoryBudget? = nil
     )
         -> TenantVerification
     {
         var report = TenantVerification(path: path)
         var state = TenantState()
+        let budget = memory ?? MemoryBudget(maxMemory: Self.defaultMemory)
         do {
             let recovered = try DirectoryStore.recover(
                 files: TenantFiles(path),
                 fileSystem: fileSystem,
                 maxRecordSize: maxRecordSize,
                 repair: false,
-                logger: nil
+                logger: nil,
+                makeCold: { ColdStore(budget: budget, directory: POSIXFile.parent(of: path), logger: nil) }
             )
             state = recovered.state
             report.records = recovered.result.recordCount
