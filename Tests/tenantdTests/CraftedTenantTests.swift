@@ -1,6 +1,7 @@
 import Foundation
 import TestSupport
 import Testing
+import WAL
 
 @testable import TenantEngine
 
@@ -85,8 +86,11 @@ struct CraftedTenantTests {
         writer.write("u")
         writer.bytes += [UInt8](repeating: 0, count: 3 * count)
         let body = writer.bytes
-        let file = try Checkpoint.encode(body: body, lsn: lsn)
+        // In the format of earlier versions, still read (this version's writer pads such a body
+        // to a 64th of its size, and its reader holds every block to that).
+        let file = try Checkpoint.encode(body: body, lsn: lsn, version: 1)
         #expect(file.count < body.count / 100, "\(file.count) bytes for a body of \(body.count)")
+        #expect(try Checkpoint.encode(body: body, lsn: lsn).count >= body.count / Checkpoint.maxExpansion)
         try Data(file).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
 
         // tenantctl verify, run by a python3 that reports its child's peak resident memory.
@@ -119,6 +123,34 @@ struct CraftedTenantTests {
         #expect(growth < 96 << 20, "ATTACH grew the peak by \(growth >> 20) MiB for \(count) messages")
         #expect(try server.operatorClient().call("PING") == .simple("PONG"))
         #expect(server.stop() == 0)
+    }
+
+    /// A version-2 file whose block claims more than 64 times its stored size is refused before
+    /// anything is decompressed, and a body that lz4 packs 250 to 1 is written padded and reads
+    /// back whole.
+    @Test func versionTwoBlocksAreHeldToTheirBound() throws {
+        let body = CraftedInputTests.body(room: { writer in
+            writer.writeVarint(100_000)
+            writer.writeVarint(1)
+            writer.write("u")
+            writer.bytes += [UInt8](repeating: 0, count: 300_000)
+        })
+        let file = try Checkpoint.encode(body: body, lsn: 3)
+        #expect(file.count * Checkpoint.maxExpansion >= body.count)
+        let reader = try CheckpointReader(source: CheckpointBytes(bytes: file), path: "ok.ckpt")
+        #expect(reader.bodySize == body.count)
+        let (state, lsn) = try Checkpoint.decode(bytes: file, path: "ok.ckpt")
+        #expect(lsn == 3 && state.messageCount == 100_000)
+        // The same body unpadded, under the version-2 magic: its block is over the bound.
+        var crafted = try Checkpoint.encode(body: body, lsn: 3, version: 1)
+        crafted.replaceSubrange(0..<8, with: Checkpoint.magic)
+        let headerCRC = crafted[0..<20].withUnsafeBytes { CRC32C.mask(CRC32C.checksum($0)) }
+        withUnsafeBytes(of: headerCRC.littleEndian) { crafted.replaceSubrange(20..<24, with: $0) }
+        #expect {
+            _ = try Checkpoint.decode(bytes: crafted, path: "crafted.ckpt")
+        } throws: { error in
+            "\(error)".contains("expands over 64 times")
+        }
     }
 
     @Test func startUpServesTheOthersAndRefusesTheCraftedTenant() throws {

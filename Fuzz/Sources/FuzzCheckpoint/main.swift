@@ -9,7 +9,7 @@ import FuzzSupport
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzCheckpoint(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     let bytes = Array(UnsafeRawBufferPointer(start: start, count: count))
-    if bytes.starts(with: Checksums.checkpointMagic) {
+    if Checksums.isCheckpoint(bytes) {
         _ = try? DecoderEntryPoints.decodeCheckpoint(bytes)
         _ = try? DecoderEntryPoints.decodeSharedCheckpoint(bytes)
         if let fixed = Checksums.fixingCheckpoint(bytes) {

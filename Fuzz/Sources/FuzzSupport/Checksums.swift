@@ -28,7 +28,7 @@ public enum Checksums {
     /// - Parameter bytes: checkpoint bytes.
     /// - Returns: the bytes with valid checksums, or nil when there is no checkpoint header to fix.
     public static func fixingCheckpoint(_ bytes: [UInt8]) -> [UInt8]? {
-        guard bytes.count >= checkpointHeaderSize, bytes.starts(with: checkpointMagic) else { return nil }
+        guard bytes.count >= checkpointHeaderSize, isCheckpoint(bytes) else { return nil }
         var bytes = bytes
         store(masked(bytes, 0..<20), in: &bytes, at: 20)
         var offset = checkpointHeaderSize
@@ -82,8 +82,15 @@ public enum Checksums {
     /// The catalog magic.
     public static let catalogMagic = Array("TNTDCAT1".utf8)
 
-    /// The checkpoint magic.
+    /// The checkpoint magic of the format of earlier versions (the files `checkpoint(body:)` makes).
     public static let checkpointMagic = Array("TNTDCKP1".utf8)
+    /// The checkpoint magic written now (blocks held to 64 times their stored size, maybe padded).
+    public static let checkpointMagicVersion2 = Array("TNTDCKP2".utf8)
+
+    /// Whether `bytes` start with either checkpoint magic.
+    public static func isCheckpoint(_ bytes: [UInt8]) -> Bool {
+        bytes.starts(with: checkpointMagic) || bytes.starts(with: checkpointMagicVersion2)
+    }
     private static let checkpointHeaderSize = 24
     private static let checkpointBlockHeaderSize = 12
 

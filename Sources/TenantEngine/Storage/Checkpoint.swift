@@ -14,14 +14,22 @@ import WAL
 /// indexes into the room's author table, text lengths, then the texts back to back), so the texts
 /// of a room compress against each other in large blocks.
 enum Checkpoint {
-    static let magic = Array("TNTDCKP1".utf8)
+    /// The format written: every block within ``maxExpansion`` of its stored size (padded when
+    /// lz4 packs it tighter), so that a file's body is at most that multiple of the file.
+    static let magic = Array("TNTDCKP2".utf8)
+    /// The format of earlier versions, still read, with its earlier bound on the body.
+    static let magicVersion1 = Array("TNTDCKP1".utf8)
+    /// In a version-2 block's raw length: the stored bytes end with padding and, last, the
+    /// lz4 length (u32).
+    static let paddedFlag: UInt32 = 1 << 31
     static let trailer = Array("TNTDCKPE".utf8)
     static let headerSize = 24
     static let blockHeaderSize = 12
     /// The raw size of one block.
     static let blockSize = 4 << 20
     static let fileExtension = ".ckpt"
-    /// The most a checkpoint's body may expand its file by, and the body any file may have.
+    /// The most a block's raw bytes may be for each stored byte (version 2: each block; version
+    /// 1: the whole body, with at least ``minimumBodyBound`` allowed).
     static let maxExpansion = 64
     static let minimumBodyBound = 256 << 20
 
@@ -83,13 +91,24 @@ enum Checkpoint {
         return size + Self.trailer.count
     }
 
-    /// One block: its checksum, raw and stored lengths, then `raw` lz4hc-compressed.
-    private static func block(_ raw: [UInt8]) throws -> [UInt8] {
-        let stored = try LZ4Block.compressHC(raw, level: 12)
+    /// One block: its checksum, raw and stored lengths, then `raw` lz4hc-compressed. A block
+    /// that lz4 packs more than ``maxExpansion`` times is padded (zeros, then the lz4 length) up
+    /// to a stored size that keeps it within: the reader's bound never refuses what was written.
+    private static func block(_ raw: [UInt8], version: Int = 2) throws -> [UInt8] {
+        var stored = try LZ4Block.compressHC(raw, level: 12)
+        var rawField = UInt32(raw.count)
+        if version >= 2 && raw.count > stored.count * Self.maxExpansion {
+            let compressed = stored.count
+            let padded = (raw.count + Self.maxExpansion - 1) / Self.maxExpansion
+            stored += [UInt8](repeating: 0, count: max(0, padded - compressed - 4))
+            stored.appendLE(UInt32(compressed))
+            rawField |= Self.paddedFlag
+            assert(raw.count <= stored.count * Self.maxExpansion, "a padded block is within the bound")
+        }
         var block = [UInt8]()
         block.reserveCapacity(Self.blockHeaderSize + stored.count)
         block.appendLE(UInt32(0))
-        block.appendLE(UInt32(raw.count))
+        block.appendLE(rawField)
         block.appendLE(UInt32(stored.count))
         block += stored
         let crc = block.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[4...])) }
@@ -98,15 +117,16 @@ enum Checkpoint {
     }
 
     /// The file bytes of a body at `lsn`: header, checksummed compressed blocks, trailer.
-    static func encode(body: [UInt8], lsn: UInt64) throws -> [UInt8] {
+    /// - Parameter version: 2, or 1 for the format of earlier versions (tests of reading it).
+    static func encode(body: [UInt8], lsn: UInt64, version: Int = 2) throws -> [UInt8] {
         var blocks: [[UInt8]] = []
         var offset = 0
         while offset < body.count {
             let end = min(body.count, offset + Self.blockSize)
-            blocks.append(try Self.block(Array(body[offset..<end])))
+            blocks.append(try Self.block(Array(body[offset..<end]), version: version))
             offset = end
         }
-        var file = Self.magic
+        var file = version >= 2 ? Self.magic : Self.magicVersion1
         file.appendLE(lsn)
         file.appendLE(UInt32(blocks.count))
         file.appendLE(CRC32C.mask(CRC32C.checksum(file)))

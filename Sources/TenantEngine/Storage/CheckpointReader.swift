@@ -68,6 +68,8 @@ struct CheckpointReader {
     /// The body's size: the blocks' raw lengths added up.
     let bodySize: Int
     private let source: any CheckpointSource
+    /// The file's format: 2 (blocks bounded, maybe padded) or 1.
+    private let version: Int
     /// The next block's offset, and how many blocks are left (their headers were checked once, in
     /// `init`, without keeping a table: a crafted file of many tiny blocks costs no memory).
     private var nextOffset = Checkpoint.headerSize
@@ -82,7 +84,15 @@ struct CheckpointReader {
         let size = source.size
         guard size >= Checkpoint.headerSize + Checkpoint.trailer.count else { throw corrupt(0, "not a checkpoint") }
         let header = try source.read(at: 0, count: Checkpoint.headerSize)
-        guard header.prefix(8).elementsEqual(Checkpoint.magic) else { throw corrupt(0, "not a checkpoint") }
+        let version: Int
+        if header.prefix(8).elementsEqual(Checkpoint.magic) {
+            version = 2
+        } else if header.prefix(8).elementsEqual(Checkpoint.magicVersion1) {
+            version = 1
+        } else {
+            throw corrupt(0, "not a checkpoint")
+        }
+        self.version = version
         guard
             CRC32C.unmask(header.littleEndian(UInt32.self, at: 20))
                 == header[0..<20].withUnsafeBytes({ CRC32C.checksum($0) })
@@ -95,12 +105,17 @@ struct CheckpointReader {
         let declared = header.littleEndian(UInt32.self, at: 16)
         // A streamed checkpoint's blocks run up to the trailer.
         let blockCount = declared == Checkpoint.unknownBlockCount ? nil : Int(declared)
-        // lz4 expands up to 255 times: a crafted file of a few MB could otherwise ask for
-        // gigabytes. Real bodies (chat text, columns of small numbers) stay far below this.
-        let maxBody = max(
-            Checkpoint.minimumBodyBound,
-            size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
-        )
+        // lz4 expands up to 255 times: a crafted file of a few KB could otherwise ask for
+        // gigabytes. Version 2 holds each block to 64 times its stored size (the writer pads the
+        // ones lz4 packs tighter), so the body is at most 64 times the file; version 1 files,
+        // written before that, keep their bound (64 times the file, at least 256 MiB).
+        let maxBody =
+            version >= 2
+            ? size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
+            : max(
+                Checkpoint.minimumBodyBound,
+                size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
+            )
         let maxStored = LZ4Block.compressBound(Checkpoint.blockSize)
         var offset = Checkpoint.headerSize
         var body = 0
@@ -108,11 +123,16 @@ struct CheckpointReader {
         while blockCount.map({ blocks < $0 }) ?? (size - offset != Checkpoint.trailer.count) {
             guard size - offset >= Checkpoint.blockHeaderSize else { throw corrupt(offset, "truncated block") }
             let blockHeader = try source.read(at: offset, count: Checkpoint.blockHeaderSize)
-            let raw = Int(blockHeader.littleEndian(UInt32.self, at: 4))
+            let rawField = blockHeader.littleEndian(UInt32.self, at: 4)
+            let padded = version >= 2 && rawField & Checkpoint.paddedFlag != 0
+            let raw = Int(version >= 2 ? rawField & ~Checkpoint.paddedFlag : rawField)
             let stored = Int(blockHeader.littleEndian(UInt32.self, at: 8))
-            guard raw <= Checkpoint.blockSize, stored <= maxStored,
-                size - offset - Checkpoint.blockHeaderSize >= stored
+            guard raw <= Checkpoint.blockSize, stored <= maxStored + raw / Checkpoint.maxExpansion + 4,
+                size - offset - Checkpoint.blockHeaderSize >= stored, !padded || stored >= 4
             else { throw corrupt(offset, "block size out of bounds") }
+            guard version < 2 || raw <= stored * Checkpoint.maxExpansion else {
+                throw corrupt(offset, "block expands over \(Checkpoint.maxExpansion) times its stored size")
+            }
             guard maxBody - body >= raw else {
                 throw corrupt(offset, "body over \(maxBody) bytes, \(Checkpoint.maxExpansion) times the file")
             }
@@ -134,7 +154,9 @@ struct CheckpointReader {
         let offset = self.nextOffset
         // Bounds checked in `init`; read again here (the source does not change under a reader).
         let header = try self.source.read(at: offset, count: Checkpoint.blockHeaderSize)
-        let raw = Int(header.littleEndian(UInt32.self, at: 4))
+        let rawField = header.littleEndian(UInt32.self, at: 4)
+        let padded = self.version >= 2 && rawField & Checkpoint.paddedFlag != 0
+        let raw = Int(self.version >= 2 ? rawField & ~Checkpoint.paddedFlag : rawField)
         let stored = Int(header.littleEndian(UInt32.self, at: 8))
         let bytes = header + (try self.source.read(at: offset + Checkpoint.blockHeaderSize, count: stored))
         self.nextOffset = offset + Checkpoint.blockHeaderSize + stored
@@ -142,9 +164,18 @@ struct CheckpointReader {
         guard CRC32C.unmask(bytes.littleEndian(UInt32.self, at: 0)) == crc else {
             throw WALError.corrupt(file: self.path, offset: offset, reason: "block checksum mismatch")
         }
+        var compressed = Array(bytes[Checkpoint.blockHeaderSize...])
+        if padded {
+            // The lz4 bytes, then zeros, then their length.
+            let length = Int(bytes.littleEndian(UInt32.self, at: bytes.count - 4))
+            guard length <= compressed.count - 4 else {
+                throw WALError.corrupt(file: self.path, offset: offset, reason: "padded block length out of bounds")
+            }
+            compressed.removeLast(compressed.count - length)
+        }
         do {
             return try LZ4Block.decompress(
-                Array(bytes[Checkpoint.blockHeaderSize...]),
+                compressed,
                 decodedSize: raw,
                 maxDecodedSize: Checkpoint.blockSize
             )
