@@ -107,8 +107,11 @@ struct CraftedTenantTests {
         verify.standardOutput = output
         try verify.run()
         verify.waitUntilExit()
-        let peak = Int(String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        let peak =
+            Int(
+                String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)
+            ) ?? -1
         #expect(peak > 0 && peak < 160 * 1024, "tenantctl verify peaked at \(peak) KiB for \(count) messages")
 
         // Out of the data directory while the server starts (a start would serve it), then back.

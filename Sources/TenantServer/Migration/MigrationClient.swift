@@ -43,18 +43,87 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
     /// reply cannot cost more memory than its bytes would suggest.
     static let maxReplyValues = 500_000
 
+    /// How far the reply at the buffer's start has been framed: the bytes of whole values
+    /// scanned, and for each open aggregate the values it still waits for. A peer that trickles
+    /// a large reply costs one pass over its bytes, not one per read.
+    private var scanned = 0
+    private var open: [Int] = []
+    private var values = 0
+
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        var copy = buffer
-        var budget = Self.maxReplyValues
-        guard let reply = try Self.parse(&copy, depth: 0, budget: &budget) else {
+        guard try self.frame(buffer) else {
             if buffer.readableBytes > Self.maxReplyBytes {
                 throw TenantError.invalid("the destination's reply is too large")
             }
             return .needMoreData
         }
+        var copy = buffer
+        var budget = Self.maxReplyValues
+        guard let reply = try Self.parse(&copy, depth: 0, budget: &budget) else {
+            throw TenantError.invalid("the destination's reply does not parse")
+        }
         buffer = copy
         context.fireChannelRead(Self.wrapInboundOut(reply))
         return .continue
+    }
+
+    /// Goes on framing the reply at the buffer's start from where the last read stopped.
+    /// - Returns: true once the whole reply is in the buffer (the scan starts over for the next).
+    private mutating func frame(_ buffer: ByteBuffer) throws -> Bool {
+        let bytes = buffer.readableBytesView
+        while true {
+            var position = bytes.startIndex + self.scanned
+            guard position < bytes.endIndex else { return false }
+            let type = bytes[position]
+            guard let end = bytes[(position + 1)...].firstIndex(of: UInt8(ascii: "\r")) else { return false }
+            guard end + 1 < bytes.endIndex else { return false }
+            guard end - position <= 64 else { throw TenantError.invalid("the destination's reply has a long header") }
+            let text = String(decoding: bytes[(position + 1)..<end], as: UTF8.self)
+            position = end + 2
+            self.values += 1
+            guard self.values <= Self.maxReplyValues else {
+                throw TenantError.invalid("the destination's reply holds too many values")
+            }
+            var children = 0
+            switch type {
+            case UInt8(ascii: "$"):
+                guard let length = Int(text), length >= -1, length <= Self.maxReplyBytes else {
+                    throw TenantError.invalid("bad bulk length from the destination")
+                }
+                if length >= 0 {
+                    guard bytes.endIndex - position >= length + 2 else { return false }
+                    position += length + 2
+                }
+            case UInt8(ascii: "*"), UInt8(ascii: "%"), UInt8(ascii: ">"), UInt8(ascii: "~"):
+                guard let count = Int(text), count >= -1, count <= 1_000_000 else {
+                    throw TenantError.invalid("bad array length from the destination")
+                }
+                children = type == UInt8(ascii: "%") ? max(0, count) * 2 : max(0, count)
+            case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "!"), UInt8(ascii: ":"), UInt8(ascii: "_"):
+                break
+            default:
+                throw TenantError.invalid("unexpected reply type from the destination")
+            }
+            self.scanned = position - bytes.startIndex
+            if children > 0 {
+                guard self.open.count < 8 else { throw TenantError.invalid("the destination's reply nests too deep") }
+                self.open.append(children)
+                continue
+            }
+            // A whole value: it closes the aggregates it ends.
+            while let last = self.open.last {
+                if last > 1 {
+                    self.open[self.open.count - 1] = last - 1
+                    break
+                }
+                self.open.removeLast()
+            }
+            if self.open.isEmpty {
+                self.scanned = 0
+                self.values = 0
+                return true
+            }
+        }
     }
 
     private static func line(_ buffer: inout ByteBuffer) -> String? {
