@@ -754,13 +754,24 @@ def impostor_export(node: Node, scratch: Path) -> Path:
     return path
 
 
-def import_impostor(export: Path, data_dir: Path) -> str:
-    """tenantctl import; returns the new token of the impostor's alice."""
+def import_impostor(export: Path, data_dir: Path, victims_data_dir: bool = True) -> str:
+    """tenantctl import into the victim's data directory is refused (its catalog names
+    `victimco` already); imported into an empty directory instead and moved into place by hand,
+    as an operator copying directories would. Returns the new token of the impostor's alice."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    imported = tenantctl("import", str(export), str(data_dir), "--json")
+    if victims_data_dir:
+        refused = tenantctl("import", str(export), str(data_dir), "--json")
+        assert refused.returncode != 0, refused.stdout
+        said = refused.stdout + refused.stderr
+        assert VICTIM_SUB in said and "names tenant" in said, said
+        assert not (data_dir / f"tenant_{VICTIM_SUB}").exists()
+    elsewhere = data_dir.parent / f"import-{secrets.token_hex(3)}"
+    elsewhere.mkdir()
+    imported = tenantctl("import", str(export), str(elsewhere), "--json")
     assert imported.returncode == 0, imported.stderr
     report = json.loads(imported.stdout)
     assert report["tenant_id"] == VICTIM_SUB, report
+    shutil.move(str(elsewhere / f"tenant_{VICTIM_SUB}"), str(data_dir / f"tenant_{VICTIM_SUB}"))
     return next(u["token"] for u in report["users"] if u["name"] == "alice")
 
 
@@ -841,7 +852,7 @@ def test_receive_refuses_an_id_equal_to_a_subdomain(root, nodes):
     node = start(nodes, Node(root, "a"))
     victim, alice = make_victim(node)
     scratch = root / "scratch"
-    impostor_alice = import_impostor(impostor_export(node, scratch), scratch / "imported")
+    impostor_alice = import_impostor(impostor_export(node, scratch), scratch / "imported", victims_data_dir=False)
     receive_directory(node, VICTIM_SUB, scratch / "imported" / f"tenant_{VICTIM_SUB}")
     assert_victim_wins(node, victim, alice, impostor_alice)
 

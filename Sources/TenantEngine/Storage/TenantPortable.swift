@@ -149,6 +149,7 @@ public final class TenantImport {
         guard !POSIXFile.exists(self.path) else {
             throw TenantError(.alreadyExists, "\(self.path) exists: the tenant is there already")
         }
+        try OfflineSnapshot.checkNames(id: metadata.tenantID, subdomain: metadata.subdomain, in: layout)
         guard !POSIXFile.exists(self.staging) else {
             throw TenantError(
                 .alreadyExists,
@@ -321,9 +322,24 @@ public enum OfflineSnapshot {
         guard POSIXFile.isDirectory(dataDirectory) else {
             throw TenantError.notFound("\(dataDirectory) is not a directory")
         }
-        let target = DataLayout(root: Self.trimmed(dataDirectory), prefix: prefix).tenantDirectory(id)
+        let layout = DataLayout(root: Self.trimmed(dataDirectory), prefix: prefix)
+        let target = layout.tenantDirectory(id)
+        try Self.checkNames(id: id, subdomain: report.subdomain, in: layout)
         try Self.place(snapshot, at: target, note: (Self.restoredFromName, snapshot))
         return (id, target)
+    }
+
+    /// Refuses a tenant whose id or subdomain names another tenant of the data directory (its
+    /// catalog): ids and subdomains are one namespace, so an import may not take over a name.
+    /// The server checks again at ATTACH and start-up, whatever the catalog says.
+    static func checkNames(id: String, subdomain: String, in layout: DataLayout) throws {
+        guard let bytes = try? POSIXFile.readAll(layout.catalogFile), let catalog = Catalog.decode(bytes: bytes)
+        else { return }
+        for name in [id, subdomain] {
+            if let other = catalog.otherTenant(named: name, besides: id) {
+                throw TenantError(.alreadyExists, "'\(name)' names tenant \(other) in \(layout.root) already")
+            }
+        }
     }
 
     /// The note a restored directory carries until the server attaches it (and logs where from).
