@@ -238,6 +238,16 @@ struct Settings {
             }
             limits.pubSub = limit
         }
+        if let text = command.clientOutputBufferLimitNormal
+            ?? environment["TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_NORMAL"]
+        {
+            guard let limit = PubSubLimit(parsing: text), limit.softSeconds <= Self.maxSeconds else {
+                throw ValidationError(
+                    "client-output-buffer-limit-normal is \"<hard> <soft> <seconds>\", as \"0 0 0\""
+                )
+            }
+            limits.normal = limit
+        }
         if let text = command.maxmemoryClients ?? environment["TENANTD_MAXMEMORY_CLIENTS"] {
             guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
                 throw ValidationError("maxmemory-clients must be 0 (no bound) or at least 1mb")

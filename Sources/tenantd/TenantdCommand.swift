@@ -135,6 +135,14 @@ struct TenantdCommand: AsyncParsableCommand {
 
     @Option(
         help: """
+            "<hard> <soft> <seconds>": a client with more unsent replies is disconnected \
+            (TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_NORMAL). Default "0 0 0" (none, as Redis).
+            """
+    )
+    var clientOutputBufferLimitNormal: String?
+
+    @Option(
+        help: """
             Most bytes of unsent replies all connections together hold; past it the connections \
             holding the most are closed (TENANTD_MAXMEMORY_CLIENTS). 0 = no bound. Default 256mb.
             """

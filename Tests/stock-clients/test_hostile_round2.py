@@ -1096,3 +1096,143 @@ def test_altered_cold_chunks_are_an_ioerr_never_altered_text(root, nodes):
     assert not altered, (f"{len(altered)} messages came back with altered text (seqs {altered[:10]}) after one "
                          f"byte of the texts of seqs {changed} was changed in the cold file; IOERR pages: {errors}")
     assert seen + 50 * len(errors) >= COLD_MESSAGES
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 9 and the server-wide guard: replies held by clients that never read, AUTH guesses
+# from one address over many connections, AUTH to a tenant that moved away
+# --------------------------------------------------------------------------------------------
+
+def test_replies_held_by_clients_that_never_read_are_bounded_server_wide(root, nodes):
+    """60 connections each pipeline HISTORY pages of 4 MB and read nothing: without a bound each
+    holds its window and a page or two (about 18 MB, 1 GB in all); `--maxmemory-clients 16mb`
+    closes the biggest holders, and a client that reads is served all along."""
+    node = start(nodes, Node(root, "a", extra=["--maxmemory-clients", "16mb"]))
+    tenant = node.create_tenant(f"hist-{secrets.token_hex(2)}")
+    with node.client(f"owner@{tenant['subdomain']}", tenant["owner_token"]) as c:
+        pipe = c.pipeline(transaction=False)
+        for i in range(1000):
+            pipe.execute_command("POST", "general", f"{i:04d} " + "x" * 4000)
+        pipe.execute()
+    base = rss_bytes(node.proc.pid)
+    peak = base
+    auth = resp("AUTH", f"owner@{tenant['subdomain']}", tenant["owner_token"])
+    burst = resp("HISTORY", "general", "LIMIT", "1000") * 20
+    socks = []
+    try:
+        for _ in range(60):
+            s = socket.create_connection(("127.0.0.1", node.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(auth)
+            s.setblocking(False)
+            socks.append(s)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            for s in socks:
+                try:
+                    s.send(burst)
+                except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
+                    pass
+            peak = max(peak, rss_bytes(node.proc.pid))
+            time.sleep(0.02)
+        # A client that reads is served meanwhile.
+        with node.client(f"owner@{tenant['subdomain']}", tenant["owner_token"]) as c:
+            assert len(c.execute_command("HISTORY", "general", "LIMIT", "10")) == 10
+        evicted = node.tail(100000).count("client_evicted")
+    finally:
+        for s in socks:
+            s.close()
+    growth = peak - base
+    assert evicted > 0, "no connection was closed for holding replies"
+    # At most one 4 MB page per connection is built before it is counted, plus the bound.
+    assert growth < 60 * (4 << 20) + (128 << 20), f"the server grew by {growth >> 20} MiB"
+
+
+def test_many_connections_from_one_address_get_no_more_auth_guesses(root, nodes):
+    """Past 100 recent failures from one address its AUTHs are refused unchecked, whatever the
+    connection: even the right token is WRONGPASS then, and is let in again a few seconds after
+    the guessing stops. Another address is not held up."""
+    node = start(nodes, Node(root, "a"))
+    tenant = node.create_tenant(f"guess-{secrets.token_hex(2)}")
+    user = f"owner@{tenant['subdomain']}"
+    source = "127.0.0.77"
+
+    def guesses(count: int) -> None:
+        for _ in range(count):
+            conn = RawConn(node.port, source=source, timeout=20)
+            try:
+                for _ in range(2):
+                    reply = conn.command("AUTH", user, secrets.token_hex(32))
+                    assert isinstance(reply, RespError) and reply.code == "WRONGPASS", reply
+            except ConnectionError:
+                pass
+            finally:
+                conn.close()
+
+    threads = [threading.Thread(target=guesses, args=(4,)) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # 160 failures from 127.0.0.77: the right token is refused unchecked from there now...
+    conn = RawConn(node.port, source=source, timeout=20)
+    try:
+        reply = conn.command("AUTH", user, tenant["owner_token"])
+    finally:
+        conn.close()
+    assert isinstance(reply, RespError) and reply.code == "WRONGPASS", reply
+    # ...not from another address...
+    other = RawConn(node.port, source="127.0.0.78")
+    try:
+        assert other.command("AUTH", user, tenant["owner_token"]) == b"OK"
+    finally:
+        other.close()
+
+    # ...and from 127.0.0.77 again once the guessing stopped (six seconds, a few more for slack).
+    def right_token_works() -> bool:
+        conn = RawConn(node.port, source=source, timeout=20)
+        try:
+            return conn.command("AUTH", user, tenant["owner_token"]) == b"OK"
+        finally:
+            conn.close()
+
+    assert poll(right_token_works, timeout=20, interval=2), "the address stayed locked out"
+
+
+def test_auth_to_a_migrated_tenant_tells_only_its_own_users_where_it_went(root, nodes):
+    """After TENANT MIGRATE the source answers a right token `-MIGRATED <id> <host>:<port>`; a
+    wrong token, an unknown user or a user of no tenant get WRONGPASS (counted as failures), so an
+    anonymous client learns neither the id nor the internal address."""
+    a = start(nodes, Node(root, "a"))
+    b = start(nodes, Node(root, "b"))
+    tenant = a.create_tenant(f"moved-{secrets.token_hex(2)}")
+    migrate(a, tenant["tenant_id"], b)
+    sub = tenant["subdomain"]
+    for user, token in [(f"owner@{sub}", tenant["owner_token"]), (f"owner@{tenant['tenant_id']}", tenant["owner_token"])]:
+        conn = RawConn(a.port)
+        try:
+            reply = conn.command("AUTH", user, token)
+        finally:
+            conn.close()
+        assert isinstance(reply, RespError) and reply == f"MIGRATED {tenant['tenant_id']} 127.0.0.1:{b.port}", reply
+    for user, token in [(f"owner@{sub}", "wrong"), (f"nobody@{sub}", tenant["owner_token"]),
+                        (f"owner@{tenant['tenant_id']}", secrets.token_hex(32))]:
+        conn = RawConn(a.port)
+        try:
+            reply = conn.command("AUTH", user, token)
+        finally:
+            conn.close()
+        assert isinstance(reply, RespError) and reply.code == "WRONGPASS", reply
+        assert tenant["tenant_id"] not in reply and str(b.port) not in reply, reply
+    # Counted as failed AUTHs (logged with event=auth_failed).
+    assert a.tail(100000).count("auth_failed") >= 3
+    # The source restarted: the keys come back from the MIGRATED_TO marker.
+    a.stop()
+    a.start()
+    conn = RawConn(a.port)
+    try:
+        assert conn.command("AUTH", f"owner@{sub}", "wrong").code == "WRONGPASS"
+        reply = conn.command("AUTH", f"owner@{sub}", tenant["owner_token"])
+    finally:
+        conn.close()
+    assert reply == f"MIGRATED {tenant['tenant_id']} 127.0.0.1:{b.port}", reply

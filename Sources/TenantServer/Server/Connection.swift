@@ -71,6 +71,13 @@ struct Connection {
                     limit: Self.unauthenticatedReplyWindow,
                     byteLimit: Self.unauthenticatedReplyWindowBytes,
                     pubSubLimit: self.dispatcher.limits.pubSub,
+                    normalLimit: self.dispatcher.limits.normal,
+                    onNormalLimit: { [logger = self.dispatcher.logger, id = self.id] in
+                        logger.warning(
+                            "client disconnected: over client-output-buffer-limit normal",
+                            metadata: ["event": "client_evicted", "connection": "\(id)"]
+                        )
+                    },
                     memory: self.dispatcher.clientMemory,
                     // A client that does not read its replies holds no share of its tenant.
                     onReaderWait: { gate.park() },

@@ -21,6 +21,8 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         var inFlight = 0
         /// The reply the reader holds while it waits for room.
         var waiting = 0
+        /// Since when the replies have been over the soft limit of `client-output-buffer-limit normal`.
+        var normalOverSoftSince: ContinuousClock.Instant?
         var replies = 0
         var finished = false
         var writerGone = false
@@ -34,6 +36,10 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     }
 
     private let pubSubLimit: PubSubLimit
+    /// `client-output-buffer-limit normal`: past it the reader's push is refused (the connection
+    /// closes, as Redis closes such a client); Redis's default, `0 0 0`, is none.
+    private let normalLimit: PubSubLimit
+    private let onNormalLimit: @Sendable () -> Void
     /// `maxmemory-clients`: told of every change of the bytes queued here.
     private let memory: ClientMemoryGuard?
     private let onReaderWait: @Sendable () -> Void
@@ -50,6 +56,8 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         limit: Int,
         byteLimit: Int,
         pubSubLimit: PubSubLimit = PubSubLimit(),
+        normalLimit: PubSubLimit = .none,
+        onNormalLimit: @escaping @Sendable () -> Void = {},
         memory: ClientMemoryGuard? = nil,
         onReaderWait: @escaping @Sendable () -> Void = {},
         onReaderResume: @escaping @Sendable () -> Void = {}
@@ -57,6 +65,8 @@ final class ReplyQueue<Element: Sendable>: Sendable {
         precondition(limit > 0 && byteLimit > 0, "the queue needs room for one reply")
         self.state = Mutex(State(slotLimit: limit, byteLimit: byteLimit))
         self.pubSubLimit = pubSubLimit
+        self.normalLimit = normalLimit
+        self.onNormalLimit = onNormalLimit
         self.memory = memory
         self.onReaderWait = onReaderWait
         self.onReaderResume = onReaderResume
@@ -80,9 +90,27 @@ final class ReplyQueue<Element: Sendable>: Sendable {
     ///   - replies: the replies it holds, counted against the window's number of replies.
     /// - Returns: false once the writer is gone: the reader should stop.
     func push(_ element: Element, weight: Int, replies: Int = 1) async -> Bool {
+        let now = ContinuousClock.now
+        var overLimit = false
         let room: Bool? = self.state.withLock { state in
             if state.writerGone { return false }
             guard !self.isFull(state) else { return nil }
+            let held = state.bytes + state.inFlight + weight
+            let limit = self.normalLimit
+            if limit.hardBytes > 0 && held > limit.hardBytes {
+                overLimit = true
+                return false
+            }
+            if limit.softBytes > 0 && held > limit.softBytes {
+                let since = state.normalOverSoftSince ?? now
+                state.normalOverSoftSince = since
+                if since.duration(to: now) >= .seconds(limit.softSeconds) {
+                    overLimit = true
+                    return false
+                }
+            } else {
+                state.normalOverSoftSince = nil
+            }
             state.slots.append((element, weight, replies))
             state.bytes += weight
             state.replies += replies
@@ -93,6 +121,7 @@ final class ReplyQueue<Element: Sendable>: Sendable {
                 self.memory?.add(weight)
                 self.wakeWriter()
             }
+            if overLimit { self.onNormalLimit() }
             return room
         }
         self.onReaderWait()
@@ -233,7 +262,10 @@ public struct PubSubLimit: Sendable, Hashable {
     /// How long the soft limit may be exceeded.
     public var softSeconds: Int
 
-    /// Creates a limit; the defaults are Redis's (`32mb 8mb 60`).
+    /// No limit (`0 0 0`): Redis's default for normal clients.
+    public static let none = PubSubLimit(hardBytes: 0, softBytes: 0, softSeconds: 0)
+
+    /// Creates a limit; the defaults are Redis's for pub/sub clients (`32mb 8mb 60`).
     public init(hardBytes: Int = 32 << 20, softBytes: Int = 8 << 20, softSeconds: Int = 60) {
         self.hardBytes = hardBytes
         self.softBytes = softBytes

@@ -40,6 +40,9 @@ public struct ServerLimits: Sendable, Hashable {
     public var maxSubscriptions: Int
     /// `client-output-buffer-limit-pubsub`.
     public var pubSub: PubSubLimit
+    /// `client-output-buffer-limit normal`: Redis's default, `0 0 0`, is none (the reply window
+    /// bounds a normal client anyway).
+    public var normal: PubSubLimit
     /// `maxmemory-clients`: the most reply bytes all connections together hold unsent before
     /// the biggest holders are closed; 0 = no bound.
     public var maxMemoryClients: Int
@@ -64,6 +67,7 @@ public struct ServerLimits: Sendable, Hashable {
         self.maxSubscriptions = 10_000
         self.pubSub = PubSubLimit()
         self.maxMemoryClients = Self.defaultMaxMemoryClients
+        self.normal = .none
         self.requestWindowBytes = 1 << 20
         self.fairShareWindow = 0
         self.fairShareMinimum = 8
