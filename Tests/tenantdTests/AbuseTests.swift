@@ -255,19 +255,30 @@ struct AuthThrottleTests {
         #expect(last.delay == .zero)
     }
 
-    @Test func manyConnectionsFromOneAddressGetNoMoreGuesses() {
+    @Test func manyConnectionsFromOneAddressWaitTheirTurn() async throws {
         let throttle = AuthThrottle()
-        var now = ContinuousClock.now
-        // Each failure on a new connection (connectionFailures 1), as 500 connections would make them.
-        for _ in 0..<Int(AuthThrottle.addressMaxFailures) + 1 {
-            _ = throttle.failed(address: "198.51.100.9", connectionFailures: 1, now: now)
+        // 40 failures of one address (40 connections), each to wait out a long delay: 16 wait
+        // it out at once, the others wait for a slot; another address is not held up by them.
+        let waits = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<40 {
+                    group.addTask { await throttle.waitOut(.milliseconds(400), address: "198.51.100.9") }
+                }
+            }
         }
-        #expect(throttle.refuses(address: "198.51.100.9", now: now))
-        // Another address, and the same one six seconds after the guessing stopped, are not refused.
-        #expect(!throttle.refuses(address: "203.0.113.4", now: now))
-        for _ in 0..<1000 { _ = throttle.failed(address: "198.51.100.9", connectionFailures: 1, now: now) }
-        now = now.advanced(by: .seconds(7))
-        #expect(!throttle.refuses(address: "198.51.100.9", now: now))
+        var queued = 0
+        for _ in 0..<200 where queued != 40 - AuthThrottle.failureSlots {
+            try await Task.sleep(for: .milliseconds(10))
+            queued = throttle.waitingFailures
+        }
+        #expect(queued == 40 - AuthThrottle.failureSlots)
+        let other = Task { await throttle.waitOut(.milliseconds(1), address: "203.0.113.4") }
+        await other.value
+        #expect(throttle.waitingFailures <= 40 - AuthThrottle.failureSlots)
+        await waits.value
+        #expect(throttle.waitingFailures == 0)
+        // A right token never waits: no delay, no slot.
+        await throttle.waitOut(.zero, address: "198.51.100.9")
     }
 
     @Test func anAddressFloodDoesNotGrowTheTableWithoutBound() {

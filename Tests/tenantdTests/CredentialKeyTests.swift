@@ -12,6 +12,10 @@ import WAL
 @Suite("Credential keys and names", .serialized)
 struct CredentialKeyTests {
     static func configuration(_ dir: TemporaryDirectory) -> EngineConfiguration {
+        Self.configuration(TemporaryDirectory.Path(dir.path))
+    }
+
+    static func configuration(_ dir: TemporaryDirectory.Path) -> EngineConfiguration {
         var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
         configuration.adminToken = "operator-token-0123456789abcdef-0123"
         return configuration
@@ -110,6 +114,51 @@ struct CredentialKeyTests {
         #expect(Catalog.decode(bytes: try catalog.encoded()) == nil)
     }
 
+    /// The catalog lost, two directories name each other (a planted one whose id sorts first and
+    /// whose subdomain is the victim's id): neither is served, whichever start-up reads first.
+    @Test func aRebuiltCatalogServesNeitherOfTwoClashingDirectories() async throws {
+        try await TemporaryDirectory.with { dir in
+            let victimDirectory = TemporaryDirectory.Path(dir.path + "/victim")
+            let plantedDirectory = TemporaryDirectory.Path(dir.path + "/planted")
+            var registry = try await Self.started(Self.configuration(victimDirectory))
+            let victim = try await registry.createTenant(name: "V", subdomain: "victimco", plan: nil, owner: "alice")
+            let victimID = victim.metadata.tenantID
+            await registry.shutdown()
+            let planted = try await Self.started(Self.configuration(plantedDirectory))
+            _ = try await planted.create(id: "0000", name: "P", subdomain: victimID, plan: nil, owner: "eve")
+            await planted.shutdown()
+            try FileManager.default.moveItem(
+                atPath: plantedDirectory.path + "/tenant_0000",
+                toPath: victimDirectory.path + "/tenant_0000"
+            )
+            try FileManager.default.removeItem(atPath: victimDirectory.path + "/catalog")
+            registry = try await Self.started(Self.configuration(victimDirectory))
+            #expect(await registry.resolveAny(victimID) == nil)
+            #expect(await registry.resolveAny("0000") == nil)
+            #expect(await registry.resolveAny("victimco") == nil)
+            #expect(await registry.listTenants().isEmpty)
+            await registry.shutdown()
+
+            // With the catalog intact, the tenant it lists keeps its name and the newcomer is refused.
+            try FileManager.default.moveItem(
+                atPath: victimDirectory.path + "/tenant_0000",
+                toPath: plantedDirectory.path + "/tenant_0000"
+            )
+            registry = try await Self.started(Self.configuration(victimDirectory))
+            #expect(await registry.resolveAny("victimco") == victimID)
+            try FileManager.default.moveItem(
+                atPath: plantedDirectory.path + "/tenant_0000",
+                toPath: victimDirectory.path + "/tenant_0000"
+            )
+            await registry.shutdown()
+            registry = try await Self.started(Self.configuration(victimDirectory))
+            #expect(await registry.resolveAny(victimID) == victimID)
+            #expect(await registry.resolveAny("victimco") == victimID)
+            #expect(await registry.listTenants().map(\.tenantID) == [victimID])
+            await registry.shutdown()
+        }
+    }
+
     @Test func idsAndSubdomainsAreOneNamespace() async throws {
         try await TemporaryDirectory.with { dir in
             let registry = try await Self.started(Self.configuration(dir))
@@ -130,5 +179,13 @@ struct CredentialKeyTests {
             #expect(await registry.resolve("victimco") == victim.metadata.tenantID)
             await registry.shutdown()
         }
+    }
+}
+
+extension TemporaryDirectory {
+    /// A directory under a temporary one, by its path.
+    struct Path {
+        let path: String
+        init(_ path: String) { self.path = path }
     }
 }

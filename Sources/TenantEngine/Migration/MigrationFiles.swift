@@ -80,7 +80,9 @@ enum MigrationFiles {
                 })
             else { return false }
         }
-        return !markerNames.contains(path) && !path.hasSuffix(".tmp")
+        // Not a marker, nor anything under a marker's name: a directory named like one would
+        // make the staging look prepared (and kept) or refuse the next BEGIN.
+        return !markerNames.contains(String(parts[0])) && !path.hasSuffix(".tmp")
     }
 
     /// The files under `directory`, relative and sorted; markers and `.tmp` files left out. A

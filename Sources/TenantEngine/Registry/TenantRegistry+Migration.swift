@@ -594,16 +594,32 @@ extension TenantRegistry {
                 Failpoint.hit("receive-after-begin")
                 return files
             }
-            self.incomingBytes[id] = files.reduce(0) { $0 + Int64($1.size) }
+            self.incomingBytes[id] = files.reduce(0) { $0 + Self.stagedSize(of: $1.path, bytes: $1.size) }
+            self.incomingFiles[id] = files.count
             return files
         } catch {
             self.endIncoming(id)
+            // Staging BEGIN cannot read is dropped rather than left on disk uncounted.
+            if !fileSystem.exists(staging + "/" + MigrationFiles.preparedName) {
+                try? await runBlocking { try fileSystem.removeTree(staging) }
+            }
             throw Self.ioError(error, "could not prepare \(staging)")
         }
     }
 
+    /// What a staged file counts against --migrate-staging-limit: its bytes, at least a block,
+    /// and a block for each directory on its path (an empty file still takes an inode and a block).
+    static func stagedSize(of path: String, bytes: Int) -> Int64 {
+        let directories = path.utf8.reduce(0) { $0 + ($1 == UInt8(ascii: "/") ? 1 : 0) }
+        return Int64(max(bytes, Self.stagingBlock) + directories * Self.stagingBlock)
+    }
+
+    /// The file system block a staged file or directory is counted as at least.
+    static let stagingBlock = 4096
+
     private func endIncoming(_ id: String) {
         self.incomingBytes[id] = nil
+        self.incomingFiles[id] = nil
         self.incomingTouched[id] = nil
         guard self.incoming.removeValue(forKey: id) != nil else { return }
         self.claims.release(id: id)
@@ -663,18 +679,30 @@ extension TenantRegistry {
         let fileSystem = self.configuration.fileSystem
         // A chunk starts within what the file holds (no holes: a sparse file would hide its size
         // from the budget), and what it adds counts against --migrate-staging-limit.
-        let size = try await runBlocking { () -> Int in
+        let existing = try await runBlocking { () -> Int? in
             let full = staging + "/" + path
             switch POSIXFile.kind(full) {
-            case nil: return 0
+            case nil: return nil
             case .regularFile: return try fileSystem.fileSize(full)
             case .directory, .other: throw TenantError.invalid("\(path) is not a file here")
             }
         }
+        let size = existing ?? 0
         guard offset <= size else {
             throw TenantError.invalid("offset \(offset) is past the end of \(path) (\(size) bytes): no holes")
         }
-        let growth = Int64(max(0, offset + bytes.count - size))
+        let isNew = existing == nil
+        if isNew {
+            guard self.incomingFiles[id, default: 0] < MigrationFiles.maxFiles else {
+                throw TenantError.invalid("a migration sends at most \(MigrationFiles.maxFiles) files")
+            }
+        }
+        // A new file counts as at least a block (and its directories as one each): empty chunks
+        // must not make files the budget never sees.
+        let growth =
+            isNew
+            ? Self.stagedSize(of: path, bytes: offset + bytes.count)
+            : Int64(max(0, offset + bytes.count - max(size, Self.stagingBlock)))
         let limit = self.configuration.migrateStagingLimit
         let staged = self.incomingBytes.values.reduce(0, +)
         if limit > 0 && staged + growth > limit {
@@ -684,6 +712,7 @@ extension TenantRegistry {
             )
         }
         self.incomingBytes[id, default: 0] += growth
+        if isNew { self.incomingFiles[id, default: 0] += 1 }
         self.incomingTouched[id] = self.configuration.clock()
         do {
             try await runBlocking { try MigrationFiles.write(bytes, at: offset, to: path, in: staging) }
@@ -886,6 +915,8 @@ extension TenantRegistry {
             // Its source may have decided: the id waits for its COMMIT (or ABORT, or a new BEGIN).
             self.claims.claim(id: id)
             self.incoming[id] = migration
+            // What it holds counts against --migrate-staging-limit, as before the restart.
+            self.incomingBytes[id] = (try? fileSystem.treeSize(root + "/" + name)) ?? 0
             if let subdomain = MigrationFiles.fields(bytes)["subdomain"], !subdomain.isEmpty {
                 self.claims.claim(subdomain: subdomain)
                 self.preparedSubdomains[id] = subdomain

@@ -62,8 +62,12 @@ public actor TenantRegistry {
     /// The bytes each arriving migration holds in staging, and when it last sent a chunk (ms).
     var incomingBytes: [String: Int64] = [:]
     var incomingTouched: [String: Int64] = [:]
+    /// The files each arriving migration has made in staging (at most `MigrationFiles.maxFiles`).
+    var incomingFiles: [String: Int] = [:]
     /// The subdomains of prepared arrivals, held from other tenants until their COMMIT.
     var preparedSubdomains: [String: String] = [:]
+    /// The tenants refused for a name clash, with the tenant they clash with (start-up's pass).
+    var clashes: [String: String] = [:]
     /// Tenants whose migration's decision could be neither written nor undone (a disk fault):
     /// served by nobody (IOERR) until a restart reads the disk.
     var undecided: Set<String> = []
@@ -204,6 +208,7 @@ public actor TenantRegistry {
                 changed = true
             }
         }
+        self.clashes = [:]
         for id in missing.sorted() {
             do {
                 // Read for its metadata, then closed again: start-up keeps no tenant open.
@@ -215,6 +220,19 @@ public actor TenantRegistry {
                 self.logger.error("tenant directory \(self.store.layout.directoryName(id)) is not served: \(error)")
             }
         }
+        // Two directories found now (neither in the index) whose names clash: which one is the
+        // real tenant cannot be told from the directories, so neither is served, whichever was
+        // read first (an id sorting first must not win a name), and the operator is told.
+        for (refused, other) in self.clashes.sorted(by: { $0.key < $1.key })
+        where index?.entries[other] == nil && self.catalog.entries[other] != nil {
+            self.catalog.remove(id: other)
+            self.logger.error(
+                "tenant directories \(self.store.layout.directoryName(other)) and \(self.store.layout.directoryName(refused)) name each other's id or subdomain: neither is served; remove the one that is not the tenant and restart",
+                metadata: ["event": "tenant_name_clash", "tenant_id": "\(other)", "other": "\(refused)"]
+            )
+            changed = true
+        }
+        self.clashes = [:]
         if changed {
             self.saveCatalog()
             await self.flushCatalog()
@@ -370,6 +388,7 @@ public actor TenantRegistry {
     func nameClash(id: String, subdomain: String) -> String? {
         for name in [id, subdomain] where !name.isEmpty {
             if let other = self.catalog.otherTenant(named: name, besides: id) {
+                if case .initial = self.state { self.clashes[id] = other }
                 return "'\(name)' names tenant \(other) here already"
             }
             if name != id, self.departed[name] != nil { return "'\(name)' names a tenant that left this server" }

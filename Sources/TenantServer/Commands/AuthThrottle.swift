@@ -1,3 +1,4 @@
+import DequeModule
 import Synchronization
 import TenantEngine
 
@@ -40,7 +41,7 @@ final class AuthThrottle: Sendable {
         let key = ClientAddress.rateKey(address)
         let recent = self.addresses.withLock { addresses -> Double in
             var entry = addresses[key] ?? (0, now)
-            // Capped: a lockout ends six seconds after the guessing stops.
+            // Capped: an address's failures are forgotten within seconds once the guessing stops.
             entry.failures = min(Self.addressMaxFailures + 1, Self.decayed(entry, now: now) + 1)
             entry.updated = now
             addresses[key] = entry
@@ -64,17 +65,49 @@ final class AuthThrottle: Sendable {
         )
     }
 
-    /// Whether an address is past ``addressMaxFailures`` recent failures: its AUTH attempts are
-    /// then refused unchecked (WRONGPASS and a disconnect, not counted), so that opening many
-    /// connections buys no more guesses: past the bound an address gets one checked guess each
-    /// time a failure is forgotten (one per six seconds), however many connections it opens.
-    func refuses(address: String, now: ContinuousClock.Instant = .now) -> Bool {
-        let key = ClientAddress.rateKey(address)
-        return self.addresses.withLock { addresses in
-            guard let entry = addresses[key] else { return false }
-            return Self.decayed(entry, now: now) > Self.addressMaxFailures
-        }
+    /// Failed AUTHs of one address that wait out their delay at once; the others wait their
+    /// turn. Past an address's free failures every failure waits (up to 3 s), so an address gets
+    /// at most about this many answers to wrong tokens per delay, however many connections it
+    /// opens. A right token is never held: it is answered before any of this.
+    static let failureSlots = 16
+
+    private struct Slots {
+        var held = 0
+        var waiters = Deque<CheckedContinuation<Void, Never>>()
     }
+
+    private let slots = Mutex<[String: Slots]>([:])
+
+    /// Waits out a failed attempt's `delay` in one of its address's ``failureSlots``.
+    func waitOut(_ delay: Duration, address: String) async {
+        guard delay > .zero else { return }
+        let key = ClientAddress.rateKey(address)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = self.slots.withLock { slots -> Bool in
+                var entry = slots[key] ?? Slots()
+                defer { slots[key] = entry }
+                if entry.held < Self.failureSlots {
+                    entry.held += 1
+                    return true
+                }
+                entry.waiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+        try? await Task.sleep(for: delay)
+        let next = self.slots.withLock { slots -> CheckedContinuation<Void, Never>? in
+            guard var entry = slots[key] else { return nil }
+            defer { slots[key] = entry.held == 0 && entry.waiters.isEmpty ? nil : entry }
+            if let waiter = entry.waiters.popFirst() { return waiter }  // the slot passes on
+            entry.held -= 1
+            return nil
+        }
+        next?.resume()
+    }
+
+    /// Failed attempts waiting for a slot now, every address together.
+    var waitingFailures: Int { self.slots.withLock { $0.values.reduce(0) { $0 + $1.waiters.count } } }
 
     /// The addresses tracked now.
     var trackedAddresses: Int { self.addresses.withLock { $0.count } }

@@ -216,13 +216,6 @@ final class CommandDispatcher: Sendable {
     /// `admin` is the operator; `user@tenant-ref` a user of one tenant. Every failure is the same
     /// WRONGPASS, logged, and answered after the ``AuthThrottle``'s delay (or with a disconnect).
     func authenticate(user: String, token: String, session: inout Session) async throws {
-        if self.authThrottle.refuses(address: session.clientAddress) {
-            // A guesser over the address's bound: refused unchecked, after the longest delay.
-            ServerMetrics.authFailed()
-            session.closeAfterReply = true
-            try? await Task.sleep(for: AuthThrottle.maxDelay)
-            throw TenantError.wrongPass
-        }
         do {
             try await self.checkCredential(user: user, token: token, session: &session)
         } catch let error as TenantError where error.kind == .wrongCredentials {
@@ -242,7 +235,8 @@ final class CommandDispatcher: Sendable {
                     "disconnect": "\(decision.disconnect)",
                 ]
             )
-            if decision.delay > .zero { try? await Task.sleep(for: decision.delay) }
+            // In one of the address's few slots: more connections buy no more answers.
+            await self.authThrottle.waitOut(decision.delay, address: session.clientAddress)
             if decision.disconnect { session.closeAfterReply = true }
             throw error
         }

@@ -12,12 +12,14 @@ import Synchronization
 ///
 /// Bounded like a RESP client, since it answers anyone who reaches it: one request answered at a
 /// time and the next one not read while a reply waits unsent (a client that pipelines scrapes
-/// and reads nothing holds one reply), at most ``maxConnections`` connections, each closed after
-/// ``idleTimeout`` without a request, request heads at most NIO's 80 KiB.
+/// and reads nothing holds one reply), at most ``maxConnections`` connections, each closed when
+/// its next request is not whole ``idleTimeout`` after the accept or the last reply (bytes
+/// trickled in do not keep it open), request heads at most NIO's 80 KiB.
 public struct MetricsListener: Service {
     /// Connections open at once; past it a new one is closed at its accept.
     public static let maxConnections = 64
-    /// A connection that sends no request for this long is closed.
+    /// A connection whose next request is not whole this long after the accept or the last reply
+    /// is closed.
     public static let idleTimeout = TimeAmount.seconds(30)
     /// Unsent reply bytes past which the next request waits (one reply always goes out whole).
     static let writeBufferHighWater = 256 << 10
@@ -56,11 +58,7 @@ public struct MetricsListener: Service {
                         return channel.close()
                     }
                     channel.closeFuture.whenComplete { _ in open.leave() }
-                    return channel.pipeline.addHandler(
-                        IdleStateHandler(readTimeout: Self.idleTimeout, allTimeout: Self.idleTimeout)
-                    ).flatMap {
-                        channel.pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true)
-                    }.flatMap {
+                    return channel.pipeline.configureHTTPServerPipeline(withPipeliningAssistance: true).flatMap {
                         channel.pipeline.addHandler(MetricsHandler(render: render))
                     }
                 }
@@ -101,13 +99,38 @@ final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () -> [UInt8]
+    private let deadline: TimeAmount
     private var path = ""
     private var keepAlive = true
     /// A request read whole whose reply waits for the connection to be writable.
     private var waiting = false
+    /// Closes the connection unless the next request is whole by then.
+    private var timeout: Scheduled<Void>?
 
-    init(render: @escaping @Sendable () -> [UInt8]) {
+    init(render: @escaping @Sendable () -> [UInt8], deadline: TimeAmount = MetricsListener.idleTimeout) {
         self.render = render
+        self.deadline = deadline
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.armTimeout(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.armTimeout(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.timeout?.cancel()
+        self.timeout = nil
+        context.fireChannelInactive()
+    }
+
+    private func armTimeout(context: ChannelHandlerContext) {
+        self.timeout?.cancel()
+        let channel = context.channel
+        self.timeout = context.eventLoop.scheduleTask(in: self.deadline) { channel.close(promise: nil) }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -118,14 +141,6 @@ final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
@@ -134,10 +149,15 @@ final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .body:
             break
         case .end:
+            // Whole: the deadline is for the next request, from this reply on.
+            self.timeout?.cancel()
+            self.timeout = nil
             if context.channel.isWritable {
                 self.respond(context: context)
             } else {
+                // A client that does not read its replies gets as long as for a request.
                 self.waiting = true
+                self.armTimeout(context: context)
             }
         }
     }
@@ -156,5 +176,6 @@ final class MetricsHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in
             if !keepAlive { context.close(promise: nil) }
         }
+        if keepAlive { self.armTimeout(context: context) }
     }
 }
