@@ -953,7 +953,7 @@ def test_user_list_is_paged_like_rooms(root, nodes):
 # --------------------------------------------------------------------------------------------
 
 STAGING_LIMIT = 1 << 20
-RECEIVES_IN_FLIGHT = 8
+RECEIVES_IN_FLIGHT = 4
 
 
 def staging_node(root: Path, nodes: list) -> Node:
@@ -971,7 +971,8 @@ def operator_conn(node: Node) -> RawConn:
 
 
 def staging_bytes(node: Node) -> int:
-    return sum(p.stat().st_size for d in node.data.glob(".incoming-*") for p in d.rglob("*") if p.is_file())
+    """What the staging directories take on disk: every file's and directory's blocks."""
+    return sum(p.stat().st_blocks * 512 for d in node.data.glob(".incoming-*") for p in d.rglob("*"))
 
 
 def begin_receives(conn: RawConn, count: int) -> list:
@@ -995,9 +996,9 @@ def test_receive_refuses_more_migrations_in_flight_than_its_cap(root, nodes):
     assert all(r == [] or isinstance(r, RespError) for r in replies), replies
     assert accepted[0], f"the first RECEIVE BEGIN is refused: {replies[0]}"
     assert accepted == sorted(accepted, reverse=True), f"a BEGIN accepted after one was refused: {replies}"
-    assert sum(accepted) <= RECEIVES_IN_FLIGHT, (
-        f"{sum(accepted)} RECEIVE BEGINs in flight accepted, the cap is at most {RECEIVES_IN_FLIGHT}")
-    assert refused, replies
+    assert sum(accepted) == RECEIVES_IN_FLIGHT, (
+        f"{sum(accepted)} RECEIVE BEGINs in flight accepted, the cap is {RECEIVES_IN_FLIGHT}")
+    assert refused and all(r.code == "LOADING" for r in refused), replies
     assert len(list(node.data.glob(".incoming-*"))) <= sum(accepted)
 
 
@@ -1027,6 +1028,92 @@ def test_receive_chunks_past_the_staging_limit_are_refused(root, nodes):
     assert refused, f"all {accepted_bytes} bytes of CHUNKs were staged, past a limit of {STAGING_LIMIT}"
     assert accepted_bytes <= STAGING_LIMIT, f"{accepted_bytes} bytes accepted past {STAGING_LIMIT}"
     assert on_disk <= STAGING_LIMIT + (64 << 10), f"{on_disk} bytes staged on disk past {STAGING_LIMIT}"
+
+
+def test_receive_paths_under_a_marker_name_are_refused(root, nodes):
+    """A CHUNK to `PREPARED/x` would make the staging look prepared (kept across restarts, never
+    dropped) and the next BEGIN fail: refused, and BEGIN again works."""
+    node = staging_node(root, nodes)
+    empty_crc = str(crc32c(b""))
+    conn = operator_conn(node)
+    try:
+        (tid, mid, reply), = begin_receives(conn, 1)
+        assert reply == [], reply
+        for path in ("PREPARED/x", "RECEIVING/x", "MIGRATED_TO/y", "PREPARED", "MIGRATED_IN/a/b"):
+            reply = conn.command("TENANT", "RECEIVE", tid, mid, "CHUNK", path, "0", empty_crc, "")
+            assert isinstance(reply, RespError) and reply.code == "INVALID", (path, reply)
+        assert conn.command("TENANT", "RECEIVE", tid, secrets.token_hex(8), "BEGIN") == []
+    finally:
+        conn.close()
+    restart_after_kill(node)
+    assert poll(lambda: not list(node.data.glob(".incoming-*")), 10), "the staging survived the restart"
+
+
+def test_empty_chunks_count_against_the_staging_limit(root, nodes):
+    """Empty CHUNKs make files and directories: each counts as a block, and a migration sends at
+    most 100,000 files, so 20,000 of them against a 1 MiB limit are refused once it is reached."""
+    node = staging_node(root, nodes)
+    empty_crc = str(crc32c(b""))
+    conn = operator_conn(node)
+    try:
+        (tid, mid, reply), = begin_receives(conn, 1)
+        assert reply == [], reply
+        batch = b"".join(resp("TENANT", "RECEIVE", tid, mid, "CHUNK", f"d{i}/e/f/g", "0", empty_crc, "")
+                         for i in range(2000))
+        conn.sock.sendall(batch)
+        replies = [conn.reply() for _ in range(2000)]
+    finally:
+        conn.close()
+    accepted = sum(1 for r in replies if r == b"OK")
+    refused = [r for r in replies if isinstance(r, RespError)]
+    assert refused and all(r.code == "QUOTA" for r in refused), refused[:3]
+    # Four blocks each (a file and three directories): at most the limit's worth.
+    assert accepted <= STAGING_LIMIT // (4 * 4096), accepted
+    assert staging_bytes(node) <= 2 * STAGING_LIMIT, staging_bytes(node)
+
+
+def test_a_prepared_migration_still_counts_after_a_restart(root, nodes):
+    """A migration PREPAREd before a restart keeps its staging (its source may have decided) and
+    keeps counting against the limit: another migration cannot stage past it."""
+    node = staging_node(root, nodes)
+    chunk = os.urandom(200 << 10)
+    crc, encoded = str(crc32c(chunk)), base64.b64encode(chunk).decode()
+    source = start(nodes, Node(root, "src"))
+    tenant = source.create_tenant(f"prep-{secrets.token_hex(2)}")
+    post_messages(source, tenant, "general", 3)
+    snapshots = root / "prep-snapshots"
+    snapshots.mkdir()
+    with source.operator() as op:
+        op.execute_command("TENANT", "SNAPSHOT", tenant["tenant_id"], str(snapshots))
+    directory = snapshots / f"tenant_{tenant['tenant_id']}"
+    # Padding: a file the verification ignores, so that the prepared staging holds ~800 KB.
+    (directory / "padding").write_bytes(os.urandom(800 << 10))
+    mid = secrets.token_hex(8)
+    with node.operator() as op:
+        assert op.execute_command("TENANT", "RECEIVE", tenant["tenant_id"], mid, "BEGIN") == []
+        manifest = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            rel = str(path.relative_to(directory))
+            data = path.read_bytes()
+            for offset in range(0, max(len(data), 1), 256 << 10):
+                piece = data[offset:offset + (256 << 10)]
+                assert op.execute_command("TENANT", "RECEIVE", tenant["tenant_id"], mid, "CHUNK", rel, str(offset),
+                                          str(crc32c(piece)), base64.b64encode(piece).decode()) == "OK"
+            manifest += [rel, str(len(data)), str(crc32c(data))]
+        op.execute_command("TENANT", "RECEIVE", tenant["tenant_id"], mid, "PREPARE", str(len(manifest) // 3),
+                           *manifest)
+    restart_after_kill(node)
+    assert list(node.data.glob(f".incoming-{tenant['tenant_id']}")), "the prepared staging was removed"
+    conn = operator_conn(node)
+    try:
+        (tid, mid2, reply), = begin_receives(conn, 1)
+        assert reply == [], reply
+        replies = [conn.command("TENANT", "RECEIVE", tid, mid2, "CHUNK", "wal/x", str(i * len(chunk)), crc, encoded)
+                   for i in range(3)]
+    finally:
+        conn.close()
+    refused = [r for r in replies if isinstance(r, RespError)]
+    assert refused and refused[0].code == "QUOTA", replies
 
 
 def test_staging_left_by_a_crash_is_removed_at_start(root, nodes):
