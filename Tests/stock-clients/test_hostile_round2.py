@@ -336,6 +336,20 @@ def test_failed_auth_opens_no_tenant_and_credentials_survive_a_crash(root, nodes
 
     active = tenants_active(node)
     assert active == 0, f"{active} tenants opened by failed AUTHs"
+    # The other forms of a tenant reference, and HELLO 3 AUTH as redis-py 8 opens: none opens it.
+    second = tenants[1]
+    conn = RawConn(node.port, source="127.0.0.99")
+    try:
+        for user in (f"owner@{second['tenant_id']}", f"owner@{second['subdomain']}.chat.example.com",
+                     f"owner@{second['subdomain'].upper()}", f"nobody@{second['tenant_id']}"):
+            reply = conn.command("AUTH", user, secrets.token_hex(32))
+            assert isinstance(reply, RespError) and reply.code == "WRONGPASS", (user, reply)
+        conn.sock.sendall(resp("HELLO", "3", "AUTH", f"owner@{second['subdomain']}", secrets.token_hex(32)))
+        reply = conn.reply()
+        assert isinstance(reply, RespError) and reply.code == "WRONGPASS", reply
+    finally:
+        conn.close()
+    assert tenants_active(node) == 0, "another form of AUTH opened a tenant"
     # Descriptors: the flood's connections are closing; none may stay for the tenants.
     poll(lambda: fd_count(pid) <= fds_before + 4, 5)
     fds_after = fd_count(pid)
@@ -838,7 +852,7 @@ def test_an_imported_tenant_named_like_a_subdomain_is_not_attached(root, nodes):
     acked = post_messages(node, victim, "general", 3, owner="alice")
     impostor_alice = import_impostor(impostor_export(node, root / "scratch"), node.data)
     with node.operator() as op:
-        with pytest.raises(redis.ResponseError):
+        with pytest.raises(redis.ResponseError, match="^EXISTS"):
             op.execute_command("TENANT", "ATTACH", VICTIM_SUB)
     assert_victim_wins(node, victim, alice, impostor_alice)
     assert_history(node, victim["tenant_id"], "general", acked)
@@ -854,9 +868,10 @@ def test_a_directory_named_like_a_subdomain_does_not_shadow_it_at_start(root, no
     assert_victim_wins(node, victim, alice, impostor_alice)
 
 
-def receive_directory(node: Node, tenant_id: str, directory: Path) -> None:
+def receive_directory(node: Node, tenant_id: str, directory: Path) -> str | None:
     """Sends `directory` as the source of a migration would (TENANT RECEIVE BEGIN, CHUNK, PREPARE,
-    COMMIT) as tenant `tenant_id`. A refusal at any step ends it with ABORT."""
+    COMMIT) as tenant `tenant_id`. A refusal at any step ends it with ABORT and is returned (its
+    text); None when the tenant was received."""
     mid = secrets.token_hex(8)
     with node.operator() as op:
         try:
@@ -872,11 +887,13 @@ def receive_directory(node: Node, tenant_id: str, directory: Path) -> None:
                 manifest += [rel, str(len(data)), str(crc32c(data))]
             op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "PREPARE", str(len(manifest) // 3), *manifest)
             op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "COMMIT")
-        except REFUSED:
+            return None
+        except REFUSED as refusal:
             try:
                 op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "ABORT")
             except REFUSED:
                 pass  # nothing was begun
+            return str(refusal)
 
 
 def test_receive_refuses_an_id_equal_to_a_subdomain(root, nodes):
@@ -886,8 +903,18 @@ def test_receive_refuses_an_id_equal_to_a_subdomain(root, nodes):
     victim, alice = make_victim(node)
     scratch = root / "scratch"
     impostor_alice = import_impostor(impostor_export(node, scratch), scratch / "imported", victims_data_dir=False)
-    receive_directory(node, VICTIM_SUB, scratch / "imported" / f"tenant_{VICTIM_SUB}")
+    refusal = receive_directory(node, VICTIM_SUB, scratch / "imported" / f"tenant_{VICTIM_SUB}")
+    assert refusal is not None and refusal.startswith("EXISTS") and VICTIM_SUB in refusal, refusal
     assert_victim_wins(node, victim, alice, impostor_alice)
+    # The control: the same sending of another tenant, whose names are free here, is received.
+    other = start(nodes, Node(root, "other"))
+    free = other.create_tenant(f"free-{secrets.token_hex(2)}")
+    snapshots = root / "free-snapshots"
+    snapshots.mkdir()
+    with other.operator() as op:
+        op.execute_command("TENANT", "SNAPSHOT", free["tenant_id"], str(snapshots))
+    assert receive_directory(node, free["tenant_id"], snapshots / f"tenant_{free['tenant_id']}") is None
+    assert whoami(node, f"owner@{free['subdomain']}", free["owner_token"]) == free["tenant_id"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1216,6 +1243,8 @@ def test_altered_cold_chunks_are_an_ioerr_never_altered_text(root, nodes):
     assert not altered, (f"{len(altered)} messages came back with altered text (seqs {altered[:10]}) after one "
                          f"byte of the texts of seqs {changed} was changed in the cold file; IOERR pages: {errors}")
     assert seen + 50 * len(errors) >= COLD_MESSAGES
+    # The changed chunks were read (not served from the cache) and refused.
+    assert errors, "no page was refused although texts were changed in the cold file"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1239,6 +1268,9 @@ def test_replies_held_by_clients_that_never_read_are_bounded_server_wide(root, n
     auth = resp("AUTH", f"owner@{tenant['subdomain']}", tenant["owner_token"])
     burst = resp("HISTORY", "general", "LIMIT", "1000") * 20
     socks = []
+    # What each socket sent of its current burst: a partial send goes on where it stopped, so
+    # every request reaches the server whole.
+    offsets: dict = {}
     try:
         for _ in range(60):
             s = socket.create_connection(("127.0.0.1", node.port))
@@ -1250,7 +1282,8 @@ def test_replies_held_by_clients_that_never_read_are_bounded_server_wide(root, n
         while time.monotonic() < deadline:
             for s in socks:
                 try:
-                    s.send(burst)
+                    sent = s.send(burst[offsets.get(s, 0):])
+                    offsets[s] = (offsets.get(s, 0) + sent) % len(burst)
                 except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
                     pass
             peak = max(peak, rss_bytes(node.proc.pid))
@@ -1264,6 +1297,10 @@ def test_replies_held_by_clients_that_never_read_are_bounded_server_wide(root, n
             s.close()
     growth = peak - base
     assert evicted > 0, "no connection was closed for holding replies"
+    # INFO tells them, in Redis's names, and once the sockets are gone nothing stays counted.
+    assert int(operator_info(node, "stats")["evicted_clients"]) >= evicted
+    assert poll(lambda: int(operator_info(node, "persistence")["mem_clients_normal"]) < (1 << 20), 10), (
+        operator_info(node, "persistence"))
     # At most one 4 MB page per connection is built before it is counted, plus the bound.
     assert growth < 60 * (4 << 20) + (128 << 20), f"the server grew by {growth >> 20} MiB"
 

@@ -93,13 +93,16 @@ struct CraftedTenantTests {
         #expect(try Checkpoint.encode(body: body, lsn: lsn).count >= body.count / Checkpoint.maxExpansion)
         try Data(file).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
 
-        // tenantctl verify, run by a python3 that reports its child's peak resident memory.
+        // tenantctl verify, run by a python3 that reports its exit status, whether it read every
+        // message, and its peak resident memory.
         let verify = Process()
         verify.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         verify.arguments = [
             "python3", "-c",
-            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
-                + "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+            "import resource, subprocess, sys; r = subprocess.run(sys.argv[2:], capture_output=True, text=True); "
+                + "print(r.returncode, int(f'{sys.argv[1]} messages' in r.stdout), "
+                + "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+            String(count),
             TenantdProcess.binaryPath.replacingOccurrences(of: "/tenantd", with: "/tenantctl"),
             "verify", data + "/tenant_\(crafted.id)",
         ]
@@ -107,12 +110,12 @@ struct CraftedTenantTests {
         verify.standardOutput = output
         try verify.run()
         verify.waitUntilExit()
-        let peak =
-            Int(
-                String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                    .trimmingCharacters(in: .whitespacesAndNewlines)
-            ) ?? -1
-        #expect(peak > 0 && peak < 160 * 1024, "tenantctl verify peaked at \(peak) KiB for \(count) messages")
+        let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .split(separator: " ").map { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1 }
+        #expect(report.count == 3 && report[0] == 0 && report[1] == 1, "tenantctl verify: \(report)")
+        let peak = report.count == 3 ? report[2] : -1
+        // The messages are held within the verification's 64 MiB budget, the rest is the process.
+        #expect(peak > 0 && peak < 112 * 1024, "tenantctl verify peaked at \(peak) KiB for \(count) messages")
 
         // Out of the data directory while the server starts (a start would serve it), then back.
         let outside = dir.path + "/copied-in"
@@ -124,6 +127,11 @@ struct CraftedTenantTests {
         #expect(attached.errorCode == nil, "\(attached)")
         let growth = server.peakResidentBytes() - before
         #expect(growth < 96 << 20, "ATTACH grew the peak by \(growth >> 20) MiB for \(count) messages")
+        // Every message is there: the last one's seq answers.
+        let user = try server.operatorClient()
+        #expect(try user.call("USE", crafted.id) == .simple("OK"))
+        let last = try #require(try user.call("HISTORY", "r", "LIMIT", "1").elements)
+        #expect(last.first?.elements?.first == .integer(Int64(count)))
         #expect(try server.operatorClient().call("PING") == .simple("PONG"))
         #expect(server.stop() == 0)
     }

@@ -81,20 +81,53 @@ struct CredentialKeyTests {
         #expect(decoded.admits(key, to: "abc") == true)
         #expect(decoded.admits(CredentialKey(user: "alice", tokenHash: Tokens.hash("u")), to: "abc") == false)
         // The same bytes under version 1's magic and without the key fields: keys unknown.
-        var unknown = Catalog()
-        unknown.insert(metadata)
-        var bytes = try unknown.encoded()
-        // Drop the credential flag and count (two bytes before nothing: the entry's last fields).
-        bytes.removeLast(2)
-        var body = Array(bytes[Catalog.headerSize...])
+        let old = try #require(Catalog.decode(bytes: try Self.version1(of: [metadata])))
+        #expect(old.entries["abc"] != nil)
+        #expect(old.admits(key, to: "abc") == nil)
+    }
+
+    /// The catalog file of an earlier version listing `tenants` (no credential keys).
+    static func version1(of tenants: [TenantMetadata]) throws -> [UInt8] {
+        var bytes = [UInt8]()
+        var body = [UInt8]()
+        for metadata in tenants {
+            var one = Catalog()
+            one.insert(metadata)
+            let encoded = try one.encoded()
+            // One entry: after the count (1, one byte) up to its credential flag and count.
+            body += encoded[(Catalog.headerSize + 1)..<(encoded.count - 2)]
+        }
+        var writer = BinaryWriter()
+        writer.writeVarint(UInt64(tenants.count))
+        body = writer.bytes + body
         bytes = Array("TNTDCAT1".utf8)
         withUnsafeBytes(of: UInt64(body.count).littleEndian) { bytes.append(contentsOf: $0) }
         withUnsafeBytes(of: CRC32C.mask(CRC32C.checksum(body)).littleEndian) { bytes.append(contentsOf: $0) }
-        bytes += body
-        body = []
-        let old = try #require(Catalog.decode(bytes: bytes))
-        #expect(old.entries["abc"] != nil)
-        #expect(old.admits(key, to: "abc") == nil)
+        return bytes + body
+    }
+
+    /// A data directory whose catalog is of the earlier version: start-up reads each tenant once
+    /// to learn its keys, then no AUTH needs to open it.
+    @Test func aStartOnAnEarlierCatalogLearnsTheKeys() async throws {
+        try await TemporaryDirectory.with { dir in
+            let configuration = Self.configuration(dir)
+            var registry = try await Self.started(configuration)
+            let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
+            await registry.shutdown()
+            let file = dir.path + "/catalog/tenants.bin"
+            try Data(try Self.version1(of: [created.metadata])).write(to: URL(fileURLWithPath: file))
+            registry = try await Self.started(configuration)
+            #expect(await registry.activeCount == 0)
+            let id = created.metadata.tenantID
+            #expect(
+                await registry.mayAuthenticate(id: id, user: "alice", tokenHash: Tokens.hash(created.ownerToken))
+            )
+            #expect(!(await registry.mayAuthenticate(id: id, user: "alice", tokenHash: Tokens.hash("wrong"))))
+            await registry.shutdown()
+            // The catalog was written again in the current version, with the keys.
+            let rewritten = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+            #expect(rewritten.starts(with: Catalog.magic))
+        }
     }
 
     @Test func aCatalogWhereAnIdIsAnotherTenantsSubdomainIsNotTrusted() throws {

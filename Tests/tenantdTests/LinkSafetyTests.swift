@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import TestSupport
 import Testing
 import WAL
@@ -71,11 +72,26 @@ struct LinkSafetyTests {
         #expect(throws: TenantError.self) { _ = try MigrationFiles.list(attacker, fileSystem: POSIXFileSystem()) }
     }
 
-    @Test func aTenantDirectoryHoldingALinkIsNotOpened() async throws {
+    @Test func aTenantDirectoryHoldingALinkIsNeitherVerifiedNorOpened() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let (_, attacker, _) = try Self.plant(in: dir)
         let verification = TenantVerifier.verify(path: attacker)
         #expect(verification.problem?.contains("symbolic link") == true)
+        // A real tenant's directory, whole, opens; with a link planted in it, it does not.
+        var configuration = EngineConfiguration(dataDirectory: dir.path + "/data", fsync: .no)
+        configuration.adminToken = "operator-token-0123456789abcdef-0123"
+        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
+        try await registry.bootstrap()
+        let id = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "o").metadata.tenantID
+        await registry.shutdown()
+        let path = dir.path + "/data/tenant_" + id
+        await (try await Tenant.open(path: path, configuration: configuration, logger: Logger.quiet)).close()
+        try FileManager.default.createSymbolicLink(atPath: path + "/notes", withDestinationPath: attacker)
+        await #expect {
+            _ = try await Tenant.open(path: path, configuration: configuration, logger: Logger.quiet)
+        } throws: { error in
+            "\(error)".contains("symbolic link")
+        }
     }
 }

@@ -62,6 +62,15 @@ struct PeerReplyDecoderTests {
         #expect(decoded.first?.hasPrefix("[[$wal/f0000000,:0,:0,+x],[$wal/f0000001,:1,:7,+x]") == true)
     }
 
+    @Test func aLargeBulkTrickledInCountsAsOneValue() throws {
+        // 400,000 reads of one byte each: were each rescan of the header counted as a value, the
+        // 500,000-value bound would refuse this one string.
+        let payload = String(repeating: "y", count: 600_000)
+        let text = "*2\r\n$\(payload.utf8.count)\r\n\(payload)\r\n:1\r\n"
+        let decoded = try Self.decode(Array(text.utf8), piece: 1)
+        #expect(decoded == ["[$\(payload),:1]"])
+    }
+
     @Test func hostileRepliesAreRefused() {
         for bad in [
             "*9999999\r\n", "$99999999999\r\n", "?\r\n", "*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",

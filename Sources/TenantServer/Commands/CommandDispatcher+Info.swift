@@ -100,6 +100,9 @@ extension CommandDispatcher {
             ("checkpoints_written", String(CheckpointMetrics.duration.snapshot().count)),
             ("maxmemory", String(configuration.maxMemory)),
             ("used_memory_messages", String(self.registry.memory?.residentBytes ?? 0)),
+            // Redis's names: the unsent replies of every connection, and their bound.
+            ("mem_clients_normal", String(self.clientMemory.heldBytes)),
+            ("maxmemory_clients", String(self.clientMemory.limit)),
         ]
     }
 
@@ -119,6 +122,7 @@ extension CommandDispatcher {
             ("total_net_output_bytes", String(stats.bytesOut.load(ordering: .relaxed))),
             ("rejected_connections", String(stats.connectionsRefused.load(ordering: .relaxed))),
             ("acl_access_denied_auth", String(stats.authFailures.load(ordering: .relaxed))),
+            ("evicted_clients", String(self.clientMemory.evicted.load(ordering: .relaxed))),
             ("total_messages_posted", String(posted)),
             ("total_quota_rejections", String(rejections)),
         ]

@@ -80,8 +80,9 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
             guard end - position <= 64 else { throw TenantError.invalid("the destination's reply has a long header") }
             let text = String(decoding: bytes[(position + 1)..<end], as: UTF8.self)
             position = end + 2
-            self.values += 1
-            guard self.values <= Self.maxReplyValues else {
+            // Counted once the value is whole (a bulk string scanned again as it trickles in
+            // counts once).
+            guard self.values < Self.maxReplyValues else {
                 throw TenantError.invalid("the destination's reply holds too many values")
             }
             var children = 0
@@ -105,6 +106,7 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
                 throw TenantError.invalid("unexpected reply type from the destination")
             }
             self.scanned = position - bytes.startIndex
+            self.values += 1
             if children > 0 {
                 guard self.open.count < 8 else { throw TenantError.invalid("the destination's reply nests too deep") }
                 self.open.append(children)

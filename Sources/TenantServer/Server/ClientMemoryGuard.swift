@@ -26,6 +26,9 @@ public final class ClientMemoryGuard: Sendable {
         self.limit = limit
     }
 
+    /// Counts a connection closed for its own limit (`client-output-buffer-limit normal`).
+    func countEviction() { self.evicted.wrappingAdd(1, ordering: .relaxed) }
+
     /// The bytes every connection holds now.
     public var heldBytes: Int { self.total.load(ordering: .relaxed) }
 

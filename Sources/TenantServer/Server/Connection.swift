@@ -72,7 +72,9 @@ struct Connection {
                     byteLimit: Self.unauthenticatedReplyWindowBytes,
                     pubSubLimit: self.dispatcher.limits.pubSub,
                     normalLimit: self.dispatcher.limits.normal,
-                    onNormalLimit: { [logger = self.dispatcher.logger, id = self.id] in
+                    onNormalLimit: {
+                        [logger = self.dispatcher.logger, id = self.id, memory = self.dispatcher.clientMemory] in
+                        memory.countEviction()
                         logger.warning(
                             "client disconnected: over client-output-buffer-limit normal",
                             metadata: ["event": "client_evicted", "connection": "\(id)"]
