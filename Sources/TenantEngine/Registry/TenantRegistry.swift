@@ -81,6 +81,10 @@ public actor TenantRegistry {
     var catalogWriter: Task<Void, Never>?
     var catalogDirty = false
     var catalogSaved = true
+    /// The credential changes since the catalog file was written (`database` strategy).
+    let credentialJournal: CredentialJournal?
+    /// The next catalog write starts the credential journal again (``CredentialJournal``).
+    var compactionRequested = false
     var signups: SignupGate
     /// Where tenants are kept: the isolation strategy's store.
     let store: any TenantStore
@@ -97,6 +101,10 @@ public actor TenantRegistry {
         self.logger = logger
         self.memory = configuration.maxMemory > 0 ? MemoryBudget(maxMemory: configuration.maxMemory) : nil
         self.store = configuration.isolation.makeStore(configuration: configuration, logger: logger)
+        self.credentialJournal =
+            self.store.keepsIndex
+            ? CredentialJournal(catalogDirectory: self.store.layout.catalogDirectory, sync: configuration.fsync != .no)
+            : nil
         self.signups = SignupGate(
             perMinute: configuration.signupsPerMinute,
             perMinuteTotal: configuration.signupsPerMinuteTotal
@@ -198,6 +206,13 @@ public actor TenantRegistry {
     private func reconcileCatalog(onDisk: Set<String>, index: Catalog?) async throws {
         var changed = index == nil
         self.catalog = index ?? Catalog()
+        if let journal = self.credentialJournal, journal.hasFiles {
+            // The user changes made since the catalog was written; then written into it.
+            let applied = journal.replay(into: &self.catalog)
+            self.logger.debug("replayed \(applied) credential changes")
+            self.compactionRequested = true
+            changed = true
+        }
         // Tenants the index does not list, or lists without their credential keys (an index of
         // an earlier version): each is read once, so that AUTH never needs to open a tenant.
         let missing = onDisk.filter { self.catalog.entries[$0] == nil || self.catalog.credentials[$0] == nil }
@@ -251,12 +266,30 @@ public actor TenantRegistry {
 
     private func writeCatalog() async {
         let store = self.store
+        let journal = self.credentialJournal
         while self.catalogDirty {
             self.catalogDirty = false
+            if self.compactionRequested, let journal {
+                // Renamed before the snapshot: every record in it was applied before the snapshot.
+                self.compactionRequested = false
+                do {
+                    _ = try await runBlocking { try journal.rotate() }
+                } catch {
+                    self.logger.error("credential journal not rotated (it keeps growing): \(error)")
+                }
+            }
             let snapshot = self.catalog
             do {
                 try await runBlocking { try store.saveIndex(snapshot) }
                 self.catalogSaved = true
+                if let journal {
+                    // The catalog holds every record of the renamed journal now.
+                    do {
+                        try await runBlocking { try journal.dropPrevious() }
+                    } catch {
+                        self.logger.error("credential journal not removed (replayed at the next start): \(error)")
+                    }
+                }
             } catch {
                 self.catalogSaved = false
                 self.logger.error("catalog not saved (it is rebuilt at the next start): \(error)")
@@ -418,17 +451,26 @@ public actor TenantRegistry {
         return self.catalog.admits(CredentialKey(user: user, tokenHash: tokenHash), to: id) ?? false
     }
 
-    /// Puts a tenant's credential change in the catalog, and waits until the catalog file holds
-    /// it: a new user or token is acknowledged only once a restart would let it in.
-    /// - Throws: IOERR when the catalog could not be written.
+    /// Puts a tenant's credential change in the catalog's keys and in the credential journal, and
+    /// waits until the journal holds it durably: a new user or token is acknowledged only once a
+    /// restart would let it in (the catalog itself is written when the journal passes 1 MiB).
+    /// - Throws: IOERR when the journal could not be written.
     func credentialsChanged(_ id: String, _ change: CredentialChange) async throws {
         guard self.catalog.entries[id] != nil else { return }
+        // Applied before it is journalled: a compaction's snapshot taken after the record went
+        // into the renamed journal holds it.
         self.catalog.apply(change, to: id)
-        self.saveCatalog()
-        guard await self.flushCatalog() else {
+        guard let journal = self.credentialJournal else { return }
+        do {
+            try await runBlocking { try journal.append(id: id, change: change) }
+        } catch {
             throw TenantError.ioError(
-                "the user change is in the tenant's log, but the catalog could not be written (the next start rebuilds it)"
+                "the user change is in the tenant's log, but its key could not be journalled: \(error)"
             )
+        }
+        if journal.bytes > CredentialJournal.compactionBytes {
+            self.compactionRequested = true
+            self.saveCatalog()
         }
     }
 
@@ -500,7 +542,13 @@ public actor TenantRegistry {
         await withTaskGroup(of: Void.self) { group in
             for tenant in tenants { group.addTask { await tenant.close(checkpoint: checkpoint) } }
         }
+        if let journal = self.credentialJournal, journal.bytes > 0 || journal.hasFiles {
+            // Leave the catalog whole and the journal empty for the next start.
+            self.compactionRequested = true
+            self.saveCatalog()
+        }
         await self.flushCatalog()
+        self.credentialJournal?.close()
         await self.store.close()
     }
 }
