@@ -92,22 +92,19 @@ public final class TenantdProcess {
     }
 
     /// The resident memory of the process, in bytes (from /proc).
-    public func residentBytes() -> Int {
+    public func residentBytes() -> Int { self.statusBytes("VmRSS:") }
+
+    /// A size field of /proc/<pid>/status, in bytes (0 when it cannot be read).
+    private func statusBytes(_ field: String) -> Int {
         guard let status = try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field) }),
             let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "")
         else { return 0 }
         return kilobytes * 1024
     }
 
     /// The most resident memory the process has had, in bytes (VmHWM, from /proc).
-    public func peakResidentBytes() -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/\(self.pid)/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-            let kilobytes = Int(line.split(separator: " ").dropFirst().first ?? "")
-        else { return 0 }
-        return kilobytes * 1024
-    }
+    public func peakResidentBytes() -> Int { self.statusBytes("VmHWM:") }
 
     /// What the process wrote to standard error.
     public func stderrText() -> String {

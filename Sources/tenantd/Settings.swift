@@ -228,24 +228,18 @@ struct Settings {
             }
             limits.maxSubscriptions = count
         }
-        if let text = command.clientOutputBufferLimitPubsub
-            ?? environment["TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_PUBSUB"]
-        {
-            guard let limit = PubSubLimit(parsing: text), limit.softSeconds <= Self.maxSeconds else {
-                throw ValidationError(
-                    "client-output-buffer-limit-pubsub is \"<hard> <soft> <seconds>\", as \"32mb 8mb 60\""
-                )
-            }
+        if let limit = try Self.outputBufferLimit(
+            command.clientOutputBufferLimitPubsub ?? environment["TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_PUBSUB"],
+            name: "pubsub",
+            example: "32mb 8mb 60"
+        ) {
             limits.pubSub = limit
         }
-        if let text = command.clientOutputBufferLimitNormal
-            ?? environment["TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_NORMAL"]
-        {
-            guard let limit = PubSubLimit(parsing: text), limit.softSeconds <= Self.maxSeconds else {
-                throw ValidationError(
-                    "client-output-buffer-limit-normal is \"<hard> <soft> <seconds>\", as \"0 0 0\""
-                )
-            }
+        if let limit = try Self.outputBufferLimit(
+            command.clientOutputBufferLimitNormal ?? environment["TENANTD_CLIENT_OUTPUT_BUFFER_LIMIT_NORMAL"],
+            name: "normal",
+            example: "0 0 0"
+        ) {
             limits.normal = limit
         }
         if let text = command.maxmemoryClients ?? environment["TENANTD_MAXMEMORY_CLIENTS"] {
@@ -255,6 +249,17 @@ struct Settings {
             limits.maxMemoryClients = bytes
         }
         return limits
+    }
+
+    /// A `client-output-buffer-limit-<name>` setting, `"<hard> <soft> <seconds>"`, when given.
+    private static func outputBufferLimit(_ text: String?, name: String, example: String) throws -> PubSubLimit? {
+        guard let text else { return nil }
+        guard let limit = PubSubLimit(parsing: text), limit.softSeconds <= Self.maxSeconds else {
+            throw ValidationError(
+                "client-output-buffer-limit-\(name) is \"<hard> <soft> <seconds>\", as \"\(example)\""
+            )
+        }
+        return limit
     }
 
     private static func flag(_ environment: Environment, _ name: String) throws -> Bool? {

@@ -43,7 +43,7 @@ import yaml
 
 from conftest import REPO, SUBPROCESS_TIMEOUT, TENANTD_BIN
 from nodes import READY, Node, free_port
-from test_migration import crc32c, migrate
+from test_migration import crc32c, migrate, root  # noqa: F401 (root: the fixture)
 
 TENANTCTL = TENANTD_BIN.parent / "tenantctl"
 WRONGPASS = b"-WRONGPASS"
@@ -55,11 +55,6 @@ REFUSED = (redis.ResponseError, redis.exceptions.BusyLoadingError)
 # Helpers
 # --------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def root():
-    path = Path(tempfile.mkdtemp(prefix="tenantd-hostile2-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -868,6 +863,21 @@ def test_a_directory_named_like_a_subdomain_does_not_shadow_it_at_start(root, no
     assert_victim_wins(node, victim, alice, impostor_alice)
 
 
+def send_and_prepare(op, tenant_id: str, mid: str, directory: Path) -> None:
+    """TENANT RECEIVE BEGIN, every file of `directory` in CHUNKs, then PREPARE, as a source would."""
+    assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "BEGIN") == []
+    manifest = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(directory))
+        data = path.read_bytes()
+        for offset in range(0, max(len(data), 1), 256 << 10):
+            piece = data[offset:offset + (256 << 10)]
+            assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "CHUNK", rel, str(offset),
+                                      str(crc32c(piece)), base64.b64encode(piece).decode()) == "OK"
+        manifest += [rel, str(len(data)), str(crc32c(data))]
+    op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "PREPARE", str(len(manifest) // 3), *manifest)
+
+
 def receive_directory(node: Node, tenant_id: str, directory: Path) -> str | None:
     """Sends `directory` as the source of a migration would (TENANT RECEIVE BEGIN, CHUNK, PREPARE,
     COMMIT) as tenant `tenant_id`. A refusal at any step ends it with ABORT and is returned (its
@@ -875,17 +885,7 @@ def receive_directory(node: Node, tenant_id: str, directory: Path) -> str | None
     mid = secrets.token_hex(8)
     with node.operator() as op:
         try:
-            assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "BEGIN") == []
-            manifest = []
-            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-                rel = str(path.relative_to(directory))
-                data = path.read_bytes()
-                for offset in range(0, max(len(data), 1), 256 << 10):
-                    piece = data[offset:offset + (256 << 10)]
-                    assert op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "CHUNK", rel, str(offset),
-                                              str(crc32c(piece)), base64.b64encode(piece).decode()) == "OK"
-                manifest += [rel, str(len(data)), str(crc32c(data))]
-            op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "PREPARE", str(len(manifest) // 3), *manifest)
+            send_and_prepare(op, tenant_id, mid, directory)
             op.execute_command("TENANT", "RECEIVE", tenant_id, mid, "COMMIT")
             return None
         except REFUSED as refusal:
@@ -1078,7 +1078,7 @@ def test_receive_paths_under_a_marker_name_are_refused(root, nodes):
 
 def test_empty_chunks_count_against_the_staging_limit(root, nodes):
     """Empty CHUNKs make files and directories: each counts as a block, and a migration sends at
-    most 100,000 files, so 20,000 of them against a 1 MiB limit are refused once it is reached."""
+    most 100,000 files, so 2,000 of them against a 1 MiB limit are refused once it is reached."""
     node = staging_node(root, nodes)
     empty_crc = str(crc32c(b""))
     conn = operator_conn(node)
@@ -1115,20 +1115,8 @@ def test_a_prepared_migration_still_counts_after_a_restart(root, nodes):
     directory = snapshots / f"tenant_{tenant['tenant_id']}"
     # Padding: a file the verification ignores, so that the prepared staging holds ~800 KB.
     (directory / "padding").write_bytes(os.urandom(800 << 10))
-    mid = secrets.token_hex(8)
     with node.operator() as op:
-        assert op.execute_command("TENANT", "RECEIVE", tenant["tenant_id"], mid, "BEGIN") == []
-        manifest = []
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            rel = str(path.relative_to(directory))
-            data = path.read_bytes()
-            for offset in range(0, max(len(data), 1), 256 << 10):
-                piece = data[offset:offset + (256 << 10)]
-                assert op.execute_command("TENANT", "RECEIVE", tenant["tenant_id"], mid, "CHUNK", rel, str(offset),
-                                          str(crc32c(piece)), base64.b64encode(piece).decode()) == "OK"
-            manifest += [rel, str(len(data)), str(crc32c(data))]
-        op.execute_command("TENANT", "RECEIVE", tenant["tenant_id"], mid, "PREPARE", str(len(manifest) // 3),
-                           *manifest)
+        send_and_prepare(op, tenant["tenant_id"], secrets.token_hex(8), directory)
     restart_after_kill(node)
     assert list(node.data.glob(f".incoming-{tenant['tenant_id']}")), "the prepared staging was removed"
     conn = operator_conn(node)

@@ -248,13 +248,18 @@ struct CredentialJournalTests {
         #expect(CredentialJournal.decode(damaged).count == 1)
     }
 
+    /// A started registry (no user limit) with tenant `acme`; its configuration and the id.
+    static func acme(_ dir: TemporaryDirectory) async throws -> (EngineConfiguration, TenantRegistry, String) {
+        var configuration = CredentialKeyTests.configuration(dir)
+        configuration.maxUsers = 0
+        let registry = try await CredentialKeyTests.started(configuration)
+        let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
+        return (configuration, registry, created.metadata.tenantID)
+    }
+
     @Test func userChangesAreJournalledNotWrittenIntoTheCatalog() async throws {
         try await TemporaryDirectory.with { dir in
-            var configuration = CredentialKeyTests.configuration(dir)
-            configuration.maxUsers = 0
-            var registry = try await CredentialKeyTests.started(configuration)
-            let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
-            let id = created.metadata.tenantID
+            var (configuration, registry, id) = try await Self.acme(dir)
             await registry.flushCatalog()
             let catalogFile = dir.path + "/catalog/tenants.bin"
             let before = try Data(contentsOf: URL(fileURLWithPath: catalogFile))
@@ -284,11 +289,7 @@ struct CredentialJournalTests {
 
     @Test func aCompactionLosesNoRecordWrittenWhileItRuns() async throws {
         try await TemporaryDirectory.with { dir in
-            var configuration = CredentialKeyTests.configuration(dir)
-            configuration.maxUsers = 0
-            var registry = try await CredentialKeyTests.started(configuration)
-            let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
-            let id = created.metadata.tenantID
+            var (configuration, registry, id) = try await Self.acme(dir)
             let tenant = try await registry.tenant(id: id)
             // Past 1 MiB of journal (about 45 bytes a record) compactions run while users are
             // added from several tasks at once.

@@ -43,4 +43,21 @@ struct Arguments {
         }
         return value
     }
+
+    /// `[AFTER <name>] [LIMIT <n>]` from `start` on (ROOMS, USER LIST): a page's start and size.
+    func page(from start: Int) throws -> (after: String?, limit: Int?) {
+        var after: String?
+        var limit: Int?
+        var index = start
+        while index < self.count {
+            guard index + 1 < self.count else { throw CommandError.syntax }
+            switch self.keyword(index) {
+            case "AFTER" where after == nil: after = self[index + 1]
+            case "LIMIT" where limit == nil: limit = Int(clamping: try self.unsigned(index + 1))
+            default: throw CommandError.syntax
+            }
+            index += 2
+        }
+        return (after, limit)
+    }
 }

@@ -20,18 +20,7 @@ extension CommandDispatcher {
             return .ok
         case "LIST":
             // `USER LIST [AFTER <name>] [LIMIT <n>]`: paged by name like ROOMS.
-            var after: String?
-            var limit: Int?
-            var index = 1
-            while index < arguments.count {
-                guard index + 1 < arguments.count else { throw CommandError.syntax }
-                switch arguments.keyword(index) {
-                case "AFTER" where after == nil: after = arguments[index + 1]
-                case "LIMIT" where limit == nil: limit = Int(clamping: try arguments.unsigned(index + 1))
-                default: throw CommandError.syntax
-                }
-                index += 2
-            }
+            let (after, limit) = try arguments.page(from: 1)
             return .array(
                 try await tenant.listUsers(principal, after: after, limit: limit ?? Tenant.maxUsersPage).map { user in
                     .array([.bulkString(user.name), .bulkString(user.role.rawValue), .integer(user.joinedAt)])

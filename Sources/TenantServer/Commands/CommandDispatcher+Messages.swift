@@ -130,18 +130,7 @@ extension CommandDispatcher {
 
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`: at most 10,000 rooms a reply, paged by name.
     func rooms(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
-        var after: String?
-        var limit: Int?
-        var index = 0
-        while index < arguments.count {
-            guard index + 1 < arguments.count else { throw CommandError.syntax }
-            switch arguments.keyword(index) {
-            case "AFTER" where after == nil: after = arguments[index + 1]
-            case "LIMIT" where limit == nil: limit = Int(clamping: try arguments.unsigned(index + 1))
-            default: throw CommandError.syntax
-            }
-            index += 2
-        }
+        let (after, limit) = try arguments.page(from: 0)
         let tenant = try session.contextTenant()
         return .array(
             try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage).map { room in
