@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import TestSupport
 import Testing
 import WAL
@@ -329,5 +330,50 @@ extension Tenant {
     /// operator's limits are the configuration's).
     fileprivate func rotateOrAdd(_ name: String) async throws -> String {
         try await self.addUser(.operator, name: name, role: .member)
+    }
+}
+
+/// Issue 25, finding 7: staging a source abandoned is removed after ten idle minutes when another
+/// migration begins (a prepared one is kept), on the registry's clock.
+@Suite("Abandoned staging")
+struct AbandonedStagingTests {
+    @Test func anIdleUnpreparedStagingIsDroppedWhenAnotherMigrationBegins() async throws {
+        try await TemporaryDirectory.with { dir in
+            let clock = PassivationTests.ManualClock()
+            var configuration = CredentialKeyTests.configuration(dir)
+            configuration.clock = { clock.now.withLock { $0 } }
+            let registry = try await CredentialKeyTests.started(configuration)
+            _ = try await registry.receiveBegin(id: "gone1", migration: "a1")
+            let bytes = [UInt8](repeating: 7, count: 1000)
+            try await registry.receiveChunk(
+                id: "gone1",
+                migration: "a1",
+                path: "wal/x",
+                offset: 0,
+                crc: bytes.withUnsafeBytes { CRC32C.checksum($0) },
+                bytes: bytes
+            )
+            let staging = dir.path + "/" + DirectoryStore.incomingPrefix + "gone1"
+            #expect(FileManager.default.fileExists(atPath: staging))
+            // Nine minutes: still there when another begins.
+            clock.advance(seconds: 9 * 60)
+            _ = try await registry.receiveBegin(id: "other1", migration: "b1")
+            #expect(FileManager.default.fileExists(atPath: staging))
+            // Past ten: removed, and its id is free to begin again.
+            clock.advance(seconds: 2 * 60)
+            _ = try await registry.receiveBegin(id: "other2", migration: "b2")
+            #expect(!FileManager.default.fileExists(atPath: staging))
+            await #expect(throws: TenantError.self) {
+                try await registry.receiveChunk(
+                    id: "gone1",
+                    migration: "a1",
+                    path: "wal/x",
+                    offset: 0,
+                    crc: 0,
+                    bytes: []
+                )
+            }
+            await registry.shutdown()
+        }
     }
 }

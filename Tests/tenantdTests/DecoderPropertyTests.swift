@@ -97,3 +97,45 @@ struct DecoderPropertyTests {
         }
     }
 }
+
+/// Random bytes into the decoders issue 25 added: refused or decoded, never a crash, never more
+/// than the bytes allow.
+@Suite("Decoders of hostile bytes")
+struct HostileBytesTests {
+    @Test func theCredentialJournalDecodesRandomBytesSafely() {
+        var generator = SystemRandomNumberGenerator()
+        let valid = CredentialJournal.encode(
+            id: "abc",
+            change: CredentialChange(removed: CredentialKey(value: 5), added: CredentialKey(value: 6))
+        )
+        for _ in 0..<2000 {
+            var bytes = (0..<Int.random(in: 0...200, using: &generator)).map { _ in
+                UInt8.random(in: 0...255, using: &generator)
+            }
+            if Bool.random(using: &generator) { bytes = valid + bytes }
+            let records = CredentialJournal.decode(bytes)
+            // A record takes at least its header and a one-byte id's payload.
+            #expect(records.count <= bytes.count / (8 + 4 + 1 + 1 + 16))
+            if bytes.starts(with: valid) { #expect(records.first?.0 == "abc") }
+        }
+    }
+
+    @Test func theMarkerKeysDecodeRandomTextSafely() {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789abcdefxyz,,-".utf8)
+        for _ in 0..<2000 {
+            let text = String(
+                decoding: (0..<Int.random(in: 0...120, using: &generator)).map { _ in
+                    alphabet[Int.random(in: 0..<alphabet.count, using: &generator)]
+                },
+                as: UTF8.self
+            )
+            if let keys = Departure.decodeKeys(text) {
+                #expect(keys.count <= text.split(separator: ",").count + 1)
+            }
+        }
+        let keys: Set<CredentialKey> = [CredentialKey(value: 1), CredentialKey(value: .max)]
+        let text = keys.map { String($0.value, radix: 16) }.joined(separator: ",")
+        #expect(Departure.decodeKeys(text) == keys)
+    }
+}
