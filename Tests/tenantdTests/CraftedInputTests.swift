@@ -55,8 +55,8 @@ struct CraftedInputTests {
     @Test func aDecompressionBombIsRefusedBeforeItExpands() throws {
         // 260 MiB of zeros in 4 MiB blocks make a file of about 1 MB: over 256 MiB and 64 times
         // the file, refused at the block that would pass the bound, before it is decompressed.
-        // (The format of earlier versions, whose bound is on the whole body; version 2 holds each
-        // block to 64 times its size: CraftedTenantTests.versionTwoBlocksAreHeldToTheirBound.)
+        // (The format of earlier versions, held to 64 times the file as a whole; version 2 holds
+        // each block to it: CraftedTenantTests.versionTwoBlocksAreHeldToTheirBound.)
         let body = [UInt8](repeating: 0, count: 260 << 20)
         let file = try Checkpoint.encode(body: body, lsn: 7, version: 1)
         #expect(file.count < 4 << 20)

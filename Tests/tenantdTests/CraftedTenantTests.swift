@@ -50,11 +50,12 @@ struct CraftedTenantTests {
         #expect(texts == ["kept", "still here"])
     }
 
-    /// Issue 25, finding 5: a small checkpoint with valid checksums whose body is millions of
-    /// empty messages (all zeros: lz4 packs it 250 to 1). Its columns were decoded into arrays of
-    /// their own first (24 bytes a message, whatever the budget); now four cursors read them side
-    /// by side, and the messages go to the cold store under --maxmemory, on ATTACH and in
-    /// `tenantctl verify`.
+    /// Issue 25, finding 5: a checkpoint with valid checksums whose body is millions of empty
+    /// messages (all zeros: lz4 packs it 250 to 1). In the earlier format, a 70 KB file, it is
+    /// refused before anything is decompressed (over 64 times the file). In this version's, padded
+    /// to a 64th of the body, it is read: its columns were decoded into arrays of their own first
+    /// (24 bytes a message, whatever the budget); now four cursors read them side by side, and
+    /// the messages go to the cold store under --maxmemory, on ATTACH and in `tenantctl verify`.
     @Test func aCheckpointOfMillionsOfEmptyMessagesIsReadWithinTheBudget() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -86,11 +87,23 @@ struct CraftedTenantTests {
         writer.write("u")
         writer.bytes += [UInt8](repeating: 0, count: 3 * count)
         let body = writer.bytes
-        // In the format of earlier versions, still read (this version's writer pads such a body
-        // to a 64th of its size, and its reader holds every block to that).
-        let file = try Checkpoint.encode(body: body, lsn: lsn, version: 1)
-        #expect(file.count < body.count / 100, "\(file.count) bytes for a body of \(body.count)")
-        #expect(try Checkpoint.encode(body: body, lsn: lsn).count >= body.count / Checkpoint.maxExpansion)
+        // The earlier format: refused, whatever its checksums say.
+        let small = try Checkpoint.encode(body: body, lsn: lsn, version: 1)
+        #expect(small.count < body.count / 100, "\(small.count) bytes for a body of \(body.count)")
+        try Data(small).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
+        let tenantctl = TenantdProcess.binaryPath.replacingOccurrences(of: "/tenantd", with: "/tenantctl")
+        let refused = Process()
+        refused.executableURL = URL(fileURLWithPath: tenantctl)
+        refused.arguments = ["verify", data + "/tenant_\(crafted.id)"]
+        let refusal = Pipe()
+        refused.standardOutput = refusal
+        try refused.run()
+        refused.waitUntilExit()
+        let said = String(decoding: refusal.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(refused.terminationStatus == 1 && said.contains("64 times the file"), "\(said)")
+        // This version's format: padded to a 64th of the body, read within the budget.
+        let file = try Checkpoint.encode(body: body, lsn: lsn)
+        #expect(file.count >= body.count / Checkpoint.maxExpansion && file.count < body.count / 32)
         try Data(file).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
 
         // tenantctl verify, run by a python3 that reports its exit status, whether it read every
@@ -103,8 +116,7 @@ struct CraftedTenantTests {
                 + "print(r.returncode, int(f'{sys.argv[1]} messages' in r.stdout), "
                 + "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
             String(count),
-            TenantdProcess.binaryPath.replacingOccurrences(of: "/tenantd", with: "/tenantctl"),
-            "verify", data + "/tenant_\(crafted.id)",
+            tenantctl, "verify", data + "/tenant_\(crafted.id)",
         ]
         let output = Pipe()
         verify.standardOutput = output

@@ -31,7 +31,15 @@ enum Checkpoint {
     /// The most a block's raw bytes may be for each stored byte (version 2: each block; version
     /// 1: the whole body, with at least ``minimumBodyBound`` allowed).
     static let maxExpansion = 64
+    /// The earlier bound of a version-1 body, taken only with `TENANTD_LEGACY_CHECKPOINT_BOUND=1`.
     static let minimumBodyBound = 256 << 20
+    /// Whether version-1 files get their earlier bound (an operator's escape hatch for a
+    /// pre-upgrade checkpoint that lz4 packed tighter than 64 to 1; the next checkpoint is
+    /// version 2).
+    static let legacyBound: Bool = {
+        guard let value = getenv("TENANTD_LEGACY_CHECKPOINT_BOUND") else { return false }
+        return String(cString: value) == "1"
+    }()
 
     static func fileName(lsn: UInt64) -> String {
         WALFormat.segmentName(firstLSN: lsn).replacingOccurrences(of: WALFormat.segmentExtension, with: fileExtension)

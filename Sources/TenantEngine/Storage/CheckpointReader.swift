@@ -106,16 +106,12 @@ struct CheckpointReader {
         // A streamed checkpoint's blocks run up to the trailer.
         let blockCount = declared == Checkpoint.unknownBlockCount ? nil : Int(declared)
         // lz4 expands up to 255 times: a crafted file of a few KB could otherwise ask for
-        // gigabytes. Version 2 holds each block to 64 times its stored size (the writer pads the
-        // ones lz4 packs tighter), so the body is at most 64 times the file; version 1 files,
-        // written before that, keep their bound (64 times the file, at least 256 MiB).
-        let maxBody =
-            version >= 2
-            ? size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
-            : max(
-                Checkpoint.minimumBodyBound,
-                size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
-            )
+        // gigabytes. A body is at most 64 times its file: version 2 holds each block to that
+        // (the writer pads the ones lz4 packs tighter); a version-1 file, written before, is held
+        // to it as a whole, unless TENANTD_LEGACY_CHECKPOINT_BOUND=1 gives it its earlier bound
+        // (at least 256 MiB) to read a pre-upgrade checkpoint that packed tighter.
+        let bound = size.multipliedReportingOverflow(by: Checkpoint.maxExpansion).partialValue
+        let maxBody = version < 2 && Checkpoint.legacyBound ? max(Checkpoint.minimumBodyBound, bound) : bound
         let maxStored = LZ4Block.compressBound(Checkpoint.blockSize)
         var offset = Checkpoint.headerSize
         var body = 0
@@ -134,7 +130,12 @@ struct CheckpointReader {
                 throw corrupt(offset, "block expands over \(Checkpoint.maxExpansion) times its stored size")
             }
             guard maxBody - body >= raw else {
-                throw corrupt(offset, "body over \(maxBody) bytes, \(Checkpoint.maxExpansion) times the file")
+                throw corrupt(
+                    offset,
+                    "body over \(maxBody) bytes, \(Checkpoint.maxExpansion) times the file"
+                        + (version < 2 && !Checkpoint.legacyBound
+                            ? " (a checkpoint of an earlier version: TENANTD_LEGACY_CHECKPOINT_BOUND=1 reads it)" : "")
+                )
             }
             blocks += 1
             body += raw
