@@ -52,6 +52,35 @@ struct CraftedInputTests {
         }
     }
 
+    /// A user whose token hash is not a SHA-256 (none, or 7 bytes), in a checkpoint or a log
+    /// record: refused as input, never a trap when the tenant's credential keys are made.
+    @Test(arguments: [0, 7, 31, 33])
+    func aTokenHashOfAnotherSizeIsRefused(size: Int) throws {
+        var writer = BinaryWriter()
+        writer.write(bytes: [])
+        writer.writeVarint(1)
+        writer.write("eve")
+        writer.write("owner")
+        writer.write(bytes: [UInt8](repeating: 1, count: size))
+        writer.write(Int64(0))
+        writer.writeVarint(0)
+        let error = try #require(try Self.decodeError(writer.bytes))
+        #expect(error.contains("token hash"), "\(error)")
+
+        var record = BinaryWriter()
+        record.write("eve")
+        record.write("owner")
+        record.write(bytes: [UInt8](repeating: 1, count: size))
+        record.write(Int64(0))
+        #expect(throws: RecordDecodingError.self) {
+            _ = try record.bytes.withUnsafeBytes {
+                try TenantRecord.decode(type: TenantRecord.Kind.userPut.rawValue, payload: $0)
+            }
+        }
+        // The key of such a hash is made without a trap (and matches no token).
+        #expect(CredentialKey(user: "eve", tokenHash: []) != CredentialKey(user: "eve", tokenHash: Tokens.hash("x")))
+    }
+
     @Test func aDecompressionBombIsRefusedBeforeItExpands() throws {
         // 260 MiB of zeros in 4 MiB blocks make a file of about 1 MB: over 256 MiB and 64 times
         // the file, refused at the block that would pass the bound, before it is decompressed.

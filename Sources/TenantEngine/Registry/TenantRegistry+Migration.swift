@@ -551,6 +551,8 @@ extension TenantRegistry {
     public func receiveBegin(id: String, migration: String) async throws -> [MigrationFile] {
         try self.checkReceiving(id)
         try self.checkMigrationID(migration)
+        // First, so that no await falls between the checks below and the claim.
+        await self.dropIdleIncoming()
         guard self.catalog.entries[id] == nil else {
             throw TenantError(.alreadyExists, "tenant '\(id)' is served here already")
         }
@@ -559,7 +561,6 @@ extension TenantRegistry {
         }
         if let clash = self.nameClash(id: id, subdomain: "") { throw TenantError(.alreadyExists, clash) }
         if self.incoming[id] == nil {
-            await self.dropIdleIncoming()
             guard self.incoming.count < EngineConfiguration.maxIncomingMigrations else {
                 throw TenantError(
                     .unavailable,

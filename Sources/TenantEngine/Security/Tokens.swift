@@ -10,6 +10,9 @@ public enum Tokens {
         return hex(bytes)
     }
 
+    /// The size of a stored token hash (SHA-256): a log or checkpoint holding another is refused.
+    public static let hashSize = 32
+
     /// The SHA-256 of a token, as stored.
     public static func hash(_ token: String) -> [UInt8] {
         Array(SHA256.hash(data: Array(token.utf8)))

@@ -293,6 +293,7 @@ enum Checkpoint {
                 throw RecordDecodingError.invalidValue("role")
             }
             let hash = try reader.readBytes()
+            guard hash.count == Tokens.hashSize else { throw RecordDecodingError.invalidValue("token hash") }
             try state.apply(
                 .userPut(User(name: name, role: role, tokenHash: hash, joinedAt: try reader.read(Int64.self)))
             )

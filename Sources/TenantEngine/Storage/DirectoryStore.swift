@@ -296,8 +296,7 @@ struct DirectoryStore: TenantStore {
         let layout = self.layout(for: id)
         var context = context
         if layout.root != self.layout.root { context.coldDirectory = layout.root }
-        let directory = layout.tenantDirectory(id)
-        let tenant = try await Self.open(files: TenantFiles(directory), context: context)
+        let tenant = try await Self.open(files: TenantFiles(layout.tenantDirectory(id)), context: context)
         guard tenant.id == id else {
             await tenant.close()
             throw TenantError(

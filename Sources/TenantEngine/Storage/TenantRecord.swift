@@ -80,6 +80,7 @@ enum TenantRecord {
                 throw RecordDecodingError.invalidValue("role")
             }
             let hash = try reader.readBytes()
+            guard hash.count == Tokens.hashSize else { throw RecordDecodingError.invalidValue("token hash") }
             record = .userPut(User(name: name, role: role, tokenHash: hash, joinedAt: try reader.read(Int64.self)))
         case .userDelete:
             record = .userDelete(try reader.readString())

@@ -1,9 +1,7 @@
 /// A tenant's metadata and users: what authentication and user and metadata admin read and change.
 struct Membership: Sendable {
     private(set) var metadata: TenantMetadata
-    private(set) var users: [String: User] {
-        didSet { if self.users.count != oldValue.count { self.sortedNames = nil } }
-    }
+    private(set) var users: [String: User]
     /// The user names in order, for paging (made again after a user is added or removed).
     private var sortedNames: [String]?
 
@@ -16,8 +14,11 @@ struct Membership: Sendable {
     mutating func apply(_ record: TenantRecord) {
         switch record {
         case .metadata(let metadata): self.metadata = metadata
-        case .userPut(let user): self.users[user.name] = user
-        case .userDelete(let name): self.users[name] = nil
+        case .userPut(let user):
+            // A new name changes the order USER LIST pages by; a new role or token does not.
+            if self.users.updateValue(user, forKey: user.name) == nil { self.sortedNames = nil }
+        case .userDelete(let name):
+            if self.users.removeValue(forKey: name) != nil { self.sortedNames = nil }
         case .message, .tenantDeleted: break
         }
     }

@@ -17,8 +17,11 @@ public final class ClientMemoryGuard: Sendable {
     /// The bound in bytes; 0 = none.
     public let limit: Int
     private let total = Atomic<Int>(0)
-    /// Every connection, and whether the guard is closing it already.
-    private let holders = Mutex<[Int64: (holder: Holder, closing: Bool)]>([:])
+    /// Every connection, and what it held when the guard chose to close it (nil: not chosen).
+    private let holders = Mutex<[Int64: (holder: Holder, closing: Int?)]>([:])
+    /// What the connections being closed held when chosen: theirs to give back, not counted
+    /// against the others (so that the hot path looks at no connection while they close).
+    private let closingBytes = Atomic<Int>(0)
     /// Connections closed by the guard since the start (INFO, metrics).
     public let evicted = Atomic<Int>(0)
 
@@ -33,12 +36,14 @@ public final class ClientMemoryGuard: Sendable {
     public var heldBytes: Int { self.total.load(ordering: .relaxed) }
 
     func register(id: Int64, holder: Holder) {
-        self.holders.withLock { $0[id] = (holder, false) }
+        self.holders.withLock { $0[id] = (holder, nil) }
     }
 
     /// Forgets a connection, with the bytes it still held.
     func unregister(id: Int64, holding bytes: Int) {
-        self.holders.withLock { _ = $0.removeValue(forKey: id) }
+        if let chosen = self.holders.withLock({ $0.removeValue(forKey: id) })?.closing {
+            self.closingBytes.wrappingSubtract(chosen, ordering: .relaxed)
+        }
         if bytes != 0 { self.total.wrappingSubtract(bytes, ordering: .relaxed) }
     }
 
@@ -46,7 +51,8 @@ public final class ClientMemoryGuard: Sendable {
     func add(_ delta: Int) {
         guard delta != 0 else { return }
         let now = self.total.wrappingAdd(delta, ordering: .relaxed).newValue
-        if self.limit > 0 && delta > 0 && now > self.limit { self.enforce() }
+        guard self.limit > 0 && delta > 0 && now > self.limit else { return }
+        if now - self.closingBytes.load(ordering: .relaxed) > self.limit { self.enforce() }
     }
 
     /// Closes the connections holding the most until what the others hold is under the bound.
@@ -58,14 +64,15 @@ public final class ClientMemoryGuard: Sendable {
             for (id, entry) in holders {
                 let bytes = entry.holder.bytes()
                 // What connections being closed still hold goes with them: not another's fault.
-                if entry.closing { sum -= bytes } else { open.append((id, entry.holder, bytes)) }
+                if entry.closing != nil { sum -= bytes } else { open.append((id, entry.holder, bytes)) }
             }
             guard sum > self.limit else { return [] }
             open.sort { $0.bytes > $1.bytes }
             var chosen: [Holder] = []
             for entry in open where sum > self.limit && entry.bytes > 0 {
                 chosen.append(entry.holder)
-                holders[entry.id]?.closing = true
+                holders[entry.id]?.closing = entry.bytes
+                self.closingBytes.wrappingAdd(entry.bytes, ordering: .relaxed)
                 sum -= entry.bytes
             }
             return chosen
