@@ -71,6 +71,7 @@ var package = Package(
         .target(
             name: "TenantServer",
             dependencies: [
+                "CPOSIX",
                 "TenantEngine",
                 "RESP",
                 "TenantMetrics",

@@ -62,6 +62,8 @@ public struct EngineConfiguration: Sendable {
     /// `--migrate-staging-limit`: the bytes every migration arriving here may hold in staging
     /// together (TENANT RECEIVE); 0 = no bound.
     public var migrateStagingLimit: Int64 = EngineConfiguration.defaultMigrateStagingLimit
+    /// Where tenants run: the server's event loops (`--threads`), or nil for a lane each.
+    public var placement: TenantPlacement?
     /// The default: 32 GiB, a large tenant's directory, on the data directory's disk.
     public static let defaultMigrateStagingLimit: Int64 = 32 << 30
     /// Migrations that may arrive at once.

@@ -47,6 +47,8 @@ struct Settings {
     var metricsTenants: Int
     /// Where scheduled backups go; nil: no backups.
     var backupDirectory: String?
+    /// The event loops (`--threads`): the connections' and the tenants'.
+    var threads: Int
 
     init(command: TenantdCommand, environment: Environment) throws {
         let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
@@ -117,6 +119,9 @@ struct Settings {
         } else {
             engine.maxMemory = MemoryBudget.defaultMaxMemory
         }
+        let threads = try command.threads ?? Self.integer(environment, "TENANTD_THREADS") ?? EventLoops.usableCPUs
+        guard (1...1024).contains(threads) else { throw ValidationError("threads must be 1-1024") }
+        self.threads = threads
         if let text = command.migrateStagingLimit ?? environment["TENANTD_MIGRATE_STAGING_LIMIT"] {
             guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
                 throw ValidationError("migrate-staging-limit must be 0 (no bound) or at least 1mb")

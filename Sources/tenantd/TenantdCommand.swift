@@ -157,6 +157,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var migrateStagingLimit: String?
 
+    @Option(
+        help: """
+            Event loops: connections and tenants are spread over them, a tenant staying on one \
+            (TENANTD_THREADS). Default: the CPUs tenantd may run on.
+            """
+    )
+    var threads: Int?
+
     func run() async throws {
         // Everything tenantd writes is its own user's only (directories 0700, files 0600).
         umask(0o077)
@@ -176,6 +184,9 @@ struct TenantdCommand: AsyncParsableCommand {
             maxClients: configured.server.limits.maxClients,
             logger: logger
         )
+        // Before anything uses the event loops: their number is fixed at first use.
+        EventLoops.configure(threads: configured.threads)
+        configured.engine.placement = EventLoops.placement()
         let settings = configured
         let metrics = PrometheusCollectorRegistry()
         if settings.metricsPort > 0 {

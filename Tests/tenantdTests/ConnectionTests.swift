@@ -59,7 +59,7 @@ struct ConnectionTests {
             let gate = RequestGate(bound: limits.requestWindowBytes)
             let wrapped = try await channel.testingEventLoop.submit {
                 try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
-                return try NIOAsyncChannel<[RESPRequest], ByteBuffer>(wrappingChannelSynchronously: channel)
+                return try NIOAsyncChannel<[RESPRequest], ConnectionOutput>(wrappingChannelSynchronously: channel)
             }.get()
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7379))
             let dispatcher = CommandDispatcher(registry: registry, logger: Logger.quiet, limits: limits)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TestSupport
 import Testing
 import WAL
@@ -295,6 +296,77 @@ struct WALTests {
             let (after, _) = try Self.readAll(dir.path)
             #expect(after.count == 35)
             #expect(after.last?.payload == Self.payload(34))
+        }
+    }
+}
+
+/// The event loop's own write of a log, at the end of its turn.
+@Suite("WAL: writes on the caller's thread")
+struct WALCallerWriteTests {
+    @Test func everysecWritesOnTheCallerAndAlwaysLeavesItToTheQueue() async throws {
+        try await TemporaryDirectory.with { dir in
+            let everysec = try WALWriter(
+                directory: dir.path + "/everysec",
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .everysec)
+            )
+            // The first record opens a segment, which is the queue's to do.
+            _ = try everysec.append(type: 1, payload: Array("first".utf8))
+            #expect(!everysec.writeOnCaller(), "a new segment is not made on the caller's thread")
+            try await everysec.flush()
+            let second = try everysec.append(type: 1, payload: Array("second".utf8))
+            let third = try everysec.append(type: 1, payload: Array("third".utf8))
+            #expect(everysec.durableLSN < second)
+            #expect(everysec.writeOnCaller())
+            #expect(everysec.durableLSN == third)
+            #expect(everysec.writeOnCaller(), "nothing left to write")
+            try await everysec.close()
+            var payloads: [String] = []
+            _ = try WALReader(directory: dir.path + "/everysec").replay(repair: false) { _, _, payload in
+                payloads.append(String(decoding: payload, as: UTF8.self))
+            }
+            #expect(payloads == ["first", "second", "third"])
+
+            let always = try WALWriter(
+                directory: dir.path + "/always",
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .always)
+            )
+            try await always.flush()
+            let lsn = try always.append(type: 1, payload: Array("x".utf8))
+            #expect(!always.writeOnCaller(), "an fdatasync never runs on the caller's thread")
+            let failed = Mutex<Bool?>(nil)
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                always.whenDurable(lsn) { error in
+                    failed.withLock { $0 = error != nil }
+                    done.resume()
+                }
+            }
+            #expect(failed.withLock { $0 } == false)
+            #expect(always.durableLSN == lsn)
+            try await always.close()
+        }
+    }
+
+    @Test func aFailedWriteOnTheCallerFailsTheLogAndItsWaiters() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let writer = try WALWriter(
+                directory: dir.path,
+                lastLSN: 0,
+                configuration: WALConfiguration(fsync: .everysec),
+                fileSystem: disk
+            )
+            _ = try writer.append(type: 1, payload: [1])
+            try await writer.flush()
+            let lsn = try writer.append(type: 1, payload: [2])
+            disk.fail(.write, errno: EIO)
+            #expect(writer.writeOnCaller(), "done: the log failed")
+            #expect(writer.failure != nil)
+            #expect(writer.durableLSN < lsn, "the failed record is not durable")
+            let told = Mutex<Bool?>(nil)
+            writer.whenDurable(lsn) { error in told.withLock { $0 = error != nil } }
+            #expect(told.withLock { $0 } == true, "a later waiter is told at once")
         }
     }
 }

@@ -5,4 +5,7 @@
 /// holding `fd`. Elsewhere it fails with ENOSYS.
 int cposix_syncfs(int fd);
 
+/// The CPUs this process may run on (its affinity mask, so `taskset -c 0` gives 1), at least 1.
+int cposix_usable_cpus(void);
+
 #endif

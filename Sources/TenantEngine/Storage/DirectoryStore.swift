@@ -407,7 +407,7 @@ struct DirectoryStore: TenantStore {
             data: recovered.state,
             journal: DirectoryJournal(writer: writer, files: files, fileSystem: fileSystem),
             storageBytes: storage,
-            executor: TenantExecutor(),
+            executor: context.configuration.makeTenantExecutor(),
             context: context
         )
         await tenant.recovered(checkpointLSN: recovered.checkpointLSN, logBytes: logBytes)
@@ -470,7 +470,7 @@ struct DirectoryStore: TenantStore {
                 data: state,
                 journal: journal,
                 storageBytes: storage,
-                executor: TenantExecutor(),
+                executor: context.configuration.makeTenantExecutor(),
                 context: context
             )
             await tenant.recovered(checkpointLSN: 0, logBytes: logBytes)

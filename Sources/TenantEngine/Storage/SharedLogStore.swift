@@ -37,7 +37,7 @@ actor SharedLogStore: TenantStore {
         self.configuration = configuration
         self.logger = logger
         self.oneExecutor = oneExecutor
-        self.sharedExecutor = TenantExecutor()
+        self.sharedExecutor = configuration.makeTenantExecutor()
         self.layout = DataLayout(root: configuration.dataDirectory, prefix: configuration.directoryPrefix)
     }
 
@@ -174,7 +174,7 @@ actor SharedLogStore: TenantStore {
             journal: SharedJournal(log: log, tenantID: id),
             storageBytes: storage,
             executor: self.oneExecutor
-                ? self.sharedExecutor : TenantExecutor(),
+                ? self.sharedExecutor : self.configuration.makeTenantExecutor(),
             context: context
         )
     }

@@ -9,6 +9,13 @@ protocol TenantJournal: AnyObject, Sendable {
     func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int)
     /// Waits until `lsn` is durable under the policy.
     func waitUntilDurable(_ lsn: UInt64) async throws
+    /// Writes what was appended on the calling thread when that cannot block (see
+    /// `WALWriter.writeOnCaller()`). - Returns: false when the caller must wait instead.
+    func writeOnCaller() -> Bool
+    /// Calls `callback` once `lsn` is durable (nil) or its write failed.
+    func whenDurable(_ lsn: UInt64, _ callback: @escaping @Sendable (WALError?) -> Void)
+    /// The error that stopped the log, if one did.
+    var failure: WALError? { get }
     /// The lsn up to which the log is durable.
     var durableLSN: UInt64 { get }
     /// The newest lsn anyone appended to the log: the cut a checkpoint captured now stands at.
@@ -50,6 +57,11 @@ final class DirectoryJournal: TenantJournal {
         try await self.writer.waitUntilDurable(lsn)
     }
 
+    func writeOnCaller() -> Bool { self.writer.writeOnCaller() }
+    func whenDurable(_ lsn: UInt64, _ callback: @escaping @Sendable (WALError?) -> Void) {
+        self.writer.whenDurable(lsn, callback)
+    }
+    var failure: WALError? { self.writer.failure }
     var durableLSN: UInt64 { self.writer.durableLSN }
     var lastAppendedLSN: UInt64 { self.writer.lastAppendedLSN }
     var checkpointsItself: Bool { true }
@@ -109,6 +121,11 @@ final class SharedJournal: TenantJournal {
         try await self.log.writer.waitUntilDurable(lsn)
     }
 
+    func writeOnCaller() -> Bool { self.log.writer.writeOnCaller() }
+    func whenDurable(_ lsn: UInt64, _ callback: @escaping @Sendable (WALError?) -> Void) {
+        self.log.writer.whenDurable(lsn, callback)
+    }
+    var failure: WALError? { self.log.writer.failure }
     var durableLSN: UInt64 { self.log.writer.durableLSN }
     var lastAppendedLSN: UInt64 { self.log.writer.lastAppendedLSN }
     var checkpointsItself: Bool { false }

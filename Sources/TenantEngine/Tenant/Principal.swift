@@ -20,5 +20,5 @@ public struct PostTicket: Sendable, Hashable {
     /// The message's seq in its room.
     public let seq: UInt64
     /// The record's lsn in the tenant's log.
-    let lsn: UInt64
+    public let lsn: UInt64
 }

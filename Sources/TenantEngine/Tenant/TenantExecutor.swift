@@ -1,23 +1,110 @@
-/// The serial executor tenants run on: one per tenant under the `database` and `schema`
+import Synchronization
+
+/// The serial executor a tenant runs on: one per tenant under the `database` and `schema`
 /// strategies, one for all of them under `shared` (one store, one serialisation domain).
 ///
-/// It is the executor of a default actor (a ``Lane``) that the tenant, or every tenant of a
-/// `shared` store, borrows through its `unownedExecutor`. A default actor's executor is the
-/// cheapest Swift has: a task that calls into an idle one takes it over on its own thread and
-/// gives it back on return, with no thread switch. A custom executor (a serial `DispatchQueue`,
-/// as tenants had before, or an event loop) costs a switch of threads on the way in and another
-/// on the way out; tenantd's request path measured 1.3-1.5× faster on the lanes.
+/// In the server it is an event loop (``TenantPlacement``): the tenant lives on the loop that
+/// placed it until it closes, and a connection on that loop runs the hot commands inside its
+/// channel handler, with `assumeIsolated`, no task and no `await` (shard per core, as Seastar,
+/// ScyllaDB and Dragonfly place their shards). Without a placement (tools, tests, the engine on
+/// its own) it is a default actor's executor (a lane), which a calling task takes over on its own
+/// thread.
 public final class TenantExecutor: Sendable {
     /// A default actor, only for its executor.
     private actor Lane {}
 
-    private let lane = Lane()
+    private enum Kind: Sendable {
+        case lane(Lane)
+        case placed(any SerialExecutor, TenantPlacement.Seat)
+    }
 
-    /// Creates an executor of its own.
-    public init() {}
+    private let kind: Kind
+
+    /// Creates an executor of its own (a lane).
+    public init() {
+        self.kind = .lane(Lane())
+    }
+
+    /// An executor on `serial`, holding `seat` until it is released.
+    init(on serial: any SerialExecutor, seat: TenantPlacement.Seat) {
+        self.kind = .placed(serial, seat)
+    }
 
     /// The executor's reference, for an actor's `unownedExecutor`.
     public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
-        self.lane.unownedExecutor
+        switch self.kind {
+        case .lane(let lane): return lane.unownedExecutor
+        case .placed(let serial, _): return serial.asUnownedSerialExecutor()
+        }
+    }
+
+    /// The executor it was placed on (an event loop), nil for a lane.
+    public var placedOn: (any SerialExecutor)? {
+        guard case .placed(let serial, _) = self.kind else { return nil }
+        return serial
+    }
+
+    /// True when it runs on `executor` (the same object).
+    public func runs(on executor: any SerialExecutor) -> Bool {
+        guard case .placed(let serial, _) = self.kind else { return false }
+        return serial === executor
+    }
+}
+
+/// Places tenants on the server's event loops: a tenant opened on one of them (the loop of the
+/// connection whose AUTH or USE opened it) stays there; one opened elsewhere (start-up, the
+/// registry's own work) goes to the loop with the fewest tenants.
+public final class TenantPlacement: Sendable {
+    /// A tenant's place on a loop, given back when its executor goes.
+    final class Seat: Sendable {
+        let placement: TenantPlacement
+        let index: Int
+
+        init(placement: TenantPlacement, index: Int) {
+            self.placement = placement
+            self.index = index
+        }
+
+        deinit {
+            self.placement.counts.withLock { $0[self.index] -= 1 }
+        }
+    }
+
+    private let executors: [any SerialExecutor]
+    private let current: @Sendable () -> (any SerialExecutor)?
+    fileprivate let counts: Mutex<[Int]>
+
+    /// Creates a placement over `executors` (an event loop group's loops, in order).
+    /// - Parameter current: the executor the calling thread runs, if it is one of them.
+    public init(executors: [any SerialExecutor], current: @escaping @Sendable () -> (any SerialExecutor)?) {
+        precondition(!executors.isEmpty, "a placement needs at least one executor")
+        self.executors = executors
+        self.current = current
+        self.counts = Mutex(Array(repeating: 0, count: executors.count))
+    }
+
+    /// The number of executors.
+    public var count: Int { self.executors.count }
+
+    /// The tenants placed on each executor now, in order.
+    public var load: [Int] { self.counts.withLock { $0 } }
+
+    /// An executor for a tenant opening now.
+    func place() -> TenantExecutor {
+        let here = self.current().flatMap { current in self.executors.firstIndex { $0 === current } }
+        let index = self.counts.withLock { counts in
+            let chosen = here ?? counts.indices.min { counts[$0] < counts[$1] }!
+            counts[chosen] += 1
+            return chosen
+        }
+        return TenantExecutor(on: self.executors[index], seat: Seat(placement: self, index: index))
+    }
+}
+
+extension EngineConfiguration {
+    /// An executor for a tenant opening now: on an event loop when the server placed tenants,
+    /// a lane of its own otherwise.
+    func makeTenantExecutor() -> TenantExecutor {
+        self.placement?.place() ?? TenantExecutor()
     }
 }

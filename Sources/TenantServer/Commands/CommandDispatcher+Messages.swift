@@ -78,6 +78,20 @@ extension CommandDispatcher {
     }
 
     func history(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
+        let options = try Self.historyOptions(arguments)
+        let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
+        let page = try await tenant.historyPage(
+            principal,
+            room: room,
+            after: options.after,
+            before: options.before,
+            limit: options.limit
+        )
+        return .encoded(Self.encodeHistory(page))
+    }
+
+    /// HISTORY's options after its room: `AFTER seq | BEFORE seq`, `LIMIT n`.
+    static func historyOptions(_ arguments: Arguments) throws -> (after: UInt64?, before: UInt64?, limit: Int) {
         var after: UInt64?
         var before: UInt64?
         var limit: Int?
@@ -96,15 +110,7 @@ extension CommandDispatcher {
             }
             index += 2
         }
-        let (tenant, room) = try await self.target(room: arguments[0], principal: principal, session: session)
-        let page = try await tenant.historyPage(
-            principal,
-            room: room,
-            after: after,
-            before: before,
-            limit: limit ?? Tenant.defaultHistoryLimit
-        )
-        return .encoded(Self.encodeHistory(page))
+        return (after, before, limit ?? Tenant.defaultHistoryLimit)
     }
 
     /// A HISTORY reply, encoded straight from the page: an array of `[seq, timestamp, user, text]`
@@ -132,8 +138,13 @@ extension CommandDispatcher {
     func rooms(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
         let (after, limit) = try arguments.page(from: 0)
         let tenant = try session.contextTenant()
-        return .array(
-            try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage).map { room in
+        return Self.encodeRooms(try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage))
+    }
+
+    /// ROOMS' reply: `[room, last seq, count]` per room.
+    static func encodeRooms(_ rooms: [RoomSummary]) -> RESPValue {
+        .array(
+            rooms.map { room in
                 .array([.bulkString(room.room), .integer(Int64(room.lastSeq)), .integer(Int64(room.messageCount))])
             }
         )

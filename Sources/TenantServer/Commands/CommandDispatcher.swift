@@ -26,10 +26,16 @@ final class CommandDispatcher: Sendable {
     let contexts = TenantContexts()
     /// `maxmemory-clients`: what every connection's unsent replies add up to.
     let clientMemory: ClientMemoryGuard
+    /// The log level says every command is logged (`trace`), or every failed one (`debug`): read
+    /// once, not per command (a logger's copy retains its handler).
+    let logsEveryCommand: Bool
+    let logsFailedCommands: Bool
 
     init(registry: TenantRegistry, logger: Logger, limits: ServerLimits, tenantDomain: String? = nil) {
         self.registry = registry
         self.logger = logger
+        self.logsEveryCommand = logger.logLevel <= .trace
+        self.logsFailedCommands = logger.logLevel <= .debug
         self.limits = limits
         self.tenantDomain = tenantDomain?.lowercased()
         self.authThrottle = AuthThrottle()
@@ -51,11 +57,13 @@ final class CommandDispatcher: Sendable {
         defer { ServerMetrics.latency(of: spec).record(since: start) }
         do {
             let outcome = try await self.dispatch(arguments, spec: spec, session: &session, start: &start)
-            if self.logger.logLevel <= .trace { self.logCommand(arguments, session: session, error: nil) }
+            if self.logsEveryCommand {
+                self.logCommand(arguments.name, connection: session.id, tenantID: session.tenantID, error: nil)
+            }
             return outcome
         } catch {
-            if self.logger.logLevel <= .debug || (error as? TenantError)?.kind == .storageFailed {
-                self.logCommand(arguments, session: session, error: error)
+            if self.logsFailedCommands || (error as? TenantError)?.kind == .storageFailed {
+                self.logCommand(arguments.name, connection: session.id, tenantID: session.tenantID, error: error)
             }
             return .reply(.reply(for: error))
         }
@@ -63,12 +71,12 @@ final class CommandDispatcher: Sendable {
 
     /// One line about a command: every command at `trace`, failed ones at `debug`, an IOERR at
     /// `warning` (the operator's business), with the connection, tenant and command as metadata.
-    private func logCommand(_ arguments: Arguments, session: Session, error: (any Error)?) {
+    func logCommand(_ name: String, connection: Int64, tenantID: String?, error: (any Error)?) {
         var metadata: Logger.Metadata = [
-            "connection": "\(session.id)",
-            "command": "\(arguments.name.prefix(32).lowercased())",
+            "connection": "\(connection)",
+            "command": "\(name.prefix(32).lowercased())",
         ]
-        if let id = session.tenantID { metadata["tenant_id"] = "\(id)" }
+        if let id = tenantID { metadata["tenant_id"] = "\(id)" }
         guard let error else {
             self.logger.trace("command", metadata: metadata)
             return
@@ -122,7 +130,12 @@ final class CommandDispatcher: Sendable {
         if session.isInSubscribedMode {
             return .reply(.array([.bulkString("pong"), .bulkString(arguments.count == 1 ? arguments[0] : "")]))
         }
-        return .reply(arguments.count == 1 ? .bulkString(arguments[0]) : .simpleString("PONG"))
+        return .reply(Self.pong(arguments))
+    }
+
+    /// PING's reply outside subscribed mode.
+    static func pong(_ arguments: Arguments) -> RESPValue {
+        arguments.count == 1 ? .bulkString(arguments[0]) : .simpleString("PONG")
     }
 
     func config(_ arguments: Arguments) throws -> RESPValue {

@@ -1,4 +1,5 @@
 import Metrics
+import NIOCore
 import RESP
 import TenantEngine
 import TenantMetrics
@@ -14,8 +15,15 @@ enum TenantNeed: Sendable, Hashable {
 }
 
 /// What the server knows of one command, for the dispatcher, the metrics and `COMMAND`.
-struct CommandSpec: Sendable {
+///
+/// A class: the lane looks one up per request, and a copy of a struct this size retained each of
+/// its references. `@unchecked Sendable`: ``hot`` and ``settlesFirst`` are set only while
+/// ``CommandTable/all`` is built, and nothing changes after.
+final class CommandSpec: @unchecked Sendable {
     typealias Handler = @Sendable (CommandDispatcher, Arguments, inout Session) async throws -> CommandOutcome
+    /// Runs the command on a ``SyncLane``, in the channel handler on its tenant's event loop;
+    /// returns nil for a form the lane does not take (a path-form room), which then runs as usual.
+    typealias HotHandler = @Sendable (CommandDispatcher, [ByteBuffer], SyncLane) throws -> HotOutcome?
 
     /// The name, upper-cased.
     let name: String
@@ -31,6 +39,12 @@ struct CommandSpec: Sendable {
     let inSubscribedMode: Bool
     /// Runs it.
     let handler: Handler
+    /// Runs it on the synchronous lane: the hot commands (POST, HISTORY, ROOMS, PING, ECHO,
+    /// WHOAMI) have one; the rest run only through ``handler``.
+    private(set) var hot: HotHandler?
+    /// On the lane it first waits for the connection's POSTs still waiting for the log (it reads
+    /// what they change), as ``handler`` waits for the last one.
+    private(set) var settlesFirst = true
     /// Its `tenantd_commands_total` series, made once (the table is first read after tenantd
     /// bootstrapped the metrics system), not looked up on every command.
     let counter: Counter
@@ -56,6 +70,14 @@ struct CommandSpec: Sendable {
         self.counter = Counter(label: "tenantd_commands_total", dimensions: [("command", name.lowercased())])
     }
 
+    /// The command with a handler for the synchronous lane.
+    /// - Parameter settlesFirst: false for commands that read nothing a POST changes.
+    func onLane(settlesFirst: Bool = true, _ hot: @escaping HotHandler) -> CommandSpec {
+        self.hot = hot
+        self.settlesFirst = settlesFirst
+        return self
+    }
+
     /// Whether these arguments may run before AUTH.
     func isAnonymous(_ arguments: Arguments) -> Bool {
         guard self.needsAuth else { return true }
@@ -70,10 +92,14 @@ enum CommandTable {
         // Connection commands: they run before AUTH.
         CommandSpec("PING", arity: 0...1, needsAuth: false, inSubscribedMode: true) { dispatcher, arguments, session in
             dispatcher.ping(arguments, session: session)
+        }
+        .onLane(settlesFirst: false) { _, words, _ in
+            words.count == 1 ? .reply(.simpleString("PONG")) : .reply(try CommandDispatcher.pong(Arguments(words)))
         },
         CommandSpec("ECHO", arity: 1...1, needsAuth: false) { _, arguments, _ in
             .reply(.bulkString(arguments[0]))
-        },
+        }
+        .onLane(settlesFirst: false) { _, words, _ in .reply(.bulkBytes(Array(words[1].readableBytesView))) },
         CommandSpec("QUIT", arity: 0...Int.max, needsAuth: false, inSubscribedMode: true) { _, _, _ in
             .replyAndClose(.ok)
         },
@@ -114,19 +140,23 @@ enum CommandTable {
         },
         CommandSpec("WHOAMI", arity: 0...0) { dispatcher, _, session in
             .reply(try await dispatcher.whoami(session: session))
-        },
+        }
+        .onLane { dispatcher, _, lane in .reply(try dispatcher.whoami(lane)) },
         CommandSpec("USE", arity: 1...1) { dispatcher, arguments, session in
             .reply(try await dispatcher.use(arguments, principal: try session.authenticated(), session: &session))
         },
         CommandSpec("POST", arity: 2...2, tenant: .contextOrPath) { dispatcher, arguments, session in
             try await dispatcher.post(arguments, principal: try session.authenticated(), session: &session)
-        },
+        }
+        .onLane(settlesFirst: false) { dispatcher, words, lane in try dispatcher.post(words, lane: lane) },
         CommandSpec("HISTORY", arity: 1...5, tenant: .contextOrPath) { dispatcher, arguments, session in
             .reply(try await dispatcher.history(arguments, principal: try session.authenticated(), session: session))
-        },
+        }
+        .onLane { dispatcher, words, lane in try dispatcher.history(words, lane: lane) },
         CommandSpec("ROOMS", arity: 0...4, tenant: .context) { dispatcher, arguments, session in
             .reply(try await dispatcher.rooms(arguments, principal: try session.authenticated(), session: session))
-        },
+        }
+        .onLane { dispatcher, words, lane in .reply(try dispatcher.rooms(Arguments(words), lane: lane)) },
         CommandSpec("USAGE", arity: 0...0, tenant: .context) { dispatcher, _, session in
             .reply(try await dispatcher.usage(principal: try session.authenticated(), session: session))
         },
@@ -146,6 +176,35 @@ enum CommandTable {
 
     /// The commands by name.
     static let byName: [String: CommandSpec] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+
+    /// The commands with a ``CommandSpec/hot`` handler, by the length of their names.
+    private static let hotCommands: [[(name: [UInt8], spec: CommandSpec)]] = {
+        var byLength = Array(repeating: [(name: [UInt8], spec: CommandSpec)](), count: 16)
+        for spec in all where spec.hot != nil {
+            let name = Array(spec.name.utf8)
+            precondition(name.count < 16 && name.allSatisfy { $0 >= 0x41 && $0 <= 0x5A }, "hot names are short, A-Z")
+            byLength[name.count].append((name, spec))
+        }
+        return byLength
+    }()
+
+    /// The hot command a request's first word names (any case), without making a string of it.
+    static func hotSpec(for name: ByteBuffer) -> CommandSpec? {
+        let count = name.readableBytes
+        guard count < 16 else { return nil }
+        return name.withUnsafeReadableBytes { bytes -> CommandSpec? in
+            for index in Self.hotCommands[count].indices {
+                let candidate = Self.hotCommands[count][index]
+                // ASCII letters only in the names: clearing bit 5 upper-cases exactly those.
+                if candidate.name.withUnsafeBufferPointer({ expected in
+                    (0..<count).allSatisfy { bytes[$0] & 0xDF == expected[$0] }
+                }) {
+                    return candidate.spec
+                }
+            }
+            return nil
+        }
+    }
 
     /// Names Redis also accepts in subscribed mode: refused as unknown here, but not with the
     /// subscribed-mode error (they are pub/sub commands tenantd does not have).

@@ -1,5 +1,16 @@
+import DequeModule
 import NIOCore
 import RESP
+import TenantEngine
+
+/// What the connection's task writes through the handler: reply bytes, or the marker that it has
+/// answered every request handed to it so far (with the lane the session allows from there).
+enum ConnectionOutput: Sendable {
+    case bytes(ByteBuffer)
+    /// Every request up to the `handed`-th the handler passed on is answered, its reply written
+    /// before this marker.
+    case idle(handed: Int, lane: SyncLane?)
+}
 
 /// Turns a connection's bytes into ``RESPRequest``s with ``RESPRequestParser``, holding the
 /// connection to the contract's limits.
@@ -13,11 +24,47 @@ import RESP
 /// by the gate's bound plus one request. Before authentication the parser applies Redis 7's
 /// stricter limits. After a protocol error it discards everything, as the connection is about
 /// to close. The end of the client's input is passed on only after every request before it.
-final class RESPRequestHandler: ChannelDuplexHandler {
+///
+/// **The synchronous lane.** Once the connection's task has answered everything handed to it
+/// and says the session allows it (a ``SyncLane``: authenticated, a tenant context placed on
+/// this loop), the handler runs the hot commands itself, inside `channelRead`, with no task and
+/// no `await` (``CommandDispatcher/runHot(_:_:lane:)``). Their replies queue in the handler's
+/// outbox, in request order; a POST's waits there for the loop's ``LoopTurn`` to write its log.
+/// The first request the lane does not take goes to the task, after the lane's POSTs are
+/// answered, and the handler hands over every later one until the task's ``ConnectionOutput/idle(handed:lane:)``
+/// marker says it is done with them: the two never run requests of one connection at once, and
+/// their replies leave in request order. ``LaneState`` is the state machine.
+final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = [RESPRequest]
-    typealias OutboundIn = ByteBuffer
+    typealias OutboundIn = ConnectionOutput
     typealias OutboundOut = ByteBuffer
+
+    /// Who runs the connection's requests now.
+    enum LaneState {
+        /// The handler runs hot commands itself when it has a lane; the rest go to the task.
+        case synchronous(SyncLane?)
+        /// The task has requests up to this count; nothing runs on the lane until it says it
+        /// answered them. `fromLane`: the connection had a lane before, so a hot command waits
+        /// for the task's marker to run on it (a pipeline of POSTs with one USER ADD in the middle
+        /// goes back to the lane after it); otherwise everything goes to the task.
+        case handedOver(Int, fromLane: Bool)
+    }
+
+    /// A reply waiting in the outbox.
+    enum Pending {
+        case bytes(ByteBuffer)
+        case post(Tenant, PostTicket, RESPVersion)
+        /// Bytes the task wrote while lane replies before them still waited.
+        case passthrough(ByteBuffer, EventLoopPromise<Void>?)
+    }
+
+    /// The most replies, and bytes, the outbox holds before the lane stops parsing (the task's
+    /// window: ``Connection/replyWindow``).
+    static let outboxLimit = Connection.replyWindow
+    static let outboxByteLimit = Connection.replyWindowBytes
+    /// The lane's reply bytes after which they are written without waiting for the end of the read.
+    static let outboxWriteBytes = 64 << 10
 
     private var parser: RESPRequestParser
     private var buffer = ByteBuffer()
@@ -30,14 +77,41 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     private var inputClosed = false
     private var inputClosedPassedOn = false
     private var context: ChannelHandlerContext?
+    private let dispatcher: CommandDispatcher?
+    private var turn: LoopTurn?
+    private(set) var laneState = LaneState.synchronous(nil)
+    /// The requests handed to the task so far.
+    private var handed = 0
+    private var outbox = Deque<Pending>()
+    /// POSTs in the outbox, waiting for their log.
+    private var pendingPosts = 0
+    /// The lane's reply bytes in the outbox.
+    private var outboxBytes = 0
+    /// Lane replies after the outbox's last item, encoded into one buffer as they come.
+    private var tail = ByteBuffer()
+    /// Requests the lane ran in this parse: past ``Connection/requestsPerTurn`` the handler lets
+    /// the loop's other work go first, as the task does.
+    private var ranThisTurn = 0
+    /// A request parsed but held until the lane's POSTs are answered (it reads their effects, or
+    /// goes to the task).
+    private var held: RESPRequest?
+    /// Set while the lane waits: for its POSTs, or for the client to read its replies.
+    private var waitingForLane = false
+    /// The error the log's last write gave the POSTs it covered (while they are answered).
+    private var logFailure: (tenant: Tenant, upTo: UInt64, error: TenantError)?
+    var turnMark: UInt64 = 0
 
-    init(limits: RESPRequestParser.Limits, gate: RequestGate) {
+    /// - Parameters:
+    ///   - dispatcher: runs the hot commands on the lane (nil: every request goes to the task).
+    init(limits: RESPRequestParser.Limits, gate: RequestGate, dispatcher: CommandDispatcher? = nil) {
         self.parser = RESPRequestParser(limits: limits, authenticated: false)
         self.gate = gate
+        self.dispatcher = dispatcher
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if self.dispatcher != nil { self.turn = LoopTurn.of(context.eventLoop) }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         self.gate.onWakeUp { reason in
@@ -50,6 +124,236 @@ final class RESPRequestHandler: ChannelDuplexHandler {
         self.gate.onWakeUp(nil)
         self.gate.leaveAdmission()
         self.buffer = ByteBuffer()
+        let dropped = self.outbox
+        self.outbox = []
+        self.tail = ByteBuffer()
+        self.pendingPosts = 0
+        self.outboxBytes = 0
+        for case .passthrough(_, let promise) in dropped { promise?.fail(ChannelError.ioOnClosedChannel) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.writeOutbox(context: context)
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { self.resumeLane() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch Self.unwrapOutboundIn(data) {
+        case .bytes(let bytes):
+            if self.outboxIsEmpty {
+                context.write(Self.wrapOutboundOut(bytes), promise: promise)
+            } else {
+                self.sealTail()
+                self.outbox.append(.passthrough(bytes, promise))
+            }
+        case .idle(let count, let lane):
+            promise?.succeed(())
+            guard case .handedOver(let handed, _) = self.laneState, handed == count else { return }
+            self.laneState = .synchronous(lane)
+            if self.waitingForLane {
+                // A hot command waited for this marker: it runs now, on the lane if there is one.
+                self.resumeLane()
+            } else if self.buffer.readableBytes > 0 && !self.waiting {
+                // Bytes the gate held back: parse them now that the lane may take them.
+                if self.parse(context: context) { context.fireChannelReadComplete() }
+                self.writeOutbox(context: context)
+            }
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        // With lane replies waiting, the task's bytes go out behind them, when they are written.
+        if self.outboxIsEmpty { context.flush() }
+    }
+
+    // MARK: - The lane
+
+    /// The log of `tenant` is written up to `upTo` (LoopTurn): the POSTs it covers are answered.
+    func logWritten(_ tenant: Tenant, upTo: UInt64, error: TenantError?) {
+        guard let context = self.context else { return }
+        if let error { self.logFailure = (tenant, upTo, error) }
+        defer { self.logFailure = nil }
+        self.writeOutbox(context: context)
+        guard self.pendingPosts == 0 else { return }
+        if self.waitingForLane {
+            self.resumeLane()
+        } else if !self.waiting {
+            self.resumeReading(context: context)
+        }
+    }
+
+    /// Writes the outbox's replies up to the first POST still waiting for its log, the lane's
+    /// in one buffer (one write for a turn's replies), the task's as they came.
+    private func writeOutbox(context: ChannelHandlerContext) {
+        var wrote = false
+        var coalesced: ByteBuffer?
+        func emit() {
+            guard let bytes = coalesced else { return }
+            coalesced = nil
+            context.write(Self.wrapOutboundOut(bytes), promise: nil)
+            wrote = true
+        }
+        defer {
+            emit()
+            if wrote { context.flush() }
+        }
+        defer {
+            // Everything before it is written: the tail goes in the same buffer.
+            if self.outbox.isEmpty && self.tail.readableBytes > 0 {
+                self.outboxBytes -= self.tail.readableBytes
+                if coalesced == nil {
+                    coalesced = self.tail
+                } else {
+                    coalesced!.writeBuffer(&self.tail)
+                }
+                self.tail = ByteBuffer()
+            }
+        }
+        while let first = self.outbox.popFirst() {
+            switch first {
+            case .bytes(let bytes):
+                self.outboxBytes -= bytes.readableBytes
+                if coalesced == nil {
+                    coalesced = bytes
+                } else {
+                    coalesced!.writeImmutableBuffer(bytes)
+                }
+            case .passthrough(let bytes, let promise):
+                emit()
+                context.write(Self.wrapOutboundOut(bytes), promise: promise)
+                wrote = true
+            case .post(let tenant, let ticket, let version):
+                var outcome = tenant.assumeIsolated { $0.outcome(of: ticket) }
+                if outcome == nil, let failure = self.logFailure, failure.tenant === tenant, ticket.lsn <= failure.upTo
+                {
+                    outcome = .failure(failure.error)
+                }
+                guard let outcome else {
+                    self.outbox.prepend(first)
+                    return
+                }
+                let value: RESPValue
+                switch outcome {
+                case .success(let seq): value = .integer(Int64(seq))
+                case .failure(let error): value = .reply(for: error)
+                }
+                if coalesced == nil { coalesced = context.channel.allocator.buffer(capacity: 1024) }
+                let start = coalesced!.writerIndex
+                RESPEncoder.encode(value, version: version, into: &coalesced!)
+                let size = coalesced!.writerIndex - start
+                ServerStats.shared.sent(size)
+                tenant.counters.replied(bytes: size)
+                self.pendingPosts -= 1
+            }
+        }
+    }
+
+    /// The lane may go on: parse what waits.
+    private func resumeLane() {
+        guard self.waitingForLane, let context = self.context else { return }
+        self.waitingForLane = false
+        self.waiting = false
+        if self.parse(context: context) { context.fireChannelReadComplete() }
+        self.writeOutbox(context: context)
+        if !self.waiting { self.resumeReading(context: context) }
+    }
+
+    /// Stops parsing until the lane's POSTs are answered or the client reads (``resumeLane()``).
+    private func waitForLane(holding request: RESPRequest?) {
+        self.held = request
+        self.waitingForLane = true
+        self.waiting = true
+    }
+
+    /// Runs `request` on the lane, or adds it to `batch` for the task.
+    /// - Returns: false when it is held: the parse stops until the lane resumes.
+    private func route(_ request: RESPRequest, into batch: inout [RESPRequest]) -> Bool {
+        if case .synchronous(let lane?) = self.laneState, case .command(let words) = request,
+            let dispatcher = self.dispatcher, let spec = CommandTable.hotSpec(for: words[0]),
+            !lane.tenant.isClosed
+        {
+            if spec.settlesFirst && self.pendingPosts > 0 {
+                self.waitForLane(holding: request)
+                return false
+            }
+            if let outcome = dispatcher.runHot(spec, words, lane: lane) {
+                let wireBytes = request.wireBytes
+                ServerStats.shared.received(wireBytes)
+                lane.tenant.counters.requested(bytes: wireBytes)
+                self.ranThisTurn += 1
+                switch outcome {
+                case .reply(let value):
+                    self.appendReply(value, lane: lane)
+                case .post(let ticket):
+                    self.sealTail()
+                    self.outbox.append(.post(lane.tenant, ticket, lane.version))
+                    self.pendingPosts += 1
+                    self.turn?.appended(to: lane.tenant, by: self)
+                }
+                return true
+            }
+        }
+        if self.pendingPosts > 0 {
+            // The task runs it once the lane's POSTs are answered (it sees what they did).
+            self.waitForLane(holding: request)
+            return false
+        }
+        var fromLane = false
+        switch self.laneState {
+        case .synchronous(let lane): fromLane = lane != nil
+        case .handedOver(_, let wasOnLane): fromLane = wasOnLane
+        }
+        if fromLane, case .handedOver = self.laneState, case .command(let words) = request,
+            CommandTable.hotSpec(for: words[0]) != nil
+        {
+            // Back to the lane once the task answered what it has.
+            self.waitForLane(holding: request)
+            return false
+        }
+        self.gate.handedOver(request.cost)
+        self.handed += 1
+        self.laneState = .handedOver(self.handed, fromLane: fromLane)
+        batch.append(request)
+        return true
+    }
+
+    /// Queues a lane reply's bytes after the outbox's others.
+    private func appendReply(_ value: RESPValue, lane: SyncLane) {
+        let start = self.tail.writerIndex
+        RESPEncoder.encode(value, version: lane.version, into: &self.tail)
+        let size = self.tail.writerIndex - start
+        self.outboxBytes += size
+        ServerStats.shared.sent(size)
+        lane.tenant.counters.replied(bytes: size)
+    }
+
+    /// Puts the tail's replies into the outbox, before an item that must come after them.
+    private func sealTail() {
+        guard self.tail.readableBytes > 0 else { return }
+        self.outbox.append(.bytes(self.tail))
+        self.tail = ByteBuffer()
+    }
+
+    /// Whether anything of the lane waits to be written.
+    private var outboxIsEmpty: Bool { self.outbox.isEmpty && self.tail.readableBytes == 0 }
+
+    /// Whether the lane must wait before the next request: the client does not read what was
+    /// written (resumed when the channel is writable again), or the outbox is full behind a POST
+    /// waiting for its log (resumed when the turn answers it). Replies not behind a POST are
+    /// written first.
+    private func laneIsFull(context: ChannelHandlerContext) -> Bool {
+        guard case .synchronous(.some) = self.laneState else { return false }
+        if self.outboxBytes >= Self.outboxWriteBytes || self.outbox.count >= Self.outboxLimit {
+            self.writeOutbox(context: context)
+        }
+        if !context.channel.isWritable { return true }
+        return self.pendingPosts > 0
+            && (self.outbox.count >= Self.outboxLimit || self.outboxBytes >= Self.outboxByteLimit)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -62,6 +366,7 @@ final class RESPRequestHandler: ChannelDuplexHandler {
             self.buffer.writeBuffer(&incoming)
         }
         let waited = self.waiting
+        self.ranThisTurn = 0
         _ = self.parse(context: context)
         if waited && !self.waiting {
             // It waited for its tenant's share and this read found room: it left the queue, and
@@ -82,7 +387,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .some(.inputClosed) = event as? ChannelEvent {
             self.inputClosed = true
-            if self.waiting { return }  // passed on once the requests before it are handed over
+            // Passed on once the requests before it are handed over, and the lane's answered.
+            if self.waiting || self.pendingPosts > 0 { return }
             self.dropPartialRequest()
             self.inputClosedPassedOn = true
         }
@@ -97,6 +403,11 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     }
 
     private func wokenUp(_ reason: RequestGate.WakeUp) {
+        if self.waitingForLane {
+            // The lane resumes it; the gate's window is not what it waits for.
+            if case .admission(let account) = reason { account.passOn() }
+            return
+        }
         var wakingAccount: TenantAdmission.Account?
         if case .admission(let account) = reason {
             guard self.waitingForAdmission === account else {
@@ -147,16 +458,33 @@ final class RESPRequestHandler: ChannelDuplexHandler {
     @discardableResult
     private func parse(context: ChannelHandlerContext) -> Bool {
         var batch: [RESPRequest] = []
-        self.parse(into: &batch)
+        self.parse(into: &batch, context: context)
         guard !batch.isEmpty else { return false }
         context.fireChannelRead(Self.wrapInboundOut(batch))
         return true
     }
 
-    private func parse(into batch: inout [RESPRequest]) {
+    private func parse(into batch: inout [RESPRequest], context: ChannelHandlerContext) {
+        if let request = self.held {
+            self.held = nil
+            guard self.route(request, into: &batch) else { return }
+        }
         // What the tenant's share lets it hand over before it asks again (each read asks once).
         var allowance = 0
         while !self.broken && self.buffer.readableBytes > 0 {
+            if !self.parser.isInsideRequest && self.laneIsFull(context: context) {
+                self.waitForLane(holding: nil)
+                return
+            }
+            if self.ranThisTurn >= Connection.requestsPerTurn && !self.parser.isInsideRequest {
+                // Bounded turns: the loop's other connections (and the end of this turn, which
+                // answers these POSTs) go first; the rest of the read is parsed after them.
+                self.ranThisTurn = 0
+                self.waitForLane(holding: nil)
+                let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+                context.eventLoop.execute { handler.value.resumeLane() }
+                return
+            }
             if !self.parser.isInsideRequest && !self.gate.mayParse && self.gate.waitForWakeUp() {
                 self.waiting = true
                 self.waitingForAdmission = nil
@@ -208,9 +536,8 @@ final class RESPRequestHandler: ChannelDuplexHandler {
                 self.buffer = ByteBuffer()
                 request = .protocolError(message)
             }
-            self.gate.handedOver(request.cost)
             if allowance != .max { allowance -= 1 }
-            batch.append(request)
+            guard self.route(request, into: &batch) else { return }
         }
         // An idle connection keeps no read buffer: ten thousand of them would hold 64 KiB each.
         if self.buffer.readableBytes == 0 { self.buffer = ByteBuffer() }

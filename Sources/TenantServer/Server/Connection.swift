@@ -13,12 +13,16 @@ struct Connection {
         case bytes(ByteBuffer)
         case post(Tenant, PostTicket, RESPVersion)
         case close(ByteBuffer)
+        /// Every request the connection took so far (this many) is answered above: the handler may
+        /// run the next ones on `lane`.
+        case idle(Int, SyncLane?)
 
         /// The memory it holds, for the queue's byte bound.
         var weight: Int {
             switch self {
             case .bytes(let buffer), .close(let buffer): return buffer.capacity
             case .post: return 16
+            case .idle: return 0
             }
         }
 
@@ -58,7 +62,7 @@ struct Connection {
     static let requestsPerTurn = 64
 
     let id: Int64
-    let channel: NIOAsyncChannel<[RESPRequest], ByteBuffer>
+    let channel: NIOAsyncChannel<[RESPRequest], ConnectionOutput>
     let gate: RequestGate
     let transport: ConnectionTransport
     let dispatcher: CommandDispatcher
@@ -196,6 +200,9 @@ struct Connection {
                             return true
                         }
                     }
+                    // The requests taken from the handler so far, for its idle marker.
+                    var taken = 0
+                    let lanes = self.dispatcher.registry.configuration.placement != nil
                     reading: for try await batch in inbound {
                         guard session.subscriber.beginRequests() else { break reading }
                         var index = batch.startIndex
@@ -278,6 +285,12 @@ struct Connection {
                             _ = await queueOutcome(.replyAndClose(.error(message)))
                             break reading
                         }
+                        taken += batch.count
+                        if lanes {
+                            // After the replies: the handler may run what follows on the lane.
+                            let slot = Slot.idle(taken, self.lane(for: session))
+                            guard await queue.push(slot, weight: 0, replies: 0) else { break reading }
+                        }
                     }
                     // Before the writer drains (a client that does not read may take its time).
                     leaveTenant()
@@ -288,6 +301,22 @@ struct Connection {
         } catch {
             self.dispatcher.logger.debug("connection \(self.id) ended: \(error)")
         }
+    }
+
+    /// The lane the session allows now: authenticated, a tenant context placed on this
+    /// connection's loop, not subscribed, no fair shares, not closing.
+    private func lane(for session: Session) -> SyncLane? {
+        guard let principal = session.principal, let tenant = session.tenant, let id = session.tenantID,
+            !tenant.isClosed, session.channels.isEmpty, !session.closeAfterReply, self.gate.isAuthenticated,
+            !self.dispatcher.admission.isEnabled, tenant.isPlaced(on: self.channel.channel.eventLoop.executor)
+        else { return nil }
+        return SyncLane(
+            connectionID: self.id,
+            tenant: tenant,
+            tenantID: id,
+            principal: principal,
+            version: session.version
+        )
     }
 
     /// The POSTs of two arguments starting at `start` in `batch`, as arguments; empty when the
@@ -325,7 +354,7 @@ struct Connection {
     /// Writes the replies in order, every batch the reader queued in one write; a POST's once it is durable.
     private static func write(
         _ queue: ReplyQueue<Slot>,
-        to outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+        to outbound: NIOAsyncChannelOutboundWriter<ConnectionOutput>
     )
         async throws
     {
@@ -336,14 +365,14 @@ struct Connection {
                 if buffer.readableBytes >= Self.writeChunk {
                     // Large replies go out as they are encoded: a batch of big HISTORY replies never
                     // sits in memory whole, and a client that does not read stops the writer here.
-                    try await outbound.write(buffer)
+                    try await outbound.write(.bytes(buffer))
                     buffer = ByteBuffer()
                 }
                 switch slots[index] {
                 case .bytes(let bytes) where bytes.readableBytes >= Self.writeChunk:
                     // A large reply goes out as it is, not copied into the batch.
-                    if buffer.readableBytes > 0 { try await outbound.write(buffer) }
-                    try await outbound.write(bytes)
+                    if buffer.readableBytes > 0 { try await outbound.write(.bytes(buffer)) }
+                    try await outbound.write(.bytes(bytes))
                     buffer = ByteBuffer()
                     index += 1
                 case .bytes(let bytes):
@@ -355,11 +384,21 @@ struct Connection {
                     index = end
                 case .close(let bytes):
                     buffer.writeImmutableBuffer(bytes)
-                    try await outbound.write(buffer)
+                    try await outbound.write(.bytes(buffer))
                     return
+                case .idle(let taken, let lane):
+                    // Behind every reply before it, in one write.
+                    let marker = ConnectionOutput.idle(handed: taken, lane: lane)
+                    if buffer.readableBytes > 0 {
+                        try await outbound.write(contentsOf: [.bytes(buffer), marker])
+                    } else {
+                        try await outbound.write(marker)
+                    }
+                    buffer = ByteBuffer()
+                    index += 1
                 }
             }
-            try await outbound.write(buffer)
+            if buffer.readableBytes > 0 { try await outbound.write(.bytes(buffer)) }
         }
     }
 

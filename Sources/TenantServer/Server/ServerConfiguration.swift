@@ -1,3 +1,5 @@
+import NIOCore
+import NIOPosix
 import RESP
 
 /// The settings of the TCP front end.
@@ -15,6 +17,9 @@ public struct ServerConfiguration: Sendable {
     /// `TENANT_DOMAIN`: a TLS server name `<label>.<domain>` names the tenant whose subdomain is
     /// `<label>` (lowercased; nil: off).
     public var tenantDomain: String?
+    /// The event loops the listeners accept on; nil: NIO's singleton group (`--threads` sizes it
+    /// before its first use, so it is not touched here).
+    public var eventLoopGroup: (any EventLoopGroup)?
 
     /// Creates a configuration with the contract's defaults.
     public init(host: String = "127.0.0.1", port: Int = 7379) {

@@ -76,6 +76,8 @@ final class ServerStats: Sendable {
     /// When the process started (for `uptime_in_seconds`).
     let startedAt = ContinuousClock.now
     let commands = Atomic<UInt64>(0)
+    /// Commands run on the synchronous lane, in a channel handler on their tenant's loop.
+    let laneCommands = Atomic<UInt64>(0)
     let connectionsReceived = Atomic<UInt64>(0)
     let connectionsOpen = Atomic<Int64>(0)
     let connectionsRefused = Atomic<UInt64>(0)

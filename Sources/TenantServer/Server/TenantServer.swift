@@ -45,23 +45,23 @@ public final class TenantServer: Service {
 
     public func run() async throws {
         let limits = self.configuration.limits
-        let plain = try await self.bind(port: self.configuration.port, tls: nil)
-        let port = plain.channel.localAddress?.port ?? self.configuration.port
-        var bound = [plain]
-        if let tls = self.configuration.tls {
-            let secure = try await self.bind(port: tls.port, tls: tls)
-            tls.boundPort.store(secure.channel.localAddress?.port ?? tls.port, ordering: .relaxed)
-            bound.append(secure)
-        }
-        let listeners = bound
-        self.onReady(self.configuration.host, port)
         let dispatcher = CommandDispatcher(
             registry: self.registry,
             logger: self.logger,
             limits: limits,
             tenantDomain: self.configuration.tenantDomain
         )
+        let plain = try await self.bind(port: self.configuration.port, tls: nil, dispatcher: dispatcher)
+        let port = plain.channel.localAddress?.port ?? self.configuration.port
+        var bound = [plain]
+        if let tls = self.configuration.tls {
+            let secure = try await self.bind(port: tls.port, tls: tls, dispatcher: dispatcher)
+            tls.boundPort.store(secure.channel.localAddress?.port ?? tls.port, ordering: .relaxed)
+            bound.append(secure)
+        }
+        let listeners = bound
         dispatcher.port.store(port, ordering: .relaxed)
+        self.onReady(self.configuration.host, port)
         // TENANT MIGRATE reaches other servers over this same protocol.
         await self.registry.setMigrationPeers { host, port, token in
             try await MigrationClient.connect(host: host, port: port, token: token)
@@ -115,14 +115,20 @@ public final class TenantServer: Service {
 
     /// Listens on `port`, plain or (with `tls`) TLS: the same protocol, the same limits; a TLS
     /// connection counts against `maxclients` from its accept, before its handshake.
-    private func bind(port: Int, tls: TLSListener?) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
+    private func bind(
+        port: Int,
+        tls: TLSListener?,
+        dispatcher: CommandDispatcher
+    ) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
         let limits = self.configuration.limits
         let connections = self.connections
-        var bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 511)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
+        var bootstrap = ServerBootstrap(
+            group: self.configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        )
+        .serverChannelOption(.backlog, value: 511)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelOption(.allowRemoteHalfClosure, value: true)
         if limits.tcpKeepaliveSeconds > 0 {
             // As Redis's anetKeepAlive: probes after the idle time, then every third of it, three times.
             let idle = Int32(clamping: limits.tcpKeepaliveSeconds)
@@ -151,8 +157,12 @@ public final class TenantServer: Service {
                         IdleStateHandler(readTimeout: .seconds(Int64(limits.timeoutSeconds)))
                     )
                 }
-                try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
-                let wrapped = try NIOAsyncChannel<[RESPRequest], ByteBuffer>(wrappingChannelSynchronously: channel)
+                try channel.pipeline.syncOperations.addHandler(
+                    RESPRequestHandler(limits: limits.request, gate: gate, dispatcher: dispatcher)
+                )
+                let wrapped = try NIOAsyncChannel<[RESPRequest], ConnectionOutput>(
+                    wrappingChannelSynchronously: channel
+                )
                 return .accepted(wrapped, gate, id, transport)
             }
         }
@@ -170,7 +180,7 @@ extension TenantServer {
 
 /// What the accept loop gets for a new socket.
 enum AcceptedConnection: Sendable {
-    case accepted(NIOAsyncChannel<[RESPRequest], ByteBuffer>, RequestGate, Int64, ConnectionTransport)
+    case accepted(NIOAsyncChannel<[RESPRequest], ConnectionOutput>, RequestGate, Int64, ConnectionTransport)
     /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
     case refused
 }

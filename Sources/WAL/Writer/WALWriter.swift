@@ -19,9 +19,39 @@ import Darwin
 ///
 /// A failed write or sync fails every waiter and every later append: nothing after it is acknowledged.
 ///
-/// `@unchecked Sendable`: `state` is a `Mutex`; `fd`, `segmentPath`, `unsynced`, `retryDelay` and
-/// (after ``moved(from:to:)``) `directory` are touched only on `queue`.
+/// An event loop that appended records may also write them itself, at the end of its turn, with
+/// ``writeOnCaller()`` (Redis writes its AOF so, once per event-loop turn): one write(2), no hop
+/// to the queue and back. It does so only when no flush holds the segment and none is needed
+/// that would block (a new segment, or an fdatasync under `always`); otherwise the caller waits
+/// for the queue's flush with ``whenDurable(_:_:)``.
+///
+/// `@unchecked Sendable`: `state` and `io` are `Mutex`es; every write, sync and segment change
+/// holds `io`, so the queue's flushes, the callers' and the `everysec` timer's exclude each other.
 public final class WALWriter: @unchecked Sendable {
+    /// Someone waiting for an lsn to be durable: a task, or a callback (an event loop's turn).
+    private enum Waiter {
+        case task(CheckedContinuation<Void, any Error>)
+        case callback(@Sendable (WALError?) -> Void)
+
+        func resume(_ error: WALError?) {
+            switch self {
+            case .task(let continuation):
+                if let error { continuation.resume(throwing: error) } else { continuation.resume() }
+            case .callback(let callback):
+                callback(error)
+            }
+        }
+    }
+
+    /// The open segment, touched only under `io`.
+    private struct IO {
+        var fd: Int32 = -1
+        var segmentPath = ""
+        var unsynced = false
+        /// The delay before the next retry of a batch a transient fault held back.
+        var retryDelay = 0.0
+    }
+
     private struct Chunk {
         var newSegment: UInt64?
         var bytes: [UInt8]
@@ -35,7 +65,7 @@ public final class WALWriter: @unchecked Sendable {
         var segmentBytes = 0
         var hasSegment = false
         var flushing = false
-        var waiters: [(lsn: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        var waiters: [(lsn: UInt64, waiter: Waiter)] = []
         var failure: WALError?
         var closed = false
         var rollRequested = false
@@ -60,11 +90,7 @@ public final class WALWriter: @unchecked Sendable {
     private let queue: DispatchQueue
     private let syncScheduler: WALSyncScheduler
     let fileSystem: any WALFileSystem
-    private var fd: Int32 = -1
-    private var segmentPath = ""
-    private var unsynced = false
-    /// The delay before the next retry of a batch a transient fault held back (on `queue`).
-    private var retryDelay = 0.0
+    private let io = Mutex(IO())
 
     /// Opens a writer that appends after `lastLSN`, in a new segment created on the first append.
     /// - Parameters:
@@ -96,7 +122,9 @@ public final class WALWriter: @unchecked Sendable {
     }
 
     deinit {
-        if self.fd >= 0 { self.fileSystem.close(self.fd, path: self.segmentPath) }
+        self.io.withLock { io in
+            if io.fd >= 0 { self.fileSystem.close(io.fd, path: io.segmentPath) }
+        }
     }
 
     /// The lsn of the last record appended (durable or not).
@@ -197,29 +225,66 @@ public final class WALWriter: @unchecked Sendable {
     /// Suspends until the record `lsn` is durable under the policy, starting a flush if none runs.
     /// - Throws: the ``WALError`` of a failed write or sync; the record is then not durable.
     public func waitUntilDurable(_ lsn: UInt64) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            self.wait(for: lsn, .task(continuation))
+        }
+    }
+
+    /// Calls `callback` once the record `lsn` is durable under the policy (with nil) or its write
+    /// failed (with the error), starting a flush if none runs. It is called at once when the
+    /// answer is known, otherwise on the writer's queue.
+    public func whenDurable(_ lsn: UInt64, _ callback: @escaping @Sendable (WALError?) -> Void) {
+        self.wait(for: lsn, .callback(callback))
+    }
+
+    private func wait(for lsn: UInt64, _ waiter: Waiter) {
         enum Action {
             case done
             case fail(WALError)
             case wait(startFlush: Bool)
         }
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let action: Action = self.state.withLock { state in
-                if state.durableLSN >= lsn { return .done }
-                if let failure = state.failure { return .fail(failure) }
-                state.waiters.append((lsn, continuation))
-                if state.flushing { return .wait(startFlush: false) }
-                state.flushing = true
-                return .wait(startFlush: true)
-            }
-            switch action {
-            case .done: continuation.resume()
-            case .fail(let error): continuation.resume(throwing: error)
-            case .wait(let startFlush):
-                if startFlush { self.queue.async { self.flushLoop() } }
-            }
+        let action: Action = self.state.withLock { state in
+            if state.durableLSN >= lsn { return .done }
+            if let failure = state.failure { return .fail(failure) }
+            state.waiters.append((lsn, waiter))
+            if state.flushing { return .wait(startFlush: false) }
+            state.flushing = true
+            return .wait(startFlush: true)
+        }
+        switch action {
+        case .done: waiter.resume(nil)
+        case .fail(let error): waiter.resume(error)
+        case .wait(let startFlush):
+            if startFlush { self.queue.async { self.flushLoop() } }
         }
     }
 
+    /// Writes every record appended so far on the calling thread, with one write(2), when that
+    /// cannot block for long: no other flush holds the segment, the records need no new segment,
+    /// and the policy is not `always` (whose fdatasync belongs off the caller's thread).
+    /// - Returns: true when nothing appended is left unwritten (durable under the policy, or the
+    ///   log failed: ``failure`` tells); false when the caller must wait with ``whenDurable(_:_:)``.
+    public func writeOnCaller() -> Bool {
+        guard self.configuration.fsync != .always else { return false }
+        let written: Bool? = self.io.withLockIfAvailable { io in
+            let batch: (chunks: [Chunk], upTo: UInt64)? = self.state.withLock { state in
+                guard state.failure == nil, state.shortage == nil, !state.pending.isEmpty,
+                    !state.pending.contains(where: { $0.newSegment != nil })
+                else { return nil }
+                defer {
+                    state.pending = []
+                    state.pendingBytes = 0
+                }
+                return (state.pending, state.nextLSN - 1)
+            }
+            guard let batch else {
+                return self.state.withLock { $0.pending.isEmpty }
+            }
+            self.write(batch.chunks, upTo: batch.upTo, io: &io)
+            return true
+        }
+        return written ?? false
+    }
     /// Flushes everything appended so far and fdatasyncs it, whatever the policy: for records
     /// that must be on disk before something else happens (a new tenant's first records, before
     /// its directory is renamed into place).
@@ -228,8 +293,10 @@ public final class WALWriter: @unchecked Sendable {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             self.queue.async {
                 do {
-                    if self.fd >= 0 { try self.fileSystem.sync(self.fd, path: self.segmentPath) }
-                    self.unsynced = false
+                    try self.io.withLock { io in
+                        if io.fd >= 0 { try self.fileSystem.sync(io.fd, path: io.segmentPath) }
+                        io.unsynced = false
+                    }
                     continuation.resume()
                 } catch {
                     continuation.resume(throwing: error)
@@ -241,12 +308,12 @@ public final class WALWriter: @unchecked Sendable {
     /// The log's directory was renamed (with its parent) from under `oldPrefix` to `newPrefix`:
     /// later segments are made there. The open segment stays open: the rename kept its inode.
     public func moved(from oldPrefix: String, to newPrefix: String) {
-        self.queue.sync {
+        self.io.withLock { io in
             self.location.withLock { directory in
                 if directory.hasPrefix(oldPrefix) { directory = newPrefix + directory.dropFirst(oldPrefix.count) }
             }
-            if self.segmentPath.hasPrefix(oldPrefix) {
-                self.segmentPath = newPrefix + self.segmentPath.dropFirst(oldPrefix.count)
+            if io.segmentPath.hasPrefix(oldPrefix) {
+                io.segmentPath = newPrefix + io.segmentPath.dropFirst(oldPrefix.count)
             }
         }
     }
@@ -263,10 +330,12 @@ public final class WALWriter: @unchecked Sendable {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             self.queue.async {
                 do {
-                    if self.fd >= 0 {
-                        try self.fileSystem.sync(self.fd, path: self.segmentPath)
-                        self.fileSystem.close(self.fd, path: self.segmentPath)
-                        self.fd = -1
+                    try self.io.withLock { io in
+                        if io.fd >= 0 {
+                            try self.fileSystem.sync(io.fd, path: io.segmentPath)
+                            self.fileSystem.close(io.fd, path: io.segmentPath)
+                            io.fd = -1
+                        }
                     }
                     continuation.resume()
                 } catch {
@@ -279,70 +348,82 @@ public final class WALWriter: @unchecked Sendable {
     /// Runs on `queue`: writes batches until none is left.
     private func flushLoop() {
         while true {
-            let batch: (chunks: [Chunk], upTo: UInt64)? = self.state.withLock { state in
-                guard !state.pending.isEmpty else {
-                    state.flushing = false
-                    return nil
-                }
-                defer {
-                    state.pending = []
-                    state.pendingBytes = 0
-                }
-                return (state.pending, state.nextLSN - 1)
-            }
-            guard let batch else { return }
-            var written = 0
-            do {
-                let start = LatencyHistogram.now()
-                for chunk in batch.chunks {
-                    if let firstLSN = chunk.newSegment { try self.openSegment(firstLSN: firstLSN) }
-                    try chunk.bytes.withUnsafeBytes { try self.fileSystem.write(self.fd, $0, path: self.segmentPath) }
-                    written += 1
-                }
-                WALMetrics.append.record(since: start)
-                switch self.configuration.fsync {
-                case .always:
-                    let syncStart = LatencyHistogram.now()
-                    try self.fileSystem.sync(self.fd, path: self.segmentPath)
-                    WALMetrics.fsync.record(since: syncStart)
-                case .everysec:
-                    self.unsynced = true
-                    self.syncScheduler.markDirty(self)
-                case .no:
-                    break
-                }
-                let ready = self.state.withLock { state in
-                    state.durableLSN = batch.upTo
-                    state.shortage = nil
-                    var ready: [CheckedContinuation<Void, any Error>] = []
-                    state.waiters.removeAll { waiter in
-                        guard waiter.lsn <= batch.upTo else { return false }
-                        ready.append(waiter.continuation)
-                        return true
+            let more = self.io.withLock { io -> Bool in
+                let batch: (chunks: [Chunk], upTo: UInt64)? = self.state.withLock { state in
+                    guard !state.pending.isEmpty else {
+                        state.flushing = false
+                        return nil
                     }
-                    return ready
+                    defer {
+                        state.pending = []
+                        state.pendingBytes = 0
+                    }
+                    return (state.pending, state.nextLSN - 1)
                 }
-                for continuation in ready { continuation.resume() }
-                self.retryDelay = 0
-            } catch let shortage as WALError where shortage.isTransient {
-                // Out of descriptors or memory when creating a segment: nothing was written and
-                // nothing is damaged. The batch's waiters are told (their writes are not
-                // acknowledged, though they may still land), the unwritten chunks go back to the
-                // head of the queue, and the writer tries again shortly. Any other failure, a
-                // write's or a sync's whatever its errno, fails the log: retrying a write that
-                // may have partly landed, or trusting a failed fsync, could corrupt or lose data.
-                self.holdBack(Array(batch.chunks[written...]), error: shortage)
-                return
-            } catch {
-                self.fail(error)
-                return
+                guard let batch else { return false }
+                return self.write(batch.chunks, upTo: batch.upTo, io: &io)
             }
+            guard more else { return }
         }
     }
 
-    /// Runs on `queue`: puts unwritten chunks back, fails the current waiters with `error`, and
-    /// schedules a retry (backing off to a second).
-    private func holdBack(_ chunks: [Chunk], error: WALError) {
+    /// Under `io`: writes a batch taken from `pending` (records up to `upTo`), syncs it as the
+    /// policy says, and resumes the waiters it made durable.
+    /// - Returns: false when the log failed or a shortage held the batch back (the flush stops).
+    @discardableResult
+    private func write(_ chunks: [Chunk], upTo: UInt64, io: inout IO) -> Bool {
+        var written = 0
+        do {
+            let start = LatencyHistogram.now()
+            for chunk in chunks {
+                if let firstLSN = chunk.newSegment { try self.openSegment(firstLSN: firstLSN, io: &io) }
+                try chunk.bytes.withUnsafeBytes { try self.fileSystem.write(io.fd, $0, path: io.segmentPath) }
+                written += 1
+            }
+            WALMetrics.append.record(since: start)
+            switch self.configuration.fsync {
+            case .always:
+                let syncStart = LatencyHistogram.now()
+                try self.fileSystem.sync(io.fd, path: io.segmentPath)
+                WALMetrics.fsync.record(since: syncStart)
+            case .everysec:
+                io.unsynced = true
+                self.syncScheduler.markDirty(self)
+            case .no:
+                break
+            }
+            let ready = self.state.withLock { state in
+                state.durableLSN = max(state.durableLSN, upTo)
+                state.shortage = nil
+                var ready: [Waiter] = []
+                state.waiters.removeAll { waiter in
+                    guard waiter.lsn <= upTo else { return false }
+                    ready.append(waiter.waiter)
+                    return true
+                }
+                return ready
+            }
+            io.retryDelay = 0
+            for waiter in ready { waiter.resume(nil) }
+            return true
+        } catch let shortage as WALError where shortage.isTransient {
+            // Out of descriptors or memory when creating a segment: nothing was written and
+            // nothing is damaged. The batch's waiters are told (their writes are not
+            // acknowledged, though they may still land), the unwritten chunks go back to the
+            // head of the queue, and the writer tries again shortly. Any other failure, a
+            // write's or a sync's whatever its errno, fails the log: retrying a write that
+            // may have partly landed, or trusting a failed fsync, could corrupt or lose data.
+            self.holdBack(Array(chunks[written...]), error: shortage, io: &io)
+            return false
+        } catch {
+            self.fail(error)
+            return false
+        }
+    }
+
+    /// Under `io`: puts unwritten chunks back, fails the current waiters with `error`, and
+    /// schedules a retry on the queue (backing off to a second).
+    private func holdBack(_ chunks: [Chunk], error: WALError, io: inout IO) {
         let waiters = self.state.withLock { state in
             state.pending = chunks + state.pending
             state.pendingBytes += chunks.reduce(0) { $0 + $1.bytes.count }
@@ -351,9 +432,9 @@ public final class WALWriter: @unchecked Sendable {
             defer { state.waiters = [] }
             return state.waiters
         }
-        for waiter in waiters { waiter.continuation.resume(throwing: error) }
-        self.retryDelay = min(1, max(0.01, self.retryDelay * 2))
-        self.queue.asyncAfter(deadline: .now() + self.retryDelay) {
+        for waiter in waiters { waiter.waiter.resume(error) }
+        io.retryDelay = min(1, max(0.01, io.retryDelay * 2))
+        self.queue.asyncAfter(deadline: .now() + io.retryDelay) {
             let start = self.state.withLock { state -> Bool in
                 guard !state.flushing, !state.pending.isEmpty, state.failure == nil else { return false }
                 state.flushing = true
@@ -373,15 +454,15 @@ public final class WALWriter: @unchecked Sendable {
             defer { state.waiters = [] }
             return state.waiters
         }
-        for waiter in waiters { waiter.continuation.resume(throwing: walError) }
+        for waiter in waiters { waiter.waiter.resume(walError) }
     }
 
-    /// Runs on `queue`: closes the current segment and starts the next one durably.
-    private func openSegment(firstLSN: UInt64) throws {
-        if self.fd >= 0 {
-            try self.fileSystem.sync(self.fd, path: self.segmentPath)
-            self.fileSystem.close(self.fd, path: self.segmentPath)
-            self.fd = -1
+    /// Under `io`: closes the current segment and starts the next one durably.
+    private func openSegment(firstLSN: UInt64, io: inout IO) throws {
+        if io.fd >= 0 {
+            try self.fileSystem.sync(io.fd, path: io.segmentPath)
+            self.fileSystem.close(io.fd, path: io.segmentPath)
+            io.fd = -1
         }
         let path = self.directory + "/" + WALFormat.segmentName(firstLSN: firstLSN)
         // A segment of this name can only be a header left by a crash before its first record:
@@ -392,8 +473,8 @@ public final class WALWriter: @unchecked Sendable {
         } catch let error as WALError {
             throw error.asShortage ?? error
         }
-        self.fd = fd
-        self.segmentPath = path
+        io.fd = fd
+        io.segmentPath = path
         try WALFormat.segmentHeader(firstLSN: firstLSN).withUnsafeBytes {
             try self.fileSystem.write(fd, $0, path: path)
         }
@@ -409,12 +490,14 @@ public final class WALWriter: @unchecked Sendable {
     /// Schedules an fdatasync of unsynced bytes on the writer's queue (the `everysec` timer calls this).
     func syncInBackground() {
         self.queue.async {
-            guard self.unsynced, self.fd >= 0 else { return }
-            self.unsynced = false
             do {
-                let start = LatencyHistogram.now()
-                try self.fileSystem.sync(self.fd, path: self.segmentPath)
-                WALMetrics.fsync.record(since: start)
+                try self.io.withLock { io in
+                    guard io.unsynced, io.fd >= 0 else { return }
+                    io.unsynced = false
+                    let start = LatencyHistogram.now()
+                    try self.fileSystem.sync(io.fd, path: io.segmentPath)
+                    WALMetrics.fsync.record(since: start)
+                }
             } catch {
                 self.fail(error)
             }

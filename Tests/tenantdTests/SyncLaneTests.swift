@@ -1,0 +1,260 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import RESP
+import ServiceLifecycle
+import Synchronization
+import TenantEngine
+import TestSupport
+import Testing
+import WAL
+
+@testable import TenantServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Tenants on the server's event loops and the hot commands run in the channel handler: the
+/// replies keep request order, a command the lane does not take sees every POST before it, and a
+/// POST is answered only once its record is written under the policy.
+@Suite("The synchronous lane", .serialized)
+struct SyncLaneTests {
+    struct Server {
+        let port: Int
+        let tenant: CreatedTenant
+        let registry: TenantRegistry
+        let disk: FaultyFileSystem
+        let group: MultiThreadedEventLoopGroup
+
+        /// A client authenticated as the tenant's owner.
+        func owner() throws -> RESPTestClient {
+            let client = try RESPTestClient(port: self.port)
+            let reply = try client.call("AUTH", "alice@acme", self.tenant.ownerToken)
+            guard reply == .simple("OK") else { throw RESPTestClientError.closed }
+            return client
+        }
+    }
+
+    /// Runs `body` against an in-process server whose tenants are placed on `threads` loops.
+    static func withServer(
+        fsync: FsyncPolicy = .everysec,
+        threads: Int = 1,
+        _ body: @escaping @Sendable (Server) async throws -> Void
+    ) async throws {
+        try await TemporaryDirectory.with { dir in
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+            let disk = FaultyFileSystem()
+            var engine = EngineConfiguration(dataDirectory: dir.path + "/data", fsync: fsync)
+            engine.adminToken = "operator-token-0123456789abcdef-0123"
+            engine.fileSystem = disk
+            engine.defaultPlan = .enterprise
+            engine.placement = EventLoops.placement(group: group)
+            let registry = TenantRegistry(configuration: engine, logger: Logger.quiet)
+            try await registry.bootstrap()
+            let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
+            var configuration = ServerConfiguration(host: "127.0.0.1", port: 0)
+            configuration.eventLoopGroup = group
+            let port = Mutex(0)
+            let server = TenantServer(configuration: configuration, registry: registry, logger: Logger.quiet) {
+                _,
+                bound in
+                port.withLock { $0 = bound }
+            }
+            let services = ServiceGroup(services: [server], logger: Logger.quiet)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await services.run() }
+                try await waitUntilAsync("the server to listen") { port.withLock { $0 } != 0 }
+                let running = Server(
+                    port: port.withLock { $0 },
+                    tenant: created,
+                    registry: registry,
+                    disk: disk,
+                    group: group
+                )
+                do {
+                    try await body(running)
+                } catch {
+                    await services.triggerGracefulShutdown()
+                    throw error
+                }
+                await services.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+            await registry.shutdown()
+            try await group.shutdownGracefully()
+        }
+    }
+
+    static var laneCommands: UInt64 { ServerStats.shared.laneCommands.load(ordering: .relaxed) }
+
+    @Test func hotCommandsRunOnTheLaneInRequestOrderAndTheRestSeeWhatTheyDid() async throws {
+        try await Self.withServer { server in
+            let client = try server.owner()
+            let before = Self.laneCommands
+            let replies = try await offThePool {
+                try client.pipeline([
+                    ["POST", "general", "a"],
+                    ["POST", "general", "b"],
+                    ["HISTORY", "general"],
+                    // Not a hot command: it runs on the connection's task, after both POSTs.
+                    ["USAGE"],
+                    ["POST", "general", "c"],
+                    ["HISTORY", "general", "LIMIT", "1"],
+                    ["WHOAMI"],
+                    ["PING"],
+                    ["ECHO", "x"],
+                    ["ROOMS"],
+                ])
+            }
+            #expect(replies[0] == .integer(1))
+            #expect(replies[1] == .integer(2))
+            guard case .array(let history) = replies[2] else {
+                Issue.record("HISTORY: \(replies[2])")
+                return
+            }
+            #expect(history.count == 2, "HISTORY sees both POSTs before it")
+            guard case .array(let usage) = replies[3] else {
+                Issue.record("USAGE: \(replies[3])")
+                return
+            }
+            let today = usage.firstIndex(of: .bulk(Array("messages_today".utf8))).map { usage[$0 + 1] }
+            #expect(today == .integer(2), "the task's command sees the lane's POSTs")
+            #expect(replies[4] == .integer(3))
+            guard case .array(let last) = replies[5], case .array(let message)? = last.first else {
+                Issue.record("HISTORY LIMIT 1: \(replies[5])")
+                return
+            }
+            #expect(message.last?.string == "c")
+            #expect(
+                replies[6]
+                    == .array([
+                        .bulk(Array(server.tenant.metadata.tenantID.utf8)), .bulk(Array("alice".utf8)),
+                        .bulk(Array("owner".utf8)),
+                    ])
+            )
+            #expect(replies[7] == .simple("PONG"))
+            #expect(replies[8] == .bulk(Array("x".utf8)))
+            #expect(replies[9] == .array([.array([.bulk(Array("general".utf8)), .integer(3), .integer(3)])]))
+            // Nine hot commands (all but USAGE) on the lane, those after USAGE once the task
+            // answered it; other suites run no lane.
+            #expect(Self.laneCommands - before >= 9)
+        }
+    }
+
+    @Test func aPostIsNotAnsweredWhenItsWriteFails() async throws {
+        try await Self.withServer { server in
+            let client = try server.owner()
+            let kept = try await offThePool { try client.call("POST", "general", "kept") }
+            #expect(kept == .integer(1))
+            let lanesBefore = Self.laneCommands
+            server.disk.fail(.write, errno: EIO, times: 1_000)
+            let replies = try await offThePool {
+                try client.pipeline([["POST", "general", "lost"], ["POST", "general", "lost too"]])
+            }
+            for reply in replies {
+                guard case .error(let message) = reply else {
+                    Issue.record("a POST whose write failed was answered \(reply)")
+                    continue
+                }
+                #expect(message.hasPrefix("IOERR"))
+            }
+            #expect(Self.laneCommands - lanesBefore >= 2, "the POSTs ran on the lane")
+            server.disk.clearFaults()
+            let history = try await offThePool { try client.call("HISTORY", "general") }
+            guard case .array(let messages) = history else {
+                Issue.record("HISTORY: \(history)")
+                return
+            }
+            #expect(messages.count == 1, "only the acknowledged message is visible")
+        }
+    }
+
+    @Test(arguments: [FsyncPolicy.always, .everysec, .no])
+    func everyAcknowledgedPostIsInTheLog(fsync: FsyncPolicy) async throws {
+        let directory = Mutex("")
+        try await Self.withServer(fsync: fsync) { server in
+            let client = try server.owner()
+            let commands = (0..<300).map { ["POST", "room-\($0 % 3)", "message \($0)"] }
+            let replies = try await offThePool { try client.pipeline(commands) }
+            #expect(replies.allSatisfy { if case .integer = $0 { true } else { false } })
+            let dataDirectory = await server.registry.configuration.dataDirectory
+            directory.withLock { $0 = dataDirectory + "/tenant_" + server.tenant.metadata.tenantID + "/wal" }
+            // Before shutdown, under every policy: acknowledged means written.
+            let records = try FaultTests.readAll(directory.withLock { $0 })
+            #expect(records.count >= 300 + 1, "every acknowledged POST's record is in the log (got \(records.count))")
+        }
+    }
+
+    @Test func connectionsOnAnotherLoopThanTheirTenantStillWorkInOrder() async throws {
+        try await Self.withServer(threads: 2) { server in
+            // Enough connections that both loops have some: those on the tenant's loop run on
+            // the lane, the others through their tasks, one log for all.
+            let clients = try (0..<6).map { _ in try server.owner() }
+            let seqs = try await withThrowingTaskGroup(of: [RESPReply].self) { group in
+                for (index, client) in clients.enumerated() {
+                    group.addTask {
+                        try await offThePool {
+                            try client.pipeline((0..<50).map { ["POST", "shared", "c\(index) m\($0)"] })
+                        }
+                    }
+                }
+                var all: [Int64] = []
+                for try await replies in group {
+                    let values = replies.compactMap { if case .integer(let value) = $0 { value } else { nil } }
+                    #expect(values.count == 50)
+                    #expect(values == values.sorted(), "one connection's POSTs keep their order")
+                    all += values
+                }
+                return all
+            }
+            #expect(Set(seqs).count == 300 && seqs.min() == 1 && seqs.max() == 300)
+        }
+    }
+}
+
+/// The handler's lane states alone, on an `EmbeddedChannel` (no lane: the task's markers only).
+@Suite("Request handler states")
+struct RequestHandlerStateTests {
+    @Test func theTaskMarkerReturnsTheHandlerToTheSynchronousStateOnlyWhenItAnsweredEverything() throws {
+        let gate = RequestGate(bound: 1 << 20)
+        gate.authenticated()
+        let handler = RESPRequestHandler(limits: RESPRequestParser.Limits(), gate: gate)
+        let channel = EmbeddedChannel(handler: handler)
+        guard case .synchronous(nil) = handler.laneState else {
+            Issue.record("starts synchronous, without a lane")
+            return
+        }
+        try channel.writeInbound(ByteBuffer(string: "PING\r\nPING\r\n"))
+        #expect(try channel.readInbound(as: [RESPRequest].self)?.count == 2)
+        guard case .handedOver(2, fromLane: false) = handler.laneState else {
+            Issue.record("two requests handed over: \(handler.laneState)")
+            return
+        }
+        // The task's reply bytes pass through; a marker for fewer requests changes nothing.
+        try channel.writeOutbound(ConnectionOutput.bytes(ByteBuffer(string: "+PONG\r\n")))
+        try channel.writeOutbound(ConnectionOutput.idle(handed: 1, lane: nil))
+        guard case .handedOver(2, _) = handler.laneState else {
+            Issue.record("a stale marker moved the state: \(handler.laneState)")
+            return
+        }
+        try channel.writeInbound(ByteBuffer(string: "PING\r\n"))
+        #expect(try channel.readInbound(as: [RESPRequest].self)?.count == 1)
+        try channel.writeOutbound(ConnectionOutput.idle(handed: 2, lane: nil))
+        guard case .handedOver(3, _) = handler.laneState else {
+            Issue.record("the marker came before the third request was answered: \(handler.laneState)")
+            return
+        }
+        try channel.writeOutbound(ConnectionOutput.bytes(ByteBuffer(string: "+PONG\r\n+PONG\r\n")))
+        try channel.writeOutbound(ConnectionOutput.idle(handed: 3, lane: nil))
+        guard case .synchronous(nil) = handler.laneState else {
+            Issue.record("every request answered: \(handler.laneState)")
+            return
+        }
+        var written = ByteBuffer()
+        while var chunk = try channel.readOutbound(as: ByteBuffer.self) { written.writeBuffer(&chunk) }
+        #expect(String(buffer: written) == "+PONG\r\n+PONG\r\n+PONG\r\n", "the markers write nothing")
+        _ = try channel.finish()
+    }
+}
