@@ -103,17 +103,24 @@ public struct RESPRequestParser: Sendable {
             if self.array != nil {
                 return self.continueArray(&buffer)
             }
-            guard let first = buffer.readableBytesView.first else { return .needMoreData }
+            guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return .needMoreData }
             if first == UInt8(ascii: "*") {
-                guard let line = Self.readLine(&buffer, limit: Self.maxCountLine) else {
+                let parsed: Int
+                switch Self.readCount(&buffer, limit: Self.maxCountLine) {
+                case .incomplete:
                     if buffer.readableBytes > Self.maxCountLine {
                         return .protocolError("Protocol error: too big mbulk count string")
                     }
                     return .needMoreData
+                case .invalid:
+                    return .protocolError("Protocol error: invalid multibulk length")
+                case .value(let value):
+                    parsed = value
                 }
-                guard let count = Self.parseInteger(line.dropFirst()), count <= self.limits.maxArgumentCount else {
+                guard parsed <= self.limits.maxArgumentCount else {
                     return .protocolError("Protocol error: invalid multibulk length")
                 }
+                let count = parsed
                 if !self.authenticated && count > self.limits.unauthenticatedArgumentCount {
                     self.hitUnauthenticatedLimit = true
                     return .protocolError("Protocol error: unauthenticated multibulk length")
@@ -174,22 +181,28 @@ public struct RESPRequestParser: Sendable {
                 self.array!.remaining -= 1
                 continue
             }
-            guard let first = buffer.readableBytesView.first else { return .needMoreData }
+            guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return .needMoreData }
             guard first == UInt8(ascii: "$") else {
                 self.array = nil
                 return .protocolError("Protocol error: expected '$', got '\(Self.printable(first))'")
             }
-            guard let line = Self.readLine(&buffer, limit: Self.maxCountLine) else {
+            let length: Int
+            switch Self.readCount(&buffer, limit: Self.maxCountLine) {
+            case .incomplete:
                 if buffer.readableBytes > Self.maxCountLine {
                     self.array = nil
                     return .protocolError("Protocol error: too big bulk count string")
                 }
                 return .needMoreData
-            }
-            guard let length = Self.parseInteger(line.dropFirst()), length >= 0, length <= Self.protocolMaxBulk
-            else {
+            case .invalid:
                 self.array = nil
                 return .protocolError("Protocol error: invalid bulk length")
+            case .value(let value):
+                guard value >= 0, value <= Self.protocolMaxBulk else {
+                    self.array = nil
+                    return .protocolError("Protocol error: invalid bulk length")
+                }
+                length = value
             }
             if !self.authenticated && length > self.limits.unauthenticatedBulkLength {
                 self.array = nil
@@ -218,20 +231,28 @@ public struct RESPRequestParser: Sendable {
     }
 
     /// Reads a CRLF-terminated line (without the CRLF), or nil when none is complete within `limit`.
-    private static func readLine(_ buffer: inout ByteBuffer, limit: Int) -> ByteBufferView? {
-        let view = buffer.readableBytesView
-        let end = view.index(view.startIndex, offsetBy: min(view.count, limit + 2))
-        guard let cr = view[view.startIndex..<end].firstIndex(of: UInt8(ascii: "\r")),
-            cr + 1 < view.endIndex
-        else { return nil }
-        // A view of the buffer's bytes, not a copy: the count lines of every request (four for
-        // a POST) cost no allocation.
-        let line = view[view.startIndex..<cr]
-        buffer.moveReaderIndex(forwardBy: cr - view.startIndex + 2)
+    /// What a count line (`*<n>\r\n`, `$<n>\r\n`) held.
+    private enum CountLine {
+        case incomplete
+        case invalid
+        case value(Int)
+    }
+
+    /// Reads a count line: its prefix byte, then an integer, up to the `\r` found within `limit`
+    /// bytes (and one byte after it), in place: no view, no copy, no retain of the buffer.
+    private static func readCount(_ buffer: inout ByteBuffer, limit: Int) -> CountLine {
+        let (line, consumed): (CountLine, Int) = buffer.withUnsafeReadableBytes { bytes in
+            let end = min(bytes.count, limit + 2)
+            var cr = 0
+            while cr < end && bytes[cr] != UInt8(ascii: "\r") { cr += 1 }
+            guard cr < end, cr + 1 < bytes.count else { return (.incomplete, 0) }
+            let digits = UnsafeRawBufferPointer(rebasing: bytes[min(1, cr)..<cr])
+            return (Self.parseInteger(digits).map(CountLine.value) ?? .invalid, cr + 2)
+        }
+        if consumed > 0 { buffer.moveReaderIndex(forwardBy: consumed) }
         return line
     }
 
-    /// Parses a decimal integer the way Redis's `string2ll` does: optional '-', digits, no spaces.
     static func parseInteger(_ bytes: some Collection<UInt8>) -> Int? {
         guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
         var negative = false

@@ -24,13 +24,25 @@ public enum Names {
     }
 
     /// Room names: 1-128 bytes of `[A-Za-z0-9._:-]`, never `..` (no name may look like a path step).
+    /// One pass over the bytes: it runs for every POST.
     public static func isValidRoom(_ room: String) -> Bool {
-        let utf8 = room.utf8
-        return (1...128).contains(utf8.count) && !room.contains("..") && room != "."
-            && utf8.allSatisfy {
-                isAlnum($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-")
-                    || $0 == UInt8(ascii: ":")
+        var room = room
+        return room.withUTF8 { bytes in
+            guard (1...128).contains(bytes.count), bytes.count > 1 || bytes[0] != UInt8(ascii: ".") else {
+                return false
             }
+            var previousDot = false
+            for byte in bytes {
+                let dot = byte == UInt8(ascii: ".")
+                if dot && previousDot { return false }
+                previousDot = dot
+                guard
+                    isAlnum(byte) || dot || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+                        || byte == UInt8(ascii: ":")
+                else { return false }
+            }
+            return true
+        }
     }
 
     /// Subdomains: `^[a-z0-9-]+$`, 3-63 bytes, no leading or trailing hyphen, not reserved.

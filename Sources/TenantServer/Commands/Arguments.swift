@@ -10,16 +10,37 @@ struct Arguments {
 
     /// - Throws: INVALID when a word is not valid UTF-8.
     init(_ buffers: [ByteBuffer]) throws {
-        var words: [String] = []
-        words.reserveCapacity(buffers.count)
-        for buffer in buffers {
-            guard let word = String(validating: buffer.readableBytesView, as: UTF8.self) else {
-                throw TenantError.invalid("argument is not valid UTF-8")
-            }
-            words.append(word)
+        guard let first = buffers.first else {
+            self.name = ""
+            self.words = []
+            return
         }
-        self.name = words.first.map { String($0.uppercased()) } ?? ""
-        self.words = Array(words.dropFirst())
+        var words: [String] = []
+        words.reserveCapacity(buffers.count - 1)
+        for buffer in buffers.dropFirst() { words.append(try Self.word(buffer)) }
+        self.name = try Self.commandName(first)
+        self.words = words
+    }
+
+    /// A word as a string. - Throws: INVALID when it is not valid UTF-8.
+    private static func word(_ buffer: ByteBuffer) throws -> String {
+        let word = buffer.withUnsafeReadableBytes { String(validating: $0, as: UTF8.self) }
+        guard let word else { throw TenantError.invalid("argument is not valid UTF-8") }
+        return word
+    }
+
+    /// The command name upper-cased: ASCII names (every command's) without Unicode case mapping.
+    private static func commandName(_ buffer: ByteBuffer) throws -> String {
+        let ascii = buffer.withUnsafeReadableBytes { bytes -> String? in
+            guard bytes.count <= 32, bytes.allSatisfy({ $0 < 0x80 }) else { return nil }
+            return String(unsafeUninitializedCapacity: bytes.count) { output in
+                for (index, byte) in bytes.enumerated() {
+                    output[index] = byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z") ? byte - 32 : byte
+                }
+                return bytes.count
+            }
+        }
+        return try ascii ?? Self.word(buffer).uppercased()
     }
 
     var count: Int { self.words.count }

@@ -111,6 +111,11 @@ extension CommandDispatcher {
     /// Whether a room argument is in the path form, which the lane leaves to the usual path (it
     /// may name another tenant).
     static func isPathForm(_ room: ByteBuffer) -> Bool {
-        room.readableBytesView.starts(with: "/tenant/".utf8)
+        room.withUnsafeReadableBytes { bytes in
+            bytes.count >= Self.pathPrefix.count
+                && Self.pathPrefix.indices.allSatisfy { bytes[$0] == Self.pathPrefix[$0] }
+        }
     }
+
+    private static let pathPrefix = Array("/tenant/".utf8)
 }

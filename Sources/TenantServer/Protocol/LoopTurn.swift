@@ -4,7 +4,8 @@ import TenantEngine
 import WAL
 
 /// The end of an event loop's turn, where the POSTs its connections ran synchronously are
-/// written and answered, as Redis writes its AOF in `beforeSleep` and only then its replies.
+/// written and answered, and every connection's lane replies are written, as Redis writes its
+/// AOF in `beforeSleep` and only then its clients' replies.
 ///
 /// The first record a turn appends to a tenant's log schedules the end of the turn (a task on the
 /// loop, which NIO runs after the reads of this turn): every dirty log is written with one
@@ -21,14 +22,19 @@ final class LoopTurn: @unchecked Sendable {
         /// The tenant's log is written up to `upTo` (or failed there with `error`): answer what
         /// can be answered.
         func logWritten(_ tenant: Tenant, upTo: UInt64, error: TenantError?)
+        /// The turn ended: write what waits (replies of commands that wrote nothing).
+        func turnEnded()
         /// The turn the waiter was last registered in.
         var turnMark: UInt64 { get set }
+        /// The turn the waiter last asked to be flushed in.
+        var flushMark: UInt64 { get set }
     }
 
     let loop: any EventLoop
     private var scheduled = false
     private var number: UInt64 = 1
     private var dirty: [ObjectIdentifier: (tenant: Tenant, waiters: [any Waiter])] = [:]
+    private var flushes: [any Waiter] = []
 
     private init(loop: any EventLoop) {
         self.loop = loop
@@ -58,6 +64,21 @@ final class LoopTurn: @unchecked Sendable {
                 self.dirty[key]!.waiters.append(waiter)
             }
         }
+        self.schedule()
+    }
+
+    /// `waiter` has replies to write: at the end of the turn, with every other connection's, so
+    /// that a client with many connections is woken once for many replies (as Redis writes its
+    /// clients' replies in `beforeSleep`).
+    func flushAtEnd(_ waiter: any Waiter) {
+        self.loop.assertInEventLoop()
+        guard waiter.flushMark != self.number else { return }
+        waiter.flushMark = self.number
+        self.flushes.append(waiter)
+        self.schedule()
+    }
+
+    private func schedule() {
         guard !self.scheduled else { return }
         self.scheduled = true
         self.loop.execute { self.end() }
@@ -70,6 +91,12 @@ final class LoopTurn: @unchecked Sendable {
         self.number &+= 1
         let work = self.dirty
         self.dirty.removeAll(keepingCapacity: true)
+        let flushes = self.flushes
+        self.flushes.removeAll(keepingCapacity: true)
+        defer {
+            // After the logs: replies behind a POST this turn wrote go out with it.
+            for waiter in flushes { waiter.turnEnded() }
+        }
         for (_, entry) in work {
             let tenant = entry.tenant
             if tenant.assumeIsolated({ $0.writeTurn() }) {

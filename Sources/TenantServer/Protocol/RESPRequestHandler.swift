@@ -100,6 +100,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// The error the log's last write gave the POSTs it covered (while they are answered).
     private var logFailure: (tenant: Tenant, upTo: UInt64, error: TenantError)?
     var turnMark: UInt64 = 0
+    var flushMark: UInt64 = 0
 
     /// - Parameters:
     ///   - dispatcher: runs the hot commands on the lane (nil: every request goes to the task).
@@ -133,8 +134,16 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.writeOutbox(context: context)
+        if !self.outboxIsEmpty {
+            // Written at the end of the loop's turn, with the other connections' replies.
+            if let turn = self.turn { turn.flushAtEnd(self) } else { self.writeOutbox(context: context) }
+        }
         context.fireChannelReadComplete()
+    }
+
+    func turnEnded() {
+        guard let context = self.context else { return }
+        self.writeOutbox(context: context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
