@@ -174,11 +174,14 @@ struct SyncLaneTests {
     @Test(arguments: [FsyncPolicy.always, .everysec, .no])
     func everyAcknowledgedPostIsInTheLog(fsync: FsyncPolicy) async throws {
         let directory = Mutex("")
-        try await Self.withServer(fsync: fsync) { server in
-            let client = try server.owner()
-            let commands = (0..<300).map { ["POST", "room-\($0 % 3)", "message \($0)"] }
-            let replies = try await offThePool { try client.pipeline(commands) }
-            #expect(replies.allSatisfy { if case .integer = $0 { true } else { false } })
+        try await Self.withServer(fsync: fsync, threads: 2) { server in
+            // Two connections, one on each loop: one runs on its tenant's loop, one sends there.
+            let clients = try (0..<2).map { _ in try server.owner() }
+            for client in clients {
+                let commands = (0..<150).map { ["POST", "room-\($0 % 3)", "message \($0)"] }
+                let replies = try await offThePool { try client.pipeline(commands) }
+                #expect(replies.allSatisfy { if case .integer = $0 { true } else { false } })
+            }
             let dataDirectory = await server.registry.configuration.dataDirectory
             directory.withLock { $0 = dataDirectory + "/tenant_" + server.tenant.metadata.tenantID + "/wal" }
             // Before shutdown, under every policy: acknowledged means written.
@@ -187,11 +190,13 @@ struct SyncLaneTests {
         }
     }
 
-    @Test func connectionsOnAnotherLoopThanTheirTenantStillWorkInOrder() async throws {
+    @Test func connectionsOnAnotherLoopThanTheirTenantRunTheirBatchesThere() async throws {
         try await Self.withServer(threads: 2) { server in
             // Enough connections that both loops have some: those on the tenant's loop run on
-            // the lane, the others through their tasks, one log for all.
+            // the lane, the others send each read's POSTs to the tenant's loop in one hop
+            // (RemoteRun), one log for all.
             let clients = try (0..<6).map { _ in try server.owner() }
+            let before = Self.laneCommands
             let seqs = try await withThrowingTaskGroup(of: [RESPReply].self) { group in
                 for (index, client) in clients.enumerated() {
                     group.addTask {
@@ -210,6 +215,25 @@ struct SyncLaneTests {
                 return all
             }
             #expect(Set(seqs).count == 300 && seqs.min() == 1 && seqs.max() == 300)
+            #expect(Self.laneCommands - before >= 300, "every POST ran on its tenant's loop")
+            // A remote run keeps a connection's order with the commands that follow it: on every
+            // connection (half of them are on the other loop), a HISTORY sees the POSTs before it.
+            for (index, client) in clients.enumerated() {
+                let room = "mixed-\(index)"
+                let mixed = try await offThePool {
+                    try client.pipeline(
+                        (0..<80).map { ["POST", room, "m\($0)"] } + [
+                            ["HISTORY", room, "LIMIT", "1000"], ["USAGE"], ["POST", room, "last"], ["PING"],
+                            ["HISTORY", room, "LIMIT", "1"],
+                        ]
+                    )
+                }
+                #expect(mixed[0..<80] == ArraySlice((1...80).map { RESPReply.integer(Int64($0)) }))
+                #expect(mixed[80].elements?.count == 80, "HISTORY sees the 80 POSTs before it")
+                #expect(mixed[82] == .integer(81))
+                #expect(mixed[83] == .simple("PONG"))
+                #expect(mixed[84].elements?.first?.elements?.first == .integer(81))
+            }
         }
     }
 }

@@ -45,6 +45,12 @@ final class CommandSpec: @unchecked Sendable {
     /// On the lane it first waits for the connection's POSTs still waiting for the log (it reads
     /// what they change), as ``handler`` waits for the last one.
     private(set) var settlesFirst = true
+    /// Whether the lane takes these words (POST and HISTORY leave path-form rooms, which may name
+    /// another tenant, to ``handler``).
+    private(set) var laneTakes: @Sendable ([ByteBuffer]) -> Bool = { _ in true }
+    /// Whether it reads the tenant (on the lane, it runs on the tenant's loop); PING and ECHO
+    /// do not, and run on the connection's loop wherever its tenant is.
+    private(set) var readsTenant = true
     /// Its `tenantd_commands_total` series, made once (the table is first read after tenantd
     /// bootstrapped the metrics system), not looked up on every command.
     let counter: Counter
@@ -72,9 +78,16 @@ final class CommandSpec: @unchecked Sendable {
 
     /// The command with a handler for the synchronous lane.
     /// - Parameter settlesFirst: false for commands that read nothing a POST changes.
-    func onLane(settlesFirst: Bool = true, _ hot: @escaping HotHandler) -> CommandSpec {
+    func onLane(
+        settlesFirst: Bool = true,
+        readsTenant: Bool = true,
+        takes: @escaping @Sendable ([ByteBuffer]) -> Bool = { _ in true },
+        _ hot: @escaping HotHandler
+    ) -> CommandSpec {
         self.hot = hot
         self.settlesFirst = settlesFirst
+        self.readsTenant = readsTenant
+        self.laneTakes = takes
         return self
     }
 
@@ -93,13 +106,15 @@ enum CommandTable {
         CommandSpec("PING", arity: 0...1, needsAuth: false, inSubscribedMode: true) { dispatcher, arguments, session in
             dispatcher.ping(arguments, session: session)
         }
-        .onLane(settlesFirst: false) { _, words, _ in
+        .onLane(settlesFirst: false, readsTenant: false) { _, words, _ in
             words.count == 1 ? .reply(.simpleString("PONG")) : .reply(try CommandDispatcher.pong(Arguments(words)))
         },
         CommandSpec("ECHO", arity: 1...1, needsAuth: false) { _, arguments, _ in
             .reply(.bulkString(arguments[0]))
         }
-        .onLane(settlesFirst: false) { _, words, _ in .reply(.bulkBytes(Array(words[1].readableBytesView))) },
+        .onLane(settlesFirst: false, readsTenant: false) { _, words, _ in
+            .reply(.bulkBytes(Array(words[1].readableBytesView)))
+        },
         CommandSpec("QUIT", arity: 0...Int.max, needsAuth: false, inSubscribedMode: true) { _, _, _ in
             .replyAndClose(.ok)
         },
@@ -148,11 +163,15 @@ enum CommandTable {
         CommandSpec("POST", arity: 2...2, tenant: .contextOrPath) { dispatcher, arguments, session in
             try await dispatcher.post(arguments, principal: try session.authenticated(), session: &session)
         }
-        .onLane(settlesFirst: false) { dispatcher, words, lane in try dispatcher.post(words, lane: lane) },
+        .onLane(settlesFirst: false, takes: CommandDispatcher.laneTakesRoom) { dispatcher, words, lane in
+            try dispatcher.post(words, lane: lane)
+        },
         CommandSpec("HISTORY", arity: 1...5, tenant: .contextOrPath) { dispatcher, arguments, session in
             .reply(try await dispatcher.history(arguments, principal: try session.authenticated(), session: session))
         }
-        .onLane { dispatcher, words, lane in try dispatcher.history(words, lane: lane) },
+        .onLane(takes: CommandDispatcher.laneTakesRoom) { dispatcher, words, lane in
+            try dispatcher.history(words, lane: lane)
+        },
         CommandSpec("ROOMS", arity: 0...4, tenant: .context) { dispatcher, arguments, session in
             .reply(try await dispatcher.rooms(arguments, principal: try session.authenticated(), session: session))
         }

@@ -14,19 +14,33 @@ import TenantMetrics
 /// session (AUTH, the context, subscriptions) changes only on the connection's task.
 ///
 /// A class: the handler reads it on every request, and one reference is one retain.
+///
+/// When the tenant is on another loop than the connection (`loop` is the tenant's), the handler
+/// sends each read's run of hot commands there in one hop (``RemoteRun``) and takes the replies
+/// back in one hop, instead of a task's hop per request.
 final class SyncLane: Sendable {
     let connectionID: Int64
     let tenant: Tenant
     let tenantID: String
     let principal: Principal
     let version: RESPVersion
+    /// The tenant's event loop.
+    let loop: any EventLoop
 
-    init(connectionID: Int64, tenant: Tenant, tenantID: String, principal: Principal, version: RESPVersion) {
+    init(
+        connectionID: Int64,
+        tenant: Tenant,
+        tenantID: String,
+        principal: Principal,
+        version: RESPVersion,
+        loop: any EventLoop
+    ) {
         self.connectionID = connectionID
         self.tenant = tenant
         self.tenantID = tenantID
         self.principal = principal
         self.version = version
+        self.loop = loop
     }
 }
 
@@ -68,7 +82,6 @@ extension CommandDispatcher {
 
     /// POST on the lane: the record goes into the log's buffer now, the reply once it is written.
     func post(_ words: [ByteBuffer], lane: SyncLane) throws -> HotOutcome? {
-        if Self.isPathForm(words[1]) { return nil }
         let arguments = try Arguments(words)
         let ticket = try lane.tenant.assumeIsolated { tenant in
             try tenant.post(lane.principal, room: arguments[0], text: arguments[1])
@@ -78,7 +91,6 @@ extension CommandDispatcher {
 
     /// HISTORY on the lane.
     func history(_ words: [ByteBuffer], lane: SyncLane) throws -> HotOutcome? {
-        if Self.isPathForm(words[1]) { return nil }
         let arguments = try Arguments(words)
         let options = try Self.historyOptions(arguments)
         let page = try lane.tenant.assumeIsolated { tenant in
@@ -106,6 +118,11 @@ extension CommandDispatcher {
     func whoami(_ lane: SyncLane) throws -> RESPValue {
         let role = try lane.tenant.assumeIsolated { tenant in try tenant.roleName(of: lane.principal) }
         return .array([.bulkString(lane.tenantID), .bulkString(lane.principal.displayName), .bulkString(role)])
+    }
+
+    /// Whether the lane takes a POST's or HISTORY's words: not a path-form room.
+    @Sendable static func laneTakesRoom(_ words: [ByteBuffer]) -> Bool {
+        words.count < 2 || !Self.isPathForm(words[1])
     }
 
     /// Whether a room argument is in the path form, which the lane leaves to the usual path (it

@@ -92,6 +92,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// Requests the lane ran in this parse: past ``Connection/requestsPerTurn`` the handler lets
     /// the loop's other work go first, as the task does.
     private var ranThisTurn = 0
+    /// Hot commands for a tenant on another loop, gathered in this parse (``RemoteRun``).
+    private var remoteBatch: [RemoteRun.Request] = []
+    /// A ``RemoteRun`` is away: nothing else runs until its replies are back.
+    private var remoteInFlight = false
     /// A request parsed but held until the lane's POSTs are answered (it reads their effects, or
     /// goes to the task).
     private var held: RESPRequest?
@@ -282,13 +286,35 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// Runs `request` on the lane, or adds it to `batch` for the task.
     /// - Returns: false when it is held: the parse stops until the lane resumes.
     private func route(_ request: RESPRequest, into batch: inout [RESPRequest]) -> Bool {
+        if self.remoteInFlight {
+            // Nothing runs before a remote run's replies are back.
+            self.waitForLane(holding: request)
+            return false
+        }
         if case .synchronous(let lane?) = self.laneState, case .command(let words) = request,
             let dispatcher = self.dispatcher, let spec = CommandTable.hotSpec(for: words[0]),
-            !lane.tenant.isClosed
+            !lane.tenant.isClosed, spec.laneTakes(words)
         {
             if spec.settlesFirst && self.pendingPosts > 0 {
                 self.waitForLane(holding: request)
                 return false
+            }
+            if !spec.readsTenant && !self.remoteBatch.isEmpty {
+                // After commands gathered for the tenant's loop: in order, once they are back.
+                self.waitForLane(holding: request)
+                return false
+            }
+            if spec.readsTenant, let context = self.context, !lane.tenant.isPlaced(on: context.eventLoop.executor) {
+                if spec.settlesFirst && self.remoteBatch.contains(where: { !$0.spec.settlesFirst }) {
+                    // It reads what the batch's POSTs write: it goes in the next batch, once
+                    // their replies (sent only when they are durable) are back.
+                    self.waitForLane(holding: request)
+                    return false
+                }
+                // The tenant is on another loop: gathered, and sent there at the end of the parse.
+                self.remoteBatch.append(.init(spec: spec, words: words, wireBytes: request.wireBytes))
+                self.ranThisTurn += 1
+                return true
             }
             if let outcome = dispatcher.runHot(spec, words, lane: lane) {
                 let wireBytes = request.wireBytes
@@ -307,7 +333,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 return true
             }
         }
-        if self.pendingPosts > 0 {
+        if self.pendingPosts > 0 || !self.remoteBatch.isEmpty {
             // The task runs it once the lane's POSTs are answered (it sees what they did).
             self.waitForLane(holding: request)
             return false
@@ -329,6 +355,42 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         self.laneState = .handedOver(self.handed, fromLane: fromLane)
         batch.append(request)
         return true
+    }
+
+    /// Sends the hot commands gathered for a tenant on another loop there, in one hop; parsing
+    /// waits until their replies are back (``remoteReplies(_:)``).
+    private func sendRemoteBatch(context: ChannelHandlerContext) {
+        guard !self.remoteBatch.isEmpty, !self.remoteInFlight, case .synchronous(let lane?) = self.laneState,
+            let dispatcher = self.dispatcher
+        else { return }
+        guard context.channel.isWritable else {
+            // The client does not read: the batch goes once it does (channelWritabilityChanged).
+            if !self.waitingForLane { self.waitForLane(holding: self.held) }
+            return
+        }
+        let requests = self.remoteBatch
+        self.remoteBatch = []
+        self.remoteInFlight = true
+        if !self.waitingForLane { self.waitForLane(holding: self.held) }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let home = context.eventLoop
+        let run = RemoteRun(requests, lane: lane, dispatcher: dispatcher) { replies, leftover in
+            home.execute { handler.value.remoteReplies(replies, leftover: leftover) }
+        }
+        lane.loop.execute { run.run() }
+    }
+
+    /// A remote run's replies, in request order: written like the lane's own, and parsing goes on,
+    /// with the requests the run left (over its reply bound) first, once the client reads.
+    private func remoteReplies(_ replies: ByteBuffer, leftover: [RemoteRun.Request]) {
+        self.remoteInFlight = false
+        guard let context = self.context else { return }
+        var replies = replies
+        self.outboxBytes += replies.readableBytes
+        self.tail.writeBuffer(&replies)
+        self.remoteBatch = leftover + self.remoteBatch
+        self.writeOutbox(context: context)
+        self.resumeLane()
     }
 
     /// Queues a lane reply's bytes after the outbox's others.
@@ -468,6 +530,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private func parse(context: ChannelHandlerContext) -> Bool {
         var batch: [RESPRequest] = []
         self.parse(into: &batch, context: context)
+        self.sendRemoteBatch(context: context)
         guard !batch.isEmpty else { return false }
         context.fireChannelRead(Self.wrapInboundOut(batch))
         return true

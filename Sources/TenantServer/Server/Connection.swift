@@ -303,19 +303,21 @@ struct Connection {
         }
     }
 
-    /// The lane the session allows now: authenticated, a tenant context placed on this
-    /// connection's loop, not subscribed, no fair shares, not closing.
+    /// The lane the session allows now: authenticated, a tenant context placed on an event loop
+    /// (this connection's, or another, reached in one hop per batch), not subscribed, no fair
+    /// shares, not closing.
     private func lane(for session: Session) -> SyncLane? {
         guard let principal = session.principal, let tenant = session.tenant, let id = session.tenantID,
             !tenant.isClosed, session.channels.isEmpty, !session.closeAfterReply, self.gate.isAuthenticated,
-            !self.dispatcher.admission.isEnabled, tenant.isPlaced(on: self.channel.channel.eventLoop.executor)
+            !self.dispatcher.admission.isEnabled, let loop = tenant.placement as? any EventLoop
         else { return nil }
         return SyncLane(
             connectionID: self.id,
             tenant: tenant,
             tenantID: id,
             principal: principal,
-            version: session.version
+            version: session.version,
+            loop: loop
         )
     }
 
