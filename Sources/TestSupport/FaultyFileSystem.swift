@@ -37,6 +37,7 @@ public final class FaultyFileSystem: WALFileSystem {
         var unsyncedNames: Set<String> = []
         /// File syncs that returned (``calls(_:)`` counts them as they start).
         var syncsDone = 0
+        var syncDelayMicroseconds: UInt32 = 0
     }
 
     private let state = Mutex(State())
@@ -123,8 +124,15 @@ public final class FaultyFileSystem: WALFileSystem {
         try self.real.write(fd, bytes, path: path)
     }
 
+    /// Makes every file sync take this long more (a slow disk: an fdatasync is milliseconds).
+    public func delaySyncs(byMicroseconds delay: UInt32) {
+        self.state.withLock { $0.syncDelayMicroseconds = delay }
+    }
+
     public func sync(_ fd: Int32, path: String) throws {
         try self.check(.sync, path: path)
+        let delay = self.state.withLock { $0.syncDelayMicroseconds }
+        if delay > 0 { usleep(delay) }
         try self.real.sync(fd, path: path)
         let size = (try? POSIXFile.fileSize(path)) ?? 0
         self.state.withLock {

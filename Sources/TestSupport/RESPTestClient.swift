@@ -71,6 +71,11 @@ public final class RESPTestClient: @unchecked Sendable {
         Glibc.shutdown(self.fd, Int32(SHUT_RDWR))
     }
 
+    /// Ends what it sends (a half-close, as `redis-cli --pipe` does); replies can still be read.
+    public func closeWrite() {
+        Glibc.shutdown(self.fd, Int32(SHUT_WR))
+    }
+
     /// Encodes a command as a RESP array of bulk strings.
     public static func encode(_ words: [String]) -> [UInt8] {
         encode(words.map { Array($0.utf8) })

@@ -190,6 +190,40 @@ struct SyncLaneTests {
         }
     }
 
+    /// A client that pipelines and then closes its sending side gets every reply before the
+    /// server closes: POSTs still waiting for their log (always: an fdatasync away), requests
+    /// held behind them, and runs sent to the tenant's loop.
+    @Test(arguments: [FsyncPolicy.always, .everysec])
+    func aHalfCloseAfterAPipelineStillGetsEveryReply(fsync: FsyncPolicy) async throws {
+        try await Self.withServer(fsync: fsync, threads: 2) { server in
+            let clients = try (0..<4).map { _ in try server.owner() }
+            // A disk whose fdatasync takes 20 ms, as a real one may: the POSTs still wait when
+            // the end of input arrives.
+            server.disk.delaySyncs(byMicroseconds: 20_000)
+            for (index, client) in clients.enumerated() {
+                let room = "half-\(index)"
+                var commands: [[String]] = []
+                for round in 0..<3 {
+                    commands += (0..<100).map { ["POST", room, "r\(round) m\($0)"] }
+                    commands.append(["HISTORY", room, "LIMIT", "1"])
+                }
+                // The last request a POST: it waits for its log after every hold is over.
+                commands.append(["POST", room, "last"])
+                let bytes = commands.flatMap { RESPTestClient.encode($0) }
+                let replies = try await offThePool { () -> [RESPReply] in
+                    try client.send(raw: bytes)
+                    client.closeWrite()
+                    var replies: [RESPReply] = []
+                    while let reply = try? client.read() { replies.append(reply) }
+                    return replies
+                }
+                #expect(replies.count == commands.count, "every request answered before the close")
+                #expect(replies.dropLast().last?.elements?.first?.elements?.first == .integer(300))
+                #expect(replies.last == .integer(301))
+            }
+        }
+    }
+
     @Test func connectionsOnAnotherLoopThanTheirTenantRunTheirBatchesThere() async throws {
         try await Self.withServer(threads: 2) { server in
             // Enough connections that both loops have some: those on the tenant's loop run on

@@ -31,7 +31,12 @@ struct MessageStore: Sendable {
 
     /// Makes the accepted messages up to `durableLSN` visible, in lsn order.
     /// - Returns: them, for the subscribers.
-    mutating func applyDurable(upTo durableLSN: UInt64) throws -> [(room: String, message: Message)] {
+    /// - Parameter collect: return the messages applied (for subscribers); false returns none,
+    ///   and a tenant without subscribers builds no list per write.
+    mutating func applyDurable(
+        upTo durableLSN: UInt64,
+        collect: Bool = true
+    ) throws -> [(room: String, message: Message)] {
         guard let first = self.pending.first, first.lsn <= durableLSN else { return [] }
         var applied: [(room: String, message: Message)] = []
         while let next = self.pending.first, next.lsn <= durableLSN {
@@ -39,7 +44,7 @@ struct MessageStore: Sendable {
             let taken = try self.rooms[next.room, default: Room()].apply(next.message)
             self.cold?.took(taken, room: next.room, rooms: &self.rooms)
             self.count += 1
-            applied.append((next.room, next.message))
+            if collect { applied.append((next.room, next.message)) }
         }
         return applied
     }

@@ -22,6 +22,7 @@ extension Tenant {
         let storage = try await CheckpointMetrics.measure { try await journal.writeCheckpoint(snapshot, lsn: cut) }
         self.checkpoints.written(cut: cut, size: storage)
         self.quota.storageBytes = storage
+        self.publishGauges()
         self.logger.debug("checkpoint written", metadata: ["lsn": "\(cut)"])
     }
 
@@ -41,6 +42,7 @@ extension Tenant {
     func checkpointed(storageBytes: Int64, cut: UInt64) {
         self.checkpoints.written(cut: cut, size: storageBytes)
         self.quota.storageBytes = storageBytes + self.checkpoints.bytesSinceCheckpoint
+        self.publishGauges()
     }
 
     /// Waits until no checkpoint runs: closing the log under one would leave its files half

@@ -49,6 +49,12 @@ extension Tenant {
     public func outcome(of ticket: PostTicket) -> Result<UInt64, TenantError>? {
         if self.appliedLSN.load(ordering: .acquiring) >= ticket.lsn { return .success(ticket.seq) }
         if case .failed(let error) = self.lifecycle { return .failure(error) }
+        if let failure = self.journal.failure, self.journal.durableLSN < ticket.lsn {
+            // The log failed after the tenant closed (it is not `.failed` then): never written.
+            return .failure(
+                TenantError(.storageFailed, "write to the tenant's log failed (\(failure.publicDescription))")
+            )
+        }
         return nil
     }
 }

@@ -85,6 +85,7 @@ extension Tenant {
         }
         let lsn = try self.append(record)
         self.membership.apply(record)
+        self.publishGauges()
         try await self.waitDurable(lsn)
         if let change = CredentialChange.of(record, previous: previous) {
             try await self.onCredentialChange(self.id, change)

@@ -30,13 +30,12 @@ public actor Tenant {
     var lifecycle: Lifecycle = .serving
     /// Where the tenant's records go, as its storage strategy keeps them.
     let journal: any TenantJournal
-    var membership: Membership {
-        didSet { self.publishGauges() }
-    }
+    /// Its users and metadata. No observer: a property with one is read and written whole (a
+    /// copy of every user on each POST's `authorize`); the gauges are published where it changes.
+    var membership: Membership
     var messages: MessageStore
-    var quota: QuotaAccount {
-        didSet { self.publishGauges() }
-    }
+    /// Its quota counters (gauges published where the storage changes, as for ``membership``).
+    var quota: QuotaAccount
     /// Its usage counters (metrics, INFO), kept across passivation by the registry's book.
     public nonisolated let counters: TenantCounters
     var subscriptions = Subscriptions()
@@ -100,7 +99,7 @@ public actor Tenant {
     }
 
     /// The gauges of ``counters`` follow the quota and the membership.
-    private func publishGauges() {
+    func publishGauges() {
         self.counters.set(storageBytes: self.quota.storageBytes, users: self.membership.users.count)
     }
 
@@ -291,6 +290,7 @@ public actor Tenant {
         do {
             let (lsn, size) = try self.journal.append(record)
             self.quota.storageBytes += Int64(size)
+            self.publishGauges()
             let due = self.checkpoints.appended(lsn: lsn, size: size, threshold: self.configuration.checkpointBytes)
             if due && self.journal.checkpointsItself { Task { await self.checkpointInBackground() } }
             return lsn
@@ -338,7 +338,8 @@ public actor Tenant {
         defer { self.appliedLSN.store(durable, ordering: .releasing) }
         guard self.messages.hasPending else { return }
         do {
-            for (room, message) in try self.messages.applyDurable(upTo: durable) {
+            let collect = !self.subscriptions.rooms.isEmpty
+            for (room, message) in try self.messages.applyDurable(upTo: durable, collect: collect) {
                 self.publish(room: room, message: message)
             }
         } catch {

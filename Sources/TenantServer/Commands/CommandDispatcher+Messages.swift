@@ -114,24 +114,90 @@ extension CommandDispatcher {
     }
 
     /// A HISTORY reply, encoded straight from the page: an array of `[seq, timestamp, user, text]`
-    /// (the same bytes under RESP2 and RESP3), one buffer sized for it, no value per message.
+    /// (the same bytes under RESP2 and RESP3), into one buffer sized for it in one pass over raw
+    /// memory: no value per message, no bounds check per byte (HISTORY LIMIT 50 spent half its
+    /// time in per-field buffer writes).
     static func encodeHistory(_ page: MessagePage) -> ByteBuffer {
+        let users = page.users.reduce(0) { $0 + $1.utf8.count }
+        // Per message: `*4`, two integers and two bulk headers of at most 20 digits, five CRLFs.
+        let bound = 32 + page.texts.count + users + 120 * page.count
         var buffer = ByteBuffer()
-        // Texts, authors, and at most 80 bytes of framing and numbers a message.
-        buffer.reserveCapacity(page.texts.count + page.users.reduce(0) { $0 + $1.utf8.count } + 80 * page.count + 32)
-        buffer.writeInteger(UInt8(ascii: "*"))
-        RESPEncoder.writeDecimal(UInt64(page.count), into: &buffer)
-        buffer.writeStaticString("\r\n")
-        for index in 0..<page.count {
-            buffer.writeStaticString("*4\r\n:")
-            RESPEncoder.writeDecimal(page.seq(at: index), into: &buffer)
-            buffer.writeStaticString("\r\n:")
-            RESPEncoder.writeDecimal(page.timestamps[index], into: &buffer)
-            buffer.writeStaticString("\r\n")
-            RESPEncoder.writeBulk(page.users[index].utf8, into: &buffer)
-            RESPEncoder.writeBulk(page.text(at: index), into: &buffer)
+        buffer.reserveCapacity(bound)
+        page.texts.withUnsafeBytes { texts in
+            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { raw in
+                var writer = RawWriter(raw)
+                writer.put(UInt8(ascii: "*"))
+                writer.decimal(UInt64(page.count))
+                writer.crlf()
+                var start = 0
+                for index in 0..<page.count {
+                    writer.put(UInt8(ascii: "*"))
+                    writer.put(UInt8(ascii: "4"))
+                    writer.crlf()
+                    writer.put(UInt8(ascii: ":"))
+                    writer.decimal(page.seq(at: index))
+                    writer.crlf()
+                    writer.put(UInt8(ascii: ":"))
+                    let timestamp = page.timestamps[index]
+                    if timestamp < 0 { writer.put(UInt8(ascii: "-")) }
+                    writer.decimal(timestamp.magnitude)
+                    writer.crlf()
+                    var user = page.users[index]
+                    user.withUTF8 { writer.bulk(UnsafeRawBufferPointer($0)) }
+                    let end = page.ends[index]
+                    writer.bulk(UnsafeRawBufferPointer(rebasing: texts[start..<end]))
+                    start = end
+                }
+                return writer.offset
+            }
         }
         return buffer
+    }
+
+    /// Writes RESP pieces into raw memory the caller sized.
+    private struct RawWriter {
+        let raw: UnsafeMutableRawBufferPointer
+        var offset = 0
+
+        init(_ raw: UnsafeMutableRawBufferPointer) {
+            self.raw = raw
+        }
+
+        mutating func put(_ byte: UInt8) {
+            self.raw[self.offset] = byte
+            self.offset += 1
+        }
+
+        mutating func crlf() {
+            self.put(UInt8(ascii: "\r"))
+            self.put(UInt8(ascii: "\n"))
+        }
+
+        mutating func decimal(_ number: UInt64) {
+            var digits = 1
+            var rest = number / 10
+            while rest > 0 {
+                digits += 1
+                rest /= 10
+            }
+            var value = number
+            for place in stride(from: self.offset + digits - 1, through: self.offset, by: -1) {
+                self.raw[place] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            }
+            self.offset += digits
+        }
+
+        mutating func bulk(_ bytes: UnsafeRawBufferPointer) {
+            self.put(UInt8(ascii: "$"))
+            self.decimal(UInt64(bytes.count))
+            self.crlf()
+            if let base = bytes.baseAddress, bytes.count > 0 {
+                (self.raw.baseAddress! + self.offset).copyMemory(from: base, byteCount: bytes.count)
+            }
+            self.offset += bytes.count
+            self.crlf()
+        }
     }
 
     /// `ROOMS [AFTER <room>] [LIMIT <n>]`: at most 10,000 rooms a reply, paged by name.

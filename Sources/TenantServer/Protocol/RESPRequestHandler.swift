@@ -96,6 +96,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private var remoteBatch: [RemoteRun.Request] = []
     /// A ``RemoteRun`` is away: nothing else runs until its replies are back.
     private var remoteInFlight = false
+    /// Nonzero while requests are being parsed (the end of input is not passed on then).
+    private var parsing = 0
+    /// Bytes the task wrote while a remote run was away: they go after its replies.
+    private var afterRemote: [(ByteBuffer, EventLoopPromise<Void>?)] = []
     /// A request parsed but held until the lane's POSTs are answered (it reads their effects, or
     /// goes to the task).
     private var held: RESPRequest?
@@ -135,6 +139,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         self.pendingPosts = 0
         self.outboxBytes = 0
         for case .passthrough(_, let promise) in dropped { promise?.fail(ChannelError.ioOnClosedChannel) }
+        for (_, promise) in self.afterRemote { promise?.fail(ChannelError.ioOnClosedChannel) }
+        self.afterRemote = []
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -158,7 +164,11 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch Self.unwrapOutboundIn(data) {
         case .bytes(let bytes):
-            if self.outboxIsEmpty {
+            if self.remoteInFlight {
+                // After the replies of the requests away (a MIGRATED the task tells unasked
+                // must not come before them).
+                self.afterRemote.append((bytes, promise))
+            } else if self.outboxIsEmpty {
                 context.write(Self.wrapOutboundOut(bytes), promise: promise)
             } else {
                 self.sealTail()
@@ -214,6 +224,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         defer {
             emit()
             if wrote { context.flush() }
+            self.passInputClosedIfDone(context: context)
         }
         defer {
             // Everything before it is written: the tail goes in the same buffer.
@@ -388,8 +399,16 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         var replies = replies
         self.outboxBytes += replies.readableBytes
         self.tail.writeBuffer(&replies)
+        if !self.afterRemote.isEmpty {
+            self.sealTail()
+            for (bytes, promise) in self.afterRemote { self.outbox.append(.passthrough(bytes, promise)) }
+            self.afterRemote = []
+        }
         self.remoteBatch = leftover + self.remoteBatch
         self.writeOutbox(context: context)
+        // Whatever else resumed it meanwhile: what the run left, and what was read, go on now.
+        self.waitingForLane = true
+        self.waiting = true
         self.resumeLane()
     }
 
@@ -459,7 +478,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         if case .some(.inputClosed) = event as? ChannelEvent {
             self.inputClosed = true
             // Passed on once the requests before it are handed over, and the lane's answered.
-            if self.waiting || self.pendingPosts > 0 { return }
+            if self.waiting || !self.laneIsDone { return }
             self.dropPartialRequest()
             self.inputClosedPassedOn = true
         }
@@ -513,15 +532,30 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// It waits no more: the end of input, held back behind the requests, is passed on, and a
     /// held read goes out.
     private func resumeReading(context: ChannelHandlerContext) {
-        if self.inputClosed && !self.inputClosedPassedOn {
-            self.dropPartialRequest()
-            self.inputClosedPassedOn = true
-            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-        }
+        self.passInputClosedIfDone(context: context)
         if self.readHeld {
             self.readHeld = false
             context.read()
         }
+    }
+
+    /// Whether the lane has nothing left to answer: no POST waiting for its log, no remote run
+    /// away or gathered, no request held, no reply unwritten. The end of the client's input
+    /// waits for this: the connection's task closes the channel once it sees it.
+    private var laneIsDone: Bool {
+        self.pendingPosts == 0 && !self.remoteInFlight && self.remoteBatch.isEmpty && self.held == nil
+            && self.outboxIsEmpty
+    }
+
+    /// Passes on the end of the client's input once every request before it is handed over or
+    /// answered.
+    private func passInputClosedIfDone(context: ChannelHandlerContext) {
+        // Never in the middle of a parse: what the buffer still holds is not handed over yet.
+        guard self.inputClosed, !self.inputClosedPassedOn, !self.waiting, self.parsing == 0, self.laneIsDone
+        else { return }
+        self.dropPartialRequest()
+        self.inputClosedPassedOn = true
+        context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
     }
 
     /// Hands over every whole request the buffer holds, while the gate allows, in one batch.
@@ -529,7 +563,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     @discardableResult
     private func parse(context: ChannelHandlerContext) -> Bool {
         var batch: [RESPRequest] = []
+        self.parsing += 1
         self.parse(into: &batch, context: context)
+        self.parsing -= 1
         self.sendRemoteBatch(context: context)
         guard !batch.isEmpty else { return false }
         context.fireChannelRead(Self.wrapInboundOut(batch))

@@ -484,22 +484,25 @@ public final class WALWriter: @unchecked Sendable {
 
     /// A sync of the log's whole file system failed: the log fails, as when its own sync fails.
     func syncFailed(_ error: any Error) {
-        self.queue.async { self.fail(error) }
+        // Under `io`: no write lands between the failed sync and the failure (an event loop
+        // writing on its own thread would otherwise have it acknowledged).
+        self.io.withLock { _ in self.fail(error) }
     }
 
     /// Schedules an fdatasync of unsynced bytes on the writer's queue (the `everysec` timer calls this).
     func syncInBackground() {
         self.queue.async {
-            do {
-                try self.io.withLock { io in
-                    guard io.unsynced, io.fd >= 0 else { return }
-                    io.unsynced = false
-                    let start = LatencyHistogram.now()
+            self.io.withLock { io in
+                guard io.unsynced, io.fd >= 0 else { return }
+                io.unsynced = false
+                let start = LatencyHistogram.now()
+                do {
                     try self.fileSystem.sync(io.fd, path: io.segmentPath)
-                    WALMetrics.fsync.record(since: start)
+                } catch {
+                    // Still under `io`: no write lands between the failed sync and the failure.
+                    self.fail(error)
                 }
-            } catch {
-                self.fail(error)
+                WALMetrics.fsync.record(since: start)
             }
         }
     }
