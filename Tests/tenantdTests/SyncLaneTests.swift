@@ -316,3 +316,33 @@ struct RequestHandlerStateTests {
         _ = try channel.finish()
     }
 }
+
+/// What the lane asks a tenant of a POST it ran: answered once durable, or failed, never left
+/// waiting.
+@Suite("POST outcomes")
+struct PostOutcomeTests {
+    @Test func aPostWhoseLogFailedAfterItsTenantClosedIsAnsweredWithAnError() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let (registry, created, _) = try await FaultTests.registryOverFaultyDisk(dir.path, disk: disk)
+            let tenant = try await registry.tenant(id: created.metadata.tenantID)
+            let kept = try await tenant.post(.operator, room: "general", text: "kept")
+            _ = try await tenant.commit(kept)
+            #expect(await tenant.outcome(of: kept).map { try? $0.get() } == .some(kept.seq))
+            let lost = try await tenant.post(.operator, room: "general", text: "lost")
+            #expect(await tenant.outcome(of: lost) == nil, "not written yet: it waits")
+            // The tenant closes (passivation, REOPEN, a move) and its log's last write fails:
+            // the tenant is closed, not failed, and the POST must still get an answer.
+            disk.fail(.write, errno: EIO, times: 100)
+            await tenant.close(checkpoint: false)
+            guard case .failure(let error)? = await tenant.outcome(of: lost) else {
+                Issue.record(
+                    "a POST whose write failed is left waiting: \(String(describing: await tenant.outcome(of: lost)))"
+                )
+                return
+            }
+            #expect(error.kind == .storageFailed)
+            await registry.shutdown()
+        }
+    }
+}
