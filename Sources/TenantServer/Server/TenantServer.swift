@@ -13,7 +13,9 @@ import Glibc
 import Darwin
 #endif
 
-/// The TCP front end: RESP and inline commands on one port, one task per connection.
+/// The TCP front end: RESP and inline commands on one port, one task per connection, and the hot
+/// commands of a connection with a tenant run in its channel handler on the tenant's event loop
+/// (``RESPRequestHandler``'s lane).
 ///
 /// A graceful shutdown stops accepting, closes every connection's input so it answers what it has
 /// read, and returns once they have all finished (or the grace period ran out).
