@@ -144,11 +144,14 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if !self.outboxIsEmpty {
-            // Written at the end of the loop's turn, with the other connections' replies.
-            if let turn = self.turn { turn.flushAtEnd(self) } else { self.writeOutbox(context: context) }
-        }
+        self.flushAtEndOfTurn(context: context)
         context.fireChannelReadComplete()
+    }
+
+    /// The lane's replies are written at the end of the loop's turn, with the other connections'.
+    private func flushAtEndOfTurn(context: ChannelHandlerContext) {
+        guard !self.outboxIsEmpty else { return }
+        if let turn = self.turn { turn.flushAtEnd(self) } else { self.writeOutbox(context: context) }
     }
 
     func turnEnded() {
@@ -526,6 +529,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             // Readers downstream (NIOAsyncChannel) take what was read at the end of a read.
             context.fireChannelReadComplete()
         }
+        // What the lane ran in this parse (after an idle marker) goes out with the turn.
+        self.flushAtEndOfTurn(context: context)
         if !self.waiting { self.resumeReading(context: context) }
     }
 
