@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         .executableTarget(
@@ -23,8 +24,11 @@ let package = Package(
                 .product(name: "RESP", package: "tenantd"),
                 .product(name: "TenantEngine", package: "tenantd"),
                 .product(name: "TenantMetrics", package: "tenantd"),
+                .product(name: "TenantServer", package: "tenantd"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Benchmarks/TenantdBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

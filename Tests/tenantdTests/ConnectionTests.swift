@@ -143,6 +143,52 @@ struct ConnectionTests {
         }
     }
 
+    /// Arguments take every valid UTF-8 word as it is and refuse every invalid one, wherever in
+    /// the word the first non-ASCII byte falls (the ASCII fast path reads eight bytes at a time).
+    @Test func argumentsAcceptValidUTF8AndRefuseInvalidAtEveryOffset() throws {
+        func arguments(_ word: [UInt8]) throws -> Arguments {
+            try Arguments([ByteBuffer(string: "ECHO"), ByteBuffer(bytes: word)])
+        }
+        for prefix in 0...17 {
+            let ascii = Array(repeating: UInt8(ascii: "a"), count: prefix)
+            for valid in ["", "é", "日本語", "😀", "x"] {
+                let word = ascii + Array(valid.utf8) + Array("tail".utf8)
+                #expect(try arguments(word)[0].utf8.elementsEqual(word), "\(prefix) + \(valid)")
+            }
+            // A lone continuation byte, a truncated sequence, an overlong form, a surrogate, 0xFF.
+            for invalid: [UInt8] in [[0x80], [0xC3], [0xE6, 0x97], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xFF]] {
+                #expect(throws: TenantError.self, "\(prefix) + \(invalid)") {
+                    try arguments(ascii + invalid + Array("tail".utf8))
+                }
+                #expect(throws: TenantError.self, "\(prefix) + \(invalid) at the end") {
+                    try arguments(ascii + invalid)
+                }
+            }
+        }
+    }
+
+    /// The request path asks the table, never a name of its own, which command a request's first
+    /// word names: any case, exact length, no prefix match.
+    @Test func theCommandTableNamesEveryCommandTheRequestPathLooksFor() {
+        func word(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
+        for name in ["POST", "post", "PoSt"] { #expect(CommandTable.isPost(word(name)), "\(name)") }
+        for name in ["POS", "POSTS", "PUSH", "ECHO", ""] { #expect(!CommandTable.isPost(word(name)), "\(name)") }
+        for name in ["ECHO", "echo", "eCHo"] { #expect(CommandTable.isEcho(word(name)), "\(name)") }
+        for name in ["ECH", "ECHOS", "POST"] { #expect(!CommandTable.isEcho(word(name)), "\(name)") }
+        for name in ["SUBSCRIBE", "subscribe", "UNSUBSCRIBE", "psubscribe", "SUNSUBSCRIBE"] {
+            #expect(CommandTable.mayDeliver(word(name)), "\(name)")
+        }
+        for name in ["SUBSCRIB", "SUBSCRIBED", "POST", "UNSUBSCRIBEX"] {
+            #expect(!CommandTable.mayDeliver(word(name)), "\(name)")
+        }
+        for spec in CommandTable.all where spec.hot != nil {
+            #expect(CommandTable.hotSpec(for: word(spec.name.lowercased())) === spec)
+        }
+        #expect(CommandTable.hotSpec(for: word("USAGE")) == nil, "USAGE is not on the lane")
+        // What waits for the connection's POSTs, on the lane and on its task alike.
+        #expect(CommandTable.all.filter { !$0.settlesFirst }.map(\.name).sorted() == ["ECHO", "PING", "POST"])
+    }
+
     /// Every command's arity in the table is enforced before its handler runs, with Redis's error.
     @Test func theCommandTableEnforcesEveryArity() async throws {
         try await Self.withConnection { connection in

@@ -39,6 +39,7 @@ func appendCorpus(to directory: String, policy: FsyncPolicy) async throws {
 let benchmarks: @Sendable () -> Void = {
     durabilityBenchmarks()
     hotPathBenchmarks()
+    laneBenchmarks()
     let metrics: [BenchmarkMetric] = [.wallClock, .instructions, .mallocCountTotal, .throughput]
     Benchmark.defaultConfiguration = .init(metrics: metrics, maxDuration: .seconds(5), maxIterations: 50)
 

@@ -23,10 +23,35 @@ struct Arguments {
     }
 
     /// A word as a string. - Throws: INVALID when it is not valid UTF-8.
+    ///
+    /// ASCII words (room names, keywords, numbers, most texts) skip the validating initializer,
+    /// which runs unspecialized in the standard library and looked up its generic metadata on
+    /// every word.
     private static func word(_ buffer: ByteBuffer) throws -> String {
-        let word = buffer.withUnsafeReadableBytes { String(validating: $0, as: UTF8.self) }
+        let word = buffer.withUnsafeReadableBytes { raw -> String? in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            if Self.isASCII(bytes) { return String(decoding: bytes, as: UTF8.self) }
+            return String(validating: bytes, as: UTF8.self)
+        }
         guard let word else { throw TenantError.invalid("argument is not valid UTF-8") }
         return word
+    }
+
+    /// Whether every byte is below 0x80, eight at a time.
+    private static func isASCII(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let base = bytes.baseAddress else { return true }
+        let count = bytes.count
+        var index = 0
+        while index + 8 <= count {
+            let chunk = UnsafeRawPointer(base + index).loadUnaligned(as: UInt64.self)
+            if chunk & 0x8080_8080_8080_8080 != 0 { return false }
+            index += 8
+        }
+        while index < count {
+            if base[index] >= 0x80 { return false }
+            index += 1
+        }
+        return true
     }
 
     /// The command name upper-cased: ASCII names (every command's) without Unicode case mapping.

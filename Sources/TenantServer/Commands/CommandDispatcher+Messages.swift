@@ -43,7 +43,8 @@ extension CommandDispatcher {
         else { return nil }
         // A tenant handed over meanwhile: each POST is answered on its own (MIGRATED).
         guard (try? await session.refreshContext(from: self.registry)) != nil else { return nil }
-        guard let tenant = session.tenant, let spec = CommandTable.byName["POST"] else { return nil }
+        guard let tenant = session.tenant else { return nil }
+        let spec = CommandTable.post
         for _ in run { ServerMetrics.command(spec) }
         let start = LatencyHistogram.now()
         if let pending = session.lastPost, pending.tenant !== tenant { await Self.settle(&session) }

@@ -108,10 +108,11 @@ final class CommandDispatcher: Sendable {
         guard session.principal != nil else { throw ServerError(.noAuth, "Authentication required.") }
         try arguments.expect(spec.arity, for: spec.name.lowercased())
         try await session.refreshContext(from: self.registry)
-        if spec.name != "POST" {
+        if spec.settlesFirst {
             // Commands run in order: whatever follows a POST sees it (or its failure) first. A
             // POST does not wait for the one before it in the same tenant (see `post`): pipelined
-            // POSTs share group commits, and their replies still leave in order.
+            // POSTs share group commits, and their replies still leave in order. PING and ECHO
+            // read nothing a POST changes.
             await Self.settle(&session)
             start = LatencyHistogram.now()
         }

@@ -42,8 +42,10 @@ final class CommandSpec: @unchecked Sendable {
     /// Runs it on the synchronous lane: the hot commands (POST, HISTORY, ROOMS, PING, ECHO,
     /// WHOAMI) have one; the rest run only through ``handler``.
     private(set) var hot: HotHandler?
-    /// On the lane it first waits for the connection's POSTs still waiting for the log (it reads
-    /// what they change), as ``handler`` waits for the last one.
+    /// It first waits for the connection's POSTs still waiting for the log (it reads what they
+    /// change), on the lane and on the connection's task alike. False for POST (pipelined POSTs
+    /// share the log's writes; their replies still leave in order), PING and ECHO (they read
+    /// nothing a POST changes).
     private(set) var settlesFirst = true
     /// Whether the lane takes these words (POST and HISTORY leave path-form rooms, which may name
     /// another tenant, to ``handler``).
@@ -195,6 +197,25 @@ enum CommandTable {
 
     /// The commands by name.
     static let byName: [String: CommandSpec] = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0) })
+
+    /// POST: the connection's task runs a pipelined run of them as one call to the tenant.
+    static let post = byName["POST"]!
+    /// ECHO: the connection's task answers it before decoding its argument (any bytes).
+    static let echo = byName["ECHO"]!
+
+    /// Whether a request's first word names POST (any case).
+    static func isPost(_ name: ByteBuffer) -> Bool { Self.hotSpec(for: name) === Self.post }
+
+    /// Whether a request's first word names ECHO (any case).
+    static func isEcho(_ name: ByteBuffer) -> Bool { Self.hotSpec(for: name) === Self.echo }
+
+    /// Whether a request's first word names a command of the SUBSCRIBE family (any case, the
+    /// P and S forms tenantd refuses included): it may reply through the connection's
+    /// subscriber, so the replies before it must be queued first.
+    static func mayDeliver(_ name: ByteBuffer) -> Bool {
+        guard name.readableBytes >= 9 else { return false }
+        return name.readableBytesView.suffix(9).elementsEqual("SUBSCRIBE".utf8) { $0 & 0xDF == $1 }
+    }
 
     /// The commands with a ``CommandSpec/hot`` handler, by the length of their names.
     private static let hotCommands: [[(name: [UInt8], spec: CommandSpec)]] = {

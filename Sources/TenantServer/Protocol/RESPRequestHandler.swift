@@ -33,23 +33,14 @@ enum ConnectionOutput: Sendable {
 /// The first request the lane does not take goes to the task, after the lane's POSTs are
 /// answered, and the handler hands over every later one until the task's ``ConnectionOutput/idle(handed:lane:)``
 /// marker says it is done with them: the two never run requests of one connection at once, and
-/// their replies leave in request order. ``LaneState`` is the state machine.
+/// their replies leave in request order. ``LaneRouting`` is the state machine that decides, the
+/// handler does what it says.
 final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = [RESPRequest]
     typealias OutboundIn = ConnectionOutput
     typealias OutboundOut = ByteBuffer
-
-    /// Who runs the connection's requests now.
-    enum LaneState {
-        /// The handler runs hot commands itself when it has a lane; the rest go to the task.
-        case synchronous(SyncLane?)
-        /// The task has requests up to this count; nothing runs on the lane until it says it
-        /// answered them. `fromLane`: the connection had a lane before, so a hot command waits
-        /// for the task's marker to run on it (a pipeline of POSTs with one USER ADD in the middle
-        /// goes back to the lane after it); otherwise everything goes to the task.
-        case handedOver(Int, fromLane: Bool)
-    }
+    typealias Routing = LaneRouting<SyncLane>
 
     /// A reply waiting in the outbox.
     enum Pending {
@@ -79,9 +70,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private var context: ChannelHandlerContext?
     private let dispatcher: CommandDispatcher?
     private var turn: LoopTurn?
-    private(set) var laneState = LaneState.synchronous(nil)
-    /// The requests handed to the task so far.
-    private var handed = 0
+    /// Who runs the next request: the lane or the connection's task.
+    private var routing = Routing()
+    var laneState: Routing.State { self.routing.state }
     private var outbox = Deque<Pending>()
     /// POSTs in the outbox, waiting for their log.
     private var pendingPosts = 0
@@ -94,8 +85,15 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private var ranThisTurn = 0
     /// Hot commands for a tenant on another loop, gathered in this parse (``RemoteRun``).
     private var remoteBatch: [RemoteRun.Request] = []
+    /// Whether a POST is in ``remoteBatch``.
+    private var remoteBatchHasPost = false
     /// A ``RemoteRun`` is away: nothing else runs until its replies are back.
     private var remoteInFlight = false
+    /// The channel's writability as its last change said (the lane asks on every request; the
+    /// channel's own answer costs a retain and an atomic load).
+    private var writable = true
+    /// Requests were handed downstream since the last `channelReadComplete` passed on.
+    private var handedSinceReadComplete = false
     /// Nonzero while requests are being parsed (the end of input is not passed on then).
     private var parsing = 0
     /// Bytes the task wrote while a remote run was away: they go after its replies.
@@ -120,6 +118,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.writable = context.channel.isWritable
         if self.dispatcher != nil { self.turn = LoopTurn.of(context.eventLoop) }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
@@ -145,7 +144,12 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.flushAtEndOfTurn(context: context)
-        context.fireChannelReadComplete()
+        // Downstream is the connection's task's stream: told only when this read handed it
+        // requests (a read the lane answered whole has nothing for it).
+        if self.handedSinceReadComplete {
+            self.handedSinceReadComplete = false
+            context.fireChannelReadComplete()
+        }
     }
 
     /// The lane's replies are written at the end of the loop's turn, with the other connections'.
@@ -160,7 +164,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { self.resumeLane() }
+        self.writable = context.channel.isWritable
+        if self.writable { self.resumeLane() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -179,8 +184,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             }
         case .idle(let count, let lane):
             promise?.succeed(())
-            guard case .handedOver(let handed, _) = self.laneState, handed == count else { return }
-            self.laneState = .synchronous(lane)
+            guard self.routing.taskIsIdle(handed: count, lane: lane) == .resume else { return }
             if self.waitingForLane {
                 // A hot command waited for this marker: it runs now, on the lane if there is one.
                 self.resumeLane()
@@ -297,39 +301,35 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         self.waiting = true
     }
 
-    /// Runs `request` on the lane, or adds it to `batch` for the task.
+    /// What the lane has on its hands, for ``LaneRouting``.
+    private var pending: Routing.Pending {
+        Routing.Pending(
+            posts: self.pendingPosts,
+            gathered: self.remoteBatch.count,
+            gatheredPost: self.remoteBatchHasPost,
+            remoteInFlight: self.remoteInFlight
+        )
+    }
+
+    /// Runs `request` on the lane, or adds it to `batch` for the task, as ``LaneRouting`` says.
     /// - Returns: false when it is held: the parse stops until the lane resumes.
     private func route(_ request: RESPRequest, into batch: inout [RESPRequest]) -> Bool {
-        if self.remoteInFlight {
-            // Nothing runs before a remote run's replies are back.
-            self.waitForLane(holding: request)
-            return false
+        var hot: Routing.Hot?
+        var spec: CommandSpec?
+        var isHotName = false
+        if case .command(let words) = request, let found = CommandTable.hotSpec(for: words[0]) {
+            isHotName = true
+            if self.dispatcher != nil, let lane = self.routing.lane, !lane.tenant.isClosed, found.laneTakes(words) {
+                spec = found
+                let here =
+                    !found.readsTenant || self.context.map { lane.tenant.isPlaced(on: $0.eventLoop.executor) } ?? true
+                hot = Routing.Hot(settlesFirst: found.settlesFirst, readsTenant: found.readsTenant, tenantIsHere: here)
+            }
         }
-        if case .synchronous(let lane?) = self.laneState, case .command(let words) = request,
-            let dispatcher = self.dispatcher, let spec = CommandTable.hotSpec(for: words[0]),
-            !lane.tenant.isClosed, spec.laneTakes(words)
+        var action = self.routing.route(hot, isHotName: isHotName, pending: self.pending)
+        if action == .runOnLane, let spec, let lane = self.routing.lane, case .command(let words) = request,
+            let dispatcher = self.dispatcher
         {
-            if spec.settlesFirst && self.pendingPosts > 0 {
-                self.waitForLane(holding: request)
-                return false
-            }
-            if !spec.readsTenant && !self.remoteBatch.isEmpty {
-                // After commands gathered for the tenant's loop: in order, once they are back.
-                self.waitForLane(holding: request)
-                return false
-            }
-            if spec.readsTenant, let context = self.context, !lane.tenant.isPlaced(on: context.eventLoop.executor) {
-                if spec.settlesFirst && self.remoteBatch.contains(where: { !$0.spec.settlesFirst }) {
-                    // It reads what the batch's POSTs write: it goes in the next batch, once
-                    // their replies (sent only when they are durable) are back.
-                    self.waitForLane(holding: request)
-                    return false
-                }
-                // The tenant is on another loop: gathered, and sent there at the end of the parse.
-                self.remoteBatch.append(.init(spec: spec, words: words, wireBytes: request.wireBytes))
-                self.ranThisTurn += 1
-                return true
-            }
             if let outcome = dispatcher.runHot(spec, words, lane: lane) {
                 let wireBytes = request.wireBytes
                 ServerStats.shared.received(wireBytes)
@@ -346,35 +346,33 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 }
                 return true
             }
+            // Its form is not for the lane: it goes as any other command.
+            action = self.routing.declined(pending: self.pending)
         }
-        if self.pendingPosts > 0 || !self.remoteBatch.isEmpty {
-            // The task runs it once the lane's POSTs are answered (it sees what they did).
+        switch action {
+        case .runOnLane:
+            preconditionFailure("the lane runs only hot commands")
+        case .gather:
+            guard let spec, case .command(let words) = request else { preconditionFailure("gathered a hot command") }
+            // The tenant is on another loop: gathered, and sent there at the end of the parse.
+            self.remoteBatch.append(.init(spec: spec, words: words, wireBytes: request.wireBytes))
+            if !spec.settlesFirst { self.remoteBatchHasPost = true }
+            self.ranThisTurn += 1
+            return true
+        case .hold:
             self.waitForLane(holding: request)
             return false
+        case .handOver:
+            self.gate.handedOver(request.cost)
+            batch.append(request)
+            return true
         }
-        var fromLane = false
-        switch self.laneState {
-        case .synchronous(let lane): fromLane = lane != nil
-        case .handedOver(_, let wasOnLane): fromLane = wasOnLane
-        }
-        if fromLane, case .handedOver = self.laneState, case .command(let words) = request,
-            CommandTable.hotSpec(for: words[0]) != nil
-        {
-            // Back to the lane once the task answered what it has.
-            self.waitForLane(holding: request)
-            return false
-        }
-        self.gate.handedOver(request.cost)
-        self.handed += 1
-        self.laneState = .handedOver(self.handed, fromLane: fromLane)
-        batch.append(request)
-        return true
     }
 
     /// Sends the hot commands gathered for a tenant on another loop there, in one hop; parsing
     /// waits until their replies are back (``remoteReplies(_:)``).
     private func sendRemoteBatch(context: ChannelHandlerContext) {
-        guard !self.remoteBatch.isEmpty, !self.remoteInFlight, case .synchronous(let lane?) = self.laneState,
+        guard !self.remoteBatch.isEmpty, !self.remoteInFlight, let lane = self.routing.lane,
             let dispatcher = self.dispatcher
         else { return }
         guard context.channel.isWritable else {
@@ -384,6 +382,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         }
         let requests = self.remoteBatch
         self.remoteBatch = []
+        self.remoteBatchHasPost = false
         self.remoteInFlight = true
         if !self.waitingForLane { self.waitForLane(holding: self.held) }
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -408,6 +407,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             self.afterRemote = []
         }
         self.remoteBatch = leftover + self.remoteBatch
+        self.remoteBatchHasPost = self.remoteBatch.contains { !$0.spec.settlesFirst }
         self.writeOutbox(context: context)
         // Whatever else resumed it meanwhile: what the run left, and what was read, go on now.
         self.waitingForLane = true
@@ -440,11 +440,11 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// waiting for its log (resumed when the turn answers it). Replies not behind a POST are
     /// written first.
     private func laneIsFull(context: ChannelHandlerContext) -> Bool {
-        guard case .synchronous(.some) = self.laneState else { return false }
+        guard self.routing.lane != nil else { return false }
         if self.outboxBytes >= Self.outboxWriteBytes || self.outbox.count >= Self.outboxLimit {
             self.writeOutbox(context: context)
         }
-        if !context.channel.isWritable { return true }
+        if !self.writable { return true }
         return self.pendingPosts > 0
             && (self.outbox.count >= Self.outboxLimit || self.outboxBytes >= Self.outboxByteLimit)
     }
@@ -573,6 +573,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         self.parsing -= 1
         self.sendRemoteBatch(context: context)
         guard !batch.isEmpty else { return false }
+        self.handedSinceReadComplete = true
         context.fireChannelRead(Self.wrapInboundOut(batch))
         return true
     }

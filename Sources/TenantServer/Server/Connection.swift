@@ -267,7 +267,7 @@ struct Connection {
                                 let outcome: CommandOutcome
                                 do {
                                     if let echoed = Self.echo(words, session: session) {
-                                        ServerMetrics.command(CommandTable.byName["ECHO"])
+                                        ServerMetrics.command(CommandTable.echo)
                                         outcome = .reply(echoed)
                                     } else {
                                         let arguments = try checked ?? Arguments(words)
@@ -327,8 +327,7 @@ struct Connection {
         var run: [Arguments] = []
         var index = start
         while index < batch.endIndex, case .command(let words) = batch[index], words.count == 3,
-            words[0].readableBytes == 4,
-            words[0].readableBytesView.elementsEqual("POST".utf8, by: { $0 & 0xDF == $1 }),
+            CommandTable.isPost(words[0]),
             let arguments = try? Arguments(words)
         {
             run.append(arguments)
@@ -340,16 +339,14 @@ struct Connection {
     /// Whether a command may reply through the subscriber (the SUBSCRIBE family): the replies
     /// before it must be queued first.
     private static func mayDeliver(_ words: [ByteBuffer]) -> Bool {
-        guard let name = words.first, name.readableBytes >= 9 else { return false }
-        return name.readableBytesView.suffix(9).elementsEqual("SUBSCRIBE".utf8) { $0 & 0xDF == $1 }
+        guard let name = words.first else { return false }
+        return CommandTable.mayDeliver(name)
     }
 
     /// ECHO returns its argument's bytes as they are, UTF-8 or not, as Redis does (`redis-cli --pipe`
     /// ends its input with an ECHO of random bytes and waits for them).
     private static func echo(_ words: [ByteBuffer], session: Session) -> RESPValue? {
-        guard words.count == 2, words[0].readableBytes == 4, !session.isInSubscribedMode,
-            String(buffer: words[0]).uppercased() == "ECHO"
-        else { return nil }
+        guard words.count == 2, !session.isInSubscribedMode, CommandTable.isEcho(words[0]) else { return nil }
         return .bulkBytes(Array(words[1].readableBytesView))
     }
 
