@@ -72,6 +72,11 @@ public struct RESPRequestParser: Sendable {
     private static let maxCountLine = 64 << 10
 
     private var array: ArrayState?
+    /// A finished command's words given back by ``recycle(_:)``: the next command's words reuse
+    /// its storage when nothing else holds it any more, instead of allocating an array each.
+    private var spare: [ByteBuffer] = []
+    /// The largest array kept for reuse.
+    private static let spareCapacity = 64
     /// The parser's limits.
     public let limits: Limits
     /// False applies the stricter limits of an unauthenticated client, whose requests can then
@@ -126,8 +131,12 @@ public struct RESPRequestParser: Sendable {
                     return .protocolError("Protocol error: unauthenticated multibulk length")
                 }
                 if count <= 0 { continue }
-                self.array = ArrayState(remaining: count, arguments: [])
-                self.array!.arguments.reserveCapacity(min(count, 64))
+                var arguments = self.spare
+                self.spare = []
+                // Without an allocation when the recycled array is no longer held elsewhere.
+                arguments.removeAll(keepingCapacity: true)
+                arguments.reserveCapacity(min(count, Self.spareCapacity))
+                self.array = ArrayState(remaining: count, arguments: arguments)
             } else {
                 let view = buffer.readableBytesView
                 guard let newline = view.firstIndex(of: UInt8(ascii: "\n")) else {
@@ -160,6 +169,20 @@ public struct RESPRequestParser: Sendable {
                 return .command(words.map { ByteBuffer(bytes: $0) })
             }
         }
+    }
+
+    /// Gives back the words of a command the caller is done with and keeps no copy of: the next
+    /// command's words reuse their array's storage (a request that allocates nothing but its
+    /// reply on the synchronous lane). Words still held elsewhere cost what they always did.
+    public mutating func recycle(_ words: [ByteBuffer]) {
+        if words.capacity <= Self.spareCapacity { self.spare = words }
+    }
+
+    /// Lets go of the recycled words' bytes, keeping the array: call it when the input buffer is
+    /// drained, so that nothing holds the last read's buffer and the channel can read into it
+    /// again.
+    public mutating func releaseRecycled() {
+        self.spare.removeAll(keepingCapacity: true)
     }
 
     private mutating func continueArray(_ buffer: inout ByteBuffer) -> Action {

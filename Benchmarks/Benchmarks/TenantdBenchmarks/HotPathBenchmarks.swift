@@ -88,7 +88,7 @@ let hotPathBenchmarks: @Sendable () -> Void = {
 
     // 1,000 POSTs through a tenant in process, as the dispatcher makes them: authorize, quota,
     // seq, log append, then the commit of the last (fsync no).
-    Benchmark("HotPath.TenantPost.1000POSTs", configuration: configuration(200)) { benchmark in
+    Benchmark("HotPath.TenantPost.1000POSTs", configuration: configuration(40)) { benchmark in
         let data = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: data) }
         var engine = EngineConfiguration(dataDirectory: data, fsync: .no)

@@ -28,7 +28,7 @@ let laneBenchmarks: @Sendable () -> Void = {
     // 1,000 pipelined POSTs of corpus messages (as redis-py's pipeline sends them) and their replies.
     Benchmark(
         "HotPath.Lane.1000POSTs",
-        configuration: configuration(200),
+        configuration: configuration(60),
         closure: { benchmark in
             guard let client = LaneServer.client else { return benchmark.error("no server") }
             benchmark.startMeasurement()

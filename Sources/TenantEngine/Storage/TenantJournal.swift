@@ -7,6 +7,9 @@ protocol TenantJournal: AnyObject, Sendable {
     /// Queues a record.
     /// - Returns: its lsn and its size on disk.
     func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int)
+    /// Queues a record like ``append(_:)``, encoding it in `scratch`'s storage (the caller's
+    /// buffer for every record it appends: no allocation per record).
+    func append(_ record: TenantRecord, scratch: inout [UInt8]) throws -> (lsn: UInt64, size: Int)
     /// Waits until `lsn` is durable under the policy.
     func waitUntilDurable(_ lsn: UInt64) async throws
     /// Writes what was appended on the calling thread when that cannot block (see
@@ -50,7 +53,13 @@ final class DirectoryJournal: TenantJournal {
     }
 
     func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int) {
-        try record.encode().withUnsafeBytes { try self.writer.appendRecord(type: record.kind.rawValue, payload: $0) }
+        var scratch: [UInt8] = []
+        return try self.append(record, scratch: &scratch)
+    }
+
+    func append(_ record: TenantRecord, scratch: inout [UInt8]) throws -> (lsn: UInt64, size: Int) {
+        record.encode(into: &scratch)
+        return try scratch.withUnsafeBytes { try self.writer.appendRecord(type: record.kind.rawValue, payload: $0) }
     }
 
     func waitUntilDurable(_ lsn: UInt64) async throws {
@@ -114,6 +123,10 @@ final class SharedJournal: TenantJournal {
     }
 
     func append(_ record: TenantRecord) throws -> (lsn: UInt64, size: Int) {
+        try self.log.append(record, prefix: self.prefix)
+    }
+
+    func append(_ record: TenantRecord, scratch: inout [UInt8]) throws -> (lsn: UInt64, size: Int) {
         try self.log.append(record, prefix: self.prefix)
     }
 

@@ -34,7 +34,23 @@ enum TenantRecord {
 
     /// The payload bytes.
     func encode() -> [UInt8] {
-        var writer = BinaryWriter()
+        var bytes: [UInt8] = []
+        self.encode(into: &bytes)
+        return bytes
+    }
+
+    /// The payload bytes, in place of what `scratch` held, in its storage when it is large
+    /// enough (the tenant's log reuses one buffer for every record it appends).
+    func encode(into scratch: inout [UInt8]) {
+        var writer = BinaryWriter(capacity: 0)
+        writer.bytes = scratch
+        scratch = []
+        writer.bytes.removeAll(keepingCapacity: true)
+        self.write(into: &writer)
+        scratch = writer.bytes
+    }
+
+    private func write(into writer: inout BinaryWriter) {
         switch self {
         case .metadata(let metadata):
             let encoder = JSONEncoder()
@@ -49,7 +65,8 @@ enum TenantRecord {
         case .userDelete(let name):
             writer.write(name)
         case .message(let room, let message):
-            writer = BinaryWriter(capacity: 32 + room.utf8.count + message.user.utf8.count + message.text.utf8.count)
+            // Three length prefixes of 4 bytes, seq and timestamp of 8.
+            writer.bytes.reserveCapacity(28 + room.utf8.count + message.user.utf8.count + message.text.utf8.count)
             writer.write(room)
             writer.write(message.seq)
             writer.write(message.timestamp)
@@ -58,7 +75,6 @@ enum TenantRecord {
         case .tenantDeleted:
             break
         }
-        return writer.bytes
     }
 
     /// Decodes a payload read back from the log.

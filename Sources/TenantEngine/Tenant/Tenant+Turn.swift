@@ -2,11 +2,11 @@ import Synchronization
 import WAL
 
 /// What an event loop's turn does with a tenant placed on it: the hot commands run on the loop
-/// inside the connection's channel handler (isolated with `assumeIsolated`), and at the end of
+/// inside the connection's channel handler (isolated through Tenant+Loop's entry points), and at the end of
 /// the turn the loop writes the tenant's log once and answers the POSTs it made durable.
 extension Tenant {
     /// True when the tenant runs on `executor` (an event loop): a caller on that loop may enter
-    /// it with `assumeIsolated`.
+    /// it synchronously (Tenant+Loop's entry points, `assumeIsolated`).
     public nonisolated func isPlaced(on executor: any SerialExecutor) -> Bool {
         self.executor.runs(on: executor)
     }

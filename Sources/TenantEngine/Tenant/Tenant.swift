@@ -51,6 +51,10 @@ public actor Tenant {
     nonisolated let appliedLSN = Atomic<UInt64>(0)
     /// When a command last ran here (ms), for passivation.
     var lastUsed: Int64 = 0
+    /// The buffer each record is encoded in before its log takes it (``append(_:)``).
+    var recordScratch: [UInt8] = []
+    /// The largest ``recordScratch`` kept between records.
+    static let recordScratchLimit = 16 << 10
     let configuration: EngineConfiguration
     let logger: Logger
     let onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
@@ -288,7 +292,9 @@ public actor Tenant {
     func append(_ record: TenantRecord) throws -> UInt64 {
         try self.checkWritable()
         do {
-            let (lsn, size) = try self.journal.append(record)
+            let (lsn, size) = try self.journal.append(record, scratch: &self.recordScratch)
+            // A large message's buffer is not kept: ten thousand tenants would each hold one.
+            if self.recordScratch.capacity > Self.recordScratchLimit { self.recordScratch = [] }
             self.quota.storageBytes += Int64(size)
             self.publishGauges()
             let due = self.checkpoints.appended(lsn: lsn, size: size, threshold: self.configuration.checkpointBytes)

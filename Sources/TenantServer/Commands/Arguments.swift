@@ -27,7 +27,7 @@ struct Arguments {
     /// ASCII words (room names, keywords, numbers, most texts) skip the validating initializer,
     /// which runs unspecialized in the standard library and looked up its generic metadata on
     /// every word.
-    private static func word(_ buffer: ByteBuffer) throws -> String {
+    static func word(_ buffer: ByteBuffer) throws -> String {
         let word = buffer.withUnsafeReadableBytes { raw -> String? in
             let bytes = raw.bindMemory(to: UInt8.self)
             if Self.isASCII(bytes) { return String(decoding: bytes, as: UTF8.self) }

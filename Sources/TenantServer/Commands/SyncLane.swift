@@ -81,42 +81,38 @@ extension CommandDispatcher {
     }
 
     /// POST on the lane: the record goes into the log's buffer now, the reply once it is written.
+    /// Its two words are decoded straight to strings (the arity is checked), with no array of
+    /// arguments.
     func post(_ words: [ByteBuffer], lane: SyncLane) throws -> HotOutcome? {
-        let arguments = try Arguments(words)
-        let ticket = try lane.tenant.assumeIsolated { tenant in
-            try tenant.post(lane.principal, room: arguments[0], text: arguments[1])
-        }
-        return .post(ticket)
+        let room = try Arguments.word(words[1])
+        let text = try Arguments.word(words[2])
+        return .post(try lane.tenant.postOnLoop(lane.principal, room: room, text: text))
     }
 
     /// HISTORY on the lane.
     func history(_ words: [ByteBuffer], lane: SyncLane) throws -> HotOutcome? {
         let arguments = try Arguments(words)
         let options = try Self.historyOptions(arguments)
-        let page = try lane.tenant.assumeIsolated { tenant in
-            try tenant.historyPage(
-                lane.principal,
-                room: arguments[0],
-                after: options.after,
-                before: options.before,
-                limit: options.limit
-            )
-        }
+        let page = try lane.tenant.historyPageOnLoop(
+            lane.principal,
+            room: arguments[0],
+            after: options.after,
+            before: options.before,
+            limit: options.limit
+        )
         return .reply(.encoded(Self.encodeHistory(page)))
     }
 
     /// ROOMS on the lane.
     func rooms(_ arguments: Arguments, lane: SyncLane) throws -> RESPValue {
         let (after, limit) = try arguments.page(from: 0)
-        let rooms = try lane.tenant.assumeIsolated { tenant in
-            try tenant.rooms(lane.principal, after: after, limit: limit ?? Tenant.maxRoomsPage)
-        }
+        let rooms = try lane.tenant.roomsOnLoop(lane.principal, after: after, limit: limit ?? Tenant.maxRoomsPage)
         return Self.encodeRooms(rooms)
     }
 
     /// WHOAMI on the lane.
     func whoami(_ lane: SyncLane) throws -> RESPValue {
-        let role = try lane.tenant.assumeIsolated { tenant in try tenant.roleName(of: lane.principal) }
+        let role = try lane.tenant.roleNameOnLoop(of: lane.principal)
         return .array([.bulkString(lane.tenantID), .bulkString(lane.principal.displayName), .bulkString(role)])
     }
 

@@ -99,7 +99,7 @@ final class LoopTurn: @unchecked Sendable {
         }
         for (_, entry) in work {
             let tenant = entry.tenant
-            if tenant.assumeIsolated({ $0.writeTurn() }) {
+            if tenant.writeTurnOnLoop() {
                 for waiter in entry.waiters { waiter.logWritten(tenant, upTo: .max, error: nil) }
                 continue
             }
@@ -108,7 +108,7 @@ final class LoopTurn: @unchecked Sendable {
             let waiters = NIOLoopBound(entry.waiters, eventLoop: loop)
             tenant.whenDurable(upTo) { error in
                 loop.execute {
-                    let failure = tenant.assumeIsolated { $0.settle(error) }
+                    let failure = tenant.settleOnLoop(error)
                     for waiter in waiters.value { waiter.logWritten(tenant, upTo: upTo, error: failure) }
                 }
             }

@@ -259,7 +259,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 context.write(Self.wrapOutboundOut(bytes), promise: promise)
                 wrote = true
             case .post(let tenant, let ticket, let version):
-                var outcome = tenant.assumeIsolated { $0.outcome(of: ticket) }
+                var outcome = tenant.outcomeOnLoop(of: ticket)
                 if outcome == nil, let failure = self.logFailure, failure.tenant === tenant, ticket.lsn <= failure.upTo
                 {
                     outcome = .failure(failure.error)
@@ -331,6 +331,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             let dispatcher = self.dispatcher
         {
             if let outcome = dispatcher.runHot(spec, words, lane: lane) {
+                // The hot handlers keep nothing of the words: the parser reuses their array.
+                self.parser.recycle(words)
                 let wireBytes = request.wireBytes
                 ServerStats.shared.received(wireBytes)
                 lane.tenant.counters.requested(bytes: wireBytes)
@@ -571,6 +573,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         self.parsing += 1
         self.parse(into: &batch, context: context)
         self.parsing -= 1
+        // The recycled words hold slices of the read buffer: let go of them, so that the next
+        // read appends to it, or the channel reads into it, without a copy.
+        self.parser.releaseRecycled()
         self.sendRemoteBatch(context: context)
         guard !batch.isEmpty else { return false }
         self.handedSinceReadComplete = true
@@ -621,9 +626,13 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 }
             }
             self.parser.authenticated = self.gate.isAuthenticated
-            let saved = (parser: self.parser, readerIndex: self.buffer.readerIndex)
+            // Kept only before authentication, where a limit may be judged again (a copy of the
+            // parser would also keep its recycled words from being reused).
+            let saved = self.parser.authenticated ? nil : (parser: self.parser, readerIndex: self.buffer.readerIndex)
             let action = self.parser.next(&self.buffer)
-            if case .protocolError = action, self.parser.hitUnauthenticatedLimit, self.gate.outstandingBytes > 0 {
+            if case .protocolError = action, self.parser.hitUnauthenticatedLimit, self.gate.outstandingBytes > 0,
+                let saved
+            {
                 // Over a limit of anonymous clients, but an AUTH before it may not be answered
                 // yet: judge it again once every request before it is.
                 self.parser = saved.parser

@@ -96,7 +96,7 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
         // Every POST answered (durable, or failed), or wait for the next write.
         for piece in self.pieces {
             guard case .post(let ticket) = piece else { continue }
-            if tenant.assumeIsolated({ $0.outcome(of: ticket) }) == nil,
+            if tenant.outcomeOnLoop(of: ticket) == nil,
                 self.failure.map({ ticket.lsn > $0.upTo }) ?? true
             {
                 return
@@ -116,7 +116,7 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
                 out.writeImmutableBuffer(bytes)
             case .post(let ticket):
                 let value: RESPValue
-                switch self.lane.tenant.assumeIsolated({ $0.outcome(of: ticket) }) {
+                switch self.lane.tenant.outcomeOnLoop(of: ticket) {
                 case .success(let seq): value = .integer(Int64(seq))
                 case .failure(let error): value = .reply(for: error)
                 case nil: value = .reply(for: self.failure?.error ?? TenantError(.storageFailed, "not written"))
