@@ -205,6 +205,10 @@ struct Settings {
             guard (0...1_000_000).contains(count) else { throw ValidationError("fair-share must be 0-1000000") }
             limits.fairShareWindow = count
         }
+        if let budget = try command.turnBudget ?? Self.integer(environment, "TENANTD_TURN_BUDGET") {
+            guard (0...1_000_000).contains(budget) else { throw ValidationError("turn-budget must be 0-1000000") }
+            limits.turnBudget = budget
+        }
         if let seconds = try command.timeout ?? Self.integer(environment, "TENANTD_TIMEOUT") {
             guard (0...Self.maxSeconds).contains(seconds) else {
                 throw ValidationError("timeout must be 0-\(Self.maxSeconds) seconds")

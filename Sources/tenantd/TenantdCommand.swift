@@ -108,6 +108,15 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var fairShare: Int?
 
+    @Option(
+        help: """
+            Lane requests an event loop runs in one turn while several tenants are active on it, \
+            shared between them (each at least 16); a tenant alone is never held back. 0 = off \
+            (TENANTD_TURN_BUDGET). Default 0.
+            """
+    )
+    var turnBudget: Int?
+
     @Option(help: "Close a client idle this many seconds, 0 = never (TENANTD_TIMEOUT). Default 0.")
     var timeout: Int?
 

@@ -582,3 +582,27 @@ def test_cross_tenant_isolation(server, clients):
 
     assert server.history_all(b["tenant_id"], "general") == b_before
     assert [m[3] for m in b_before] == [secret]
+
+
+def test_turn_budget_is_range_checked_and_its_holds_are_in_info(server: Server):
+    """`--turn-budget` outside 0-1000000 stops tenantd with a clear message before it listens;
+    INFO's stats section counts the turn shares' holds (none on a server with them off)."""
+    import tempfile
+
+    from conftest import TENANTD_BIN, _clean_env
+
+    for bad in ("-1", "1000001", "x"):
+        with tempfile.TemporaryDirectory() as data:
+            refused = subprocess.run(
+                [str(TENANTD_BIN), "--port", "0", "--metrics-port", "0", "--data-dir", data, "--turn-budget", bad],
+                capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=_clean_env("t" * 40),
+            )
+            assert refused.returncode != 0, refused.stdout
+            assert "ready" not in refused.stdout
+            assert "turn-budget" in refused.stderr, refused.stderr
+    operator = server.operator()
+    try:
+        stats = operator.info("stats")
+    finally:
+        operator.close()
+    assert stats["lane_share_holds"] == 0, stats

@@ -25,6 +25,37 @@ struct RESPParserTests {
         .command(words.map { ByteBuffer(string: $0) })
     }
 
+    /// Words given back to the parser are reused only once nothing else holds them: a caller that
+    /// kept them still sees its command, and every later command is parsed whole, whatever its
+    /// size against the recycled array's.
+    @Test func recycledWordsNeverChangeACommandStillHeld() {
+        var parser = RESPRequestParser()
+        var buffer = ByteBuffer(
+            string: "*3\r\n$4\r\nPOST\r\n$1\r\na\r\n$2\r\nhi\r\n*1\r\n$4\r\nPING\r\n"
+                + "*4\r\n$7\r\nHISTORY\r\n$1\r\na\r\n$5\r\nLIMIT\r\n$1\r\n5\r\n*2\r\n$4\r\nECHO\r\n$1\r\nz\r\n"
+        )
+        guard case .command(let post) = parser.next(&buffer) else {
+            Issue.record("POST")
+            return
+        }
+        let kept = post
+        parser.recycle(post)
+        #expect(parser.next(&buffer) == Self.command("PING"))
+        #expect(kept.map { String(buffer: $0) } == ["POST", "a", "hi"], "the held command is untouched")
+        // Recycled and let go of: reused for a longer command, then a shorter one.
+        guard case .command(let ping) = Self.command("PING") else { return }
+        parser.recycle(ping)
+        parser.releaseRecycled()
+        guard case .command(let history) = parser.next(&buffer) else {
+            Issue.record("HISTORY")
+            return
+        }
+        #expect(history.map { String(buffer: $0) } == ["HISTORY", "a", "LIMIT", "5"])
+        parser.recycle(history)
+        #expect(parser.next(&buffer) == Self.command("ECHO", "z"))
+        #expect(parser.next(&buffer) == .needMoreData)
+    }
+
     @Test func multibulkCommand() {
         #expect(Self.parseAll("*2\r\n$4\r\nPING\r\n$5\r\nhello\r\n") == [Self.command("PING", "hello")])
     }

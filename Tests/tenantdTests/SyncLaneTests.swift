@@ -41,6 +41,7 @@ struct SyncLaneTests {
     static func withServer(
         fsync: FsyncPolicy = .everysec,
         threads: Int = 1,
+        turnBudget: Int = 0,
         _ body: @escaping @Sendable (Server) async throws -> Void
     ) async throws {
         try await TemporaryDirectory.with { dir in
@@ -56,6 +57,7 @@ struct SyncLaneTests {
             let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
             var configuration = ServerConfiguration(host: "127.0.0.1", port: 0)
             configuration.eventLoopGroup = group
+            configuration.limits.turnBudget = turnBudget
             let port = Mutex(0)
             let server = TenantServer(configuration: configuration, registry: registry, logger: Logger.quiet) {
                 _,
@@ -88,6 +90,56 @@ struct SyncLaneTests {
     }
 
     static var laneCommands: UInt64 { ServerStats.shared.laneCommands.load(ordering: .relaxed) }
+    static var shareHolds: UInt64 { ServerStats.shared.laneShareHolds.load(ordering: .relaxed) }
+
+    /// `count` pipelined POSTs to `room`, expecting seqs 1...count back in order.
+    static func flood(_ client: RESPTestClient, room: String, count: Int) async throws {
+        let replies = try await offThePool { try client.pipeline((0..<count).map { ["POST", room, "m\($0)"] }) }
+        #expect(replies == (1...count).map { RESPReply.integer(Int64($0)) }, "\(room): every POST answered, in order")
+    }
+
+    /// While two tenants are active on one loop, a tenant with many connections flooding gets
+    /// its share of each turn and its connections wait their turn; every request of every
+    /// connection is still answered, in order. A tenant alone is never held back.
+    @Test func aFloodingTenantTakesItsShareOfTheLoopsTurnAndEveryoneIsAnswered() async throws {
+        try await Self.withServer(turnBudget: 64) { server in
+            let flooders = try (0..<4).map { _ in try server.owner() }
+            // Alone: no holds, however much it sends.
+            let alone = Self.shareHolds
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, client) in flooders.enumerated() {
+                    group.addTask { try await Self.flood(client, room: "alone-\(index)", count: 400) }
+                }
+                try await group.waitForAll()
+            }
+            #expect(Self.shareHolds == alone, "a tenant alone on its loop is never held")
+            // With a second tenant active on the same (only) loop.
+            let other = try await server.registry.createTenant(name: "B", subdomain: "bee", plan: nil, owner: "bob")
+            let quiet = try RESPTestClient(port: server.port)
+            #expect(try quiet.call("AUTH", "bob@bee", other.ownerToken) == .simple("OK"))
+            let before = Self.shareHolds
+            for round in 0..<5 {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for (index, client) in flooders.enumerated() {
+                        group.addTask { try await Self.flood(client, room: "r\(round)-\(index)", count: 600) }
+                    }
+                    group.addTask {
+                        // The other tenant keeps posting while the flood runs.
+                        for batch in 0..<20 {
+                            let replies = try await offThePool {
+                                try quiet.pipeline((0..<5).map { ["POST", "quiet-\(round)", "q\(batch) \($0)"] })
+                            }
+                            let first = Int64(batch * 5 + 1)
+                            #expect(replies == (first..<first + 5).map { RESPReply.integer($0) })
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+                if Self.shareHolds > before { break }
+            }
+            #expect(Self.shareHolds > before, "the flooding tenant was held to its share while the other was active")
+        }
+    }
 
     @Test func hotCommandsRunOnTheLaneInRequestOrderAndTheRestSeeWhatTheyDid() async throws {
         try await Self.withServer { server in

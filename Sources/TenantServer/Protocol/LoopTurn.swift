@@ -1,3 +1,4 @@
+import DequeModule
 import NIOCore
 import Synchronization
 import TenantEngine
@@ -28,13 +29,55 @@ final class LoopTurn: @unchecked Sendable {
         var turnMark: UInt64 { get set }
         /// The turn the waiter last asked to be flushed in.
         var flushMark: UInt64 { get set }
+        /// Its tenant's share of the turn came back: parse what waits.
+        func shareResumed()
     }
+
+    /// A tenant's lane requests on this loop, for its share of each turn (on the loop only).
+    final class Account {
+        /// The turn ``ran`` counts in.
+        fileprivate var turn: UInt64 = 0
+        /// Lane requests the tenant ran in that turn.
+        fileprivate var ran = 0
+        /// When it last ran one, at a turn's end (uptime in nanoseconds).
+        fileprivate var lastActive: UInt64 = 0
+        fileprivate var isRecent = false
+        /// Connections held back for its share, oldest first, that ran nothing in the turn they
+        /// were held in.
+        fileprivate var held = Deque<any Waiter>()
+        /// Those that used the share of the turn they were held in: they go after the others.
+        fileprivate var heldAfterRunning = Deque<any Waiter>()
+
+        var isHolding: Bool { !self.held.isEmpty || !self.heldAfterRunning.isEmpty }
+    }
+
+    /// The lane requests a loop runs in one turn while several tenants are active on it, shared
+    /// between them (each gets at least ``minimumShare``). A tenant alone runs as much as its
+    /// connections bring: the shares cost nothing until another tenant is active. Off by default:
+    /// measured with the server on a core of its own, they did not shorten a quiet tenant's tail
+    /// (docs/benchmarks.md, "Turn shares").
+    static let defaultTurnBudget = 0
+    static let minimumShare = 16
+    /// The budget of each turn (`ServerLimits.turnBudget`, set by the loop's connections; 0 = no
+    /// shares).
+    var turnBudget = LoopTurn.defaultTurnBudget
+    /// How long a tenant counts as active after the turn it last ran a request in.
+    static let activeSpan: UInt64 = 20_000_000
 
     let loop: any EventLoop
     private var scheduled = false
     private var number: UInt64 = 1
     private var dirty: [ObjectIdentifier: (tenant: Tenant, waiters: [any Waiter])] = [:]
     private var flushes: [any Waiter] = []
+    private var accounts: [ObjectIdentifier: Account] = [:]
+    /// Accounts that ran a request this turn.
+    private var seen: [Account] = []
+    /// Accounts active within ``activeSpan``.
+    private var recent: [Account] = []
+    /// Accounts with connections held back.
+    private var holding: [Account] = []
+    /// Each active tenant's share of a turn (`Int.max` while one tenant is active).
+    private(set) var share = Int.max
 
     private init(loop: any EventLoop) {
         self.loop = loop
@@ -67,6 +110,50 @@ final class LoopTurn: @unchecked Sendable {
         self.schedule()
     }
 
+    /// The account of `tenant` on this loop (a connection keeps it while its lane's tenant is the
+    /// same; closed tenants' accounts go with their last connection's lane).
+    func account(for tenant: Tenant) -> Account {
+        self.loop.assertInEventLoop()
+        let key = ObjectIdentifier(tenant)
+        if let account = self.accounts[key] { return account }
+        let account = Account()
+        self.accounts[key] = account
+        return account
+    }
+
+    /// Whether the account's tenant has used its share of this turn: its connection then waits
+    /// for the next turn (``hold(_:for:)``).
+    func isOverShare(_ account: Account) -> Bool {
+        account.turn == self.number && account.ran >= self.share
+    }
+
+    /// The account's tenant ran a lane request.
+    func ran(_ account: Account) {
+        if account.turn != self.number {
+            account.turn = self.number
+            account.ran = 0
+            self.seen.append(account)
+        }
+        account.ran += 1
+    }
+
+    /// The number of the turn under way.
+    var current: UInt64 { self.number }
+
+    /// Holds `waiter` back until its tenant's share of a later turn: connections of the tenant
+    /// resume in the order they were held, those that ran in this turn after the others (the
+    /// tenant's connections take turns), as long as the share lasts.
+    func hold(_ waiter: any Waiter, for account: Account, afterRunning: Bool) {
+        self.loop.assertInEventLoop()
+        if !account.isHolding { self.holding.append(account) }
+        if afterRunning {
+            account.heldAfterRunning.append(waiter)
+        } else {
+            account.held.append(waiter)
+        }
+        self.schedule()
+    }
+
     /// `waiter` has replies to write: at the end of the turn, with every other connection's, so
     /// that a client with many connections is woken once for many replies (as Redis writes its
     /// clients' replies in `beforeSleep`).
@@ -84,6 +171,49 @@ final class LoopTurn: @unchecked Sendable {
         self.loop.execute { self.end() }
     }
 
+    /// Counts the tenants active within ``activeSpan`` and sets the share of the next turn.
+    private func updateShares() {
+        guard !self.seen.isEmpty || !self.recent.isEmpty else { return }
+        let now = NIODeadline.now().uptimeNanoseconds
+        for account in self.seen {
+            account.lastActive = now
+            if !account.isRecent {
+                account.isRecent = true
+                self.recent.append(account)
+            }
+        }
+        self.seen.removeAll(keepingCapacity: true)
+        self.recent.removeAll { account in
+            guard now &- account.lastActive > Self.activeSpan else { return false }
+            account.isRecent = false
+            return true
+        }
+        let active = self.recent.count
+        self.share = active > 1 && self.turnBudget > 0 ? max(Self.minimumShare, self.turnBudget / active) : Int.max
+    }
+
+    /// Lets held connections go on in the new turn, oldest first, each tenant's while its share
+    /// lasts; a connection that uses the rest of it and is held again goes behind the others.
+    private func resumeHeld() {
+        guard !self.holding.isEmpty else { return }
+        let holding = self.holding
+        self.holding.removeAll(keepingCapacity: true)
+        for account in holding {
+            var waiting = account.held
+            waiting.append(contentsOf: account.heldAfterRunning)
+            account.held.removeAll()
+            account.heldAfterRunning.removeAll()
+            while !self.isOverShare(account), let waiter = waiting.popFirst() {
+                waiter.shareResumed()
+            }
+            guard !waiting.isEmpty else { continue }
+            // Not reached in this turn: first in the next.
+            if !account.isHolding { self.holding.append(account) }
+            account.held = waiting + account.held
+            self.schedule()
+        }
+    }
+
     /// Writes every dirty log and answers its waiters.
     private func end() {
         self.loop.assertInEventLoop()
@@ -93,9 +223,11 @@ final class LoopTurn: @unchecked Sendable {
         self.dirty.removeAll(keepingCapacity: true)
         let flushes = self.flushes
         self.flushes.removeAll(keepingCapacity: true)
+        self.updateShares()
         defer {
             // After the logs: replies behind a POST this turn wrote go out with it.
             for waiter in flushes { waiter.turnEnded() }
+            self.resumeHeld()
         }
         for (_, entry) in work {
             let tenant = entry.tenant

@@ -1,6 +1,7 @@
 import DequeModule
 import NIOCore
 import RESP
+import Synchronization
 import TenantEngine
 
 /// What the connection's task writes through the handler: reply bytes, or the marker that it has
@@ -92,6 +93,13 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// The channel's writability as its last change said (the lane asks on every request; the
     /// channel's own answer costs a retain and an atomic load).
     private var writable = true
+    /// The lane's tenant's account on this loop (``LoopTurn/Account``), kept while the tenant is
+    /// the same.
+    private var account: (tenant: Tenant, account: LoopTurn.Account)?
+    /// Held back for its tenant's share of the loop's turn, registered with the turn.
+    private var heldForShare = false
+    /// The last turn it ran a lane request of its local tenant in.
+    private var ranInTurn: UInt64 = 0
     /// Requests were handed downstream since the last `channelReadComplete` passed on.
     private var handedSinceReadComplete = false
     /// Nonzero while requests are being parsed (the end of input is not passed on then).
@@ -119,7 +127,11 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.writable = context.channel.isWritable
-        if self.dispatcher != nil { self.turn = LoopTurn.of(context.eventLoop) }
+        if let dispatcher = self.dispatcher {
+            let turn = LoopTurn.of(context.eventLoop)
+            turn.turnBudget = dispatcher.limits.turnBudget
+            self.turn = turn
+        }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
         self.gate.onWakeUp { reason in
@@ -161,6 +173,21 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     func turnEnded() {
         guard let context = self.context else { return }
         self.writeOutbox(context: context)
+    }
+
+    func shareResumed() {
+        self.heldForShare = false
+        self.resumeLane()
+    }
+
+    /// The account of the lane's tenant when the tenant is on this loop.
+    private func localAccount() -> LoopTurn.Account? {
+        guard let lane = self.routing.lane, let turn = self.turn else { return nil }
+        if let cached = self.account, cached.tenant === lane.tenant { return cached.account }
+        guard let context = self.context, lane.tenant.isPlaced(on: context.eventLoop.executor) else { return nil }
+        let account = turn.account(for: lane.tenant)
+        self.account = (lane.tenant, account)
+        return account
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -333,6 +360,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             if let outcome = dispatcher.runHot(spec, words, lane: lane) {
                 // The hot handlers keep nothing of the words: the parser reuses their array.
                 self.parser.recycle(words)
+                if let turn = self.turn, let account = self.localAccount() {
+                    turn.ran(account)
+                    self.ranInTurn = turn.current
+                }
                 let wireBytes = request.wireBytes
                 ServerStats.shared.received(wireBytes)
                 lane.tenant.counters.requested(bytes: wireBytes)
@@ -593,6 +624,20 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         while !self.broken && self.buffer.readableBytes > 0 {
             if !self.parser.isInsideRequest && self.laneIsFull(context: context) {
                 self.waitForLane(holding: nil)
+                return
+            }
+            if !self.parser.isInsideRequest, let turn = self.turn, turn.share != Int.max,
+                let account = self.localAccount(), turn.isOverShare(account)
+            {
+                // Its tenant ran its share of this turn while other tenants are active on the
+                // loop: the rest waits for a later turn, behind the tenant's other held
+                // connections.
+                self.waitForLane(holding: nil)
+                if !self.heldForShare {
+                    self.heldForShare = true
+                    turn.hold(self, for: account, afterRunning: self.ranInTurn == turn.current)
+                    ServerStats.shared.laneShareHolds.wrappingAdd(1, ordering: .relaxed)
+                }
                 return
             }
             if self.ranThisTurn >= Connection.requestsPerTurn && !self.parser.isInsideRequest {

@@ -106,6 +106,7 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
     }
 
     func turnEnded() {}
+    func shareResumed() {}
 
     /// Encodes every reply in request order and sends them back.
     private func finish() {

@@ -59,6 +59,10 @@ public struct ServerLimits: Sendable, Hashable {
     public var fairShareWindow: Int
     /// The least a tenant may always have in flight, however many are active.
     public var fairShareMinimum: Int
+    /// The lane requests an event loop runs in one turn while several tenants are active on it,
+    /// shared between them (each at least 16; ``LoopTurn``); a tenant alone is not held back.
+    /// 0 = no turn shares, the default (docs/benchmarks.md, "Turn shares").
+    public var turnBudget: Int
 
     /// `maxmemory-clients` unless told: 256 MiB, 64 connections' full reply windows.
     public static let defaultMaxMemoryClients = 256 << 20
@@ -76,5 +80,6 @@ public struct ServerLimits: Sendable, Hashable {
         self.requestWindowBytes = 1 << 20
         self.fairShareWindow = 0
         self.fairShareMinimum = 8
+        self.turnBudget = LoopTurn.defaultTurnBudget
     }
 }

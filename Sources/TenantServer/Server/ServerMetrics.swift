@@ -78,6 +78,8 @@ final class ServerStats: Sendable {
     let commands = Atomic<UInt64>(0)
     /// Commands run on the synchronous lane, in a channel handler on their tenant's loop.
     let laneCommands = Atomic<UInt64>(0)
+    /// Times a connection was held back for its tenant's share of its loop's turn.
+    let laneShareHolds = Atomic<UInt64>(0)
     let connectionsReceived = Atomic<UInt64>(0)
     let connectionsOpen = Atomic<Int64>(0)
     let connectionsRefused = Atomic<UInt64>(0)
