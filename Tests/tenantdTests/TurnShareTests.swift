@@ -55,9 +55,14 @@ struct TurnShareTests {
         }
     }
 
+    /// An account of its own (the turn keys a tenant's by the tenant; these are used directly).
+    static func account() -> LoopTurn.Account {
+        LoopTurn.Account(key: ObjectIdentifier(Connection.self))
+    }
+
     /// Ends the loop's current turn (and every turn the held connections start).
     static func endTurns(_ loop: EmbeddedEventLoop, _ turn: LoopTurn) {
-        turn.flushAtEnd(Connection("end", turn, LoopTurn.Account(), requests: 0, ran: .init()))
+        turn.flushAtEnd(Connection("end", turn, Self.account(), requests: 0, ran: .init()))
         loop.run()
     }
 
@@ -65,8 +70,9 @@ struct TurnShareTests {
         let loop = EmbeddedEventLoop()
         defer { try? loop.syncShutdownGracefully() }
         let turn = LoopTurn.of(loop)
+        turn.turnBudget = 64
         let ran = Connection.Ran()
-        let alone = Connection("a", turn, LoopTurn.Account(), requests: 500, ran: ran)
+        let alone = Connection("a", turn, Self.account(), requests: 500, ran: ran)
         for _ in 0..<3 {
             alone.left = 500
             alone.work()
@@ -81,8 +87,8 @@ struct TurnShareTests {
         defer { try? loop.syncShutdownGracefully() }
         let turn = LoopTurn.of(loop)
         turn.turnBudget = 64
-        let flood = LoopTurn.Account()
-        let quiet = LoopTurn.Account()
+        let flood = Self.account()
+        let quiet = Self.account()
         // Both run something in one turn: from the next, each has half the budget.
         turn.ran(flood)
         turn.ran(quiet)
@@ -113,9 +119,9 @@ struct TurnShareTests {
         defer { try? loop.syncShutdownGracefully() }
         let turn = LoopTurn.of(loop)
         turn.turnBudget = 0
-        let flood = LoopTurn.Account()
+        let flood = Self.account()
         turn.ran(flood)
-        turn.ran(LoopTurn.Account())
+        turn.ran(Self.account())
         Self.endTurns(loop, turn)
         #expect(turn.share == Int.max)
         let connection = Connection("x", turn, flood, requests: 1000, ran: .init())
@@ -128,12 +134,12 @@ struct TurnShareTests {
         defer { try? loop.syncShutdownGracefully() }
         let turn = LoopTurn.of(loop)
         turn.turnBudget = 64
-        turn.ran(LoopTurn.Account())
-        turn.ran(LoopTurn.Account())
+        turn.ran(Self.account())
+        turn.ran(Self.account())
         Self.endTurns(loop, turn)
         #expect(turn.share == 32)
         usleep(UInt32(LoopTurn.activeSpan / 1000) + 10_000)
-        let flood = LoopTurn.Account()
+        let flood = Self.account()
         turn.ran(flood)
         Self.endTurns(loop, turn)
         #expect(turn.share == Int.max, "the quiet tenants' span ran out: the flood is alone")

@@ -54,7 +54,9 @@ public actor Tenant {
     /// The buffer each record is encoded in before its log takes it (``append(_:)``).
     var recordScratch: [UInt8] = []
     /// The largest ``recordScratch`` kept between records.
-    static let recordScratchLimit = 16 << 10
+    /// (2 KiB: most chat messages; a larger one allocates its own, and ten thousand open
+    /// tenants hold at most 20 MiB of scratch.)
+    static let recordScratchLimit = 2 << 10
     let configuration: EngineConfiguration
     let logger: Logger
     let onMetadataChange: @Sendable (TenantMetadata) async throws -> Void

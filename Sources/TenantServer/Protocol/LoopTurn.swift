@@ -35,6 +35,9 @@ final class LoopTurn: @unchecked Sendable {
 
     /// A tenant's lane requests on this loop, for its share of each turn (on the loop only).
     final class Account {
+        fileprivate let key: ObjectIdentifier
+        /// Dropped by the turn (inactive, nothing held): a connection that kept it asks anew.
+        fileprivate(set) var retired = false
         /// The turn ``ran`` counts in.
         fileprivate var turn: UInt64 = 0
         /// Lane requests the tenant ran in that turn.
@@ -49,6 +52,10 @@ final class LoopTurn: @unchecked Sendable {
         fileprivate var heldAfterRunning = Deque<any Waiter>()
 
         var isHolding: Bool { !self.held.isEmpty || !self.heldAfterRunning.isEmpty }
+
+        init(key: ObjectIdentifier) {
+            self.key = key
+        }
     }
 
     /// The lane requests a loop runs in one turn while several tenants are active on it, shared
@@ -116,13 +123,13 @@ final class LoopTurn: @unchecked Sendable {
         self.loop.assertInEventLoop()
         let key = ObjectIdentifier(tenant)
         if let account = self.accounts[key] { return account }
-        let account = Account()
+        let account = Account(key: key)
         self.accounts[key] = account
         return account
     }
 
     /// Whether the account's tenant has used its share of this turn: its connection then waits
-    /// for the next turn (``hold(_:for:)``).
+    /// for the next turn (``hold(_:for:afterRunning:)``).
     func isOverShare(_ account: Account) -> Bool {
         account.turn == self.number && account.ran >= self.share
     }
@@ -173,6 +180,18 @@ final class LoopTurn: @unchecked Sendable {
 
     /// Counts the tenants active within ``activeSpan`` and sets the share of the next turn.
     private func updateShares() {
+        guard self.turnBudget > 0 else { return }
+        defer {
+            // Accounts neither active nor holding anyone are dropped: a server whose tenants come
+            // and go keeps only those of the last ``activeSpan``.
+            if self.accounts.count > self.recent.count + self.holding.count {
+                self.accounts = self.accounts.filter { _, account in
+                    if account.isRecent || account.isHolding { return true }
+                    account.retired = true
+                    return false
+                }
+            }
+        }
         guard !self.seen.isEmpty || !self.recent.isEmpty else { return }
         let now = NIODeadline.now().uptimeNanoseconds
         for account in self.seen {

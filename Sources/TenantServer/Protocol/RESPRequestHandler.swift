@@ -183,7 +183,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// The account of the lane's tenant when the tenant is on this loop.
     private func localAccount() -> LoopTurn.Account? {
         guard let lane = self.routing.lane, let turn = self.turn else { return nil }
-        if let cached = self.account, cached.tenant === lane.tenant { return cached.account }
+        if let cached = self.account, cached.tenant === lane.tenant, !cached.account.retired { return cached.account }
         guard let context = self.context, lane.tenant.isPlaced(on: context.eventLoop.executor) else { return nil }
         let account = turn.account(for: lane.tenant)
         self.account = (lane.tenant, account)
@@ -360,7 +360,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             if let outcome = dispatcher.runHot(spec, words, lane: lane) {
                 // The hot handlers keep nothing of the words: the parser reuses their array.
                 self.parser.recycle(words)
-                if let turn = self.turn, let account = self.localAccount() {
+                if let turn = self.turn, turn.turnBudget > 0, let account = self.localAccount() {
                     turn.ran(account)
                     self.ranInTurn = turn.current
                 }
