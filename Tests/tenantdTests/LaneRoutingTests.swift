@@ -10,13 +10,13 @@ struct LaneRoutingTests {
     typealias Pending = Routing.Pending
 
     /// A hot command as the handler describes it, from the command table's own spec.
-    static func hot(_ name: String, tenantIsHere: Bool = true) -> Routing.Hot {
+    static func hot(_ name: String, tenantIsHere: Bool = true, joinsGathered: Bool = true) -> Routing.Hot {
         let spec = CommandTable.byName[name]!
         precondition(spec.hot != nil, "\(name) is a hot command")
         return Routing.Hot(
             settlesFirst: spec.settlesFirst,
-            readsTenant: spec.readsTenant,
-            tenantIsHere: tenantIsHere || !spec.readsTenant
+            tenantIsHere: tenantIsHere || !spec.readsTenant,
+            joinsGathered: joinsGathered
         )
     }
 
@@ -141,5 +141,25 @@ struct LaneRoutingTests {
         #expect(routing.route(nil, isHotName: true, pending: Pending()) == .handOver(count: 2))
         #expect(routing.taskIsIdle(handed: 2, lane: nil) == .resume)
         #expect(routing.route(Self.post, isHotName: true, pending: Pending()) == .handOver(count: 3), "no lane")
+    }
+
+    /// Path-form rooms: one connection's requests name tenants on several loops.
+    @Test func requestsForTenantsOnSeveralLoopsKeepTheirOrder() {
+        var routing = Self.onLane(Lane())
+        let gatheredPost = Pending(gathered: 1, gatheredPost: true)
+        // A POST to a tenant here after one gathered for another loop: its reply would go out
+        // before the gathered one's, so it waits for it.
+        #expect(routing.route(Self.post, isHotName: true, pending: gatheredPost) == .hold)
+        // So does a PING (it reads no tenant, so it is "here").
+        #expect(routing.route(Self.ping, isHotName: true, pending: gatheredPost) == .hold)
+        // A POST to a tenant on the same other loop joins the batch; one on a third loop waits
+        // for the batch's replies and starts the next.
+        #expect(routing.route(Self.remotePost, isHotName: true, pending: gatheredPost) == .gather)
+        let thirdLoop = Self.hot("POST", tenantIsHere: false, joinsGathered: false)
+        #expect(routing.route(thirdLoop, isHotName: true, pending: gatheredPost) == .hold)
+        // A POST to a tenant on another loop while POSTs of this loop wait for their log: it does
+        // not read them, and its reply comes back after theirs.
+        #expect(routing.route(Self.remotePost, isHotName: true, pending: Pending(posts: 3)) == .gather)
+        #expect(routing.lane != nil, "nothing was handed over")
     }
 }

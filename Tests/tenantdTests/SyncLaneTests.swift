@@ -322,6 +322,97 @@ struct SyncLaneTests {
             }
         }
     }
+
+    /// The operator's gateway traffic: path-form rooms (`/tenant/<id>/<room>`) naming tenants on
+    /// both loops, pipelined on one connection without a tenant context. Each runs on its tenant's
+    /// loop (here, or in one hop per batch), in request order; what the lane does not take (a
+    /// tenant not open, a credential not valid there, a malformed path) gets the task's answer in
+    /// its place.
+    @Test func pathFormRoomsRunOnTheLaneInTheirTenantsLoopsInRequestOrder() async throws {
+        try await Self.withServer(threads: 2) { server in
+            var created = [server.tenant.metadata.tenantID]
+            for index in 1..<6 {
+                let tenant = try await server.registry.createTenant(
+                    name: "T\(index)",
+                    subdomain: "team\(index)",
+                    plan: nil,
+                    owner: "owner"
+                )
+                created.append(tenant.metadata.tenantID)
+            }
+            let ids = created
+            // Open every tenant (the lane resolves open ones) and check they span both loops.
+            var loops = Set<ObjectIdentifier>()
+            for id in ids {
+                let tenant = try await server.registry.tenant(id: id)
+                if let placement = tenant.placement { loops.insert(ObjectIdentifier(placement as AnyObject)) }
+            }
+            #expect(loops.count == 2, "the tenants are on both loops")
+            let admin = try RESPTestClient(port: server.port)
+            #expect(try admin.call("AUTH", "admin", "operator-token-0123456789abcdef-0123") == .simple("OK"))
+            // A first request for the task, whose marker gives the connection its lane.
+            #expect(try admin.call("PING") == .simple("PONG"))
+            let before = Self.laneCommands
+            let rounds = 20
+            var pipeline: [[String]] = []
+            for round in 0..<rounds {
+                for id in ids { pipeline.append(["POST", "/tenant/\(id)/general", "r\(round)"]) }
+                pipeline.append(["PING"])
+            }
+            for id in ids { pipeline.append(["HISTORY", "/tenant/\(id)/general", "LIMIT", "1"]) }
+            let requests = pipeline
+            let replies = try await offThePool { try admin.pipeline(requests) }
+            #expect(replies.count == pipeline.count)
+            var index = 0
+            for round in 0..<rounds {
+                for id in ids {
+                    #expect(replies[index] == .integer(Int64(round + 1)), "\(id) round \(round): its own seq, in order")
+                    index += 1
+                }
+                #expect(replies[index] == .simple("PONG"))
+                index += 1
+            }
+            for id in ids {
+                let newest = replies[index].elements?.first?.elements
+                #expect(newest?.first == .integer(Int64(rounds)), "\(id): HISTORY sees every POST before it")
+                #expect(newest?.last == .bulk(Array("r\(rounds - 1)".utf8)))
+                index += 1
+            }
+            #expect(Self.laneCommands - before >= UInt64(pipeline.count), "every command ran on a lane")
+            // What the lane leaves to the task, answered in its place in the pipeline.
+            let mixed = try await offThePool {
+                try admin.pipeline([
+                    ["POST", "/tenant/\(ids[1])/general", "before"],
+                    ["POST", "/tenant/no-such-tenant/general", "x"],
+                    ["POST", "/tenant/\(ids[2])", "no room"],
+                    ["POST", "/tenant/\(ids[3])/general", "after"],
+                    ["POST", "general", "no context"],
+                ])
+            }
+            #expect(mixed[0] == .integer(Int64(rounds + 1)))
+            #expect(mixed[1].errorCode == "NOTFOUND", "\(mixed[1])")
+            #expect(mixed[2].errorCode == "INVALID", "\(mixed[2])")
+            #expect(mixed[3] == .integer(Int64(rounds + 1)))
+            #expect(mixed[4].errorCode == "NOTENANT", "\(mixed[4])")
+            // A user may name its own tenant in the path form (on the lane), never another.
+            let user = try server.owner()
+            let own = try await offThePool {
+                try user.pipeline([
+                    ["POST", "/tenant/\(ids[0])/general", "mine"],
+                    ["POST", "/tenant/\(ids[1])/general", "theirs"],
+                    ["HISTORY", "/tenant/\(ids[1])/general", "LIMIT", "1"],
+                    ["POST", "general", "plain"],
+                ])
+            }
+            #expect(own[0] == .integer(Int64(rounds + 1)))
+            #expect(own[1].errorCode == "NOPERM", "\(own[1])")
+            #expect(own[2].errorCode == "NOPERM", "\(own[2])")
+            #expect(own[3] == .integer(Int64(rounds + 2)))
+            let theirs = try await server.registry.tenant(id: ids[1])
+            let newest = try await theirs.history(.operator, room: "general", after: nil, before: nil, limit: 1)
+            #expect(newest.first?.text == "before", "the other tenant's room is untouched")
+        }
+    }
 }
 
 /// The handler's lane states alone, on an `EmbeddedChannel` (no lane: the task's markers only).

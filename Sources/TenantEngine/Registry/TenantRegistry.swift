@@ -27,9 +27,11 @@ public actor TenantRegistry {
     var catalog = Catalog() {
         didSet { self.publishTenantCounts() }
     }
-    var active: [String: Tenant] = [:] {
+    var active: OpenTenants {
         didSet { self.publishTenantCounts() }
     }
+    /// The open tenants, readable without a hop (``OpenTenants``): the registry's own, shared.
+    public nonisolated let openTenants: OpenTenants
     /// Open and known-but-closed tenants, for the metrics endpoint and INFO.
     static let activeTenants = Gauge(label: "tenantd_tenants_active")
     static let passiveTenants = Gauge(label: "tenantd_tenants_passive")
@@ -99,6 +101,9 @@ public actor TenantRegistry {
     public init(configuration: EngineConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        let open = OpenTenants()
+        self.active = open
+        self.openTenants = open
         self.memory = configuration.maxMemory > 0 ? MemoryBudget(maxMemory: configuration.maxMemory) : nil
         self.store = configuration.isolation.makeStore(configuration: configuration, logger: logger)
         self.credentialJournal =
@@ -505,7 +510,7 @@ public actor TenantRegistry {
         let now = self.configuration.clock()
         let idle = Int64(self.configuration.idleSeconds) * 1000
         var closed = 0
-        for (id, tenant) in self.active where self.activating.running(id) == nil && !self.claims.holds(id: id) {
+        for (id, tenant) in self.active.all where self.activating.running(id) == nil && !self.claims.holds(id: id) {
             guard await tenant.isIdle(now: now, idle: idle) else { continue }
             // Re-checked after the await: a connection may have taken it meanwhile.
             guard self.active[id] === tenant, tenant.leaseCount <= 0, !self.claims.holds(id: id) else { continue }
@@ -538,7 +543,7 @@ public actor TenantRegistry {
         for task in self.activating.all { _ = try? await task.value }
         await self.store.prepareShutdown(checkpoint: checkpoint)
         let tenants = self.active.values
-        self.active = [:]
+        self.active.removeAll()
         await withTaskGroup(of: Void.self) { group in
             for tenant in tenants { group.addTask { await tenant.close(checkpoint: checkpoint) } }
         }

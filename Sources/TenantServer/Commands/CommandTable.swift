@@ -21,9 +21,10 @@ enum TenantNeed: Sendable, Hashable {
 /// ``CommandTable/all`` is built, and nothing changes after.
 final class CommandSpec: @unchecked Sendable {
     typealias Handler = @Sendable (CommandDispatcher, Arguments, inout Session) async throws -> CommandOutcome
-    /// Runs the command on a ``SyncLane``, in the channel handler on its tenant's event loop;
-    /// returns nil for a form the lane does not take (a path-form room), which then runs as usual.
-    typealias HotHandler = @Sendable (CommandDispatcher, [ByteBuffer], SyncLane) throws -> HotOutcome?
+    /// Runs the command on a ``SyncLane``, in the channel handler on its tenant's event loop, in
+    /// the tenant the lane resolved (``SyncLane/resolve(_:_:)``: nil for a command that reads
+    /// none); returns nil for a form the lane does not take, which then runs as usual.
+    typealias HotHandler = @Sendable (CommandDispatcher, [ByteBuffer], SyncLane, LaneTarget?) throws -> HotOutcome?
 
     /// The name, upper-cased.
     let name: String
@@ -47,9 +48,9 @@ final class CommandSpec: @unchecked Sendable {
     /// share the log's writes; their replies still leave in order), PING and ECHO (they read
     /// nothing a POST changes).
     private(set) var settlesFirst = true
-    /// Whether the lane takes these words (POST and HISTORY leave path-form rooms, which may name
-    /// another tenant, to ``handler``).
-    private(set) var laneTakes: @Sendable ([ByteBuffer]) -> Bool = { _ in true }
+    /// Whether its first argument is a room, which may name its tenant in the path form
+    /// (`/tenant/<id>/<room>`): POST and HISTORY.
+    private(set) var takesRoom = false
     /// Whether it reads the tenant (on the lane, it runs on the tenant's loop); PING and ECHO
     /// do not, and run on the connection's loop wherever its tenant is.
     private(set) var readsTenant = true
@@ -83,13 +84,13 @@ final class CommandSpec: @unchecked Sendable {
     func onLane(
         settlesFirst: Bool = true,
         readsTenant: Bool = true,
-        takes: @escaping @Sendable ([ByteBuffer]) -> Bool = { _ in true },
+        takesRoom: Bool = false,
         _ hot: @escaping HotHandler
     ) -> CommandSpec {
         self.hot = hot
         self.settlesFirst = settlesFirst
         self.readsTenant = readsTenant
-        self.laneTakes = takes
+        self.takesRoom = takesRoom
         return self
     }
 
@@ -108,13 +109,13 @@ enum CommandTable {
         CommandSpec("PING", arity: 0...1, needsAuth: false, inSubscribedMode: true) { dispatcher, arguments, session in
             dispatcher.ping(arguments, session: session)
         }
-        .onLane(settlesFirst: false, readsTenant: false) { _, words, _ in
+        .onLane(settlesFirst: false, readsTenant: false) { _, words, _, _ in
             words.count == 1 ? .reply(.simpleString("PONG")) : .reply(try CommandDispatcher.pong(Arguments(words)))
         },
         CommandSpec("ECHO", arity: 1...1, needsAuth: false) { _, arguments, _ in
             .reply(.bulkString(arguments[0]))
         }
-        .onLane(settlesFirst: false, readsTenant: false) { _, words, _ in
+        .onLane(settlesFirst: false, readsTenant: false) { _, words, _, _ in
             .reply(.bulkBytes(Array(words[1].readableBytesView)))
         },
         CommandSpec("QUIT", arity: 0...Int.max, needsAuth: false, inSubscribedMode: true) { _, _, _ in
@@ -158,26 +159,30 @@ enum CommandTable {
         CommandSpec("WHOAMI", arity: 0...0) { dispatcher, _, session in
             .reply(try await dispatcher.whoami(session: session))
         }
-        .onLane { dispatcher, _, lane in .reply(try dispatcher.whoami(lane)) },
+        .onLane { dispatcher, _, lane, target in
+            .reply(try dispatcher.whoami(lane, target: try LaneTarget.needed(target)))
+        },
         CommandSpec("USE", arity: 1...1) { dispatcher, arguments, session in
             .reply(try await dispatcher.use(arguments, principal: try session.authenticated(), session: &session))
         },
         CommandSpec("POST", arity: 2...2, tenant: .contextOrPath) { dispatcher, arguments, session in
             try await dispatcher.post(arguments, principal: try session.authenticated(), session: &session)
         }
-        .onLane(settlesFirst: false, takes: CommandDispatcher.laneTakesRoom) { dispatcher, words, lane in
-            try dispatcher.post(words, lane: lane)
+        .onLane(settlesFirst: false, takesRoom: true) { dispatcher, words, lane, target in
+            try dispatcher.post(words, lane: lane, target: try LaneTarget.needed(target))
         },
         CommandSpec("HISTORY", arity: 1...5, tenant: .contextOrPath) { dispatcher, arguments, session in
             .reply(try await dispatcher.history(arguments, principal: try session.authenticated(), session: session))
         }
-        .onLane(takes: CommandDispatcher.laneTakesRoom) { dispatcher, words, lane in
-            try dispatcher.history(words, lane: lane)
+        .onLane(takesRoom: true) { dispatcher, words, lane, target in
+            try dispatcher.history(words, lane: lane, target: try LaneTarget.needed(target))
         },
         CommandSpec("ROOMS", arity: 0...4, tenant: .context) { dispatcher, arguments, session in
             .reply(try await dispatcher.rooms(arguments, principal: try session.authenticated(), session: session))
         }
-        .onLane { dispatcher, words, lane in .reply(try dispatcher.rooms(Arguments(words), lane: lane)) },
+        .onLane { dispatcher, words, lane, target in
+            .reply(try dispatcher.rooms(Arguments(words), lane: lane, target: try LaneTarget.needed(target)))
+        },
         CommandSpec("USAGE", arity: 0...0, tenant: .context) { dispatcher, _, session in
             .reply(try await dispatcher.usage(principal: try session.authenticated(), session: session))
         },

@@ -9,38 +9,125 @@ import TenantMetrics
 /// tenant's event loop: the connection's task hands it to the handler (with the marker that says
 /// every request it took is answered) when the session allows it.
 ///
-/// A lane exists only for an authenticated connection with a tenant context placed on the
-/// connection's own loop, not subscribed, without fair shares; everything else about the
-/// session (AUTH, the context, subscriptions) changes only on the connection's task.
+/// A lane exists only for an authenticated connection, not subscribed, without fair shares, whose
+/// tenant context (if it has one: the operator may have none) is placed on an event loop;
+/// everything else about the session (AUTH, the context, subscriptions) changes only on the
+/// connection's task.
 ///
 /// A class: the handler reads it on every request, and one reference is one retain.
 ///
-/// When the tenant is on another loop than the connection (`loop` is the tenant's), the handler
-/// sends each read's run of hot commands there in one hop (``RemoteRun``) and takes the replies
-/// back in one hop, instead of a task's hop per request.
+/// Each hot command works in a tenant (``resolve(_:_:)``): the context, or the one a path-form
+/// room (`/tenant/<id>/<room>`) names. When it is on another loop than the connection, the
+/// handler sends each read's run of hot commands there in one hop (``RemoteRun``) and takes the
+/// replies back in one hop, instead of a task's hop per request.
 final class SyncLane: Sendable {
+    /// What the lane does with a room in the path form.
+    enum PathForm: Sendable {
+        /// `TENANT_ID_SOURCE` does not allow it: `/tenant/...` is a plain room name.
+        case plain
+        /// Resolved among the open tenants, as the connection's task resolves it; a tenant not
+        /// open (the task opens it), or a credential not valid there (the task refuses it), goes
+        /// to the task.
+        case resolve(OpenTenants)
+        /// Every path-form room goes to the task (single-tenant mode, which checks the id).
+        case decline
+    }
+
     let connectionID: Int64
-    let tenant: Tenant
-    let tenantID: String
+    /// The tenant context: nil for the operator without one.
+    let tenant: Tenant?
+    let tenantID: String?
     let principal: Principal
     let version: RESPVersion
-    /// The tenant's event loop.
-    let loop: any EventLoop
+    let pathForm: PathForm
 
     init(
         connectionID: Int64,
-        tenant: Tenant,
-        tenantID: String,
+        tenant: Tenant?,
+        tenantID: String?,
         principal: Principal,
         version: RESPVersion,
-        loop: any EventLoop
+        pathForm: PathForm
     ) {
         self.connectionID = connectionID
         self.tenant = tenant
         self.tenantID = tenantID
         self.principal = principal
         self.version = version
-        self.loop = loop
+        self.pathForm = pathForm
+    }
+
+    /// Where a hot command runs.
+    enum Resolution {
+        /// Anywhere: it reads no tenant (PING, ECHO).
+        case anywhere
+        /// In this tenant, on its loop.
+        case tenant(LaneTarget)
+        /// Not on the lane: the connection's task runs it (and gives its error, if any).
+        case declined
+    }
+
+    /// The tenant `spec` with `words` works in: the context, or the one a path-form room names,
+    /// as ``CommandDispatcher/target(room:principal:session:)`` finds it.
+    func resolve(_ spec: CommandSpec, _ words: [ByteBuffer]) -> Resolution {
+        guard spec.readsTenant else { return .anywhere }
+        if spec.takesRoom, words.count >= 2, Self.isPathForm(words[1]) {
+            switch self.pathForm {
+            case .plain:
+                break
+            case .decline:
+                return .declined
+            case .resolve(let open):
+                guard let (id, room) = Self.splitPath(words[1]) else { return .declined }
+                if id == self.tenantID, let tenant = self.tenant {
+                    return tenant.isClosed ? .declined : .tenant(LaneTarget(tenant: tenant, pathRoom: room))
+                }
+                // A user's credential is valid in its own tenant only: the task says so.
+                guard case .operator = self.principal, let tenant = open[id], !tenant.isClosed else { return .declined }
+                return .tenant(LaneTarget(tenant: tenant, pathRoom: room))
+            }
+        }
+        guard let tenant = self.tenant, !tenant.isClosed else { return .declined }
+        return .tenant(LaneTarget(tenant: tenant, pathRoom: nil))
+    }
+
+    /// Whether a room argument is in the path form.
+    static func isPathForm(_ room: ByteBuffer) -> Bool {
+        room.withUnsafeReadableBytes { bytes in
+            bytes.count >= Self.pathPrefix.count
+                && Self.pathPrefix.indices.allSatisfy { bytes[$0] == Self.pathPrefix[$0] }
+        }
+    }
+
+    /// A path-form room's tenant id and room; nil when it is not well-formed (no `/` after the
+    /// id, an id that is not one), which the task answers.
+    static func splitPath(_ word: ByteBuffer) -> (id: String, room: ByteBuffer)? {
+        let start = word.readerIndex + Self.pathPrefix.count
+        let length = word.readableBytes - Self.pathPrefix.count
+        guard let view = word.getSlice(at: start, length: length),
+            let slash = view.readableBytesView.firstIndex(of: UInt8(ascii: "/"))
+        else { return nil }
+        let idLength = slash - view.readerIndex
+        guard idLength >= 1, idLength <= 64,
+            let id = view.getString(at: view.readerIndex, length: idLength), Names.isValidTenantID(id),
+            let room = view.getSlice(at: slash + 1, length: view.writerIndex - slash - 1)
+        else { return nil }
+        return (id, room)
+    }
+
+    private static let pathPrefix = Array("/tenant/".utf8)
+}
+
+/// The tenant a hot command on the lane works in.
+struct LaneTarget {
+    let tenant: Tenant
+    /// The room, when the command named it in the path form (`/tenant/<id>/` taken off).
+    let pathRoom: ByteBuffer?
+
+    /// The target of a command that reads a tenant (the lane resolves one for each).
+    static func needed(_ target: LaneTarget?) throws -> LaneTarget {
+        guard let target else { throw CommandError("internal error: no tenant resolved on the lane") }
+        return target
     }
 }
 
@@ -57,20 +144,30 @@ extension CommandDispatcher {
     /// AUTH, the tenant context and subscribed mode hold by the lane's making), counted and logged
     /// as there, its error counted once.
     /// - Returns: nil when the command's form is not for the lane (it then runs as usual).
-    func runHot(_ spec: CommandSpec, _ words: [ByteBuffer], lane: SyncLane) -> HotOutcome? {
+    func runHot(_ spec: CommandSpec, _ words: [ByteBuffer], lane: SyncLane, target: LaneTarget?) -> HotOutcome? {
         guard let hot = spec.hot else { return nil }
         let start = LatencyHistogram.now()
         let outcome: HotOutcome
         do {
             guard spec.arity.contains(words.count - 1) else { throw CommandError.wrongArity(spec.name) }
-            guard let ran = try hot(self, words, lane) else { return nil }
+            guard let ran = try hot(self, words, lane, target) else { return nil }
             outcome = ran
             if self.logsEveryCommand {
-                self.logCommand(spec.name, connection: lane.connectionID, tenantID: lane.tenantID, error: nil)
+                self.logCommand(
+                    spec.name,
+                    connection: lane.connectionID,
+                    tenantID: target?.tenant.id ?? lane.tenantID,
+                    error: nil
+                )
             }
         } catch {
             if self.logsFailedCommands || (error as? TenantError)?.kind == .storageFailed {
-                self.logCommand(spec.name, connection: lane.connectionID, tenantID: lane.tenantID, error: error)
+                self.logCommand(
+                    spec.name,
+                    connection: lane.connectionID,
+                    tenantID: target?.tenant.id ?? lane.tenantID,
+                    error: error
+                )
             }
             outcome = .reply(.reply(for: error))
         }
@@ -83,19 +180,19 @@ extension CommandDispatcher {
     /// POST on the lane: the record goes into the log's buffer now, the reply once it is written.
     /// Its two words are decoded straight to strings (the arity is checked), with no array of
     /// arguments.
-    func post(_ words: [ByteBuffer], lane: SyncLane) throws -> HotOutcome? {
-        let room = try Arguments.word(words[1])
+    func post(_ words: [ByteBuffer], lane: SyncLane, target: LaneTarget) throws -> HotOutcome? {
+        let room = try Arguments.word(target.pathRoom ?? words[1])
         let text = try Arguments.word(words[2])
-        return .post(try lane.tenant.postOnLoop(lane.principal, room: room, text: text))
+        return .post(try target.tenant.postOnLoop(lane.principal, room: room, text: text))
     }
 
     /// HISTORY on the lane.
-    func history(_ words: [ByteBuffer], lane: SyncLane) throws -> HotOutcome? {
+    func history(_ words: [ByteBuffer], lane: SyncLane, target: LaneTarget) throws -> HotOutcome? {
         let arguments = try Arguments(words)
         let options = try Self.historyOptions(arguments)
-        let page = try lane.tenant.historyPageOnLoop(
+        let page = try target.tenant.historyPageOnLoop(
             lane.principal,
-            room: arguments[0],
+            room: try target.pathRoom.map(Arguments.word) ?? arguments[0],
             after: options.after,
             before: options.before,
             limit: options.limit
@@ -104,31 +201,15 @@ extension CommandDispatcher {
     }
 
     /// ROOMS on the lane.
-    func rooms(_ arguments: Arguments, lane: SyncLane) throws -> RESPValue {
+    func rooms(_ arguments: Arguments, lane: SyncLane, target: LaneTarget) throws -> RESPValue {
         let (after, limit) = try arguments.page(from: 0)
-        let rooms = try lane.tenant.roomsOnLoop(lane.principal, after: after, limit: limit ?? Tenant.maxRoomsPage)
+        let rooms = try target.tenant.roomsOnLoop(lane.principal, after: after, limit: limit ?? Tenant.maxRoomsPage)
         return Self.encodeRooms(rooms)
     }
 
     /// WHOAMI on the lane.
-    func whoami(_ lane: SyncLane) throws -> RESPValue {
-        let role = try lane.tenant.roleNameOnLoop(of: lane.principal)
-        return .array([.bulkString(lane.tenantID), .bulkString(lane.principal.displayName), .bulkString(role)])
+    func whoami(_ lane: SyncLane, target: LaneTarget) throws -> RESPValue {
+        let role = try target.tenant.roleNameOnLoop(of: lane.principal)
+        return .array([.bulkString(target.tenant.id), .bulkString(lane.principal.displayName), .bulkString(role)])
     }
-
-    /// Whether the lane takes a POST's or HISTORY's words: not a path-form room.
-    @Sendable static func laneTakesRoom(_ words: [ByteBuffer]) -> Bool {
-        words.count < 2 || !Self.isPathForm(words[1])
-    }
-
-    /// Whether a room argument is in the path form, which the lane leaves to the usual path (it
-    /// may name another tenant).
-    static func isPathForm(_ room: ByteBuffer) -> Bool {
-        room.withUnsafeReadableBytes { bytes in
-            bytes.count >= Self.pathPrefix.count
-                && Self.pathPrefix.indices.allSatisfy { bytes[$0] == Self.pathPrefix[$0] }
-        }
-    }
-
-    private static let pathPrefix = Array("/tenant/".utf8)
 }

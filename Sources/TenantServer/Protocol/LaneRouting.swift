@@ -9,8 +9,9 @@
 ///   every request handed to it;
 /// - a command that reads the tenant waits for the connection's POSTs still waiting for the
 ///   log, and a command the lane does not take waits for them too (the task sees what they did);
-/// - requests gathered for a tenant on another loop go there in one hop, in order: a local
-///   command after them, or a read after a gathered POST, waits until their replies are back.
+/// - requests gathered for tenants on another loop go there in one hop, in order: a local
+///   command after them, one for a third loop, or a read after a gathered POST, waits until
+///   their replies are back.
 struct LaneRouting<Lane: AnyObject> {
     /// Who runs the connection's requests now.
     enum State {
@@ -27,21 +28,23 @@ struct LaneRouting<Lane: AnyObject> {
     struct Hot {
         /// It waits for the connection's POSTs first (``CommandSpec/settlesFirst``).
         var settlesFirst: Bool
-        /// It reads the tenant (``CommandSpec/readsTenant``), so it runs on the tenant's loop.
-        var readsTenant: Bool
-        /// The tenant is on this connection's loop.
+        /// It runs on this connection's loop: it reads no tenant (``CommandSpec/readsTenant``),
+        /// or the tenant it works in is placed here.
         var tenantIsHere: Bool
+        /// When it is not here: its tenant's loop is the one the gathered commands go to (or
+        /// none are gathered).
+        var joinsGathered = true
     }
 
     /// What the lane has on its hands besides the request being routed.
     struct Pending {
         /// POSTs run on the lane whose log is not written yet.
         var posts = 0
-        /// Hot commands gathered for the tenant's loop in this parse, not sent yet.
+        /// Hot commands gathered for another loop in this parse, not sent yet.
         var gathered = 0
         /// Whether a POST is among them.
         var gatheredPost = false
-        /// A batch sent to the tenant's loop whose replies are not back.
+        /// A batch sent to another loop whose replies are not back.
         var remoteInFlight = false
     }
 
@@ -49,7 +52,7 @@ struct LaneRouting<Lane: AnyObject> {
     enum Action: Equatable {
         /// Run it on the lane now (``CommandDispatcher/runHot(_:_:lane:)``).
         case runOnLane
-        /// Add it to the batch for the tenant's loop.
+        /// Add it to the batch for its tenant's loop.
         case gather
         /// Keep it, stop parsing, and route it again when the lane resumes.
         case hold
@@ -84,9 +87,11 @@ struct LaneRouting<Lane: AnyObject> {
         if pending.remoteInFlight { return .hold }
         if let hot, self.lane != nil {
             if hot.settlesFirst && pending.posts > 0 { return .hold }
-            // After commands gathered for the tenant's loop: in order, once they are back.
-            if !hot.readsTenant && pending.gathered > 0 { return .hold }
-            if hot.readsTenant && !hot.tenantIsHere {
+            // After commands gathered for another loop: in order, once they are back.
+            if hot.tenantIsHere && pending.gathered > 0 { return .hold }
+            if !hot.tenantIsHere {
+                // One loop per batch: a tenant on a third loop goes in the next one.
+                if !hot.joinsGathered { return .hold }
                 // A read after a gathered POST goes in the next batch, once the POST's reply
                 // (sent only when it is durable) is back.
                 if hot.settlesFirst && pending.gatheredPost { return .hold }

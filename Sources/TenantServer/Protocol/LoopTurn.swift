@@ -27,6 +27,9 @@ final class LoopTurn: @unchecked Sendable {
         func turnEnded()
         /// The turn the waiter was last registered in.
         var turnMark: UInt64 { get set }
+        /// The tenant it was last registered for in that turn (a waiter may append to several
+        /// tenants' logs in one turn: path-form rooms).
+        var turnTenant: ObjectIdentifier? { get set }
         /// The turn the waiter last asked to be flushed in.
         var flushMark: UInt64 { get set }
         /// Its tenant's share of the turn came back: parse what waits.
@@ -106,15 +109,21 @@ final class LoopTurn: @unchecked Sendable {
     func appended(to tenant: Tenant, by waiter: any Waiter) {
         self.loop.assertInEventLoop()
         let key = ObjectIdentifier(tenant)
-        if waiter.turnMark != self.number || self.dirty[key] == nil {
-            waiter.turnMark = self.number
-            if self.dirty[key] == nil {
-                self.dirty[key] = (tenant, [waiter])
-            } else {
-                self.dirty[key]!.waiters.append(waiter)
-            }
+        defer { self.schedule() }
+        if waiter.turnMark == self.number {
+            // Registered in this turn already: for this tenant (the usual case, one tenant per
+            // connection), or for others and maybe this one too.
+            if waiter.turnTenant == key { return }
+            waiter.turnTenant = key
+            if let entry = self.dirty[key], entry.waiters.contains(where: { $0 === waiter }) { return }
         }
-        self.schedule()
+        waiter.turnMark = self.number
+        waiter.turnTenant = key
+        if self.dirty[key] == nil {
+            self.dirty[key] = (tenant, [waiter])
+        } else {
+            self.dirty[key]!.waiters.append(waiter)
+        }
     }
 
     /// The account of `tenant` on this loop (a connection keeps it while its lane's tenant is the

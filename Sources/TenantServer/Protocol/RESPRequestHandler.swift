@@ -47,6 +47,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     enum Pending {
         case bytes(ByteBuffer)
         case post(Tenant, PostTicket, RESPVersion)
+        /// A POST whose log's write failed: it is answered with the error.
+        case failedPost(Tenant, TenantError, RESPVersion)
         /// Bytes the task wrote while lane replies before them still waited.
         case passthrough(ByteBuffer, EventLoopPromise<Void>?)
     }
@@ -84,8 +86,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// Requests the lane ran in this parse: past ``Connection/requestsPerTurn`` the handler lets
     /// the loop's other work go first, as the task does.
     private var ranThisTurn = 0
-    /// Hot commands for a tenant on another loop, gathered in this parse (``RemoteRun``).
+    /// Hot commands for tenants on another loop, gathered in this parse (``RemoteRun``).
     private var remoteBatch: [RemoteRun.Request] = []
+    /// The loop of the gathered commands' tenants.
+    private var remoteLoop: (any EventLoop)?
     /// Whether a POST is in ``remoteBatch``.
     private var remoteBatchHasPost = false
     /// A ``RemoteRun`` is away: nothing else runs until its replies are back.
@@ -111,9 +115,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private var held: RESPRequest?
     /// Set while the lane waits: for its POSTs, or for the client to read its replies.
     private var waitingForLane = false
-    /// The error the log's last write gave the POSTs it covered (while they are answered).
-    private var logFailure: (tenant: Tenant, upTo: UInt64, error: TenantError)?
     var turnMark: UInt64 = 0
+    var turnTenant: ObjectIdentifier?
     var flushMark: UInt64 = 0
 
     /// - Parameters:
@@ -182,11 +185,11 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
 
     /// The account of the lane's tenant when the tenant is on this loop.
     private func localAccount() -> LoopTurn.Account? {
-        guard let lane = self.routing.lane, let turn = self.turn else { return nil }
-        if let cached = self.account, cached.tenant === lane.tenant, !cached.account.retired { return cached.account }
-        guard let context = self.context, lane.tenant.isPlaced(on: context.eventLoop.executor) else { return nil }
-        let account = turn.account(for: lane.tenant)
-        self.account = (lane.tenant, account)
+        guard let tenant = self.routing.lane?.tenant, let turn = self.turn else { return nil }
+        if let cached = self.account, cached.tenant === tenant, !cached.account.retired { return cached.account }
+        guard let context = self.context, tenant.isPlaced(on: context.eventLoop.executor) else { return nil }
+        let account = turn.account(for: tenant)
+        self.account = (tenant, account)
         return account
     }
 
@@ -233,8 +236,15 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// The log of `tenant` is written up to `upTo` (LoopTurn): the POSTs it covers are answered.
     func logWritten(_ tenant: Tenant, upTo: UInt64, error: TenantError?) {
         guard let context = self.context else { return }
-        if let error { self.logFailure = (tenant, upTo, error) }
-        defer { self.logFailure = nil }
+        if let error {
+            // The POSTs it covered get the error now (they may wait behind another tenant's).
+            for index in self.outbox.indices {
+                guard case .post(let owner, let ticket, let version) = self.outbox[index], owner === tenant,
+                    ticket.lsn <= upTo, tenant.outcomeOnLoop(of: ticket) == nil
+                else { continue }
+                self.outbox[index] = .failedPost(tenant, error, version)
+            }
+        }
         self.writeOutbox(context: context)
         guard self.pendingPosts == 0 else { return }
         if self.waitingForLane {
@@ -286,12 +296,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 context.write(Self.wrapOutboundOut(bytes), promise: promise)
                 wrote = true
             case .post(let tenant, let ticket, let version):
-                var outcome = tenant.outcomeOnLoop(of: ticket)
-                if outcome == nil, let failure = self.logFailure, failure.tenant === tenant, ticket.lsn <= failure.upTo
-                {
-                    outcome = .failure(failure.error)
-                }
-                guard let outcome else {
+                guard let outcome = tenant.outcomeOnLoop(of: ticket) else {
                     self.outbox.prepend(first)
                     return
                 }
@@ -303,6 +308,14 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 if coalesced == nil { coalesced = context.channel.allocator.buffer(capacity: 1024) }
                 let start = coalesced!.writerIndex
                 RESPEncoder.encode(value, version: version, into: &coalesced!)
+                let size = coalesced!.writerIndex - start
+                ServerStats.shared.sent(size)
+                tenant.counters.replied(bytes: size)
+                self.pendingPosts -= 1
+            case .failedPost(let tenant, let error, let version):
+                if coalesced == nil { coalesced = context.channel.allocator.buffer(capacity: 1024) }
+                let start = coalesced!.writerIndex
+                RESPEncoder.encode(.reply(for: error), version: version, into: &coalesced!)
                 let size = coalesced!.writerIndex - start
                 ServerStats.shared.sent(size)
                 tenant.counters.replied(bytes: size)
@@ -343,39 +356,56 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private func route(_ request: RESPRequest, into batch: inout [RESPRequest]) -> Bool {
         var hot: Routing.Hot?
         var spec: CommandSpec?
+        var target: LaneTarget?
+        var targetLoop: (any EventLoop)?
         var isHotName = false
         if case .command(let words) = request, let found = CommandTable.hotSpec(for: words[0]) {
             isHotName = true
-            if self.dispatcher != nil, let lane = self.routing.lane, !lane.tenant.isClosed, found.laneTakes(words) {
-                spec = found
-                let here =
-                    !found.readsTenant || self.context.map { lane.tenant.isPlaced(on: $0.eventLoop.executor) } ?? true
-                hot = Routing.Hot(settlesFirst: found.settlesFirst, readsTenant: found.readsTenant, tenantIsHere: here)
+            if self.dispatcher != nil, let lane = self.routing.lane, let context = self.context {
+                switch lane.resolve(found, words) {
+                case .anywhere:
+                    spec = found
+                    hot = Routing.Hot(settlesFirst: found.settlesFirst, tenantIsHere: true)
+                case .tenant(let resolved):
+                    let here = resolved.tenant.isPlaced(on: context.eventLoop.executor)
+                    targetLoop = here ? nil : resolved.tenant.placement as? any EventLoop
+                    if here || targetLoop != nil {
+                        spec = found
+                        target = resolved
+                        let joins = self.remoteBatch.isEmpty || (targetLoop != nil && targetLoop === self.remoteLoop)
+                        hot = Routing.Hot(settlesFirst: found.settlesFirst, tenantIsHere: here, joinsGathered: joins)
+                    }
+                case .declined:
+                    break
+                }
             }
         }
         var action = self.routing.route(hot, isHotName: isHotName, pending: self.pending)
         if action == .runOnLane, let spec, let lane = self.routing.lane, case .command(let words) = request,
             let dispatcher = self.dispatcher
         {
-            if let outcome = dispatcher.runHot(spec, words, lane: lane) {
+            if let outcome = dispatcher.runHot(spec, words, lane: lane, target: target) {
                 // The hot handlers keep nothing of the words: the parser reuses their array.
                 self.parser.recycle(words)
                 if let turn = self.turn, turn.turnBudget > 0, let account = self.localAccount() {
                     turn.ran(account)
                     self.ranInTurn = turn.current
                 }
+                // Counted in the tenant it worked in (the context for PING and ECHO).
+                let counted = target?.tenant ?? lane.tenant
                 let wireBytes = request.wireBytes
                 ServerStats.shared.received(wireBytes)
-                lane.tenant.counters.requested(bytes: wireBytes)
+                counted?.counters.requested(bytes: wireBytes)
                 self.ranThisTurn += 1
                 switch outcome {
                 case .reply(let value):
-                    self.appendReply(value, lane: lane)
+                    self.appendReply(value, version: lane.version, countedIn: counted)
                 case .post(let ticket):
+                    guard let tenant = target?.tenant else { preconditionFailure("a POST works in a tenant") }
                     self.sealTail()
-                    self.outbox.append(.post(lane.tenant, ticket, lane.version))
+                    self.outbox.append(.post(tenant, ticket, lane.version))
                     self.pendingPosts += 1
-                    self.turn?.appended(to: lane.tenant, by: self)
+                    self.turn?.appended(to: tenant, by: self)
                 }
                 return true
             }
@@ -386,9 +416,12 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         case .runOnLane:
             preconditionFailure("the lane runs only hot commands")
         case .gather:
-            guard let spec, case .command(let words) = request else { preconditionFailure("gathered a hot command") }
+            guard let spec, let target, let targetLoop, case .command(let words) = request else {
+                preconditionFailure("gathered a hot command for another loop")
+            }
             // The tenant is on another loop: gathered, and sent there at the end of the parse.
-            self.remoteBatch.append(.init(spec: spec, words: words, wireBytes: request.wireBytes))
+            self.remoteLoop = targetLoop
+            self.remoteBatch.append(.init(spec: spec, words: words, wireBytes: request.wireBytes, target: target))
             if !spec.settlesFirst { self.remoteBatchHasPost = true }
             self.ranThisTurn += 1
             return true
@@ -406,7 +439,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// waits until their replies are back (``remoteReplies(_:)``).
     private func sendRemoteBatch(context: ChannelHandlerContext) {
         guard !self.remoteBatch.isEmpty, !self.remoteInFlight, let lane = self.routing.lane,
-            let dispatcher = self.dispatcher
+            let dispatcher = self.dispatcher, let loop = self.remoteLoop
         else { return }
         guard context.channel.isWritable else {
             // The client does not read: the batch goes once it does (channelWritabilityChanged).
@@ -420,10 +453,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         if !self.waitingForLane { self.waitForLane(holding: self.held) }
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let home = context.eventLoop
-        let run = RemoteRun(requests, lane: lane, dispatcher: dispatcher) { replies, leftover in
+        let run = RemoteRun(requests, on: loop, lane: lane, dispatcher: dispatcher) { replies, leftover in
             home.execute { handler.value.remoteReplies(replies, leftover: leftover) }
         }
-        lane.loop.execute { run.run() }
+        loop.execute { run.run() }
     }
 
     /// A remote run's replies, in request order: written like the lane's own, and parsing goes on,
@@ -441,6 +474,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         }
         self.remoteBatch = leftover + self.remoteBatch
         self.remoteBatchHasPost = self.remoteBatch.contains { !$0.spec.settlesFirst }
+        if self.remoteBatch.isEmpty { self.remoteLoop = nil }
         self.writeOutbox(context: context)
         // Whatever else resumed it meanwhile: what the run left, and what was read, go on now.
         self.waitingForLane = true
@@ -449,13 +483,13 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     /// Queues a lane reply's bytes after the outbox's others.
-    private func appendReply(_ value: RESPValue, lane: SyncLane) {
+    private func appendReply(_ value: RESPValue, version: RESPVersion, countedIn tenant: Tenant?) {
         let start = self.tail.writerIndex
-        RESPEncoder.encode(value, version: lane.version, into: &self.tail)
+        RESPEncoder.encode(value, version: version, into: &self.tail)
         let size = self.tail.writerIndex - start
         self.outboxBytes += size
         ServerStats.shared.sent(size)
-        lane.tenant.counters.replied(bytes: size)
+        tenant?.counters.replied(bytes: size)
     }
 
     /// Puts the tail's replies into the outbox, before an item that must come after them.

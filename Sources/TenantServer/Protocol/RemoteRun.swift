@@ -2,26 +2,30 @@ import NIOCore
 import RESP
 import TenantEngine
 
-/// A connection's run of hot commands for a tenant on another event loop: sent there in one hop,
-/// run on the tenant's loop as its own connections' are (``CommandDispatcher/runHot(_:_:lane:)``,
-/// the POSTs written at the end of that loop's turn), and its replies, encoded in request order,
-/// sent back in one hop. One hop each way per batch, not a task's hop per request.
+/// A connection's run of hot commands for tenants on another event loop (its context, or those
+/// path-form rooms name): sent there in one hop, run on that loop as its own connections' are
+/// (``CommandDispatcher/runHot(_:_:lane:target:)``, the POSTs written at the end of that loop's
+/// turn), and its replies, encoded in request order, sent back in one hop. One hop each way per
+/// batch, not a task's hop per request.
 ///
-/// `@unchecked Sendable`: created on the connection's loop, then touched only on the tenant's
-/// loop until `deliver` runs, which hands back only the encoded bytes.
+/// `@unchecked Sendable`: created on the connection's loop, then touched only on `loop` until
+/// `deliver` runs, which hands back only the encoded bytes.
 final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
     struct Request {
         let spec: CommandSpec
         let words: [ByteBuffer]
         let wireBytes: Int
+        /// The tenant it works in, placed on the run's loop.
+        let target: LaneTarget
     }
 
     private enum Piece {
         case bytes(ByteBuffer)
-        case post(PostTicket)
+        case post(Tenant, PostTicket)
     }
 
     private let requests: [Request]
+    private let loop: any EventLoop
     private let lane: SyncLane
     private let dispatcher: CommandDispatcher
     private let deliver: @Sendable (ByteBuffer, [Request]) -> Void
@@ -32,27 +36,32 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
     static let replyBound = 64 << 10
     private var pieces: [Piece] = []
     private var waiting = 0
-    private var failure: (upTo: UInt64, error: TenantError)?
+    /// The failed writes of its tenants' logs: the POSTs up to `upTo` get `error`.
+    private var failures: [ObjectIdentifier: (upTo: UInt64, error: TenantError)] = [:]
     var turnMark: UInt64 = 0
+    var turnTenant: ObjectIdentifier?
     var flushMark: UInt64 = 0
 
-    /// - Parameter deliver: called on the tenant's loop, once, with the replies' bytes and the
-    ///   requests left unrun.
+    /// - Parameters:
+    ///   - loop: where every request's tenant is placed.
+    ///   - deliver: called on `loop`, once, with the replies' bytes and the requests left unrun.
     init(
         _ requests: [Request],
+        on loop: any EventLoop,
         lane: SyncLane,
         dispatcher: CommandDispatcher,
         deliver: @escaping @Sendable (ByteBuffer, [Request]) -> Void
     ) {
         self.requests = requests
+        self.loop = loop
         self.lane = lane
         self.dispatcher = dispatcher
         self.deliver = deliver
     }
 
-    /// Runs the requests; on the tenant's loop.
+    /// Runs the requests; on `loop`.
     func run() {
-        self.lane.loop.assertInEventLoop()
+        self.loop.assertInEventLoop()
         var bytes = ByteBuffer()
         var replied = 0
         for (index, request) in self.requests.enumerated() {
@@ -60,47 +69,50 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
                 self.leftover = Array(self.requests[index...])
                 break
             }
+            let tenant = request.target.tenant
             ServerStats.shared.received(request.wireBytes)
-            self.lane.tenant.counters.requested(bytes: request.wireBytes)
+            tenant.counters.requested(bytes: request.wireBytes)
             let outcome =
-                self.dispatcher.runHot(request.spec, request.words, lane: self.lane)
+                self.dispatcher.runHot(request.spec, request.words, lane: self.lane, target: request.target)
                 ?? .reply(.reply(for: CommandError("internal error: the command left the lane")))
             switch outcome {
             case .reply(let value):
                 let start = bytes.writerIndex
                 RESPEncoder.encode(value, version: self.lane.version, into: &bytes)
-                self.counted(bytes.writerIndex - start)
+                Self.counted(bytes.writerIndex - start, in: tenant)
             case .post(let ticket):
                 replied += bytes.readableBytes
                 if bytes.readableBytes > 0 { self.pieces.append(.bytes(bytes)) }
                 bytes = ByteBuffer()
-                self.pieces.append(.post(ticket))
+                self.pieces.append(.post(tenant, ticket))
                 self.waiting += 1
+                LoopTurn.of(self.loop).appended(to: tenant, by: self)
             }
         }
         if bytes.readableBytes > 0 { self.pieces.append(.bytes(bytes)) }
-        if self.waiting > 0 {
-            LoopTurn.of(self.lane.loop).appended(to: self.lane.tenant, by: self)
-        } else {
-            self.finish()
-        }
+        if self.waiting == 0 { self.finish() }
     }
 
-    private func counted(_ size: Int) {
+    private static func counted(_ size: Int, in tenant: Tenant) {
         ServerStats.shared.sent(size)
-        self.lane.tenant.counters.replied(bytes: size)
+        tenant.counters.replied(bytes: size)
+    }
+
+    /// A POST's outcome: its tenant's, or the failure of the write that covered it.
+    private func outcome(_ tenant: Tenant, _ ticket: PostTicket) -> Result<UInt64, TenantError>? {
+        if let outcome = tenant.outcomeOnLoop(of: ticket) { return outcome }
+        if let failure = self.failures[ObjectIdentifier(tenant)], ticket.lsn <= failure.upTo {
+            return .failure(failure.error)
+        }
+        return nil
     }
 
     func logWritten(_ tenant: Tenant, upTo: UInt64, error: TenantError?) {
-        if let error { self.failure = (upTo, error) }
+        if let error { self.failures[ObjectIdentifier(tenant)] = (upTo, error) }
         // Every POST answered (durable, or failed), or wait for the next write.
         for piece in self.pieces {
-            guard case .post(let ticket) = piece else { continue }
-            if tenant.outcomeOnLoop(of: ticket) == nil,
-                self.failure.map({ ticket.lsn > $0.upTo }) ?? true
-            {
-                return
-            }
+            guard case .post(let tenant, let ticket) = piece else { continue }
+            if self.outcome(tenant, ticket) == nil { return }
         }
         self.finish()
     }
@@ -115,16 +127,16 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
             switch piece {
             case .bytes(let bytes):
                 out.writeImmutableBuffer(bytes)
-            case .post(let ticket):
+            case .post(let tenant, let ticket):
                 let value: RESPValue
-                switch self.lane.tenant.outcomeOnLoop(of: ticket) {
+                switch self.outcome(tenant, ticket) {
                 case .success(let seq): value = .integer(Int64(seq))
                 case .failure(let error): value = .reply(for: error)
-                case nil: value = .reply(for: self.failure?.error ?? TenantError(.storageFailed, "not written"))
+                case nil: value = .reply(for: TenantError(.storageFailed, "not written"))
                 }
                 let start = out.writerIndex
                 RESPEncoder.encode(value, version: self.lane.version, into: &out)
-                self.counted(out.writerIndex - start)
+                Self.counted(out.writerIndex - start, in: tenant)
             }
         }
         self.pieces = []

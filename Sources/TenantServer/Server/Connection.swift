@@ -303,22 +303,34 @@ struct Connection {
         }
     }
 
-    /// The lane the session allows now: authenticated, a tenant context placed on an event loop
-    /// (this connection's, or another, reached in one hop per batch), not subscribed, no fair
-    /// shares, not closing.
+    /// The lane the session allows now: authenticated, not subscribed, no fair shares, not
+    /// closing, and a tenant context (if any: the operator may have none and name tenants in
+    /// path-form rooms) placed on an event loop (this connection's, or another, reached in one hop
+    /// per batch).
     private func lane(for session: Session) -> SyncLane? {
-        guard let principal = session.principal, let tenant = session.tenant, let id = session.tenantID,
-            !tenant.isClosed, session.channels.isEmpty, !session.closeAfterReply, self.gate.isAuthenticated,
-            !self.dispatcher.admission.isEnabled, let loop = tenant.placement as? any EventLoop
+        guard let principal = session.principal, session.channels.isEmpty, !session.closeAfterReply,
+            self.gate.isAuthenticated, !self.dispatcher.admission.isEnabled
         else { return nil }
+        if let tenant = session.tenant {
+            guard !tenant.isClosed, tenant.placement is any EventLoop else { return nil }
+        }
         return SyncLane(
             connectionID: self.id,
-            tenant: tenant,
-            tenantID: id,
+            tenant: session.tenant,
+            tenantID: session.tenantID,
             principal: principal,
             version: session.version,
-            loop: loop
+            pathForm: self.pathForm
         )
+    }
+
+    /// What the lane does with path-form rooms, as ``CommandDispatcher/target(room:principal:session:)``
+    /// does.
+    private var pathForm: SyncLane.PathForm {
+        let registry = self.dispatcher.registry
+        guard registry.configuration.idSources.contains(.path) else { return .plain }
+        guard registry.impliedTenantID == nil else { return .decline }
+        return .resolve(registry.openTenants)
     }
 
     /// The POSTs of two arguments starting at `start` in `batch`, as arguments; empty when the

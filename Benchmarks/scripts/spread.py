@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""10,000 active tenants against one (issue 9 and 21's `--spread` target), in rounds.
+
+Each round runs two fresh release tenantd servers in turn, `--fsync everysec`, `database`
+strategy, all id sources (the path form included), on the same machine as the load:
+
+- base: tenant-bench, 50 connections of one tenant's owner, POST, one request in flight each;
+- spread: tenant-bench --spread --tenants 10000, 50 operator connections, each POST to the next
+  tenant in turn (`/tenant/<id>/general`), so that every tenant is active.
+
+The figure is spread POST/s over base POST/s per round, and the median of the rounds. Writes
+the runs as JSON.
+
+    Benchmarks/scripts/spread.py --tenantd .build/release/tenantd --rounds 3 \
+        [--seconds 5] [--threads N] [--json Benchmarks/results/spread.json]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+TOKEN = "spread-operator-token-0123456789abcdef-0123"
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCH = os.path.join(HERE, "..", ".build", "release", "tenant-bench")
+
+
+def run(tenantd, threads, seconds, spread, tenants):
+    directory = tempfile.mkdtemp(prefix="tenantd-spread-")
+    environment = dict(os.environ, TENANT_ADMIN_TOKEN=TOKEN, TENANT_DEFAULT_PLAN="enterprise",
+                       TENANT_ID_SOURCE="subdomain,header,path")
+    command = [tenantd, "--port", "0", "--metrics-port", "0", "--data-dir", directory + "/data",
+               "--fsync", "everysec"]
+    if threads:
+        command += ["--threads", str(threads)]
+    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        line = server.stdout.readline().decode()
+        if "port=" not in line:
+            raise RuntimeError("tenantd did not start: " + line)
+        port = line.split("port=")[1].split()[0]
+        result = directory + "/result.json"
+        load = [BENCH, "--port", port, "--token", TOKEN, "--mix", "post", "--connections", "50",
+                "--pipeline", "1", "--seconds", str(seconds), "--tenants", str(tenants), "--json", result]
+        if spread:
+            load.append("--spread")
+        subprocess.run(load, check=True, stdout=subprocess.DEVNULL)
+        with open(result) as file:
+            return json.load(file)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tenantd", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--tenants", type=int, default=10000)
+    parser.add_argument("--threads", type=int, default=0, help="tenantd --threads (0: its default)")
+    parser.add_argument("--json")
+    arguments = parser.parse_args()
+    rounds = []
+    for number in range(1, arguments.rounds + 1):
+        base = run(arguments.tenantd, arguments.threads, arguments.seconds, False, 1)
+        other = run(arguments.tenantd, arguments.threads, arguments.seconds, True, arguments.tenants)
+        ratio = other["replies_per_second"] / base["replies_per_second"]
+        rounds.append({"round": number, "base": base, "other": other, "ratio": ratio})
+        print(f"round {number}: 1 tenant {base['replies_per_second']:,.0f} POST/s, "
+              f"{arguments.tenants:,} tenants {other['replies_per_second']:,.0f} POST/s "
+              f"(errors {other['errors']}, p99 {other['latency_ms']['p99']} ms, "
+              f"p99.9 {other['latency_ms']['p99.9']} ms): ratio {ratio:.2f}", flush=True)
+    print(f"median ratio {statistics.median(r['ratio'] for r in rounds):.2f}")
+    if arguments.json:
+        with open(arguments.json, "w") as file:
+            json.dump(rounds, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
