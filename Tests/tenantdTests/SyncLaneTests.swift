@@ -329,7 +329,7 @@ struct SyncLaneTests {
     /// tenant not open, a credential not valid there, a malformed path) gets the task's answer in
     /// its place.
     @Test func pathFormRoomsRunOnTheLaneInTheirTenantsLoopsInRequestOrder() async throws {
-        try await Self.withServer(threads: 2) { server in
+        try await Self.withServer(threads: 3) { server in
             var created = [server.tenant.metadata.tenantID]
             for index in 1..<6 {
                 let tenant = try await server.registry.createTenant(
@@ -341,13 +341,14 @@ struct SyncLaneTests {
                 created.append(tenant.metadata.tenantID)
             }
             let ids = created
-            // Open every tenant (the lane resolves open ones) and check they span both loops.
+            // Open every tenant (the lane resolves open ones) and check they span the three loops:
+            // the connection's, and two others, so that batches go to one loop after another.
             var loops = Set<ObjectIdentifier>()
             for id in ids {
                 let tenant = try await server.registry.tenant(id: id)
                 if let placement = tenant.placement { loops.insert(ObjectIdentifier(placement as AnyObject)) }
             }
-            #expect(loops.count == 2, "the tenants are on both loops")
+            #expect(loops.count == 3, "the tenants are on every loop")
             let admin = try RESPTestClient(port: server.port)
             #expect(try admin.call("AUTH", "admin", "operator-token-0123456789abcdef-0123") == .simple("OK"))
             // A first request for the task, whose marker gives the connection its lane.
@@ -355,6 +356,12 @@ struct SyncLaneTests {
             let before = Self.laneCommands
             let rounds = 20
             var pipeline: [[String]] = []
+            // Tenant i starts with i messages, so that no two tenants answer a round with the
+            // same seq: a reply swapped between tenants shows.
+            for (offset, id) in ids.enumerated() {
+                for _ in 0..<offset { pipeline.append(["POST", "/tenant/\(id)/general", "warm-up"]) }
+            }
+            let warmUps = pipeline.count
             for round in 0..<rounds {
                 for id in ids { pipeline.append(["POST", "/tenant/\(id)/general", "r\(round)"]) }
                 pipeline.append(["PING"])
@@ -364,17 +371,27 @@ struct SyncLaneTests {
             let replies = try await offThePool { try admin.pipeline(requests) }
             #expect(replies.count == pipeline.count)
             var index = 0
+            for (offset, id) in ids.enumerated() {
+                for seq in stride(from: 1, through: offset, by: 1) {
+                    #expect(replies[index] == .integer(Int64(seq)), "\(id) warm-up \(seq)")
+                    index += 1
+                }
+            }
+            #expect(index == warmUps)
             for round in 0..<rounds {
-                for id in ids {
-                    #expect(replies[index] == .integer(Int64(round + 1)), "\(id) round \(round): its own seq, in order")
+                for (offset, id) in ids.enumerated() {
+                    #expect(
+                        replies[index] == .integer(Int64(offset + round + 1)),
+                        "\(id) round \(round): its own seq, in order"
+                    )
                     index += 1
                 }
                 #expect(replies[index] == .simple("PONG"))
                 index += 1
             }
-            for id in ids {
+            for (offset, id) in ids.enumerated() {
                 let newest = replies[index].elements?.first?.elements
-                #expect(newest?.first == .integer(Int64(rounds)), "\(id): HISTORY sees every POST before it")
+                #expect(newest?.first == .integer(Int64(offset + rounds)), "\(id): HISTORY sees every POST before it")
                 #expect(newest?.last == .bulk(Array("r\(rounds - 1)".utf8)))
                 index += 1
             }
@@ -389,10 +406,10 @@ struct SyncLaneTests {
                     ["POST", "general", "no context"],
                 ])
             }
-            #expect(mixed[0] == .integer(Int64(rounds + 1)))
+            #expect(mixed[0] == .integer(Int64(1 + rounds + 1)))
             #expect(mixed[1].errorCode == "NOTFOUND", "\(mixed[1])")
             #expect(mixed[2].errorCode == "INVALID", "\(mixed[2])")
-            #expect(mixed[3] == .integer(Int64(rounds + 1)))
+            #expect(mixed[3] == .integer(Int64(3 + rounds + 1)))
             #expect(mixed[4].errorCode == "NOTENANT", "\(mixed[4])")
             // A user may name its own tenant in the path form (on the lane), never another.
             let user = try server.owner()
@@ -411,6 +428,47 @@ struct SyncLaneTests {
             let theirs = try await server.registry.tenant(id: ids[1])
             let newest = try await theirs.history(.operator, room: "general", after: nil, before: nil, limit: 1)
             #expect(newest.first?.text == "before", "the other tenant's room is untouched")
+        }
+    }
+
+    /// A run with POSTs to several tenants hears from each tenant's log, and its POSTs may all be
+    /// answered before the last report: its replies go back once, whatever reports come after.
+    @Test func aRemoteRunDeliversItsRepliesOnce() async throws {
+        try await Self.withServer(threads: 1) { server in
+            let tenant = try await server.registry.tenant(id: server.tenant.metadata.tenantID)
+            guard let loop = tenant.placement as? any EventLoop else {
+                Issue.record("the tenant is placed on a loop")
+                return
+            }
+            let dispatcher = CommandDispatcher(registry: server.registry, logger: .quiet, limits: ServerLimits())
+            let lane = SyncLane(
+                connectionID: 1,
+                tenant: nil,
+                tenantID: nil,
+                principal: .operator,
+                version: .resp2,
+                pathForm: .plain
+            )
+            let words = [ByteBuffer(string: "POST"), ByteBuffer(string: "general"), ByteBuffer(string: "hi")]
+            let request = RemoteRun.Request(
+                spec: CommandTable.post,
+                words: words,
+                wireBytes: 32,
+                target: LaneTarget(tenant: tenant, pathRoom: nil)
+            )
+            let deliveries = Mutex<[String]>([])
+            let run = RemoteRun([request], on: loop, lane: lane, dispatcher: dispatcher) { bytes, _ in
+                deliveries.withLock { $0.append(String(buffer: bytes)) }
+            }
+            try await loop.submit { run.run() }.get()
+            try await waitUntilAsync("the POST's reply") { deliveries.withLock { $0.count } == 1 }
+            #expect(deliveries.withLock { $0 } == [":1\r\n"])
+            // Late reports, as another tenant's log of the same run would give: nothing more.
+            try await loop.submit { run.logWritten(tenant, upTo: .max, error: nil) }.get()
+            try await loop.submit {
+                run.logWritten(tenant, upTo: .max, error: TenantError(.storageFailed, "late"))
+            }.get()
+            #expect(deliveries.withLock { $0 } == [":1\r\n"], "delivered once")
         }
     }
 }

@@ -16,7 +16,7 @@ struct TurnShareTests {
     /// A connection with `left` requests to run, which records the order they ran in.
     final class Connection: LoopTurn.Waiter {
         var turnMark: UInt64 = 0
-        var turnTenant: ObjectIdentifier?
+        var turnTenants: [ObjectIdentifier] = []
         var flushMark: UInt64 = 0
         let name: String
         let turn: LoopTurn

@@ -91,7 +91,7 @@ struct LaneRouting<Lane: AnyObject> {
             if hot.tenantIsHere && pending.gathered > 0 { return .hold }
             if !hot.tenantIsHere {
                 // One loop per batch: a tenant on a third loop goes in the next one.
-                if !hot.joinsGathered { return .hold }
+                if !hot.joinsGathered && pending.gathered > 0 { return .hold }
                 // A read after a gathered POST goes in the next batch, once the POST's reply
                 // (sent only when it is durable) is back.
                 if hot.settlesFirst && pending.gatheredPost { return .hold }

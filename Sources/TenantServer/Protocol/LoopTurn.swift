@@ -27,9 +27,9 @@ final class LoopTurn: @unchecked Sendable {
         func turnEnded()
         /// The turn the waiter was last registered in.
         var turnMark: UInt64 { get set }
-        /// The tenant it was last registered for in that turn (a waiter may append to several
-        /// tenants' logs in one turn: path-form rooms).
-        var turnTenant: ObjectIdentifier? { get set }
+        /// The tenants it was registered for in that turn (a waiter may append to several
+        /// tenants' logs in one turn: path-form rooms), newest last.
+        var turnTenants: [ObjectIdentifier] { get set }
         /// The turn the waiter last asked to be flushed in.
         var flushMark: UInt64 { get set }
         /// Its tenant's share of the turn came back: parse what waits.
@@ -110,15 +110,15 @@ final class LoopTurn: @unchecked Sendable {
         self.loop.assertInEventLoop()
         let key = ObjectIdentifier(tenant)
         defer { self.schedule() }
-        if waiter.turnMark == self.number {
-            // Registered in this turn already: for this tenant (the usual case, one tenant per
-            // connection), or for others and maybe this one too.
-            if waiter.turnTenant == key { return }
-            waiter.turnTenant = key
-            if let entry = self.dirty[key], entry.waiters.contains(where: { $0 === waiter }) { return }
+        if waiter.turnMark != self.number {
+            waiter.turnMark = self.number
+            waiter.turnTenants.removeAll(keepingCapacity: true)
+        } else if waiter.turnTenants.last == key || waiter.turnTenants.contains(key) {
+            // Registered for this tenant in this turn already (the last one: the usual case, one
+            // tenant per connection). The list is the waiter's own, at most a turn's requests.
+            return
         }
-        waiter.turnMark = self.number
-        waiter.turnTenant = key
+        waiter.turnTenants.append(key)
         if self.dirty[key] == nil {
             self.dirty[key] = (tenant, [waiter])
         } else {

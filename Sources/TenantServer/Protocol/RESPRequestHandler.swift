@@ -116,7 +116,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// Set while the lane waits: for its POSTs, or for the client to read its replies.
     private var waitingForLane = false
     var turnMark: UInt64 = 0
-    var turnTenant: ObjectIdentifier?
+    var turnTenants: [ObjectIdentifier] = []
     var flushMark: UInt64 = 0
 
     /// - Parameters:
@@ -185,7 +185,13 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
 
     /// The account of the lane's tenant when the tenant is on this loop.
     private func localAccount() -> LoopTurn.Account? {
-        guard let tenant = self.routing.lane?.tenant, let turn = self.turn else { return nil }
+        self.account(for: self.routing.lane?.tenant)
+    }
+
+    /// The account of `tenant` on this loop's turn, when it is placed here (the last one asked
+    /// for is kept: a connection's requests are mostly for one tenant).
+    private func account(for tenant: Tenant?) -> LoopTurn.Account? {
+        guard let tenant, let turn = self.turn else { return nil }
         if let cached = self.account, cached.tenant === tenant, !cached.account.retired { return cached.account }
         guard let context = self.context, tenant.isPlaced(on: context.eventLoop.executor) else { return nil }
         let account = turn.account(for: tenant)
@@ -387,7 +393,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             if let outcome = dispatcher.runHot(spec, words, lane: lane, target: target) {
                 // The hot handlers keep nothing of the words: the parser reuses their array.
                 self.parser.recycle(words)
-                if let turn = self.turn, turn.turnBudget > 0, let account = self.localAccount() {
+                // Its share is the tenant's it ran in (a path-form room's, or the context's).
+                if let turn = self.turn, turn.turnBudget > 0,
+                    let account = self.account(for: target?.tenant ?? lane.tenant)
+                {
                     turn.ran(account)
                     self.ranInTurn = turn.current
                 }

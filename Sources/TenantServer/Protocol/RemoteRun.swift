@@ -36,10 +36,13 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
     static let replyBound = 64 << 10
     private var pieces: [Piece] = []
     private var waiting = 0
+    /// The replies went back: a later log's report changes nothing (a run with POSTs to several
+    /// tenants hears from each, and its POSTs may all be answered before the last report).
+    private var finished = false
     /// The failed writes of its tenants' logs: the POSTs up to `upTo` get `error`.
     private var failures: [ObjectIdentifier: (upTo: UInt64, error: TenantError)] = [:]
     var turnMark: UInt64 = 0
-    var turnTenant: ObjectIdentifier?
+    var turnTenants: [ObjectIdentifier] = []
     var flushMark: UInt64 = 0
 
     /// - Parameters:
@@ -108,6 +111,7 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
     }
 
     func logWritten(_ tenant: Tenant, upTo: UInt64, error: TenantError?) {
+        guard !self.finished else { return }
         if let error { self.failures[ObjectIdentifier(tenant)] = (upTo, error) }
         // Every POST answered (durable, or failed), or wait for the next write.
         for piece in self.pieces {
@@ -122,6 +126,8 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
 
     /// Encodes every reply in request order and sends them back.
     private func finish() {
+        guard !self.finished else { return }
+        self.finished = true
         var out = ByteBuffer()
         for piece in self.pieces {
             switch piece {

@@ -135,8 +135,9 @@ struct Connection {
                         }
                     )
                     let contexts = self.dispatcher.contexts
-                    var registeredContext: String?
-                    defer { contexts.move(session.subscriber, from: registeredContext, to: nil) }
+                    let admission = self.dispatcher.admission
+                    var state = ConnectionState(fairShares: admission.isEnabled)
+                    defer { contexts.move(session.subscriber, from: state.registeredContext, to: nil) }
                     defer {
                         session.setContext(nil, id: nil)
                         let channels = session.channels.values.map { ($0.tenant, $0.room) }
@@ -147,7 +148,6 @@ struct Connection {
                             }
                         }
                     }
-                    let admission = self.dispatcher.admission
                     var account: TenantAdmission.Account?
                     /// The connection reads no more: what it charged its tenant is given back.
                     func leaveTenant() {
@@ -161,19 +161,28 @@ struct Connection {
                     func queueOutcome(_ outcome: CommandOutcome) async -> Bool {
                         var outcome = outcome
                         if session.closeAfterReply, case .reply(let value) = outcome { outcome = .replyAndClose(value) }
-                        if session.principal != nil && !self.gate.isAuthenticated {
+                        var closing = false
+                        if case .replyAndClose = outcome { closing = true }
+                        let actions = state.commandRan(
+                            ConnectionState.Session(
+                                authenticated: session.principal != nil,
+                                tenantID: session.tenantID,
+                                subscribed: !session.channels.isEmpty,
+                                closing: closing
+                            )
+                        )
+                        if actions.authenticate {
                             self.gate.authenticated()
                             queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
                         }
-                        self.gate.isSubscribed = !session.channels.isEmpty
-                        if registeredContext != session.tenantID {
-                            contexts.move(session.subscriber, from: registeredContext, to: session.tenantID)
-                            registeredContext = session.tenantID
+                        if let subscribed = actions.subscribed { self.gate.isSubscribed = subscribed }
+                        if let move = actions.moveContext {
+                            contexts.move(session.subscriber, from: move.from, to: move.to)
                         }
-                        if admission.isEnabled && account?.tenantID != session.tenantID {
+                        if let charge = actions.charge {
                             // Its requests are now charged to its new tenant.
                             if let account { admission.detach(account) }
-                            account = session.tenantID.map { admission.attach($0) }
+                            account = charge.map { admission.attach($0) }
                             gate.setAccount(account)
                         }
                         switch outcome {
@@ -288,7 +297,7 @@ struct Connection {
                         taken += batch.count
                         if lanes {
                             // After the replies: the handler may run what follows on the lane.
-                            let slot = Slot.idle(taken, self.lane(for: session))
+                            let slot = Slot.idle(taken, self.lane(for: session, state: state))
                             guard await queue.push(slot, weight: 0, replies: 0) else { break reading }
                         }
                     }
@@ -307,10 +316,8 @@ struct Connection {
     /// closing, and a tenant context (if any: the operator may have none and name tenants in
     /// path-form rooms) placed on an event loop (this connection's, or another, reached in one hop
     /// per batch).
-    private func lane(for session: Session) -> SyncLane? {
-        guard let principal = session.principal, session.channels.isEmpty, !session.closeAfterReply,
-            self.gate.isAuthenticated, !self.dispatcher.admission.isEnabled
-        else { return nil }
+    private func lane(for session: Session, state: ConnectionState) -> SyncLane? {
+        guard state.allowsLane, let principal = session.principal else { return nil }
         if let tenant = session.tenant {
             guard !tenant.isClosed, tenant.placement is any EventLoop else { return nil }
         }
