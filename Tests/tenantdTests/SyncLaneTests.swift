@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -469,6 +470,55 @@ struct SyncLaneTests {
                 run.logWritten(tenant, upTo: .max, error: TenantError(.storageFailed, "late"))
             }.get()
             #expect(deliveries.withLock { $0 } == [":1\r\n"], "delivered once")
+        }
+    }
+
+    /// A tenant's snapshot copies its files off the event loop it shares with other tenants: a
+    /// neighbour on the same loop is answered while the copy's syncs take their time.
+    @Test func aSnapshotDoesNotHoldTheEventLoopItsTenantShares() async throws {
+        try await Self.withServer(threads: 1) { server in
+            let neighbour = try await server.registry.createTenant(
+                name: "N",
+                subdomain: "neighbour",
+                plan: nil,
+                owner: "nina"
+            )
+            let owner = try server.owner()
+            _ = try owner.pipeline((0..<50).map { ["POST", "general", "m\($0)"] })
+            let other = try RESPTestClient(port: server.port)
+            #expect(try other.call("AUTH", "nina@neighbour", neighbour.ownerToken) == .simple("OK"))
+            #expect(try other.call("PING") == .simple("PONG"))
+            try await TemporaryDirectory.with { snapshots in
+                let admin = try RESPTestClient(port: server.port)
+                #expect(try admin.call("AUTH", "admin", "operator-token-0123456789abcdef-0123") == .simple("OK"))
+                // Each file sync takes 600 ms: the snapshot's checkpoint syncs one, its copy at least
+                // one more (on the loop, the copy would hold the neighbour for as long).
+                server.disk.delaySyncs(byMicroseconds: 600_000)
+                let done = Mutex(false)
+                let id = server.tenant.metadata.tenantID
+                async let snapshot: (RESPReply, Double) = offThePool {
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    defer { done.withLock { $0 = true } }
+                    let reply = try admin.call("TENANT", "SNAPSHOT", id, snapshots.path)
+                    return (reply, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+                }
+                let slowest = try await offThePool {
+                    var slowest = 0.0
+                    while !done.withLock({ $0 }) {
+                        let start = DispatchTime.now().uptimeNanoseconds
+                        guard try other.call("PING") == .simple("PONG") else { return Double.infinity }
+                        slowest = max(slowest, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+                        usleep(10_000)
+                    }
+                    return slowest
+                }
+                let (reply, took) = try await snapshot
+                server.disk.delaySyncs(byMicroseconds: 0)
+                #expect(reply.errorCode == nil, "\(reply)")
+                #expect(took >= 1.2, "the syncs took their time (\(took) s)")
+                #expect(slowest < 0.3, "the neighbour waited \(slowest) s for a PING while the copy ran")
+                #expect(try owner.call("HISTORY", "general", "LIMIT", "1").elements?.count == 1)
+            }
         }
     }
 }

@@ -33,9 +33,10 @@ protocol TenantJournal: AnyObject, Sendable {
     /// the log is durable that far, and drops what it covers.
     /// - Returns: the bytes the tenant holds on disk afterwards.
     func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64
-    /// Copies the tenant's files to `destination` as they are now (snapshots), synchronously, so
-    /// that the calling actor appends nothing meanwhile.
-    func copy(to destination: String) throws
+    /// Copies the tenant's files to `destination` (snapshots), off the caller's executor, with no
+    /// write reaching them meanwhile; the caller starts no checkpoint until it returns.
+    /// - Returns: the lsn the copy holds the log up to.
+    func copy(to destination: String) async throws -> UInt64
     /// Closes the log when it is the tenant's own.
     func close() async throws
 }
@@ -95,13 +96,23 @@ final class DirectoryJournal: TenantJournal {
         }
     }
 
-    func copy(to destination: String) throws {
-        do {
-            try self.fileSystem.copyTree(self.files.directory, to: destination)
-            try self.fileSystem.syncDirectory(POSIXFile.parent(of: destination))
-        } catch {
-            try? self.fileSystem.removeTree(destination)
-            throw error
+    func copy(to destination: String) async throws -> UInt64 {
+        let writer = self.writer
+        let fileSystem = self.fileSystem
+        let directory = self.files.directory
+        // On a thread of its own: the tenant's executor is an event loop that other tenants'
+        // connections share, and a copy of gigabytes would hold them all.
+        return try await runBlocking {
+            try writer.holdingFiles { lsn in
+                do {
+                    try fileSystem.copyTree(directory, to: destination)
+                    try fileSystem.syncDirectory(POSIXFile.parent(of: destination))
+                } catch {
+                    try? fileSystem.removeTree(destination)
+                    throw error
+                }
+                return lsn
+            }
         }
     }
 
@@ -149,7 +160,7 @@ final class SharedJournal: TenantJournal {
         throw TenantError.invalid("a tenant of the shared log is checkpointed with the whole log")
     }
 
-    func copy(to destination: String) throws {
+    func copy(to destination: String) async throws -> UInt64 {
         throw TenantError.invalid("TENANT SNAPSHOT is for the database strategy")
     }
 

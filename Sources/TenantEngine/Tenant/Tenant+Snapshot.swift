@@ -1,8 +1,10 @@
 extension Tenant {
     /// Writes a consistent copy of the tenant's files to `destination` while it keeps serving:
-    /// a checkpoint first (so the copy is one compact file and the segment after it), then, in one
-    /// actor turn with no suspension, every file copied and synced. Nothing the copy holds is
-    /// newer than what was durable when it was taken.
+    /// a checkpoint first (so the copy is one compact file and the segment after it), then every
+    /// file copied and synced off the tenant's executor (its event loop serves other tenants),
+    /// with the log's files held still (appends wait in the log's buffer) and no checkpoint
+    /// started meanwhile (one asked for is skipped: a later one covers it). Nothing the copy
+    /// holds is newer than what was durable when it was taken.
     /// - Parameter destination: the new directory (its parent must exist; it must not).
     /// - Returns: the lsn the snapshot ends at.
     public func snapshot(to destination: String) async throws -> UInt64 {
@@ -17,15 +19,28 @@ extension Tenant {
             try await self.waitDurable(lsn)
             lsn = self.checkpoints.lastOwnLSN
         }
-        // No suspension from here on: the files hold exactly the log up to `lsn`, and no append
-        // can run while this actor copies them.
+        // A checkpoint started by someone else meanwhile would remove segments under the copy.
+        guard !self.checkpoints.running else {
+            throw TenantError(.unavailable, "tenant is writing a checkpoint; retry the snapshot")
+        }
+        self.checkpoints.running = true
+        let copied: Result<UInt64, any Error>
         do {
-            try self.journal.copy(to: destination)
-        } catch let error as TenantError {
-            throw error
+            copied = .success(try await self.journal.copy(to: destination))
         } catch {
+            copied = .failure(error)
+        }
+        self.checkpoints.running = false
+        let waiting = self.checkpointWaiters
+        self.checkpointWaiters = []
+        for waiter in waiting { waiter.resume() }
+        switch copied {
+        case .success(let copiedLSN):
+            return max(lsn, copiedLSN)
+        case .failure(let error as TenantError):
+            throw error
+        case .failure(let error):
             throw TenantError.ioError("snapshot to \(destination) failed: \(error)")
         }
-        return lsn
     }
 }

@@ -285,6 +285,17 @@ public final class WALWriter: @unchecked Sendable {
         }
         return written ?? false
     }
+    /// Runs `body` while nothing is written to the log's files, so that a copy of them made there
+    /// holds one consistent log, up to the lsn `body` is given (what the files hold, durable under
+    /// the policy). Appends go on meanwhile: they wait in the log's buffer, and an event loop's
+    /// ``writeOnCaller()`` finds the files taken and leaves them to the log's queue, which writes
+    /// them once `body` returns. Run it off any event loop: it blocks while `body` runs.
+    public func holdingFiles<T>(_ body: (_ lsn: UInt64) throws -> T) rethrows -> T {
+        try self.io.withLock { _ in
+            try body(self.state.withLock { $0.durableLSN })
+        }
+    }
+
     /// Flushes everything appended so far and fdatasyncs it, whatever the policy: for records
     /// that must be on disk before something else happens (a new tenant's first records, before
     /// its directory is renamed into place).
