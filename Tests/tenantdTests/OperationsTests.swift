@@ -235,7 +235,7 @@ struct OperationsTests {
         #expect(try adminA.call("TENANT", "SNAPSHOT", "acme", dir.path + "/missing").errorCode == "NOTFOUND")
         let verified = try Self.run(Self.tenantctl, ["verify", path])
         #expect(verified.status == 0, "\(verified.output)")
-        #expect(verified.output.contains("to lsn \(lsn)"), "\(verified.output)")
+        #expect(verified.output.contains("to lsn \(lsn), "), "\(verified.output)")
 
         // Another server: the snapshot placed in its data directory, then ATTACH while it runs.
         let serverB = try TenantdProcess(dataDirectory: dir.path + "/b")

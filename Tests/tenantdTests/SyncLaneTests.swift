@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -518,6 +519,22 @@ struct SyncLaneTests {
                 #expect(took >= 1.2, "the syncs took their time (\(took) s)")
                 #expect(slowest < 0.3, "the neighbour waited \(slowest) s for a PING while the copy ran")
                 #expect(try owner.call("HISTORY", "general", "LIMIT", "1").elements?.count == 1)
+                // Two snapshots to one place at once: one copy, and the other's failure leaves it.
+                let again = snapshots.path + "/again"
+                try FileManager.default.createDirectory(atPath: again, withIntermediateDirectories: false)
+                server.disk.delaySyncs(byMicroseconds: 200_000)
+                let second = try RESPTestClient(port: server.port)
+                #expect(try second.call("AUTH", "admin", "operator-token-0123456789abcdef-0123") == .simple("OK"))
+                async let first = offThePool { try admin.call("TENANT", "SNAPSHOT", id, again) }
+                async let other = offThePool { try second.call("TENANT", "SNAPSHOT", id, again) }
+                let replies = try await [first, other]
+                server.disk.delaySyncs(byMicroseconds: 0)
+                let succeeded = replies.filter { $0.errorCode == nil }
+                #expect(succeeded.count == 1, "\(replies)")
+                #expect(replies.contains { $0.errorCode == "EXISTS" }, "\(replies)")
+                let copied = try #require(succeeded.first?.fields?["path"]?.string)
+                let files = try FileManager.default.subpathsOfDirectory(atPath: copied)
+                #expect(files.contains { $0.hasSuffix(".ckpt") }, "the copy that succeeded is whole: \(files)")
             }
         }
     }

@@ -1,6 +1,10 @@
 import Synchronization
 import WAL
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where one tenant's records go, as its storage strategy keeps them: the tenant actor appends,
 /// waits for durability and asks for checkpoints through this, and never learns the layout.
 protocol TenantJournal: AnyObject, Sendable {
@@ -107,6 +111,9 @@ final class DirectoryJournal: TenantJournal {
                 do {
                     try fileSystem.copyTree(directory, to: destination)
                     try fileSystem.syncDirectory(POSIXFile.parent(of: destination))
+                } catch let error as WALError where error == WALError.io("mkdir", path: destination, errno: EEXIST) {
+                    // Another copy made it first (a concurrent snapshot): it is not this one's to remove.
+                    throw TenantError(.alreadyExists, "\(destination) exists")
                 } catch {
                     try? fileSystem.removeTree(destination)
                     throw error

@@ -19,10 +19,11 @@ extension Tenant {
             try await self.waitDurable(lsn)
             lsn = self.checkpoints.lastOwnLSN
         }
-        // A checkpoint started by someone else meanwhile would remove segments under the copy.
-        guard !self.checkpoints.running else {
-            throw TenantError(.unavailable, "tenant is writing a checkpoint; retry the snapshot")
-        }
+        // A checkpoint started by someone else meanwhile would remove segments under the copy:
+        // it ends first. Then, in the same actor turn as the copy is marked running (which keeps
+        // close, and so delete, move and reopen, waiting): the tenant still serves.
+        while self.checkpoints.running { await self.waitForCheckpoint() }
+        try self.checkWritable()
         self.checkpoints.running = true
         let copied: Result<UInt64, any Error>
         do {

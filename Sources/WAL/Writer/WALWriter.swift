@@ -289,10 +289,20 @@ public final class WALWriter: @unchecked Sendable {
     /// holds one consistent log, up to the lsn `body` is given (what the files hold, durable under
     /// the policy). Appends go on meanwhile: they wait in the log's buffer, and an event loop's
     /// ``writeOnCaller()`` finds the files taken and leaves them to the log's queue, which writes
-    /// them once `body` returns. Run it off any event loop: it blocks while `body` runs.
-    public func holdingFiles<T>(_ body: (_ lsn: UInt64) throws -> T) rethrows -> T {
-        try self.io.withLock { _ in
-            try body(self.state.withLock { $0.durableLSN })
+    /// them once `body` returns. What was written before is synced first (unless the policy is
+    /// `no`): the `everysec` timer's sync waits for `body` too, and nothing acknowledged may wait
+    /// that long unsynced. Run it off any event loop: it blocks while `body` runs.
+    /// - Throws: the log's failure, or the shortage holding writes back: the files may then hold
+    ///   bytes past the durable lsn.
+    public func holdingFiles<T>(_ body: (_ lsn: UInt64) throws -> T) throws -> T {
+        try self.io.withLock { io in
+            let (lsn, problem) = self.state.withLock { ($0.durableLSN, $0.failure ?? $0.shortage) }
+            if let problem { throw problem }
+            if self.configuration.fsync != .no, io.unsynced, io.fd >= 0 {
+                try self.fileSystem.sync(io.fd, path: io.segmentPath)
+                io.unsynced = false
+            }
+            return try body(lsn)
         }
     }
 
