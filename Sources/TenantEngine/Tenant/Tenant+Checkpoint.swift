@@ -8,12 +8,7 @@ extension Tenant {
     public func checkpoint() async throws {
         guard self.journal.checkpointsItself, !self.checkpoints.running else { return }
         self.checkpoints.running = true
-        defer {
-            self.checkpoints.running = false
-            let waiting = self.checkpointWaiters
-            self.checkpointWaiters = []
-            for waiter in waiting { waiter.resume() }
-        }
+        defer { self.endRun() }
         guard let (snapshot, cut) = self.captureForCheckpoint(floor: 0), cut > self.checkpoints.lastCheckpointLSN
         else { return }
         // In the same actor turn: appends after the capture go to a new segment.
@@ -43,6 +38,14 @@ extension Tenant {
         self.checkpoints.written(cut: cut, size: storageBytes)
         self.quota.storageBytes = storageBytes + self.checkpoints.bytesSinceCheckpoint
         self.publishGauges()
+    }
+
+    /// A checkpoint, or a snapshot's copy, ended: whoever waits for it goes on.
+    func endRun() {
+        self.checkpoints.running = false
+        let waiting = self.checkpointWaiters
+        self.checkpointWaiters = []
+        for waiter in waiting { waiter.resume() }
     }
 
     /// Waits until no checkpoint runs: closing the log under one would leave its files half

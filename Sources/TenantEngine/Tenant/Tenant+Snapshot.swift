@@ -22,25 +22,15 @@ extension Tenant {
         // A checkpoint started by someone else meanwhile would remove segments under the copy:
         // it ends first. Then, in the same actor turn as the copy is marked running (which keeps
         // close, and so delete, move and reopen, waiting): the tenant still serves.
-        while self.checkpoints.running { await self.waitForCheckpoint() }
+        await self.waitForCheckpoint()
         try self.checkWritable()
         self.checkpoints.running = true
-        let copied: Result<UInt64, any Error>
+        defer { self.endRun() }
         do {
-            copied = .success(try await self.journal.copy(to: destination))
-        } catch {
-            copied = .failure(error)
-        }
-        self.checkpoints.running = false
-        let waiting = self.checkpointWaiters
-        self.checkpointWaiters = []
-        for waiter in waiting { waiter.resume() }
-        switch copied {
-        case .success(let copiedLSN):
-            return max(lsn, copiedLSN)
-        case .failure(let error as TenantError):
+            return max(lsn, try await self.journal.copy(to: destination))
+        } catch let error as TenantError {
             throw error
-        case .failure(let error):
+        } catch {
             throw TenantError.ioError("snapshot to \(destination) failed: \(error)")
         }
     }
