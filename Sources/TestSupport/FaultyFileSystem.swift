@@ -141,6 +141,17 @@ public final class FaultyFileSystem: WALFileSystem {
         }
     }
 
+    /// Bytes written to files this layer created that a power cut would now drop: zero once a
+    /// sync has covered everything written so far.
+    public var unsyncedBytes: Int {
+        let lengths = self.state.withLock { $0.syncedLength }
+        return lengths.reduce(0) { total, entry in
+            guard POSIXFile.exists(entry.key), !POSIXFile.isDirectory(entry.key) else { return total }
+            let size = (try? POSIXFile.fileSize(entry.key)) ?? 0
+            return total + max(0, size - entry.value)
+        }
+    }
+
     /// File syncs that returned successfully (what a power cut then keeps is decided).
     public var completedSyncs: Int { self.state.withLock { $0.syncsDone } }
 
