@@ -57,8 +57,11 @@ struct ConnectionTests {
             let channel = NIOAsyncTestingChannel()
             let limits = ServerLimits()
             let gate = RequestGate(bound: limits.requestWindowBytes)
+            let pushes = PushSink(eventLoop: channel.testingEventLoop)
             let wrapped = try await channel.testingEventLoop.submit {
-                try channel.pipeline.syncOperations.addHandler(RESPRequestHandler(limits: limits.request, gate: gate))
+                try channel.pipeline.syncOperations.addHandler(
+                    RESPRequestHandler(limits: limits.request, gate: gate, pushes: pushes)
+                )
                 return try NIOAsyncChannel<[RESPRequest], ConnectionOutput>(wrappingChannelSynchronously: channel)
             }.get()
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7379))
@@ -68,6 +71,7 @@ struct ConnectionTests {
                     id: 1,
                     channel: wrapped,
                     gate: gate,
+                    pushes: pushes,
                     transport: ConnectionTransport(isTLS: false),
                     dispatcher: dispatcher
                 ).run()
@@ -92,6 +96,30 @@ struct ConnectionTests {
             let replies = try await connection.replies(atLeast: expected.utf8.count + 40)
             #expect(replies.hasPrefix(expected), "\(replies)")
             #expect(replies.contains("$5\r\nalice\r\n$3\r\ntwo\r\n") && replies.hasSuffix("$5\r\nthree\r\n"))
+        }
+    }
+
+    /// A SUBSCRIBE's confirmation goes from its tenant straight to the handler; the task runs it
+    /// only once the replies before it reached the handler, so it never overtakes them, even
+    /// while they wait for a client that does not read.
+    @Test func aSubscribeConfirmationNeverOvertakesTheRepliesBeforeIt() async throws {
+        try await Self.withConnection { connection in
+            try await connection.send("AUTH alice@acme \(connection.token)\r\n")
+            #expect(try await connection.replies(atLeast: 5) == "+OK\r\n")
+            let channel = connection.channel
+            func setWritable(_ writable: Bool) async throws {
+                try await channel.testingEventLoop.submit {
+                    channel.isWritable = writable
+                    channel.pipeline.fireChannelWritabilityChanged()
+                }.get()
+            }
+            try await setWritable(false)
+            try await connection.send("PING\r\nSUBSCRIBE general\r\n")
+            // Time for a confirmation that did not wait to be written.
+            try await Task.sleep(for: .milliseconds(300))
+            try await setWritable(true)
+            let expected = "+PONG\r\n*3\r\n$9\r\nsubscribe\r\n$7\r\ngeneral\r\n:1\r\n"
+            #expect(try await connection.replies(atLeast: expected.utf8.count) == expected)
         }
     }
 

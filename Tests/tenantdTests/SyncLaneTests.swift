@@ -197,6 +197,100 @@ struct SyncLaneTests {
         }
     }
 
+    /// A push of `kind` for `channel`, as RESP3 sends it.
+    static func push(_ kind: String, _ channel: String, _ last: RESPReply) -> RESPReply {
+        .push([.bulk(Array(kind.utf8)), .bulk(Array(channel.utf8)), last])
+    }
+
+    @Test func subscribeRunsOnTheLaneAndItsConfirmationsKeepRequestOrder() async throws {
+        try await Self.withServer { server in
+            let client = try RESPTestClient(port: server.port)
+            guard case .map = try client.call("HELLO", "3", "AUTH", "alice@acme", server.tenant.ownerToken) else {
+                Issue.record("HELLO 3 AUTH refused")
+                return
+            }
+            let before = Self.laneCommands
+            let frames = try await offThePool { () -> [RESPReply] in
+                try client.send(
+                    raw: [
+                        ["POST", "general", "a"], ["SUBSCRIBE", "general", "random"], ["PING"],
+                        ["POST", "general", "b"],
+                    ]
+                    .flatMap { RESPTestClient.encode($0) }
+                )
+                // Three replies, SUBSCRIBE's two confirmations and the push of "b".
+                return try (0..<6).map { _ in try client.read() }
+            }
+            #expect(
+                Array(frames.prefix(4)) == [
+                    .integer(1), Self.push("subscribe", "general", .integer(1)),
+                    Self.push("subscribe", "random", .integer(2)), .simple("PONG"),
+                ],
+                "the confirmations come in the SUBSCRIBE's place: \(frames)"
+            )
+            let rest = Array(frames.dropFirst(4))
+            #expect(rest.filter { if case .push = $0 { false } else { true } } == [.integer(2)])
+            let messages = rest.compactMap { frame -> String? in
+                guard case .push(let parts) = frame, parts.first?.string == "message" else { return nil }
+                return parts.last?.string
+            }
+            #expect(messages.count == 1 && messages[0].contains("\"text\":\"b\""), "\(rest)")
+            // POST, SUBSCRIBE, PING, POST: the three that are not SUBSCRIBE make three.
+            #expect(Self.laneCommands - before >= 4, "SUBSCRIBE ran on the lane")
+            // Another connection's POST reaches the subscriber, pushed from the handler.
+            let poster = try server.owner()
+            #expect(try poster.call("POST", "random", "from elsewhere") == .integer(1))
+            guard case .push(let parts) = try await offThePool({ try client.read() }) else {
+                Issue.record("no push for the other connection's POST")
+                return
+            }
+            #expect(parts.first?.string == "message" && parts[1].string == "random")
+            // UNSUBSCRIBE runs on the task: its confirmation after the lane's reply before it.
+            try client.send(raw: [["PING"], ["UNSUBSCRIBE", "general"]].flatMap { RESPTestClient.encode($0) })
+            #expect(try client.read() == .simple("PONG"))
+            #expect(try client.read() == Self.push("unsubscribe", "general", .integer(1)))
+        }
+    }
+
+    /// SUBSCRIBE on the connection's task: its tenant delivers the confirmation to the handler,
+    /// which it reaches only after the replies before it, even when those wait in the connection's
+    /// queue for a client that does not read yet.
+    @Test func aSubscribeOnTheTaskWaitsForTheRepliesBeforeIt() async throws {
+        try await Self.withServer { server in
+            let poster = try server.owner()
+            let text = String(repeating: "w", count: 3000)
+            let posted = try await offThePool { try poster.pipeline((0..<40).map { _ in ["POST", "general", text] }) }
+            #expect(posted.last == .integer(40))
+            let client = try server.owner()
+            client.shrinkReceiveBuffer()
+            let histories = 100
+            // USAGE is not a hot command: it and everything after it in the read go to the task.
+            // About 12 MB of HISTORY replies: more than the socket buffers and the reply window
+            // hold, so the SUBSCRIBE runs while replies still wait in the queue.
+            let commands: [[String]] =
+                [["USAGE"]] + Array(repeating: ["HISTORY", "general", "LIMIT", "50"], count: histories)
+                + [["SUBSCRIBE", "general"], ["PING"]]
+            let replies = try await offThePool { () -> [RESPReply] in
+                try client.send(raw: commands.flatMap { RESPTestClient.encode($0) })
+                return try commands.indices.map { _ in try client.read() }
+            }
+            guard case .array = replies[0] else {
+                Issue.record("USAGE first: \(replies[0])")
+                return
+            }
+            let pages = replies[1...histories].filter {
+                if case .array(let page) = $0 { page.count == 40 } else { false }
+            }
+            #expect(pages.count == histories, "every HISTORY reply before the confirmation")
+            #expect(
+                replies[histories + 1]
+                    == .array([.bulk(Array("subscribe".utf8)), .bulk(Array("general".utf8)), .integer(1)])
+            )
+            // Subscribed mode: PING's reply is Redis's in that mode.
+            #expect(replies[histories + 2] == .array([.bulk(Array("pong".utf8)), .bulk([])]))
+        }
+    }
+
     @Test func aPostIsNotAnsweredWhenItsWriteFails() async throws {
         try await Self.withServer { server in
             let client = try server.owner()
@@ -449,7 +543,12 @@ struct SyncLaneTests {
                 tenantID: nil,
                 principal: .operator,
                 version: .resp2,
-                pathForm: .plain
+                pathForm: .plain,
+                subscriber: ConnectionSubscriber(
+                    queue: ReplyQueue(limit: 16, byteLimit: 1 << 16),
+                    version: .resp2,
+                    disconnect: {}
+                )
             )
             let words = [ByteBuffer(string: "POST"), ByteBuffer(string: "general"), ByteBuffer(string: "hi")]
             let request = RemoteRun.Request(

@@ -41,6 +41,18 @@ extension Tenant {
         return try OnLoop.roleName(self, principal)
     }
 
+    /// SUBSCRIBE (``subscribe(_:room:channel:subscriber:)``) from the tenant's loop: the
+    /// `subscribed` event is delivered before it returns.
+    public nonisolated func subscribeOnLoop(
+        _ principal: Principal,
+        room: String,
+        channel: String,
+        subscriber: any MessageSubscriber
+    ) throws {
+        self.preconditionIsolated(Self.notOnLoop)
+        try OnLoop.subscribe(self, principal, (room, channel), subscriber)
+    }
+
     /// A lane POST's outcome (``outcome(of:)``) from the tenant's loop.
     public nonisolated func outcomeOnLoop(of ticket: PostTicket) -> Result<UInt64, TenantError>? {
         self.preconditionIsolated(Self.notOnLoop)
@@ -96,6 +108,20 @@ private enum OnLoop {
     nonisolated(unsafe) static let roleName = unisolated(
         { (tenant: isolated Tenant, principal: Principal) throws -> String in try tenant.roleName(of: principal) },
         as: ((Tenant, Principal) throws -> String).self
+    )
+
+    nonisolated(unsafe) static let subscribe = unisolated(
+        {
+            (
+                tenant: isolated Tenant,
+                principal: Principal,
+                names: (room: String, channel: String),
+                subscriber: any MessageSubscriber
+            )
+                throws in
+            try tenant.subscribe(principal, room: names.room, channel: names.channel, subscriber: subscriber)
+        },
+        as: ((Tenant, Principal, (room: String, channel: String), any MessageSubscriber) throws -> Void).self
     )
 
     nonisolated(unsafe) static let outcome = unisolated(

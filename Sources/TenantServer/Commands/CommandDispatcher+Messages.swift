@@ -241,30 +241,66 @@ extension CommandDispatcher {
         -> CommandOutcome
     {
         // Every channel is checked before any is subscribed: one refused channel subscribes none.
-        var targets: [(channel: String, tenant: Tenant, room: String, key: String)] = []
+        var targets: [(channel: String, tenant: Tenant, room: String)] = []
+        let held = session.subscriber.subscriptions
         var added: Set<String> = []
         for channel in arguments.words {
             let (tenant, room) = try await self.target(room: channel, principal: principal, session: session)
-            guard Names.isValidRoom(room) else { throw Tenant.invalidRoom }
-            let key = tenant.subscriptionKey(room: room)
-            if session.channels[key] == nil { added.insert(key) }
-            guard session.channels.count + added.count <= self.limits.maxSubscriptions else {
-                throw CommandError(
-                    "max-subscriptions reached: a connection subscribes to at most \(self.limits.maxSubscriptions) rooms"
-                )
-            }
-            targets.append((channel, tenant, room, key))
+            try self.checkSubscription(tenant, room: room, held: held, added: &added)
+            targets.append((channel, tenant, room))
         }
         for target in targets {
-            try await target.tenant.subscribe(
-                principal,
-                room: target.room,
-                channel: target.channel,
-                subscriber: session.subscriber
+            let key = target.tenant.subscriptionKey(room: target.room)
+            let previous = session.subscriber.subscriptions[key]
+            session.subscriber.record(
+                .init(tenant: target.tenant, room: target.room, channel: target.channel),
+                key: key
             )
-            session.channels[target.key] = (target.tenant, target.room, target.channel)
+            do {
+                try await target.tenant.subscribe(
+                    principal,
+                    room: target.room,
+                    channel: target.channel,
+                    subscriber: session.subscriber
+                )
+            } catch {
+                Self.undoRecord(key, previous: previous, subscriber: session.subscriber)
+                throw error
+            }
         }
         return .delivered
+    }
+
+    /// Checks one of SUBSCRIBE's channels before any is subscribed: a valid room, and no more
+    /// than `max-subscriptions` for the connection with those `held` and `added` before it.
+    func checkSubscription(
+        _ tenant: Tenant,
+        room: String,
+        held: [String: ConnectionSubscriber.Subscription],
+        added: inout Set<String>
+    ) throws {
+        guard Names.isValidRoom(room) else { throw Tenant.invalidRoom }
+        let key = tenant.subscriptionKey(room: room)
+        if held[key] == nil { added.insert(key) }
+        guard held.count + added.count <= self.limits.maxSubscriptions else {
+            throw CommandError(
+                "max-subscriptions reached: a connection subscribes to at most \(self.limits.maxSubscriptions) rooms"
+            )
+        }
+    }
+
+    /// A subscription its tenant refused is forgotten again (or, when it renewed one, the one
+    /// before is kept).
+    static func undoRecord(
+        _ key: String,
+        previous: ConnectionSubscriber.Subscription?,
+        subscriber: ConnectionSubscriber
+    ) {
+        if let previous {
+            subscriber.record(previous, key: key)
+        } else {
+            subscriber.forget(key: key)
+        }
     }
 
     /// UNSUBSCRIBE: a channel in any name form ends the one subscription of its tenant and room.
@@ -275,14 +311,15 @@ extension CommandDispatcher {
     ) async throws
         -> CommandOutcome
     {
-        let channels = arguments.count == 0 ? session.channels.values.map(\.channel).sorted() : arguments.words
+        let channels =
+            arguments.count == 0 ? session.subscriber.subscriptions.values.map(\.channel).sorted() : arguments.words
         if channels.isEmpty {
             return .reply(.push([.bulkString("unsubscribe"), .null, .integer(0)]))
         }
         for channel in channels {
             let resolved = try? await self.target(room: channel, principal: principal, session: session)
             let key = resolved.map { $0.0.subscriptionKey(room: $0.1) }
-            if let key, let subscription = session.channels.removeValue(forKey: key) {
+            if let key, let subscription = session.subscriber.forget(key: key) {
                 await subscription.tenant.unsubscribe(
                     room: subscription.room,
                     channel: channel,

@@ -41,7 +41,7 @@ final class CommandSpec: @unchecked Sendable {
     /// Runs it.
     let handler: Handler
     /// Runs it on the synchronous lane: the hot commands (POST, HISTORY, ROOMS, PING, ECHO,
-    /// WHOAMI) have one; the rest run only through ``handler``.
+    /// WHOAMI, SUBSCRIBE) have one; the rest run only through ``handler``.
     private(set) var hot: HotHandler?
     /// It first waits for the connection's POSTs still waiting for the log (it reads what they
     /// change), on the lane and on the connection's task alike. False for POST (pipelined POSTs
@@ -51,6 +51,10 @@ final class CommandSpec: @unchecked Sendable {
     /// Whether its first argument is a room, which may name its tenant in the path form
     /// (`/tenant/<id>/<room>`): POST and HISTORY.
     private(set) var takesRoom = false
+    /// Whether the lane runs it only for a tenant on the connection's own loop (SUBSCRIBE: its
+    /// tenant delivers the replies to the handler, which must have them before the next request's,
+    /// so it cannot go in a ``RemoteRun``); for a tenant elsewhere it goes to the task.
+    private(set) var runsHereOnly = false
     /// Whether it reads the tenant (on the lane, it runs on the tenant's loop); PING and ECHO
     /// do not, and run on the connection's loop wherever its tenant is.
     private(set) var readsTenant = true
@@ -85,9 +89,11 @@ final class CommandSpec: @unchecked Sendable {
         settlesFirst: Bool = true,
         readsTenant: Bool = true,
         takesRoom: Bool = false,
+        runsHereOnly: Bool = false,
         _ hot: @escaping HotHandler
     ) -> CommandSpec {
         self.hot = hot
+        self.runsHereOnly = runsHereOnly
         self.settlesFirst = settlesFirst
         self.readsTenant = readsTenant
         self.takesRoom = takesRoom
@@ -191,6 +197,9 @@ enum CommandTable {
             arguments,
             session in
             try await dispatcher.subscribe(arguments, principal: try session.authenticated(), session: &session)
+        }
+        .onLane(takesRoom: true, runsHereOnly: true) { dispatcher, words, lane, target in
+            try dispatcher.subscribe(words, lane: lane, target: try LaneTarget.needed(target))
         },
         CommandSpec("UNSUBSCRIBE", arity: 0...Int.max, inSubscribedMode: true) { dispatcher, arguments, session in
             try await dispatcher.unsubscribe(arguments, principal: try session.authenticated(), session: &session)

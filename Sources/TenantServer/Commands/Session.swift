@@ -25,9 +25,6 @@ struct Session: Sendable {
     /// The tenant the command running now works in when it names another than the context
     /// (`/tenant/<id>/<room>`): its request and reply are counted there.
     let pathTarget = PathTarget()
-    /// The subscriptions, by ``Tenant/subscriptionKey(room:)`` (one per tenant and room, whatever
-    /// name form the client used), with the name it used last.
-    var channels: [String: (tenant: Tenant, room: String, channel: String)] = [:]
 
     /// The connection's transport: TLS or not, and the server name a TLS client asked for.
     let transport: ConnectionTransport
@@ -91,7 +88,8 @@ struct Session: Sendable {
     }
 
     /// RESP2 connections with subscriptions take only pub/sub commands, as Redis's do.
-    var isInSubscribedMode: Bool { self.version == .resp2 && !self.channels.isEmpty }
+    /// (The subscriptions are the subscriber's: the lane subscribes too.)
+    var isInSubscribedMode: Bool { self.version == .resp2 && self.subscriber.count > 0 }
 }
 
 /// What a command asks the connection to do.

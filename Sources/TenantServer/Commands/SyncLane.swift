@@ -40,6 +40,8 @@ final class SyncLane: Sendable {
     let principal: Principal
     let version: RESPVersion
     let pathForm: PathForm
+    /// The connection's subscriptions, and where its tenants deliver (SUBSCRIBE on the lane).
+    let subscriber: ConnectionSubscriber
 
     init(
         connectionID: Int64,
@@ -47,8 +49,10 @@ final class SyncLane: Sendable {
         tenantID: String?,
         principal: Principal,
         version: RESPVersion,
-        pathForm: PathForm
+        pathForm: PathForm,
+        subscriber: ConnectionSubscriber
     ) {
+        self.subscriber = subscriber
         self.connectionID = connectionID
         self.tenant = tenant
         self.tenantID = tenantID
@@ -71,14 +75,19 @@ final class SyncLane: Sendable {
     /// as ``CommandDispatcher/target(room:principal:session:)`` finds it.
     func resolve(_ spec: CommandSpec, _ words: [ByteBuffer]) -> Resolution {
         guard spec.readsTenant else { return .anywhere }
-        if spec.takesRoom, words.count >= 2, Self.isPathForm(words[1]) {
+        return self.resolve(room: spec.takesRoom && words.count >= 2 ? words[1] : nil)
+    }
+
+    /// The tenant a command works in when its room is `room` (nil: it names none).
+    func resolve(room: ByteBuffer?) -> Resolution {
+        if let room, Self.isPathForm(room) {
             switch self.pathForm {
             case .plain:
                 break
             case .decline:
                 return .declined
             case .resolve(let open):
-                guard let (id, room) = Self.splitPath(words[1]) else { return .declined }
+                guard let (id, room) = Self.splitPath(room) else { return .declined }
                 if id == self.tenantID, let tenant = self.tenant {
                     return tenant.isClosed ? .declined : .tenant(LaneTarget(tenant: tenant, pathRoom: room))
                 }
@@ -137,6 +146,8 @@ enum HotOutcome {
     case reply(RESPValue)
     /// A POST accepted into its log's buffer: answered once the loop's turn wrote it.
     case post(PostTicket)
+    /// Its replies were delivered to the handler as it ran (SUBSCRIBE's, by its tenants).
+    case delivered
 }
 
 extension CommandDispatcher {
@@ -205,6 +216,46 @@ extension CommandDispatcher {
         let (after, limit) = try arguments.page(from: 0)
         let rooms = try target.tenant.roomsOnLoop(lane.principal, after: after, limit: limit ?? Tenant.maxRoomsPage)
         return Self.encodeRooms(rooms)
+    }
+
+    /// SUBSCRIBE on the lane, on a RESP3 connection (RESP2's subscribed mode begins with a first
+    /// subscription, and only the connection's task keeps it), every channel's tenant on this
+    /// loop: each confirmation is delivered to the handler as its tenant subscribes, among the
+    /// lane's replies. The same checks, in the same order, as ``subscribe(_:principal:session:)``.
+    func subscribe(_ words: [ByteBuffer], lane: SyncLane, target: LaneTarget) throws -> HotOutcome? {
+        guard lane.version == .resp3 else { return nil }
+        var targets: [(channel: String, tenant: Tenant, room: ByteBuffer)] = []
+        targets.reserveCapacity(words.count - 1)
+        for index in 1..<words.count {
+            var resolved = target
+            if index > 1 {
+                guard case .tenant(let other) = lane.resolve(room: words[index]),
+                    let here = target.tenant.placement, other.tenant.isPlaced(on: here)
+                else { return nil }
+                resolved = other
+            }
+            targets.append((try Arguments.word(words[index]), resolved.tenant, resolved.pathRoom ?? words[index]))
+        }
+        let held = lane.subscriber.subscriptions
+        var added: Set<String> = []
+        var checked: [(channel: String, tenant: Tenant, room: String)] = []
+        for (channel, tenant, roomWord) in targets {
+            let room = try Arguments.word(roomWord)
+            try self.checkSubscription(tenant, room: room, held: held, added: &added)
+            checked.append((channel, tenant, room))
+        }
+        for (channel, tenant, room) in checked {
+            let key = tenant.subscriptionKey(room: room)
+            let previous = lane.subscriber.subscriptions[key]
+            lane.subscriber.record(.init(tenant: tenant, room: room, channel: channel), key: key)
+            do {
+                try tenant.subscribeOnLoop(lane.principal, room: room, channel: channel, subscriber: lane.subscriber)
+            } catch {
+                Self.undoRecord(key, previous: previous, subscriber: lane.subscriber)
+                throw error
+            }
+        }
+        return .delivered
     }
 
     /// WHOAMI on the lane.

@@ -11,6 +11,9 @@ enum ConnectionOutput: Sendable {
     /// Every request up to the `handed`-th the handler passed on is answered, its reply written
     /// before this marker.
     case idle(handed: Int, lane: SyncLane?)
+    /// Every reply before it has reached the handler: the task may run a command whose tenants
+    /// deliver its replies here (``PushSink``).
+    case barrier(EventLoopPromise<Void>)
 }
 
 /// Turns a connection's bytes into ``RESPRequest``s with ``RESPRequestParser``, holding the
@@ -118,17 +121,32 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     var turnMark: UInt64 = 0
     var turnTenants: [ObjectIdentifier] = []
     var flushMark: UInt64 = 0
+    /// Where tenants deliver the connection's pub/sub pushes (nil: they go through its task).
+    let pushes: PushSink?
+    /// `client-output-buffer-limit pubsub`, kept here for the pushes.
+    private let pubSubLimit: PubSubLimit
+    /// Since when the connection's unsent bytes have been over the pub/sub soft limit.
+    private var overSoftLimitSince: NIODeadline?
 
     /// - Parameters:
     ///   - dispatcher: runs the hot commands on the lane (nil: every request goes to the task).
-    init(limits: RESPRequestParser.Limits, gate: RequestGate, dispatcher: CommandDispatcher? = nil) {
+    ///   - pushes: the sink its tenants deliver pushes to (``pushed(_:)``).
+    init(
+        limits: RESPRequestParser.Limits,
+        gate: RequestGate,
+        dispatcher: CommandDispatcher? = nil,
+        pushes: PushSink? = nil
+    ) {
         self.parser = RESPRequestParser(limits: limits, authenticated: false)
         self.gate = gate
         self.dispatcher = dispatcher
+        self.pushes = pushes
+        self.pubSubLimit = dispatcher?.limits.pubSub ?? PubSubLimit()
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.pushes?.attach(self)
         self.writable = context.channel.isWritable
         if let dispatcher = self.dispatcher {
             let turn = LoopTurn.of(context.eventLoop)
@@ -144,6 +162,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.pushes?.attach(nil)
         self.gate.onWakeUp(nil)
         self.gate.leaveAdmission()
         self.buffer = ByteBuffer()
@@ -218,6 +237,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 self.sealTail()
                 self.outbox.append(.passthrough(bytes, promise))
             }
+        case .barrier(let reached):
+            promise?.succeed(())
+            reached.succeed(())
         case .idle(let count, let lane):
             promise?.succeed(())
             guard self.routing.taskIsIdle(handed: count, lane: lane) == .resume else { return }
@@ -235,6 +257,40 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     func flush(context: ChannelHandlerContext) {
         // With lane replies waiting, the task's bytes go out behind them, when they are written.
         if self.outboxIsEmpty { context.flush() }
+    }
+
+    // MARK: - Pushes
+
+    /// A push a tenant delivered (``PushSink``), on this loop: it goes with the lane's replies,
+    /// after those already there, at the end of the loop's turn.
+    /// - Returns: whether it was taken; over `client-output-buffer-limit pubsub` (what the
+    ///   connection holds unsent: its outbox and the channel's buffer), it is refused and the
+    ///   connection closed, as Redis closes a subscriber too far behind.
+    func pushed(_ bytes: ByteBuffer) -> PushSink.Outcome {
+        guard let context = self.context, context.channel.isActive else { return .gone }
+        let buffered = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+        let held =
+            self.outboxBytes + buffered + bytes.readableBytes
+            + self.afterRemote.reduce(0) { $0 + $1.0.readableBytes }
+        let limit = self.pubSubLimit
+        if limit.hardBytes > 0 && held > limit.hardBytes { return self.refusePush(context: context) }
+        if limit.softBytes > 0 && held > limit.softBytes {
+            let now = NIODeadline.now()
+            let since = self.overSoftLimitSince ?? now
+            self.overSoftLimitSince = since
+            if now - since >= .seconds(Int64(limit.softSeconds)) { return self.refusePush(context: context) }
+        } else {
+            self.overSoftLimitSince = nil
+        }
+        self.outboxBytes += bytes.readableBytes
+        self.tail.writeImmutableBuffer(bytes)
+        self.flushAtEndOfTurn(context: context)
+        return .accepted
+    }
+
+    private func refusePush(context: ChannelHandlerContext) -> PushSink.Outcome {
+        context.close(promise: nil)
+        return .overLimit
     }
 
     // MARK: - The lane
@@ -374,7 +430,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                     hot = Routing.Hot(settlesFirst: found.settlesFirst, tenantIsHere: true)
                 case .tenant(let resolved):
                     let here = resolved.tenant.isPlaced(on: context.eventLoop.executor)
-                    targetLoop = here ? nil : resolved.tenant.placement as? any EventLoop
+                    targetLoop = here || found.runsHereOnly ? nil : resolved.tenant.placement as? any EventLoop
                     if here || targetLoop != nil {
                         spec = found
                         target = resolved
@@ -415,6 +471,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                     self.outbox.append(.post(tenant, ticket, lane.version))
                     self.pendingPosts += 1
                     self.turn?.appended(to: tenant, by: self)
+                case .delivered:
+                    // Its replies are in the outbox already (``pushed(_:)``).
+                    break
                 }
                 return true
             }
@@ -565,7 +624,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
             // `timeout`: a client that sent nothing for that long is closed unless it subscribes,
             // as Redis closes it (a pipeliner that stopped reading its replies included).
             // A connection held for its tenant's share is not idle: its requests wait.
-            if !self.gate.isSubscribed && self.waitingForAdmission == nil { context.close(promise: nil) }
+            if self.pushes?.hasSubscriptions != true && self.waitingForAdmission == nil { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)

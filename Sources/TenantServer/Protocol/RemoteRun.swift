@@ -90,6 +90,9 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
                 self.pieces.append(.post(tenant, ticket))
                 self.waiting += 1
                 LoopTurn.of(self.loop).appended(to: tenant, by: self)
+            case .delivered:
+                // Only for a tenant on the connection's own loop (``CommandSpec/runsHereOnly``).
+                preconditionFailure("a command that delivers its replies ran in a remote run")
             }
         }
         if bytes.readableBytes > 0 { self.pieces.append(.bytes(bytes)) }

@@ -43,7 +43,6 @@ final class RequestGate: Sendable {
     private let outstanding = Atomic<Int>(0)
     private let idleRequired = Atomic<Bool>(false)
     private let authenticatedFlag = Atomic<Bool>(false)
-    private let subscribedFlag = Atomic<Bool>(false)
     private let wantsWakeUp = Atomic<Bool>(false)
     private let wakeUp: Mutex<(@Sendable (WakeUp) -> Void)?> = Mutex(nil)
     private let charge = Mutex(Charge())
@@ -68,12 +67,6 @@ final class RequestGate: Sendable {
     /// The connection has authenticated: the wider limits apply from the next request on.
     func authenticated() {
         self.authenticatedFlag.store(true, ordering: .sequentiallyConsistent)
-    }
-
-    /// Whether the connection has subscriptions (the idle timeout spares subscribers, as Redis's does).
-    var isSubscribed: Bool {
-        get { self.subscribedFlag.load(ordering: .relaxed) }
-        set { self.subscribedFlag.store(newValue, ordering: .relaxed) }
     }
 
     /// Bytes of requests handed over and not yet answered.

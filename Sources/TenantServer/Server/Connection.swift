@@ -16,13 +16,15 @@ struct Connection {
         /// Every request the connection took so far (this many) is answered above: the handler may
         /// run the next ones on `lane`.
         case idle(Int, SyncLane?)
+        /// Completed when the handler has it: every reply before it has reached the handler.
+        case barrier(EventLoopPromise<Void>)
 
         /// The memory it holds, for the queue's byte bound.
         var weight: Int {
             switch self {
             case .bytes(let buffer), .close(let buffer): return buffer.capacity
             case .post: return 16
-            case .idle: return 0
+            case .idle, .barrier: return 0
             }
         }
 
@@ -64,6 +66,8 @@ struct Connection {
     let id: Int64
     let channel: NIOAsyncChannel<[RESPRequest], ConnectionOutput>
     let gate: RequestGate
+    /// Where the tenants' pushes for this connection go: its handler.
+    let pushes: PushSink
     let transport: ConnectionTransport
     let dispatcher: CommandDispatcher
 
@@ -121,7 +125,7 @@ struct Connection {
                         id: self.id,
                         clientAddress: address,
                         transport: self.transport,
-                        subscriber: ConnectionSubscriber(queue: queue, version: .resp2) {
+                        subscriber: ConnectionSubscriber(queue: queue, sink: self.pushes, version: .resp2) {
                             // Over client-output-buffer-limit-pubsub: Redis closes such a client.
                             logger.warning(
                                 "subscriber disconnected: over client-output-buffer-limit-pubsub",
@@ -140,7 +144,7 @@ struct Connection {
                     defer { contexts.move(session.subscriber, from: state.registeredContext, to: nil) }
                     defer {
                         session.setContext(nil, id: nil)
-                        let channels = session.channels.values.map { ($0.tenant, $0.room) }
+                        let channels = session.subscriber.subscriptions.values.map { ($0.tenant, $0.room) }
                         let subscriber = session.subscriber
                         if !channels.isEmpty {
                             Task {
@@ -167,7 +171,7 @@ struct Connection {
                             ConnectionState.Session(
                                 authenticated: session.principal != nil,
                                 tenantID: session.tenantID,
-                                subscribed: !session.channels.isEmpty,
+                                subscribedMode: session.isInSubscribedMode,
                                 closing: closing
                             )
                         )
@@ -175,7 +179,6 @@ struct Connection {
                             self.gate.authenticated()
                             queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
                         }
-                        if let subscribed = actions.subscribed { self.gate.isSubscribed = subscribed }
                         if let move = actions.moveContext {
                             contexts.move(session.subscriber, from: move.from, to: move.to)
                         }
@@ -273,6 +276,13 @@ struct Connection {
                                     // Its replies go straight to the queue, after those before it.
                                     guard await replies.push(to: queue) else { break reading }
                                 }
+                                if Self.mayDeliver(words) {
+                                    // Its tenants deliver its replies to the handler: those before
+                                    // it must be there first.
+                                    guard await Self.reachHandler(queue, channel: self.channel.channel) else {
+                                        break reading
+                                    }
+                                }
                                 let outcome: CommandOutcome
                                 do {
                                     if let echoed = Self.echo(words, session: session) {
@@ -327,7 +337,8 @@ struct Connection {
             tenantID: session.tenantID,
             principal: principal,
             version: session.version,
-            pathForm: self.pathForm
+            pathForm: self.pathForm,
+            subscriber: session.subscriber
         )
     }
 
@@ -360,6 +371,19 @@ struct Connection {
     private static func mayDeliver(_ words: [ByteBuffer]) -> Bool {
         guard let name = words.first else { return false }
         return CommandTable.mayDeliver(name)
+    }
+
+    /// Waits until every reply queued so far has reached the handler (or the connection closed).
+    /// - Returns: false when it closed.
+    private static func reachHandler(_ queue: ReplyQueue<Slot>, channel: any Channel) async -> Bool {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        // A channel that closes with the barrier still queued drops it: its close completes it.
+        channel.closeFuture.whenComplete { _ in promise.fail(ChannelError.ioOnClosedChannel) }
+        guard await queue.push(.barrier(promise), weight: 0, replies: 0) else {
+            promise.fail(ChannelError.ioOnClosedChannel)
+            return false
+        }
+        return (try? await promise.futureResult.get()) != nil
     }
 
     /// ECHO returns its argument's bytes as they are, UTF-8 or not, as Redis does (`redis-cli --pipe`
@@ -404,6 +428,19 @@ struct Connection {
                     buffer.writeImmutableBuffer(bytes)
                     try await outbound.write(.bytes(buffer))
                     return
+                case .barrier(let promise):
+                    do {
+                        if buffer.readableBytes > 0 {
+                            try await outbound.write(contentsOf: [.bytes(buffer), .barrier(promise)])
+                        } else {
+                            try await outbound.write(.barrier(promise))
+                        }
+                    } catch {
+                        promise.fail(error)
+                        throw error
+                    }
+                    buffer = ByteBuffer()
+                    index += 1
                 case .idle(let taken, let lane):
                     // Behind every reply before it, in one write.
                     let marker = ConnectionOutput.idle(handed: taken, lane: lane)

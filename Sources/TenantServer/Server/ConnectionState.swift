@@ -8,14 +8,17 @@
 /// - the connection is registered under its tenant context (for the tenant's departure notices)
 ///   and, with fair shares on, charged to it, and both follow the context when it changes;
 /// - the handler may run the next requests on a lane only after the task answered a batch, with
-///   the session authenticated, not subscribed and not closing, and fair shares off;
+///   the session authenticated, not in RESP2's subscribed mode and not closing, and fair shares
+///   off (a RESP3 connection with subscriptions keeps its lane: its pushes and replies meet in
+///   the handler, ``PushSink``);
 /// - closing is final: once a reply closes the connection, nothing else changes.
 struct ConnectionState: Equatable {
     enum State: Equatable {
         /// Before AUTH: the anonymous limits apply.
         case anonymous
-        /// Authenticated, in `context` (nil: the operator without one).
-        case authenticated(context: String?, subscribed: Bool)
+        /// Authenticated, in `context` (nil: the operator without one), `subscribedMode` when
+        /// RESP2's subscribed mode holds (only pub/sub commands run).
+        case authenticated(context: String?, subscribedMode: Bool)
         /// A reply closes the connection (QUIT, a protocol error, the tenant left this server).
         case closing
     }
@@ -24,7 +27,8 @@ struct ConnectionState: Equatable {
     struct Session: Equatable {
         var authenticated: Bool
         var tenantID: String?
-        var subscribed: Bool
+        /// RESP2's subscribed mode.
+        var subscribedMode: Bool
         /// The connection closes after the reply.
         var closing: Bool
     }
@@ -39,8 +43,6 @@ struct ConnectionState: Equatable {
     struct Actions: Equatable {
         /// Widen the reply window (and the gate's limits) to the authenticated ones.
         var authenticate = false
-        /// Tell the gate whether the connection has subscriptions (the idle timeout spares it).
-        var subscribed: Bool?
         /// Register the connection under this tenant context instead of the last one.
         var moveContext: ContextMove?
         /// Charge its requests to this tenant's account (fair shares): `.some(nil)` detaches.
@@ -54,8 +56,6 @@ struct ConnectionState: Equatable {
     private(set) var registeredContext: String?
     /// The tenant its requests are charged to (fair shares only).
     private(set) var chargedTo: String?
-    /// Whether the gate was last told the connection has subscriptions.
-    private var toldSubscribed = false
 
     init(fairShares: Bool) {
         self.fairShares = fairShares
@@ -66,10 +66,6 @@ struct ConnectionState: Equatable {
         var actions = Actions()
         if case .closing = self.state { return actions }
         if session.authenticated, case .anonymous = self.state { actions.authenticate = true }
-        if session.subscribed != self.toldSubscribed {
-            self.toldSubscribed = session.subscribed
-            actions.subscribed = session.subscribed
-        }
         if self.registeredContext != session.tenantID {
             actions.moveContext = ContextMove(from: self.registeredContext, to: session.tenantID)
             self.registeredContext = session.tenantID
@@ -81,7 +77,7 @@ struct ConnectionState: Equatable {
         if session.closing {
             self.state = .closing
         } else if session.authenticated {
-            self.state = .authenticated(context: session.tenantID, subscribed: session.subscribed)
+            self.state = .authenticated(context: session.tenantID, subscribedMode: session.subscribedMode)
         }
         return actions
     }
@@ -89,7 +85,7 @@ struct ConnectionState: Equatable {
     /// Whether the handler may run the requests after the batch just answered on a lane (the
     /// lane's tenant, if any, must still be placed on a loop: ``Connection`` checks that).
     var allowsLane: Bool {
-        guard !self.fairShares, case .authenticated(_, subscribed: false) = self.state else { return false }
+        guard !self.fairShares, case .authenticated(_, subscribedMode: false) = self.state else { return false }
         return true
     }
 }

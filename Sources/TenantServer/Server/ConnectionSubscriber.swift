@@ -2,31 +2,43 @@ import RESP
 import Synchronization
 import TenantEngine
 
-/// A connection's side of pub/sub: tenants deliver events here, on their own executors, and it
-/// queues the pushes among the connection's replies in order.
+/// A connection's side of pub/sub: its subscriptions, and the pushes tenants deliver on their
+/// own executors, which go to the connection's channel handler (``PushSink``).
 final class ConnectionSubscriber: MessageSubscriber {
+    /// One subscription: the tenant and room, and the name the client used for it.
+    struct Subscription: Sendable {
+        let tenant: Tenant
+        let room: String
+        let channel: String
+    }
+
     private struct State {
         var version: RESPVersion
-        var channels: Set<String> = []
+        /// By ``Tenant/subscriptionKey(room:)``: one per tenant and room, whatever the name form.
+        var subscriptions: [String: Subscription] = [:]
     }
 
     private let queue: ReplyQueue<Connection.Slot>
+    private let sink: PushSink?
     private let state: Mutex<State>
     private let disconnect: @Sendable () -> Void
     private let hangUp: @Sendable () -> Void
 
     /// - Parameters:
-    ///   - queue: the connection's replies.
+    ///   - queue: the connection's replies (its last error, when its tenant leaves).
+    ///   - sink: where pushes go (nil: into `queue`, for a connection without a handler of its own).
     ///   - version: the protocol of the pushes.
     ///   - disconnect: closes the connection of a subscriber too far behind.
     ///   - hangUp: closes the connection, once what is queued had time to be written.
     init(
         queue: ReplyQueue<Connection.Slot>,
+        sink: PushSink? = nil,
         version: RESPVersion,
         disconnect: @escaping @Sendable () -> Void,
         hangUp: @escaping @Sendable () -> Void = {}
     ) {
         self.queue = queue
+        self.sink = sink
         self.state = Mutex(State(version: version))
         self.disconnect = disconnect
         self.hangUp = hangUp
@@ -89,21 +101,43 @@ final class ConnectionSubscriber: MessageSubscriber {
     }
 
     /// How many channels the connection is subscribed to.
-    var count: Int { self.state.withLock { $0.channels.count } }
+    var count: Int { self.state.withLock { $0.subscriptions.count } }
+
+    /// The subscriptions, by key.
+    var subscriptions: [String: Subscription] { self.state.withLock { $0.subscriptions } }
+
+    /// Records a subscription before its tenant confirms it (the confirmation counts it).
+    func record(_ subscription: Subscription, key: String) {
+        let count = self.state.withLock { state in
+            state.subscriptions[key] = subscription
+            return state.subscriptions.count
+        }
+        self.sink?.setSubscriptions(count)
+    }
+
+    /// Forgets a subscription. - Returns: it, if there was one.
+    @discardableResult
+    func forget(key: String) -> Subscription? {
+        let (removed, count) = self.state.withLock { state in
+            (state.subscriptions.removeValue(forKey: key), state.subscriptions.count)
+        }
+        self.sink?.setSubscriptions(count)
+        return removed
+    }
 
     func deliver(_ event: SubscriptionEvent) -> Bool {
         let (value, version): (RESPValue, RESPVersion) = self.state.withLock { state in
             switch event {
-            case .subscribed(let channel, let key):
-                state.channels.insert(key)
+            case .subscribed(let channel, _):
                 return (
-                    .push([.bulkString("subscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
+                    .push([.bulkString("subscribe"), .bulkString(channel), .integer(Int64(state.subscriptions.count))]),
                     state.version
                 )
-            case .unsubscribed(let channel, let key):
-                if let key { state.channels.remove(key) }
+            case .unsubscribed(let channel, _):
                 return (
-                    .push([.bulkString("unsubscribe"), .bulkString(channel), .integer(Int64(state.channels.count))]),
+                    .push([
+                        .bulkString("unsubscribe"), .bulkString(channel), .integer(Int64(state.subscriptions.count)),
+                    ]),
                     state.version
                 )
             case .message(let channel, let message):
@@ -114,6 +148,9 @@ final class ConnectionSubscriber: MessageSubscriber {
             }
         }
         let slot = Connection.Slot.value(value, version)
+        if let sink = self.sink, case .bytes(let bytes) = slot {
+            return sink.push(bytes, overLimit: self.disconnect)
+        }
         guard self.queue.pushNow(slot, weight: slot.weight) else {
             self.disconnect()
             return false

@@ -92,7 +92,7 @@ public final class TenantServer: Service {
         try await withThrowingDiscardingTaskGroup { group in
             try await listener.executeThenClose { inbound in
                 for try await accepted in inbound {
-                    guard case .accepted(let connection, let gate, let id, let transport) = accepted else {
+                    guard case .accepted(let connection, let gate, let pushes, let id, let transport) = accepted else {
                         ServerMetrics.connectionRefused()
                         continue
                     }
@@ -105,6 +105,7 @@ public final class TenantServer: Service {
                                 id: id,
                                 channel: connection,
                                 gate: gate,
+                                pushes: pushes,
                                 transport: transport,
                                 dispatcher: dispatcher
                             ).run()
@@ -159,13 +160,14 @@ public final class TenantServer: Service {
                         IdleStateHandler(readTimeout: .seconds(Int64(limits.timeoutSeconds)))
                     )
                 }
+                let pushes = PushSink(eventLoop: channel.eventLoop)
                 try channel.pipeline.syncOperations.addHandler(
-                    RESPRequestHandler(limits: limits.request, gate: gate, dispatcher: dispatcher)
+                    RESPRequestHandler(limits: limits.request, gate: gate, dispatcher: dispatcher, pushes: pushes)
                 )
                 let wrapped = try NIOAsyncChannel<[RESPRequest], ConnectionOutput>(
                     wrappingChannelSynchronously: channel
                 )
-                return .accepted(wrapped, gate, id, transport)
+                return .accepted(wrapped, gate, pushes, id, transport)
             }
         }
     }
@@ -182,7 +184,7 @@ extension TenantServer {
 
 /// What the accept loop gets for a new socket.
 enum AcceptedConnection: Sendable {
-    case accepted(NIOAsyncChannel<[RESPRequest], ConnectionOutput>, RequestGate, Int64, ConnectionTransport)
+    case accepted(NIOAsyncChannel<[RESPRequest], ConnectionOutput>, RequestGate, PushSink, Int64, ConnectionTransport)
     /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
     case refused
 }
