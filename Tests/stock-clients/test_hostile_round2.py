@@ -186,11 +186,22 @@ class RawConn:
         if kind == b"*":
             count = int(rest)
             return None if count < 0 else [self.reply() for _ in range(count)]
+        # RESP3, after HELLO 3.
+        if kind == b">":
+            return Push(self.reply() for _ in range(int(rest)))
+        if kind == b"%":
+            return {self.reply(): self.reply() for _ in range(int(rest))}
+        if kind == b"_":
+            return None
         raise AssertionError(f"unexpected reply line {line!r}")
 
     def command(self, *args: str | bytes):
         self.sock.sendall(resp(*args))
         return self.reply()
+
+
+class Push(list):
+    """A RESP3 push (`>`): pub/sub messages and confirmations."""
 
 
 class RespError(str):
@@ -1393,3 +1404,94 @@ def test_auth_to_a_migrated_tenant_tells_only_its_own_users_where_it_went(root, 
     finally:
         conn.close()
     assert reply == f"MIGRATED {tenant['tenant_id']} 127.0.0.1:{b.port}", reply
+
+
+# --------------------------------------------------------------------------------------------
+# Pub/sub pushes written by the connection's handler (issue 21): the protocol a push is encoded
+# in follows HELLO's reply, and what subscribers that never read hold counts in maxmemory-clients
+# --------------------------------------------------------------------------------------------
+
+def test_hello_2_reply_comes_before_any_push_in_resp2(root, nodes):
+    """A RESP3 subscriber switches to RESP2 with HELLO 2 while its room is flooded from another
+    connection: every push before HELLO's reply is RESP3 (`>`), and HELLO's reply is the first
+    RESP2 frame; a push encoded in RESP2 ahead of it would be taken for HELLO's reply."""
+    node = start(nodes, Node(root, "a", extra=["--threads", "2"]))
+    tenant = node.create_tenant(f"hello-{secrets.token_hex(2)}", plan="enterprise")
+    user = f"owner@{tenant['subdomain']}"
+    stop = threading.Event()
+
+    def flood():
+        with node.client(user, tenant["owner_token"]) as poster:
+            while not stop.is_set():
+                pipe = poster.pipeline(transaction=False)
+                for i in range(50):
+                    pipe.execute_command("POST", "r", f"m{i}")
+                pipe.execute()
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        for trial in range(20):
+            conn = RawConn(node.port)
+            try:
+                hello = conn.command("HELLO", "3", "AUTH", user, tenant["owner_token"])
+                assert isinstance(hello, dict) and hello[b"proto"] == 3, hello
+                conn.sock.sendall(resp("SUBSCRIBE", "r"))
+                assert conn.reply() == Push([b"subscribe", b"r", 1])
+                conn.sock.sendall(resp("HELLO", "2"))
+                while True:
+                    frame = conn.reply()
+                    if isinstance(frame, Push):
+                        assert frame[0] == b"message", frame
+                        continue
+                    break
+                assert isinstance(frame, list) and frame[:2] == [b"server", b"tenantd"], (trial, frame)
+                assert frame[frame.index(b"proto") + 1] == 2
+                # From here on the pushes are RESP2 arrays.
+                message = conn.reply()
+                assert isinstance(message, list) and not isinstance(message, Push) and message[0] == b"message"
+            finally:
+                conn.close()
+    finally:
+        stop.set()
+        flooder.join()
+
+
+def test_pushes_held_for_subscribers_that_never_read_count_in_maxmemory_clients(root, nodes):
+    """Subscribers that never read, with a pub/sub limit too high to cut them off: their pushes
+    wait in the server, and `--maxmemory-clients 8mb` closes the biggest holders; a subscriber
+    that reads gets every message all along, and once the sockets are gone nothing stays counted."""
+    node = start(nodes, Node(root, "a", extra=[
+        "--maxmemory-clients", "8mb", "--client-output-buffer-limit-pubsub", "512mb 0 0"]))
+    tenant = node.create_tenant(f"sleep-{secrets.token_hex(2)}", plan="enterprise")
+    user = f"owner@{tenant['subdomain']}"
+    sleepers = []
+    for _ in range(6):
+        s = socket.create_connection(("127.0.0.1", node.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(resp("AUTH", user, tenant["owner_token"]) + resp("SUBSCRIBE", "flood"))
+        sleepers.append(s)
+    reader = RawConn(node.port)
+    assert reader.command("AUTH", user, tenant["owner_token"]) == b"OK"
+    reader.sock.sendall(resp("SUBSCRIBE", "flood"))
+    assert reader.reply() == [b"subscribe", b"flood", 1]
+    time.sleep(0.5)
+    text = "z" * 60_000
+    try:
+        # 6 MB of pushes per sleeper in all: 36 MB held without the bound.
+        with node.client(user, tenant["owner_token"]) as poster:
+            for batch in range(10):
+                pipe = poster.pipeline(transaction=False)
+                for _ in range(10):
+                    pipe.execute_command("POST", "flood", text)
+                assert all(isinstance(r, int) for r in pipe.execute())
+                for _ in range(10):
+                    assert reader.reply()[0] == b"message"
+        assert poll(lambda: node.tail(100000).count("client_evicted") > 0, 10), node.tail(40)
+    finally:
+        for s in sleepers:
+            s.close()
+        reader.close()
+    assert int(operator_info(node, "stats")["evicted_clients"]) > 0
+    assert poll(lambda: int(operator_info(node, "persistence")["mem_clients_normal"]) < (1 << 20), 10), (
+        operator_info(node, "persistence"))

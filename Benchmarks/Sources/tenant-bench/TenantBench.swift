@@ -22,7 +22,8 @@ struct TenantBench: AsyncParsableCommand {
         case post
         /// Four POSTs to one HISTORY LIMIT 50.
         case postHistory = "post-history"
-        /// POST only, with one subscriber per tenant counting the pushes.
+        /// POST only, with `--subscribers-per-tenant` subscribers of each tenant's `general`
+        /// counting the pushes.
         case subscribers
         /// The noisy neighbour: one quiet connection POSTs to tenant 0 one request at a time,
         /// first alone for the duration, then again while the other connections flood tenant 1
@@ -37,6 +38,8 @@ struct TenantBench: AsyncParsableCommand {
     @Option(help: "Tenants the connections are spread over (created for the run).") var tenants = 1
     @Option(help: "post | post-history | subscribers | noisy") var mix = Mix.post
     @Option(help: "Requests in flight per connection.") var pipeline = 1
+    @Option(help: "With --mix subscribers: subscribers per tenant (a post fans out to each).")
+    var subscribersPerTenant = 1
     @Option(help: "Seconds of load.") var seconds = 10.0
     @Option(help: "The chat corpus (JSON lines with a messages array).") var corpus = TenantBench.defaultCorpus
     @Option(help: "Write the results as JSON to this file.") var json: String?
@@ -56,6 +59,9 @@ struct TenantBench: AsyncParsableCommand {
         guard (1...10_000).contains(self.connections) else { throw ValidationError("connections: 1-10000") }
         guard (1...100_000).contains(self.tenants) else { throw ValidationError("tenants: 1-100000") }
         guard (1...1024).contains(self.pipeline) else { throw ValidationError("pipeline: 1-1024") }
+        guard (1...1000).contains(self.subscribersPerTenant) else {
+            throw ValidationError("subscribers-per-tenant: 1-1000")
+        }
         guard self.seconds > 0 && self.seconds <= 3600 else { throw ValidationError("seconds: up to 3600") }
         if self.mix == .noisy {
             guard self.tenants >= 2, self.connections >= 2, !self.spread else {
@@ -97,8 +103,12 @@ struct TenantBench: AsyncParsableCommand {
         var subscriberResults: [EventLoopFuture<Int>] = []
         if self.mix == .subscribers {
             for owner in owners {
-                let counter = SubscriberCounter(user: owner.user, token: owner.token, deadline: deadline)
-                subscriberResults.append(try await self.connect(group: group, handler: counter, result: counter.done))
+                for _ in 0..<self.subscribersPerTenant {
+                    let counter = SubscriberCounter(user: owner.user, token: owner.token, deadline: deadline)
+                    subscriberResults.append(
+                        try await self.connect(group: group, handler: counter, result: counter.done)
+                    )
+                }
             }
         }
         var results: [EventLoopFuture<ConnectionResult>] = []
@@ -285,7 +295,7 @@ struct TenantBench: AsyncParsableCommand {
         let object: [String: Any] = [
             "connections": self.connections, "tenants": self.tenants, "spread": self.spread, "mix": self.mix.rawValue,
             "pipeline": self.pipeline, "seconds": elapsed, "replies": replies, "replies_per_second": rate,
-            "errors": errors, "pushes": pushes,
+            "errors": errors, "pushes": pushes, "subscribers_per_tenant": self.subscribersPerTenant,
             "latency_ms": [
                 "p50": ms(50), "p90": ms(90), "p99": ms(99), "p99.9": ms(99.9), "max": Double(histogram.max) / 1000,
             ],
@@ -423,7 +433,7 @@ final class LoadConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 }
 
-/// One subscriber per tenant, counting the pushes it receives until the deadline (and a second).
+/// A subscriber of a tenant's `general`, counting the pushes it receives until the deadline (and a second).
 final class SubscriberCounter: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = Reply
     typealias OutboundOut = ByteBuffer

@@ -231,6 +231,17 @@ enum CommandTable {
         return name.readableBytesView.suffix(9).elementsEqual("SUBSCRIBE".utf8) { $0 & 0xDF == $1 }
     }
 
+    /// Whether a request's first word names SUBSCRIBE or UNSUBSCRIBE (any case): commands whose
+    /// replies their tenants deliver to the connection's handler (``PushSink``), so the task runs
+    /// them only once the replies before them are there.
+    static func delivers(_ name: ByteBuffer) -> Bool {
+        let count = name.readableBytes
+        guard count == 9 || count == 11 else { return false }
+        return name.readableBytesView.elementsEqual((count == 9 ? "SUBSCRIBE" : "UNSUBSCRIBE").utf8) {
+            $0 & 0xDF == $1
+        }
+    }
+
     /// The commands with a ``CommandSpec/hot`` handler, by the length of their names.
     private static let hotCommands: [[(name: [UInt8], spec: CommandSpec)]] = {
         var byLength = Array(repeating: [(name: [UInt8], spec: CommandSpec)](), count: 16)

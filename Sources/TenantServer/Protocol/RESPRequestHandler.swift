@@ -14,6 +14,12 @@ enum ConnectionOutput: Sendable {
     /// Every reply before it has reached the handler: the task may run a command whose tenants
     /// deliver its replies here (``PushSink``).
     case barrier(EventLoopPromise<Void>)
+    /// The client speaks this protocol from here on (HELLO's reply is just before): the pushes
+    /// after it are encoded so.
+    case pushVersion(RESPVersion)
+    /// The reply before it is the connection's last (QUIT, an error that closes it): no push
+    /// goes after it.
+    case closing
 }
 
 /// Turns a connection's bytes into ``RESPRequest``s with ``RESPRequestParser``, holding the
@@ -127,6 +133,15 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private let pubSubLimit: PubSubLimit
     /// Since when the connection's unsent bytes have been over the pub/sub soft limit.
     private var overSoftLimitSince: NIODeadline?
+    /// The protocol pushes are encoded in: the client's, as the replies that passed say.
+    private var pushVersion = RESPVersion.resp2
+    /// Set after the connection's last reply: pushes are refused.
+    private var closingAfterReply = false
+    /// The task's bytes waiting in the outbox behind the lane's replies.
+    private var passthroughBytes = 0
+    /// What was last counted in `maxmemory-clients` for the pushes (``PushSink/noteHeld(_:)``):
+    /// measured again after each write while nonzero.
+    private var countedForPushes = 0
 
     /// - Parameters:
     ///   - dispatcher: runs the hot commands on the lane (nil: every request goes to the task).
@@ -220,6 +235,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         self.writable = context.channel.isWritable
+        self.recountPushes(context: context)
         if self.writable { self.resumeLane() }
         context.fireChannelWritabilityChanged()
     }
@@ -235,11 +251,18 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 context.write(Self.wrapOutboundOut(bytes), promise: promise)
             } else {
                 self.sealTail()
+                self.passthroughBytes += bytes.readableBytes
                 self.outbox.append(.passthrough(bytes, promise))
             }
         case .barrier(let reached):
             promise?.succeed(())
             reached.succeed(())
+        case .pushVersion(let version):
+            promise?.succeed(())
+            self.pushVersion = version
+        case .closing:
+            promise?.succeed(())
+            self.closingAfterReply = true
         case .idle(let count, let lane):
             promise?.succeed(())
             guard self.routing.taskIsIdle(handed: count, lane: lane) == .resume else { return }
@@ -266,29 +289,52 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// - Returns: whether it was taken; over `client-output-buffer-limit pubsub` (what the
     ///   connection holds unsent: its outbox and the channel's buffer), it is refused and the
     ///   connection closed, as Redis closes a subscriber too far behind.
-    func pushed(_ bytes: ByteBuffer) -> PushSink.Outcome {
-        guard let context = self.context, context.channel.isActive else { return .gone }
-        let buffered = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
-        let held =
-            self.outboxBytes + buffered + bytes.readableBytes
-            + self.afterRemote.reduce(0) { $0 + $1.0.readableBytes }
+    func pushed(_ value: RESPValue) -> PushSink.Outcome {
+        guard let context = self.context, context.channel.isActive, !self.closingAfterReply else { return .gone }
+        let start = self.tail.writerIndex
+        RESPEncoder.encode(value, version: self.pushVersion, into: &self.tail)
+        self.outboxBytes += self.tail.writerIndex - start
+        let held = self.unsentBytes(context: context)
         let limit = self.pubSubLimit
-        if limit.hardBytes > 0 && held > limit.hardBytes { return self.refusePush(context: context) }
+        if limit.hardBytes > 0 && held > limit.hardBytes { return self.refusePush(from: start, context: context) }
         if limit.softBytes > 0 && held > limit.softBytes {
             let now = NIODeadline.now()
             let since = self.overSoftLimitSince ?? now
             self.overSoftLimitSince = since
-            if now - since >= .seconds(Int64(limit.softSeconds)) { return self.refusePush(context: context) }
+            if now - since >= .seconds(Int64(limit.softSeconds)) {
+                return self.refusePush(from: start, context: context)
+            }
         } else {
             self.overSoftLimitSince = nil
         }
-        self.outboxBytes += bytes.readableBytes
-        self.tail.writeImmutableBuffer(bytes)
+        self.countedForPushes = held
+        self.pushes?.noteHeld(held)
         self.flushAtEndOfTurn(context: context)
         return .accepted
     }
 
-    private func refusePush(context: ChannelHandlerContext) -> PushSink.Outcome {
+    /// What the connection holds unsent: its outbox (the lane's replies and pushes, the task's
+    /// bytes behind them or behind a remote run) and the channel's buffer.
+    private func unsentBytes(context: ChannelHandlerContext) -> Int {
+        let buffered = (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) ?? 0
+        return self.outboxBytes + self.passthroughBytes + buffered
+            + self.afterRemote.reduce(0) { $0 + $1.0.readableBytes }
+    }
+
+    /// Measures again what the pushes hold, once some were counted (after a write, or when the
+    /// client reads).
+    private func recountPushes(context: ChannelHandlerContext) {
+        guard self.countedForPushes > 0 else { return }
+        let held = self.unsentBytes(context: context)
+        guard held != self.countedForPushes else { return }
+        self.countedForPushes = held
+        self.pushes?.noteHeld(held)
+    }
+
+    /// Takes back the push encoded from `start` in the tail, and closes the connection.
+    private func refusePush(from start: Int, context: ChannelHandlerContext) -> PushSink.Outcome {
+        self.outboxBytes -= self.tail.writerIndex - start
+        self.tail.moveWriterIndex(to: start)
         context.close(promise: nil)
         return .overLimit
     }
@@ -330,6 +376,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         defer {
             emit()
             if wrote { context.flush() }
+            self.recountPushes(context: context)
             self.passInputClosedIfDone(context: context)
         }
         defer {
@@ -354,6 +401,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                     coalesced!.writeImmutableBuffer(bytes)
                 }
             case .passthrough(let bytes, let promise):
+                self.passthroughBytes -= bytes.readableBytes
                 emit()
                 context.write(Self.wrapOutboundOut(bytes), promise: promise)
                 wrote = true

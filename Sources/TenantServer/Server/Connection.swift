@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import RESP
+import Synchronization
 import TenantEngine
 
 /// One client connection: a reader that runs commands in order and a writer that sends their
@@ -18,13 +19,15 @@ struct Connection {
         case idle(Int, SyncLane?)
         /// Completed when the handler has it: every reply before it has reached the handler.
         case barrier(EventLoopPromise<Void>)
+        /// The protocol the client speaks after the reply before it (HELLO's).
+        case pushVersion(RESPVersion)
 
         /// The memory it holds, for the queue's byte bound.
         var weight: Int {
             switch self {
             case .bytes(let buffer), .close(let buffer): return buffer.capacity
             case .post: return 16
-            case .idle, .barrier: return 0
+            case .idle, .barrier, .pushVersion: return 0
             }
         }
 
@@ -97,10 +100,12 @@ struct Connection {
                 let connectionID = self.id
                 let nioChannel = self.channel.channel
                 let logger = self.dispatcher.logger
+                let pushes = self.pushes
+                pushes.account(to: memory)
                 memory.register(
                     id: connectionID,
                     holder: .init(
-                        bytes: { queue.heldBytes },
+                        bytes: { queue.heldBytes + pushes.heldBytes },
                         close: {
                             logger.warning(
                                 "client disconnected: over maxmemory-clients, it held the most unsent replies",
@@ -110,7 +115,9 @@ struct Connection {
                         }
                     )
                 )
-                defer { memory.unregister(id: connectionID, holding: queue.heldBytes) }
+                defer { memory.unregister(id: connectionID, holding: queue.heldBytes + pushes.stopAccounting()) }
+                // The barrier the task waits at, failed if the connection closes first.
+                let barrier = Barrier(channel: self.channel.channel)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         defer { queue.writerStopped() }
@@ -276,13 +283,12 @@ struct Connection {
                                     // Its replies go straight to the queue, after those before it.
                                     guard await replies.push(to: queue) else { break reading }
                                 }
-                                if Self.mayDeliver(words) {
+                                if session.principal != nil && CommandTable.delivers(words[0]) {
                                     // Its tenants deliver its replies to the handler: those before
                                     // it must be there first.
-                                    guard await Self.reachHandler(queue, channel: self.channel.channel) else {
-                                        break reading
-                                    }
+                                    guard await barrier.reach(through: queue) else { break reading }
                                 }
+                                let versionBefore = session.version
                                 let outcome: CommandOutcome
                                 do {
                                     if let echoed = Self.echo(words, session: session) {
@@ -296,6 +302,13 @@ struct Connection {
                                     outcome = .reply(.reply(for: error))
                                 }
                                 guard await queueOutcome(outcome) else { break reading }
+                                if session.version != versionBefore {
+                                    // HELLO's reply goes first: the handler encodes pushes in the
+                                    // new protocol from there.
+                                    guard await replies.push(to: queue),
+                                        await queue.push(.pushVersion(session.version), weight: 0, replies: 0)
+                                    else { break reading }
+                                }
                             }
                         }
                         guard await replies.push(to: queue) else { break reading }
@@ -373,19 +386,6 @@ struct Connection {
         return CommandTable.mayDeliver(name)
     }
 
-    /// Waits until every reply queued so far has reached the handler (or the connection closed).
-    /// - Returns: false when it closed.
-    private static func reachHandler(_ queue: ReplyQueue<Slot>, channel: any Channel) async -> Bool {
-        let promise = channel.eventLoop.makePromise(of: Void.self)
-        // A channel that closes with the barrier still queued drops it: its close completes it.
-        channel.closeFuture.whenComplete { _ in promise.fail(ChannelError.ioOnClosedChannel) }
-        guard await queue.push(.barrier(promise), weight: 0, replies: 0) else {
-            promise.fail(ChannelError.ioOnClosedChannel)
-            return false
-        }
-        return (try? await promise.futureResult.get()) != nil
-    }
-
     /// ECHO returns its argument's bytes as they are, UTF-8 or not, as Redis does (`redis-cli --pipe`
     /// ends its input with an ECHO of random bytes and waits for them).
     private static func echo(_ words: [ByteBuffer], session: Session) -> RESPValue? {
@@ -426,8 +426,12 @@ struct Connection {
                     index = end
                 case .close(let bytes):
                     buffer.writeImmutableBuffer(bytes)
-                    try await outbound.write(.bytes(buffer))
+                    try await outbound.write(contentsOf: [.bytes(buffer), .closing])
                     return
+                case .pushVersion(let version):
+                    try await outbound.write(contentsOf: [.bytes(buffer), .pushVersion(version)])
+                    buffer = ByteBuffer()
+                    index += 1
                 case .barrier(let promise):
                     do {
                         if buffer.readableBytes > 0 {
@@ -524,5 +528,42 @@ struct ReplyBatch {
         let replies = self.count
         self.count = 0
         return await queue.push(.bytes(bytes), weight: bytes.capacity, replies: replies)
+    }
+}
+
+/// Where a connection's task waits until every reply it queued has reached the handler (before a
+/// command whose tenants deliver its replies there). One per connection: the task waits at one
+/// barrier at a time, and the connection's close fails the one it waits at.
+final class Barrier: Sendable {
+    private let channel: any Channel
+    private let waiting = Mutex<(closed: Bool, promise: EventLoopPromise<Void>?)>((false, nil))
+
+    init(channel: any Channel) {
+        self.channel = channel
+        // Held until the channel closes (its close releases the callback).
+        channel.closeFuture.whenComplete { _ in
+            let promise = self.waiting.withLock { state -> EventLoopPromise<Void>? in
+                state.closed = true
+                defer { state.promise = nil }
+                return state.promise
+            }
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+
+    /// Sends a barrier through `queue` and waits for the handler to have it.
+    /// - Returns: false when the connection closed first.
+    func reach(through queue: ReplyQueue<Connection.Slot>) async -> Bool {
+        let promise = self.channel.eventLoop.makePromise(of: Void.self)
+        let closed = self.waiting.withLock { state in
+            if !state.closed { state.promise = promise }
+            return state.closed
+        }
+        defer { self.waiting.withLock { $0.promise = nil } }
+        guard !closed, await queue.push(.barrier(promise), weight: 0, replies: 0) else {
+            promise.fail(ChannelError.ioOnClosedChannel)
+            return false
+        }
+        return (try? await promise.futureResult.get()) != nil
     }
 }

@@ -95,7 +95,8 @@ final class ConnectionSubscriber: MessageSubscriber {
         }
     }
 
-    /// The protocol pushes are encoded in (the connection's, after HELLO).
+    /// The protocol pushes are encoded in (the connection's, after HELLO), when they go through
+    /// the queue (with a sink, the handler encodes them: ``ConnectionOutput/pushVersion(_:)``).
     func setVersion(_ version: RESPVersion) {
         self.state.withLock { $0.version = version }
     }
@@ -147,10 +148,8 @@ final class ConnectionSubscriber: MessageSubscriber {
                 )
             }
         }
+        if let sink = self.sink { return sink.push(value, overLimit: self.disconnect) }
         let slot = Connection.Slot.value(value, version)
-        if let sink = self.sink, case .bytes(let bytes) = slot {
-            return sink.push(bytes, overLimit: self.disconnect)
-        }
         guard self.queue.pushNow(slot, weight: slot.weight) else {
             self.disconnect()
             return false

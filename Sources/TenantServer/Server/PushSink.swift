@@ -1,27 +1,32 @@
 import NIOCore
+import RESP
 import Synchronization
 
 /// Where a connection's pub/sub pushes go: straight to its channel handler, on the connection's
 /// event loop, not through the connection's task.
 ///
 /// A tenant delivers its pushes on its own loop. When that is the connection's, the push is
-/// queued in the handler's outbox there and then, and leaves with the loop's turn; from another
-/// loop it takes one hop. Pushes of one tenant thus keep its order (one loop, first in first
-/// out), and a SUBSCRIBE the lane runs has its confirmation among the lane's replies, in request
-/// order. Replies the connection's task sends pass the handler too; the task runs a command that
-/// delivers (the SUBSCRIBE family) only once its earlier replies have reached the handler
-/// (``ConnectionOutput/barrier(_:)``), so a confirmation never overtakes them.
+/// encoded into the handler's outbox there and then, and leaves with the loop's turn; from
+/// another loop it takes one hop. Pushes of one tenant thus keep its order (one loop, first in
+/// first out), and a SUBSCRIBE the lane runs has its confirmation among the lane's replies, in
+/// request order. Replies the connection's task sends pass the handler too; the task runs
+/// SUBSCRIBE and UNSUBSCRIBE only once its earlier replies have reached the handler
+/// (``ConnectionOutput/barrier(_:)``), so a confirmation never overtakes them, and a HELLO's
+/// change of protocol reaches the handler right behind its reply
+/// (``ConnectionOutput/pushVersion(_:)``): the handler encodes every push in the protocol the
+/// client is in when the push is written.
 ///
 /// `client-output-buffer-limit pubsub` is kept by the handler against what the connection holds
 /// unsent (its outbox and the channel's buffer): over it, the push is refused and the
-/// connection closed, as Redis closes such a subscriber.
+/// connection closed, as Redis closes such a subscriber. What a connection holds for its pushes
+/// is counted in `maxmemory-clients` (``noteHeld(_:)``).
 final class PushSink: Sendable {
     /// What became of a push.
     enum Outcome: Sendable {
         case accepted
         /// Over `client-output-buffer-limit pubsub`: the subscriber is disconnected.
         case overLimit
-        /// The connection is gone.
+        /// The connection is gone, or closing after its last reply.
         case gone
     }
 
@@ -31,6 +36,9 @@ final class PushSink: Sendable {
     private let refused = Atomic<Bool>(false)
     /// How many channels the connection is subscribed to (the idle timeout spares subscribers).
     private let subscriptions = Atomic<Int>(0)
+    /// The bytes the connection holds unsent as the handler last measured them while it had
+    /// pushes, and the guard they are counted in (nil once the connection left it).
+    private let accounting = Mutex<(memory: ClientMemoryGuard?, held: Int)>((nil, 0))
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -49,20 +57,48 @@ final class PushSink: Sendable {
         self.subscriptions.store(count, ordering: .relaxed)
     }
 
-    /// Hands the handler an encoded push.
+    /// Counts what the connection holds for its pushes in `memory` (`maxmemory-clients`).
+    func account(to memory: ClientMemoryGuard) {
+        self.accounting.withLock { $0.memory = memory }
+    }
+
+    /// The bytes counted for the connection's pushes now.
+    var heldBytes: Int { self.accounting.withLock { $0.held } }
+
+    /// The handler measured what the connection holds unsent.
+    func noteHeld(_ bytes: Int) {
+        let (memory, delta) = self.accounting.withLock { state -> (ClientMemoryGuard?, Int) in
+            guard let memory = state.memory else { return (nil, 0) }
+            let delta = bytes - state.held
+            state.held = bytes
+            return (memory, delta)
+        }
+        memory?.add(delta)
+    }
+
+    /// The connection leaves the guard. - Returns: the bytes still counted, for the guard to
+    /// take back; nothing is counted after.
+    func stopAccounting() -> Int {
+        self.accounting.withLock { state in
+            defer { state = (nil, 0) }
+            return state.held
+        }
+    }
+
+    /// Hands the handler a push, which it encodes in the connection's protocol.
     /// - Parameter overLimit: called once, when a push is refused for the output limit.
     /// - Returns: false once a push was refused (the tenant then drops the subscriber). From
     ///   another loop, the refusal of this push is known only after its hop.
-    func push(_ bytes: ByteBuffer, overLimit: @escaping @Sendable () -> Void) -> Bool {
+    func push(_ value: RESPValue, overLimit: @escaping @Sendable () -> Void) -> Bool {
         guard !self.refused.load(ordering: .relaxed) else { return false }
-        if self.eventLoop.inEventLoop { return self.deliver(bytes, overLimit: overLimit) }
-        self.eventLoop.execute { _ = self.deliver(bytes, overLimit: overLimit) }
+        if self.eventLoop.inEventLoop { return self.deliver(value, overLimit: overLimit) }
+        self.eventLoop.execute { _ = self.deliver(value, overLimit: overLimit) }
         return true
     }
 
-    private func deliver(_ bytes: ByteBuffer, overLimit: @Sendable () -> Void) -> Bool {
+    private func deliver(_ value: RESPValue, overLimit: @Sendable () -> Void) -> Bool {
         guard !self.refused.load(ordering: .relaxed) else { return false }
-        let outcome = self.handler.value?.pushed(bytes) ?? .gone
+        let outcome = self.handler.value?.pushed(value) ?? .gone
         switch outcome {
         case .accepted:
             return true
