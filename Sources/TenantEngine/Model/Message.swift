@@ -71,3 +71,10 @@ public struct MessagePage: Sendable, Hashable {
         return page
     }
 }
+
+extension Message {
+    /// The pub/sub payload, as the contract gives it: `{"seq":..,"ts":..,"user":"..","text":".."}`.
+    public var jsonPayload: String {
+        "{\"seq\":\(self.seq),\"ts\":\(self.timestamp),\"user\":\(JSONString.quoted(self.user)),\"text\":\(JSONString.quoted(self.text))}"
+    }
+}

@@ -5,8 +5,9 @@ public enum SubscriptionEvent: Sendable {
     case subscribed(channel: String, key: String)
     /// The reply to UNSUBSCRIBE for one channel (`key` nil for a channel never subscribed).
     case unsubscribed(channel: String, key: String?)
-    /// A message posted to a subscribed room (the server encodes it as the contract says).
-    case message(channel: String, message: Message)
+    /// A message posted to a subscribed room, with its pub/sub payload (``Message/jsonPayload``,
+    /// made once per message however many subscribers it reaches).
+    case message(channel: String, message: Message, payload: String)
 }
 
 /// A connection that receives pushes. A tenant calls ``deliver(_:)`` on its own executor, in

@@ -41,9 +41,12 @@ extension Tenant {
     /// Pushes an applied message to its room's subscribers whose credential still holds.
     func publish(room: String, message: Message) {
         guard let entries = self.subscriptions.rooms[room] else { return }
+        let payload = message.jsonPayload
         for entry in entries.values {
             let allowed = (try? self.authorize(entry.principal, .read)) != nil
-            if !allowed || !entry.subscriber.deliver(.message(channel: entry.channel, message: message)) {
+            if !allowed
+                || !entry.subscriber.deliver(.message(channel: entry.channel, message: message, payload: payload))
+            {
                 self.subscriptions.remove(room: room, subscriber: entry.subscriber)
             }
         }

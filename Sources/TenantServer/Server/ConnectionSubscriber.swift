@@ -141,9 +141,9 @@ final class ConnectionSubscriber: MessageSubscriber {
                     ]),
                     state.version
                 )
-            case .message(let channel, let message):
+            case .message(let channel, _, let payload):
                 return (
-                    .push([.bulkString("message"), .bulkString(channel), .bulkString(message.jsonPayload)]),
+                    .push([.bulkString("message"), .bulkString(channel), .bulkString(payload)]),
                     state.version
                 )
             }

@@ -31,6 +31,8 @@ final class PushSink: Sendable {
     }
 
     let eventLoop: any EventLoop
+    /// Pushes from other loops come through it: one hop for all that came meanwhile.
+    private let relay: PushRelay
     private let handler: NIOLoopBoundBox<RESPRequestHandler?>
     /// Set once a push was refused: later ones are refused without a hop.
     private let refused = Atomic<Bool>(false)
@@ -42,6 +44,7 @@ final class PushSink: Sendable {
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
+        self.relay = PushRelay.of(eventLoop)
         self.handler = .makeEmptyBox(valueType: RESPRequestHandler.self, eventLoop: eventLoop)
     }
 
@@ -92,11 +95,12 @@ final class PushSink: Sendable {
     func push(_ value: RESPValue, overLimit: @escaping @Sendable () -> Void) -> Bool {
         guard !self.refused.load(ordering: .relaxed) else { return false }
         if self.eventLoop.inEventLoop { return self.deliver(value, overLimit: overLimit) }
-        self.eventLoop.execute { _ = self.deliver(value, overLimit: overLimit) }
+        self.relay.send(value, to: self, overLimit: overLimit)
         return true
     }
 
-    private func deliver(_ value: RESPValue, overLimit: @Sendable () -> Void) -> Bool {
+    /// A push on the connection's loop: to the handler.
+    fileprivate func deliver(_ value: RESPValue, overLimit: @Sendable () -> Void) -> Bool {
         guard !self.refused.load(ordering: .relaxed) else { return false }
         let outcome = self.handler.value?.pushed(value) ?? .gone
         switch outcome {
@@ -109,5 +113,56 @@ final class PushSink: Sendable {
             self.refused.store(true, ordering: .relaxed)
             return false
         }
+    }
+}
+
+/// The pushes for one event loop's connections from tenants on other loops: they wait here, in
+/// the order they came, and one hop takes every push that came meanwhile (a POST reaching fifty
+/// subscribers on another loop costs one hop, not fifty, and one wake-up of that loop).
+final class PushRelay: Sendable {
+    private struct Pending {
+        var pushes: [(sink: PushSink, value: RESPValue, overLimit: @Sendable () -> Void)] = []
+        var scheduled = false
+    }
+
+    private let loop: any EventLoop
+    private let pending = Mutex(Pending())
+
+    private init(loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    private static let relays = Mutex<[ObjectIdentifier: PushRelay]>([:])
+
+    /// The relay of `loop` (one per loop, for the process's life).
+    static func of(_ loop: any EventLoop) -> PushRelay {
+        self.relays.withLock { relays in
+            if let relay = relays[ObjectIdentifier(loop)] { return relay }
+            let relay = PushRelay(loop: loop)
+            relays[ObjectIdentifier(loop)] = relay
+            return relay
+        }
+    }
+
+    /// Queues a push for `sink`'s handler; the first since the last hop schedules the next.
+    func send(_ value: RESPValue, to sink: PushSink, overLimit: @escaping @Sendable () -> Void) {
+        let schedule = self.pending.withLock { pending -> Bool in
+            pending.pushes.append((sink, value, overLimit))
+            guard !pending.scheduled else { return false }
+            pending.scheduled = true
+            return true
+        }
+        if schedule { self.loop.execute { self.drain() } }
+    }
+
+    private func drain() {
+        let pushes = self.pending.withLock { pending in
+            defer {
+                pending.pushes = []
+                pending.scheduled = false
+            }
+            return pending.pushes
+        }
+        for push in pushes { _ = push.sink.deliver(push.value, overLimit: push.overLimit) }
     }
 }
