@@ -14,41 +14,17 @@ the POSTs per second; the ratio is this build's over the baseline's, per round, 
 """
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
-import tempfile
+
+from tenantd_run import bench, tenantd
 
 TOKEN = "fanout-operator-token-0123456789abcdef-0123"
-HERE = os.path.dirname(os.path.abspath(__file__))
-BENCH = os.path.join(HERE, "..", ".build", "release", "tenant-bench")
 
 
-def run(tenantd, subscribers, connections, seconds, threads):
-    directory = tempfile.mkdtemp(prefix="tenantd-fanout-")
-    environment = dict(os.environ, TENANT_ADMIN_TOKEN=TOKEN, TENANT_DEFAULT_PLAN="enterprise")
-    command = [tenantd, "--port", "0", "--metrics-port", "0", "--data-dir", directory + "/data",
-               "--fsync", "everysec"]
-    if threads:
-        command += ["--threads", str(threads)]
-    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        line = server.stdout.readline().decode()
-        if "port=" not in line:
-            raise RuntimeError("tenantd did not start: " + line)
-        port = line.split("port=")[1].split()[0]
-        result = directory + "/result.json"
-        subprocess.run([BENCH, "--port", port, "--token", TOKEN, "--mix", "subscribers",
-                        "--subscribers-per-tenant", str(subscribers), "--connections", str(connections),
-                        "--pipeline", "1", "--seconds", str(seconds), "--tenants", "1", "--json", result],
-                       check=True, stdout=subprocess.DEVNULL)
-        with open(result) as file:
-            return json.load(file)
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+def run(binary, subscribers, connections, seconds, threads):
+    with tenantd(binary, TOKEN, threads) as (port, directory):
+        return bench(port, TOKEN, directory, "--mix", "subscribers", "--subscribers-per-tenant", subscribers,
+                     "--connections", connections, "--pipeline", 1, "--seconds", seconds, "--tenants", 1)
 
 
 def main():

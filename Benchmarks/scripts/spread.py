@@ -17,43 +17,20 @@ builds' ratios come from one invocation on the same noisy machine. Writes the ru
 """
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
-import tempfile
+
+from tenantd_run import bench, tenantd
 
 TOKEN = "spread-operator-token-0123456789abcdef-0123"
-HERE = os.path.dirname(os.path.abspath(__file__))
-BENCH = os.path.join(HERE, "..", ".build", "release", "tenant-bench")
 
 
-def run(tenantd, threads, seconds, spread, tenants):
-    directory = tempfile.mkdtemp(prefix="tenantd-spread-")
-    environment = dict(os.environ, TENANT_ADMIN_TOKEN=TOKEN, TENANT_DEFAULT_PLAN="enterprise",
-                       TENANT_ID_SOURCE="subdomain,header,path")
-    command = [tenantd, "--port", "0", "--metrics-port", "0", "--data-dir", directory + "/data",
-               "--fsync", "everysec"]
-    if threads:
-        command += ["--threads", str(threads)]
-    server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        line = server.stdout.readline().decode()
-        if "port=" not in line:
-            raise RuntimeError("tenantd did not start: " + line)
-        port = line.split("port=")[1].split()[0]
-        result = directory + "/result.json"
-        load = [BENCH, "--port", port, "--token", TOKEN, "--mix", "post", "--connections", "50",
-                "--pipeline", "1", "--seconds", str(seconds), "--tenants", str(tenants), "--json", result]
+def run(binary, threads, seconds, spread, tenants):
+    with tenantd(binary, TOKEN, threads, {"TENANT_ID_SOURCE": "subdomain,header,path"}) as (port, directory):
+        arguments = ["--mix", "post", "--connections", 50, "--pipeline", 1, "--seconds", seconds,
+                     "--tenants", tenants]
         if spread:
-            load.append("--spread")
-        subprocess.run(load, check=True, stdout=subprocess.DEVNULL)
-        with open(result) as file:
-            return json.load(file)
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+            arguments.append("--spread")
+        return bench(port, TOKEN, directory, *arguments)
 
 
 def main():

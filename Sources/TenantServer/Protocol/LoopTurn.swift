@@ -93,17 +93,10 @@ final class LoopTurn: @unchecked Sendable {
         self.loop = loop
     }
 
-    private static let turns = Mutex<[ObjectIdentifier: LoopTurn]>([:])
+    private static let turns = PerLoop { LoopTurn(loop: $0) }
 
     /// The turn of `loop` (one per loop, for the process's life).
-    static func of(_ loop: any EventLoop) -> LoopTurn {
-        self.turns.withLock { turns in
-            if let turn = turns[ObjectIdentifier(loop)] { return turn }
-            let turn = LoopTurn(loop: loop)
-            turns[ObjectIdentifier(loop)] = turn
-            return turn
-        }
-    }
+    static func of(_ loop: any EventLoop) -> LoopTurn { self.turns.of(loop) }
 
     /// `waiter` appended to `tenant`'s log in this turn: at the end of the turn it is told.
     func appended(to tenant: Tenant, by waiter: any Waiter) {

@@ -132,17 +132,10 @@ final class PushRelay: Sendable {
         self.loop = loop
     }
 
-    private static let relays = Mutex<[ObjectIdentifier: PushRelay]>([:])
+    private static let relays = PerLoop { PushRelay(loop: $0) }
 
     /// The relay of `loop` (one per loop, for the process's life).
-    static func of(_ loop: any EventLoop) -> PushRelay {
-        self.relays.withLock { relays in
-            if let relay = relays[ObjectIdentifier(loop)] { return relay }
-            let relay = PushRelay(loop: loop)
-            relays[ObjectIdentifier(loop)] = relay
-            return relay
-        }
-    }
+    static func of(_ loop: any EventLoop) -> PushRelay { self.relays.of(loop) }
 
     /// Queues a push for `sink`'s handler; the first since the last hop schedules the next.
     func send(_ value: RESPValue, to sink: PushSink, overLimit: @escaping @Sendable () -> Void) {
