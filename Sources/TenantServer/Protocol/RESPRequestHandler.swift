@@ -585,7 +585,10 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         self.tail.writeBuffer(&replies)
         if !self.afterRemote.isEmpty {
             self.sealTail()
-            for (bytes, promise) in self.afterRemote { self.outbox.append(.passthrough(bytes, promise)) }
+            for (bytes, promise) in self.afterRemote {
+                self.passthroughBytes += bytes.readableBytes
+                self.outbox.append(.passthrough(bytes, promise))
+            }
             self.afterRemote = []
         }
         self.remoteBatch = leftover + self.remoteBatch

@@ -19,15 +19,17 @@ struct Connection {
         case idle(Int, SyncLane?)
         /// Completed when the handler has it: every reply before it has reached the handler.
         case barrier(EventLoopPromise<Void>)
-        /// The protocol the client speaks after the reply before it (HELLO's).
-        case pushVersion(RESPVersion)
+        /// Replies, the last of them HELLO's, after which the client speaks `version`: written
+        /// with the marker that tells the handler (``ConnectionOutput/pushVersion(_:)``) in one
+        /// write, so that no push comes between.
+        case versionChange(ByteBuffer, RESPVersion)
 
         /// The memory it holds, for the queue's byte bound.
         var weight: Int {
             switch self {
-            case .bytes(let buffer), .close(let buffer): return buffer.capacity
+            case .bytes(let buffer), .close(let buffer), .versionChange(let buffer, _): return buffer.capacity
             case .post: return 16
-            case .idle, .barrier, .pushVersion: return 0
+            case .idle, .barrier: return 0
             }
         }
 
@@ -303,11 +305,13 @@ struct Connection {
                                 }
                                 guard await queueOutcome(outcome) else { break reading }
                                 if session.version != versionBefore {
-                                    // HELLO's reply goes first: the handler encodes pushes in the
-                                    // new protocol from there.
-                                    guard await replies.push(to: queue),
-                                        await queue.push(.pushVersion(session.version), weight: 0, replies: 0)
-                                    else { break reading }
+                                    // HELLO's reply, then the handler encodes pushes in the new
+                                    // protocol: one slot, one write.
+                                    let (bytes, count) = replies.take()
+                                    let slot = Slot.versionChange(bytes, session.version)
+                                    guard await queue.push(slot, weight: slot.weight, replies: count) else {
+                                        break reading
+                                    }
                                 }
                             }
                         }
@@ -428,7 +432,8 @@ struct Connection {
                     buffer.writeImmutableBuffer(bytes)
                     try await outbound.write(contentsOf: [.bytes(buffer), .closing])
                     return
-                case .pushVersion(let version):
+                case .versionChange(let bytes, let version):
+                    buffer.writeImmutableBuffer(bytes)
                     try await outbound.write(contentsOf: [.bytes(buffer), .pushVersion(version)])
                     buffer = ByteBuffer()
                     index += 1
@@ -519,14 +524,19 @@ struct ReplyBatch {
         return self.buffer.writerIndex - start
     }
 
+    /// What it holds, in a buffer of about its size, and how many replies; it is empty after.
+    mutating func take() -> (ByteBuffer, Int) {
+        let taken = (Connection.Slot.tightened(self.buffer), self.count)
+        self.buffer = ByteBuffer()
+        self.count = 0
+        return taken
+    }
+
     /// Queues what it holds, if anything, as one slot in a buffer of about its size.
     /// - Returns: false once the writer is gone.
     mutating func push(to queue: ReplyQueue<Connection.Slot>) async -> Bool {
         guard self.count > 0 else { return true }
-        let bytes = Connection.Slot.tightened(self.buffer)
-        self.buffer = ByteBuffer()
-        let replies = self.count
-        self.count = 0
+        let (bytes, replies) = self.take()
         return await queue.push(.bytes(bytes), weight: bytes.capacity, replies: replies)
     }
 }
