@@ -203,11 +203,11 @@ struct ConnectionTests {
         for name in ["POS", "POSTS", "PUSH", "ECHO", ""] { #expect(!CommandTable.isPost(word(name)), "\(name)") }
         for name in ["ECHO", "echo", "eCHo"] { #expect(CommandTable.isEcho(word(name)), "\(name)") }
         for name in ["ECH", "ECHOS", "POST"] { #expect(!CommandTable.isEcho(word(name)), "\(name)") }
-        for name in ["SUBSCRIBE", "subscribe", "UNSUBSCRIBE", "psubscribe", "SUNSUBSCRIBE"] {
-            #expect(CommandTable.mayDeliver(word(name)), "\(name)")
+        for name in ["SUBSCRIBE", "subscribe", "UNSUBSCRIBE", "unSubscribe"] {
+            #expect(CommandTable.delivers(word(name)), "\(name)")
         }
-        for name in ["SUBSCRIB", "SUBSCRIBED", "POST", "UNSUBSCRIBEX"] {
-            #expect(!CommandTable.mayDeliver(word(name)), "\(name)")
+        for name in ["SUBSCRIB", "SUBSCRIBED", "POST", "UNSUBSCRIBEX", "PSUBSCRIBE", "SUNSUBSCRIBE", "XSUBSCRIBE"] {
+            #expect(!CommandTable.delivers(word(name)), "\(name)")
         }
         for spec in CommandTable.all where spec.hot != nil {
             #expect(CommandTable.hotSpec(for: word(spec.name.lowercased())) === spec)

@@ -250,22 +250,17 @@ extension CommandDispatcher {
             targets.append((channel, tenant, room))
         }
         for target in targets {
-            let key = target.tenant.subscriptionKey(room: target.room)
-            let previous = session.subscriber.subscriptions[key]
-            session.subscriber.record(
+            let subscriber = session.subscriber
+            try await subscriber.recording(
                 .init(tenant: target.tenant, room: target.room, channel: target.channel),
-                key: key
-            )
-            do {
+                key: target.tenant.subscriptionKey(room: target.room)
+            ) {
                 try await target.tenant.subscribe(
                     principal,
                     room: target.room,
                     channel: target.channel,
-                    subscriber: session.subscriber
+                    subscriber: subscriber
                 )
-            } catch {
-                Self.undoRecord(key, previous: previous, subscriber: session.subscriber)
-                throw error
             }
         }
         return .delivered
@@ -286,20 +281,6 @@ extension CommandDispatcher {
             throw CommandError(
                 "max-subscriptions reached: a connection subscribes to at most \(self.limits.maxSubscriptions) rooms"
             )
-        }
-    }
-
-    /// A subscription its tenant refused is forgotten again (or, when it renewed one, the one
-    /// before is kept).
-    static func undoRecord(
-        _ key: String,
-        previous: ConnectionSubscriber.Subscription?,
-        subscriber: ConnectionSubscriber
-    ) {
-        if let previous {
-            subscriber.record(previous, key: key)
-        } else {
-            subscriber.forget(key: key)
         }
     }
 

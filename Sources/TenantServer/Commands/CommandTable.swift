@@ -223,14 +223,6 @@ enum CommandTable {
     /// Whether a request's first word names ECHO (any case).
     static func isEcho(_ name: ByteBuffer) -> Bool { Self.hotSpec(for: name) === Self.echo }
 
-    /// Whether a request's first word names a command of the SUBSCRIBE family (any case, the
-    /// P and S forms tenantd refuses included): it may reply through the connection's
-    /// subscriber, so the replies before it must be queued first.
-    static func mayDeliver(_ name: ByteBuffer) -> Bool {
-        guard name.readableBytes >= 9 else { return false }
-        return name.readableBytesView.suffix(9).elementsEqual("SUBSCRIBE".utf8) { $0 & 0xDF == $1 }
-    }
-
     /// Whether a request's first word names SUBSCRIBE or UNSUBSCRIBE (any case): commands whose
     /// replies their tenants deliver to the connection's handler (``PushSink``), so the task runs
     /// them only once the replies before them are there.

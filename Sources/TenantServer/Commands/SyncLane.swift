@@ -245,14 +245,11 @@ extension CommandDispatcher {
             checked.append((channel, tenant, room))
         }
         for (channel, tenant, room) in checked {
-            let key = tenant.subscriptionKey(room: room)
-            let previous = lane.subscriber.subscriptions[key]
-            lane.subscriber.record(.init(tenant: tenant, room: room, channel: channel), key: key)
-            do {
+            try lane.subscriber.recording(
+                .init(tenant: tenant, room: room, channel: channel),
+                key: tenant.subscriptionKey(room: room)
+            ) {
                 try tenant.subscribeOnLoop(lane.principal, room: room, channel: channel, subscriber: lane.subscriber)
-            } catch {
-                Self.undoRecord(key, previous: previous, subscriber: lane.subscriber)
-                throw error
             }
         }
         return .delivered

@@ -281,11 +281,12 @@ struct Connection {
                                     break reading
                                 }
                             case .command(let words):
-                                if session.isInSubscribedMode || Self.mayDeliver(words) {
+                                let delivers = session.principal != nil && CommandTable.delivers(words[0])
+                                if session.isInSubscribedMode || delivers {
                                     // Its replies go straight to the queue, after those before it.
                                     guard await replies.push(to: queue) else { break reading }
                                 }
-                                if session.principal != nil && CommandTable.delivers(words[0]) {
+                                if delivers {
                                     // Its tenants deliver its replies to the handler: those before
                                     // it must be there first.
                                     guard await barrier.reach(through: queue) else { break reading }
@@ -383,13 +384,6 @@ struct Connection {
         return run
     }
 
-    /// Whether a command may reply through the subscriber (the SUBSCRIBE family): the replies
-    /// before it must be queued first.
-    private static func mayDeliver(_ words: [ByteBuffer]) -> Bool {
-        guard let name = words.first else { return false }
-        return CommandTable.mayDeliver(name)
-    }
-
     /// ECHO returns its argument's bytes as they are, UTF-8 or not, as Redis does (`redis-cli --pipe`
     /// ends its input with an ECHO of random bytes and waits for them).
     private static func echo(_ words: [ByteBuffer], session: Session) -> RESPValue? {
@@ -430,40 +424,42 @@ struct Connection {
                     index = end
                 case .close(let bytes):
                     buffer.writeImmutableBuffer(bytes)
-                    try await outbound.write(contentsOf: [.bytes(buffer), .closing])
+                    try await Self.write(&buffer, then: .closing, to: outbound)
                     return
                 case .versionChange(let bytes, let version):
                     buffer.writeImmutableBuffer(bytes)
-                    try await outbound.write(contentsOf: [.bytes(buffer), .pushVersion(version)])
-                    buffer = ByteBuffer()
+                    try await Self.write(&buffer, then: .pushVersion(version), to: outbound)
                     index += 1
                 case .barrier(let promise):
                     do {
-                        if buffer.readableBytes > 0 {
-                            try await outbound.write(contentsOf: [.bytes(buffer), .barrier(promise)])
-                        } else {
-                            try await outbound.write(.barrier(promise))
-                        }
+                        try await Self.write(&buffer, then: .barrier(promise), to: outbound)
                     } catch {
                         promise.fail(error)
                         throw error
                     }
-                    buffer = ByteBuffer()
                     index += 1
                 case .idle(let taken, let lane):
-                    // Behind every reply before it, in one write.
-                    let marker = ConnectionOutput.idle(handed: taken, lane: lane)
-                    if buffer.readableBytes > 0 {
-                        try await outbound.write(contentsOf: [.bytes(buffer), marker])
-                    } else {
-                        try await outbound.write(marker)
-                    }
-                    buffer = ByteBuffer()
+                    try await Self.write(&buffer, then: .idle(handed: taken, lane: lane), to: outbound)
                     index += 1
                 }
             }
             if buffer.readableBytes > 0 { try await outbound.write(.bytes(buffer)) }
         }
+    }
+
+    /// Writes the replies in `buffer`, then `marker`, in one write (nothing comes between them at
+    /// the handler), and empties `buffer`.
+    private static func write(
+        _ buffer: inout ByteBuffer,
+        then marker: ConnectionOutput,
+        to outbound: NIOAsyncChannelOutboundWriter<ConnectionOutput>
+    ) async throws {
+        if buffer.readableBytes > 0 {
+            try await outbound.write(contentsOf: [.bytes(buffer), marker])
+        } else {
+            try await outbound.write(marker)
+        }
+        buffer = ByteBuffer()
     }
 
     /// The end of the run of POSTs to `tenant` starting at `start`.

@@ -108,12 +108,45 @@ final class ConnectionSubscriber: MessageSubscriber {
     var subscriptions: [String: Subscription] { self.state.withLock { $0.subscriptions } }
 
     /// Records a subscription before its tenant confirms it (the confirmation counts it).
-    func record(_ subscription: Subscription, key: String) {
-        let count = self.state.withLock { state in
-            state.subscriptions[key] = subscription
-            return state.subscriptions.count
+    /// - Returns: the one it replaced.
+    @discardableResult
+    func record(_ subscription: Subscription, key: String) -> Subscription? {
+        let (previous, count) = self.state.withLock { state in
+            (state.subscriptions.updateValue(subscription, forKey: key), state.subscriptions.count)
         }
         self.sink?.setSubscriptions(count)
+        return previous
+    }
+
+    /// Records `subscription` while its tenant subscribes (`subscribe`), and takes it back (the
+    /// one it replaced kept) when the tenant refuses.
+    func recording(_ subscription: Subscription, key: String, _ subscribe: () throws -> Void) rethrows {
+        let previous = self.record(subscription, key: key)
+        do {
+            try subscribe()
+        } catch {
+            self.undo(key: key, previous: previous)
+            throw error
+        }
+    }
+
+    /// ``recording(_:key:_:)`` for a tenant reached with `await`.
+    func recording(_ subscription: Subscription, key: String, _ subscribe: () async throws -> Void) async rethrows {
+        let previous = self.record(subscription, key: key)
+        do {
+            try await subscribe()
+        } catch {
+            self.undo(key: key, previous: previous)
+            throw error
+        }
+    }
+
+    private func undo(key: String, previous: Subscription?) {
+        if let previous {
+            self.record(previous, key: key)
+        } else {
+            self.forget(key: key)
+        }
     }
 
     /// Forgets a subscription. - Returns: it, if there was one.
