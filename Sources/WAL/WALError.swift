@@ -60,6 +60,12 @@ public struct WALError: Error, Hashable, CustomStringConvertible, Sendable {
         return false
     }
 
+    /// True for an I/O error on a path that does not exist (ENOENT).
+    public var isMissingPath: Bool {
+        guard case .io(_, _, let errno) = self.code else { return false }
+        return errno == ENOENT
+    }
+
     /// The errnos of a shortage that passes.
     public static let transientErrnos: Set<Int32> = [EMFILE, ENFILE, ENOMEM]
 

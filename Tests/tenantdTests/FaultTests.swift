@@ -96,6 +96,23 @@ struct FaultTests {
         }
     }
 
+    /// A tree another remover is taking down at the same time: a step that finds its path gone
+    /// (ENOENT) is not an error, since the goal, nothing left, holds; any other failure still is.
+    /// (The injected ENOENT leaves the directory in place; a real one means it is gone.)
+    @Test func removingATreeSomeoneElseIsRemovingIsNotAnError() async throws {
+        try await TemporaryDirectory.with { dir in
+            let disk = FaultyFileSystem()
+            let tree = dir.path + "/tenant_x"
+            _ = try disk.makeDirectory(tree)
+            disk.fail(.removeDirectory, errno: ENOENT)
+            try disk.removeTree(tree)
+            disk.fail(.removeDirectory, errno: EIO)
+            #expect(throws: WALError.self) { try disk.removeTree(tree) }
+            try disk.removeTree(tree)
+            #expect(!FileManager.default.fileExists(atPath: tree))
+        }
+    }
+
     @Test func powerLossUnderAlwaysLosesNothingAcknowledged() async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()

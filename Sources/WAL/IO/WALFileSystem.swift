@@ -203,14 +203,19 @@ extension WALFileSystem {
     /// Removes a file or a directory tree. A symbolic link is removed, never followed: a link
     /// planted in a tenant directory cannot make a deletion reach another tenant's files.
     public func removeTree(_ path: String) throws {
-        switch POSIXFile.kind(path) {
-        case .directory:
-            for name in try self.listDirectory(path) { try self.removeTree(path + "/" + name) }
-            try self.removeDirectory(path)
-        case .regularFile, .other:
-            try self.remove(path)
-        case nil:
-            break
+        do {
+            switch POSIXFile.kind(path) {
+            case .directory:
+                for name in try self.listDirectory(path) { try self.removeTree(path + "/" + name) }
+                try self.removeDirectory(path)
+            case .regularFile, .other:
+                try self.remove(path)
+            case nil:
+                break
+            }
+        } catch let error as WALError where error.isMissingPath {
+            // Removed meanwhile by another remover (a trash sweep of a registry starting while
+            // the last one's still runs): what was to go is gone.
         }
     }
 
