@@ -419,6 +419,66 @@ struct SyncLaneTests {
         }
     }
 
+    /// A connection whose tenant is on another loop keeps its socket armed while its remote run
+    /// is away (up to ``RESPRequestHandler/readAheadBytes`` unparsed): requests that arrive
+    /// meanwhile, in pieces of any size, some cut mid-request, and far more than the bound while
+    /// the client is slow to read, run after the run's replies are back, each once, in order.
+    @Test func requestsReadWhileARemoteRunIsAwayRunAfterItInOrder() async throws {
+        try await Self.withServer(threads: 2) { server in
+            let clients = try (0..<4).map { _ in try server.owner() }
+            let filler = String(repeating: "x", count: 300)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, client) in clients.enumerated() {
+                    group.addTask {
+                        let room = "ahead-\(index)"
+                        var commands: [[String]] = []
+                        for n in 0..<1_200 {
+                            commands.append(["POST", room, "m\(n) \(filler)"])
+                            if n % 100 == 99 { commands.append(["HISTORY", room, "LIMIT", "1"]) }
+                        }
+                        // Over 400 KiB: past the read-ahead bound many times over.
+                        let bytes = commands.flatMap { RESPTestClient.encode($0) }
+                        let sent = Mutex<Error?>(nil)
+                        let sender = Thread {
+                            var offset = 0
+                            var piece = 1
+                            while offset < bytes.count {
+                                let end = min(bytes.count, offset + piece)
+                                do { try client.send(raw: Array(bytes[offset..<end])) } catch {
+                                    sent.withLock { $0 = error }
+                                    return
+                                }
+                                offset = end
+                                piece = piece * 7 % 9_001 + 1
+                                if piece % 5 == 0 { usleep(200) }
+                            }
+                        }
+                        sender.start()
+                        let sending = commands
+                        let replies = try await offThePool {
+                            // A slow reader at first: the replies fill the socket, the lane waits
+                            // for the client to read, and what it reads ahead reaches the bound.
+                            usleep(300_000)
+                            return try sending.map { _ in try client.read() }
+                        }
+                        #expect(sent.withLock { $0 } == nil)
+                        var seq: Int64 = 0
+                        for (command, reply) in zip(commands, replies) {
+                            if command[0] == "POST" {
+                                seq += 1
+                                #expect(reply == .integer(seq), "\(room): POST \(seq) answered in its place")
+                            } else {
+                                let newest = reply.elements?.first?.elements?.first
+                                #expect(newest == .integer(seq), "\(room): HISTORY sees the POSTs before it")
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
     /// The operator's gateway traffic: path-form rooms (`/tenant/<id>/<room>`) naming tenants on
     /// both loops, pipelined on one connection without a tenant context. Each runs on its tenant's
     /// loop (here, or in one hop per batch), in request order; what the lane does not take (a

@@ -570,9 +570,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let home = context.eventLoop
         let run = RemoteRun(requests, on: loop, lane: lane, dispatcher: dispatcher) { replies, leftover in
-            home.execute { handler.value.remoteReplies(replies, leftover: leftover) }
+            LoopMailbox.of(loop).send(to: home) { handler.value.remoteReplies(replies, leftover: leftover) }
         }
-        loop.execute { run.run() }
+        LoopMailbox.of(home).send(to: loop) { run.run() }
     }
 
     /// A remote run's replies, in request order: written like the lane's own, and parsing goes on,
@@ -655,12 +655,26 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     func read(context: ChannelHandlerContext) {
-        if self.waiting {
+        if self.waiting && !self.readsAhead {
             // Enough requests wait: the socket is read again once they are answered.
             self.readHeld = true
         } else {
             context.read()
         }
+    }
+
+    /// The unparsed bytes up to which the socket stays armed while the lane waits.
+    static let readAheadBytes = 64 << 10
+
+    /// Whether the socket stays armed while the connection waits: only for the lane (a remote
+    /// run's replies, its POSTs' log, the client reading its replies, its tenant's share), and
+    /// only while the unparsed bytes are under ``readAheadBytes``. A connection that waits for
+    /// its remote run's replies, as every unpipelined request to a tenant on another loop does,
+    /// would otherwise take its socket out of the poll set and put it back for each request (two
+    /// epoll_ctl calls); what comes meanwhile is parsed when the lane resumes. The gate's waits
+    /// (the task's window, the tenant's admission) hold the read as before.
+    private var readsAhead: Bool {
+        self.waitingForLane && self.waitingForAdmission == nil && self.buffer.readableBytes < Self.readAheadBytes
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

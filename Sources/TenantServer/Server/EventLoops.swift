@@ -43,3 +43,56 @@ final class PerLoop<Value: AnyObject & Sendable>: Sendable {
         }
     }
 }
+
+/// Work an event loop sends to other loops, gathered over its tick and sent with one `execute`
+/// per destination at the tick's end: the remote runs of many connections (and their replies on
+/// the way back) cost each loop one wake-up and one pass through its task queue's lock per tick,
+/// not one per connection.
+///
+/// `@unchecked Sendable`: every property is touched only on `loop` (checked with assertions).
+final class LoopMailbox: @unchecked Sendable {
+    private struct Outgoing {
+        let destination: any EventLoop
+        var work: [@Sendable () -> Void]
+    }
+
+    private let loop: any EventLoop
+    private var outgoing: [Outgoing] = []
+    private var scheduled = false
+
+    private init(loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    private static let mailboxes = PerLoop { LoopMailbox(loop: $0) }
+
+    /// The mailbox of `loop` (one per loop, for the process's life).
+    static func of(_ loop: any EventLoop) -> LoopMailbox { self.mailboxes.of(loop) }
+
+    /// Runs `work` on `destination` after this tick's other work, with everything else this loop
+    /// sends there in the tick, in the order sent. On this mailbox's loop only.
+    func send(to destination: any EventLoop, _ work: @escaping @Sendable () -> Void) {
+        self.loop.assertInEventLoop()
+        if let index = self.outgoing.firstIndex(where: { $0.destination === destination }) {
+            self.outgoing[index].work.append(work)
+        } else {
+            self.outgoing.append(Outgoing(destination: destination, work: [work]))
+        }
+        guard !self.scheduled else { return }
+        self.scheduled = true
+        self.loop.execute { self.flush() }
+    }
+
+    private func flush() {
+        self.loop.assertInEventLoop()
+        self.scheduled = false
+        let outgoing = self.outgoing
+        self.outgoing.removeAll(keepingCapacity: true)
+        for batch in outgoing {
+            let work = batch.work
+            batch.destination.execute {
+                for item in work { item() }
+            }
+        }
+    }
+}
