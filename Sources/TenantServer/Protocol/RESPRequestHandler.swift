@@ -664,7 +664,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     /// The unparsed bytes up to which the socket stays armed while the lane waits.
-    static let readAheadBytes = 64 << 10
+    static let readAheadBytes = 16 << 10
 
     /// Whether the socket stays armed while the connection waits: only for the lane (a remote
     /// run's replies, its POSTs' log, the client reading its replies, its tenant's share), and
