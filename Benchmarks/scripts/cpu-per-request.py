@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""What one unpipelined request costs each server: rate, CPU time per request, context switches.
+"""What one request costs each server: rate, CPU time per request, context switches.
 
 Starts Debian's redis-server and each tenantd build given (`BINARY:THREADS`, a release build and
 its `--threads`) the way Benchmarks/compare-redis does (its `Redis` and `Tenantd` classes), then,
-in every round, runs redis-benchmark (50 connections, one request in flight each) against each
-server in turn: XADD on Redis, POST on tenantd. For each run it reads the server's CPU time
+in every round, runs redis-benchmark (50 connections, one request in flight each, or --pipeline
+P) against each server in turn: XADD on Redis and POST on tenantd, or PING on both (--command). For each run it reads the server's CPU time
 (user + system, /proc/PID/stat) and its threads' context switches (/proc/PID/task/*/status)
 before and after, and prints per server the medians of the rounds: requests per second, its
 ratio to Redis's in the same round, microseconds of server CPU per request, the cores the server
 used, and voluntary context switches per request. Figures are comparable within one run only.
 
     Benchmarks/scripts/cpu-per-request.py --tenantd .build/release/tenantd:2 \
-        --tenantd OTHER-BUILD:2 --tenantd .build/release/tenantd:1 [--rounds 5] [--requests 200000]
+        --tenantd OTHER-BUILD:2 --tenantd .build/release/tenantd:1 [--rounds 5] [--requests 200000] \
+        [--command post|ping] [--pipeline 16]
 """
 import argparse
 import glob
@@ -41,9 +42,9 @@ def sample(pid):
     return ticks, switches, time.time()
 
 
-def run(server, command, requests):
+def run(server, command, requests, pipeline):
     before = sample(server.process.pid)
-    rate = compare_redis.redis_benchmark(server, command + [TEXT], requests)
+    rate = compare_redis.redis_benchmark(server, command, requests, pipeline=pipeline)
     after = sample(server.process.pid)
     hertz = os.sysconf("SC_CLK_TCK")
     cpu = (after[0] - before[0]) / hertz
@@ -56,6 +57,8 @@ def main():
     parser.add_argument("--tenantd", action="append", required=True, help="BINARY:THREADS, repeatable")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200000)
+    parser.add_argument("--command", choices=["post", "ping"], default="post")
+    parser.add_argument("--pipeline", type=int, default=1)
     parser.add_argument("--json")
     arguments = parser.parse_args()
     servers = [("redis", compare_redis.Redis())]
@@ -72,7 +75,8 @@ def main():
             server.start()
         for _ in range(arguments.rounds):
             for name, server in servers:
-                results[name].append(run(server, server.post(), arguments.requests))
+                command = server.post() + [TEXT] if arguments.command == "post" else ["PING"]
+                results[name].append(run(server, command, arguments.requests, arguments.pipeline))
     finally:
         for _, server in servers:
             server.stop()

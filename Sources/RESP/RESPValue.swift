@@ -28,6 +28,10 @@ public enum RESPValue: Sendable, Hashable {
     /// The `+OK` reply.
     public static let ok = RESPValue.simpleString("OK")
 
+    /// PING's `+PONG`, encoded once (the same in RESP2 and RESP3): a pipelined PING costs a copy of
+    /// seven bytes, not a scan of the text for line breaks and three writes.
+    public static let pong = RESPValue.encoded(ByteBuffer(string: "+PONG\r\n"))
+
     /// A map from key/value pairs.
     public static func map(_ pairs: [(String, RESPValue)]) -> RESPValue {
         var flat: [RESPValue] = []

@@ -116,7 +116,7 @@ enum CommandTable {
             dispatcher.ping(arguments, session: session)
         }
         .onLane(settlesFirst: false, readsTenant: false) { _, words, _, _ in
-            words.count == 1 ? .reply(.simpleString("PONG")) : .reply(try CommandDispatcher.pong(Arguments(words)))
+            words.count == 1 ? .reply(.pong) : .reply(try CommandDispatcher.pong(Arguments(words)))
         },
         CommandSpec("ECHO", arity: 1...1, needsAuth: false) { _, arguments, _ in
             .reply(.bulkString(arguments[0]))
