@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What one request costs each server: rate, CPU time per request, context switches.
 
-Starts Debian's redis-server and each tenantd build given (`BINARY:THREADS`, a release build and
-its `--threads`) the way Benchmarks/compare-redis does (its `Redis` and `Tenantd` classes), then,
+Starts Debian's redis-server and each tenantd build given (`BINARY:THREADS[:NAME=VALUE...]`, a
+release build, its `--threads` and any settings as environment variables, such as
+`TENANTD_MOVE_CONNECTIONS=no`) the way Benchmarks/compare-redis does (its `Redis` and `Tenantd` classes), then,
 in every round, runs redis-benchmark (50 connections, one request in flight each, or --pipeline
 P) against each server in turn: XADD on Redis and POST on tenantd, or PING on both (--command). For each run it reads the server's CPU time
 (user + system, /proc/PID/stat) and its threads' context switches (/proc/PID/task/*/status)
@@ -54,7 +55,8 @@ def run(server, command, requests, pipeline):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tenantd", action="append", required=True, help="BINARY:THREADS, repeatable")
+    parser.add_argument("--tenantd", action="append", required=True,
+                        help="BINARY:THREADS[:NAME=VALUE...], repeatable")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200000)
     parser.add_argument("--command", choices=["post", "ping"], default="post")
@@ -66,13 +68,19 @@ def main():
     try:
         servers[0][1].start()
         for spec in arguments.tenantd:
-            binary, threads = spec.rsplit(":", 1)
+            binary, threads, *settings = spec.split(":")
+            saved = dict(os.environ)
             # Read by tenantd when it starts.
             os.environ["TENANTD_THREADS"] = threads
+            for setting in settings:
+                name, value = setting.split("=", 1)
+                os.environ[name] = value
             server = compare_redis.Tenantd(binary)
             servers.append((spec, server))
             results[spec] = []
             server.start()
+            os.environ.clear()
+            os.environ.update(saved)
         for _ in range(arguments.rounds):
             for name, server in servers:
                 command = server.post() + [TEXT] if arguments.command == "post" else ["PING"]

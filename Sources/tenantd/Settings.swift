@@ -209,6 +209,9 @@ struct Settings {
             guard (0...1_000_000).contains(budget) else { throw ValidationError("turn-budget must be 0-1000000") }
             limits.turnBudget = budget
         }
+        if let move = try Self.flag(command.moveConnections, environment, "TENANTD_MOVE_CONNECTIONS") {
+            limits.moveConnections = move
+        }
         if let seconds = try command.timeout ?? Self.integer(environment, "TENANTD_TIMEOUT") {
             guard (0...Self.maxSeconds).contains(seconds) else {
                 throw ValidationError("timeout must be 0-\(Self.maxSeconds) seconds")
@@ -269,6 +272,16 @@ struct Settings {
             )
         }
         return limit
+    }
+
+    /// A yes/no option: the flag's value, else the environment's.
+    private static func flag(_ option: String?, _ environment: Environment, _ name: String) throws -> Bool? {
+        guard let option else { return try Self.flag(environment, name) }
+        switch option.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ValidationError("\(option) is not yes or no (\(name))")
+        }
     }
 
     private static func flag(_ environment: Environment, _ name: String) throws -> Bool? {

@@ -117,6 +117,14 @@ struct TenantdCommand: AsyncParsableCommand {
     )
     var turnBudget: Int?
 
+    @Option(
+        help: """
+            Move a plain connection to its tenant's event loop once AUTH or USE gives it one: yes \
+            or no (TENANTD_MOVE_CONNECTIONS). Default yes.
+            """
+    )
+    var moveConnections: String?
+
     @Option(help: "Close a client idle this many seconds, 0 = never (TENANTD_TIMEOUT). Default 0.")
     var timeout: Int?
 
@@ -210,11 +218,11 @@ struct TenantdCommand: AsyncParsableCommand {
         }
         let dataDirectory = settings.engine.dataDirectory
         let tls = settings.server.tls
+        // The ready line, once the RESP port and the metrics port (if any) are both bound.
+        let ready = ReadyLine(waitingFor: settings.metricsPort > 0 ? 2 : 1)
         let server = TenantServer(configuration: settings.server, registry: registry, logger: logger) { host, port in
-            // One unbuffered write: harnesses wait for this line on a pipe.
             let tlsField = tls.map { " tls_port=\($0.boundPort.load(ordering: .relaxed))" } ?? ""
-            let line = Array("tenantd ready host=\(host) port=\(port)\(tlsField) data=\(dataDirectory)\n".utf8)
-            _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            ready.set("tenantd ready host=\(host) port=\(port)\(tlsField) data=\(dataDirectory)\n")
         }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: EngineService(registry: registry))
@@ -230,14 +238,20 @@ struct TenantdCommand: AsyncParsableCommand {
                 )
             }
             let exposition = MetricsExposition(counters: registry.counters, tenantLimit: settings.metricsTenants)
-            let listener = MetricsListener(host: settings.metricsHost, port: settings.metricsPort, logger: logger) {
-                if let (budget, messages, limit, cache) = memory {
-                    messages.record(budget.residentBytes)
-                    limit.record(budget.limit)
-                    cache.record(budget.cachedBytes)
+            let listener = MetricsListener(
+                host: settings.metricsHost,
+                port: settings.metricsPort,
+                logger: logger,
+                onBound: { ready.done() },
+                render: {
+                    if let (budget, messages, limit, cache) = memory {
+                        messages.record(budget.residentBytes)
+                        limit.record(budget.limit)
+                        cache.record(budget.cachedBytes)
+                    }
+                    return exposition.render(metrics.emitToBuffer())
                 }
-                return exposition.render(metrics.emitToBuffer())
-            }
+            )
             services.append(.init(service: listener))
         }
         if let directory = settings.backupDirectory {
@@ -308,5 +322,39 @@ struct CertificateReloader: Service {
                 }
             }
         }
+    }
+}
+
+/// The line harnesses wait for on a pipe, written once every listener it waits for is bound.
+final class ReadyLine: Sendable {
+    private let state: Mutex<(waiting: Int, line: String?)>
+
+    init(waitingFor listeners: Int) {
+        self.state = Mutex((listeners, nil))
+    }
+
+    /// The server's listener is bound: this is the line.
+    func set(_ line: String) {
+        let text = self.state.withLock { state -> String? in
+            state.line = line
+            state.waiting -= 1
+            return state.waiting == 0 ? line : nil
+        }
+        if let text { Self.emit(text) }
+    }
+
+    /// Another listener is bound (or gave up).
+    func done() {
+        let text = self.state.withLock { state -> String? in
+            state.waiting -= 1
+            return state.waiting == 0 ? state.line : nil
+        }
+        if let text { Self.emit(text) }
+    }
+
+    /// One unbuffered write.
+    private static func emit(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
     }
 }

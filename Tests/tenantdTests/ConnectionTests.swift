@@ -67,7 +67,7 @@ struct ConnectionTests {
             try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7379))
             let dispatcher = CommandDispatcher(registry: registry, logger: Logger.quiet, limits: limits)
             let task = Task {
-                await Connection(
+                _ = await Connection(
                     id: 1,
                     channel: wrapped,
                     gate: gate,

@@ -29,6 +29,7 @@ struct SyncLaneTests {
         let registry: TenantRegistry
         let disk: FaultyFileSystem
         let group: MultiThreadedEventLoopGroup
+        let server: TenantServer
 
         /// A client authenticated as the tenant's owner.
         func owner() throws -> RESPTestClient {
@@ -44,6 +45,7 @@ struct SyncLaneTests {
         fsync: FsyncPolicy = .everysec,
         threads: Int = 1,
         turnBudget: Int = 0,
+        moveConnections: Bool = true,
         _ body: @escaping @Sendable (Server) async throws -> Void
     ) async throws {
         try await TemporaryDirectory.with { dir in
@@ -60,6 +62,7 @@ struct SyncLaneTests {
             var configuration = ServerConfiguration(host: "127.0.0.1", port: 0)
             configuration.eventLoopGroup = group
             configuration.limits.turnBudget = turnBudget
+            configuration.limits.moveConnections = moveConnections
             let port = Mutex(0)
             let server = TenantServer(configuration: configuration, registry: registry, logger: Logger.quiet) {
                 _,
@@ -75,7 +78,8 @@ struct SyncLaneTests {
                     tenant: created,
                     registry: registry,
                     disk: disk,
-                    group: group
+                    group: group,
+                    server: server
                 )
                 do {
                     try await body(running)
@@ -322,7 +326,7 @@ struct SyncLaneTests {
     @Test(arguments: [FsyncPolicy.always, .everysec, .no])
     func everyAcknowledgedPostIsInTheLog(fsync: FsyncPolicy) async throws {
         let directory = Mutex("")
-        try await Self.withServer(fsync: fsync, threads: 2) { server in
+        try await Self.withServer(fsync: fsync, threads: 2, moveConnections: false) { server in
             // Two connections, one on each loop: one runs on its tenant's loop, one sends there.
             let clients = try (0..<2).map { _ in try server.owner() }
             for client in clients {
@@ -343,7 +347,7 @@ struct SyncLaneTests {
     /// held behind them, and runs sent to the tenant's loop.
     @Test(arguments: [FsyncPolicy.always, .everysec])
     func aHalfCloseAfterAPipelineStillGetsEveryReply(fsync: FsyncPolicy) async throws {
-        try await Self.withServer(fsync: fsync, threads: 2) { server in
+        try await Self.withServer(fsync: fsync, threads: 2, moveConnections: false) { server in
             let clients = try (0..<4).map { _ in try server.owner() }
             // A disk whose fdatasync takes 20 ms, as a real one may: the POSTs still wait when
             // the end of input arrives.
@@ -373,7 +377,7 @@ struct SyncLaneTests {
     }
 
     @Test func connectionsOnAnotherLoopThanTheirTenantRunTheirBatchesThere() async throws {
-        try await Self.withServer(threads: 2) { server in
+        try await Self.withServer(threads: 2, moveConnections: false) { server in
             // Enough connections that both loops have some: those on the tenant's loop run on
             // the lane, the others send each read's POSTs to the tenant's loop in one hop
             // (RemoteRun), one log for all.
@@ -424,7 +428,7 @@ struct SyncLaneTests {
     /// meanwhile, in pieces of any size, some cut mid-request, and far more than the bound while
     /// the client is slow to read, run after the run's replies are back, each once, in order.
     @Test func requestsReadWhileARemoteRunIsAwayRunAfterItInOrder() async throws {
-        try await Self.withServer(threads: 2) { server in
+        try await Self.withServer(threads: 2, moveConnections: false) { server in
             let clients = try (0..<4).map { _ in try server.owner() }
             let filler = String(repeating: "x", count: 300)
             try await withThrowingTaskGroup(of: Void.self) { group in

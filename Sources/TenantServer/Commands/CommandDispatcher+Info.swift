@@ -120,6 +120,7 @@ extension CommandDispatcher {
             ("total_commands_processed", String(stats.commands.load(ordering: .relaxed))),
             ("lane_commands_processed", String(stats.laneCommands.load(ordering: .relaxed))),
             ("lane_share_holds", String(stats.laneShareHolds.load(ordering: .relaxed))),
+            ("connection_moves", String(stats.connectionMoves.load(ordering: .relaxed))),
             ("total_net_input_bytes", String(stats.bytesIn.load(ordering: .relaxed))),
             ("total_net_output_bytes", String(stats.bytesOut.load(ordering: .relaxed))),
             ("rejected_connections", String(stats.connectionsRefused.load(ordering: .relaxed))),

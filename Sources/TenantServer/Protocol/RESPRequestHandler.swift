@@ -142,6 +142,8 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// What was last counted in `maxmemory-clients` for the pushes (``PushSink/noteHeld(_:)``):
     /// measured again after each write while nonzero.
     private var countedForPushes = 0
+    /// Its socket, when the connection may move to its tenant's loop.
+    private let socket: ConnectionSocket?
 
     /// - Parameters:
     ///   - dispatcher: runs the hot commands on the lane (nil: every request goes to the task).
@@ -150,13 +152,22 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         limits: RESPRequestParser.Limits,
         gate: RequestGate,
         dispatcher: CommandDispatcher? = nil,
-        pushes: PushSink? = nil
+        pushes: PushSink? = nil,
+        socket: ConnectionSocket? = nil,
+        carried: CarriedSession? = nil
     ) {
-        self.parser = RESPRequestParser(limits: limits, authenticated: false)
+        self.parser = RESPRequestParser(limits: limits, authenticated: carried != nil)
         self.gate = gate
         self.dispatcher = dispatcher
         self.pushes = pushes
         self.pubSubLimit = dispatcher?.limits.pubSub ?? PubSubLimit()
+        self.socket = socket
+        if let carried {
+            // A connection that moved here: what its last handler read and did not parse comes
+            // first, and pushes are in the protocol it spoke there.
+            self.buffer = carried.unparsed
+            self.pushVersion = carried.version
+        }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -266,6 +277,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         case .idle(let count, let lane):
             promise?.succeed(())
             guard self.routing.taskIsIdle(handed: count, lane: lane) == .resume else { return }
+            if self.moveToTenantLoop(context: context) { return }
             if self.waitingForLane {
                 // A hot command waited for this marker: it runs now, on the lane if there is one.
                 self.resumeLane()
@@ -275,6 +287,30 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 self.writeOutbox(context: context)
             }
         }
+    }
+
+    /// Moves the connection to its tenant's loop when the lane just handed over names a tenant on
+    /// another loop and nothing is in flight: everything answered and written, no request half
+    /// read, no subscription (``ConnectionSocket``). Its channel closes; the bytes it read and did
+    /// not parse go with it.
+    /// - Returns: whether it is moving (nothing more happens on this channel).
+    private func moveToTenantLoop(context: ChannelHandlerContext) -> Bool {
+        guard let socket = self.socket, let lane = self.routing.lane, let tenant = lane.tenant,
+            let loop = tenant.placement as? any EventLoop, loop !== context.eventLoop,
+            !self.waiting, !self.waitingForLane, self.laneIsDone, self.afterRemote.isEmpty,
+            !self.inputClosed, !self.broken, !self.closingAfterReply, self.pushes?.hasSubscriptions != true,
+            !self.parser.isInsideRequest, socket.mayMove
+        else { return false }
+        // Its replies so far must be on the wire: a client that does not read them keeps it here.
+        context.flush()
+        guard (try? context.channel.syncOptions?.getOption(.bufferedWritableBytes)) == 0,
+            socket.prepare(to: loop, unparsed: self.buffer)
+        else { return false }
+        self.buffer = ByteBuffer()
+        self.broken = true
+        ServerStats.shared.connectionMoves.wrappingAdd(1, ordering: .relaxed)
+        context.close(promise: nil)
+        return true
     }
 
     func flush(context: ChannelHandlerContext) {

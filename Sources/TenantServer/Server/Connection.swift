@@ -4,6 +4,12 @@ import RESP
 import Synchronization
 import TenantEngine
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One client connection: a reader that runs commands in order and a writer that sends their
 /// replies in the same order, each POST's reply once its record is durable.
 ///
@@ -75,8 +81,54 @@ struct Connection {
     let pushes: PushSink
     let transport: ConnectionTransport
     let dispatcher: CommandDispatcher
+    /// Its socket, when it may move to its tenant's loop (``ConnectionSocket``).
+    var socket: ConnectionSocket? = nil
+    /// The session it had before it moved here.
+    var carried: CarriedSession? = nil
 
-    func run() async {
+    init(
+        id: Int64,
+        channel: NIOAsyncChannel<[RESPRequest], ConnectionOutput>,
+        gate: RequestGate,
+        pushes: PushSink,
+        transport: ConnectionTransport,
+        dispatcher: CommandDispatcher,
+        socket: ConnectionSocket? = nil,
+        carried: CarriedSession? = nil
+    ) {
+        self.id = id
+        self.channel = channel
+        self.gate = gate
+        self.pushes = pushes
+        self.transport = transport
+        self.dispatcher = dispatcher
+        self.socket = socket
+        self.carried = carried
+    }
+
+    init(_ new: NewConnection, dispatcher: CommandDispatcher) {
+        self.init(
+            id: new.id,
+            channel: new.channel,
+            gate: new.gate,
+            pushes: new.pushes,
+            transport: new.transport,
+            dispatcher: dispatcher,
+            socket: new.socket,
+            carried: new.carried
+        )
+    }
+
+    /// Runs the connection until it closes or moves.
+    /// - Returns: whether it moved to another event loop (its new channel goes on with it).
+    func run() async -> Bool {
+        // The session, taken as the connection closes, when its handler moves it.
+        var moving: (ConnectionSocket.Handover, CarriedSession)?
+        defer {
+            if let (handover, session) = moving, let socket = self.socket {
+                socket.mover.move(handover, session: session)
+            }
+        }
         do {
             try await self.channel.executeThenClose { inbound, outbound in
                 let gate = self.gate
@@ -169,6 +221,17 @@ struct Connection {
                         account = nil
                     }
                     defer { leaveTenant() }
+                    defer {
+                        // Its handler moves it (its channel closed for that): the session goes
+                        // with it, taken before the defers above let go of it.
+                        if let socket = self.socket, let handover = socket.takeHandover() {
+                            if let session = CarriedSession(session, handover: handover, moves: socket.moves) {
+                                moving = (handover, session)
+                            } else {
+                                close(handover.descriptor)
+                            }
+                        }
+                    }
                     var replies = ReplyBatch()
                     /// Queues a command's outcome. - Returns: false when the connection is done.
                     func queueOutcome(_ outcome: CommandOutcome) async -> Bool {
@@ -224,7 +287,19 @@ struct Connection {
                     // The requests taken from the handler so far, for its idle marker.
                     var taken = 0
                     let lanes = self.dispatcher.registry.configuration.placement != nil
+                    var open = true
+                    if let carried = self.carried {
+                        // Moved here: as it was after the command that moved it (authenticated,
+                        // registered under its tenant), and the lane is the handler's at once.
+                        carried.restore(into: &session)
+                        open = await queueOutcome(.delivered)
+                        if open && lanes {
+                            let slot = Slot.idle(0, self.lane(for: session, state: state))
+                            open = await queue.push(slot, weight: 0, replies: 0)
+                        }
+                    }
                     reading: for try await batch in inbound {
+                        guard open else { break reading }
                         guard session.subscriber.beginRequests() else { break reading }
                         var index = batch.startIndex
                         // A turn on the event loop runs a bounded number of requests: a batch of
@@ -338,6 +413,7 @@ struct Connection {
         } catch {
             self.dispatcher.logger.debug("connection \(self.id) ended: \(error)")
         }
+        return moving != nil
     }
 
     /// The lane the session allows now: authenticated, not subscribed, no fair shares, not

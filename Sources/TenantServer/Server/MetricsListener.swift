@@ -28,17 +28,27 @@ public struct MetricsListener: Service {
     private let port: Int
     private let logger: Logger
     private let render: @Sendable () -> [UInt8]
+    private let onBound: @Sendable () -> Void
 
     /// Creates the listener.
     /// - Parameters:
     ///   - host: the address to listen on.
     ///   - port: the port (the contract's default is 9479).
     ///   - logger: where a failed bind is reported.
+    ///   - onBound: called once the port is bound (or failed to bind): the server's ready line
+    ///     waits for it, so that a harness that read it can scrape at once.
     ///   - render: the metrics in Prometheus text format, made on every scrape.
-    public init(host: String, port: Int, logger: Logger, render: @escaping @Sendable () -> [UInt8]) {
+    public init(
+        host: String,
+        port: Int,
+        logger: Logger,
+        onBound: @escaping @Sendable () -> Void = {},
+        render: @escaping @Sendable () -> [UInt8]
+    ) {
         self.host = host
         self.port = port
         self.logger = logger
+        self.onBound = onBound
         self.render = render
     }
 
@@ -66,9 +76,11 @@ public struct MetricsListener: Service {
                 .get()
         } catch {
             self.logger.warning("metrics listener not started on \(self.host):\(self.port): \(error)")
+            self.onBound()
             try? await gracefulShutdown()
             return
         }
+        self.onBound()
         self.logger.info("metrics on http://\(self.host):\(channel.localAddress?.port ?? self.port)/metrics")
         try? await gracefulShutdown()
         try? await channel.close()

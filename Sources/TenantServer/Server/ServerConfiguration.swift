@@ -63,6 +63,8 @@ public struct ServerLimits: Sendable, Hashable {
     /// shared between them (each at least 16; ``LoopTurn``); a tenant alone is not held back.
     /// 0 = no turn shares, the default (docs/benchmarks.md, "Turn shares").
     public var turnBudget: Int
+    /// Whether a plain connection moves to its tenant's event loop once it has one (``ConnectionSocket``).
+    public var moveConnections: Bool
 
     /// `maxmemory-clients` unless told: 256 MiB, 64 connections' full reply windows.
     public static let defaultMaxMemoryClients = 256 << 20
@@ -81,5 +83,6 @@ public struct ServerLimits: Sendable, Hashable {
         self.fairShareWindow = 0
         self.fairShareMinimum = 8
         self.turnBudget = LoopTurn.defaultTurnBudget
+        self.moveConnections = true
     }
 }

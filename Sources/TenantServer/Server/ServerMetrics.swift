@@ -80,6 +80,8 @@ final class ServerStats: Sendable {
     let laneCommands = Atomic<UInt64>(0)
     /// Times a connection was held back for its tenant's share of its loop's turn.
     let laneShareHolds = Atomic<UInt64>(0)
+    /// Times a connection moved to its tenant's event loop (``ConnectionSocket``).
+    let connectionMoves = Atomic<UInt64>(0)
     let connectionsReceived = Atomic<UInt64>(0)
     let connectionsOpen = Atomic<Int64>(0)
     let connectionsRefused = Atomic<UInt64>(0)

@@ -25,6 +25,8 @@ public final class TenantServer: Service {
     private let logger: Logger
     private let onReady: @Sendable (String, Int) -> Void
     private let connections = ConnectionTracker()
+    /// Moves connections to their tenant's loop, once the plain listener is up.
+    private let mover = Mutex<ConnectionMover?>(nil)
 
     /// Creates the server.
     /// - Parameters:
@@ -53,15 +55,28 @@ public final class TenantServer: Service {
             limits: limits,
             tenantDomain: self.configuration.tenantDomain
         )
-        let plain = try await self.bind(port: self.configuration.port, tls: nil, dispatcher: dispatcher)
-        let port = plain.channel.localAddress?.port ?? self.configuration.port
-        var bound = [plain]
+        // The plain port: accepted by the server itself, so that a connection can move to its
+        // tenant's loop (``ConnectionSocket``); TLS connections stay where NIO accepted them.
+        let plain = try PlainListener(host: self.configuration.host, port: self.configuration.port)
+        defer { plain.stop() }
+        let (plainConnections, plainInput) = AsyncStream<AcceptedConnection>.makeStream()
+        var secure: NIOAsyncChannel<AcceptedConnection, Never>?
         if let tls = self.configuration.tls {
-            let secure = try await self.bind(port: tls.port, tls: tls, dispatcher: dispatcher)
-            tls.boundPort.store(secure.channel.localAddress?.port ?? tls.port, ordering: .relaxed)
-            bound.append(secure)
+            let listener = try await self.bind(port: tls.port, tls: tls, dispatcher: dispatcher)
+            tls.boundPort.store(listener.channel.localAddress?.port ?? tls.port, ordering: .relaxed)
+            secure = listener
         }
-        let listeners = bound
+        let connections = self.connections
+        let mover = ConnectionMover(
+            setUp: { [self] descriptor, loop, carried in
+                self.setUp(descriptor, on: loop, carried: carried, dispatcher: dispatcher, into: plainInput)
+            },
+            accepting: { [moves = self.configuration.limits.moveConnections] in moves && connections.isAccepting }
+        )
+        self.mover.withLock { $0 = mover }
+        plain.start(logger: self.logger) { descriptor in mover.accepted(descriptor) }
+        let port = plain.port
+        let tlsListener = secure
         dispatcher.port.store(port, ordering: .relaxed)
         self.onReady(self.configuration.host, port)
         // TENANT MIGRATE reaches other servers over this same protocol.
@@ -69,49 +84,113 @@ public final class TenantServer: Service {
             try await MigrationClient.connect(host: host, port: port, token: token)
         }
         let grace = self.configuration.shutdownGracePeriod
-        let connections = self.connections
+        // The accept loops run on an event loop, not on Swift's shared pool: a connection (a new
+        // one, or one that moved) starts even while that pool's threads are all busy.
+        let acceptExecutor = EventLoopTaskExecutor(
+            (self.configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton).next()
+        )
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                for listener in listeners {
-                    group.addTask {
-                        try await Self.accept(listener, dispatcher: dispatcher)
+                group.addTask(executorPreference: acceptExecutor) {
+                    try await Self.serve(plainConnections, dispatcher: dispatcher)
+                }
+                if let tlsListener {
+                    group.addTask(executorPreference: acceptExecutor) {
+                        try await tlsListener.executeThenClose { inbound in
+                            try await Self.serve(inbound, dispatcher: dispatcher)
+                        }
                     }
                 }
             }
         } onGracefulShutdown: {
-            for listener in listeners { listener.channel.close(promise: nil) }
+            plain.stop()
+            tlsListener?.channel.close(promise: nil)
             connections.closeInputs(thenForceAfter: grace)
+            plainInput.finish()
         }
     }
 
     /// Runs every connection a listener accepts, each in a task of its own on its event loop.
-    private static func accept(
-        _ listener: NIOAsyncChannel<AcceptedConnection, Never>,
+    private static func serve<Connections: AsyncSequence>(
+        _ accepted: Connections,
         dispatcher: CommandDispatcher
-    ) async throws {
+    ) async throws where Connections.Element == AcceptedConnection {
         try await withThrowingDiscardingTaskGroup { group in
-            try await listener.executeThenClose { inbound in
-                for try await accepted in inbound {
-                    guard case .accepted(let connection, let gate, let pushes, let id, let transport) = accepted else {
-                        ServerMetrics.connectionRefused()
-                        continue
-                    }
-                    group.addTask {
-                        ServerMetrics.connectionOpened()
-                        defer { ServerMetrics.connectionClosed() }
-                        let executor = EventLoopTaskExecutor(connection.channel.eventLoop)
-                        await withTaskExecutorPreference(executor) {
-                            await Connection(
-                                id: id,
-                                channel: connection,
-                                gate: gate,
-                                pushes: pushes,
-                                transport: transport,
-                                dispatcher: dispatcher
-                            ).run()
-                        }
-                    }
+            for try await next in accepted {
+                guard case .accepted(let new) = next else {
+                    ServerMetrics.connectionRefused()
+                    continue
                 }
+                group.addTask {
+                    // A connection that moved was counted where it was accepted, and is counted
+                    // closed where it closes.
+                    if new.carried == nil { ServerMetrics.connectionOpened() }
+                    let executor = EventLoopTaskExecutor(new.channel.channel.eventLoop)
+                    let moved = await withTaskExecutorPreference(executor) {
+                        await Connection(new, dispatcher: dispatcher).run()
+                    }
+                    if !moved { ServerMetrics.connectionClosed() }
+                }
+            }
+        }
+    }
+
+    /// Makes a connection of a plain socket on `loop` (the group's next when nil), with the
+    /// session a move carried, and hands it to the accept loop.
+    private func setUp(
+        _ descriptor: CInt,
+        on loop: (any EventLoop)?,
+        carried: CarriedSession?,
+        dispatcher: CommandDispatcher,
+        into accepted: AsyncStream<AcceptedConnection>.Continuation
+    ) {
+        let group: any EventLoopGroup =
+            loop ?? self.configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        let limits = self.configuration.limits
+        var bootstrap = ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+        if carried == nil && limits.tcpKeepaliveSeconds > 0 {
+            let idle = Int32(clamping: limits.tcpKeepaliveSeconds)
+            bootstrap =
+                bootstrap
+                .channelOption(.socketOption(.so_keepalive), value: 1)
+                .channelOption(Self.tcpOption(TCP_KEEPIDLE), value: .init(idle))
+                .channelOption(Self.tcpOption(TCP_KEEPINTVL), value: .init(max(1, idle / 3)))
+                .channelOption(Self.tcpOption(TCP_KEEPCNT), value: 3)
+        }
+        let made = Mutex<AcceptedConnection?>(nil)
+        let mover = self.mover.withLock { $0 }
+        let logger = self.logger
+        bootstrap.channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let socket = mover.map {
+                    ConnectionSocket(descriptor: descriptor, mover: $0, moves: carried.map { $0.moves + 1 } ?? 0)
+                }
+                let connection = try self.makeConnection(
+                    channel,
+                    tls: nil,
+                    socket: socket,
+                    carried: carried,
+                    dispatcher: dispatcher
+                )
+                made.withLock { $0 = connection }
+            }
+        }
+        .withConnectedSocket(descriptor)
+        .whenComplete { result in
+            let connection = made.withLock { $0 }
+            switch result {
+            case .success(let channel):
+                guard let connection, case .enqueued = accepted.yield(connection) else {
+                    // The server stopped taking connections meanwhile.
+                    carried?.abandon()
+                    channel.close(promise: nil)
+                    return
+                }
+            case .failure(let error):
+                carried?.abandon()
+                logger.debug("a connection could not be set up: \(error)")
             }
         }
     }
@@ -124,7 +203,6 @@ public final class TenantServer: Service {
         dispatcher: CommandDispatcher
     ) async throws -> NIOAsyncChannel<AcceptedConnection, Never> {
         let limits = self.configuration.limits
-        let connections = self.connections
         var bootstrap = ServerBootstrap(
             group: self.configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         )
@@ -143,33 +221,69 @@ public final class TenantServer: Service {
                 .childChannelOption(Self.tcpOption(TCP_KEEPCNT), value: 3)
         }
         return try await bootstrap.bind(host: self.configuration.host, port: port) { channel in
-            channel.eventLoop.makeCompletedFuture { () -> AcceptedConnection in
-                guard let id = connections.admit(channel, limit: limits.maxClients) else {
-                    // `maxclients`: refused as Redis refuses, before any request is read (over TLS,
-                    // the client sees the connection closed).
-                    try channel.pipeline.syncOperations.addHandler(RefusingHandler(plain: tls == nil))
-                    return .refused
-                }
-                let transport = ConnectionTransport(isTLS: tls != nil)
-                if let tls {
-                    try channel.pipeline.syncOperations.addTLS(tls, transport: transport, channel: channel)
-                }
-                let gate = RequestGate(bound: limits.requestWindowBytes)
-                if limits.timeoutSeconds > 0 {
-                    try channel.pipeline.syncOperations.addHandler(
-                        IdleStateHandler(readTimeout: .seconds(Int64(limits.timeoutSeconds)))
-                    )
-                }
-                let pushes = PushSink(eventLoop: channel.eventLoop)
-                try channel.pipeline.syncOperations.addHandler(
-                    RESPRequestHandler(limits: limits.request, gate: gate, dispatcher: dispatcher, pushes: pushes)
-                )
-                let wrapped = try NIOAsyncChannel<[RESPRequest], ConnectionOutput>(
-                    wrappingChannelSynchronously: channel
-                )
-                return .accepted(wrapped, gate, pushes, id, transport)
+            channel.eventLoop.makeCompletedFuture {
+                try self.makeConnection(channel, tls: tls, socket: nil, carried: nil, dispatcher: dispatcher)
             }
         }
+    }
+
+    /// Sets up a new connection's pipeline, on its loop: the limits, TLS, the request handler
+    /// and the task's channel; over `maxclients` (or during a shutdown), the refusal instead.
+    private func makeConnection(
+        _ channel: any Channel,
+        tls: TLSListener?,
+        socket: ConnectionSocket?,
+        carried: CarriedSession?,
+        dispatcher: CommandDispatcher
+    ) throws -> AcceptedConnection {
+        let limits = self.configuration.limits
+        let id: Int64
+        if let carried {
+            // A connection that moved: counted already, and closed (not refused) in a shutdown.
+            guard self.connections.readmit(channel, id: carried.id) else { throw ChannelError.ioOnClosedChannel }
+            id = carried.id
+        } else if let admitted = self.connections.admit(channel, limit: limits.maxClients) {
+            id = admitted
+        } else {
+            // `maxclients`: refused as Redis refuses, before any request is read (over TLS,
+            // the client sees the connection closed).
+            try channel.pipeline.syncOperations.addHandler(RefusingHandler(plain: tls == nil))
+            return .refused
+        }
+        let transport = carried?.transport ?? ConnectionTransport(isTLS: tls != nil)
+        if let tls {
+            try channel.pipeline.syncOperations.addTLS(tls, transport: transport, channel: channel)
+        }
+        let gate = RequestGate(bound: limits.requestWindowBytes)
+        if carried != nil { gate.authenticated() }
+        if limits.timeoutSeconds > 0 {
+            try channel.pipeline.syncOperations.addHandler(
+                IdleStateHandler(readTimeout: .seconds(Int64(limits.timeoutSeconds)))
+            )
+        }
+        let pushes = PushSink(eventLoop: channel.eventLoop)
+        try channel.pipeline.syncOperations.addHandler(
+            RESPRequestHandler(
+                limits: limits.request,
+                gate: gate,
+                dispatcher: dispatcher,
+                pushes: pushes,
+                socket: socket,
+                carried: carried
+            )
+        )
+        let wrapped = try NIOAsyncChannel<[RESPRequest], ConnectionOutput>(wrappingChannelSynchronously: channel)
+        return .accepted(
+            NewConnection(
+                channel: wrapped,
+                gate: gate,
+                pushes: pushes,
+                id: id,
+                transport: transport,
+                socket: socket,
+                carried: carried
+            )
+        )
     }
 }
 
@@ -184,9 +298,22 @@ extension TenantServer {
 
 /// What the accept loop gets for a new socket.
 enum AcceptedConnection: Sendable {
-    case accepted(NIOAsyncChannel<[RESPRequest], ConnectionOutput>, RequestGate, PushSink, Int64, ConnectionTransport)
+    case accepted(NewConnection)
     /// Over `maxclients`: answered and closed by its ``RefusingHandler``.
     case refused
+}
+
+/// A connection set up and admitted, for its task.
+struct NewConnection: Sendable {
+    let channel: NIOAsyncChannel<[RESPRequest], ConnectionOutput>
+    let gate: RequestGate
+    let pushes: PushSink
+    let id: Int64
+    let transport: ConnectionTransport
+    /// Its socket, when it may move to its tenant's loop (plain connections).
+    let socket: ConnectionSocket?
+    /// The session it had before it moved here.
+    let carried: CarriedSession?
 }
 
 /// Answers a connection over `maxclients` as Redis does, then closes it.
@@ -235,12 +362,34 @@ final class ConnectionTracker: Sendable {
             state.channels[state.next] = channel
             return state.next
         }
-        if let id {
-            channel.closeFuture.whenComplete { _ in
-                _ = self.state.withLock { $0.channels.removeValue(forKey: id) }
+        if let id { self.forgetOnClose(channel, id: id) }
+        return id
+    }
+
+    /// Registers the channel a connection moved to (``ConnectionSocket``) under its id, whatever
+    /// the count (it was counted already), unless the server is shutting down.
+    /// - Returns: false when it is shutting down.
+    func readmit(_ channel: any Channel, id: Int64) -> Bool {
+        let admitted = self.state.withLock { state in
+            guard !state.shuttingDown else { return false }
+            state.channels[id] = channel
+            return true
+        }
+        if admitted { self.forgetOnClose(channel, id: id) }
+        return admitted
+    }
+
+    /// Whether the server still takes connections.
+    var isAccepting: Bool { self.state.withLock { !$0.shuttingDown } }
+
+    /// Forgets `channel` when it closes, if its id still names it (a moved connection's id names
+    /// its new channel by then).
+    private func forgetOnClose(_ channel: any Channel, id: Int64) {
+        channel.closeFuture.whenComplete { _ in
+            self.state.withLock { state in
+                if let held = state.channels[id], held === channel { state.channels.removeValue(forKey: id) }
             }
         }
-        return id
     }
 
     /// The channels open now (for tests).
