@@ -127,6 +127,14 @@ var package = Package(
     ]
 )
 
+/// The request path's targets, whose release builds leave out the dynamic exclusivity checks
+/// (docs/architecture.md, "Decisions taken from the code": about a sixth of a pipelined PING's
+/// CPU). Debug builds, the tests, the fuzzers and the crash trials keep them.
+let uncheckedExclusivity: Set<String> = ["RESP", "TenantServer", "TenantEngine", "WAL", "LZ4", "TenantMetrics"]
+
 for target in package.targets where target.type != .system && target.name != "CCRC32C" {
     target.swiftSettings = (target.swiftSettings ?? []) + swiftSettings
+    if uncheckedExclusivity.contains(target.name) {
+        target.swiftSettings! += [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+    }
 }

@@ -144,6 +144,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     private var countedForPushes = 0
     /// Its socket, when the connection may move to its tenant's loop.
     private let socket: ConnectionSocket?
+    /// When the lane's last command in this parse ended (0: none yet), the next one's start
+    /// (``CommandDispatcher/runHot(_:_:lane:target:clock:)``).
+    private var clock: UInt64 = 0
 
     /// - Parameters:
     ///   - dispatcher: runs the hot commands on the lane (nil: every request goes to the task).
@@ -530,7 +533,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         if action == .runOnLane, let spec, let lane = self.routing.lane, case .command(let words) = request,
             let dispatcher = self.dispatcher
         {
-            if let outcome = dispatcher.runHot(spec, words, lane: lane, target: target) {
+            if let outcome = dispatcher.runHot(spec, words, lane: lane, target: target, clock: &self.clock) {
                 // The hot handlers keep nothing of the words: the parser reuses their array.
                 self.parser.recycle(words)
                 // Its share is the tenant's it ran in (a path-form room's, or the context's).
@@ -804,6 +807,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     @discardableResult
     private func parse(context: ChannelHandlerContext) -> Bool {
         var batch: [RESPRequest] = []
+        self.clock = 0
         self.parsing += 1
         self.parse(into: &batch, context: context)
         self.parsing -= 1

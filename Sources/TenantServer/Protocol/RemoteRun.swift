@@ -67,6 +67,7 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
         self.loop.assertInEventLoop()
         var bytes = ByteBuffer()
         var replied = 0
+        var clock: UInt64 = 0
         for (index, request) in self.requests.enumerated() {
             if replied + bytes.readableBytes >= Self.replyBound {
                 self.leftover = Array(self.requests[index...])
@@ -76,7 +77,13 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
             ServerStats.shared.received(request.wireBytes)
             tenant.counters.requested(bytes: request.wireBytes)
             let outcome =
-                self.dispatcher.runHot(request.spec, request.words, lane: self.lane, target: request.target)
+                self.dispatcher.runHot(
+                    request.spec,
+                    request.words,
+                    lane: self.lane,
+                    target: request.target,
+                    clock: &clock
+                )
                 ?? .reply(.reply(for: CommandError("internal error: the command left the lane")))
             switch outcome {
             case .reply(let value):
