@@ -209,7 +209,12 @@ struct Settings {
             guard (0...1_000_000).contains(budget) else { throw ValidationError("turn-budget must be 0-1000000") }
             limits.turnBudget = budget
         }
-        if let move = try Self.flag(command.moveConnections, environment, "TENANTD_MOVE_CONNECTIONS") {
+        if let move = try Self.flag(
+            command.moveConnections,
+            environment,
+            "TENANTD_MOVE_CONNECTIONS",
+            option: "move-connections"
+        ) {
             limits.moveConnections = move
         }
         if let seconds = try command.timeout ?? Self.integer(environment, "TENANTD_TIMEOUT") {
@@ -275,12 +280,17 @@ struct Settings {
     }
 
     /// A yes/no option: the flag's value, else the environment's.
-    private static func flag(_ option: String?, _ environment: Environment, _ name: String) throws -> Bool? {
-        guard let option else { return try Self.flag(environment, name) }
-        switch option.lowercased() {
+    private static func flag(
+        _ value: String?,
+        _ environment: Environment,
+        _ name: String,
+        option: String
+    ) throws -> Bool? {
+        guard let text = value ?? environment[name] else { return nil }
+        switch text.lowercased() {
         case "1", "true", "yes", "on": return true
         case "0", "false", "no", "off": return false
-        default: throw ValidationError("\(option) is not yes or no (\(name))")
+        default: throw ValidationError("\(option) must be yes or no (--\(option) or \(name))")
         }
     }
 

@@ -606,3 +606,57 @@ def test_turn_budget_is_range_checked_and_its_holds_are_in_info(server: Server):
     finally:
         operator.close()
     assert stats["lane_share_holds"] == 0, stats
+
+
+def test_connections_move_to_their_tenants_loop_unseen_by_redis_py():
+    """With two event loops, redis-py connections (HELLO 3 AUTH ... SETNAME) accepted on the
+    tenant's other loop move to the tenant's: INFO counts the moves, and to the clients nothing
+    changed (id, name, RESP3, contiguous seqs); the connection counts are not inflated by moves.
+    `--move-connections` takes only yes or no."""
+    import tempfile
+
+    import redis
+
+    from conftest import TENANTD_BIN, _clean_env
+
+    token = "m" * 40
+    with tempfile.TemporaryDirectory() as data:
+        refused = subprocess.run(
+            [str(TENANTD_BIN), "--port", "0", "--metrics-port", "0", "--data-dir", data, "--move-connections", "maybe"],
+            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=_clean_env(token),
+        )
+        assert refused.returncode != 0 and "ready" not in refused.stdout
+        assert "move-connections" in refused.stderr, refused.stderr
+    with tempfile.TemporaryDirectory() as data:
+        proc = subprocess.Popen(
+            [str(TENANTD_BIN), "--port", "0", "--metrics-port", "0", "--data-dir", data, "--threads", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_clean_env(token),
+        )
+        try:
+            line = proc.stdout.readline().decode()
+            port = int(re.search(r"port=(\d+)", line).group(1))
+            operator = redis.Redis(port=port, username="admin", password=token, decode_responses=True)
+            flat = operator.execute_command("TENANT", "CREATE", "Movers", "movers", "OWNER", "alice")
+            tenant = flat if isinstance(flat, dict) else dict(zip(flat[0::2], flat[1::2]))
+            clients = [
+                redis.Redis(port=port, username="alice@movers", password=tenant["owner_token"], protocol=3,
+                            client_name=f"mover-{i}", decode_responses=True, single_connection_client=True)
+                for i in range(8)
+            ]
+            ids = [c.client_id() for c in clients]
+            seqs = [c.execute_command("POST", "general", f"from {i}") for i, c in enumerate(clients)]
+            assert sorted(seqs) == list(range(1, 9)), seqs
+            for i, c in enumerate(clients):
+                assert c.client_getname() == f"mover-{i}"
+                assert c.client_id() == ids[i]
+                assert c.execute_command("HELLO")["proto"] == 3
+            stats = operator.info("stats")
+            assert stats["connection_moves"] >= 1, stats
+            assert stats["total_connections_received"] == 1 + len(clients), stats
+            assert operator.info("clients")["connected_clients"] == 1 + len(clients)
+            for c in clients:
+                c.close()
+            operator.close()
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=SUBPROCESS_TIMEOUT) == 0
