@@ -197,4 +197,54 @@ struct ConnectionMoveTests {
             #expect(server.server.openChannels.contains { $0.eventLoop !== home })
         }
     }
+
+    /// A connection keeps its place under `maxclients` while it moves: clients that connect while
+    /// others move between loops are refused all the same once the server is full.
+    @Test func aMovingConnectionKeepsItsPlaceUnderMaxclients() async throws {
+        try await SyncLaneTests.withServer(threads: 2, maxClients: 4) { server in
+            let other = try await server.registry.createTenant(name: "B", subdomain: "beta", plan: nil, owner: "bob")
+            let logins = [("alice@acme", server.tenant.ownerToken), ("bob@beta", other.ownerToken)]
+            let movers = try (0..<4).map { _ in try RESPTestClient(port: server.port) }
+            // Each one admitted before the prober starts: the server is full.
+            for mover in movers { #expect(try mover.call("PING") == .simple("PONG")) }
+            let admitted = Mutex(0)
+            let refused = Mutex(0)
+            let stop = Atomic<Bool>(false)
+            let finished = Atomic<Bool>(false)
+            let prober = Thread {
+                defer { finished.store(true, ordering: .relaxed) }
+                while !stop.load(ordering: .relaxed) {
+                    guard let client = try? RESPTestClient(port: server.port, timeout: 5) else { continue }
+                    switch try? client.call("PING") {
+                    case .simple("PONG"): admitted.withLock { $0 += 1 }
+                    case .error(let message) where message.contains("max number of clients"):
+                        refused.withLock { $0 += 1 }
+                    default: break
+                    }
+                    client.shutdown()
+                }
+            }
+            prober.start()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, mover) in movers.enumerated() {
+                    group.addTask {
+                        try await offThePool {
+                            for turn in 0..<ConnectionSocket.maxMoves {
+                                let (user, token) = logins[(turn + index) % 2]
+                                let authenticated = try mover.call("AUTH", user, token)
+                                let pong = try mover.call("PING")
+                                #expect(authenticated == .simple("OK"))
+                                #expect(pong == .simple("PONG"))
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            stop.store(true, ordering: .relaxed)
+            try await waitUntilAsync("the prober to stop") { finished.load(ordering: .relaxed) }
+            #expect(admitted.withLock { $0 } == 0, "no client admitted past maxclients while others moved")
+            #expect(refused.withLock { $0 } > 0)
+        }
+    }
 }

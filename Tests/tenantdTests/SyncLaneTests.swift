@@ -46,6 +46,7 @@ struct SyncLaneTests {
         threads: Int = 1,
         turnBudget: Int = 0,
         moveConnections: Bool = true,
+        maxClients: Int = 10_000,
         _ body: @escaping @Sendable (Server) async throws -> Void
     ) async throws {
         try await TemporaryDirectory.with { dir in
@@ -63,6 +64,7 @@ struct SyncLaneTests {
             configuration.eventLoopGroup = group
             configuration.limits.turnBudget = turnBudget
             configuration.limits.moveConnections = moveConnections
+            configuration.limits.maxClients = maxClients
             let port = Mutex(0)
             let server = TenantServer(configuration: configuration, registry: registry, logger: Logger.quiet) {
                 _,

@@ -229,6 +229,7 @@ struct Connection {
                                 moving = (handover, session)
                             } else {
                                 close(handover.descriptor)
+                                socket.mover.failed(socket.id)
                             }
                         }
                     }

@@ -27,6 +27,8 @@ import Darwin
 final class ConnectionSocket: Sendable {
     /// The descriptor the channel owns.
     let descriptor: CInt
+    /// The connection's id.
+    let id: Int64
     let mover: ConnectionMover
     /// The moves before this one (a connection that keeps changing tenants stops moving).
     let moves: Int
@@ -43,8 +45,9 @@ final class ConnectionSocket: Sendable {
         let unparsed: ByteBuffer
     }
 
-    init(descriptor: CInt, mover: ConnectionMover, moves: Int = 0) {
+    init(descriptor: CInt, id: Int64, mover: ConnectionMover, moves: Int = 0) {
         self.descriptor = descriptor
+        self.id = id
         self.mover = mover
         self.moves = moves
     }
@@ -59,6 +62,8 @@ final class ConnectionSocket: Sendable {
     func prepare(to loop: any EventLoop, unparsed: ByteBuffer) -> Bool {
         let second = cposix_dup(self.descriptor)
         guard second >= 0 else { return false }
+        // Its place under `maxclients` is kept while it has no channel.
+        self.mover.starts(self.id)
         self.handover.withLock { $0 = Handover(descriptor: second, loop: loop, unparsed: unparsed) }
         return true
     }
@@ -124,17 +129,27 @@ struct CarriedSession: Sendable {
 final class ConnectionMover: Sendable {
     private let setUp: @Sendable (CInt, (any EventLoop)?, CarriedSession?) -> Void
     private let accepting: @Sendable () -> Bool
+    /// A connection's move starts (its channel is about to close): it keeps its place.
+    let starts: @Sendable (Int64) -> Void
+    /// A move that started will not end in a new channel.
+    let failed: @Sendable (Int64) -> Void
 
     /// - Parameters:
     ///   - setUp: makes a connection of a descriptor (its own from then on) on the loop given, or
     ///     the group's next, with the session carried, if any.
     ///   - accepting: whether the server still takes connections (no move during a shutdown).
+    ///   - starts: a connection's move starts: its place under `maxclients` is kept.
+    ///   - failed: a move that started ended without a new channel: the place is given up.
     init(
         setUp: @escaping @Sendable (CInt, (any EventLoop)?, CarriedSession?) -> Void,
-        accepting: @escaping @Sendable () -> Bool
+        accepting: @escaping @Sendable () -> Bool,
+        starts: @escaping @Sendable (Int64) -> Void,
+        failed: @escaping @Sendable (Int64) -> Void
     ) {
         self.setUp = setUp
         self.accepting = accepting
+        self.starts = starts
+        self.failed = failed
     }
 
     var isAccepting: Bool { self.accepting() }

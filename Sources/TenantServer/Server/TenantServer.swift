@@ -71,7 +71,9 @@ public final class TenantServer: Service {
             setUp: { [self] descriptor, loop, carried in
                 self.setUp(descriptor, on: loop, carried: carried, dispatcher: dispatcher, into: plainInput)
             },
-            accepting: { [moves = self.configuration.limits.moveConnections] in moves && connections.isAccepting }
+            accepting: { [moves = self.configuration.limits.moveConnections] in moves && connections.isAccepting },
+            starts: { id in connections.moveStarts(id: id) },
+            failed: { id in connections.moveFailed(id: id) }
         )
         self.mover.withLock { $0 = mover }
         plain.start(logger: self.logger) { descriptor in mover.accepted(descriptor) }
@@ -164,13 +166,10 @@ public final class TenantServer: Service {
         let logger = self.logger
         bootstrap.channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
-                let socket = mover.map {
-                    ConnectionSocket(descriptor: descriptor, mover: $0, moves: carried.map { $0.moves + 1 } ?? 0)
-                }
                 let connection = try self.makeConnection(
                     channel,
                     tls: nil,
-                    socket: socket,
+                    socket: mover.map { (descriptor, $0) },
                     carried: carried,
                     dispatcher: dispatcher
                 )
@@ -189,7 +188,10 @@ public final class TenantServer: Service {
                     return
                 }
             case .failure(let error):
-                carried?.abandon()
+                if let carried {
+                    carried.abandon()
+                    self.connections.moveFailed(id: carried.id)
+                }
                 logger.debug("a connection could not be set up: \(error)")
             }
         }
@@ -232,7 +234,7 @@ public final class TenantServer: Service {
     private func makeConnection(
         _ channel: any Channel,
         tls: TLSListener?,
-        socket: ConnectionSocket?,
+        socket plain: (descriptor: CInt, mover: ConnectionMover)?,
         carried: CarriedSession?,
         dispatcher: CommandDispatcher
     ) throws -> AcceptedConnection {
@@ -249,6 +251,14 @@ public final class TenantServer: Service {
             // the client sees the connection closed).
             try channel.pipeline.syncOperations.addHandler(RefusingHandler(plain: tls == nil))
             return .refused
+        }
+        let socket = plain.map {
+            ConnectionSocket(
+                descriptor: $0.descriptor,
+                id: id,
+                mover: $0.mover,
+                moves: carried.map { $0.moves + 1 } ?? 0
+            )
         }
         let transport = carried?.transport ?? ConnectionTransport(isTLS: tls != nil)
         if let tls {
@@ -348,6 +358,9 @@ final class ConnectionTracker: Sendable {
     private struct State {
         var next: Int64 = 1
         var channels: [Int64: any Channel] = [:]
+        /// Connections between their old channel and their new one (``ConnectionSocket``): they
+        /// keep their place under `maxclients`.
+        var moving: Set<Int64> = []
         var shuttingDown = false
     }
 
@@ -357,7 +370,7 @@ final class ConnectionTracker: Sendable {
     /// - Returns: the connection's id, or nil when it is refused.
     func admit(_ channel: any Channel, limit: Int) -> Int64? {
         let id: Int64? = self.state.withLock { state in
-            guard !state.shuttingDown, state.channels.count < limit else { return nil }
+            guard !state.shuttingDown, state.channels.count + state.moving.count < limit else { return nil }
             defer { state.next += 1 }
             state.channels[state.next] = channel
             return state.next
@@ -371,12 +384,24 @@ final class ConnectionTracker: Sendable {
     /// - Returns: false when it is shutting down.
     func readmit(_ channel: any Channel, id: Int64) -> Bool {
         let admitted = self.state.withLock { state in
+            state.moving.remove(id)
             guard !state.shuttingDown else { return false }
             state.channels[id] = channel
             return true
         }
         if admitted { self.forgetOnClose(channel, id: id) }
         return admitted
+    }
+
+    /// A connection is about to close its channel to move: its place is kept until ``readmit(_:id:)``
+    /// or ``moveFailed(id:)``.
+    func moveStarts(id: Int64) {
+        _ = self.state.withLock { $0.moving.insert(id) }
+    }
+
+    /// A move that started did not end in a new channel: the place is given up.
+    func moveFailed(id: Int64) {
+        _ = self.state.withLock { $0.moving.remove(id) }
     }
 
     /// Whether the server still takes connections.
