@@ -111,6 +111,7 @@ struct CarriedSession: Sendable {
     /// Gives the session's state to `session` (a new connection's).
     func restore(into session: inout Session) {
         session.version = self.version
+        session.subscriber.setVersion(self.version)
         session.principal = self.principal
         session.setContext(self.tenant, id: self.tenantID)
         self.tenant?.release()

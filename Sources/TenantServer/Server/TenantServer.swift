@@ -183,7 +183,11 @@ public final class TenantServer: Service {
             case .success(let channel):
                 guard let connection, case .enqueued = accepted.yield(connection) else {
                     // The server stopped taking connections meanwhile.
-                    carried?.abandon()
+                    if let carried {
+                        carried.abandon()
+                        // Counted open where it was accepted, and closed here.
+                        ServerMetrics.connectionClosed()
+                    }
                     channel.close(promise: nil)
                     return
                 }
@@ -191,6 +195,7 @@ public final class TenantServer: Service {
                 if let carried {
                     carried.abandon()
                     self.connections.moveFailed(id: carried.id)
+                    ServerMetrics.connectionClosed()
                 }
                 logger.debug("a connection could not be set up: \(error)")
             }
