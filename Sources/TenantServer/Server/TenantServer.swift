@@ -149,17 +149,12 @@ public final class TenantServer: Service {
         let group: any EventLoopGroup =
             loop ?? self.configuration.eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
         let limits = self.configuration.limits
-        var bootstrap = ClientBootstrap(group: group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-        if carried == nil && limits.tcpKeepaliveSeconds > 0 {
-            let idle = Int32(clamping: limits.tcpKeepaliveSeconds)
-            bootstrap =
-                bootstrap
-                .channelOption(.socketOption(.so_keepalive), value: 1)
-                .channelOption(Self.tcpOption(TCP_KEEPIDLE), value: .init(idle))
-                .channelOption(Self.tcpOption(TCP_KEEPINTVL), value: .init(max(1, idle / 3)))
-                .channelOption(Self.tcpOption(TCP_KEEPCNT), value: 3)
+        var bootstrap = ClientBootstrap(group: group).channelOption(.allowRemoteHalfClosure, value: true)
+        // A moved connection's socket has them already.
+        if carried == nil {
+            for (option, value) in Self.socketOptions(limits) {
+                bootstrap = bootstrap.channelOption(option, value: value)
+            }
         }
         let made = Mutex<AcceptedConnection?>(nil)
         let mover = self.mover.withLock { $0 }
@@ -215,17 +210,9 @@ public final class TenantServer: Service {
         )
         .serverChannelOption(.backlog, value: 511)
         .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
         .childChannelOption(.allowRemoteHalfClosure, value: true)
-        if limits.tcpKeepaliveSeconds > 0 {
-            // As Redis's anetKeepAlive: probes after the idle time, then every third of it, three times.
-            let idle = Int32(clamping: limits.tcpKeepaliveSeconds)
-            bootstrap =
-                bootstrap
-                .childChannelOption(.socketOption(.so_keepalive), value: 1)
-                .childChannelOption(Self.tcpOption(TCP_KEEPIDLE), value: .init(idle))
-                .childChannelOption(Self.tcpOption(TCP_KEEPINTVL), value: .init(max(1, idle / 3)))
-                .childChannelOption(Self.tcpOption(TCP_KEEPCNT), value: 3)
+        for (option, value) in Self.socketOptions(limits) {
+            bootstrap = bootstrap.childChannelOption(option, value: value)
         }
         return try await bootstrap.bind(host: self.configuration.host, port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -305,6 +292,24 @@ public final class TenantServer: Service {
 extension TenantServer {
     /// The connections' channels open now (for tests).
     var openChannels: [any Channel] { self.connections.openChannels }
+
+    /// The socket options of every connection: no Nagle, and keepalive as Redis's anetKeepAlive
+    /// (probes after the idle time, then every third of it, three times).
+    static func socketOptions(_ limits: ServerLimits) -> [(ChannelOptions.Types.SocketOption, SocketOptionValue)] {
+        var options: [(ChannelOptions.Types.SocketOption, SocketOptionValue)] = [
+            (ChannelOptions.socketOption(.tcp_nodelay), 1)
+        ]
+        if limits.tcpKeepaliveSeconds > 0 {
+            let idle = Int32(clamping: limits.tcpKeepaliveSeconds)
+            options += [
+                (ChannelOptions.socketOption(.so_keepalive), 1),
+                (Self.tcpOption(TCP_KEEPIDLE), SocketOptionValue(idle)),
+                (Self.tcpOption(TCP_KEEPINTVL), SocketOptionValue(max(1, idle / 3))),
+                (Self.tcpOption(TCP_KEEPCNT), 3),
+            ]
+        }
+        return options
+    }
 
     static func tcpOption(_ name: Int32) -> ChannelOptions.Types.SocketOption {
         ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: name))
