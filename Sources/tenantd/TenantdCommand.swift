@@ -203,7 +203,9 @@ struct TenantdCommand: AsyncParsableCommand {
         )
         // Before anything uses the event loops: their number is fixed at first use.
         EventLoops.configure(threads: configured.threads)
-        configured.engine.placement = EventLoops.placement()
+        configured.engine.placement = EventLoops.placement(
+            connectionsMove: configured.server.limits.moveConnections
+        )
         let settings = configured
         let metrics = PrometheusCollectorRegistry()
         if settings.metricsPort > 0 {

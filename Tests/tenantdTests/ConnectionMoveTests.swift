@@ -191,6 +191,33 @@ struct ConnectionMoveTests {
         }
     }
 
+    /// The tenants one connection creates (an operator provisioning them): with moves, they are
+    /// spread over the loops, fewest first, so that their own connections, which move to them,
+    /// load every core; with moves off, they stay on the creating connection's loop, where its
+    /// own requests for them run without a hop.
+    @Test(arguments: [true, false])
+    func tenantsOneConnectionCreatesArePlacedByTheRule(moves: Bool) async throws {
+        try await SyncLaneTests.withServer(threads: 2, moveConnections: moves) { server in
+            let admin = try RESPTestClient(port: server.port)
+            #expect(try admin.call("AUTH", "admin", "operator-token-0123456789abcdef-0123") == .simple("OK"))
+            var ids: [String] = []
+            for index in 0..<6 {
+                let reply = try admin.call("TENANT", "CREATE", "P\(index)", "place\(index)", "OWNER", "owner")
+                ids.append(try #require(reply.fields?["tenant_id"]?.string, "TENANT CREATE: \(reply)"))
+            }
+            let adminLoop = try #require(server.server.openChannels.first?.eventLoop)
+            var counts: [ObjectIdentifier: Int] = [:]
+            for id in ids { counts[ObjectIdentifier(try await Self.home(server, id: id)), default: 0] += 1 }
+            if moves {
+                // Seven tenants on two loops, the first one included: 3 and 4, whichever first.
+                #expect(counts.count == 2, "on both loops: \(counts.values)")
+                #expect(counts.values.allSatisfy { $0 >= 2 }, "balanced: \(counts.values)")
+            } else {
+                #expect(counts == [ObjectIdentifier(adminLoop): ids.count], "all on the creator's loop")
+            }
+        }
+    }
+
     /// `--move-connections no`: connections stay on the loop that accepted them and send their
     /// requests to their tenant's loop instead.
     @Test func withMovesOffConnectionsStayWhereTheyWereAccepted() async throws {

@@ -56,7 +56,7 @@ struct SyncLaneTests {
             engine.adminToken = "operator-token-0123456789abcdef-0123"
             engine.fileSystem = disk
             engine.defaultPlan = .enterprise
-            engine.placement = EventLoops.placement(group: group)
+            engine.placement = EventLoops.placement(group: group, connectionsMove: moveConnections)
             let registry = TenantRegistry(configuration: engine, logger: Logger.quiet)
             try await registry.bootstrap()
             let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")

@@ -51,10 +51,23 @@ public final class TenantExecutor: Sendable {
     }
 }
 
-/// Places tenants on the server's event loops: a tenant opened on one of them (the loop of the
-/// connection whose AUTH or USE opened it) stays there; one opened elsewhere (start-up, the
-/// registry's own work) goes to the loop with the fewest tenants.
+/// Places tenants on the server's event loops, where each stays until it closes.
+///
+/// Two rules (``Rule``): when connections move to their tenant's loop, every tenant goes to the
+/// loop with the fewest tenants (the opener's loop among equals), so that tenants opened by one
+/// connection (an operator creating a thousand, a tool) still spread over the cores; when
+/// connections stay where they were accepted, a tenant opened on one of the loops (the loop of
+/// the connection whose AUTH or USE opened it) stays there, and one opened elsewhere (start-up,
+/// the registry's own work) goes to the loop with the fewest.
 public final class TenantPlacement: Sendable {
+    /// How a loop is chosen for a tenant opening.
+    public enum Rule: Sendable {
+        /// The loop with the fewest tenants, the opener's among equals.
+        case fewestTenants
+        /// The opener's loop when it is one of them, else the loop with the fewest tenants.
+        case openersLoop
+    }
+
     /// A tenant's place on a loop, given back when its executor goes.
     final class Seat: Sendable {
         let placement: TenantPlacement
@@ -72,13 +85,21 @@ public final class TenantPlacement: Sendable {
 
     private let executors: [any SerialExecutor]
     private let current: @Sendable () -> (any SerialExecutor)?
+    private let rule: Rule
     fileprivate let counts: Mutex<[Int]>
 
     /// Creates a placement over `executors` (an event loop group's loops, in order).
-    /// - Parameter current: the executor the calling thread runs, if it is one of them.
-    public init(executors: [any SerialExecutor], current: @escaping @Sendable () -> (any SerialExecutor)?) {
+    /// - Parameters:
+    ///   - rule: how a loop is chosen.
+    ///   - current: the executor the calling thread runs, if it is one of them.
+    public init(
+        executors: [any SerialExecutor],
+        rule: Rule = .openersLoop,
+        current: @escaping @Sendable () -> (any SerialExecutor)?
+    ) {
         precondition(!executors.isEmpty, "a placement needs at least one executor")
         self.executors = executors
+        self.rule = rule
         self.current = current
         self.counts = Mutex(Array(repeating: 0, count: executors.count))
     }
@@ -93,7 +114,14 @@ public final class TenantPlacement: Sendable {
     func place() -> TenantExecutor {
         let here = self.current().flatMap { current in self.executors.firstIndex { $0 === current } }
         let index = self.counts.withLock { counts in
-            let chosen = here ?? counts.indices.min { counts[$0] < counts[$1] }!
+            let fewest = counts.min()!
+            let chosen: Int
+            switch self.rule {
+            case .openersLoop:
+                chosen = here ?? counts.firstIndex(of: fewest)!
+            case .fewestTenants:
+                chosen = here.flatMap { counts[$0] == fewest ? $0 : nil } ?? counts.firstIndex(of: fewest)!
+            }
             counts[chosen] += 1
             return chosen
         }

@@ -16,10 +16,17 @@ public enum EventLoops {
         NIOSingletons.groupLoopCountSuggestion = threads
     }
 
-    /// Tenants placed on `group`'s loops: one opened on a loop of it stays there.
-    public static func placement(group: MultiThreadedEventLoopGroup = .singleton) -> TenantPlacement {
+    /// Tenants placed on `group`'s loops, where each stays until it closes: on the loop with the
+    /// fewest tenants when connections move to their tenant's loop (`connectionsMove`), on the
+    /// opener's loop otherwise (``TenantPlacement/Rule``).
+    public static func placement(
+        group: MultiThreadedEventLoopGroup = .singleton,
+        connectionsMove: Bool = true
+    ) -> TenantPlacement {
         let executors = Array(group.makeIterator()).map { $0.executor }
-        return TenantPlacement(executors: executors) { MultiThreadedEventLoopGroup.currentEventLoop?.executor }
+        return TenantPlacement(executors: executors, rule: connectionsMove ? .fewestTenants : .openersLoop) {
+            MultiThreadedEventLoopGroup.currentEventLoop?.executor
+        }
     }
 }
 
