@@ -112,7 +112,7 @@ struct TenantdCommand: AsyncParsableCommand {
         help: """
             Lane requests an event loop runs in one turn while several tenants are active on it, \
             shared between them (each at least 16); a tenant alone is never held back. 0 = off \
-            (TENANTD_TURN_BUDGET). Default 0.
+            (TENANTD_TURN_BUDGET). Default 64.
             """
     )
     var turnBudget: Int?

@@ -63,10 +63,11 @@ final class LoopTurn: @unchecked Sendable {
 
     /// The lane requests a loop runs in one turn while several tenants are active on it, shared
     /// between them (each gets at least ``minimumShare``). A tenant alone runs as much as its
-    /// connections bring: the shares cost nothing until another tenant is active. Off by default:
-    /// measured with the server on a core of its own, they did not shorten a quiet tenant's tail
-    /// (docs/benchmarks.md, "Turn shares").
-    static let defaultTurnBudget = 0
+    /// connections bring: the shares cost nothing until another tenant is active. On by default
+    /// (issue 21, point 4: on if they cost a one-tenant flood at most 10%); measured with the
+    /// server on a core of its own, they cost it 5-6% (docs/benchmarks.md, "Turn shares, measured
+    /// again").
+    static let defaultTurnBudget = 64
     static let minimumShare = 16
     /// The budget of each turn (`ServerLimits.turnBudget`, set by the loop's connections; 0 = no
     /// shares).
