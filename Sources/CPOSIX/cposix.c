@@ -103,3 +103,7 @@ int cposix_accept(int fd) {
 int cposix_dup(int fd) {
     return fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
+
+int cposix_pipe(int ends[2]) {
+    return pipe2(ends, O_NONBLOCK | O_CLOEXEC);
+}

@@ -19,4 +19,7 @@ int cposix_accept(int fd);
 /// A second descriptor of `fd`'s open file, close-on-exec: -1 with errno set when it fails.
 int cposix_dup(int fd);
 
+/// pipe2(2) with both ends non-blocking and close-on-exec: 0, or -1 with errno set.
+int cposix_pipe(int ends[2]);
+
 #endif

@@ -848,12 +848,13 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 return
             }
             if self.ranThisTurn >= Connection.requestsPerTurn && !self.parser.isInsideRequest {
-                // Bounded turns: the loop's other connections (and the end of this turn, which
-                // answers these POSTs) go first; the rest of the read is parsed after them.
+                // Bounded turns: the end of this turn (which answers these POSTs) and the loop's
+                // other connections, what they sent meanwhile included, go first; the rest of the
+                // read is parsed after the loop's next poll (``AfterPoll``).
                 self.ranThisTurn = 0
                 self.waitForLane(holding: nil)
                 let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-                context.eventLoop.execute { handler.value.resumeLane() }
+                AfterPoll.of(context.eventLoop).run { handler.value.resumeLane() }
                 return
             }
             if !self.parser.isInsideRequest && !self.gate.mayParse && self.gate.waitForWakeUp() {
