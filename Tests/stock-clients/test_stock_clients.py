@@ -614,7 +614,8 @@ def _share_holds_under_two_floods(extra_args):
 
             def flood(user, password, room):
                 try:
-                    client = redis.Redis(port=port, username=user, password=password, single_connection_client=True)
+                    client = redis.Redis(port=port, username=user, password=password, single_connection_client=True,
+                                         socket_timeout=SUBPROCESS_TIMEOUT)
                     for round_ in range(6):
                         pipe = client.pipeline(transaction=False)
                         for index in range(400):
@@ -632,13 +633,15 @@ def _share_holds_under_two_floods(extra_args):
                 thread.start()
             for thread in threads:
                 thread.join(timeout=SUBPROCESS_TIMEOUT)
+            assert not [thread for thread in threads if thread.is_alive()], "a flood's connection never finished"
             assert not failures, failures
             holds = operator.info("stats")["lane_share_holds"]
             operator.close()
-            return holds
         finally:
             proc.terminate()
-            assert proc.wait(timeout=SUBPROCESS_TIMEOUT) == 0
+            code = proc.wait(timeout=SUBPROCESS_TIMEOUT)
+        assert code == 0, code
+        return holds
 
 
 def test_turn_budget_is_range_checked_and_its_holds_are_in_info():

@@ -9,8 +9,7 @@ import Glibc
 /// Work an event loop runs after its next poll of the sockets, not before it.
 ///
 /// NIO runs a loop's tasks until none is left before it polls again, so work that a task defers
-/// with `execute` (the rest of a long pipeline, the held connections of a tenant over its share)
-/// runs before any socket that became readable meanwhile is read: a quiet tenant's request then
+/// with `execute` (the held connections of a tenant over its turn share) runs before any socket that became readable meanwhile is read: a quiet tenant's request then
 /// waits for the whole of a flood's buffered requests, however the turn is shared. Deferred here,
 /// the work is woken by a byte through a pipe that the loop polls with its sockets, so it runs in
 /// the loop's next round of reads, in the kernel's order with theirs (as Redis's event loop
@@ -32,6 +31,8 @@ final class AfterPoll: @unchecked Sendable {
     private let loop: any EventLoop
     private var pipe = Pipe.none
     private var work: [() -> Void] = []
+    /// The array the last wake-up ran, kept for its capacity.
+    private var spare: [() -> Void] = []
     /// A wake-up is on its way (a byte in the pipe, or a task): more work waits for it.
     private var wakePending = false
 
@@ -66,9 +67,11 @@ final class AfterPoll: @unchecked Sendable {
         self.loop.assertInEventLoop()
         guard self.wakePending else { return }
         self.wakePending = false
-        let work = self.work
-        self.work.removeAll(keepingCapacity: true)
+        var work = self.spare
+        swap(&work, &self.work)
         for item in work { item() }
+        work.removeAll(keepingCapacity: true)
+        self.spare = work
     }
 
     private func setUpPipe() {
@@ -103,8 +106,11 @@ final class AfterPoll: @unchecked Sendable {
                         if self.wakePending { self.loop.execute { self.woken() } }
                     }
                 case .failure:
+                    // The read end is not closed here: once NIO made its channel (a loop shutting
+                    // down refuses the registration) it closed it, and a second close could hit a
+                    // descriptor another thread has opened since. Left open only when the
+                    // channel was never made, which a fresh pipe does not cause.
                     self.pipe = .unusable
-                    _ = Glibc.close(readEnd)
                     _ = Glibc.close(writeEnd)
                 }
             }

@@ -135,9 +135,15 @@ final class LoopTurn: @unchecked Sendable {
 
     /// Whether the account's tenant has used its share of this turn: its connection then waits
     /// for the next turn (``hold(_:for:afterRunning:)``).
+    ///
+    /// While the tenant has connections held for a resume after the next poll, its other
+    /// connections wait behind them: the held ones go first in the new turn, oldest first.
     func isOverShare(_ account: Account) -> Bool {
-        account.turn == self.number && account.ran >= self.share
+        (account.turn == self.number && account.ran >= self.share) || (self.resumeQueued && account.isHolding)
     }
+
+    /// Connections held back for their tenant's share on this loop, since it started.
+    private(set) var holds: UInt64 = 0
 
     /// The account's tenant ran a lane request.
     func ran(_ account: Account) {
@@ -157,6 +163,7 @@ final class LoopTurn: @unchecked Sendable {
     /// tenant's connections take turns), as long as the share lasts.
     func hold(_ waiter: any Waiter, for account: Account, afterRunning: Bool) {
         self.loop.assertInEventLoop()
+        self.holds &+= 1
         if !account.isHolding { self.holding.append(account) }
         if afterRunning {
             account.heldAfterRunning.append(waiter)

@@ -848,13 +848,15 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 return
             }
             if self.ranThisTurn >= Connection.requestsPerTurn && !self.parser.isInsideRequest {
-                // Bounded turns: the end of this turn (which answers these POSTs) and the loop's
-                // other connections, what they sent meanwhile included, go first; the rest of the
-                // read is parsed after the loop's next poll (``AfterPoll``).
+                // Bounded turns: the loop's other connections (and the end of this turn, which
+                // answers these POSTs) go first; the rest of the read is parsed after them. A
+                // task, not ``AfterPoll``: a tenant alone runs its pipelines without a wake-up
+                // each 64 requests; while several are active, the turn shares hold it and its
+                // held connections resume after the next poll.
                 self.ranThisTurn = 0
                 self.waitForLane(holding: nil)
                 let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-                AfterPoll.of(context.eventLoop).run { handler.value.resumeLane() }
+                context.eventLoop.execute { handler.value.resumeLane() }
                 return
             }
             if !self.parser.isInsideRequest && !self.gate.mayParse && self.gate.waitForWakeUp() {
