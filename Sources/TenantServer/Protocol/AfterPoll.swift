@@ -9,8 +9,9 @@ import Glibc
 /// Work an event loop runs after its next poll of the sockets, not before it.
 ///
 /// NIO runs a loop's tasks until none is left before it polls again, so work that a task defers
-/// with `execute` (the held connections of a tenant over its turn share) runs before any socket that became readable meanwhile is read: a quiet tenant's request then
-/// waits for the whole of a flood's buffered requests, however the turn is shared. Deferred here,
+/// with `execute` (the held connections of a tenant over its turn share) runs before any socket
+/// that became readable meanwhile is read: a quiet tenant's request then waits for the whole of
+/// a flood's buffered requests, however the turn is shared. Deferred here,
 /// the work is woken by a byte through a pipe that the loop polls with its sockets, so it runs in
 /// the loop's next round of reads, in the kernel's order with theirs (as Redis's event loop
 /// serves every ready client once per `aeProcessEvents`).

@@ -65,8 +65,8 @@ final class LoopTurn: @unchecked Sendable {
     /// between them (each gets at least ``minimumShare``). A tenant alone runs as much as its
     /// connections bring: the shares cost nothing until another tenant is active. On by default
     /// (issue 21, point 4: on if they cost a one-tenant flood at most 10%); measured with the
-    /// server on a core of its own, they cost it 5-6% (docs/benchmarks.md, "Turn shares, measured
-    /// again").
+    /// server on a core of its own, they cost it nothing measurable (docs/benchmarks.md, "Issue
+    /// 21, seventh step").
     static let defaultTurnBudget = 64
     static let minimumShare = 16
     /// The budget of each turn (`ServerLimits.turnBudget`, set by the loop's connections; 0 = no
@@ -142,7 +142,8 @@ final class LoopTurn: @unchecked Sendable {
         (account.turn == self.number && account.ran >= self.share) || (self.resumeQueued && account.isHolding)
     }
 
-    /// Connections held back for their tenant's share on this loop, since it started.
+    /// Connections held back for their tenant's share on this loop, since it started (INFO's
+    /// `lane_share_holds` is the sum over the loops).
     private(set) var holds: UInt64 = 0
 
     /// The account's tenant ran a lane request.
@@ -164,6 +165,7 @@ final class LoopTurn: @unchecked Sendable {
     func hold(_ waiter: any Waiter, for account: Account, afterRunning: Bool) {
         self.loop.assertInEventLoop()
         self.holds &+= 1
+        ServerStats.shared.laneShareHolds.wrappingAdd(1, ordering: .relaxed)
         if !account.isHolding { self.holding.append(account) }
         if afterRunning {
             account.heldAfterRunning.append(waiter)

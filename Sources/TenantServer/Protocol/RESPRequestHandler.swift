@@ -843,7 +843,6 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 if !self.heldForShare {
                     self.heldForShare = true
                     turn.hold(self, for: account, afterRunning: self.ranInTurn == turn.current)
-                    ServerStats.shared.laneShareHolds.wrappingAdd(1, ordering: .relaxed)
                 }
                 return
             }
