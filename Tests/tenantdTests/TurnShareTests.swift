@@ -145,4 +145,38 @@ struct TurnShareTests {
         Self.endTurns(loop, turn)
         #expect(turn.share == Int.max, "the quiet tenants' span ran out: the flood is alone")
     }
+
+    @Test func quietTenantsLeaveTheTurnAndATurnCostsWhatRanInIt() throws {
+        let loop = EmbeddedEventLoop()
+        defer { try? loop.syncShutdownGracefully() }
+        let turn = LoopTurn.of(loop)
+        turn.turnBudget = 64
+        // A thousand tenants active at once (one request each, as `--spread` sends them).
+        let tenants = (0..<1000).map { _ in Connection.Ran() }
+        let accounts = tenants.map { turn.account(key: ObjectIdentifier($0)) }
+        for account in accounts { turn.ran(account) }
+        Self.endTurns(loop, turn)
+        #expect(turn.activeTenants == 1000)
+        #expect(turn.share == LoopTurn.minimumShare)
+        #expect(turn.accountCount == 1000)
+        // The same tenant asks again: the account it has.
+        #expect(turn.account(key: ObjectIdentifier(tenants[7])) === accounts[7])
+        // Two of them run again after the span; the others fell quiet (however late the turn).
+        usleep(UInt32(LoopTurn.activeSpan / 1000) + 5_000)
+        turn.ran(accounts[0])
+        turn.ran(accounts[1])
+        Self.endTurns(loop, turn)
+        #expect(turn.activeTenants == 2, "the other 998 went quiet")
+        #expect(turn.share == 32)
+        #expect(accounts[2].retired && !accounts[0].retired && !accounts[1].retired)
+        #expect(turn.accountCount == 2, "a quiet tenant's account is dropped when it expires")
+        // A retired account's tenant gets a new one.
+        let again = turn.account(key: ObjectIdentifier(tenants[2]))
+        #expect(again !== accounts[2] && !again.retired)
+        // Accounts made and never run are swept once they outnumber the live ones.
+        let idle = (0..<200).map { _ in Connection.Ran() }
+        for tenant in idle { _ = turn.account(key: ObjectIdentifier(tenant)) }
+        Self.endTurns(loop, turn)
+        #expect(turn.accountCount <= 64 + 2 * (turn.activeTenants + 1))
+    }
 }

@@ -85,8 +85,13 @@ final class LoopTurn: @unchecked Sendable {
     private var accounts: [ObjectIdentifier: Account] = [:]
     /// Accounts that ran a request this turn.
     private var seen: [Account] = []
+    /// When each account was marked active, oldest first: an entry is the account's latest when
+    /// its stamp is the account's ``Account/lastActive`` (older ones are skipped). Each turn pops
+    /// only what expired, so a turn costs what ran in it, not the number of active tenants (ten
+    /// thousand with `tenant-bench --spread`, where a scan of them all was 3% of a POST).
+    private var activity = Deque<(account: Account, stamp: UInt64)>()
     /// Accounts active within ``activeSpan``.
-    private var recent: [Account] = []
+    private var activeCount = 0
     /// Accounts with connections held back.
     private var holding: [Account] = []
     /// Each active tenant's share of a turn (`Int.max` while one tenant is active).
@@ -125,8 +130,12 @@ final class LoopTurn: @unchecked Sendable {
     /// The account of `tenant` on this loop (a connection keeps it while its lane's tenant is the
     /// same; closed tenants' accounts go with their last connection's lane).
     func account(for tenant: Tenant) -> Account {
+        self.account(key: ObjectIdentifier(tenant))
+    }
+
+    /// The account kept under `key` (a tenant's identity), made if there is none.
+    func account(key: ObjectIdentifier) -> Account {
         self.loop.assertInEventLoop()
-        let key = ObjectIdentifier(tenant)
         if let account = self.accounts[key] { return account }
         let account = Account(key: key)
         self.accounts[key] = account
@@ -195,35 +204,51 @@ final class LoopTurn: @unchecked Sendable {
     /// Counts the tenants active within ``activeSpan`` and sets the share of the next turn.
     private func updateShares() {
         guard self.turnBudget > 0 else { return }
-        defer {
-            // Accounts neither active nor holding anyone are dropped: a server whose tenants come
-            // and go keeps only those of the last ``activeSpan``.
-            if self.accounts.count > self.recent.count + self.holding.count {
-                self.accounts = self.accounts.filter { _, account in
-                    if account.isRecent || account.isHolding { return true }
-                    account.retired = true
-                    return false
+        if !self.seen.isEmpty || !self.activity.isEmpty {
+            let now = NIODeadline.now().uptimeNanoseconds
+            for account in self.seen {
+                account.lastActive = now
+                if !account.isRecent {
+                    account.isRecent = true
+                    self.activeCount += 1
                 }
+                self.activity.append((account, now))
+            }
+            self.seen.removeAll(keepingCapacity: true)
+            while let oldest = self.activity.first, now &- oldest.stamp > Self.activeSpan {
+                self.activity.removeFirst()
+                let account = oldest.account
+                // A later entry of the account is still to come: it stays active.
+                guard account.lastActive == oldest.stamp, account.isRecent else { continue }
+                account.isRecent = false
+                self.activeCount -= 1
+                if !account.isHolding { self.retire(account) }
+            }
+            let active = self.activeCount
+            self.share = active > 1 ? max(Self.minimumShare, self.turnBudget / active) : Int.max
+        }
+        // Accounts made but never run nor held (a connection routed once and closed): swept when
+        // they outnumber the live ones, so the sweep costs each account O(1) over its life.
+        if self.accounts.count > 64 + 2 * (self.activeCount + self.holding.count) {
+            self.accounts = self.accounts.filter { _, account in
+                if account.isRecent || account.isHolding { return true }
+                account.retired = true
+                return false
             }
         }
-        guard !self.seen.isEmpty || !self.recent.isEmpty else { return }
-        let now = NIODeadline.now().uptimeNanoseconds
-        for account in self.seen {
-            account.lastActive = now
-            if !account.isRecent {
-                account.isRecent = true
-                self.recent.append(account)
-            }
-        }
-        self.seen.removeAll(keepingCapacity: true)
-        self.recent.removeAll { account in
-            guard now &- account.lastActive > Self.activeSpan else { return false }
-            account.isRecent = false
-            return true
-        }
-        let active = self.recent.count
-        self.share = active > 1 && self.turnBudget > 0 ? max(Self.minimumShare, self.turnBudget / active) : Int.max
     }
+
+    /// Drops an account neither active nor holding anyone: a connection that kept it asks anew.
+    private func retire(_ account: Account) {
+        account.retired = true
+        if self.accounts[account.key] === account { self.accounts[account.key] = nil }
+    }
+
+    /// The accounts the turn keeps (active, holding, or not swept yet); for tests.
+    var accountCount: Int { self.accounts.count }
+
+    /// The tenants active within ``activeSpan``; for tests.
+    var activeTenants: Int { self.activeCount }
 
     /// Held connections resume once the loop has polled its sockets again: what other tenants
     /// sent meanwhile is read first, in the kernel's order, instead of waiting for every turn
@@ -251,7 +276,14 @@ final class LoopTurn: @unchecked Sendable {
             while !self.isOverShare(account), let waiter = waiting.popFirst() {
                 waiter.shareResumed()
             }
-            guard !waiting.isEmpty else { continue }
+            guard !waiting.isEmpty else {
+                // Held past its activity: nothing keeps it now (a resumed connection that runs
+                // again asks for a new one).
+                if !account.isRecent && !account.isHolding && !account.retired && account.turn != self.number {
+                    self.retire(account)
+                }
+                continue
+            }
             // Not reached in this turn: first in the next.
             if !account.isHolding { self.holding.append(account) }
             account.held = waiting + account.held
