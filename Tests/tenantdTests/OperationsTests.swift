@@ -298,6 +298,37 @@ struct OperationsTests {
         return String(decoding: client.readToEnd(), as: UTF8.self)
     }
 
+    /// An IOERR is logged for the operator and answered to the client: counted once all the same
+    /// (issue 22, point 4): the damaged tenant's `USE` fails once, and is counted once.
+    @Test func oneIOERRCountsOnce() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let data = dir.path + "/data"
+        var (server, metricsPort) = try Self.startWithMetrics(dataDirectory: data)
+        let admin = try server.operatorClient()
+        let id = try admin.createTenant(name: "A", subdomain: "tenant-a", owner: "owner").id
+        #expect(server.stop() == 0)
+        // The clean stop left a checkpoint: a flipped byte inside it is corruption.
+        let checkpoints = data + "/tenant_\(id)/checkpoint"
+        let name = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: checkpoints).first { $0.hasSuffix(".ckpt") }
+        )
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: checkpoints + "/" + name)))
+        bytes[30] ^= 0x10
+        try Data(bytes).write(to: URL(fileURLWithPath: checkpoints + "/" + name))
+
+        (server, metricsPort) = try Self.startWithMetrics(dataDirectory: data)
+        let operatorClient = try server.operatorClient()
+        #expect(try operatorClient.call("USE", id).errorCode == "IOERR")
+        var metrics = ""
+        try waitUntil("the metrics endpoint") {
+            metrics = try Self.httpGet(port: metricsPort, path: "/metrics")
+            return metrics.contains(#"tenantd_command_errors_total{code="IOERR"}"#)
+        }
+        #expect(metrics.contains(#"tenantd_command_errors_total{code="IOERR"} 1"#), "\(metrics)")
+        #expect(server.stop() == 0)
+    }
+
     @Test func prometheusMetricsAndANonFatalBusyMetricsPort() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

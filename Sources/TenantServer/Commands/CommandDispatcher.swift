@@ -81,7 +81,10 @@ final class CommandDispatcher: Sendable {
             self.logger.trace("command", metadata: metadata)
             return
         }
-        metadata["error"] = "\(RESPValue.reply(for: error))"
+        // The reply's text, not the reply: ``RESPValue/reply(for:)`` counts the error, and the
+        // reply the client gets has counted it once already.
+        let (code, message) = RESPValue.contractError(error)
+        metadata["error"] = "\(code.rawValue) \(message)"
         let ioError = (error as? TenantError)?.kind == .storageFailed
         self.logger.log(level: ioError ? .warning : .debug, "command failed", metadata: metadata)
     }
