@@ -107,7 +107,7 @@ public actor BackupScheduler {
     /// - Returns: the ids backed up.
     @discardableResult
     public func runDue() async -> [String] {
-        guard self.registry.configuration.isolation == .database else {
+        guard self.registry.hasTenantDirectories else {
             if !self.warnedStrategy {
                 self.warnedStrategy = true
                 self.logger.warning("backups need the database strategy; --backup-dir is ignored")

@@ -106,12 +106,16 @@ extension TenantRegistry {
         )
         let token = Tokens.generate()
         let ownerUser = owner.map { User(name: $0, role: .owner, tokenHash: Tokens.hash(token), joinedAt: now) }
-        try self.store.place(id: id, region: region)
+        if let directories = self.store.directories {
+            try directories.place(id: id, region: region)
+        } else if !region.isEmpty {
+            throw TenantError.invalid("regions are for the database strategy")
+        }
         let tenant: Tenant
         do {
             tenant = try await self.store.create(metadata: metadata, owner: ownerUser, context: self.tenantContext)
         } catch {
-            self.store.forget(id: id)
+            self.store.directories?.forget(id: id)
             throw error
         }
         if case .stopped = self.state {
@@ -157,7 +161,7 @@ extension TenantRegistry {
                 self.active[id] = nil
                 self.catalog.remove(id: id)
                 self.counters.remove(id: id)
-                self.store.forget(id: id)
+                self.store.directories?.forget(id: id)
                 self.saveCatalog()
             } else if tenant?.isClosed ?? true {
                 // Still there and whole, but closed: the next use opens it again.
@@ -168,7 +172,7 @@ extension TenantRegistry {
         self.active[id] = nil
         self.catalog.remove(id: id)
         self.counters.remove(id: id)
-        self.store.forget(id: id)
+        self.store.directories?.forget(id: id)
         self.saveCatalog()
         self.logger.notice("tenant deleted", metadata: ["event": "tenant_deleted", "tenant_id": "\(id)"])
     }
@@ -180,7 +184,7 @@ extension TenantRegistry {
     public func reopenTenant(id: String) async throws {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        try self.store.requireTenantDirectories(for: "REOPEN")
+        _ = try self.directories(for: "REOPEN")
         // A migration, move or detach in flight owns the tenant until it ends.
         guard !self.claims.holds(id: id), !self.undecided.contains(id) else {
             throw TenantError(.unavailable, "tenant '\(id)' is busy; retry")
@@ -194,9 +198,8 @@ extension TenantRegistry {
     /// - Parameter destination: an absolute path to an existing directory, without `..`.
     /// - Returns: the snapshot's path and the lsn it ends at.
     public func snapshotTenant(id: String, destination: String) async throws -> (path: String, lsn: UInt64) {
-        try self.store.requireTenantDirectories(for: "SNAPSHOT")
-        let store = self.store
-        let target = try await runBlocking { try store.snapshotTarget(id: id, destination: destination) }
+        let directories = try self.directories(for: "SNAPSHOT")
+        let target = try await runBlocking { try directories.snapshotTarget(id: id, destination: destination) }
         let tenant = try await self.tenant(id: id)
         tenant.retain()
         defer { tenant.release() }
@@ -214,12 +217,12 @@ extension TenantRegistry {
     ///   directory; IOERR when it does not recover.
     public func attachTenant(id: String) async throws -> TenantMetadata {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
-        try self.store.requireTenantDirectories(for: "ATTACH")
+        let directories = try self.directories(for: "ATTACH")
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
         guard self.catalog.entries[id] == nil, !self.claims.holds(id: id) else {
             throw TenantError(.alreadyExists, "tenant '\(id)' is already served")
         }
-        guard self.store.hasDirectory(id: id) else {
+        guard directories.hasDirectory(id: id) else {
             throw TenantError.notFound("no directory \(self.store.layout.tenantDirectory(id))")
         }
         switch Departure.probe(id: nil, directory: self.store.layout.tenantDirectory(id), committed: false) {
@@ -252,7 +255,7 @@ extension TenantRegistry {
     /// directory in place for the operator to move. A restart would serve it again.
     public func detachTenant(id: String) async throws {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
-        try self.store.requireTenantDirectories(for: "DETACH")
+        let directories = try self.directories(for: "DETACH")
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
         guard !self.claims.holds(id: id) else { throw TenantError(.unavailable, "tenant '\(id)' is busy; retry") }
         self.claims.claim(id: id)
@@ -260,7 +263,7 @@ extension TenantRegistry {
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }
         self.catalog.remove(id: id)
         self.counters.remove(id: id)
-        self.store.forget(id: id)
+        directories.forget(id: id)
         self.saveCatalog()
         await self.flushCatalog()
         self.logger.notice("tenant detached", metadata: ["event": "tenant_detached", "tenant_id": "\(id)"])
@@ -293,7 +296,23 @@ extension TenantRegistry {
 
     /// The region tenant `id` lives in ("" for the data directory).
     public nonisolated func region(of id: String) -> String {
-        self.store.region(of: id)
+        self.store.directories?.region(of: id) ?? ""
+    }
+
+    /// Whether tenants have directories of their own (the `database` strategy): regions,
+    /// backups, snapshots, moves and migrations need them.
+    public nonisolated var hasTenantDirectories: Bool { self.store.directories != nil }
+
+    /// The store's tenant directories, for a command that needs them.
+    /// - Throws: INVALID under a strategy whose tenants have none.
+    nonisolated func directories(for command: String) throws -> any TenantDirectories {
+        guard let directories = self.store.directories else {
+            throw TenantError.invalid(
+                "TENANT \(command) is for the database strategy; under \(self.configuration.isolation.rawValue) "
+                    + "every tenant is in the one shared log"
+            )
+        }
+        return directories
     }
 
     /// The configured regions' names, sorted.
@@ -311,7 +330,7 @@ extension TenantRegistry {
     /// - Throws: INVALID for an unknown region or another strategy; NOTFOUND; IOERR.
     public func moveTenant(id: String, region: String) async throws {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
-        guard self.configuration.isolation == .database else {
+        guard let directories = self.store.directories else {
             throw TenantError.invalid("regions are for the database strategy")
         }
         guard region.isEmpty || self.configuration.regions[region] != nil else {
@@ -321,7 +340,7 @@ extension TenantRegistry {
             )
         }
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
-        let from = self.store.region(of: id)
+        let from = directories.region(of: id)
         guard from != region else { return }
         guard !self.claims.holds(id: id), self.activating.running(id) == nil else {
             throw TenantError(.unavailable, "tenant '\(id)' is busy; retry")
@@ -337,7 +356,7 @@ extension TenantRegistry {
         let task = self.activating.start(id) {
             if let current { await current.close() }
             do {
-                try await store.move(id: id, to: region)
+                try await directories.move(id: id, to: region)
             } catch {
                 failure.error.withLock { $0 = error }
             }

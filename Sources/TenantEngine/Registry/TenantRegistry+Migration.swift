@@ -82,9 +82,10 @@ extension TenantRegistry {
     /// - Throws: NOTFOUND, INVALID, LOADING (busy), IOERR, or the destination's refusal.
     public func migrateTenant(id: String, host: String, port: Int, token: String?) async throws -> MigrationReport {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
-        guard self.configuration.isolation == .database, let store = self.store as? DirectoryStore else {
+        guard let directories = self.store.directories else {
             throw TenantError.invalid("TENANT MIGRATE is for the database strategy")
         }
+        let store = self.store
         guard let metadata = self.catalog.entries[id] else {
             if let departure = self.departed[id] { throw TenantError.migrated(id, departure.target) }
             throw TenantError.notFound("no tenant '\(id)'")
@@ -100,7 +101,7 @@ extension TenantRegistry {
         let target = Self.hostPort(host, port)
         let token = token ?? self.adminToken
         let migration = Tokens.hex((0..<8).map { _ in UInt8.random(in: 0...255) })
-        let directory = store.layout(for: id).tenantDirectory(id)
+        let directory = directories.layout(for: id).tenantDirectory(id)
         let fileSystem = self.configuration.fileSystem
         let logger = self.logger
         logger.notice(
@@ -514,8 +515,8 @@ extension TenantRegistry {
 
     /// Takes the departures the store found at start-up.
     func loadDepartures() {
-        guard let store = self.store as? DirectoryStore else { return }
-        for departure in store.departures.take() where self.catalog.entries[departure.id] == nil {
+        guard let directories = self.store.directories else { return }
+        for departure in directories.departures.take() where self.catalog.entries[departure.id] == nil {
             self.departed[departure.id] = departure
             if !departure.subdomain.isEmpty { self.departedBySubdomain[departure.subdomain] = departure.id }
         }
@@ -530,7 +531,7 @@ extension TenantRegistry {
 
     private func checkReceiving(_ id: String) throws {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
-        guard self.configuration.isolation == .database else {
+        guard self.store.directories != nil else {
             throw TenantError.invalid("TENANT RECEIVE is for the database strategy")
         }
         guard Names.isValidTenantID(id) else { throw TenantError.invalid("tenant id must be 1-50 bytes of [a-z0-9-]") }
@@ -813,7 +814,7 @@ extension TenantRegistry {
         let staging = self.incomingDirectory(id)
         let target = self.store.layout.tenantDirectory(id)
         if self.catalog.entries[id] != nil {
-            let directory = (self.store as? DirectoryStore)?.layout(for: id).tenantDirectory(id) ?? target
+            let directory = self.store.directories?.layout(for: id).tenantDirectory(id) ?? target
             for name in [MigrationFiles.migratedInName, MigrationFiles.preparedName] {
                 if let bytes = try? fileSystem.readFile(directory + "/" + name),
                     MigrationFiles.fields(bytes)["migration"] == migration
@@ -855,7 +856,7 @@ extension TenantRegistry {
         self.endIncoming(id)
         if let subdomain = self.preparedSubdomains.removeValue(forKey: id) { self.claims.release(subdomain: subdomain) }
         self.forgetDeparture(id)
-        self.store.forget(id: id)
+        self.store.directories?.forget(id: id)
         let tenant = try await self.activate(id: id)
         let metadata = await tenant.metadata
         self.catalog.insert(metadata)

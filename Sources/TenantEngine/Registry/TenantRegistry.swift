@@ -107,7 +107,7 @@ public actor TenantRegistry {
         self.memory = configuration.maxMemory > 0 ? MemoryBudget(maxMemory: configuration.maxMemory) : nil
         self.store = configuration.isolation.makeStore(configuration: configuration, logger: logger)
         self.credentialJournal =
-            self.store.keepsIndex
+            self.store.directories != nil
             ? CredentialJournal(catalogDirectory: self.store.layout.catalogDirectory, sync: configuration.fsync != .no)
             : nil
         self.signups = SignupGate(
@@ -263,14 +263,14 @@ public actor TenantRegistry {
     /// otherwise). Writes run one at a time in the background and the newest catalog wins: the
     /// file is a cache, and concurrent writers of one file would race.
     func saveCatalog() {
-        guard self.store.keepsIndex else { return }
+        guard self.store.directories != nil else { return }
         self.catalogDirty = true
         guard self.catalogWriter == nil else { return }
         self.catalogWriter = Task { await self.writeCatalog() }
     }
 
     private func writeCatalog() async {
-        let store = self.store
+        guard let directories = self.store.directories else { return }
         let journal = self.credentialJournal
         while self.catalogDirty {
             self.catalogDirty = false
@@ -285,7 +285,7 @@ public actor TenantRegistry {
             }
             let snapshot = self.catalog
             do {
-                try await runBlocking { try store.saveIndex(snapshot) }
+                try await runBlocking { try directories.saveIndex(snapshot) }
                 self.catalogSaved = true
                 if let journal {
                     // The catalog holds every record of the renamed journal now.

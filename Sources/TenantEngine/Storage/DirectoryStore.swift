@@ -11,7 +11,7 @@ import Darwin
 /// The `database` strategy: a directory, a log and an executor per tenant; tenants open on first
 /// use and close when idle; a creation is written in a staging directory renamed into place, a
 /// deletion renames the directory into the trash.
-struct DirectoryStore: TenantStore {
+struct DirectoryStore: TenantStore, TenantDirectories {
     /// The data directory's layout: the catalog, and the tenants without a region.
     let layout: DataLayout
     /// Each region's root, by name (`TENANT_REGIONS`).
@@ -92,7 +92,6 @@ struct DirectoryStore: TenantStore {
     }
 
     var passivates: Bool { true }
-    var keepsIndex: Bool { true }
 
     func load(context: TenantContext) async throws -> StoredTenants {
         let layout = self.layout
@@ -525,7 +524,7 @@ struct DirectoryStore: TenantStore {
         }
     }
 
-    func requireTenantDirectories(for command: String) throws {}
+    var directories: (any TenantDirectories)? { self }
 
     func hasDirectory(id: String) -> Bool {
         for (region, layout) in [("", self.layout)] + self.regionLayouts.sorted(by: { $0.key < $1.key })

@@ -42,7 +42,6 @@ actor SharedLogStore: TenantStore {
     }
 
     nonisolated var passivates: Bool { false }
-    nonisolated var keepsIndex: Bool { false }
 
     // MARK: - Recovery
 
@@ -252,33 +251,8 @@ actor SharedLogStore: TenantStore {
         }
     }
 
-    nonisolated func requireTenantDirectories(for command: String) throws {
-        throw TenantError.invalid(
-            "TENANT \(command) is for the database strategy; under \(self.oneExecutor ? "shared" : "schema") "
-                + "every tenant is in the one shared log"
-        )
-    }
-
-    nonisolated func hasDirectory(id: String) -> Bool { false }
-
-    nonisolated func region(of id: String) -> String { "" }
-
-    nonisolated func place(id: String, region: String) throws {
-        guard region.isEmpty else { throw TenantError.invalid("regions are for the database strategy") }
-    }
-
-    nonisolated func forget(id: String) {}
-
-    nonisolated func move(id: String, to region: String) async throws {
-        throw TenantError.invalid("regions are for the database strategy")
-    }
-
-    nonisolated func snapshotTarget(id: String, destination: String) throws -> String {
-        try self.requireTenantDirectories(for: "SNAPSHOT")
-        return destination
-    }
-
-    nonisolated func saveIndex(_ catalog: Catalog) throws {}
+    /// Every tenant is in the one shared log: none has a directory of its own.
+    nonisolated var directories: (any TenantDirectories)? { nil }
 
     // MARK: - Checkpoints
 

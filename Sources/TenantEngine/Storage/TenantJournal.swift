@@ -27,9 +27,18 @@ protocol TenantJournal: AnyObject, Sendable {
     var durableLSN: UInt64 { get }
     /// The newest lsn anyone appended to the log: the cut a checkpoint captured now stands at.
     var lastAppendedLSN: UInt64 { get }
-    /// True when the tenant checkpoints this log itself, by the bytes it appends and when it
-    /// closes (its own log); false when the store checkpoints it (a shared log).
-    var checkpointsItself: Bool { get }
+    /// The log as the tenant's own (its own directory: it checkpoints and copies it itself, by
+    /// the bytes it appends and when it closes); nil for a log the store checkpoints (a shared
+    /// log), which has nothing of the kind to offer.
+    var ownLog: (any OwnTenantLog)? { get }
+    /// Closes the log when it is the tenant's own.
+    func close() async throws
+}
+
+/// What a tenant can do with a log that is its own alone (``TenantJournal/ownLog``).
+protocol OwnTenantLog: AnyObject, Sendable {
+    /// The newest lsn appended to it.
+    var lastAppendedLSN: UInt64 { get }
     /// Asks the log to put the next append in a new segment, so that the segments a checkpoint
     /// captured now covers can be dropped (called in the actor turn of the capture).
     func rollForCheckpoint()
@@ -41,12 +50,10 @@ protocol TenantJournal: AnyObject, Sendable {
     /// write reaching them meanwhile; the caller starts no checkpoint until it returns.
     /// - Returns: the lsn the copy holds the log up to.
     func copy(to destination: String) async throws -> UInt64
-    /// Closes the log when it is the tenant's own.
-    func close() async throws
 }
 
 /// A tenant's own log in its own directory (the `database` strategy).
-final class DirectoryJournal: TenantJournal {
+final class DirectoryJournal: TenantJournal, OwnTenantLog {
     let writer: WALWriter
     let files: TenantFiles
     let fileSystem: any WALFileSystem
@@ -78,7 +85,7 @@ final class DirectoryJournal: TenantJournal {
     var failure: WALError? { self.writer.failure }
     var durableLSN: UInt64 { self.writer.durableLSN }
     var lastAppendedLSN: UInt64 { self.writer.lastAppendedLSN }
-    var checkpointsItself: Bool { true }
+    var ownLog: (any OwnTenantLog)? { self }
 
     func rollForCheckpoint() {
         self.writer.startNewSegment()
@@ -159,17 +166,8 @@ final class SharedJournal: TenantJournal {
     var failure: WALError? { self.log.writer.failure }
     var durableLSN: UInt64 { self.log.writer.durableLSN }
     var lastAppendedLSN: UInt64 { self.log.writer.lastAppendedLSN }
-    var checkpointsItself: Bool { false }
-
-    func rollForCheckpoint() {}
-
-    func writeCheckpoint(_ state: TenantState, lsn: UInt64) async throws -> Int64 {
-        throw TenantError.invalid("a tenant of the shared log is checkpointed with the whole log")
-    }
-
-    func copy(to destination: String) async throws -> UInt64 {
-        throw TenantError.invalid("TENANT SNAPSHOT is for the database strategy")
-    }
+    /// The store checkpoints the whole shared log; a tenant's part of it is not copied alone.
+    var ownLog: (any OwnTenantLog)? { nil }
 
     func close() async throws {
         // The shared log is the store's to close.

@@ -45,16 +45,14 @@ struct DeletionFailure: Error {
 }
 
 /// The storage seam: how one isolation strategy keeps tenants on disk. It owns the layout, the
-/// tenants' creation, opening, deletion, snapshots and moves, the framing of their logs,
-/// checkpoints and segment retention. The registry above it knows no strategy and no path.
+/// tenants' creation, opening and deletion, the framing of their logs, checkpoints and segment
+/// retention. The registry above it knows no strategy and no path: what only tenants with a
+/// directory of their own can do is ``TenantDirectories``, which a store has or has not.
 protocol TenantStore: Sendable {
     /// The data directory's names.
     var layout: DataLayout { get }
     /// True when idle tenants are closed and opened again on their next use.
     var passivates: Bool { get }
-    /// True when the registry keeps a tenant index on disk through ``saveIndex(_:)`` (tenants in
-    /// directories of their own); a shared log is its own index.
-    var keepsIndex: Bool { get }
 
     /// Prepares the data directory and finds its tenants.
     func load(context: TenantContext) async throws -> StoredTenants
@@ -67,16 +65,34 @@ protocol TenantStore: Sendable {
     /// Removes a tenant durably, closing its actor (NOTFOUND from then on) once removal is certain.
     /// - Throws: ``DeletionFailure``.
     func delete(id: String, tenant: Tenant?) async throws
-    /// Refuses the commands that move tenant directories (SNAPSHOT, ATTACH, DETACH, REOPEN) when
-    /// tenants have none.
-    func requireTenantDirectories(for command: String) throws
+    /// What the store can do with tenant directories, when its tenants have directories of their
+    /// own (the `database` strategy); nil otherwise. The one way the registry tells strategies
+    /// apart: every command that needs a directory asks for this capability.
+    var directories: (any TenantDirectories)? { get }
+    /// Checkpoints every tenant now: each open tenant's own log, or the whole shared log.
+    func checkpoint(open tenants: [Tenant]) async throws
+    /// Before the tenants are closed at shutdown: a store that checkpoints for its tenants does so.
+    func prepareShutdown(checkpoint: Bool) async
+    /// After every tenant is closed.
+    func close() async
+}
+
+/// What a store whose tenants each have a directory of their own can do besides what every store
+/// does (``TenantStore/directories``): region placement, MOVE, SNAPSHOT, ATTACH, DETACH, REOPEN,
+/// backups, departures and migration hang on it. A strategy without tenant directories has
+/// none, so no command branches on the strategy's name.
+protocol TenantDirectories: Sendable {
+    /// The data directory's names for tenant `id`: the data directory's, or its region's.
+    func layout(for id: String) -> DataLayout
+    /// The tenants whose migration was committed while the server was down, found at start-up.
+    var departures: DepartureBook { get }
     /// True when tenant `id`'s directory is in the data directory or a region's root (ATTACH),
     /// which it is then known to be in.
     func hasDirectory(id: String) -> Bool
     /// The region tenant `id` lives in; "" for the data directory.
     func region(of id: String) -> String
     /// Places a tenant about to be created in `region` ("" for the data directory).
-    /// - Throws: INVALID for an unknown region, or a region under a strategy without directories.
+    /// - Throws: INVALID for an unknown region.
     func place(id: String, region: String) throws
     /// Forgets where a deleted or detached tenant was.
     func forget(id: String)
@@ -86,14 +102,9 @@ protocol TenantStore: Sendable {
     /// The path TENANT SNAPSHOT writes tenant `id` to under `destination`, refused when it is
     /// not an absolute path to a directory or when the snapshot exists already.
     func snapshotTarget(id: String, destination: String) throws -> String
-    /// Writes the index of every tenant (their metadata), replacing the last.
+    /// Writes the index of every tenant (their metadata), replacing the last: the registry keeps
+    /// one only for tenants in directories of their own (a shared log is its own index).
     func saveIndex(_ catalog: Catalog) throws
-    /// Checkpoints every tenant now: each open tenant's own log, or the whole shared log.
-    func checkpoint(open tenants: [Tenant]) async throws
-    /// Before the tenants are closed at shutdown: a store that checkpoints for its tenants does so.
-    func prepareShutdown(checkpoint: Bool) async
-    /// After every tenant is closed.
-    func close() async
 }
 
 extension IsolationStrategy {

@@ -6,15 +6,14 @@ extension Tenant {
     /// here: its store checkpoints the whole log.
     /// - Throws: when the checkpoint cannot be written; the log still holds everything then.
     public func checkpoint() async throws {
-        guard self.journal.checkpointsItself, !self.checkpoints.running else { return }
+        guard let log = self.journal.ownLog, !self.checkpoints.running else { return }
         self.checkpoints.running = true
         defer { self.endRun() }
         guard let (snapshot, cut) = self.captureForCheckpoint(floor: 0), cut > self.checkpoints.lastCheckpointLSN
         else { return }
         // In the same actor turn: appends after the capture go to a new segment.
-        self.journal.rollForCheckpoint()
-        let journal = self.journal
-        let storage = try await CheckpointMetrics.measure { try await journal.writeCheckpoint(snapshot, lsn: cut) }
+        log.rollForCheckpoint()
+        let storage = try await CheckpointMetrics.measure { try await log.writeCheckpoint(snapshot, lsn: cut) }
         self.checkpoints.written(cut: cut, size: storage)
         self.quota.storageBytes = storage
         self.publishGauges()

@@ -27,7 +27,10 @@ extension Tenant {
         self.checkpoints.running = true
         defer { self.endRun() }
         do {
-            return max(lsn, try await self.journal.copy(to: destination))
+            guard let log = self.journal.ownLog else {
+                throw TenantError.invalid("TENANT SNAPSHOT is for the database strategy")
+            }
+            return max(lsn, try await log.copy(to: destination))
         } catch let error as TenantError {
             throw error
         } catch {

@@ -117,7 +117,7 @@ public actor Tenant {
         self.checkpoints.lastCheckpointSize = max(0, self.quota.storageBytes - logBytes)
         self.checkpoints.lastOwnLSN = max(
             checkpointLSN,
-            self.journal.checkpointsItself ? self.journal.lastAppendedLSN : 0
+            self.journal.ownLog?.lastAppendedLSN ?? 0
         )
     }
 
@@ -181,7 +181,7 @@ public actor Tenant {
         // A checkpoint running (by size, or for a snapshot) finishes first: its files are whole
         // before the log closes and anyone copies the directory.
         await self.waitForCheckpoint()
-        if !deleted, checkpoint, case .serving = self.lifecycle, self.journal.checkpointsItself,
+        if !deleted, checkpoint, case .serving = self.lifecycle, self.journal.ownLog != nil,
             self.checkpoints.hasNewRecords
         {
             do {
@@ -300,7 +300,7 @@ public actor Tenant {
             self.quota.storageBytes += Int64(size)
             self.publishGauges()
             let due = self.checkpoints.appended(lsn: lsn, size: size, threshold: self.configuration.checkpointBytes)
-            if due && self.journal.checkpointsItself { Task { await self.checkpointInBackground() } }
+            if due && self.journal.ownLog != nil { Task { await self.checkpointInBackground() } }
             return lsn
         } catch let error as WALError {
             if error.isRecordTooLarge { throw TenantError(.tooLarge, error.description) }

@@ -66,7 +66,7 @@ extension CommandDispatcher {
                     owner = arguments[index + 1]
                 case "REGION":
                     region = arguments[index + 1]
-                    guard self.registry.configuration.isolation == .database else {
+                    guard self.registry.hasTenantDirectories else {
                         throw TenantError.invalid("REGION is for the database strategy")
                     }
                     guard self.registry.configuration.regions[region] != nil else {
