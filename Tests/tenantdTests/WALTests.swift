@@ -123,6 +123,33 @@ struct WALTests {
         }
     }
 
+    /// A log (crafted, or very old) at the format's last lsn: the next append is refused, never
+    /// written, so the log still reads back whole (the reader refuses a record at that lsn).
+    @Test func aLogAtTheLastLSNRefusesTheNextAppendAndStillReads() async throws {
+        try await TemporaryDirectory.with { dir in
+            let writer = try WALWriter(
+                directory: dir.path,
+                lastLSN: WALFormat.maxLSN - 2,
+                configuration: WALConfiguration(fsync: .always)
+            )
+            let lsn = try writer.append(type: 1, payload: [1, 2, 3])
+            #expect(lsn == WALFormat.maxLSN - 1)
+            try await writer.waitUntilDurable(lsn)
+            #expect(throws: WALError.failed("the log has reached its last lsn")) {
+                _ = try writer.append(type: 1, payload: [4, 5, 6])
+            }
+            #expect(writer.durableLSN == lsn && writer.lastAppendedLSN == lsn)
+            try await writer.close()
+            var read: [UInt64] = []
+            // A checkpoint at the writer's start covers what came before.
+            let result = try WALReader(directory: dir.path).replayRecords(repair: false, after: WALFormat.maxLSN - 2) {
+                read.append($0.lsn)
+            }
+            #expect(read == [WALFormat.maxLSN - 1])
+            #expect(result.lastLSN == WALFormat.maxLSN - 1)
+        }
+    }
+
     @Test func tornTailAtEveryOffsetOfTheLastRecord() async throws {
         try await TemporaryDirectory.with { dir in
             let original = dir.path + "/original"

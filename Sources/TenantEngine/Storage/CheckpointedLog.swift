@@ -92,6 +92,8 @@ struct CheckpointedLog {
         lastAppendedLSN: UInt64,
         write: (_ output: ([UInt8]) throws -> Void) throws -> Void
     ) throws {
+        // A checkpoint past the log's end would let the log's records after it be dropped.
+        assert(lsn <= lastAppendedLSN, "checkpoint cut \(lsn) past the log's end \(lastAppendedLSN)")
         let fileSystem = self.fileSystem
         let directory = self.files.checkpoints
         if try fileSystem.makeDirectory(directory) { try fileSystem.syncDirectory(self.files.directory) }

@@ -12,6 +12,7 @@ extension Tenant {
         guard let (snapshot, cut) = self.captureForCheckpoint(floor: 0), cut > self.checkpoints.lastCheckpointLSN
         else { return }
         // In the same actor turn: appends after the capture go to a new segment.
+        assert(cut <= log.lastAppendedLSN, "checkpoint cut \(cut) past the log's end \(log.lastAppendedLSN)")
         log.rollForCheckpoint()
         let storage = try await CheckpointMetrics.measure { try await log.writeCheckpoint(snapshot, lsn: cut) }
         self.checkpoints.written(cut: cut, size: storage)

@@ -51,6 +51,23 @@ public enum WALFormat {
     }
 
     /// The largest stored payload a record of `maxRecordSize` uncompressed bytes can have.
+    /// Whether the record at `start` of `bytes` has the header a reader accepts for these
+    /// fields: its stored length within the bytes, its type, lsn and size, and a checksum that
+    /// matches (the writer's check of what it framed, in debug builds).
+    static func recordHeaderIsValid(_ bytes: [UInt8], at start: Int, type: UInt8, lsn: UInt64, payloadSize: Int) -> Bool
+    {
+        guard start >= 0, bytes.count - start >= Self.recordHeaderSize else { return false }
+        return bytes.withUnsafeBytes { raw in
+            let stored = Int(raw.loadLE(UInt32.self, at: start + 4))
+            guard stored == bytes.count - start - Self.recordHeaderSize, raw[start + 8] == type,
+                raw.loadLE(UInt64.self, at: start + 9) == lsn,
+                Int(raw.loadLE(UInt32.self, at: start + 17)) == payloadSize
+            else { return false }
+            let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + 4)...]))
+            return raw.loadLE(UInt32.self, at: start) == CRC32C.mask(crc)
+        }
+    }
+
     public static func maxStoredSize(forRecordSize maxRecordSize: Int) -> Int {
         maxRecordSize + maxRecordSize / 255 + 16
     }

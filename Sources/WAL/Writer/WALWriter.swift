@@ -160,6 +160,10 @@ public final class WALWriter: @unchecked Sendable {
                 throw shortage
             }
             let lsn = state.nextLSN
+            // A crafted log can end one short of the format's last lsn: a record past it would
+            // make the log unreadable at the next start (the reader refuses it), so none is written.
+            guard lsn < WALFormat.maxLSN else { throw WALError.failed("the log has reached its last lsn") }
+            assert(lsn > state.durableLSN, "lsn \(lsn) appended, \(state.durableLSN) durable already")
             if !state.hasSegment || state.segmentBytes >= self.configuration.segmentSize || state.rollRequested {
                 state.rollRequested = false
                 state.compressor.reset()
@@ -219,6 +223,10 @@ public final class WALWriter: @unchecked Sendable {
             CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + 4)...]))
         }
         bytes.storeLittleEndian(CRC32C.mask(crc), at: start)
+        assert(
+            WALFormat.recordHeaderIsValid(bytes, at: start, type: type, lsn: lsn, payloadSize: payload.count),
+            "the record header written for lsn \(lsn) does not read back"
+        )
         return bytes.count - start
     }
 
@@ -415,6 +423,7 @@ public final class WALWriter: @unchecked Sendable {
             }
             let ready = self.state.withLock { state in
                 state.durableLSN = max(state.durableLSN, upTo)
+                assert(state.durableLSN < state.nextLSN, "durable \(state.durableLSN) past the last appended")
                 state.shortage = nil
                 var ready: [Waiter] = []
                 state.waiters.removeAll { waiter in
