@@ -114,10 +114,21 @@ var package = Package(
             name: "TestSupport",
             dependencies: ["RESP", "WAL"]
         ),
+        // The Swift tests' fixtures that need the engine and the server (a registry, an owner, the
+        // server in-process): one definition each, shared by every suite.
+        .target(
+            name: "EngineTestSupport",
+            dependencies: [
+                "TenantEngine", "TenantServer", "TestSupport", "WAL",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "tenantdTests",
             dependencies: [
                 "LZ4", "WAL", "RESP", "TenantEngine", "TenantServer", "TenantMetrics", "TestSupport",
+                "EngineTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

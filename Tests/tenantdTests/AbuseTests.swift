@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import TenantEngine
@@ -72,12 +73,10 @@ struct AbuseTests {
 
     @Test func signupsFromOneIPv6Slash64ShareOneLimit() async throws {
         try await TemporaryDirectory.with { dir in
-            var configuration = EngineConfiguration(dataDirectory: dir.path)
-            configuration.adminToken = String(repeating: "a", count: 32)
-            configuration.selfSignup = true
-            configuration.signupsPerMinute = 1
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
+            let registry = try await EngineFixtures.registry(dir.path, defaultPlan: nil) {
+                $0.selfSignup = true
+                $0.signupsPerMinute = 1
+            }
             _ = try await registry.signup(name: "A", subdomain: "aaa", owner: "o", clientAddress: "2001:db8::1")
             await #expect(throws: TenantError.self) {
                 _ = try await registry.signup(name: "B", subdomain: "bbb", owner: "o", clientAddress: "2001:db8::2:1")

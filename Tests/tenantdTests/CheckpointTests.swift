@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import Synchronization
@@ -66,14 +67,10 @@ struct CheckpointTests {
         checkpointBytes: Int64 = 64 << 20,
         segmentSize: Int = 8 << 20
     ) async throws -> TenantRegistry {
-        var configuration = EngineConfiguration(dataDirectory: path, fsync: .no)
-        configuration.adminToken = "operator-secret-token-0123456789abcdef"
-        configuration.checkpointBytes = checkpointBytes
-        configuration.segmentSize = segmentSize
-        configuration.defaultPlan = .enterprise
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
-        return registry
+        try await EngineFixtures.registry(path, fsync: .no) {
+            $0.checkpointBytes = checkpointBytes
+            $0.segmentSize = segmentSize
+        }
     }
 
     /// What a client can see of a tenant: every room's every message, and the users.

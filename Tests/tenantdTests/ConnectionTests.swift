@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -47,12 +48,9 @@ struct ConnectionTests {
         _ body: (Harness) async throws -> Void
     ) async throws {
         try await TemporaryDirectory.with { dir in
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: fsync)
-            if let fileSystem { configuration.fileSystem = fileSystem }
-            configuration.adminToken = String(repeating: "k", count: 40)
-            configuration.defaultPlan = .enterprise
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
+            let registry = try await EngineFixtures.registry(dir.path, fsync: fsync) { configuration in
+                if let fileSystem { configuration.fileSystem = fileSystem }
+            }
             let created = try await registry.createTenant(name: "Acme", subdomain: "acme", plan: nil, owner: "alice")
             let channel = NIOAsyncTestingChannel()
             let limits = ServerLimits()
@@ -220,7 +218,7 @@ struct ConnectionTests {
     /// Every command's arity in the table is enforced before its handler runs, with Redis's error.
     @Test func theCommandTableEnforcesEveryArity() async throws {
         try await Self.withConnection { connection in
-            try await connection.send("AUTH admin \(String(repeating: "k", count: 40))\r\n")
+            try await connection.send("AUTH admin \(EngineFixtures.operatorToken)\r\n")
             #expect(try await connection.replies(atLeast: 1) == "+OK\r\n")
             var tried = 0
             for spec in CommandTable.all {

@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import TestSupport
@@ -15,13 +16,7 @@ import Glibc
 @Suite("Tenant creation")
 struct CreationTests {
     static func registry(_ path: String, disk: FaultyFileSystem) async throws -> TenantRegistry {
-        var configuration = EngineConfiguration(dataDirectory: path, fsync: .everysec)
-        configuration.adminToken = String(repeating: "c", count: 40)
-        configuration.fileSystem = disk
-        configuration.defaultPlan = .enterprise
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
-        return registry
+        try await EngineFixtures.registry(path, fsync: .everysec) { $0.fileSystem = disk }
     }
 
     @Test func theFirstRecordsAreWrittenOnceAndTheirWriterServesTheTenant() async throws {

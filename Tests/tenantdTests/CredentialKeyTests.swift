@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import Synchronization
@@ -17,15 +18,11 @@ struct CredentialKeyTests {
     }
 
     static func configuration(_ dir: TemporaryDirectory.Path) -> EngineConfiguration {
-        var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
-        configuration.adminToken = "operator-token-0123456789abcdef-0123"
-        return configuration
+        EngineFixtures.configuration(dir.path, fsync: .no, defaultPlan: nil)
     }
 
     static func started(_ configuration: EngineConfiguration) async throws -> TenantRegistry {
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
-        return registry
+        try await EngineFixtures.registry(configuration)
     }
 
     @Test func aWrongTokenIsRefusedWithoutOpeningTheTenant() async throws {

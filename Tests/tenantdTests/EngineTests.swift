@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 @_spi(Fuzzing) import TenantEngine
@@ -8,12 +9,9 @@ import WAL
 
 @Suite("Engine")
 struct EngineTests {
+    /// New tenants on the engine's default plan (free, with its quotas), which these tests count on.
     static func registry(_ path: String, fsync: FsyncPolicy = .always) async throws -> TenantRegistry {
-        var configuration = EngineConfiguration(dataDirectory: path, fsync: fsync)
-        configuration.adminToken = "operator-secret-token-0123456789abcdef"
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
-        return registry
+        try await EngineFixtures.registry(path, fsync: fsync, defaultPlan: nil)
     }
 
     static func owner(
@@ -21,15 +19,7 @@ struct EngineTests {
         subdomain: String,
         plan: Plan? = nil
     ) async throws -> (Tenant, Principal, CreatedTenant) {
-        let created = try await registry.createTenant(
-            name: "Org \(subdomain)",
-            subdomain: subdomain,
-            plan: plan,
-            owner: "alice"
-        )
-        let tenant = try await registry.tenant(id: created.metadata.tenantID)
-        let principal = try await tenant.authenticate(user: "alice", token: created.ownerToken)
-        return (tenant, principal, created)
+        try await EngineFixtures.owner(registry, subdomain: subdomain, plan: plan)
     }
 
     /// The contract code the server answers an engine error with (through its one mapping).
@@ -66,7 +56,7 @@ struct EngineTests {
                 await Self.code { _ = try await tenant.authenticate(user: "bob", token: created.ownerToken) }
                     == .wrongPass
             )
-            #expect(await registry.isOperatorToken("operator-secret-token-0123456789abcdef"))
+            #expect(await registry.isOperatorToken(EngineFixtures.operatorToken))
             #expect(await !registry.isOperatorToken("operator-secreT"))
             await registry.shutdown()
         }
@@ -289,11 +279,9 @@ struct EngineTests {
 
     @Test func listingPagesThroughThousandsOfTenantsOnceEach() async throws {
         try await TemporaryDirectory.with { dir in
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .no)
-            configuration.isolation = .schema
-            configuration.adminToken = "operator-secret-token-0123456789abcdef"
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
+            let registry = try await EngineFixtures.registry(dir.path, fsync: .no, defaultPlan: nil) {
+                $0.isolation = .schema
+            }
             let count = 3000
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<count {

@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import TenantEngine
@@ -19,12 +20,8 @@ struct FaultTests {
         _ path: String,
         disk: FaultyFileSystem
     ) async throws -> (TenantRegistry, CreatedTenant, EngineConfiguration) {
-        var configuration = EngineConfiguration(dataDirectory: path, fsync: .always)
-        configuration.adminToken = "operator-token-0123456789abcdef-0123"
-        configuration.fileSystem = disk
-        configuration.defaultPlan = .enterprise
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
+        let configuration = EngineFixtures.configuration(path) { $0.fileSystem = disk }
+        let registry = try await EngineFixtures.registry(configuration)
         let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
         return (registry, created, configuration)
     }

@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -22,17 +23,7 @@ struct KeepaliveTests {
             let (registry, _, _) = try await FaultTests.registryOverFaultyDisk(dir.path, disk: disk)
             var configuration = ServerConfiguration(host: "127.0.0.1", port: 0)
             configuration.limits.tcpKeepaliveSeconds = seconds
-            let port = Mutex(0)
-            let server = TenantServer(configuration: configuration, registry: registry, logger: Logger.quiet) {
-                _,
-                bound in
-                port.withLock { $0 = bound }
-            }
-            let group = ServiceGroup(services: [server], logger: Logger.quiet)
-            try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { try await group.run() }
-                try await waitUntilAsync("the server to listen") { port.withLock { $0 } != 0 }
-                let bound = port.withLock { $0 }
+            try await InProcessServer.run(configuration, registry: registry) { bound, server in
                 let client = try RESPTestClient(port: bound)
                 #expect(try await offThePool { try client.call("PING") } == .simple("PONG"))
                 let channel = try #require(server.openChannels.first)
@@ -45,8 +36,6 @@ struct KeepaliveTests {
                     )
                     #expect(try await channel.getOption(TenantServer.tcpOption(TCP_KEEPCNT)) == 3)
                 }
-                await group.triggerGracefulShutdown()
-                try await tasks.waitForAll()
             }
             await registry.shutdown()
         }

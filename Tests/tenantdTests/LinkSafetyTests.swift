@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import TestSupport
@@ -79,10 +80,8 @@ struct LinkSafetyTests {
         let verification = TenantVerifier.verify(path: attacker)
         #expect(verification.problem?.contains("symbolic link") == true)
         // A real tenant's directory, whole, opens; with a link planted in it, it does not.
-        var configuration = EngineConfiguration(dataDirectory: dir.path + "/data", fsync: .no)
-        configuration.adminToken = "operator-token-0123456789abcdef-0123"
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
+        let configuration = EngineFixtures.configuration(dir.path + "/data", fsync: .no, defaultPlan: nil)
+        let registry = try await EngineFixtures.registry(configuration)
         let id = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "o").metadata.tenantID
         await registry.shutdown()
         let path = dir.path + "/data/tenant_" + id

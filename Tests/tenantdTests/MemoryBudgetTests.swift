@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import TestSupport
@@ -126,15 +127,11 @@ struct MemoryBudgetTests {
         strategy: IsolationStrategy,
         maxMemory: Int
     ) async throws -> TenantRegistry {
-        var configuration = EngineConfiguration(dataDirectory: path, fsync: .no)
-        configuration.adminToken = "operator-secret-token-0123456789abcdef"
-        configuration.checkpointBytes = 256 << 10
-        configuration.defaultPlan = .enterprise
-        configuration.isolation = strategy
-        configuration.maxMemory = maxMemory
-        let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-        try await registry.bootstrap()
-        return registry
+        try await EngineFixtures.registry(path, fsync: .no) {
+            $0.checkpointBytes = 256 << 10
+            $0.isolation = strategy
+            $0.maxMemory = maxMemory
+        }
     }
 
     /// A tenant posting far more than the budget through the engine, with checkpoints every 256 KiB

@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -19,17 +20,8 @@ struct ServerFaultTests {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
             let (registry, created, _) = try await FaultTests.registryOverFaultyDisk(dir.path, disk: disk)
-            let port = Mutex(0)
-            let server = TenantServer(
-                configuration: ServerConfiguration(host: "127.0.0.1", port: 0),
-                registry: registry,
-                logger: Logger.quiet
-            ) { _, bound in port.withLock { $0 = bound } }
-            let group = ServiceGroup(services: [server], logger: Logger.quiet)
-            try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { try await group.run() }
-                try await waitUntilAsync("the server to listen") { port.withLock { $0 } != 0 }
-                let bound = port.withLock { $0 }
+            let configuration = ServerConfiguration(host: "127.0.0.1", port: 0)
+            try await InProcessServer.run(configuration, registry: registry) { bound, _ in
                 let token = created.ownerToken
                 let dataPath = dir.path
                 // The blocking client runs on a thread of its own, never on the pool the server uses.
@@ -63,8 +55,6 @@ struct ServerFaultTests {
                     #expect(history.count >= acknowledged + 1)
                     #expect(try client.call("POST", "r", "after") == .integer(Int64(history.count + 1)))
                 }
-                await group.triggerGracefulShutdown()
-                try await tasks.waitForAll()
             }
             await registry.shutdown()
         }

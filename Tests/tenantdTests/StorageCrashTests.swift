@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import Synchronization
@@ -13,8 +14,6 @@ import WAL
 /// file layer, so a new step in an operation is tried without changing the test.
 @Suite("Storage: a crash at every step")
 struct StorageCrashTests {
-    static let token = String(repeating: "k", count: 40)
-
     static func configuration(
         _ path: String,
         strategy: IsolationStrategy,
@@ -24,18 +23,17 @@ struct StorageCrashTests {
     ) -> EngineConfiguration {
         // With regions, the data directory and the regions' roots side by side under `path`, so
         // that a copy of `path` holds them all.
-        var configuration = EngineConfiguration(dataDirectory: regions.isEmpty ? path : path + "/data", fsync: .always)
-        configuration.regions = Dictionary(uniqueKeysWithValues: regions.map { ($0, path + "/region-" + $0) })
+        let configuration = EngineFixtures.configuration(regions.isEmpty ? path : path + "/data") {
+            $0.regions = Dictionary(uniqueKeysWithValues: regions.map { ($0, path + "/region-" + $0) })
+            $0.fileSystem = disk
+            $0.isolation = strategy
+            $0.segmentSize = 1024
+            $0.checkpointBytes = checkpointBytes
+            $0.idleSeconds = 0
+        }
         for root in [configuration.dataDirectory] + configuration.regions.values {
             try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         }
-        configuration.adminToken = Self.token
-        configuration.fileSystem = disk
-        configuration.isolation = strategy
-        configuration.defaultPlan = .enterprise
-        configuration.segmentSize = 1024
-        configuration.checkpointBytes = checkpointBytes
-        configuration.idleSeconds = 0
         return configuration
     }
 
@@ -46,18 +44,9 @@ struct StorageCrashTests {
         checkpointBytes: Int64 = 64 << 20,
         regions: [String] = []
     ) async throws -> TenantRegistry {
-        let registry = TenantRegistry(
-            configuration: Self.configuration(
-                path,
-                strategy: strategy,
-                disk: disk,
-                checkpointBytes: checkpointBytes,
-                regions: regions
-            ),
-            logger: Logger.quiet
+        try await EngineFixtures.registry(
+            Self.configuration(path, strategy: strategy, disk: disk, checkpointBytes: checkpointBytes, regions: regions)
         )
-        try await registry.bootstrap()
-        return registry
     }
 
     /// What clients can see of every tenant, by subdomain: its name, rooms, messages and users.

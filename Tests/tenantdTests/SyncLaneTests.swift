@@ -1,4 +1,5 @@
 import Dispatch
+import EngineTestSupport
 import Foundation
 import Logging
 import NIOCore
@@ -52,45 +53,20 @@ struct SyncLaneTests {
         try await TemporaryDirectory.with { dir in
             let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
             let disk = FaultyFileSystem()
-            var engine = EngineConfiguration(dataDirectory: dir.path + "/data", fsync: fsync)
-            engine.adminToken = "operator-token-0123456789abcdef-0123"
-            engine.fileSystem = disk
-            engine.defaultPlan = .enterprise
-            engine.placement = EventLoops.placement(group: group, connectionsMove: moveConnections)
-            let registry = TenantRegistry(configuration: engine, logger: Logger.quiet)
-            try await registry.bootstrap()
+            let registry = try await EngineFixtures.registry(dir.path + "/data", fsync: fsync) {
+                $0.fileSystem = disk
+                $0.placement = EventLoops.placement(group: group, connectionsMove: moveConnections)
+            }
             let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
             var configuration = ServerConfiguration(host: "127.0.0.1", port: 0)
             configuration.eventLoopGroup = group
             configuration.limits.turnBudget = turnBudget
             configuration.limits.moveConnections = moveConnections
             configuration.limits.maxClients = maxClients
-            let port = Mutex(0)
-            let server = TenantServer(configuration: configuration, registry: registry, logger: Logger.quiet) {
-                _,
-                bound in
-                port.withLock { $0 = bound }
-            }
-            let services = ServiceGroup(services: [server], logger: Logger.quiet)
-            try await withThrowingTaskGroup(of: Void.self) { tasks in
-                tasks.addTask { try await services.run() }
-                try await waitUntilAsync("the server to listen") { port.withLock { $0 } != 0 }
-                let running = Server(
-                    port: port.withLock { $0 },
-                    tenant: created,
-                    registry: registry,
-                    disk: disk,
-                    group: group,
-                    server: server
+            try await InProcessServer.run(configuration, registry: registry) { port, server in
+                try await body(
+                    Server(port: port, tenant: created, registry: registry, disk: disk, group: group, server: server)
                 )
-                do {
-                    try await body(running)
-                } catch {
-                    await services.triggerGracefulShutdown()
-                    throw error
-                }
-                await services.triggerGracefulShutdown()
-                try await tasks.waitForAll()
             }
             await registry.shutdown()
             try await group.shutdownGracefully()

@@ -1,3 +1,4 @@
+import EngineTestSupport
 import Foundation
 import Logging
 import TenantEngine
@@ -121,13 +122,10 @@ struct TransientFaultTests {
     @Test func aTenantKeepsServingThroughAShortageAndItsUsersSeeNoServerPath() async throws {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
-            var configuration = EngineConfiguration(dataDirectory: dir.path, fsync: .always)
-            configuration.adminToken = String(repeating: "t", count: 40)
-            configuration.fileSystem = disk
-            configuration.defaultPlan = .enterprise
-            configuration.segmentSize = 1024
-            let registry = TenantRegistry(configuration: configuration, logger: Logger.quiet)
-            try await registry.bootstrap()
+            let registry = try await EngineFixtures.registry(dir.path) {
+                $0.fileSystem = disk
+                $0.segmentSize = 1024
+            }
             let created = try await registry.createTenant(name: "A", subdomain: "acme", plan: nil, owner: "alice")
             let tenant = try await registry.tenant(id: created.metadata.tenantID)
             let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
