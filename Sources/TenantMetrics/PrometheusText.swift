@@ -123,3 +123,10 @@ public struct PrometheusText: Sendable {
         return output
     }
 }
+
+extension PrometheusText {
+    /// Starts a family as its declaration says: its `# HELP` and `# TYPE` lines.
+    public mutating func family(_ family: MetricFamily) {
+        self.family(family.name, family.kind, help: family.help)
+    }
+}

@@ -5,6 +5,7 @@ import Prometheus
 import ServiceLifecycle
 import Synchronization
 import TenantEngine
+import TenantMetrics
 import TenantServer
 import UnixSignals
 import WAL
@@ -234,9 +235,9 @@ struct TenantdCommand: AsyncParsableCommand {
             let memory = registry.memory.map { budget in
                 (
                     budget,
-                    Gauge(label: "tenantd_memory_messages_bytes"),
-                    Gauge(label: "tenantd_memory_messages_limit_bytes"),
-                    Gauge(label: "tenantd_memory_chunk_cache_bytes")
+                    Gauge(label: MetricFamily.memoryMessages.name),
+                    Gauge(label: MetricFamily.memoryMessagesLimit.name),
+                    Gauge(label: MetricFamily.memoryChunkCache.name)
                 )
             }
             let exposition = MetricsExposition(counters: registry.counters, tenantLimit: settings.metricsTenants)

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import TenantMetrics
 import TestSupport
 import Testing
 
@@ -327,6 +328,57 @@ struct OperationsTests {
         }
         #expect(metrics.contains(#"tenantd_command_errors_total{code="IOERR"} 1"#), "\(metrics)")
         #expect(server.stop() == 0)
+    }
+
+    /// Every family `/metrics` exports is declared once (``MetricFamily``), with the type and
+    /// HELP text the scrape shows; every declared INFO field is in INFO; the declarations' names
+    /// are unique, well formed and suffixed as Prometheus expects (issue 22, point 4).
+    @Test func everyMetricFamilyIsDeclaredOnceAndTheScrapeAndINFOFollowTheDeclarations() throws {
+        let names = MetricFamily.all.map(\.name)
+        #expect(Set(names).count == names.count, "a family declared twice")
+        for family in MetricFamily.all {
+            #expect(MetricFamily.named(family.name) == family)
+            #expect(!family.help.isEmpty && !family.help.contains("\n"), "\(family.name)")
+            #expect(family.name.allSatisfy { $0.isLowercase || $0 == "_" }, "\(family.name)")
+            switch family.kind {
+            case .counter: #expect(family.name.hasSuffix("_total"), "\(family.name)")
+            case .histogram: #expect(family.name.hasSuffix("_seconds"), "\(family.name)")
+            case .gauge, .untyped: #expect(!family.name.hasSuffix("_total"), "\(family.name)")
+            }
+        }
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let (running, metricsPort) = try Self.startWithMetrics(dataDirectory: dir.path + "/a")
+        let admin = try running.operatorClient()
+        let owner = try running.login("alice@acme", try admin.createTenant(name: "A", subdomain: "acme").token)
+        #expect(try owner.call("POST", "r", "x") == .integer(1))
+        #expect(try owner.call("POST", "bad room", "x").errorCode == "INVALID")
+        var metrics = ""
+        try waitUntil("the metrics endpoint") {
+            metrics = try Self.httpGet(port: metricsPort, path: "/metrics")
+            return metrics.contains("tenant_requests_total")
+        }
+        var typed: [String: String] = [:]
+        var helped: [String: String] = [:]
+        for line in metrics.split(whereSeparator: \.isNewline).map(String.init) {
+            let words = line.split(separator: " ", maxSplits: 3).map(String.init)
+            guard words.count >= 4, words[0] == "#" else { continue }
+            if words[1] == "TYPE" { typed[words[2]] = words[3] }
+            if words[1] == "HELP" { helped[words[2]] = words[3] }
+        }
+        #expect(typed.count >= 15, "\(typed.keys.sorted())")
+        for (name, kind) in typed {
+            let family = try #require(MetricFamily.named(name), "\(name) is exported but not declared")
+            #expect(kind == family.kind.rawValue, "\(name)")
+            #expect(helped[name] == family.help, "\(name)")
+        }
+        let info = try #require(try admin.call("INFO", "everything").string)
+        let fields = Set(info.split(separator: "\r\n").compactMap { $0.split(separator: ":").first.map(String.init) })
+        for family in MetricFamily.all {
+            guard let field = family.infoField else { continue }
+            #expect(fields.contains(field), "INFO has no \(field) (\(family.name))")
+        }
+        #expect(running.stop() == 0)
     }
 
     @Test func prometheusMetricsAndANonFatalBusyMetricsPort() throws {

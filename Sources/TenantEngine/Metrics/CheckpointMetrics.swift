@@ -5,8 +5,8 @@ import TenantMetrics
 /// (`tenantd_checkpoint_seconds`): a tenant's own, or a shared log's.
 public enum CheckpointMetrics {
     public static let duration = LatencyHistogram()
-    private static let written = Counter(label: "tenantd_checkpoints_total", dimensions: [("outcome", "written")])
-    private static let failed = Counter(label: "tenantd_checkpoints_total", dimensions: [("outcome", "failed")])
+    private static let written = Counter(label: MetricFamily.checkpoints.name, dimensions: [("outcome", "written")])
+    private static let failed = Counter(label: MetricFamily.checkpoints.name, dimensions: [("outcome", "failed")])
 
     /// Runs `write`, counting and timing it.
     static func measure<T>(_ write: () async throws -> T) async throws -> T {

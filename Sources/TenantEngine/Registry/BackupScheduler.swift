@@ -73,8 +73,8 @@ public struct BackupPolicy: Sendable, Equatable {
 public actor BackupScheduler {
     /// Backups written, and how long each took.
     public static let duration = LatencyHistogram()
-    private static let written = Counter(label: "tenantd_backups_total", dimensions: [("outcome", "written")])
-    private static let failed = Counter(label: "tenantd_backups_total", dimensions: [("outcome", "failed")])
+    private static let written = Counter(label: MetricFamily.backups.name, dimensions: [("outcome", "written")])
+    private static let failed = Counter(label: MetricFamily.backups.name, dimensions: [("outcome", "failed")])
 
     let registry: TenantRegistry
     /// The backup directory (`--backup-dir`).

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Metrics
 import Synchronization
+import TenantMetrics
 import WAL
 
 /// What TENANT CREATE and TENANT SIGNUP return.
@@ -33,8 +34,8 @@ public actor TenantRegistry {
     /// The open tenants, readable without a hop (``OpenTenants``): the registry's own, shared.
     public nonisolated let openTenants: OpenTenants
     /// Open and known-but-closed tenants, for the metrics endpoint and INFO.
-    static let activeTenants = Gauge(label: "tenantd_tenants_active")
-    static let passiveTenants = Gauge(label: "tenantd_tenants_passive")
+    static let activeTenants = Gauge(label: MetricFamily.tenantsActive.name)
+    static let passiveTenants = Gauge(label: MetricFamily.tenantsPassive.name)
     /// The same, readable without a hop (INFO).
     public nonisolated let tenantCounts = Atomic<Int64>(0)
     public nonisolated let activeTenantCount = Atomic<Int64>(0)

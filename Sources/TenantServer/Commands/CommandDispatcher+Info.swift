@@ -83,7 +83,7 @@ extension CommandDispatcher {
 
     private func infoClients() -> [(String, String)] {
         [
-            ("connected_clients", String(ServerStats.shared.connectionsOpen.load(ordering: .relaxed))),
+            (MetricFamily.connectionsOpen.info, String(ServerStats.shared.connectionsOpen.load(ordering: .relaxed))),
             ("maxclients", String(self.limits.maxClients)),
             ("blocked_clients", "0"),
         ]
@@ -95,11 +95,11 @@ extension CommandDispatcher {
             ("loading", "0"),
             ("aof_enabled", "1"),
             ("appendfsync", configuration.fsyncPolicyName),
-            ("wal_appends", String(WALMetrics.append.snapshot().count)),
-            ("wal_fsyncs", String(WALMetrics.fsync.snapshot().count)),
-            ("checkpoints_written", String(CheckpointMetrics.duration.snapshot().count)),
+            (MetricFamily.walAppend.info, String(WALMetrics.append.snapshot().count)),
+            (MetricFamily.walFsync.info, String(WALMetrics.fsync.snapshot().count)),
+            (MetricFamily.checkpointDuration.info, String(CheckpointMetrics.duration.snapshot().count)),
             ("maxmemory", String(configuration.maxMemory)),
-            ("used_memory_messages", String(self.registry.memory?.residentBytes ?? 0)),
+            (MetricFamily.memoryMessages.info, String(self.registry.memory?.residentBytes ?? 0)),
             // Redis's names: the unsent replies of every connection, and their bound.
             ("mem_clients_normal", String(self.clientMemory.heldBytes)),
             ("maxmemory_clients", String(self.clientMemory.limit)),
@@ -116,18 +116,18 @@ extension CommandDispatcher {
             for kind in TenantCounters.QuotaKind.allCases { rejections &+= counters.rejections(kind) }
         }
         return [
-            ("total_connections_received", String(stats.connectionsReceived.load(ordering: .relaxed))),
-            ("total_commands_processed", String(stats.commands.load(ordering: .relaxed))),
+            (MetricFamily.connections.info, String(stats.connectionsReceived.load(ordering: .relaxed))),
+            (MetricFamily.commands.info, String(stats.commands.load(ordering: .relaxed))),
             ("lane_commands_processed", String(stats.laneCommands.load(ordering: .relaxed))),
             ("lane_share_holds", String(stats.laneShareHolds.load(ordering: .relaxed))),
             ("connection_moves", String(stats.connectionMoves.load(ordering: .relaxed))),
             ("total_net_input_bytes", String(stats.bytesIn.load(ordering: .relaxed))),
             ("total_net_output_bytes", String(stats.bytesOut.load(ordering: .relaxed))),
-            ("rejected_connections", String(stats.connectionsRefused.load(ordering: .relaxed))),
-            ("acl_access_denied_auth", String(stats.authFailures.load(ordering: .relaxed))),
+            (MetricFamily.connectionsRefused.info, String(stats.connectionsRefused.load(ordering: .relaxed))),
+            (MetricFamily.authFailures.info, String(stats.authFailures.load(ordering: .relaxed))),
             ("evicted_clients", String(self.clientMemory.evicted.load(ordering: .relaxed))),
-            ("total_messages_posted", String(posted)),
-            ("total_quota_rejections", String(rejections)),
+            (MetricFamily.tenantMessagesPosted.info, String(posted)),
+            (MetricFamily.tenantQuotaRejections.info, String(rejections)),
         ]
     }
 
@@ -139,8 +139,8 @@ extension CommandDispatcher {
         let active = self.registry.activeTenantCount.load(ordering: .relaxed)
         var lines: [(String, String)] = [
             ("tenants", String(known)),
-            ("tenants_active", String(active)),
-            ("tenants_passive", String(max(0, known - active))),
+            (MetricFamily.tenantsActive.info, String(active)),
+            (MetricFamily.tenantsPassive.info, String(max(0, known - active))),
         ]
         let exposition = MetricsExposition(counters: self.registry.counters, tenantLimit: Self.infoTenantLimit)
         let (shown, other, omitted) = exposition.tenantFigures()

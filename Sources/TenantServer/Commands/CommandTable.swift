@@ -80,7 +80,7 @@ final class CommandSpec: @unchecked Sendable {
         self.tenant = tenant
         self.inSubscribedMode = inSubscribedMode
         self.handler = handler
-        self.counter = Counter(label: "tenantd_commands_total", dimensions: [("command", name.lowercased())])
+        self.counter = Counter(label: MetricFamily.commands.name, dimensions: [("command", name.lowercased())])
     }
 
     /// The command with a handler for the synchronous lane.

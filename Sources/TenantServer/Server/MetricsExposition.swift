@@ -33,7 +33,7 @@ public struct MetricsExposition: Sendable {
     /// The whole exposition, `rendered` being swift-prometheus's output.
     public func render(_ rendered: [UInt8]) -> [UInt8] {
         var text = PrometheusText()
-        text.append(rendered: PrometheusText.addingHelp(to: rendered) { MetricHelp.text[$0] })
+        text.append(rendered: PrometheusText.addingHelp(to: rendered) { MetricFamily.named($0)?.help })
         self.renderHistograms(into: &text)
         self.renderTenants(into: &text)
         return text.bytes
@@ -48,19 +48,19 @@ public struct MetricsExposition: Sendable {
         let other = ServerMetrics.otherLatency.snapshot()
         if other.count > 0 { commands.append(("other", other)) }
         if !commands.isEmpty {
-            Self.family("tenantd_command_duration_seconds", .histogram, into: &text)
+            text.family(.commandDuration)
             for (name, snapshot) in commands {
-                text.histogram("tenantd_command_duration_seconds", [("command", name)], snapshot)
+                text.histogram(MetricFamily.commandDuration.name, [("command", name)], snapshot)
             }
         }
-        for (name, histogram) in [
-            ("tenantd_wal_append_seconds", WALMetrics.append),
-            ("tenantd_wal_fsync_seconds", WALMetrics.fsync),
-            ("tenantd_checkpoint_seconds", CheckpointMetrics.duration),
-            ("tenantd_backup_seconds", BackupScheduler.duration),
+        for (family, histogram) in [
+            (MetricFamily.walAppend, WALMetrics.append),
+            (.walFsync, WALMetrics.fsync),
+            (.checkpointDuration, CheckpointMetrics.duration),
+            (.backupDuration, BackupScheduler.duration),
         ] {
-            Self.family(name, .histogram, into: &text)
-            text.histogram(name, [], histogram.snapshot())
+            text.family(family)
+            text.histogram(family.name, [], histogram.snapshot())
         }
     }
 
@@ -139,49 +139,46 @@ public struct MetricsExposition: Sendable {
     private func renderTenants(into text: inout PrometheusText) {
         let (shown, other, omitted) = self.tenantFigures()
         let rows = shown + (other.map { [$0] } ?? [])
-        Self.family("tenant_series_omitted", .gauge, into: &text)
-        text.sample("tenant_series_omitted", [], Int64(omitted))
+        text.family(.tenantSeriesOmitted)
+        text.sample(MetricFamily.tenantSeriesOmitted.name, [], Int64(omitted))
         guard !rows.isEmpty else { return }
-        let counters: [(String, (TenantFigures) -> UInt64)] = [
-            ("tenant_requests_total", { $0.requests }),
-            ("tenant_messages_posted_total", { $0.messagesPosted }),
-            ("tenant_bytes_in_total", { $0.bytesIn }),
-            ("tenant_bytes_out_total", { $0.bytesOut }),
+        let counters: [(MetricFamily, (TenantFigures) -> UInt64)] = [
+            (.tenantRequests, { $0.requests }),
+            (.tenantMessagesPosted, { $0.messagesPosted }),
+            (.tenantBytesIn, { $0.bytesIn }),
+            (.tenantBytesOut, { $0.bytesOut }),
         ]
-        for (name, value) in counters {
-            Self.family(name, .counter, into: &text)
-            for row in rows { text.sample(name, [("tenant_id", row.id)], value(row)) }
+        for (family, value) in counters {
+            text.family(family)
+            for row in rows { text.sample(family.name, [("tenant_id", row.id)], value(row)) }
         }
-        Self.family("tenant_quota_rejections_total", .counter, into: &text)
+        text.family(.tenantQuotaRejections)
         for row in rows {
             for kind in TenantCounters.QuotaKind.allCases {
                 text.sample(
-                    "tenant_quota_rejections_total",
+                    MetricFamily.tenantQuotaRejections.name,
                     [("tenant_id", row.id), ("kind", kind.label)],
                     row.rejections[kind.rawValue]
                 )
             }
         }
-        Self.family("tenant_storage_bytes", .gauge, into: &text)
+        text.family(.tenantStorage)
         for row in rows where row.hasGauges || row.id == Self.otherTenants {
-            text.sample("tenant_storage_bytes", [("tenant_id", row.id)], row.storageBytes)
+            text.sample(MetricFamily.tenantStorage.name, [("tenant_id", row.id)], row.storageBytes)
         }
         // A gauge by meaning, typed untyped: `promtool check metrics` keeps the `_count` suffix of
         // the seed's name for histograms and summaries, and lints only typed families for it.
-        Self.family("tenant_users_count", .untyped, into: &text)
+        text.family(.tenantUsers)
         for row in rows where row.hasGauges || row.id == Self.otherTenants {
-            text.sample("tenant_users_count", [("tenant_id", row.id)], row.users)
+            text.sample(MetricFamily.tenantUsers.name, [("tenant_id", row.id)], row.users)
         }
         let backedUp = shown.filter { $0.lastBackup > 0 }
         if !backedUp.isEmpty {
-            Self.family("tenant_last_backup_timestamp_seconds", .gauge, into: &text)
+            text.family(.tenantLastBackup)
             for row in backedUp {
-                text.sample("tenant_last_backup_timestamp_seconds", [("tenant_id", row.id)], row.lastBackup)
+                text.sample(MetricFamily.tenantLastBackup.name, [("tenant_id", row.id)], row.lastBackup)
             }
         }
     }
 
-    private static func family(_ name: String, _ kind: PrometheusText.Kind, into text: inout PrometheusText) {
-        text.family(name, kind, help: MetricHelp.text[name] ?? name)
-    }
 }

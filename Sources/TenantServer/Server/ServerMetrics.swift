@@ -7,15 +7,18 @@ import TenantMetrics
 enum ServerMetrics {
     /// Commands tenantd does not have, counted together so clients cannot grow the label set
     /// (each known command has its counter in its ``CommandSpec``).
-    private static let otherCommands = Counter(label: "tenantd_commands_total", dimensions: [("command", "other")])
+    private static let otherCommands = Counter(
+        label: MetricFamily.commands.name,
+        dimensions: [("command", "other")]
+    )
     private static let errors: [ReplyCode: Counter] = Dictionary(
         uniqueKeysWithValues: ReplyCode.allCases.map {
-            ($0, Counter(label: "tenantd_command_errors_total", dimensions: [("code", $0.rawValue)]))
+            ($0, Counter(label: MetricFamily.commandErrors.name, dimensions: [("code", $0.rawValue)]))
         }
     )
-    private static let connections = Counter(label: "tenantd_connections_total")
-    private static let refused = Counter(label: "tenantd_connections_refused_total")
-    private static let authFailures = Counter(label: "tenantd_auth_failures_total")
+    private static let connections = Counter(label: MetricFamily.connections.name)
+    private static let refused = Counter(label: MetricFamily.connectionsRefused.name)
+    private static let authFailures = Counter(label: MetricFamily.authFailures.name)
 
     static func command(_ spec: CommandSpec?) {
         (spec?.counter ?? Self.otherCommands).increment()
@@ -58,14 +61,14 @@ enum ServerMetrics {
         Self.fairShareWaits.increment()
     }
 
-    private static let fairShareWaits = Counter(label: "tenantd_fair_share_waits_total")
+    private static let fairShareWaits = Counter(label: MetricFamily.fairShareWaits.name)
 
     static func connectionClosed() {
         Self.open.decrement()
         ServerStats.shared.connectionsOpen.wrappingSubtract(1, ordering: .relaxed)
     }
 
-    private static let open = Meter(label: "tenantd_connections_open")
+    private static let open = Meter(label: MetricFamily.connectionsOpen.name)
 }
 
 /// The server-wide figures INFO reports (swift-metrics counters cannot be read back): relaxed
