@@ -30,7 +30,7 @@ struct MemoryBudgetTests {
     }
 
     /// The largest a room's tail (its unsealed chunk) can be, as the budget counts it.
-    static let maxTailBytes = Room.chunkTextBytes + 16 * Room.chunkMessages + 65_536
+    static let maxTailBytes = EngineLimits.roomChunkTextBytes + 16 * EngineLimits.roomChunkMessages + 65_536
 
     /// The message bytes the budget counts for every room, which must equal what the store counted.
     static func resident(_ rooms: [String: Room]) -> Int {

@@ -59,19 +59,13 @@ enum MigrationFiles {
     static let preparedName = "PREPARED"
     /// The migration a served tenant arrived by (so a repeated COMMIT is answered OK).
     static let migratedInName = "MIGRATED_IN"
-    /// The most files one tenant directory may send.
-    static let maxFiles = 100_000
-    /// How deep a path may go (`checkpoint/x` is two).
-    static let maxDepth = 4
-    /// The bytes one CHUNK carries.
-    static let chunkSize = 256 << 10
 
-    /// Whether `path` may name a file of a tenant directory: relative, at most ``maxDepth`` parts
+    /// Whether `path` may name a file of a tenant directory: relative, at most ``EngineLimits.migrationMaxDepth`` parts
     /// of `[A-Za-z0-9._-]`, no `.` or `..` part, not a marker, not an unfinished `.tmp`.
     static func isValidPath(_ path: String) -> Bool {
         guard !path.isEmpty, path.utf8.count <= 255 else { return false }
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count <= maxDepth else { return false }
+        guard parts.count <= EngineLimits.migrationMaxDepth else { return false }
         for part in parts {
             guard !part.isEmpty, part != ".", part != "..",
                 part.utf8.allSatisfy({ byte in
@@ -101,7 +95,7 @@ enum MigrationFiles {
             for (name, isDirectory) in entries {
                 let child = relative.isEmpty ? name : relative + "/" + name
                 if isDirectory {
-                    if depth + 1 < maxDepth { try walk(child, depth: depth + 1) }
+                    if depth + 1 < EngineLimits.migrationMaxDepth { try walk(child, depth: depth + 1) }
                 } else if POSIXFile.kind(path + "/" + name) == .other {
                     // A link planted in the directory is never followed, nor shipped.
                     throw TenantError.invalid(
@@ -109,8 +103,10 @@ enum MigrationFiles {
                     )
                 } else if isValidPath(child) {
                     found.append(child)
-                    guard found.count <= maxFiles else {
-                        throw TenantError.invalid("the tenant directory holds more than \(maxFiles) files")
+                    guard found.count <= EngineLimits.migrationMaxFiles else {
+                        throw TenantError.invalid(
+                            "the tenant directory holds more than \(EngineLimits.migrationMaxFiles) files"
+                        )
                     }
                 }
             }
@@ -318,7 +314,7 @@ struct Departure: Sendable {
         } catch {
             return .unreadable("\(error)")
         }
-        let fields = MigrationFiles.fields(bytes, limit: Departure.markerLimit)
+        let fields = MigrationFiles.fields(bytes, limit: EngineLimits.migrationMarkerLimit)
         guard let tenant = fields["tenant"], Names.isValidTenantID(tenant), id == nil || id == tenant,
             let migration = fields["migration"], let target = fields["target"]
         else { return .unreadable("\(marker) is malformed") }
@@ -336,9 +332,6 @@ struct Departure: Sendable {
             )
         )
     }
-
-    /// The most of a marker read: its credential keys take 17 bytes a user.
-    static let markerLimit = 64 << 20
 
     /// The marker's bytes.
     var marker: [UInt8] {

@@ -13,10 +13,6 @@ import Synchronization
 /// when a HISTORY or a checkpoint needs them. A message is made into a ``Message`` when it is
 /// read, `seq` by `seq`: message `i` has seq `i + 1`.
 public struct Room: Sendable {
-    /// The text of a chunk past which it is sealed.
-    static let chunkTextBytes = 32 << 10
-    /// The messages of a chunk past which it is sealed.
-    static let chunkMessages = 512
 
     /// Sealed chunks, each in a box shared by every copy of the room: a checkpoint's copy sees a
     /// chunk leave memory when the live room moves it out, and never pins it there.
@@ -92,7 +88,10 @@ public struct Room: Sendable {
         self.textBytes += message.text.utf8.count
         if self.nextSeq <= message.seq { self.nextSeq = message.seq + 1 }
         let added = self.tail.residentBytes - before
-        guard self.tail.texts.count >= Self.chunkTextBytes || self.tail.count >= Self.chunkMessages else {
+        guard
+            self.tail.texts.count >= EngineLimits.roomChunkTextBytes
+                || self.tail.count >= EngineLimits.roomChunkMessages
+        else {
             return (added, nil)
         }
         self.sealed.append(ChunkBox(.resident(self.tail)))

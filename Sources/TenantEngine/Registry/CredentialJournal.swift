@@ -22,10 +22,6 @@ import Darwin
 /// payload`; the payload is the tenant id (u32 length + UTF-8), flags (u8: 1 a removed key, 2 an
 /// added key), the removed key (8) and the added key (8). A torn or damaged record ends the replay.
 final class CredentialJournal: Sendable {
-    /// The journal's size past which the catalog is written and the journal started again.
-    static let compactionBytes = 1 << 20
-    /// The most of a journal file start-up reads (a journal is compacted at 1 MiB).
-    static let maxReplayBytes = 64 << 20
 
     let current: String
     let previous: String
@@ -106,7 +102,7 @@ final class CredentialJournal: Sendable {
     func replay(into catalog: inout Catalog) -> Int {
         var applied = 0
         for path in [self.previous, self.current] {
-            guard let size = try? POSIXFile.fileSize(path), size <= Self.maxReplayBytes,
+            guard let size = try? POSIXFile.fileSize(path), size <= EngineLimits.credentialMaxReplayBytes,
                 let bytes = try? POSIXFile.readAll(path)
             else { continue }
             for (id, change) in Self.decode(bytes) {

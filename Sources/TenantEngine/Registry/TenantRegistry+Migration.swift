@@ -134,7 +134,9 @@ extension TenantRegistry {
                     fileSystem: fileSystem
                 ).bytes
                 bytesSent += sent
-                if sent < Self.pauseThreshold || rounds >= Self.maxLiveRounds { break }
+                if sent < EngineLimits.migrationPauseThreshold || rounds >= EngineLimits.migrationMaxLiveRounds {
+                    break
+                }
             }
         } catch {
             await self.abandon(peer, id: id, migration: migration, target: target, token: token)
@@ -340,12 +342,6 @@ extension TenantRegistry {
         }
     }
 
-    /// The bytes a live round may send and still be followed by the pause.
-    static let pauseThreshold = 4 << 20
-    /// The most rounds while the tenant serves (a tenant written faster than it is sent pauses
-    /// after these all the same).
-    static let maxLiveRounds = 5
-
     static func hostPort(_ host: String, _ port: Int) -> String {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
@@ -384,7 +380,7 @@ extension TenantRegistry {
                 crc = known.crc
             }
             repeat {
-                let count = min(MigrationFiles.chunkSize, local.size - offset)
+                let count = min(EngineLimits.migrationChunkSize, local.size - offset)
                 let at = offset
                 let piece = try await runBlocking {
                     try MigrationFiles.read(full, offset: at, count: count, fileSystem: fileSystem)
@@ -613,11 +609,8 @@ extension TenantRegistry {
     /// and a block for each directory on its path (an empty file still takes an inode and a block).
     static func stagedSize(of path: String, bytes: Int) -> Int64 {
         let directories = path.utf8.reduce(0) { $0 + ($1 == UInt8(ascii: "/") ? 1 : 0) }
-        return Int64(max(bytes, Self.stagingBlock) + directories * Self.stagingBlock)
+        return Int64(max(bytes, EngineLimits.migrationStagingBlock) + directories * EngineLimits.migrationStagingBlock)
     }
-
-    /// The file system block a staged file or directory is counted as at least.
-    static let stagingBlock = 4096
 
     private func endIncoming(_ id: String) {
         self.incomingBytes[id] = nil
@@ -671,7 +664,7 @@ extension TenantRegistry {
                 "the path must be relative, of [A-Za-z0-9._-] parts, without '..' (at most 4 deep)"
             )
         }
-        guard offset >= 0, offset <= Self.maxIncomingFileSize - bytes.count else {
+        guard offset >= 0, offset <= EngineLimits.migrationMaxFileSize - bytes.count else {
             throw TenantError.invalid("offset out of range")
         }
         guard bytes.withUnsafeBytes({ CRC32C.checksum($0) }) == crc else {
@@ -695,8 +688,8 @@ extension TenantRegistry {
         }
         let isNew = existing == nil
         if isNew {
-            guard self.incomingFiles[id, default: 0] < MigrationFiles.maxFiles else {
-                throw TenantError.invalid("a migration sends at most \(MigrationFiles.maxFiles) files")
+            guard self.incomingFiles[id, default: 0] < EngineLimits.migrationMaxFiles else {
+                throw TenantError.invalid("a migration sends at most \(EngineLimits.migrationMaxFiles) files")
             }
         }
         // A new file counts as at least a block (and its directories as one each): empty chunks
@@ -704,7 +697,7 @@ extension TenantRegistry {
         let growth =
             isNew
             ? Self.stagedSize(of: path, bytes: offset + bytes.count)
-            : Int64(max(0, offset + bytes.count - max(size, Self.stagingBlock)))
+            : Int64(max(0, offset + bytes.count - max(size, EngineLimits.migrationStagingBlock)))
         let limit = self.configuration.migrateStagingLimit
         let staged = self.incomingBytes.values.reduce(0, +)
         if limit > 0 && staged + growth > limit {
@@ -726,15 +719,12 @@ extension TenantRegistry {
         Failpoint.hit("receive-after-chunk")
     }
 
-    /// The largest file a migration may send (a WAL segment or a checkpoint).
-    static let maxIncomingFileSize = 1 << 40
-
     /// TENANT RECEIVE … PREPARE: the tenant's whole file list. Files not in it are removed, every
     /// one in it must have its size and CRC, all are synced, and the copy must recover as a tenant
     /// of this id whose subdomain is free here. It then waits, durable and not served, for COMMIT.
     public func receivePrepare(id: String, migration: String, manifest: [MigrationFile]) async throws {
         try self.requireIncoming(id, migration)
-        guard manifest.count <= MigrationFiles.maxFiles else { throw TenantError.invalid("too many files") }
+        guard manifest.count <= EngineLimits.migrationMaxFiles else { throw TenantError.invalid("too many files") }
         for file in manifest where !MigrationFiles.isValidPath(file.path) {
             throw TenantError.invalid("bad path in the manifest: \(file.path.prefix(64))")
         }

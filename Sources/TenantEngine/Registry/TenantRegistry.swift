@@ -65,7 +65,7 @@ public actor TenantRegistry {
     /// The bytes each arriving migration holds in staging, and when it last sent a chunk (ms).
     var incomingBytes: [String: Int64] = [:]
     var incomingTouched: [String: Int64] = [:]
-    /// The files each arriving migration has made in staging (at most `MigrationFiles.maxFiles`).
+    /// The files each arriving migration has made in staging (at most `EngineLimits.migrationMaxFiles`).
     var incomingFiles: [String: Int] = [:]
     /// The subdomains of prepared arrivals, held from other tenants until their COMMIT.
     var preparedSubdomains: [String: String] = [:]
@@ -474,7 +474,7 @@ public actor TenantRegistry {
                 "the user change is in the tenant's log, but its key could not be journalled: \(error)"
             )
         }
-        if journal.bytes > CredentialJournal.compactionBytes {
+        if journal.bytes > EngineLimits.credentialCompactionBytes {
             self.compactionRequested = true
             self.saveCatalog()
         }

@@ -107,9 +107,6 @@ public final class TenantImport {
     /// `.creating-`, which a starting server removes).
     static let stagingPrefix = ".importing-"
 
-    /// The most bytes appended before the log is flushed (the writer holds them until then).
-    static let flushBytes = 8 << 20
-
     /// Starts an import of the tenant `metadata` describes into `dataDirectory`.
     /// - Throws: ``TenantError``: INVALID for metadata that breaks the rules, EXISTS when the tenant's
     ///   directory is there already, IOERR when the staging directory cannot be made.
@@ -127,13 +124,13 @@ public final class TenantImport {
         if !metadata.subdomain.isEmpty, let problem = Names.subdomainProblem(metadata.subdomain) {
             throw TenantError.invalid(problem)
         }
-        guard (0...Tenant.maxUsersLimit).contains(metadata.maxUsers),
-            (0...Tenant.maxStorageBytesLimit).contains(metadata.maxStorageBytes),
-            (0...Tenant.maxMessagesPerDayLimit).contains(metadata.maxMessagesPerDay)
+        guard (0...EngineLimits.maxUsersLimit).contains(metadata.maxUsers),
+            (0...EngineLimits.maxStorageBytesLimit).contains(metadata.maxStorageBytes),
+            (0...EngineLimits.maxMessagesPerDayLimit).contains(metadata.maxMessagesPerDay)
         else {
             throw TenantError.invalid(
-                "limits must be 0 (none) or more, at most max_users \(Tenant.maxUsersLimit), "
-                    + "max_messages_per_day \(Tenant.maxMessagesPerDayLimit)"
+                "limits must be 0 (none) or more, at most max_users \(EngineLimits.maxUsersLimit), "
+                    + "max_messages_per_day \(EngineLimits.maxMessagesPerDayLimit)"
             )
         }
         try Tenant.validateSettings(metadata.settings)
@@ -225,7 +222,7 @@ public final class TenantImport {
         try self.append(.message(room: room, Message(seq: seq, timestamp: timestamp, user: user, text: text)))
         self.lastSeq[room] = seq
         self.messages += 1
-        if self.unflushedBytes >= Self.flushBytes {
+        if self.unflushedBytes >= EngineLimits.importFlushBytes {
             try await self.writer.flush()
             self.unflushedBytes = 0
         }

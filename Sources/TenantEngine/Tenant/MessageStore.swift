@@ -61,9 +61,6 @@ struct MessageStore: Sendable {
         self.pending.removeAll()
     }
 
-    /// The most text one HISTORY returns (always at least one message).
-    static let maxHistoryTextBytes = 4 << 20
-
     /// A room's visible messages, oldest first, at most `maxTextBytes` of text: with AFTER the
     /// page keeps its oldest messages, otherwise its newest, so paging on from its edge misses none.
     /// - Throws: when a cold chunk cannot be read back.

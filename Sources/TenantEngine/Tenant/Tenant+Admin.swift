@@ -59,21 +59,25 @@ extension Tenant {
                     throw TenantError.invalid("tenant name must be 1-200 bytes of UTF-8 without control characters")
                 }
                 metadata.name = value
-            case "max_users": metadata.maxUsers = try Self.limit(value, field: key, max: Self.maxUsersLimit)
+            case "max_users": metadata.maxUsers = try Self.limit(value, field: key, max: EngineLimits.maxUsersLimit)
             case "max_storage_bytes":
-                metadata.maxStorageBytes = try Self.limit(value, field: key, max: Self.maxStorageBytesLimit)
+                metadata.maxStorageBytes = try Self.limit(value, field: key, max: EngineLimits.maxStorageBytesLimit)
             case "max_storage_gb":
-                let gigabytes = try Self.limit(value, field: key, max: Self.maxStorageBytesLimit / PlanLimits.gigabyte)
+                let gigabytes = try Self.limit(
+                    value,
+                    field: key,
+                    max: EngineLimits.maxStorageBytesLimit / PlanLimits.gigabyte
+                )
                 metadata.maxStorageBytes = gigabytes * PlanLimits.gigabyte
             case "max_messages_per_day":
-                metadata.maxMessagesPerDay = try Self.limit(value, field: key, max: Self.maxMessagesPerDayLimit)
+                metadata.maxMessagesPerDay = try Self.limit(value, field: key, max: EngineLimits.maxMessagesPerDayLimit)
             case "is_active": metadata.isActive = try Self.flag(value, field: key)
             case "is_suspended": metadata.isSuspended = try Self.flag(value, field: key)
             case _ where key.hasPrefix("settings.") && key.count > "settings.".count:
                 let name = String(field.dropFirst("settings.".count))
                 try Self.validateSetting(name, value)
                 if value.isEmpty { metadata.settings[name] = nil } else { metadata.settings[name] = value }
-                guard metadata.settings.count <= Self.maxSettings else {
+                guard metadata.settings.count <= EngineLimits.maxSettings else {
                     throw TenantError.invalid("at most 256 settings")
                 }
             default:
@@ -111,10 +115,6 @@ extension Tenant {
         _ = try self.authorize(principal, .administerTenant)
     }
 
-    /// The ranges of TENANT UPDATE's numbers (0 is no limit): a billion users, 8 EiB (2^63 - 1
-    /// bytes; `max_storage_gb` up to 8,589,934,591), a trillion messages a day.
-    static let maxSettings = 256
-
     /// A setting as TENANT UPDATE takes it (an empty value removes it).
     static func validateSetting(_ name: String, _ value: String) throws {
         guard name.utf8.count <= 128, value.utf8.count <= 4096 else {
@@ -125,16 +125,12 @@ extension Tenant {
 
     /// Settings as TENANT UPDATE could have made them (an import's).
     static func validateSettings(_ settings: [String: String]) throws {
-        guard settings.count <= Self.maxSettings else { throw TenantError.invalid("at most 256 settings") }
+        guard settings.count <= EngineLimits.maxSettings else { throw TenantError.invalid("at most 256 settings") }
         for (name, value) in settings {
             guard !name.isEmpty, !value.isEmpty else { throw TenantError.invalid("a setting needs a key and a value") }
             try Self.validateSetting(name, value)
         }
     }
-
-    static let maxUsersLimit: Int64 = 1_000_000_000
-    static let maxStorageBytesLimit: Int64 = .max
-    static let maxMessagesPerDayLimit: Int64 = 1_000_000_000_000
 
     private static func limit(_ value: String, field: String, max: Int64) throws -> Int64 {
         guard let number = Int64(value), number >= 0, number <= max else {

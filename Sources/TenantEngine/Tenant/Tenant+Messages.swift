@@ -15,13 +15,9 @@ public struct RoomSummary: Sendable, Hashable {
 }
 
 extension Tenant {
-    /// The most messages one HISTORY returns.
-    public static let maxHistoryLimit = 1000
-    /// The number of messages HISTORY returns without LIMIT.
-    public static let defaultHistoryLimit = 100
     /// The most text one HISTORY returns (always at least one message): the client pages on
     /// with AFTER or BEFORE.
-    public static let maxHistoryTextBytes = MessageStore.maxHistoryTextBytes
+    public static let maxHistoryTextBytes = EngineLimits.maxHistoryTextBytes
 
     /// Accepts a message into the log's batch and hands out its seq; ``commit(_:)`` waits for it.
     ///
@@ -131,16 +127,13 @@ extension Tenant {
                 room: room,
                 after: after,
                 before: before,
-                limit: min(limit, Self.maxHistoryLimit),
+                limit: min(limit, EngineLimits.maxHistoryLimit),
                 maxTextBytes: Self.maxHistoryTextBytes
             )
         } catch {
             throw TenantError(.storageFailed, "older messages of room \(room) could not be read back: \(error)")
         }
     }
-
-    /// The most rooms one ROOMS returns: the client pages on with AFTER.
-    public static let maxRoomsPage = 10_000
 
     /// The rooms with messages, by name: the first `limit` after `after`.
     /// - Parameters:
@@ -149,12 +142,12 @@ extension Tenant {
     public func rooms(
         _ principal: Principal,
         after: String? = nil,
-        limit: Int = Tenant.maxRoomsPage
+        limit: Int = EngineLimits.maxRoomsPage
     ) throws
         -> [RoomSummary]
     {
         _ = try self.authorize(principal, .read)
         self.applyDurable()
-        return self.messages.summaries(after: after, limit: min(limit, Self.maxRoomsPage))
+        return self.messages.summaries(after: after, limit: min(limit, EngineLimits.maxRoomsPage))
     }
 }

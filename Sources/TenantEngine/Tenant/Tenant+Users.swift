@@ -58,19 +58,16 @@ extension Tenant {
         return token
     }
 
-    /// The most users one USER LIST reply holds (as ROOMS: no reply is unbounded).
-    public static let maxUsersPage = 10_000
-
     /// Users by name, a page at a time: at most `limit` (and ``maxUsersPage``) after `after`.
     public func listUsers(
         _ principal: Principal,
         after: String? = nil,
-        limit: Int = Tenant.maxUsersPage
+        limit: Int = EngineLimits.maxUsersPage
     ) throws
         -> [User]
     {
         _ = try self.authorize(principal, .listUsers)
-        return self.membership.users(after: after, limit: min(limit, Self.maxUsersPage))
+        return self.membership.users(after: after, limit: min(limit, EngineLimits.maxUsersPage))
     }
 
     /// Appends a user or metadata change, applies it in actor order and waits until it is durable;

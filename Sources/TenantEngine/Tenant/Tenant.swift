@@ -53,10 +53,6 @@ public actor Tenant {
     var lastUsed: Int64 = 0
     /// The buffer each record is encoded in before its log takes it (``append(_:)``).
     var recordScratch: [UInt8] = []
-    /// The largest ``recordScratch`` kept between records.
-    /// (2 KiB: most chat messages; a larger one allocates its own, and ten thousand open
-    /// tenants hold at most 20 MiB of scratch.)
-    static let recordScratchLimit = 2 << 10
     let configuration: EngineConfiguration
     let logger: Logger
     let onMetadataChange: @Sendable (TenantMetadata) async throws -> Void
@@ -296,7 +292,7 @@ public actor Tenant {
         do {
             let (lsn, size) = try self.journal.append(record, scratch: &self.recordScratch)
             // A large message's buffer is not kept: ten thousand tenants would each hold one.
-            if self.recordScratch.capacity > Self.recordScratchLimit { self.recordScratch = [] }
+            if self.recordScratch.capacity > EngineLimits.recordScratchLimit { self.recordScratch = [] }
             self.quota.storageBytes += Int64(size)
             self.publishGauges()
             let due = self.checkpoints.appended(lsn: lsn, size: size, threshold: self.configuration.checkpointBytes)

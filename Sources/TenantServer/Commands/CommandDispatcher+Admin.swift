@@ -22,7 +22,8 @@ extension CommandDispatcher {
             // `USER LIST [AFTER <name>] [LIMIT <n>]`: paged by name like ROOMS.
             let (after, limit) = try arguments.page(from: 1)
             return .array(
-                try await tenant.listUsers(principal, after: after, limit: limit ?? Tenant.maxUsersPage).map { user in
+                try await tenant.listUsers(principal, after: after, limit: limit ?? EngineLimits.maxUsersPage).map {
+                    user in
                     .array([.bulkString(user.name), .bulkString(user.role.rawValue), .integer(user.joinedAt)])
                 }
             )

@@ -111,7 +111,7 @@ extension CommandDispatcher {
             }
             index += 2
         }
-        return (after, before, limit ?? Tenant.defaultHistoryLimit)
+        return (after, before, limit ?? EngineLimits.defaultHistoryLimit)
     }
 
     /// A HISTORY reply, encoded straight from the page: an array of `[seq, timestamp, user, text]`
@@ -205,7 +205,9 @@ extension CommandDispatcher {
     func rooms(_ arguments: Arguments, principal: Principal, session: Session) async throws -> RESPValue {
         let (after, limit) = try arguments.page(from: 0)
         let tenant = try session.contextTenant()
-        return Self.encodeRooms(try await tenant.rooms(principal, after: after, limit: limit ?? Tenant.maxRoomsPage))
+        return Self.encodeRooms(
+            try await tenant.rooms(principal, after: after, limit: limit ?? EngineLimits.maxRoomsPage)
+        )
     }
 
     /// ROOMS' reply: `[room, last seq, count]` per room.

@@ -226,7 +226,11 @@ extension CommandDispatcher {
     /// ROOMS on the lane.
     func rooms(_ arguments: Arguments, lane: SyncLane, target: LaneTarget) throws -> RESPValue {
         let (after, limit) = try arguments.page(from: 0)
-        let rooms = try target.tenant.roomsOnLoop(lane.principal, after: after, limit: limit ?? Tenant.maxRoomsPage)
+        let rooms = try target.tenant.roomsOnLoop(
+            lane.principal,
+            after: after,
+            limit: limit ?? EngineLimits.maxRoomsPage
+        )
         return Self.encodeRooms(rooms)
     }
 
