@@ -266,14 +266,14 @@ struct AuthThrottleTests {
             }
         }
         var queued = 0
-        for _ in 0..<200 where queued != 40 - AuthThrottle.failureSlots {
+        for _ in 0..<200 where queued != 40 - FixedLimits.authFailureSlots {
             try await Task.sleep(for: .milliseconds(10))
             queued = throttle.waitingFailures
         }
-        #expect(queued == 40 - AuthThrottle.failureSlots)
+        #expect(queued == 40 - FixedLimits.authFailureSlots)
         let other = Task { await throttle.waitOut(.milliseconds(1), address: "203.0.113.4") }
         await other.value
-        #expect(throttle.waitingFailures <= 40 - AuthThrottle.failureSlots)
+        #expect(throttle.waitingFailures <= 40 - FixedLimits.authFailureSlots)
         await waits.value
         #expect(throttle.waitingFailures == 0)
         // A right token never waits: no delay, no slot.
@@ -283,13 +283,13 @@ struct AuthThrottleTests {
     @Test func anAddressFloodDoesNotGrowTheTableWithoutBound() {
         let throttle = AuthThrottle()
         let now = ContinuousClock.now
-        for index in 0..<(AuthThrottle.maxAddresses + 5000) {
+        for index in 0..<(FixedLimits.authMaxAddresses + 5000) {
             _ = throttle.failed(
                 address: "10.\(index >> 16 & 255).\(index >> 8 & 255).\(index & 255)",
                 connectionFailures: 1,
                 now: now
             )
         }
-        #expect(throttle.trackedAddresses <= AuthThrottle.maxAddresses)
+        #expect(throttle.trackedAddresses <= FixedLimits.authMaxAddresses)
     }
 }

@@ -173,7 +173,7 @@ struct ConnectionMoveTests {
             let logins = [("alice@acme", server.tenant.ownerToken), ("bob@beta", other.ownerToken)]
             let before = Self.moves
             let client = try RESPTestClient(port: server.port)
-            let switches = ConnectionSocket.maxMoves + 4
+            let switches = FixedLimits.maxConnectionMoves + 4
             var settled: (any EventLoop)?
             for turn in 0..<switches {
                 let (user, token) = logins[turn % 2]
@@ -183,7 +183,7 @@ struct ConnectionMoveTests {
                 // The move, if any, happened right after AUTH's reply: the POST and WHOAMI were
                 // answered on the channel it has now.
                 let loop = server.server.openChannels.first?.eventLoop
-                if turn < ConnectionSocket.maxMoves {
+                if turn < FixedLimits.maxConnectionMoves {
                     #expect(loop === homes[turn % 2], "turn \(turn): on \(user)'s loop")
                 } else if let settled {
                     #expect(loop === settled, "turn \(turn): past the cap, it stays where it is")
@@ -191,7 +191,7 @@ struct ConnectionMoveTests {
                     settled = loop
                 }
             }
-            #expect(Self.moves - before >= UInt64(ConnectionSocket.maxMoves - 1))
+            #expect(Self.moves - before >= UInt64(FixedLimits.maxConnectionMoves - 1))
             #expect(server.server.openChannels.count == 1)
         }
     }
@@ -267,7 +267,7 @@ struct ConnectionMoveTests {
                 for (index, mover) in movers.enumerated() {
                     group.addTask {
                         try await offThePool {
-                            for turn in 0..<ConnectionSocket.maxMoves {
+                            for turn in 0..<FixedLimits.maxConnectionMoves {
                                 let (user, token) = logins[(turn + index) % 2]
                                 let authenticated = try mover.call("AUTH", user, token)
                                 let pong = try mover.call("PING")

@@ -139,7 +139,7 @@ struct TurnShareTests {
         turn.ran(Self.account())
         Self.endTurns(loop, turn)
         #expect(turn.share == 32)
-        usleep(UInt32(LoopTurn.activeSpan / 1000) + 10_000)
+        usleep(UInt32(FixedLimits.turnShareActiveSpan / 1000) + 10_000)
         let flood = Self.account()
         turn.ran(flood)
         Self.endTurns(loop, turn)
@@ -157,12 +157,12 @@ struct TurnShareTests {
         for account in accounts { turn.ran(account) }
         Self.endTurns(loop, turn)
         #expect(turn.activeTenants == 1000)
-        #expect(turn.share == LoopTurn.minimumShare)
+        #expect(turn.share == FixedLimits.minimumTurnShare)
         #expect(turn.accountCount == 1000)
         // The same tenant asks again: the account it has.
         #expect(turn.account(key: ObjectIdentifier(tenants[7])) === accounts[7])
         // Two of them run again after the span; the others fell quiet (however late the turn).
-        usleep(UInt32(LoopTurn.activeSpan / 1000) + 5_000)
+        usleep(UInt32(FixedLimits.turnShareActiveSpan / 1000) + 5_000)
         turn.ran(accounts[0])
         turn.ran(accounts[1])
         Self.endTurns(loop, turn)

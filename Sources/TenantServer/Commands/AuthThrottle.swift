@@ -16,19 +16,8 @@ final class AuthThrottle: Sendable {
         var disconnect: Bool
     }
 
-    /// Failures one connection may make before delays start, and before it is closed.
-    static let connectionFreeFailures = 2
-    static let connectionMaxFailures = 8
-    /// Recent failures one address may make before delays start, and past which each failing
-    /// connection is closed.
-    static let addressFreeFailures = 10.0
-    static let addressMaxFailures = 100.0
-    /// How fast an address's failures are forgotten.
-    static let decayPerSecond = 1.0 / 6
     /// The longest delay.
     static let maxDelay = Duration.seconds(3)
-    /// Addresses tracked at most; past it the ones with no recent failure are forgotten.
-    static let maxAddresses = 100_000
 
     private let addresses = Mutex<[String: (failures: Double, updated: ContinuousClock.Instant)]>([:])
 
@@ -42,34 +31,29 @@ final class AuthThrottle: Sendable {
         let recent = self.addresses.withLock { addresses -> Double in
             var entry = addresses[key] ?? (0, now)
             // Capped: an address's failures are forgotten within seconds once the guessing stops.
-            entry.failures = min(Self.addressMaxFailures + 1, Self.decayed(entry, now: now) + 1)
+            entry.failures = min(FixedLimits.authAddressMaxFailures + 1, Self.decayed(entry, now: now) + 1)
             entry.updated = now
             addresses[key] = entry
-            if addresses.count > Self.maxAddresses {
+            if addresses.count > FixedLimits.authMaxAddresses {
                 // Forget the addresses whose failures have decayed; if too many are still recent
                 // (a flood from very many addresses), forget them all rather than grow.
                 addresses = addresses.filter { Self.decayed($0.value, now: now) >= 1 }
-                if addresses.count > Self.maxAddresses / 2 { addresses = [key: entry] }
+                if addresses.count > FixedLimits.authMaxAddresses / 2 { addresses = [key: entry] }
             }
             return entry.failures
         }
-        let connectionExcess = connectionFailures - Self.connectionFreeFailures
-        let addressExcess = Int(min(64, max(0, (recent - Self.addressFreeFailures).rounded(.up))))
+        let connectionExcess = connectionFailures - FixedLimits.authConnectionFreeFailures
+        let addressExcess = Int(min(64, max(0, (recent - FixedLimits.authAddressFreeFailures).rounded(.up))))
         let delay = max(
             Self.delay(excess: connectionExcess, base: .milliseconds(50)),
             Self.delay(excess: addressExcess, base: .milliseconds(50))
         )
         return Decision(
             delay: delay,
-            disconnect: connectionFailures >= Self.connectionMaxFailures || recent > Self.addressMaxFailures
+            disconnect: connectionFailures >= FixedLimits.authConnectionMaxFailures
+                || recent > FixedLimits.authAddressMaxFailures
         )
     }
-
-    /// Failed AUTHs of one address that wait out their delay at once; the others wait their
-    /// turn. Past an address's free failures every failure waits (up to 3 s), so an address gets
-    /// at most about this many answers to wrong tokens per delay, however many connections it
-    /// opens. A right token is never held: it is answered before any of this.
-    static let failureSlots = 16
 
     private struct Slots {
         var held = 0
@@ -86,7 +70,7 @@ final class AuthThrottle: Sendable {
             let ready = self.slots.withLock { slots -> Bool in
                 var entry = slots[key] ?? Slots()
                 defer { slots[key] = entry }
-                if entry.held < Self.failureSlots {
+                if entry.held < FixedLimits.authFailureSlots {
                     entry.held += 1
                     return true
                 }
@@ -118,7 +102,7 @@ final class AuthThrottle: Sendable {
         now: ContinuousClock.Instant
     ) -> Double {
         let elapsed = entry.updated.duration(to: now) / .seconds(1)
-        return max(0, entry.failures - max(0, elapsed) * Self.decayPerSecond)
+        return max(0, entry.failures - max(0, elapsed) * FixedLimits.authDecayPerSecond)
     }
 
     private static func delay(excess: Int, base: Duration) -> Duration {

@@ -36,12 +36,6 @@ indirect enum PeerReply: Sendable {
 /// Reads replies off the wire (RESP2 and RESP3 shapes a tenantd sends).
 struct PeerReplyDecoder: ByteToMessageDecoder {
     typealias InboundOut = PeerReply
-    /// The most bytes one reply may take (a BEGIN's file list is the largest: at most 100,000
-    /// files of a few dozen bytes each).
-    static let maxReplyBytes = 16 << 20
-    /// The most values one reply may hold (four per file of a BEGIN's list), so that a peer's
-    /// reply cannot cost more memory than its bytes would suggest.
-    static let maxReplyValues = 500_000
 
     /// How far the reply at the buffer's start has been framed: the bytes of whole values
     /// scanned, and for each open aggregate the values it still waits for. A peer that trickles
@@ -52,13 +46,13 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard try self.frame(buffer) else {
-            if buffer.readableBytes > Self.maxReplyBytes {
+            if buffer.readableBytes > FixedLimits.migrationReplyBytes {
                 throw TenantError.invalid("the destination's reply is too large")
             }
             return .needMoreData
         }
         var copy = buffer
-        var budget = Self.maxReplyValues
+        var budget = FixedLimits.migrationReplyValues
         guard let reply = try Self.parse(&copy, depth: 0, budget: &budget) else {
             throw TenantError.invalid("the destination's reply does not parse")
         }
@@ -82,13 +76,13 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
             position = end + 2
             // Counted once the value is whole (a bulk string scanned again as it trickles in
             // counts once).
-            guard self.values < Self.maxReplyValues else {
+            guard self.values < FixedLimits.migrationReplyValues else {
                 throw TenantError.invalid("the destination's reply holds too many values")
             }
             var children = 0
             switch type {
             case UInt8(ascii: "$"):
-                guard let length = Int(text), length >= -1, length <= Self.maxReplyBytes else {
+                guard let length = Int(text), length >= -1, length <= FixedLimits.migrationReplyBytes else {
                     throw TenantError.invalid("bad bulk length from the destination")
                 }
                 if length >= 0 {
@@ -152,7 +146,7 @@ struct PeerReplyDecoder: ByteToMessageDecoder {
             return .integer(value)
         case UInt8(ascii: "_"): return .bulk(nil)
         case UInt8(ascii: "$"):
-            guard let length = Int(text), length >= -1, length <= maxReplyBytes else {
+            guard let length = Int(text), length >= -1, length <= FixedLimits.migrationReplyBytes else {
                 throw TenantError.invalid("bad bulk length from the destination")
             }
             if length == -1 { return .bulk(nil) }

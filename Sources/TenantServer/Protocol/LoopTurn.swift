@@ -62,18 +62,15 @@ final class LoopTurn: @unchecked Sendable {
     }
 
     /// The lane requests a loop runs in one turn while several tenants are active on it, shared
-    /// between them (each gets at least ``minimumShare``). A tenant alone runs as much as its
+    /// between them (each gets at least ``FixedLimits/minimumTurnShare``). A tenant alone runs as much as its
     /// connections bring: the shares cost nothing until another tenant is active. On by default
     /// (issue 21, point 4: on if they cost a one-tenant flood at most 10%); measured with the
     /// server on a core of its own, they cost it nothing measurable (docs/benchmarks.md, "Issue
     /// 21, seventh step").
     static let defaultTurnBudget = 64
-    static let minimumShare = 16
     /// The budget of each turn (`ServerLimits.turnBudget`, set by the loop's connections; 0 = no
     /// shares).
     var turnBudget = LoopTurn.defaultTurnBudget
-    /// How long a tenant counts as active after the turn it last ran a request in.
-    static let activeSpan: UInt64 = 20_000_000
 
     let loop: any EventLoop
     private var scheduled = false
@@ -90,7 +87,7 @@ final class LoopTurn: @unchecked Sendable {
     /// only what expired, so a turn costs what ran in it, not the number of active tenants (ten
     /// thousand with `tenant-bench --spread`, where a scan of them all was 3% of a POST).
     private var activity = Deque<(account: Account, stamp: UInt64)>()
-    /// Accounts active within ``activeSpan``.
+    /// Accounts active within ``FixedLimits/turnShareActiveSpan``.
     private var activeCount = 0
     /// Accounts with connections held back.
     private var holding: [Account] = []
@@ -201,7 +198,7 @@ final class LoopTurn: @unchecked Sendable {
         self.loop.execute { self.end() }
     }
 
-    /// Counts the tenants active within ``activeSpan`` and sets the share of the next turn.
+    /// Counts the tenants active within ``FixedLimits/turnShareActiveSpan`` and sets the share of the next turn.
     private func updateShares() {
         guard self.turnBudget > 0 else { return }
         if !self.seen.isEmpty || !self.activity.isEmpty {
@@ -215,7 +212,7 @@ final class LoopTurn: @unchecked Sendable {
                 self.activity.append((account, now))
             }
             self.seen.removeAll(keepingCapacity: true)
-            while let oldest = self.activity.first, now &- oldest.stamp > Self.activeSpan {
+            while let oldest = self.activity.first, now &- oldest.stamp > FixedLimits.turnShareActiveSpan {
                 self.activity.removeFirst()
                 let account = oldest.account
                 // A later entry of the account is still to come: it stays active.
@@ -225,7 +222,7 @@ final class LoopTurn: @unchecked Sendable {
                 if !account.isHolding { self.retire(account) }
             }
             let active = self.activeCount
-            self.share = active > 1 ? max(Self.minimumShare, self.turnBudget / active) : Int.max
+            self.share = active > 1 ? max(FixedLimits.minimumTurnShare, self.turnBudget / active) : Int.max
         }
         // Accounts made but never run nor held (a connection routed once and closed): swept when
         // they outnumber the live ones, so the sweep costs each account O(1) over its life.
@@ -247,7 +244,7 @@ final class LoopTurn: @unchecked Sendable {
     /// The accounts the turn keeps (active, holding, or not swept yet); for tests.
     var accountCount: Int { self.accounts.count }
 
-    /// The tenants active within ``activeSpan``; for tests.
+    /// The tenants active within ``FixedLimits/turnShareActiveSpan``; for tests.
     var activeTenants: Int { self.activeCount }
 
     /// Held connections resume once the loop has polled its sockets again: what other tenants

@@ -63,11 +63,9 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     }
 
     /// The most replies, and bytes, the outbox holds before the lane stops parsing (the task's
-    /// window: ``Connection/replyWindow``).
-    static let outboxLimit = Connection.replyWindow
-    static let outboxByteLimit = Connection.replyWindowBytes
-    /// The lane's reply bytes after which they are written without waiting for the end of the read.
-    static let outboxWriteBytes = 64 << 10
+    /// window: ``FixedLimits/replyWindow``).
+    static let outboxLimit = FixedLimits.replyWindow
+    static let outboxByteLimit = FixedLimits.replyWindowBytes
 
     private var parser: RESPRequestParser
     private var buffer = ByteBuffer()
@@ -666,7 +664,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// written first.
     private func laneIsFull(context: ChannelHandlerContext) -> Bool {
         guard self.routing.lane != nil else { return false }
-        if self.outboxBytes >= Self.outboxWriteBytes || self.outbox.count >= Self.outboxLimit {
+        if self.outboxBytes >= FixedLimits.outboxWriteBytes || self.outbox.count >= Self.outboxLimit {
             self.writeOutbox(context: context)
         }
         if !self.writable { return true }
@@ -702,9 +700,6 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         }
     }
 
-    /// The unparsed bytes up to which the socket stays armed while the lane waits.
-    static let readAheadBytes = 16 << 10
-
     /// Whether the socket stays armed while the connection waits: only for the lane (a remote
     /// run's replies, its POSTs' log, the client reading its replies, its tenant's share), and
     /// only while the unparsed bytes are under ``readAheadBytes``. A connection that waits for
@@ -713,7 +708,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// epoll_ctl calls); what comes meanwhile is parsed when the lane resumes. The gate's waits
     /// (the task's window, the tenant's admission) hold the read as before.
     private var readsAhead: Bool {
-        self.waitingForLane && self.waitingForAdmission == nil && self.buffer.readableBytes < Self.readAheadBytes
+        self.waitingForLane && self.waitingForAdmission == nil && self.buffer.readableBytes < FixedLimits.readAheadBytes
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -846,7 +841,7 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
                 }
                 return
             }
-            if self.ranThisTurn >= Connection.requestsPerTurn && !self.parser.isInsideRequest {
+            if self.ranThisTurn >= FixedLimits.requestsPerTurn && !self.parser.isInsideRequest {
                 // Bounded turns: the loop's other connections (and the end of this turn, which
                 // answers these POSTs) go first; the rest of the read is parsed after them. A
                 // task, not ``AfterPoll``: a tenant alone runs its pipelines without a wake-up

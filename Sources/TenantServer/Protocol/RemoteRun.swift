@@ -31,9 +31,6 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
     private let deliver: @Sendable (ByteBuffer, [Request]) -> Void
     /// The requests it did not run: its replies reached the bound first.
     private var leftover: [Request] = []
-    /// The reply bytes after which a run stops, so that a client that does not read is sent no
-    /// more than this past its window (a HISTORY reply can be megabytes).
-    static let replyBound = 64 << 10
     private var pieces: [Piece] = []
     private var waiting = 0
     /// The replies went back: a later log's report changes nothing (a run with POSTs to several
@@ -69,7 +66,7 @@ final class RemoteRun: LoopTurn.Waiter, @unchecked Sendable {
         var replied = 0
         var clock: UInt64 = 0
         for (index, request) in self.requests.enumerated() {
-            if replied + bytes.readableBytes >= Self.replyBound {
+            if replied + bytes.readableBytes >= FixedLimits.remoteRunReplyBytes {
                 self.leftover = Array(self.requests[index...])
                 break
             }

@@ -38,8 +38,6 @@ final class RequestGate: Sendable {
     /// The most bytes of parsed requests a connection holds before it stops reading; one
     /// request alone (up to `client-query-buffer-limit`) always passes.
     let bound: Int
-    /// The same before authentication.
-    static let unauthenticatedBound = 64 << 10
     private let outstanding = Atomic<Int>(0)
     private let idleRequired = Atomic<Bool>(false)
     private let authenticatedFlag = Atomic<Bool>(false)
@@ -82,7 +80,7 @@ final class RequestGate: Sendable {
     var mayParse: Bool {
         let outstanding = self.outstandingBytes
         if self.requireIdle { return outstanding == 0 }
-        return outstanding <= (self.isAuthenticated ? self.bound : Self.unauthenticatedBound)
+        return outstanding <= (self.isAuthenticated ? self.bound : FixedLimits.unauthenticatedRequestBytes)
     }
 
     /// The handler hands a request over.

@@ -62,18 +62,6 @@ struct Connection {
         }
     }
 
-    /// The most replies, and encoded bytes, a connection holds before it stops reading the
-    /// client's requests (one reply alone always fits).
-    static let replyWindow = 1024
-    static let replyWindowBytes = 4 << 20
-    /// The same before authentication: an anonymous client that does not read holds little.
-    static let unauthenticatedReplyWindow = 16
-    static let unauthenticatedReplyWindowBytes = 64 << 10
-    /// The bytes the writer encodes before it writes them out.
-    static let writeChunk = 1 << 20
-    /// The requests a connection runs before it lets the event loop's other work go first.
-    static let requestsPerTurn = 64
-
     let id: Int64
     let channel: NIOAsyncChannel<[RESPRequest], ConnectionOutput>
     let gate: RequestGate
@@ -133,8 +121,8 @@ struct Connection {
             try await self.channel.executeThenClose { inbound, outbound in
                 let gate = self.gate
                 let queue = ReplyQueue<Slot>(
-                    limit: Self.unauthenticatedReplyWindow,
-                    byteLimit: Self.unauthenticatedReplyWindowBytes,
+                    limit: FixedLimits.unauthenticatedReplyWindow,
+                    byteLimit: FixedLimits.unauthenticatedReplyWindowBytes,
                     pubSubLimit: self.dispatcher.limits.pubSub,
                     normalLimit: self.dispatcher.limits.normal,
                     onNormalLimit: {
@@ -250,7 +238,7 @@ struct Connection {
                         )
                         if actions.authenticate {
                             self.gate.authenticated()
-                            queue.widen(limit: Self.replyWindow, byteLimit: Self.replyWindowBytes)
+                            queue.widen(limit: FixedLimits.replyWindow, byteLimit: FixedLimits.replyWindowBytes)
                         }
                         if let move = actions.moveContext {
                             contexts.move(session.subscriber, from: move.from, to: move.to)
@@ -305,7 +293,7 @@ struct Connection {
                         var index = batch.startIndex
                         // A turn on the event loop runs a bounded number of requests: a batch of
                         // thousands from one client does not hold back the loop's other connections.
-                        var turnEnds = index + Self.requestsPerTurn
+                        var turnEnds = index + FixedLimits.requestsPerTurn
                         // The end of a run of POSTs that was declined: its requests go one by one,
                         // and the run is not looked for again at each of them.
                         var declinedUntil = index
@@ -314,7 +302,7 @@ struct Connection {
                                 // The replies so far go to the writer first.
                                 guard await replies.push(to: queue) else { break reading }
                                 await Task.yield()
-                                turnEnds = index + Self.requestsPerTurn
+                                turnEnds = index + FixedLimits.requestsPerTurn
                             }
                             // A run of POSTs to rooms of the connection's tenant: one call to the
                             // tenant for all of them.
@@ -479,14 +467,14 @@ struct Connection {
             var buffer = ByteBuffer()
             var index = slots.startIndex
             while index < slots.endIndex {
-                if buffer.readableBytes >= Self.writeChunk {
+                if buffer.readableBytes >= FixedLimits.writeChunk {
                     // Large replies go out as they are encoded: a batch of big HISTORY replies never
                     // sits in memory whole, and a client that does not read stops the writer here.
                     try await outbound.write(.bytes(buffer))
                     buffer = ByteBuffer()
                 }
                 switch slots[index] {
-                case .bytes(let bytes) where bytes.readableBytes >= Self.writeChunk:
+                case .bytes(let bytes) where bytes.readableBytes >= FixedLimits.writeChunk:
                     // A large reply goes out as it is, not copied into the batch.
                     if buffer.readableBytes > 0 { try await outbound.write(.bytes(buffer)) }
                     try await outbound.write(.bytes(bytes))
@@ -577,15 +565,12 @@ struct Connection {
 /// The replies of one batch of requests, encoded into one buffer and queued as one slot: one
 /// wake-up of the writer and one allocation per batch instead of one per reply.
 struct ReplyBatch {
-    /// The bytes after which the batch is queued before it ends (the queue's byte window still
-    /// bounds what waits).
-    static let mergeBytes = 16 << 10
 
     private var buffer = ByteBuffer()
     private var count = 0
 
     /// Whether it should be queued now rather than at the end of the batch.
-    var isFull: Bool { self.buffer.readableBytes >= Self.mergeBytes }
+    var isFull: Bool { self.buffer.readableBytes >= FixedLimits.replyBatchMergeBytes }
 
     /// Adds a reply, encoded as `version` says.
     /// - Returns: its size in bytes.

@@ -34,10 +34,6 @@ final class ConnectionSocket: Sendable {
     let moves: Int
     private let handover = Mutex<Handover?>(nil)
 
-    /// The most times one connection moves: AUTH as another tenant, or USE, moves it again, a
-    /// few times; a client that keeps switching between tenants on two loops stays where it is.
-    static let maxMoves = 8
-
     /// What the handler leaves for the move.
     struct Handover: Sendable {
         let descriptor: CInt
@@ -53,7 +49,7 @@ final class ConnectionSocket: Sendable {
     }
 
     /// Whether the connection may move now.
-    var mayMove: Bool { self.moves < Self.maxMoves && self.mover.isAccepting }
+    var mayMove: Bool { self.moves < FixedLimits.maxConnectionMoves && self.mover.isAccepting }
 
     /// On the channel's loop, before its channel closes: a second descriptor of the socket for
     /// the move to `loop`, with the bytes read and not parsed.

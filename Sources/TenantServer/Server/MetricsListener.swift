@@ -16,13 +16,9 @@ import Synchronization
 /// its next request is not whole ``idleTimeout`` after the accept or the last reply (bytes
 /// trickled in do not keep it open), request heads at most NIO's 80 KiB.
 public struct MetricsListener: Service {
-    /// Connections open at once; past it a new one is closed at its accept.
-    public static let maxConnections = 64
     /// A connection whose next request is not whole this long after the accept or the last reply
     /// is closed.
     public static let idleTimeout = TimeAmount.seconds(30)
-    /// Unsent reply bytes past which the next request waits (one reply always goes out whole).
-    static let writeBufferHighWater = 256 << 10
 
     private let host: String
     private let port: Int
@@ -61,7 +57,10 @@ public struct MetricsListener: Service {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(
                     .writeBufferWaterMark,
-                    value: .init(low: Self.writeBufferHighWater / 2, high: Self.writeBufferHighWater)
+                    value: .init(
+                        low: FixedLimits.metricsWriteBufferHighWater / 2,
+                        high: FixedLimits.metricsWriteBufferHighWater
+                    )
                 )
                 .childChannelInitializer { channel in
                     guard open.admit() else {
@@ -92,7 +91,7 @@ final class MetricsConnectionCount: Sendable {
     private let count = Atomic<Int>(0)
 
     func admit() -> Bool {
-        if self.count.wrappingAdd(1, ordering: .relaxed).newValue > MetricsListener.maxConnections {
+        if self.count.wrappingAdd(1, ordering: .relaxed).newValue > FixedLimits.maxMetricsConnections {
             self.count.wrappingSubtract(1, ordering: .relaxed)
             return false
         }

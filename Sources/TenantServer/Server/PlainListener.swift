@@ -26,8 +26,6 @@ final class PlainListener: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let pool = NIOThreadPool(numberOfThreads: 1)
 
-    /// Pending connections the system queues before `accept` (Redis's `tcp-backlog`).
-    static let backlog: CInt = 511
     /// The pause after `accept` failed for want of descriptors or memory, before it tries again
     /// (the pending connection stays queued meanwhile; Redis, too, logs and goes on).
     static let pauseAfterFailure: TimeAmount = .milliseconds(10)
@@ -37,7 +35,7 @@ final class PlainListener: Sendable {
     ///   not resolve to one of this machine's addresses).
     init(host: String, port: Int) throws {
         var bound: CInt = 0
-        let descriptor = cposix_listen(host, CInt(clamping: port), Self.backlog, &bound)
+        let descriptor = cposix_listen(host, CInt(clamping: port), FixedLimits.listenBacklog, &bound)
         guard descriptor >= 0 else {
             throw IOError(errnoCode: errno, reason: "bind(\(host):\(port))")
         }
