@@ -4,6 +4,7 @@ import Logging
 import TenantEngine
 import TestSupport
 import Testing
+import WAL
 
 @testable import TenantServer
 
@@ -73,7 +74,7 @@ struct AbuseTests {
 
     @Test func signupsFromOneIPv6Slash64ShareOneLimit() async throws {
         try await TemporaryDirectory.with { dir in
-            let registry = try await EngineFixtures.registry(dir.path, defaultPlan: nil) {
+            let registry = try await EngineFixtures.registry(dir.path, fsync: .everysec, defaultPlan: nil) {
                 $0.selfSignup = true
                 $0.signupsPerMinute = 1
             }

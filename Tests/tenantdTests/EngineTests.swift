@@ -57,7 +57,9 @@ struct EngineTests {
                     == .wrongPass
             )
             #expect(await registry.isOperatorToken(EngineFixtures.operatorToken))
-            #expect(await !registry.isOperatorToken("operator-secreT"))
+            // A near miss: the token with its last character changed, and the token in capitals.
+            #expect(await !registry.isOperatorToken(String(EngineFixtures.operatorToken.dropLast()) + "4"))
+            #expect(await !registry.isOperatorToken(EngineFixtures.operatorToken.uppercased()))
             await registry.shutdown()
         }
     }

@@ -326,7 +326,7 @@ struct OperationsTests {
             metrics = try Self.httpGet(port: metricsPort, path: "/metrics")
             return metrics.contains(#"tenantd_command_errors_total{code="IOERR"}"#)
         }
-        #expect(metrics.contains(#"tenantd_command_errors_total{code="IOERR"} 1"#), "\(metrics)")
+        #expect(metrics.contains("tenantd_command_errors_total{code=\"IOERR\"} 1\n"), "\(metrics)")
         #expect(server.stop() == 0)
     }
 

@@ -322,7 +322,7 @@ struct SyncLaneTests {
                 let replies = try await offThePool { try client.pipeline(commands) }
                 #expect(replies.allSatisfy { if case .integer = $0 { true } else { false } })
             }
-            let dataDirectory = await server.registry.configuration.dataDirectory
+            let dataDirectory = server.registry.configuration.dataDirectory
             directory.withLock { $0 = dataDirectory + "/tenant_" + server.tenant.metadata.tenantID + "/wal" }
             // Before shutdown, under every policy: acknowledged means written.
             let records = try FaultTests.readAll(directory.withLock { $0 })

@@ -271,7 +271,11 @@ public actor TenantRegistry {
     }
 
     private func writeCatalog() async {
-        guard let directories = self.store.directories else { return }
+        guard let directories = self.store.directories else {
+            // Never reached (``saveCatalog()`` checks first); if it were, a flush waits for nothing.
+            self.catalogWriter = nil
+            return
+        }
         let journal = self.credentialJournal
         while self.catalogDirty {
             self.catalogDirty = false

@@ -50,7 +50,6 @@ public enum WALFormat {
         return bytes.loadLE(UInt64.self, at: 8)
     }
 
-    /// The largest stored payload a record of `maxRecordSize` uncompressed bytes can have.
     /// Whether the record at `start` of `bytes` has the header a reader accepts for these
     /// fields: its stored length within the bytes, its type, lsn and size, and a checksum that
     /// matches (the writer's check of what it framed, in debug builds).
@@ -68,6 +67,7 @@ public enum WALFormat {
         }
     }
 
+    /// The largest stored payload a record of `maxRecordSize` uncompressed bytes can have.
     public static func maxStoredSize(forRecordSize maxRecordSize: Int) -> Int {
         maxRecordSize + maxRecordSize / 255 + 16
     }
