@@ -62,11 +62,6 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
         case passthrough(ByteBuffer, EventLoopPromise<Void>?)
     }
 
-    /// The most replies, and bytes, the outbox holds before the lane stops parsing (the task's
-    /// window: ``FixedLimits/replyWindow``).
-    static let outboxLimit = FixedLimits.replyWindow
-    static let outboxByteLimit = FixedLimits.replyWindowBytes
-
     private var parser: RESPRequestParser
     private var buffer = ByteBuffer()
     private let gate: RequestGate
@@ -664,12 +659,12 @@ final class RESPRequestHandler: ChannelDuplexHandler, LoopTurn.Waiter {
     /// written first.
     private func laneIsFull(context: ChannelHandlerContext) -> Bool {
         guard self.routing.lane != nil else { return false }
-        if self.outboxBytes >= FixedLimits.outboxWriteBytes || self.outbox.count >= Self.outboxLimit {
+        if self.outboxBytes >= FixedLimits.outboxWriteBytes || self.outbox.count >= FixedLimits.replyWindow {
             self.writeOutbox(context: context)
         }
         if !self.writable { return true }
         return self.pendingPosts > 0
-            && (self.outbox.count >= Self.outboxLimit || self.outboxBytes >= Self.outboxByteLimit)
+            && (self.outbox.count >= FixedLimits.replyWindow || self.outboxBytes >= FixedLimits.replyWindowBytes)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
