@@ -11,8 +11,6 @@ import CLZ4
 /// `@unchecked Sendable` so an owner can keep it inside its own lock (WALWriter keeps it in its
 /// `Mutex`); it is not thread-safe by itself: one owner at a time.
 public final class LZ4StreamCompressor: @unchecked Sendable {
-    /// The size of the window a block may refer back into.
-    public static let windowSize = 64 * 1024
 
     private let stream: UnsafeMutablePointer<LZ4_stream_t>
     private var history: UnsafeMutableRawPointer
@@ -27,8 +25,8 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
         precondition(maxBlockSize > 0 && maxBlockSize <= LZ4Block.maxInputSize, "maxBlockSize out of range")
         self.maxBlockSize = maxBlockSize
         self.stream = LZ4_createStream()
-        self.capacity = Self.windowSize * 2
-        self.history = .allocate(byteCount: self.capacity, alignment: 16)
+        self.capacity = LZ4Limits.windowSize * 2
+        self.history = .allocate(byteCount: self.capacity, alignment: LZ4Limits.bufferAlignment)
     }
 
     deinit {
@@ -82,14 +80,17 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
     /// Makes sure `count` more bytes fit contiguously after the current history.
     private func makeRoom(for count: Int) {
         guard self.position + count > self.capacity else { return }
-        let needed = Self.windowSize + count
+        let needed = LZ4Limits.windowSize + count
         if needed > self.capacity {
             let newCapacity = max(needed, self.capacity * 2)
-            let newHistory = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+            let newHistory = UnsafeMutableRawPointer.allocate(
+                byteCount: newCapacity,
+                alignment: LZ4Limits.bufferAlignment
+            )
             let kept = LZ4_saveDict(
                 self.stream,
                 newHistory.assumingMemoryBound(to: CChar.self),
-                Int32(Self.windowSize)
+                Int32(LZ4Limits.windowSize)
             )
             self.history.deallocate()
             self.history = newHistory
@@ -99,7 +100,7 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
             let kept = LZ4_saveDict(
                 self.stream,
                 self.history.assumingMemoryBound(to: CChar.self),
-                Int32(Self.windowSize)
+                Int32(LZ4Limits.windowSize)
             )
             self.position = Int(kept)
         }

@@ -24,8 +24,8 @@ public final class LZ4StreamDecompressor {
         precondition(maxBlockSize > 0 && maxBlockSize <= LZ4Block.maxInputSize, "maxBlockSize out of range")
         self.maxBlockSize = maxBlockSize
         self.stream = LZ4_createStreamDecode()
-        self.capacity = LZ4StreamCompressor.windowSize * 2
-        self.history = .allocate(byteCount: self.capacity, alignment: 16)
+        self.capacity = LZ4Limits.windowSize * 2
+        self.history = .allocate(byteCount: self.capacity, alignment: LZ4Limits.bufferAlignment)
     }
 
     deinit {
@@ -84,12 +84,15 @@ public final class LZ4StreamDecompressor {
 
     private func makeRoom(for count: Int) {
         guard self.position + count > self.capacity else { return }
-        let window = LZ4StreamCompressor.windowSize
+        let window = LZ4Limits.windowSize
         let kept = min(window, self.position)
         let needed = window + count
         if needed > self.capacity {
             let newCapacity = max(needed, self.capacity * 2)
-            let newHistory = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+            let newHistory = UnsafeMutableRawPointer.allocate(
+                byteCount: newCapacity,
+                alignment: LZ4Limits.bufferAlignment
+            )
             newHistory.copyMemory(from: self.history + (self.position - kept), byteCount: kept)
             self.history.deallocate()
             self.history = newHistory

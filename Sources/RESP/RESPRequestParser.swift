@@ -28,24 +28,21 @@ public struct RESPRequestParser: Sendable {
         /// The most arguments in one array.
         public var maxArgumentCount: Int
         /// The most bytes one request's kept arguments may take together (`client-query-buffer-limit`);
-        /// each argument also counts ``argumentOverhead`` bytes, so a million empty arguments count too.
+        /// each argument also counts ``RESPLimits/argumentOverhead`` bytes, so a million empty arguments count too.
         public var maxRequestBytes: Int
         /// Before authentication: the most arguments of one request (Redis 7's rule: 10).
         public var unauthenticatedArgumentCount: Int
         /// Before authentication: the longest argument (Redis 7's rule: 16 KiB).
         public var unauthenticatedBulkLength: Int
 
-        /// What an argument costs beyond its bytes, for ``maxRequestBytes``.
-        public static let argumentOverhead = 32
-
         /// Creates limits; the defaults are the contract's.
         public init(
-            maxBulkLength: Int = 1 << 20,
-            maxInlineLength: Int = 64 << 10,
-            maxArgumentCount: Int = 1 << 20,
-            maxRequestBytes: Int = 16 << 20,
-            unauthenticatedArgumentCount: Int = 10,
-            unauthenticatedBulkLength: Int = 16 << 10
+            maxBulkLength: Int = RESPLimits.maxBulkLength,
+            maxInlineLength: Int = RESPLimits.maxInlineLength,
+            maxArgumentCount: Int = RESPLimits.maxArgumentCount,
+            maxRequestBytes: Int = RESPLimits.maxRequestBytes,
+            unauthenticatedArgumentCount: Int = RESPLimits.unauthenticatedArgumentCount,
+            unauthenticatedBulkLength: Int = RESPLimits.unauthenticatedBulkLength
         ) {
             self.maxBulkLength = maxBulkLength
             self.maxInlineLength = maxInlineLength
@@ -66,17 +63,10 @@ public struct RESPRequestParser: Sendable {
         var bytes = 0
     }
 
-    /// Redis's own bound on a bulk string's declared length.
-    private static let protocolMaxBulk = 512 << 20
-    /// The longest count line (`*n`, `$n`).
-    private static let maxCountLine = 64 << 10
-
     private var array: ArrayState?
     /// A finished command's words given back by ``recycle(_:)``: the next command's words reuse
     /// its storage when nothing else holds it any more, instead of allocating an array each.
     private var spare: [ByteBuffer] = []
-    /// The largest array kept for reuse.
-    private static let spareCapacity = 64
     /// The parser's limits.
     public let limits: Limits
     /// False applies the stricter limits of an unauthenticated client, whose requests can then
@@ -111,9 +101,9 @@ public struct RESPRequestParser: Sendable {
             guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return .needMoreData }
             if first == UInt8(ascii: "*") {
                 let parsed: Int
-                switch Self.readCount(&buffer, limit: Self.maxCountLine) {
+                switch Self.readCount(&buffer, limit: RESPLimits.maxCountLine) {
                 case .incomplete:
-                    if buffer.readableBytes > Self.maxCountLine {
+                    if buffer.readableBytes > RESPLimits.maxCountLine {
                         return .protocolError("Protocol error: too big mbulk count string")
                     }
                     return .needMoreData
@@ -135,7 +125,7 @@ public struct RESPRequestParser: Sendable {
                 self.spare = []
                 // Without an allocation when the recycled array is no longer held elsewhere.
                 arguments.removeAll(keepingCapacity: true)
-                arguments.reserveCapacity(min(count, Self.spareCapacity))
+                arguments.reserveCapacity(min(count, RESPLimits.spareCapacity))
                 self.array = ArrayState(remaining: count, arguments: arguments)
             } else {
                 let view = buffer.readableBytesView
@@ -175,7 +165,7 @@ public struct RESPRequestParser: Sendable {
     /// command's words reuse their array's storage (a request that allocates nothing but its
     /// reply on the synchronous lane). Words still held elsewhere cost what they always did.
     public mutating func recycle(_ words: [ByteBuffer]) {
-        if words.capacity <= Self.spareCapacity { self.spare = words }
+        if words.capacity <= RESPLimits.spareCapacity { self.spare = words }
     }
 
     /// Lets go of the recycled words' bytes, keeping the array: call it when the input buffer is
@@ -210,9 +200,9 @@ public struct RESPRequestParser: Sendable {
                 return .protocolError("Protocol error: expected '$', got '\(Self.printable(first))'")
             }
             let length: Int
-            switch Self.readCount(&buffer, limit: Self.maxCountLine) {
+            switch Self.readCount(&buffer, limit: RESPLimits.maxCountLine) {
             case .incomplete:
-                if buffer.readableBytes > Self.maxCountLine {
+                if buffer.readableBytes > RESPLimits.maxCountLine {
                     self.array = nil
                     return .protocolError("Protocol error: too big bulk count string")
                 }
@@ -221,7 +211,7 @@ public struct RESPRequestParser: Sendable {
                 self.array = nil
                 return .protocolError("Protocol error: invalid bulk length")
             case .value(let value):
-                guard value >= 0, value <= Self.protocolMaxBulk else {
+                guard value >= 0, value <= RESPLimits.protocolMaxBulk else {
                     self.array = nil
                     return .protocolError("Protocol error: invalid bulk length")
                 }
@@ -236,7 +226,7 @@ public struct RESPRequestParser: Sendable {
                 self.array!.tooBig = true
                 self.array!.skipping = length + 2
             } else {
-                let cost = length + Limits.argumentOverhead
+                let cost = length + RESPLimits.argumentOverhead
                 guard self.limits.maxRequestBytes - self.array!.bytes >= cost else {
                     self.array = nil
                     return .protocolError("Protocol error: request over client-query-buffer-limit")
@@ -277,7 +267,7 @@ public struct RESPRequestParser: Sendable {
     }
 
     static func parseInteger(_ bytes: some Collection<UInt8>) -> Int? {
-        guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
+        guard !bytes.isEmpty, bytes.count <= RESPLimits.maxCountDigits else { return nil }
         var negative = false
         var value = 0
         for (index, byte) in bytes.enumerated() {

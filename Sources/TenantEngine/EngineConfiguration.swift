@@ -138,7 +138,7 @@ public struct EngineConfiguration: Sendable {
         WALConfiguration(
             fsync: self.fsync,
             segmentSize: self.segmentSize,
-            maxRecordSize: max(WALConfiguration.defaultMaxRecordSize, self.maxMessageBytes + 4096)
+            maxRecordSize: max(WALLimits.defaultMaxRecordSize, self.maxMessageBytes + 4096)
         )
     }
 

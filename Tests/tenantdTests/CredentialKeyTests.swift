@@ -350,7 +350,7 @@ struct AbandonedStagingTests {
                 crc: bytes.withUnsafeBytes { CRC32C.checksum($0) },
                 bytes: bytes
             )
-            let staging = dir.path + "/" + DirectoryStore.incomingPrefix + "gone1"
+            let staging = DataLayout(root: dir.path).incomingDirectory("gone1")
             #expect(FileManager.default.fileExists(atPath: staging))
             // Nine minutes: still there when another begins.
             clock.advance(seconds: 9 * 60)

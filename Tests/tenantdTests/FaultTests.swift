@@ -204,7 +204,7 @@ struct FaultTests {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
             let scheduler = WALSyncScheduler(interval: .seconds(3600))
-            let count = WALSyncScheduler.fileSystemSyncThreshold * 2 + 1
+            let count = WALLimits.fileSystemSyncThreshold * 2 + 1
             _ = try await Self.dirtyLogs(count, records: 5, under: dir.path, disk: disk, scheduler: scheduler)
             let syncsBefore = disk.calls(.sync)
             scheduler.tick()
@@ -235,7 +235,7 @@ struct FaultTests {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
             let scheduler = WALSyncScheduler(interval: .seconds(3600))
-            let count = WALSyncScheduler.fileSystemSyncThreshold + 4
+            let count = WALLimits.fileSystemSyncThreshold + 4
             let writers = try await Self.dirtyLogs(count, records: 2, under: dir.path, disk: disk, scheduler: scheduler)
             // The syncfs fails (another program's file, say): no log is failed for it; each
             // syncs on its own, and those succeed.
@@ -253,7 +253,7 @@ struct FaultTests {
         try await TemporaryDirectory.with { dir in
             let disk = FaultyFileSystem()
             let scheduler = WALSyncScheduler(interval: .seconds(3600))
-            let count = WALSyncScheduler.fileSystemSyncThreshold + 4
+            let count = WALLimits.fileSystemSyncThreshold + 4
             let writers = try await Self.dirtyLogs(count, records: 2, under: dir.path, disk: disk, scheduler: scheduler)
             disk.fail(.sync, errno: EIO, times: Int.max)
             scheduler.tick()

@@ -95,7 +95,7 @@ struct TransientFaultTests {
             }
             let error = try #require(refused, "appends were never refused during the shortage")
             #expect(error.isTransient)
-            #expect(appended * size < 2 * WALWriter.maxHeldBackBytes, "\(appended) records queued")
+            #expect(appended * size < 2 * WALLimits.maxHeldBackBytes, "\(appended) records queued")
             #expect(writer.failure == nil)
             // The shortage passes: everything queued lands, in order, and appends go on.
             disk.clearFaults()

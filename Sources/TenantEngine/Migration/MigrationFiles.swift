@@ -47,19 +47,6 @@ public typealias MigrationPeerFactory = @Sendable (String, Int, String) async th
 /// The file work of a migration on both sides: listing and checksumming a tenant directory,
 /// and writing what arrives into the destination's staging directory.
 enum MigrationFiles {
-    /// Markers that belong to one server's copy, never sent.
-    static let markerNames: Set<String> = [
-        migratedToName, receivingName, preparedName, migratedInName, DirectoryStore.movedFromName,
-    ]
-    /// The source's decision: the tenant was handed to the server this file names.
-    static let migratedToName = "MIGRATED_TO"
-    /// The destination's staging directory is receiving the migration this file names.
-    static let receivingName = "RECEIVING"
-    /// The destination checked, synced and verified the migration this file names.
-    static let preparedName = "PREPARED"
-    /// The migration a served tenant arrived by (so a repeated COMMIT is answered OK).
-    static let migratedInName = "MIGRATED_IN"
-
     /// Whether `path` may name a file of a tenant directory: relative, at most ``EngineLimits.migrationMaxDepth`` parts
     /// of `[A-Za-z0-9._-]`, no `.` or `..` part, not a marker, not an unfinished `.tmp`.
     static func isValidPath(_ path: String) -> Bool {
@@ -76,7 +63,7 @@ enum MigrationFiles {
         }
         // Not a marker, nor anything under a marker's name: a directory named like one would
         // make the staging look prepared (and kept) or refuse the next BEGIN.
-        return !markerNames.contains(String(parts[0])) && !path.hasSuffix(".tmp")
+        return !TenantFiles.markerNames.contains(String(parts[0])) && !path.hasSuffix(".tmp")
     }
 
     /// The files under `directory`, relative and sorted; markers and `.tmp` files left out. A
@@ -84,7 +71,7 @@ enum MigrationFiles {
     static func list(_ directory: String, fileSystem: any WALFileSystem) throws -> [String] {
         var found: [String] = []
         func walk(_ relative: String, depth: Int) throws {
-            let path = relative.isEmpty ? directory : directory + "/" + relative
+            let path = TenantFiles(directory).file(relative)
             let entries: [(name: String, isDirectory: Bool)]
             do {
                 entries = try fileSystem.listDirectoryEntries(path)
@@ -96,7 +83,7 @@ enum MigrationFiles {
                 let child = relative.isEmpty ? name : relative + "/" + name
                 if isDirectory {
                     if depth + 1 < EngineLimits.migrationMaxDepth { try walk(child, depth: depth + 1) }
-                } else if POSIXFile.kind(path + "/" + name) == .other {
+                } else if POSIXFile.kind(TenantFiles(path).file(name)) == .other {
                     // A link planted in the directory is never followed, nor shipped.
                     throw TenantError.invalid(
                         "the tenant directory holds a symbolic link or special file (\(child)): remove it first"
@@ -187,7 +174,8 @@ enum MigrationFiles {
         // Refused before anything is made: a chunk past the end leaves the staging directory as it was.
         if offset > 0 {
             var existing = stat()
-            let held = (directory + "/" + path).withCString { stat($0, &existing) } == 0 ? Int(existing.st_size) : 0
+            let held =
+                TenantFiles(directory).file(path).withCString { stat($0, &existing) } == 0 ? Int(existing.st_size) : 0
             guard offset <= held else {
                 throw TenantError.invalid(
                     "offset \(offset) is past the end of \(path) (\(held) bytes): send from there"
@@ -195,12 +183,12 @@ enum MigrationFiles {
             }
         }
         let parts = path.split(separator: "/")
-        var parent = directory
+        var parent = TenantFiles(directory)
         for part in parts.dropLast() {
-            parent += "/" + part
-            _ = try POSIXFile.makeDirectory(parent)
+            parent = TenantFiles(parent.file(String(part)))
+            _ = try POSIXFile.makeDirectory(parent.directory)
         }
-        let full = directory + "/" + path
+        let full = TenantFiles(directory).file(path)
         let fd = try POSIXFile.open(full, flags: O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW)
         defer { _ = Glibc.close(fd) }
         var status = stat()
@@ -227,7 +215,7 @@ enum MigrationFiles {
     /// fsyncs every file and directory under `directory`, and the directory itself.
     static func syncTree(_ directory: String, fileSystem: any WALFileSystem) throws {
         for (name, isDirectory) in try fileSystem.listDirectoryEntries(directory) {
-            let path = directory + "/" + name
+            let path = TenantFiles(directory).file(name)
             if isDirectory {
                 try syncTree(path, fileSystem: fileSystem)
             } else {
@@ -302,7 +290,7 @@ struct Departure: Sendable {
     /// Reads a directory's `MIGRATED_TO` marker, failing closed: only a marker that is certainly
     /// absent (ENOENT) lets the directory be served.
     static func probe(id: String?, directory: String, committed: Bool) -> Probe {
-        let marker = directory + "/" + MigrationFiles.migratedToName
+        let marker = TenantFiles(directory).migratedTo
         var info = stat()
         if marker.withCString({ stat($0, &info) }) != 0 {
             let code = errno

@@ -140,8 +140,8 @@ public actor BackupScheduler {
     private func backup(id: String, keep: Int, now: Int64) async -> Bool {
         let folder = self.folder(of: id)
         let name = Self.timestampName(now)
-        let target = folder + "/" + name
-        let partial = target + ".partial"
+        let target = BackupFolder(path: folder).entry(name)
+        let partial = BackupFolder(path: folder).partial(name)
         let start = LatencyHistogram.now()
         do {
             try await runBlocking {
@@ -194,11 +194,11 @@ public actor BackupScheduler {
             let names = try POSIXFile.listDirectory(folder)
             for name in names
             where name.hasSuffix(".partial") && Self.timestamp(ofName: String(name.dropLast(8))) != nil {
-                try? fileSystem.removeTree(folder + "/" + name)
+                try? fileSystem.removeTree(BackupFolder(path: folder).entry(name))
             }
             let others = names.filter { $0 != written && Self.timestamp(ofName: $0) != nil }.sorted()
             let old = others.dropLast(max(0, keep - 1))
-            for name in old { try fileSystem.removeTree(folder + "/" + name) }
+            for name in old { try fileSystem.removeTree(BackupFolder(path: folder).entry(name)) }
             return old.count
         }) ?? 0
     }
@@ -208,13 +208,10 @@ public actor BackupScheduler {
     public nonisolated func folder(of id: String) -> String {
         let region = self.registry.region(of: id)
         guard !region.isEmpty, let root = self.registry.configuration.regions[region] else {
-            return self.directory + "/" + id
+            return BackupFolder(backupDirectory: self.directory, id: id).path
         }
-        return root + "/" + Self.regionBackupsName + "/" + id
+        return BackupFolder(region: DataLayout(root: root), id: id).path
     }
-
-    /// The backups of a region's tenants, in the region's root.
-    public static let regionBackupsName = ".backups"
 
     /// When `id` was last backed up: remembered, or the newest backup's name on disk (which the
     /// tenant's `tenant_last_backup_timestamp_seconds` then shows, so an alert on its age works

@@ -35,8 +35,9 @@ final class CredentialJournal: Sendable {
     init(catalogDirectory: String, sync: Bool = true) {
         self.sync = sync
         self.directory = catalogDirectory
-        self.current = catalogDirectory + "/credentials.log"
-        self.previous = catalogDirectory + "/credentials.old"
+        let layout = DataLayout(root: POSIXFile.parent(of: catalogDirectory))
+        self.current = layout.credentialJournal
+        self.previous = layout.previousCredentialJournal
     }
 
     /// The bytes appended to the current journal since it was opened (or found).

@@ -22,7 +22,7 @@ extension TenantRegistry {
         if let problem = Names.subdomainProblem(subdomain) { throw TenantError.invalid(problem) }
         var id = Tokens.newTenantID()
         while self.catalog.entries[id] != nil || self.claims.holds(id: id) || self.catalog.idBySubdomain[id] != nil
-            || id == subdomain || self.departed[id] != nil
+            || id == subdomain || self.migrations.departure(id) != nil
         {
             id = Tokens.newTenantID()
         }
@@ -76,7 +76,7 @@ extension TenantRegistry {
         if !subdomain.isEmpty {
             // A migrated tenant's subdomain stays its own: the router sends it to the destination.
             guard self.catalog.idBySubdomain[subdomain] == nil, !self.claims.holds(subdomain: subdomain),
-                self.departedBySubdomain[subdomain] == nil
+                self.migrations.departedTenant(subdomain: subdomain) == nil
             else {
                 throw TenantError(.alreadyExists, "subdomain '\(subdomain)' is already taken")
             }
@@ -86,7 +86,7 @@ extension TenantRegistry {
             }
         }
         guard self.catalog.entries[id] == nil, !self.claims.holds(id: id), self.catalog.idBySubdomain[id] == nil,
-            self.departed[id] == nil, !self.claims.holds(subdomain: id),
+            self.migrations.departure(id) == nil, !self.claims.holds(subdomain: id),
             self.nameClash(id: id, subdomain: subdomain) == nil
         else {
             throw TenantError(.alreadyExists, "tenant id '\(id)' is already taken")
@@ -186,7 +186,7 @@ extension TenantRegistry {
         guard self.catalog.entries[id] != nil else { throw TenantError.notFound("no tenant '\(id)'") }
         _ = try self.directories(for: "REOPEN")
         // A migration, move or detach in flight owns the tenant until it ends.
-        guard !self.claims.holds(id: id), !self.undecided.contains(id) else {
+        guard !self.claims.holds(id: id), !self.migrations.isUndecided(id) else {
             throw TenantError(.unavailable, "tenant '\(id)' is busy; retry")
         }
         if let tenant = self.active.removeValue(forKey: id) { await tenant.close() }

@@ -15,7 +15,7 @@ extension TenantRegistry {
 
     /// The tenant whose subdomain is `label` (a TLS server name's first label), if any.
     public func tenantID(forSubdomain label: String) -> String? {
-        self.catalog.idBySubdomain[label.lowercased()] ?? self.departedBySubdomain[label.lowercased()]
+        self.catalog.idBySubdomain[label.lowercased()] ?? self.migrations.departedTenant(subdomain: label.lowercased())
     }
 
     /// Refuses a tenant id outside single-tenant mode's one tenant.

@@ -56,24 +56,11 @@ public actor TenantRegistry {
     var adminTokenHash: [UInt8] = []
     /// The operator token itself: a migration authenticates with it at the destination.
     var adminToken = ""
-    /// Tenants handed to other servers (`TENANT MIGRATE`), by id and by subdomain: their
-    /// commands and AUTH are answered MIGRATED.
-    var departed: [String: Departure] = [:]
-    var departedBySubdomain: [String: String] = [:]
-    /// Migrations arriving here: tenant id to migration id.
-    var incoming: [String: String] = [:]
-    /// The bytes each arriving migration holds in staging, and when it last sent a chunk (ms).
-    var incomingBytes: [String: Int64] = [:]
-    var incomingTouched: [String: Int64] = [:]
-    /// The files each arriving migration has made in staging (at most `EngineLimits.migrationMaxFiles`).
-    var incomingFiles: [String: Int] = [:]
-    /// The subdomains of prepared arrivals, held from other tenants until their COMMIT.
-    var preparedSubdomains: [String: String] = [:]
+    /// Every migration this server is part of, leaving or arriving: the source's departures
+    /// (answered MIGRATED) and the destination's arrivals, with their state machines.
+    var migrations = MigrationLedger()
     /// The tenants refused for a name clash, with the tenant they clash with (start-up's pass).
     var clashes: [String: String] = [:]
-    /// Tenants whose migration's decision could be neither written nor undone (a disk fault):
-    /// served by nobody (IOERR) until a restart reads the disk.
-    var undecided: Set<String> = []
     /// How the registry reaches other servers (set by the server).
     var migrationPeers: MigrationPeerFactory?
     /// Hand-overs whose destination has not confirmed yet, asked again in the background.
@@ -344,12 +331,12 @@ public actor TenantRegistry {
                 guard !Names.reservedSubdomains.contains(label) else { return nil }
                 if let id = self.catalog.idBySubdomain[label] { return id }
                 // A tenant handed to another server: named still, so that it is answered MIGRATED.
-                return self.departedBySubdomain[label]
+                return self.migrations.departedTenant(subdomain: label)
             }
         }
-        guard !self.departed.isEmpty else { return nil }
-        if sources.contains(.header), self.departed[reference] != nil { return reference }
-        return sources.contains(.subdomain) ? self.departedBySubdomain[reference] : nil
+        guard self.migrations.hasDepartures else { return nil }
+        if sources.contains(.header), self.migrations.departure(reference) != nil { return reference }
+        return sources.contains(.subdomain) ? self.migrations.departedTenant(subdomain: reference) : nil
     }
 
     /// The tenant of an id, activated if needed.
@@ -357,10 +344,10 @@ public actor TenantRegistry {
     public func tenant(id: String) async throws -> Tenant {
         guard case .running = self.state else { throw TenantError(.unavailable, "server is starting or stopping") }
         guard self.catalog.entries[id] != nil else {
-            if let departure = self.departed[id] { throw TenantError.migrated(id, departure.target) }
+            if let departure = self.migrations.departure(id) { throw TenantError.migrated(id, departure.target) }
             throw TenantError.notFound("no tenant '\(id)'")
         }
-        guard !self.undecided.contains(id) else {
+        guard !self.migrations.isUndecided(id) else {
             throw TenantError.ioError("tenant '\(id)' is between servers after a disk fault; see the log")
         }
         return try await self.activate(id: id)
@@ -434,14 +421,16 @@ public actor TenantRegistry {
                 if case .initial = self.state { self.clashes[id] = other }
                 return "'\(name)' names tenant \(other) here already"
             }
-            if name != id, self.departed[name] != nil { return "'\(name)' names a tenant that left this server" }
-            if let other = self.departedBySubdomain[name], other != id {
+            if name != id, self.migrations.departure(name) != nil {
                 return "'\(name)' names a tenant that left this server"
             }
-            if let other = self.preparedSubdomains.first(where: { $0.value == name && $0.key != id }) {
-                return "'\(name)' names tenant \(other.key), arriving here"
+            if let other = self.migrations.departedTenant(subdomain: name), other != id {
+                return "'\(name)' names a tenant that left this server"
             }
-            if name != id, self.preparedSubdomains[name] != nil || self.incoming[name] != nil {
+            if let other = self.migrations.arrival(holding: name, besides: id) {
+                return "'\(name)' names tenant \(other), arriving here"
+            }
+            if name != id, self.migrations.arrival(name) != nil {
                 return "'\(name)' names a tenant arriving here"
             }
         }
@@ -454,7 +443,7 @@ public actor TenantRegistry {
     /// opened it (TENANT REOPEN or GET), which learns them.
     public func mayAuthenticate(id: String, user: String, tokenHash: [UInt8]) -> Bool {
         if self.active[id] != nil { return true }
-        if let departure = self.departed[id] {
+        if let departure = self.migrations.departure(id) {
             // A handed-over tenant's address is told only to its own users.
             return departure.credentials?.contains(CredentialKey(user: user, tokenHash: tokenHash)) ?? false
         }

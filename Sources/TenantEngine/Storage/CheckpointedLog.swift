@@ -33,13 +33,13 @@ struct CheckpointedLog {
         let names = try self.fileSystem.listDirectory(directory)
         if repair {
             // A checkpoint still under its temporary name was never complete: never trusted.
-            for name in names where name.hasSuffix(".tmp") { try self.fileSystem.remove(directory + "/" + name) }
+            for name in names where name.hasSuffix(".tmp") { try self.fileSystem.remove(self.files.checkpoint(name)) }
         }
         let checkpoints = names.compactMap { name in Checkpoint.lsn(ofFileNamed: name).map { (name, $0) } }
             .sorted { $0.1 > $1.1 }
         var firstProblem: (any Error)?
         for (name, lsn) in checkpoints {
-            let path = directory + "/" + name
+            let path = self.files.checkpoint(name)
             do {
                 let file = try CheckpointFile(path: path, fileSystem: self.fileSystem)
                 let (body, loadedLSN) = try decode(file, path)
@@ -97,7 +97,7 @@ struct CheckpointedLog {
         let fileSystem = self.fileSystem
         let directory = self.files.checkpoints
         if try fileSystem.makeDirectory(directory) { try fileSystem.syncDirectory(self.files.directory) }
-        try fileSystem.writeFileAtomically(directory + "/" + Checkpoint.fileName(lsn: lsn), writer: write)
+        try fileSystem.writeFileAtomically(self.files.checkpoint(Checkpoint.fileName(lsn: lsn)), writer: write)
         let wal = self.files.wal
         let segments = try WALReader(directory: wal, fileSystem: fileSystem).segmentNames()
         var removedSegment = false
@@ -108,14 +108,14 @@ struct CheckpointedLog {
                 index + 1 < segments.count
                 ? segments[index + 1].firstLSN <= lsn + 1 : segment.firstLSN <= lsn && lastAppendedLSN <= lsn
             guard covered else { break }
-            try fileSystem.remove(wal + "/" + segment.name)
+            try fileSystem.remove(self.files.segment(segment.name))
             removedSegment = true
         }
         if removedSegment { try fileSystem.syncDirectory(wal) }
         var removedCheckpoint = false
         for other in try fileSystem.listDirectory(directory) {
             if let otherLSN = Checkpoint.lsn(ofFileNamed: other), otherLSN < lsn {
-                try fileSystem.remove(directory + "/" + other)
+                try fileSystem.remove(self.files.checkpoint(other))
                 removedCheckpoint = true
             }
         }

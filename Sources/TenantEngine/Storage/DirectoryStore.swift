@@ -33,16 +33,6 @@ struct DirectoryStore: TenantStore, TenantDirectories {
         }
     }
 
-    /// The name of the marker a moved directory carries until its source is gone: it holds the
-    /// source's path, so a start-up after a crash mid-move knows which copy wins.
-    static let movedFromName = "MOVED_FROM"
-    /// The prefix of a move's staging directory in the target root.
-    static let movingPrefix = ".moving-"
-    /// The prefix of a migration's staging directory on its destination (kept across restarts:
-    /// a migration resumes from what arrived).
-    static let incomingPrefix = ".incoming-"
-    /// Where a tenant handed to another server is kept, in its root, until the operator removes it.
-    static let migratedName = ".migrated"
     /// The tenants handed to other servers, found by ``load(context:)``.
     let departures = DepartureBook()
 
@@ -79,8 +69,9 @@ struct DirectoryStore: TenantStore, TenantDirectories {
     }
 
     func takeRestoreNote(id: String) -> String? {
-        let directory = self.layout(for: id).tenantDirectory(id)
-        let path = directory + "/" + OfflineSnapshot.restoredFromName
+        let files = self.layout(for: id).tenantFiles(id)
+        let directory = files.directory
+        let path = files.restoredFrom
         guard let bytes = try? self.fileSystem.readFile(path) else { return nil }
         try? self.fileSystem.remove(path)
         try? self.fileSystem.syncDirectory(directory)
@@ -129,7 +120,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
             for (region, root) in [("", layout)] + regions {
                 for (name, isDirectory) in try fileSystem.listDirectoryEntries(root.root) {
                     if isDirectory, let id = root.tenantID(ofDirectoryNamed: name),
-                        handedOver(id, root.root + "/" + name)
+                        handedOver(id, root.entry(name))
                     {
                         // Handed to another server (its commit not yet confirmed), or a marker
                         // that cannot be read: never served here.
@@ -148,9 +139,9 @@ struct DirectoryStore: TenantStore, TenantDirectories {
                         } else {
                             found[id] = (region, root)
                         }
-                    } else if name == Self.migratedName, isDirectory {
-                        for (kept, _) in (try? fileSystem.listDirectoryEntries(root.root + "/" + name)) ?? [] {
-                            let path = root.root + "/" + name + "/" + kept
+                    } else if name == DataLayout.migratedName, isDirectory {
+                        for (kept, _) in (try? fileSystem.listDirectoryEntries(root.migratedDirectory)) ?? [] {
+                            let path = TenantFiles(root.migratedDirectory).file(kept)
                             if case .departed(let departure) = Departure.probe(
                                 id: nil,
                                 directory: path,
@@ -160,12 +151,12 @@ struct DirectoryStore: TenantStore, TenantDirectories {
                             }
                         }
                     } else if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix)
-                        || name.hasPrefix(Self.movingPrefix)
+                        || name.hasPrefix(DataLayout.movingPrefix)
                     {
                         // Deleted tenants, creations that crashed before their rename (never
                         // acknowledged, so never tenants), moves that crashed before theirs.
                         do {
-                            try fileSystem.removeTree(root.root + "/" + name)
+                            try fileSystem.removeTree(root.entry(name))
                         } catch {
                             logger.warning("could not remove \(name) from \(root.root): \(error)")
                         }
@@ -174,7 +165,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
             }
             for (id, place) in found {
                 placement.set(id, region: place.region)
-                let marker = place.layout.tenantDirectory(id) + "/" + Self.movedFromName
+                let marker = place.layout.tenantFiles(id).movedFrom
                 if !unsettled.contains(id), fileSystem.exists(marker) {
                     // A move whose source is gone already: only the marker is left to remove.
                     try? fileSystem.remove(marker)
@@ -203,7 +194,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
         stamp: Int64
     ) -> (winner: (region: String, layout: DataLayout), settled: Bool) {
         func movedFrom(_ place: (region: String, layout: DataLayout)) -> String? {
-            let marker = place.layout.tenantDirectory(id) + "/" + Self.movedFromName
+            let marker = place.layout.tenantFiles(id).movedFrom
             return (try? fileSystem.readFile(marker)).map { String(decoding: $0, as: UTF8.self) }
         }
         for (winner, loser) in [(second, first), (first, second)] {
@@ -231,9 +222,6 @@ struct DirectoryStore: TenantStore, TenantDirectories {
         return (first, true)
     }
 
-    /// The name of the file that says which region a root is.
-    static let regionIdentityName = ".tenantd-region"
-
     /// Refuses roots that are one directory under two names (or one inside another), a root that
     /// holds another region's identity, and a root that was in use before but no longer says so
     /// (a volume not mounted: serving it empty would drop its tenants). A new root gets its
@@ -260,8 +248,8 @@ struct DirectoryStore: TenantStore, TenantDirectories {
                 )
             }
             real.append(("region \(name)", path))
-            let identity = layout.root + "/" + Self.regionIdentityName
-            let known = data.root + "/regions/" + name
+            let identity = layout.regionIdentityFile
+            let known = data.regionRecord(name)
             if let bytes = try? fileSystem.readFile(identity) {
                 let said = String(String(decoding: bytes, as: UTF8.self).prefix { $0 != "\n" && $0 != "\r" })
                 guard said == name else {
@@ -271,13 +259,13 @@ struct DirectoryStore: TenantStore, TenantDirectories {
                 guard !fileSystem.exists(known) else {
                     throw TenantError(
                         .refused,
-                        "region \(name)'s root \(layout.root) has no \(Self.regionIdentityName), though the region was in use: is its volume mounted?"
+                        "region \(name)'s root \(layout.root) has no \(DataLayout.regionIdentityName), though the region was in use: is its volume mounted?"
                     )
                 }
                 try fileSystem.writeFileAtomically(identity, contents: Array((name + "\n").utf8))
             }
             if !fileSystem.exists(known) {
-                if try fileSystem.makeDirectory(data.root + "/regions") { try fileSystem.syncDirectory(data.root) }
+                if try fileSystem.makeDirectory(data.regionsDirectory) { try fileSystem.syncDirectory(data.root) }
                 try fileSystem.writeFileAtomically(known, contents: Array((layout.root + "\n").utf8))
             }
         }
@@ -544,7 +532,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
         guard from.root != to.root else { return }
         let source = from.tenantDirectory(id)
         let target = to.tenantDirectory(id)
-        let staging = to.root + "/" + Self.movingPrefix + id
+        let staging = to.movingDirectory(id)
         let trash = from.trashEntry(id, stamp: self.configuration.clock())
         let fileSystem = self.fileSystem
         let logger = self.logger
@@ -559,7 +547,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
                 // A copy, every file synced, with the marker naming its source.
                 try fileSystem.copyTree(source, to: staging)
                 try fileSystem.writeFileAtomically(
-                    staging + "/" + Self.movedFromName,
+                    TenantFiles(staging).movedFrom,
                     contents: Array(source.utf8)
                 )
                 try fileSystem.syncDirectory(staging)
@@ -573,7 +561,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
                 if try fileSystem.makeDirectory(from.trashDirectory) { try fileSystem.syncDirectory(from.root) }
                 try fileSystem.rename(source, to: trash)
                 try fileSystem.syncDirectory(from.root)
-                try fileSystem.remove(target + "/" + Self.movedFromName)
+                try fileSystem.remove(TenantFiles(target).movedFrom)
                 try fileSystem.syncDirectory(target)
             }
         } catch {
@@ -626,7 +614,7 @@ struct DirectoryStore: TenantStore, TenantDirectories {
         {
             throw TenantError.invalid("the destination is a directory tenantd serves tenants from: choose another")
         }
-        let target = destination + "/" + self.layout.directoryName(id)
+        let target = DataLayout(root: destination, prefix: self.layout.prefix).tenantDirectory(id)
         guard !self.fileSystem.exists(target) else { throw TenantError(.alreadyExists, "\(target) already exists") }
         return target
     }

@@ -20,7 +20,7 @@ public struct OfflineTenant: Sendable {
     /// - Throws: ``TenantError`` (`storageFailed`) naming the damage, or when it holds no tenant.
     public static func read(
         path: String,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize
     ) throws
         -> OfflineTenant
     {
@@ -103,10 +103,6 @@ public final class TenantImport {
     /// from the future would move the tenant's daily count to its day.
     private let latestTimestamp: Int64
 
-    /// The prefix of an import's staging directory in the data directory (never the server's own
-    /// `.creating-`, which a starting server removes).
-    static let stagingPrefix = ".importing-"
-
     /// Starts an import of the tenant `metadata` describes into `dataDirectory`.
     /// - Throws: ``TenantError``: INVALID for metadata that breaks the rules, EXISTS when the tenant's
     ///   directory is there already, IOERR when the staging directory cannot be made.
@@ -142,7 +138,7 @@ public final class TenantImport {
         self.maxMessageBytes = maxMessageBytes
         self.latestTimestamp = now + 300_000
         self.path = layout.tenantDirectory(metadata.tenantID)
-        self.staging = dataDirectory + "/" + Self.stagingPrefix + metadata.tenantID
+        self.staging = layout.importingDirectory(metadata.tenantID)
         guard !POSIXFile.exists(self.path) else {
             throw TenantError(.alreadyExists, "\(self.path) exists: the tenant is there already")
         }
@@ -294,7 +290,7 @@ public enum OfflineSnapshot {
         guard POSIXFile.isDirectory(destination) else {
             throw TenantError.notFound("\(destination) is not a directory")
         }
-        let target = Self.trimmed(destination) + "/" + POSIXFile.basename(source)
+        let target = TenantFiles(Self.trimmed(destination)).file(POSIXFile.basename(source))
         try Self.place(source, at: target)
         return (target, TenantVerifier.verify(path: target))
     }
@@ -322,7 +318,7 @@ public enum OfflineSnapshot {
         let layout = DataLayout(root: Self.trimmed(dataDirectory), prefix: prefix)
         let target = layout.tenantDirectory(id)
         try Self.checkNames(id: id, subdomain: report.subdomain, in: layout)
-        try Self.place(snapshot, at: target, note: (Self.restoredFromName, snapshot))
+        try Self.place(snapshot, at: target, note: (TenantFiles.restoredFromName, snapshot))
         return (id, target)
     }
 
@@ -339,9 +335,6 @@ public enum OfflineSnapshot {
         }
     }
 
-    /// The note a restored directory carries until the server attaches it (and logs where from).
-    public static let restoredFromName = "RESTORED_FROM"
-
     /// Copies `source` to `target` through `<target>.partial`, synced, then renamed; `note` is a
     /// file written into the copy first.
     private static func place(_ source: String, at target: String, note: (name: String, text: String)? = nil) throws {
@@ -352,7 +345,10 @@ public enum OfflineSnapshot {
             try? fileSystem.removeTree(partial)
             try fileSystem.copyTree(source, to: partial)
             if let note {
-                try fileSystem.writeFileAtomically(partial + "/" + note.name, contents: Array(note.text.utf8))
+                try fileSystem.writeFileAtomically(
+                    TenantFiles(partial).file(note.name),
+                    contents: Array(note.text.utf8)
+                )
                 try fileSystem.syncDirectory(partial)
             }
             try fileSystem.rename(partial, to: target)

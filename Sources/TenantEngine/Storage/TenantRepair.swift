@@ -22,7 +22,7 @@ public enum TenantRepair {
     ///   a record that does not decode); nothing is changed then.
     public static func repair(
         path: String,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize
     )
         throws -> TenantRepairReport
     {
@@ -68,7 +68,9 @@ public enum TenantRepair {
         report: inout TenantRepairReport
     ) throws {
         let segments = try WALReader(directory: wal, fileSystem: fileSystem).segmentNames()
-        guard let index = segments.firstIndex(where: { wal + "/" + $0.name == file }) else {
+        guard
+            let index = segments.firstIndex(where: { TenantFiles(POSIXFile.parent(of: wal)).segment($0.name) == file })
+        else {
             throw WALError.corrupt(file: file, offset: offset, reason: "not a segment of \(wal)")
         }
         let bytes = try fileSystem.readFile(file)
@@ -85,7 +87,7 @@ public enum TenantRepair {
             )
         }
         for later in segments[(index + 1)...] {
-            let path = wal + "/" + later.name
+            let path = TenantFiles(POSIXFile.parent(of: wal)).segment(later.name)
             let size = try fileSystem.fileSize(path)
             try fileSystem.rename(path, to: path + ".broken")
             report.actions.append("moved the later segment \(path) aside (\(size) bytes) as \(path).broken")

@@ -41,7 +41,7 @@ public enum TenantVerifier {
     ///     crafted directory is verified in bounded memory. Default 64 MiB.
     public static func verify(
         path: String,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize,
         fileSystem: any WALFileSystem = POSIXFileSystem(),
         memory: MemoryBudget? = nil
     )
@@ -81,7 +81,7 @@ public enum TenantVerifier {
     ///   `messages` add up every tenant's.
     public static func verifySharedLog(
         dataDirectory: String,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize + 256
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize + 256
     )
         -> TenantVerification
     {

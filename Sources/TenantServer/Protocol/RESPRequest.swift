@@ -38,10 +38,10 @@ enum RESPRequest: Sendable {
         switch self {
         case .command(let words):
             var total = 0
-            for word in words { total += word.readableBytes + RESPRequestParser.Limits.argumentOverhead }
+            for word in words { total += word.readableBytes + RESPLimits.argumentOverhead }
             return total
         case .tooBig, .protocolError:
-            return RESPRequestParser.Limits.argumentOverhead
+            return RESPLimits.argumentOverhead
         }
     }
 }

@@ -247,7 +247,7 @@ extension WALFileSystem {
     public func foreignFile(under path: String, depth: Int = 0) throws -> String? {
         switch POSIXFile.kind(path) {
         case .directory:
-            guard depth < 16 else { return path }
+            guard depth < WALLimits.maxTreeDepth else { return path }
             for name in try self.listDirectory(path) {
                 if let found = try self.foreignFile(under: path + "/" + name, depth: depth + 1) { return found }
             }
@@ -266,7 +266,7 @@ extension WALFileSystem {
         defer { self.close(input, path: source) }
         let output = try self.createFile(destination)
         defer { self.close(output, path: destination) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var buffer = [UInt8](repeating: 0, count: WALLimits.copyChunkSize)
         var offset = 0
         while true {
             let got = try buffer.withUnsafeMutableBytes { try self.read(input, into: $0, at: offset, path: source) }

@@ -63,7 +63,7 @@ public struct WALReader {
     /// Creates a reader.
     public init(
         directory: String,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize,
         fileSystem: any WALFileSystem = POSIXFileSystem()
     ) {
         self.directory = directory
@@ -200,7 +200,7 @@ public struct WALReader {
         _ bytes: [UInt8],
         firstLSN: UInt64,
         isLast: Bool,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize,
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize,
         _ handler: (WALRecordView) throws -> Void
     ) throws -> WALRecoveryResult {
         let path = WALFormat.segmentName(firstLSN: firstLSN)

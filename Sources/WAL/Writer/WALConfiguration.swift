@@ -12,9 +12,6 @@ public enum FsyncPolicy: String, Sendable, CaseIterable, CustomStringConvertible
 
 /// The settings of one log.
 public struct WALConfiguration: Sendable {
-    /// The default bound on one record's uncompressed payload.
-    public static let defaultMaxRecordSize = 1 << 20
-
     /// When appends are made durable.
     public var fsync: FsyncPolicy
     /// The size past which the next append starts a new segment.
@@ -25,8 +22,8 @@ public struct WALConfiguration: Sendable {
     /// Creates a configuration.
     public init(
         fsync: FsyncPolicy = .everysec,
-        segmentSize: Int = 8 << 20,
-        maxRecordSize: Int = WALConfiguration.defaultMaxRecordSize
+        segmentSize: Int = WALLimits.defaultSegmentSize,
+        maxRecordSize: Int = WALLimits.defaultMaxRecordSize
     ) {
         self.fsync = fsync
         self.segmentSize = segmentSize

@@ -48,12 +48,7 @@ public final class WALSyncScheduler: @unchecked Sendable {
         self.dirty.withLock { $0[ObjectIdentifier(writer)] = writer }
     }
 
-    /// Past this many dirty logs on one file system, a tick syncs the file system once (syncfs)
-    /// instead of each log: 10,000 active tenants' logs cost one call a second, not 10,000
-    /// fdatasyncs that each hold their log's writes back while it runs.
-    public static let fileSystemSyncThreshold = 16
-
-    /// Syncs every dirty log now: each on its own queue, or, past ``fileSystemSyncThreshold`` on
+    /// Syncs every dirty log now: each on its own queue, or, past ``WALLimits/fileSystemSyncThreshold`` on
     /// one file system, all of them with one syncfs on this thread (the writers' queues go on
     /// writing meanwhile: what they wrote before the call is durable when it returns, what came
     /// after marks its log dirty again for the next tick).
@@ -62,7 +57,7 @@ public final class WALSyncScheduler: @unchecked Sendable {
             defer { dirty.removeAll(keepingCapacity: true) }
             return Array(dirty.values)
         }
-        guard writers.count > Self.fileSystemSyncThreshold else {
+        guard writers.count > WALLimits.fileSystemSyncThreshold else {
             for writer in writers { writer.syncInBackground() }
             return
         }
@@ -75,7 +70,7 @@ public final class WALSyncScheduler: @unchecked Sendable {
             byDevice[device, default: []].append(writer)
         }
         for (device, group) in byDevice {
-            if group.count > Self.fileSystemSyncThreshold, self.syncFileSystem(device: device) {
+            if group.count > WALLimits.fileSystemSyncThreshold, self.syncFileSystem(device: device) {
                 continue
             }
             for writer in group { writer.syncInBackground() }

@@ -75,9 +75,6 @@ public final class WALWriter: @unchecked Sendable {
         var shortage: WALError?
     }
 
-    /// While a shortage holds writes back, the most bytes queued before appends are refused too.
-    public static let maxHeldBackBytes = 4 << 20
-
     /// The log's directory (it changes when the log is moved, see ``moved(from:to:)``).
     public var directory: String { self.location.withLock { $0 } }
     private let location: Mutex<String>
@@ -155,7 +152,7 @@ public final class WALWriter: @unchecked Sendable {
         return try self.state.withLock { state in
             if let failure = state.failure { throw failure }
             if state.closed { throw WALError.closed }
-            if let shortage = state.shortage, state.pendingBytes >= Self.maxHeldBackBytes {
+            if let shortage = state.shortage, state.pendingBytes >= WALLimits.maxHeldBackBytes {
                 // A long shortage: memory stays bounded, the writes already queued land first.
                 throw shortage
             }
