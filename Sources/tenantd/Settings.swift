@@ -54,6 +54,47 @@ struct Settings {
         let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
         let port = try command.port ?? Self.integer(environment, "TENANTD_PORT") ?? 7379
         guard (0...65535).contains(port) else { throw ValidationError("port must be 0-65535") }
+        var engine = try Self.engine(command: command, environment: environment)
+        let threads = try command.threads ?? Self.integer(environment, "TENANTD_THREADS") ?? EventLoops.usableCPUs
+        guard (1...1024).contains(threads) else { throw ValidationError("threads must be 1-1024") }
+        self.threads = threads
+        let regionList =
+            command.regions.isEmpty
+            ? (environment["TENANT_REGIONS"]?.split(separator: ",").map(String.init) ?? []) : command.regions
+        engine.regions = try Self.regions(regionList, dataDirectory: engine.dataDirectory)
+        self.engine = engine
+        self.server = ServerConfiguration(host: host, port: port)
+        self.server.limits = try Self.limits(command: command, environment: environment)
+        self.server.tls = try Self.tls(command: command, environment: environment)
+        if let domain = environment["TENANT_DOMAIN"] {
+            let trimmed = domain.trimmingCharacters(in: CharacterSet(charactersIn: ".")).lowercased()
+            guard !trimmed.isEmpty, trimmed.utf8.count <= 253 else {
+                throw ValidationError("TENANT_DOMAIN must be a domain name")
+            }
+            self.server.tenantDomain = trimmed
+        }
+        self.metricsHost = command.metricsHost ?? environment["TENANTD_METRICS_HOST"] ?? "127.0.0.1"
+        self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
+        guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
+        self.metricsTenants =
+            try command.metricsTenants ?? Self.integer(environment, "TENANTD_METRICS_TENANTS")
+            ?? MetricsExposition.defaultTenantLimit
+        guard (0...1_000_000).contains(self.metricsTenants) else {
+            throw ValidationError("metrics-tenants must be 0-1000000")
+        }
+        self.backupDirectory = (command.backupDir ?? environment["TENANTD_BACKUP_DIR"]).map(Self.trimmed)
+        let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
+            throw ValidationError(
+                "log level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
+        }
+        self.logLevel = level
+    }
+
+    /// The engine's settings: the data directory and its log, the tenants' defaults, the rates
+    /// and the memory bounds.
+    private static func engine(command: TenantdCommand, environment: Environment) throws -> EngineConfiguration {
         let dataDirectory = command.dataDir ?? environment["TENANTD_DATA_DIR"] ?? "./data"
         let fsyncName = command.fsync ?? environment["TENANTD_FSYNC"] ?? "everysec"
         guard let fsync = FsyncPolicy(rawValue: fsyncName.lowercased()) else {
@@ -62,6 +103,35 @@ struct Settings {
         var engine = EngineConfiguration(dataDirectory: Self.trimmed(dataDirectory), fsync: fsync)
         engine.adminToken = command.adminToken ?? environment["TENANT_ADMIN_TOKEN"]
         if let prefix = environment["TENANT_DATABASE_PREFIX"] { engine.directoryPrefix = prefix }
+        try Self.tenantDefaults(environment, into: &engine)
+        try Self.rates(environment, into: &engine)
+        if let text = command.maxmemory ?? environment["TENANTD_MAXMEMORY"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 32 << 20 else {
+                throw ValidationError("maxmemory must be 0 (no limit) or at least 32mb")
+            }
+            engine.maxMemory = bytes
+        } else {
+            engine.maxMemory = MemoryBudget.defaultMaxMemory
+        }
+        if let text = command.migrateStagingLimit ?? environment["TENANTD_MIGRATE_STAGING_LIMIT"] {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
+                throw ValidationError("migrate-staging-limit must be 0 (no bound) or at least 1mb")
+            }
+            engine.migrateStagingLimit = Int64(bytes)
+        }
+        if let token = engine.adminToken, token.count < EngineConfiguration.minimumAdminTokenLength {
+            throw ValidationError(
+                "the operator token (--admin-token or TENANT_ADMIN_TOKEN) must be at least "
+                    + "\(EngineConfiguration.minimumAdminTokenLength) characters; "
+                    + "make one with: openssl rand -hex 32"
+            )
+        }
+        return engine
+    }
+
+    /// The seed's tenant settings: message size, default plan and quotas, the isolation
+    /// strategy, the tenancy switches, and where a tenant id may come from.
+    private static func tenantDefaults(_ environment: Environment, into engine: inout EngineConfiguration) throws {
         if let bytes = try Self.integer(environment, "TENANT_MAX_MESSAGE_BYTES") {
             guard bytes > 0 && bytes <= 16 << 20 else {
                 throw ValidationError("TENANT_MAX_MESSAGE_BYTES must be 1-16777216")
@@ -92,6 +162,22 @@ struct Settings {
         engine.multiTenancy = try Self.flag(environment, "MULTI_TENANCY_ENABLED") ?? true
         engine.autoProvision = try Self.flag(environment, "TENANT_AUTO_PROVISION") ?? false
         engine.selfSignup = try Self.flag(environment, "TENANT_SELF_SIGNUP") ?? false
+        if let list = environment["TENANT_ID_SOURCE"] {
+            var sources: Set<TenantIDSource> = []
+            for item in list.split(separator: ",") {
+                let name = item.trimmingCharacters(in: .whitespaces).lowercased()
+                guard let source = TenantIDSource(rawValue: name) else {
+                    throw ValidationError("TENANT_ID_SOURCE is a comma list of subdomain, header, path")
+                }
+                sources.insert(source)
+            }
+            guard !sources.isEmpty else { throw ValidationError("TENANT_ID_SOURCE names no source") }
+            engine.idSources = sources
+        }
+    }
+
+    /// Signup rates, checkpoint size, idle time and the tenant cap.
+    private static func rates(_ environment: Environment, into engine: inout EngineConfiguration) throws {
         if let rate = try Self.integer(environment, "TENANT_SIGNUPS_PER_MINUTE") {
             guard rate > 0 else { throw ValidationError("TENANT_SIGNUPS_PER_MINUTE must be at least 1") }
             engine.signupsPerMinute = rate
@@ -111,84 +197,20 @@ struct Settings {
             engine.signupsPerMinuteTotal = rate
         }
         if let cap = try Self.integer(environment, "TENANT_MAX_TENANTS") { engine.maxTenants = cap }
-        if let text = command.maxmemory ?? environment["TENANTD_MAXMEMORY"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 32 << 20 else {
-                throw ValidationError("maxmemory must be 0 (no limit) or at least 32mb")
-            }
-            engine.maxMemory = bytes
-        } else {
-            engine.maxMemory = MemoryBudget.defaultMaxMemory
+    }
+
+    /// The TLS listener, when `--tls-port` is given.
+    private static func tls(command: TenantdCommand, environment: Environment) throws -> TLSListener? {
+        guard let tlsPort = try command.tlsPort ?? Self.integer(environment, "TENANTD_TLS_PORT") else { return nil }
+        guard (0...65535).contains(tlsPort) else { throw ValidationError("tls-port must be 0-65535") }
+        guard let certificate = command.tlsCertFile ?? environment["TENANTD_TLS_CERT_FILE"],
+            let key = command.tlsKeyFile ?? environment["TENANTD_TLS_KEY_FILE"]
+        else { throw ValidationError("--tls-port needs --tls-cert-file and --tls-key-file") }
+        do {
+            return try TLSListener(port: tlsPort, certificateFile: certificate, keyFile: key)
+        } catch {
+            throw ValidationError("cannot use the TLS certificate \(certificate) and key \(key): \(error)")
         }
-        let threads = try command.threads ?? Self.integer(environment, "TENANTD_THREADS") ?? EventLoops.usableCPUs
-        guard (1...1024).contains(threads) else { throw ValidationError("threads must be 1-1024") }
-        self.threads = threads
-        if let text = command.migrateStagingLimit ?? environment["TENANTD_MIGRATE_STAGING_LIMIT"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
-                throw ValidationError("migrate-staging-limit must be 0 (no bound) or at least 1mb")
-            }
-            engine.migrateStagingLimit = Int64(bytes)
-        }
-        if let list = environment["TENANT_ID_SOURCE"] {
-            var sources: Set<TenantIDSource> = []
-            for item in list.split(separator: ",") {
-                let name = item.trimmingCharacters(in: .whitespaces).lowercased()
-                guard let source = TenantIDSource(rawValue: name) else {
-                    throw ValidationError("TENANT_ID_SOURCE is a comma list of subdomain, header, path")
-                }
-                sources.insert(source)
-            }
-            guard !sources.isEmpty else { throw ValidationError("TENANT_ID_SOURCE names no source") }
-            engine.idSources = sources
-        }
-        if let token = engine.adminToken, token.count < EngineConfiguration.minimumAdminTokenLength {
-            throw ValidationError(
-                "the operator token (--admin-token or TENANT_ADMIN_TOKEN) must be at least "
-                    + "\(EngineConfiguration.minimumAdminTokenLength) characters; "
-                    + "make one with: openssl rand -hex 32"
-            )
-        }
-        self.engine = engine
-        self.server = ServerConfiguration(host: host, port: port)
-        self.server.limits = try Self.limits(command: command, environment: environment)
-        self.metricsHost = command.metricsHost ?? environment["TENANTD_METRICS_HOST"] ?? "127.0.0.1"
-        self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
-        guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
-        self.metricsTenants =
-            try command.metricsTenants ?? Self.integer(environment, "TENANTD_METRICS_TENANTS")
-            ?? MetricsExposition.defaultTenantLimit
-        guard (0...1_000_000).contains(self.metricsTenants) else {
-            throw ValidationError("metrics-tenants must be 0-1000000")
-        }
-        self.backupDirectory = (command.backupDir ?? environment["TENANTD_BACKUP_DIR"]).map(Self.trimmed)
-        let regionList =
-            command.regions.isEmpty
-            ? (environment["TENANT_REGIONS"]?.split(separator: ",").map(String.init) ?? []) : command.regions
-        self.engine.regions = try Self.regions(regionList, dataDirectory: self.engine.dataDirectory)
-        if let tlsPort = try command.tlsPort ?? Self.integer(environment, "TENANTD_TLS_PORT") {
-            guard (0...65535).contains(tlsPort) else { throw ValidationError("tls-port must be 0-65535") }
-            guard let certificate = command.tlsCertFile ?? environment["TENANTD_TLS_CERT_FILE"],
-                let key = command.tlsKeyFile ?? environment["TENANTD_TLS_KEY_FILE"]
-            else { throw ValidationError("--tls-port needs --tls-cert-file and --tls-key-file") }
-            do {
-                self.server.tls = try TLSListener(port: tlsPort, certificateFile: certificate, keyFile: key)
-            } catch {
-                throw ValidationError("cannot use the TLS certificate \(certificate) and key \(key): \(error)")
-            }
-        }
-        if let domain = environment["TENANT_DOMAIN"] {
-            let trimmed = domain.trimmingCharacters(in: CharacterSet(charactersIn: ".")).lowercased()
-            guard !trimmed.isEmpty, trimmed.utf8.count <= 253 else {
-                throw ValidationError("TENANT_DOMAIN must be a domain name")
-            }
-            self.server.tenantDomain = trimmed
-        }
-        let levelName = command.logLevel ?? environment["TENANTD_LOG_LEVEL"] ?? "info"
-        guard let level = Logger.Level(rawValue: levelName.lowercased()) else {
-            throw ValidationError(
-                "log level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))"
-            )
-        }
-        self.logLevel = level
     }
 
     /// Ten years: the longest period a setting in seconds takes, so that milliseconds never overflow.

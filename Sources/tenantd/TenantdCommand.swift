@@ -231,41 +231,20 @@ struct TenantdCommand: AsyncParsableCommand {
             .init(service: EngineService(registry: registry))
         ]
         if settings.metricsPort > 0 {
-            // The memory budget's figures, read at each scrape (nothing on the hot path).
-            let memory = registry.memory.map { budget in
-                (
-                    budget,
-                    Gauge(label: MetricFamily.memoryMessages.name),
-                    Gauge(label: MetricFamily.memoryMessagesLimit.name),
-                    Gauge(label: MetricFamily.memoryChunkCache.name)
+            services.append(
+                .init(
+                    service: Self.metricsListener(
+                        settings,
+                        registry: registry,
+                        metrics: metrics,
+                        logger: logger,
+                        ready: ready
+                    )
                 )
-            }
-            let exposition = MetricsExposition(counters: registry.counters, tenantLimit: settings.metricsTenants)
-            let listener = MetricsListener(
-                host: settings.metricsHost,
-                port: settings.metricsPort,
-                logger: logger,
-                onBound: { ready.done() },
-                render: {
-                    if let (budget, messages, limit, cache) = memory {
-                        messages.record(budget.residentBytes)
-                        limit.record(budget.limit)
-                        cache.record(budget.cachedBytes)
-                    }
-                    return exposition.render(metrics.emitToBuffer())
-                }
             )
-            services.append(.init(service: listener))
         }
         if let directory = settings.backupDirectory {
-            do {
-                _ = try POSIXFile.makeDirectory(directory)
-            } catch {
-                logger.critical("cannot use the backup directory \(directory): \(error)")
-                throw ExitCode(1)
-            }
-            let scheduler = BackupScheduler(registry: registry, directory: directory, logger: logger)
-            services.append(.init(service: BackupService(scheduler: scheduler)))
+            services.append(.init(service: try Self.backups(in: directory, registry: registry, logger: logger)))
         }
         if let tls {
             services.append(.init(service: CertificateReloader(listener: tls, logger: logger)))
@@ -279,6 +258,52 @@ struct TenantdCommand: AsyncParsableCommand {
             )
         )
         try await group.run()
+    }
+
+    /// The scheduled backups into `directory`, made if it is not there.
+    private static func backups(in directory: String, registry: TenantRegistry, logger: Logger) throws -> BackupService
+    {
+        do {
+            _ = try POSIXFile.makeDirectory(directory)
+        } catch {
+            logger.critical("cannot use the backup directory \(directory): \(error)")
+            throw ExitCode(1)
+        }
+        return BackupService(scheduler: BackupScheduler(registry: registry, directory: directory, logger: logger))
+    }
+
+    /// The Prometheus endpoint: swift-metrics' registry, the memory budget's figures read at each
+    /// scrape (nothing on the hot path), and the per-tenant series.
+    private static func metricsListener(
+        _ settings: Settings,
+        registry: TenantRegistry,
+        metrics: PrometheusCollectorRegistry,
+        logger: Logger,
+        ready: ReadyLine
+    ) -> MetricsListener {
+        let memory = registry.memory.map { budget in
+            (
+                budget,
+                Gauge(label: MetricFamily.memoryMessages.name),
+                Gauge(label: MetricFamily.memoryMessagesLimit.name),
+                Gauge(label: MetricFamily.memoryChunkCache.name)
+            )
+        }
+        let exposition = MetricsExposition(counters: registry.counters, tenantLimit: settings.metricsTenants)
+        return MetricsListener(
+            host: settings.metricsHost,
+            port: settings.metricsPort,
+            logger: logger,
+            onBound: { ready.done() },
+            render: {
+                if let (budget, messages, limit, cache) = memory {
+                    messages.record(budget.residentBytes)
+                    limit.record(budget.limit)
+                    cache.record(budget.cachedBytes)
+                }
+                return exposition.render(metrics.emitToBuffer())
+            }
+        )
     }
 }
 

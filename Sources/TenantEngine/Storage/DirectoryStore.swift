@@ -85,198 +85,23 @@ struct DirectoryStore: TenantStore, TenantDirectories {
     var passivates: Bool { true }
 
     func load(context: TenantContext) async throws -> StoredTenants {
+        let (fileSystem, logger, now) = (self.fileSystem, self.logger, self.configuration.clock())
         let layout = self.layout
         let regions = self.regionLayouts.sorted { $0.key < $1.key }
-        let fileSystem = self.fileSystem
-        let logger = self.logger
         let placement = self.placement
-        let now = self.configuration.clock()
         let book = self.departures
         return try await runBlocking {
-            try Self.checkRegionRoots(layout, regions, fileSystem: fileSystem)
-            var found: [String: (region: String, layout: DataLayout)] = [:]
-            // Tenants whose second copy could not be set aside: their marker stays for the next start.
-            var unsettled: Set<String> = []
-            found.reserveCapacity(1024)
-            var departures: [String: Departure] = [:]
-            func departed(_ departure: Departure) {
-                if let known = departures[departure.id], known.at > departure.at { return }
-                departures[departure.id] = departure
-            }
-            func handedOver(_ id: String, _ directory: String) -> Bool {
-                switch Departure.probe(id: id, directory: directory, committed: false) {
-                case .absent:
-                    return false
-                case .departed(let departure):
-                    departed(departure)
-                    return true
-                case .unreadable(let problem):
-                    logger.error(
-                        "tenant directory \(directory) is not served: its migration marker cannot be read (\(problem)); fix it and restart"
-                    )
-                    return true
-                }
-            }
-            for (region, root) in [("", layout)] + regions {
-                for (name, isDirectory) in try fileSystem.listDirectoryEntries(root.root) {
-                    if isDirectory, let id = root.tenantID(ofDirectoryNamed: name),
-                        handedOver(id, root.entry(name))
-                    {
-                        // Handed to another server (its commit not yet confirmed), or a marker
-                        // that cannot be read: never served here.
-                    } else if isDirectory, let id = root.tenantID(ofDirectoryNamed: name) {
-                        if let first = found[id] {
-                            let (winner, settled) = Self.resolveTwoCopies(
-                                id,
-                                first,
-                                (region, root),
-                                fileSystem: fileSystem,
-                                logger: logger,
-                                stamp: now
-                            )
-                            found[id] = winner
-                            if !settled { unsettled.insert(id) }
-                        } else {
-                            found[id] = (region, root)
-                        }
-                    } else if name == DataLayout.migratedName, isDirectory {
-                        for (kept, _) in (try? fileSystem.listDirectoryEntries(root.migratedDirectory)) ?? [] {
-                            let path = TenantFiles(root.migratedDirectory).file(kept)
-                            if case .departed(let departure) = Departure.probe(
-                                id: nil,
-                                directory: path,
-                                committed: true
-                            ) {
-                                departed(departure)
-                            }
-                        }
-                    } else if name == DataLayout.trashName || name.hasPrefix(DataLayout.stagingPrefix)
-                        || name.hasPrefix(DataLayout.movingPrefix)
-                    {
-                        // Deleted tenants, creations that crashed before their rename (never
-                        // acknowledged, so never tenants), moves that crashed before theirs.
-                        do {
-                            try fileSystem.removeTree(root.entry(name))
-                        } catch {
-                            logger.warning("could not remove \(name) from \(root.root): \(error)")
-                        }
-                    }
-                }
-            }
-            for (id, place) in found {
-                placement.set(id, region: place.region)
-                let marker = place.layout.tenantFiles(id).movedFrom
-                if !unsettled.contains(id), fileSystem.exists(marker) {
-                    // A move whose source is gone already: only the marker is left to remove.
-                    try? fileSystem.remove(marker)
-                    try? fileSystem.syncDirectory(place.layout.tenantDirectory(id))
-                }
-            }
+            var scan = DirectoryScan(fileSystem: fileSystem, logger: logger, now: now)
+            try Self.checkRegionRoots(layout, regions, fileSystem: scan.fileSystem)
+            for (region, root) in [("", layout)] + regions { try scan.scan(root, region: region) }
+            scan.settle(placement)
             // A tenant served here again (migrated back) is no departure.
-            book.set(departures.values.filter { found[$0.id] == nil })
+            book.set(scan.departures.values.filter { scan.found[$0.id] == nil })
             let index =
-                (try? fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
-                ?? (try? fileSystem.readFile(layout.legacyCatalogFile)).flatMap(Catalog.decode(bytes:))
-            return .onDisk(ids: Set(found.keys), index: index)
+                (try? scan.fileSystem.readFile(layout.catalogFile)).flatMap(Catalog.decode(bytes:))
+                ?? (try? scan.fileSystem.readFile(layout.legacyCatalogFile)).flatMap(Catalog.decode(bytes:))
+            return .onDisk(ids: Set(scan.found.keys), index: index)
         }
-    }
-
-    /// Two directories of one tenant, in two roots: a move interrupted after its copy was renamed
-    /// into place and before its source was removed. The copy that carries the marker naming the
-    /// other wins, and the other goes to its root's trash. Without such a marker (copied by hand)
-    /// nothing is removed: the first root's is served and the operator is told.
-    static func resolveTwoCopies(
-        _ id: String,
-        _ first: (region: String, layout: DataLayout),
-        _ second: (region: String, layout: DataLayout),
-        fileSystem: any WALFileSystem,
-        logger: Logger,
-        stamp: Int64
-    ) -> (winner: (region: String, layout: DataLayout), settled: Bool) {
-        func movedFrom(_ place: (region: String, layout: DataLayout)) -> String? {
-            let marker = place.layout.tenantFiles(id).movedFrom
-            return (try? fileSystem.readFile(marker)).map { String(decoding: $0, as: UTF8.self) }
-        }
-        for (winner, loser) in [(second, first), (first, second)] {
-            guard movedFrom(winner) == loser.layout.tenantDirectory(id) else { continue }
-            let stale = loser.layout.tenantDirectory(id)
-            do {
-                if try fileSystem.makeDirectory(loser.layout.trashDirectory) {
-                    try fileSystem.syncDirectory(loser.layout.root)
-                }
-                try fileSystem.rename(stale, to: loser.layout.trashEntry(id, stamp: stamp))
-                try fileSystem.syncDirectory(loser.layout.root)
-                logger.notice(
-                    "finished the move of tenant \(id) interrupted by a crash: serving \(winner.layout.tenantDirectory(id)), removed \(stale)",
-                    metadata: ["event": "tenant_moved", "tenant_id": "\(id)"]
-                )
-                return (winner, true)
-            } catch {
-                logger.error("tenant \(id): could not remove the source of a finished move, \(stale): \(error)")
-                return (winner, false)
-            }
-        }
-        logger.error(
-            "tenant \(id) is in two places, \(first.layout.tenantDirectory(id)) and \(second.layout.tenantDirectory(id)): serving the first; remove the other"
-        )
-        return (first, true)
-    }
-
-    /// Refuses roots that are one directory under two names (or one inside another), a root that
-    /// holds another region's identity, and a root that was in use before but no longer says so
-    /// (a volume not mounted: serving it empty would drop its tenants). A new root gets its
-    /// identity, and the data directory a note that the region is in use.
-    static func checkRegionRoots(
-        _ data: DataLayout,
-        _ regions: [(key: String, value: DataLayout)],
-        fileSystem: any WALFileSystem
-    ) throws {
-        var real: [(String, String)] = [("the data directory", try Self.realPath(data.root))]
-        for (name, layout) in regions {
-            guard fileSystem.isDirectory(layout.root) else {
-                throw TenantError(
-                    .refused,
-                    "region \(name)'s root \(layout.root) is not a directory: make it (or mount it)"
-                )
-            }
-            let path = try Self.realPath(layout.root)
-            for (other, otherPath) in real
-            where path == otherPath || path.hasPrefix(otherPath + "/") || otherPath.hasPrefix(path + "/") {
-                throw TenantError(
-                    .refused,
-                    "region \(name)'s root \(layout.root) is \(other)'s, or inside it: each region needs a root of its own"
-                )
-            }
-            real.append(("region \(name)", path))
-            let identity = layout.regionIdentityFile
-            let known = data.regionRecord(name)
-            if let bytes = try? fileSystem.readFile(identity) {
-                let said = String(String(decoding: bytes, as: UTF8.self).prefix { $0 != "\n" && $0 != "\r" })
-                guard said == name else {
-                    throw TenantError(.refused, "\(layout.root) is region \(said)'s root, not \(name)'s")
-                }
-            } else {
-                guard !fileSystem.exists(known) else {
-                    throw TenantError(
-                        .refused,
-                        "region \(name)'s root \(layout.root) has no \(DataLayout.regionIdentityName), though the region was in use: is its volume mounted?"
-                    )
-                }
-                try fileSystem.writeFileAtomically(identity, contents: Array((name + "\n").utf8))
-            }
-            if !fileSystem.exists(known) {
-                if try fileSystem.makeDirectory(data.regionsDirectory) { try fileSystem.syncDirectory(data.root) }
-                try fileSystem.writeFileAtomically(known, contents: Array((layout.root + "\n").utf8))
-            }
-        }
-    }
-
-    private static func realPath(_ path: String) throws -> String {
-        guard let resolved = realpath(path, nil) else {
-            throw TenantError(.refused, "cannot resolve \(path): \(POSIXFile.errorString(errno))")
-        }
-        defer { free(resolved) }
-        return String(cString: resolved)
     }
 
     func open(id: String, context: TenantContext) async throws -> Tenant {

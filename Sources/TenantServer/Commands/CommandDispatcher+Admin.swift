@@ -51,41 +51,7 @@ extension CommandDispatcher {
         }
         switch arguments.keyword(0) {
         case "CREATE":
-            guard arguments.count >= 3, arguments.count % 2 == 1 else { throw CommandError.wrongArity("tenant|create") }
-            var plan: Plan?
-            var owner = "owner"
-            var region = ""
-            var index = 3
-            while index < arguments.count {
-                switch arguments.keyword(index) {
-                case "PLAN":
-                    guard let parsed = Plan(rawValue: arguments[index + 1].lowercased()) else {
-                        throw TenantError.invalid("plan must be free, pro or enterprise")
-                    }
-                    plan = parsed
-                case "OWNER":
-                    owner = arguments[index + 1]
-                case "REGION":
-                    region = arguments[index + 1]
-                    guard self.registry.hasTenantDirectories else {
-                        throw TenantError.invalid("REGION is for the database strategy")
-                    }
-                    guard self.registry.configuration.regions[region] != nil else {
-                        throw TenantError.invalid("unknown region '\(region.prefix(32))'; regions: \(self.regionList)")
-                    }
-                default:
-                    throw CommandError.syntax
-                }
-                index += 2
-            }
-            let created = try await self.registry.createTenant(
-                name: arguments[1],
-                subdomain: arguments[2],
-                plan: plan,
-                owner: owner,
-                region: region
-            )
-            return self.createdReply(created)
+            return try await self.createTenant(arguments)
         case "GET":
             try arguments.expect(2...2, for: "tenant|get")
             return .map(self.fields(try await self.operatorTenant(arguments[1]).metadata))
@@ -147,6 +113,45 @@ extension CommandDispatcher {
                     + "Try TENANT CREATE|GET|LIST|UPDATE|SUSPEND|RESUME|DELETE|SIGNUP|SNAPSHOT|ATTACH|DETACH|REOPEN|MOVE|MIGRATE|RECEIVE."
             )
         }
+    }
+
+    /// TENANT CREATE <name> <subdomain> [PLAN p] [OWNER u] [REGION r].
+    private func createTenant(_ arguments: Arguments) async throws -> RESPValue {
+        guard arguments.count >= 3, arguments.count % 2 == 1 else { throw CommandError.wrongArity("tenant|create") }
+        var plan: Plan?
+        var owner = "owner"
+        var region = ""
+        var index = 3
+        while index < arguments.count {
+            switch arguments.keyword(index) {
+            case "PLAN":
+                guard let parsed = Plan(rawValue: arguments[index + 1].lowercased()) else {
+                    throw TenantError.invalid("plan must be free, pro or enterprise")
+                }
+                plan = parsed
+            case "OWNER":
+                owner = arguments[index + 1]
+            case "REGION":
+                region = arguments[index + 1]
+                guard self.registry.hasTenantDirectories else {
+                    throw TenantError.invalid("REGION is for the database strategy")
+                }
+                guard self.registry.configuration.regions[region] != nil else {
+                    throw TenantError.invalid("unknown region '\(region.prefix(32))'; regions: \(self.regionList)")
+                }
+            default:
+                throw CommandError.syntax
+            }
+            index += 2
+        }
+        let created = try await self.registry.createTenant(
+            name: arguments[1],
+            subdomain: arguments[2],
+            plan: plan,
+            owner: owner,
+            region: region
+        )
+        return self.createdReply(created)
     }
 
     /// The tenant an operator's TENANT command names, by id, subdomain or host.

@@ -110,18 +110,7 @@ public struct WALReader {
                 reason: "checkpoint lsn \(checkpointLSN) out of range"
             )
         }
-        var segments = try self.segmentNames()
-        if checkpointLSN > 0 {
-            // Segments wholly covered by the checkpoint are not read (a crash may have left them).
-            while segments.count > 1 && segments[1].firstLSN <= checkpointLSN + 1 { segments.removeFirst() }
-            if let first = segments.first, first.firstLSN > checkpointLSN + 1 {
-                throw WALError.corrupt(
-                    file: self.directory + "/" + first.name,
-                    offset: 0,
-                    reason: "segments after the checkpoint at lsn \(checkpointLSN) start at \(first.firstLSN)"
-                )
-            }
-        }
+        let segments = try self.segments(after: checkpointLSN)
         var result = WALRecoveryResult(
             lastLSN: checkpointLSN,
             recordCount: 0,
@@ -136,23 +125,8 @@ public struct WALReader {
             let isLast = index == segments.count - 1
             let path = self.directory + "/" + segment.name
             let bytes = try self.fileSystem.readFile(path)
-            if let expected = expectedLSN, segment.firstLSN != expected {
-                throw WALError.corrupt(
-                    file: path,
-                    offset: 0,
-                    reason: "segment starts at lsn \(segment.firstLSN), \(expected) expected (a segment is missing)"
-                )
-            }
-            if expectedLSN == nil {
-                if checkpointLSN == 0 && segment.firstLSN != 1 {
-                    throw WALError.corrupt(
-                        file: path,
-                        offset: 0,
-                        reason: "the log starts at lsn \(segment.firstLSN) and no checkpoint covers what came before"
-                    )
-                }
-                result.lastLSN = max(checkpointLSN, segment.firstLSN &- 1)
-            }
+            try Self.checkStart(of: segment, path: path, expected: expectedLSN, checkpointLSN: checkpointLSN)
+            if expectedLSN == nil { result.lastLSN = max(checkpointLSN, segment.firstLSN &- 1) }
             decompressor.reset()
             let (outcome, expected) = try bytes.withUnsafeBytes { file in
                 try Self.scanSegment(
@@ -184,6 +158,46 @@ public struct WALReader {
             }
         }
         return result
+    }
+
+    /// The segments recovery reads: those wholly covered by the checkpoint at `checkpointLSN` are
+    /// skipped (a crash may have left them), and the first must start where the checkpoint ends.
+    private func segments(after checkpointLSN: UInt64) throws -> [(name: String, firstLSN: UInt64)] {
+        var segments = try self.segmentNames()
+        guard checkpointLSN > 0 else { return segments }
+        while segments.count > 1 && segments[1].firstLSN <= checkpointLSN + 1 { segments.removeFirst() }
+        if let first = segments.first, first.firstLSN > checkpointLSN + 1 {
+            throw WALError.corrupt(
+                file: self.directory + "/" + first.name,
+                offset: 0,
+                reason: "segments after the checkpoint at lsn \(checkpointLSN) start at \(first.firstLSN)"
+            )
+        }
+        return segments
+    }
+
+    /// A segment must start where the one before ended (`expected`), and the first one at lsn 1
+    /// unless a checkpoint covers what came before.
+    private static func checkStart(
+        of segment: (name: String, firstLSN: UInt64),
+        path: String,
+        expected: UInt64?,
+        checkpointLSN: UInt64
+    ) throws {
+        if let expected, segment.firstLSN != expected {
+            throw WALError.corrupt(
+                file: path,
+                offset: 0,
+                reason: "segment starts at lsn \(segment.firstLSN), \(expected) expected (a segment is missing)"
+            )
+        }
+        if expected == nil && checkpointLSN == 0 && segment.firstLSN != 1 {
+            throw WALError.corrupt(
+                file: path,
+                offset: 0,
+                reason: "the log starts at lsn \(segment.firstLSN) and no checkpoint covers what came before"
+            )
+        }
     }
 
     /// Reads one segment's bytes as recovery does, without touching the disk (for the fuzzers).
@@ -244,11 +258,67 @@ public struct WALReader {
         result: inout WALRecoveryResult,
         _ handler: (WALRecordView) throws -> Void
     ) throws -> (SegmentOutcome, UInt64) {
-        let maxStored = WALFormat.maxStoredSize(forRecordSize: maxRecordSize)
         var expected = firstLSN
+        if let torn = try Self.checkHeader(file, path: path, firstLSN: firstLSN, isLast: isLast) {
+            return (torn, expected)
+        }
+        let maxStored = WALFormat.maxStoredSize(forRecordSize: maxRecordSize)
+        var offset = WALFormat.segmentHeaderSize
+        while offset < file.count {
+            let header: RecordHeader
+            switch try Self.checkRecord(
+                file,
+                at: offset,
+                path: path,
+                isLast: isLast,
+                maxStored: maxStored,
+                maxRecordSize: maxRecordSize
+            ) {
+            case .torn(let reason): return (.torn(offset: offset, reason: reason), expected)
+            case .record(let checked): header = checked
+            }
+            let lsn = header.lsn
+            guard lsn == expected else {
+                throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn), \(expected) expected")
+            }
+            // The writer appends after the last lsn read: it must have a successor.
+            guard lsn < WALFormat.maxLSN else {
+                throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn) out of range")
+            }
+            let stored = UnsafeRawBufferPointer(rebasing: file[(offset + WALFormat.recordHeaderSize)..<header.end])
+            let payload: UnsafeRawBufferPointer
+            do {
+                payload = try decompressor.decompress(stored, decodedSize: header.decodedSize)
+            } catch let error as LZ4Error {
+                throw WALError.corrupt(file: path, offset: offset, reason: error.description)
+            }
+            // Records the checkpoint holds are checked and decoded (the stream needs them)
+            // but not handed over.
+            if lsn > checkpointLSN {
+                try handler(
+                    WALRecordView(lsn: lsn, type: header.type, payload: payload, storedSize: header.end - offset)
+                )
+            }
+            result.recordCount += 1
+            result.payloadBytes += header.decodedSize
+            result.lastLSN = max(lsn, checkpointLSN)
+            expected = lsn + 1
+            offset = header.end
+        }
+        return (.clean, expected)
+    }
+
+    /// A segment's header: nil when it is whole and names `firstLSN`; a torn outcome when the
+    /// newest segment's header was never finished.
+    private static func checkHeader(
+        _ file: UnsafeRawBufferPointer,
+        path: String,
+        firstLSN: UInt64,
+        isLast: Bool
+    ) throws -> SegmentOutcome? {
         guard let headerLSN = WALFormat.parseSegmentHeader(file) else {
             if isLast && (file.count < WALFormat.segmentHeaderSize || file.allSatisfy({ $0 == 0 })) {
-                return (.torn(offset: 0, reason: "incomplete segment header"), expected)
+                return .torn(offset: 0, reason: "incomplete segment header")
             }
             throw WALError.corrupt(file: path, offset: 0, reason: "bad segment header")
         }
@@ -258,78 +328,64 @@ public struct WALReader {
         guard firstLSN <= WALFormat.maxLSN else {
             throw WALError.corrupt(file: path, offset: 0, reason: "lsn \(firstLSN) out of range")
         }
-        var offset = WALFormat.segmentHeaderSize
-        while offset < file.count {
-            // Only on a failure path: scanning the tail for zeros costs O(tail).
-            let here = offset
-            let remaining = file.count - offset
-            guard remaining >= WALFormat.recordHeaderSize else {
-                if isLast {
-                    return (
-                        .torn(
-                            offset: offset,
-                            reason: Self.zeroedTail(file, from: here) ?? "end of file inside a header"
-                        ), expected
-                    )
-                }
-                throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
-            }
-            let storedCRC = file.loadLE(UInt32.self, at: offset)
-            let length = Int(file.loadLE(UInt32.self, at: offset + 4))
-            let type = file[offset + 8]
-            let lsn = file.loadLE(UInt64.self, at: offset + 9)
-            let decodedSize = Int(file.loadLE(UInt32.self, at: offset + 17))
-            let end = offset + WALFormat.recordHeaderSize + length
-            guard length <= maxStored, decodedSize <= maxRecordSize else {
-                if isLast, let reason = Self.zeroedTail(file, from: here) {
-                    return (.torn(offset: offset, reason: reason), expected)
-                }
-                throw WALError.corrupt(file: path, offset: offset, reason: "declared size out of bounds")
-            }
-            guard end <= file.count else {
-                if isLast { return (.torn(offset: offset, reason: "end of file inside a record"), expected) }
-                throw WALError.corrupt(file: path, offset: offset, reason: "record runs past end of file")
-            }
-            let covered = UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<end])
-            guard CRC32C.unmask(storedCRC) == CRC32C.checksum(covered) else {
-                if isLast, end == file.count || Self.zeroedTail(file, from: here) != nil {
-                    return (
-                        .torn(
-                            offset: offset,
-                            reason: Self.zeroedTail(file, from: here) ?? "bad checksum in the last record"
-                        ), expected
-                    )
-                }
-                throw WALError.corrupt(file: path, offset: offset, reason: "checksum mismatch")
-            }
-            guard lsn == expected else {
-                throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn), \(expected) expected")
-            }
-            // The writer appends after the last lsn read: it must have a successor.
-            guard lsn < WALFormat.maxLSN else {
-                throw WALError.corrupt(file: path, offset: offset, reason: "lsn \(lsn) out of range")
-            }
-            let stored = UnsafeRawBufferPointer(
-                rebasing: file[(offset + WALFormat.recordHeaderSize)..<end]
-            )
-            let payload: UnsafeRawBufferPointer
-            do {
-                payload = try decompressor.decompress(stored, decodedSize: decodedSize)
-            } catch let error as LZ4Error {
-                throw WALError.corrupt(file: path, offset: offset, reason: error.description)
-            }
-            // Records the checkpoint holds are checked and decoded (the stream needs them)
-            // but not handed over.
-            if lsn > checkpointLSN {
-                try handler(WALRecordView(lsn: lsn, type: type, payload: payload, storedSize: end - offset))
-            }
-            result.recordCount += 1
-            result.payloadBytes += decodedSize
-            result.lastLSN = max(lsn, checkpointLSN)
-            expected = lsn + 1
-            offset = end
+        return nil
+    }
+
+    /// What a record's header says, once its bounds and checksum are checked.
+    private struct RecordHeader {
+        var type: UInt8
+        var lsn: UInt64
+        var decodedSize: Int
+        /// The offset just past the record.
+        var end: Int
+    }
+
+    private enum RecordCheck {
+        case record(RecordHeader)
+        /// The newest segment ends in an interrupted append here.
+        case torn(String)
+    }
+
+    /// Checks the record at `offset`: its header whole, its sizes in bounds, its bytes in the
+    /// file, its checksum right. Damage at the newest segment's end is a torn tail; anywhere
+    /// else it is corruption.
+    private static func checkRecord(
+        _ file: UnsafeRawBufferPointer,
+        at offset: Int,
+        path: String,
+        isLast: Bool,
+        maxStored: Int,
+        maxRecordSize: Int
+    ) throws -> RecordCheck {
+        // Only on a failure path: scanning the tail for zeros costs O(tail).
+        guard file.count - offset >= WALFormat.recordHeaderSize else {
+            if isLast { return .torn(Self.zeroedTail(file, from: offset) ?? "end of file inside a header") }
+            throw WALError.corrupt(file: path, offset: offset, reason: "truncated record header")
         }
-        return (.clean, expected)
+        let storedCRC = file.loadLE(UInt32.self, at: offset)
+        let length = Int(file.loadLE(UInt32.self, at: offset + 4))
+        let header = RecordHeader(
+            type: file[offset + 8],
+            lsn: file.loadLE(UInt64.self, at: offset + 9),
+            decodedSize: Int(file.loadLE(UInt32.self, at: offset + 17)),
+            end: offset + WALFormat.recordHeaderSize + length
+        )
+        guard length <= maxStored, header.decodedSize <= maxRecordSize else {
+            if isLast, let reason = Self.zeroedTail(file, from: offset) { return .torn(reason) }
+            throw WALError.corrupt(file: path, offset: offset, reason: "declared size out of bounds")
+        }
+        guard header.end <= file.count else {
+            if isLast { return .torn("end of file inside a record") }
+            throw WALError.corrupt(file: path, offset: offset, reason: "record runs past end of file")
+        }
+        let covered = UnsafeRawBufferPointer(rebasing: file[(offset + 4)..<header.end])
+        guard CRC32C.unmask(storedCRC) == CRC32C.checksum(covered) else {
+            if isLast, header.end == file.count || Self.zeroedTail(file, from: offset) != nil {
+                return .torn(Self.zeroedTail(file, from: offset) ?? "bad checksum in the last record")
+            }
+            throw WALError.corrupt(file: path, offset: offset, reason: "checksum mismatch")
+        }
+        return .record(header)
     }
 
     private enum SegmentOutcome {
