@@ -13,9 +13,7 @@ import CLZ4
 public final class LZ4StreamCompressor: @unchecked Sendable {
 
     private let stream: UnsafeMutablePointer<LZ4_stream_t>
-    private var history: UnsafeMutableRawPointer
-    private var capacity: Int
-    private var position = 0
+    private var history = LZ4History()
     /// The largest block this compressor accepts.
     public let maxBlockSize: Int
 
@@ -25,8 +23,6 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
         precondition(maxBlockSize > 0 && maxBlockSize <= LZ4Block.maxInputSize, "maxBlockSize out of range")
         self.maxBlockSize = maxBlockSize
         self.stream = LZ4_createStream()
-        self.capacity = LZ4Limits.windowSize * 2
-        self.history = .allocate(byteCount: self.capacity, alignment: LZ4Limits.bufferAlignment)
     }
 
     deinit {
@@ -37,7 +33,7 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
     /// Starts a new, independent stream: later blocks do not refer to earlier ones.
     public func reset() {
         LZ4_resetStream_fast(self.stream)
-        self.position = 0
+        self.history.position = 0
     }
 
     /// Compresses one block and appends it to `output`.
@@ -51,7 +47,7 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
     public func compress(_ input: UnsafeRawBufferPointer, appendingTo output: inout [UInt8]) throws -> Int {
         guard input.count <= self.maxBlockSize else { throw LZ4Error.inputTooLarge(input.count) }
         self.makeRoom(for: input.count)
-        let source = self.history + self.position
+        let source = self.history.next
         if let base = input.baseAddress, input.count > 0 {
             source.copyMemory(from: base, byteCount: input.count)
         }
@@ -73,36 +69,21 @@ public final class LZ4StreamCompressor: @unchecked Sendable {
             throw LZ4Error.compressionFailed
         }
         output.removeLast(bound - Int(written))
-        self.position += input.count
+        self.history.position += input.count
         return Int(written)
     }
 
-    /// Makes sure `count` more bytes fit contiguously after the current history.
+    /// Makes sure `count` more bytes fit contiguously after the history: lz4 saves the last
+    /// window where the history says.
     private func makeRoom(for count: Int) {
-        guard self.position + count > self.capacity else { return }
-        let needed = LZ4Limits.windowSize + count
-        if needed > self.capacity {
-            let newCapacity = max(needed, self.capacity * 2)
-            let newHistory = UnsafeMutableRawPointer.allocate(
-                byteCount: newCapacity,
-                alignment: LZ4Limits.bufferAlignment
+        self.history.makeRoom(for: count) { destination, _, _ in
+            Int(
+                LZ4_saveDict(
+                    self.stream,
+                    destination.assumingMemoryBound(to: CChar.self),
+                    Int32(LZ4Limits.windowSize)
+                )
             )
-            let kept = LZ4_saveDict(
-                self.stream,
-                newHistory.assumingMemoryBound(to: CChar.self),
-                Int32(LZ4Limits.windowSize)
-            )
-            self.history.deallocate()
-            self.history = newHistory
-            self.capacity = newCapacity
-            self.position = Int(kept)
-        } else {
-            let kept = LZ4_saveDict(
-                self.stream,
-                self.history.assumingMemoryBound(to: CChar.self),
-                Int32(LZ4Limits.windowSize)
-            )
-            self.position = Int(kept)
         }
     }
 }

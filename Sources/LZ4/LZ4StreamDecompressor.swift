@@ -12,9 +12,7 @@ import Darwin
 /// Not thread-safe: one owner at a time.
 public final class LZ4StreamDecompressor {
     private let stream: UnsafeMutablePointer<LZ4_streamDecode_t>
-    private var history: UnsafeMutableRawPointer
-    private var capacity: Int
-    private var position = 0
+    private var history = LZ4History()
     /// The largest decoded block this decompressor accepts.
     public let maxBlockSize: Int
 
@@ -24,8 +22,6 @@ public final class LZ4StreamDecompressor {
         precondition(maxBlockSize > 0 && maxBlockSize <= LZ4Block.maxInputSize, "maxBlockSize out of range")
         self.maxBlockSize = maxBlockSize
         self.stream = LZ4_createStreamDecode()
-        self.capacity = LZ4Limits.windowSize * 2
-        self.history = .allocate(byteCount: self.capacity, alignment: LZ4Limits.bufferAlignment)
     }
 
     deinit {
@@ -36,7 +32,7 @@ public final class LZ4StreamDecompressor {
     /// Starts a new stream.
     public func reset() {
         LZ4_setStreamDecode(self.stream, nil, 0)
-        self.position = 0
+        self.history.position = 0
     }
 
     /// Decodes the next block of the stream.
@@ -66,7 +62,7 @@ public final class LZ4StreamDecompressor {
             throw LZ4Error.declaredSizeTooLarge(decodedSize)
         }
         self.makeRoom(for: decodedSize)
-        let destination = self.history + self.position
+        let destination = self.history.next
         let produced = LZ4_decompress_safe_continue(
             self.stream,
             input.baseAddress?.assumingMemoryBound(to: CChar.self),
@@ -78,30 +74,18 @@ public final class LZ4StreamDecompressor {
         guard Int(produced) == decodedSize else {
             throw LZ4Error.sizeMismatch(expected: decodedSize, actual: Int(produced))
         }
-        self.position += decodedSize
+        self.history.position += decodedSize
         return UnsafeRawBufferPointer(start: destination, count: decodedSize)
     }
 
+    /// Makes sure `count` more bytes fit contiguously after the history: the last window moves
+    /// (memmove: its new place may overlap the old), and lz4 is told where it is.
     private func makeRoom(for count: Int) {
-        guard self.position + count > self.capacity else { return }
-        let window = LZ4Limits.windowSize
-        let kept = min(window, self.position)
-        let needed = window + count
-        if needed > self.capacity {
-            let newCapacity = max(needed, self.capacity * 2)
-            let newHistory = UnsafeMutableRawPointer.allocate(
-                byteCount: newCapacity,
-                alignment: LZ4Limits.bufferAlignment
-            )
-            newHistory.copyMemory(from: self.history + (self.position - kept), byteCount: kept)
-            self.history.deallocate()
-            self.history = newHistory
-            self.capacity = newCapacity
-        } else {
-            // The window may overlap its new place at the start of the buffer: memmove, not memcpy.
-            memmove(self.history, self.history + (self.position - kept), kept)
+        self.history.makeRoom(for: count) { destination, old, end in
+            let kept = min(LZ4Limits.windowSize, end)
+            memmove(destination, old + (end - kept), kept)
+            LZ4_setStreamDecode(self.stream, destination.assumingMemoryBound(to: CChar.self), Int32(kept))
+            return kept
         }
-        LZ4_setStreamDecode(self.stream, self.history.assumingMemoryBound(to: CChar.self), Int32(kept))
-        self.position = kept
     }
 }

@@ -51,12 +51,13 @@ struct Settings {
     var threads: Int
 
     init(command: TenantdCommand, environment: Environment) throws {
+        SettingLimits.checkRelations()
         let host = command.host ?? environment["TENANTD_HOST"] ?? "127.0.0.1"
         let port = try command.port ?? Self.integer(environment, "TENANTD_PORT") ?? 7379
-        guard (0...65535).contains(port) else { throw ValidationError("port must be 0-65535") }
+        guard SettingLimits.ports.contains(port) else { throw ValidationError("port must be 0-65535") }
         var engine = try Self.engine(command: command, environment: environment)
         let threads = try command.threads ?? Self.integer(environment, "TENANTD_THREADS") ?? EventLoops.usableCPUs
-        guard (1...1024).contains(threads) else { throw ValidationError("threads must be 1-1024") }
+        guard SettingLimits.threads.contains(threads) else { throw ValidationError("threads must be 1-1024") }
         self.threads = threads
         let regionList =
             command.regions.isEmpty
@@ -68,18 +69,20 @@ struct Settings {
         self.server.tls = try Self.tls(command: command, environment: environment)
         if let domain = environment["TENANT_DOMAIN"] {
             let trimmed = domain.trimmingCharacters(in: CharacterSet(charactersIn: ".")).lowercased()
-            guard !trimmed.isEmpty, trimmed.utf8.count <= 253 else {
+            guard !trimmed.isEmpty, trimmed.utf8.count <= SettingLimits.maxDomainLength else {
                 throw ValidationError("TENANT_DOMAIN must be a domain name")
             }
             self.server.tenantDomain = trimmed
         }
         self.metricsHost = command.metricsHost ?? environment["TENANTD_METRICS_HOST"] ?? "127.0.0.1"
         self.metricsPort = try command.metricsPort ?? Self.integer(environment, "TENANTD_METRICS_PORT") ?? 9479
-        guard (0...65535).contains(self.metricsPort) else { throw ValidationError("metrics port must be 0-65535") }
+        guard SettingLimits.ports.contains(self.metricsPort) else {
+            throw ValidationError("metrics port must be 0-65535")
+        }
         self.metricsTenants =
             try command.metricsTenants ?? Self.integer(environment, "TENANTD_METRICS_TENANTS")
             ?? MetricsExposition.defaultTenantLimit
-        guard (0...1_000_000).contains(self.metricsTenants) else {
+        guard SettingLimits.metricsTenants.contains(self.metricsTenants) else {
             throw ValidationError("metrics-tenants must be 0-1000000")
         }
         self.backupDirectory = (command.backupDir ?? environment["TENANTD_BACKUP_DIR"]).map(Self.trimmed)
@@ -106,7 +109,8 @@ struct Settings {
         try Self.tenantDefaults(environment, into: &engine)
         try Self.rates(environment, into: &engine)
         if let text = command.maxmemory ?? environment["TENANTD_MAXMEMORY"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 32 << 20 else {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= SettingLimits.minMaxMemory
+            else {
                 throw ValidationError("maxmemory must be 0 (no limit) or at least 32mb")
             }
             engine.maxMemory = bytes
@@ -114,7 +118,8 @@ struct Settings {
             engine.maxMemory = MemoryBudget.defaultMaxMemory
         }
         if let text = command.migrateStagingLimit ?? environment["TENANTD_MIGRATE_STAGING_LIMIT"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= SettingLimits.minMigrateStaging
+            else {
                 throw ValidationError("migrate-staging-limit must be 0 (no bound) or at least 1mb")
             }
             engine.migrateStagingLimit = Int64(bytes)
@@ -133,7 +138,7 @@ struct Settings {
     /// strategy, the tenancy switches, and where a tenant id may come from.
     private static func tenantDefaults(_ environment: Environment, into engine: inout EngineConfiguration) throws {
         if let bytes = try Self.integer(environment, "TENANT_MAX_MESSAGE_BYTES") {
-            guard bytes > 0 && bytes <= 16 << 20 else {
+            guard SettingLimits.messageBytes.contains(bytes) else {
                 throw ValidationError("TENANT_MAX_MESSAGE_BYTES must be 1-16777216")
             }
             engine.maxMessageBytes = bytes
@@ -183,7 +188,9 @@ struct Settings {
             engine.signupsPerMinute = rate
         }
         if let bytes = try Self.integer(environment, "TENANT_CHECKPOINT_BYTES") {
-            guard bytes >= 4096 else { throw ValidationError("TENANT_CHECKPOINT_BYTES must be at least 4096") }
+            guard bytes >= SettingLimits.minCheckpointBytes else {
+                throw ValidationError("TENANT_CHECKPOINT_BYTES must be at least 4096")
+            }
             engine.checkpointBytes = Int64(bytes)
         }
         if let seconds = try Self.integer(environment, "TENANT_IDLE_SECONDS") {
@@ -202,7 +209,7 @@ struct Settings {
     /// The TLS listener, when `--tls-port` is given.
     private static func tls(command: TenantdCommand, environment: Environment) throws -> TLSListener? {
         guard let tlsPort = try command.tlsPort ?? Self.integer(environment, "TENANTD_TLS_PORT") else { return nil }
-        guard (0...65535).contains(tlsPort) else { throw ValidationError("tls-port must be 0-65535") }
+        guard SettingLimits.ports.contains(tlsPort) else { throw ValidationError("tls-port must be 0-65535") }
         guard let certificate = command.tlsCertFile ?? environment["TENANTD_TLS_CERT_FILE"],
             let key = command.tlsKeyFile ?? environment["TENANTD_TLS_KEY_FILE"]
         else { throw ValidationError("--tls-port needs --tls-cert-file and --tls-key-file") }
@@ -213,22 +220,24 @@ struct Settings {
         }
     }
 
-    /// Ten years: the longest period a setting in seconds takes, so that milliseconds never overflow.
-    static let maxSeconds = 315_360_000
+    /// Ten years: the longest period a setting in seconds takes (``SettingLimits/maxSeconds``).
+    static var maxSeconds: Int { SettingLimits.maxSeconds }
 
     /// The contract's limits, each a flag or `TENANTD_` + its name.
     private static func limits(command: TenantdCommand, environment: Environment) throws -> ServerLimits {
         var limits = ServerLimits()
         if let clients = try command.maxClients ?? Self.integer(environment, "TENANTD_MAXCLIENTS") {
-            guard (1...1_000_000).contains(clients) else { throw ValidationError("maxclients must be 1-1000000") }
+            guard SettingLimits.maxClients.contains(clients) else {
+                throw ValidationError("maxclients must be 1-1000000")
+            }
             limits.maxClients = clients
         }
         if let count = try command.fairShare ?? Self.integer(environment, "TENANTD_FAIR_SHARE") {
-            guard (0...1_000_000).contains(count) else { throw ValidationError("fair-share must be 0-1000000") }
+            guard SettingLimits.shares.contains(count) else { throw ValidationError("fair-share must be 0-1000000") }
             limits.fairShareWindow = count
         }
         if let budget = try command.turnBudget ?? Self.integer(environment, "TENANTD_TURN_BUDGET") {
-            guard (0...1_000_000).contains(budget) else { throw ValidationError("turn-budget must be 0-1000000") }
+            guard SettingLimits.shares.contains(budget) else { throw ValidationError("turn-budget must be 0-1000000") }
             limits.turnBudget = budget
         }
         if let move = try Self.flag(
@@ -246,23 +255,25 @@ struct Settings {
             limits.timeoutSeconds = seconds
         }
         if let seconds = try command.tcpKeepalive ?? Self.integer(environment, "TENANTD_TCP_KEEPALIVE") {
-            guard (0...32767).contains(seconds) else { throw ValidationError("tcp-keepalive must be 0-32767 seconds") }
+            guard SettingLimits.keepaliveSeconds.contains(seconds) else {
+                throw ValidationError("tcp-keepalive must be 0-32767 seconds")
+            }
             limits.tcpKeepaliveSeconds = seconds
         }
         if let text = command.protoMaxBulkLen ?? environment["TENANTD_PROTO_MAX_BULK_LEN"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), (1024...(512 << 20)).contains(bytes) else {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), SettingLimits.protoMaxBulk.contains(bytes) else {
                 throw ValidationError("proto-max-bulk-len must be 1kb-512mb")
             }
             limits.request.maxBulkLength = bytes
         }
         if let text = command.clientQueryBufferLimit ?? environment["TENANTD_CLIENT_QUERY_BUFFER_LIMIT"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), (1 << 20...(1 << 30)).contains(bytes) else {
+            guard let bytes = PubSubLimit.bytes(Substring(text)), SettingLimits.queryBuffer.contains(bytes) else {
                 throw ValidationError("client-query-buffer-limit must be 1mb-1gb")
             }
             limits.request.maxRequestBytes = bytes
         }
         if let count = try command.maxSubscriptions ?? Self.integer(environment, "TENANTD_MAX_SUBSCRIPTIONS") {
-            guard (1...10_000_000).contains(count) else {
+            guard SettingLimits.subscriptions.contains(count) else {
                 throw ValidationError("max-subscriptions must be 1-10000000")
             }
             limits.maxSubscriptions = count
@@ -282,7 +293,9 @@ struct Settings {
             limits.normal = limit
         }
         if let text = command.maxmemoryClients ?? environment["TENANTD_MAXMEMORY_CLIENTS"] {
-            guard let bytes = PubSubLimit.bytes(Substring(text)), bytes == 0 || bytes >= 1 << 20 else {
+            guard let bytes = PubSubLimit.bytes(Substring(text)),
+                bytes == 0 || bytes >= SettingLimits.minMaxMemoryClients
+            else {
                 throw ValidationError("maxmemory-clients must be 0 (no bound) or at least 1mb")
             }
             limits.maxMemoryClients = bytes

@@ -129,8 +129,8 @@ struct MigrationLedgerTests {
             try ledger.chunk("z", migration: "01", growth: 1, isNew: false, limit: 0, now: 8)
         }
         // Prepared: its copy was verified, so no more chunks until a BEGIN.
-        let claims = try ledger.prepare("a", migration: "01", subdomain: "acme")
-        #expect(claims)
+        let claims = try ledger.prepare("a", migration: "01", subdomain: "acme", now: 0)
+        #expect(claims == .init(claimSubdomain: true, isNew: true))
         let prepared = #expect(throws: TenantError.self) {
             try ledger.chunk("a", migration: "01", growth: 1, isNew: false, limit: 0, now: 9)
         }
@@ -153,8 +153,8 @@ struct MigrationLedgerTests {
         var ledger = MigrationLedger()
         _ = try ledger.begin("a", migration: "01", now: 0, limit: 8)
         #expect(!ledger.isPrepared("a", migration: "01"))
-        let claims = try ledger.prepare("a", migration: "01", subdomain: "acme")
-        #expect(claims)
+        let claims = try ledger.prepare("a", migration: "01", subdomain: "acme", now: 0)
+        #expect(claims == .init(claimSubdomain: true, isNew: true))
         #expect(ledger.isPrepared("a", migration: "01"))
         #expect(!ledger.isPrepared("a", migration: "02"))
         #expect(ledger.preparedSubdomain(of: "a") == "acme")
@@ -162,11 +162,11 @@ struct MigrationLedgerTests {
         #expect(ledger.arrival(holding: "acme", besides: "a") == nil)
         // PREPARE again (a lost reply): still prepared, nothing more to claim; another subdomain
         // for the same verified copy is refused.
-        let claimsAgain = try ledger.prepare("a", migration: "01", subdomain: "acme")
-        #expect(!claimsAgain)
-        #expect(throws: TenantError.self) { try ledger.prepare("a", migration: "01", subdomain: "other") }
+        let claimsAgain = try ledger.prepare("a", migration: "01", subdomain: "acme", now: 0)
+        #expect(claimsAgain == .init(claimSubdomain: false, isNew: false))
+        #expect(throws: TenantError.self) { try ledger.prepare("a", migration: "01", subdomain: "other", now: 0) }
         // A PREPARE of a migration begun over: refused.
-        #expect(throws: TenantError.self) { try ledger.prepare("a", migration: "02", subdomain: "acme") }
+        #expect(throws: TenantError.self) { try ledger.prepare("a", migration: "02", subdomain: "acme", now: 0) }
         let ended = ledger.end("a")
         #expect(ended == .init(releaseID: true, releaseSubdomain: "acme"))
         #expect(ledger.arrival("a") == nil)
@@ -177,8 +177,8 @@ struct MigrationLedgerTests {
     @Test func aTenantWithoutSubdomainPreparesWithoutAClaim() throws {
         var ledger = MigrationLedger()
         _ = try ledger.begin("a", migration: "01", now: 0, limit: 8)
-        let claims = try ledger.prepare("a", migration: "01", subdomain: "")
-        #expect(!claims)
+        let claims = try ledger.prepare("a", migration: "01", subdomain: "", now: 0)
+        #expect(claims == .init(claimSubdomain: false, isNew: true))
         #expect(ledger.isPrepared("a", migration: "01"))
         #expect(ledger.preparedSubdomain(of: "a") == nil)
         let ended = ledger.end("a")
@@ -189,7 +189,7 @@ struct MigrationLedgerTests {
         var ledger = MigrationLedger()
         _ = try ledger.begin("a", migration: "01", now: 0, limit: 8)
         try ledger.chunk("a", migration: "01", growth: 100, isNew: true, limit: 0, now: 1)
-        _ = try ledger.prepare("a", migration: "01", subdomain: "acme")
+        _ = try ledger.prepare("a", migration: "01", subdomain: "acme", now: 0)
         let begun = try ledger.begin("a", migration: "02", now: 2, limit: 8)
         #expect(begun == .init(claimID: false, releaseSubdomain: "acme"))
         #expect(ledger.arrival("a")?.phase == .receiving)
@@ -202,7 +202,7 @@ struct MigrationLedgerTests {
     @Test func aPrepareWhoseMarkFailedIsTakenBack() throws {
         var ledger = MigrationLedger()
         _ = try ledger.begin("a", migration: "01", now: 0, limit: 8)
-        _ = try ledger.prepare("a", migration: "01", subdomain: "acme")
+        _ = try ledger.prepare("a", migration: "01", subdomain: "acme", now: 0)
         let byAnother = ledger.unprepare("a", migration: "02")
         #expect(byAnother == nil)
         let released = ledger.unprepare("a", migration: "01")
@@ -219,11 +219,14 @@ struct MigrationLedgerTests {
         _ = try ledger.begin("b", migration: "02", now: 0, limit: 8)
         _ = try ledger.begin("c", migration: "03", now: 0, limit: 8)
         try ledger.chunk("c", migration: "03", growth: 1, isNew: true, limit: 0, now: 500)
-        _ = try ledger.prepare("b", migration: "02", subdomain: "")
+        _ = try ledger.prepare("b", migration: "02", subdomain: "", now: 0)
         ledger.restore("d", migration: "04", subdomain: "dee", bytes: 10)
         #expect(ledger.idle(now: 999, idle: 1000) == [])
         // a sent nothing since 0; b is prepared; c was touched at 500; d was found prepared.
         #expect(ledger.idle(now: 1000, idle: 1000) == ["a"])
+        #expect(ledger.isIdle("a", now: 1000, idle: 1000))
+        #expect(!ledger.isIdle("b", now: 1000, idle: 1000))
+        #expect(!ledger.isIdle("z", now: 1000, idle: 1000))
         #expect(ledger.idle(now: 1500, idle: 1000) == ["a", "c"])
         #expect(ledger.idle(now: Int64.max / 2, idle: 1000) == ["a", "c"])
     }

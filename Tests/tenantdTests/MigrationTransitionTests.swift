@@ -24,8 +24,11 @@ struct MigrationTransitionTests {
             var commitDrops = 0
             /// COMMIT refused for good with this error.
             var commitRefusal: TenantError?
-            /// Run once the destination answered PREPARE.
+            /// Run just before PREPARE goes to the destination, and once it answered.
+            var beforePrepare: (@Sendable () -> Void)?
             var afterPrepare: (@Sendable () -> Void)?
+            /// ABORTs are not passed on (the destination's state stays to be looked at).
+            var dropAborts = false
             var calls: [String] = []
         }
 
@@ -61,6 +64,7 @@ struct MigrationTransitionTests {
 
         func prepare(id: String, migration: String, manifest: [MigrationFile]) async throws {
             self.record("prepare")
+            self.script.withLock { $0.beforePrepare }?()
             try await self.destination.receivePrepare(id: id, migration: migration, manifest: manifest)
             self.script.withLock { $0.afterPrepare }?()
         }
@@ -81,6 +85,7 @@ struct MigrationTransitionTests {
 
         func abort(id: String, migration: String) async throws {
             self.record("abort")
+            if self.script.withLock({ $0.dropAborts }) { return }
             try await self.destination.receiveAbort(id: id, migration: migration)
         }
 
@@ -102,7 +107,8 @@ struct MigrationTransitionTests {
         _ dir: TemporaryDirectory,
         messages: Int = 3,
         script: LocalPeer.Script = .init(),
-        sourceFiles: (any WALFileSystem)? = nil
+        sourceFiles: (any WALFileSystem)? = nil,
+        destinationFiles: (any WALFileSystem)? = nil
     ) async throws -> Pair {
         let sourcePath = dir.path + "/source"
         let destinationPath = dir.path + "/destination"
@@ -112,7 +118,9 @@ struct MigrationTransitionTests {
         let source = try await EngineFixtures.registry(sourcePath, fsync: .no) { configuration in
             if let sourceFiles { configuration.fileSystem = sourceFiles }
         }
-        let destination = try await EngineFixtures.registry(destinationPath, fsync: .no)
+        let destination = try await EngineFixtures.registry(destinationPath, fsync: .no) { configuration in
+            if let destinationFiles { configuration.fileSystem = destinationFiles }
+        }
         let peer = LocalPeer(destination, script)
         await source.setMigrationPeers { _, _, _ in peer }
         let (tenant, alice, created) = try await EngineFixtures.owner(source, subdomain: "acme")
@@ -401,6 +409,69 @@ struct MigrationTransitionTests {
                 await restarted.migrations.departure(pair.id)?.committed == true
             }
             await restarted.shutdown()
+            await pair.destination.shutdown()
+        }
+    }
+
+    // MARK: - PREPARE's mark not written
+
+    @Test func aPrepareWhoseMarkFailsIsTakenBackAndTheSourceServesAgain() async throws {
+        try await TemporaryDirectory.with { dir in
+            let files = FaultyFileSystem()
+            var script = LocalPeer.Script()
+            // The marker's rename fails: it is certainly not on disk.
+            script.beforePrepare = { files.fail(.rename) }
+            script.dropAborts = true
+            let pair = try await Self.pair(dir, script: script, destinationFiles: files)
+            let kind = await Self.kind {
+                _ = try await pair.source.migrateTenant(id: pair.id, host: "peer", port: 1, token: nil)
+            }
+            #expect(kind == .storageFailed)
+            // Receiving again, its subdomain free, no mark: a COMMIT finds nothing to serve.
+            #expect(await pair.destination.migrations.arrival(pair.id)?.phase == .receiving)
+            #expect(await !pair.destination.claims.holds(subdomain: "acme"))
+            #expect(!Self.exists(DataLayout(root: pair.destinationPath).incomingDirectory(pair.id) + "/PREPARED"))
+            let migration = await pair.destination.migrations.arrival(pair.id)?.migration ?? ""
+            #expect(
+                await Self.kind { try await pair.destination.receiveCommit(id: pair.id, migration: migration) }
+                    == .notFound
+            )
+            // The source never decided: it serves the tenant.
+            #expect(try await Self.texts(pair.source, pair.id, token: pair.token).count == 3)
+            await pair.source.shutdown()
+            await pair.destination.shutdown()
+        }
+    }
+
+    @Test func aPrepareAgainWhoseMarkFailsKeepsTheCopyPrepared() async throws {
+        try await TemporaryDirectory.with { dir in
+            let files = FaultyFileSystem()
+            var script = LocalPeer.Script()
+            script.commitRefusal = TenantError.notFound("not prepared here")
+            let pair = try await Self.pair(dir, script: script, destinationFiles: files)
+            let report = try await pair.source.migrateTenant(id: pair.id, host: "peer", port: 1, token: nil)
+            #expect(!report.committed)
+            let staging = DataLayout(root: pair.destinationPath).incomingDirectory(pair.id)
+            let manifest = try MigrationFiles.list(staging, fileSystem: files).map { path in
+                let sum = try #require(
+                    try MigrationFiles.checksum(staging + "/" + path, prefix: nil, fileSystem: files)
+                )
+                return MigrationFile(path: path, size: sum.size, crc: sum.crc)
+            }
+            // A PREPARE again (its reply was lost) is answered OK with the copy unchanged.
+            try await pair.destination.receivePrepare(id: pair.id, migration: report.migration, manifest: manifest)
+            // One whose new mark cannot be written leaves the first mark, and the copy prepared.
+            files.fail(.rename)
+            let kind = await Self.kind {
+                try await pair.destination.receivePrepare(id: pair.id, migration: report.migration, manifest: manifest)
+            }
+            #expect(kind == .storageFailed)
+            #expect(await pair.destination.migrations.isPrepared(pair.id, migration: report.migration))
+            #expect(await pair.destination.claims.holds(subdomain: "acme"))
+            #expect(Self.exists(staging + "/PREPARED"))
+            try await pair.destination.receiveCommit(id: pair.id, migration: report.migration)
+            #expect(try await Self.texts(pair.destination, pair.id, token: pair.token).count == 3)
+            await pair.source.shutdown()
             await pair.destination.shutdown()
         }
     }

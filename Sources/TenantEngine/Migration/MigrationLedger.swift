@@ -220,11 +220,20 @@ struct MigrationLedger {
 
     private static let none = Arrival(migration: "", phase: .receiving, touched: nil, bytes: 0, files: 0)
 
+    /// What a PREPARE asks of the registry.
+    struct Prepared: Equatable {
+        /// The registry claims the subdomain now (not empty, not held already).
+        var claimSubdomain: Bool
+        /// It was receiving: a failure to mark it prepared on disk may take it back
+        /// (``unprepare(_:migration:)``). False for a PREPARE again, whose mark is on disk already.
+        var isNew: Bool
+    }
+
     /// PREPARE, once the copy is verified: `id` holds `subdomain` and waits for the decision.
     /// A PREPARE again (a lost reply) keeps the arrival prepared.
-    /// - Returns: whether the registry claims `subdomain` now (not empty, not held already).
-    /// - Throws: NOTFOUND when the migration is not the one arriving (BEGIN started another).
-    mutating func prepare(_ id: String, migration: String, subdomain: String) throws -> Bool {
+    /// - Throws: UNAVAILABLE when the migration is not the one arriving (BEGIN started another);
+    ///   INVALID for a PREPARE again with another subdomain.
+    mutating func prepare(_ id: String, migration: String, subdomain: String, now: Int64) throws -> Prepared {
         guard let current = self.arrivals[id], current.migration == migration else {
             throw TenantError(.unavailable, "the migration was started again")
         }
@@ -238,10 +247,11 @@ struct MigrationLedger {
             held = true
         }
         self.arrivals[id]?.phase = .prepared(subdomain: subdomain)
-        return !subdomain.isEmpty && !held
+        self.arrivals[id]?.touched = now
+        return Prepared(claimSubdomain: !subdomain.isEmpty && !held, isNew: !held)
     }
 
-    /// Takes a PREPARE back (its mark could not be written): receiving again.
+    /// Takes a PREPARE back (its mark could not be written, and is known absent): receiving again.
     /// - Returns: the subdomain to release, if it held one.
     mutating func unprepare(_ id: String, migration: String) -> String? {
         guard let current = self.arrivals[id], current.migration == migration,
@@ -280,11 +290,15 @@ struct MigrationLedger {
 
     /// The receiving arrivals that sent nothing for `idle` ms (prepared ones wait however long).
     func idle(now: Int64, idle: Int64) -> [String] {
-        self.arrivals.compactMap { id, arrival in
-            guard arrival.phase == .receiving, let touched = arrival.touched, now - touched >= idle else { return nil }
-            return id
+        self.arrivals.keys.filter { self.isIdle($0, now: now, idle: idle) }.sorted()
+    }
+
+    /// Whether arrival `id` is receiving and sent nothing for `idle` ms.
+    func isIdle(_ id: String, now: Int64, idle: Int64) -> Bool {
+        guard let arrival = self.arrivals[id], arrival.phase == .receiving, let touched = arrival.touched else {
+            return false
         }
-        .sorted()
+        return now - touched >= idle
     }
 
     /// A prepared arrival found at start-up: its source may have decided, so it waits for

@@ -95,6 +95,13 @@ struct MigrationStaging: Sendable {
         )
     }
 
+    /// Takes PREPARE's mark back: removed, durably.
+    func unmarkPrepared(_ id: String) throws {
+        let staging = self.files(id)
+        if self.fileSystem.exists(staging.prepared) { try self.fileSystem.remove(staging.prepared) }
+        try self.fileSystem.syncDirectory(staging.directory)
+    }
+
     /// The migration a marker of `files` names (`PREPARED`, `RECEIVING` or `MIGRATED_IN`).
     func migration(in marker: String) -> String? {
         (try? self.fileSystem.readFile(marker)).flatMap { MigrationFiles.fields($0)["migration"] }

@@ -86,11 +86,13 @@ extension TenantRegistry {
     /// waits for its source's decision, however long).
     func dropIdleIncoming() async {
         let staging = self.staging
-        let idle = self.migrations.idle(
-            now: self.configuration.clock(),
-            idle: EngineConfiguration.incomingIdleMilliseconds
-        )
-        for id in idle where !staging.isPrepared(id) {
+        let now = self.configuration.clock()
+        let idle = self.migrations.idle(now: now, idle: EngineConfiguration.incomingIdleMilliseconds)
+        // Asked again for each: an await below lets a PREPARE run meanwhile.
+        for id in idle
+        where self.migrations.isIdle(id, now: now, idle: EngineConfiguration.incomingIdleMilliseconds)
+            && !staging.isPrepared(id)
+        {
             self.endIncoming(id)
             try? await runBlocking { try staging.drop(id) }
             self.logger.notice(
@@ -185,14 +187,21 @@ extension TenantRegistry {
         let subdomain = verification.subdomain
         try self.checkServable(id, subdomain: subdomain)
         // Claimed before the mark is written: no other arrival may prepare with it meanwhile.
-        if try self.migrations.prepare(id, migration: migration, subdomain: subdomain) {
-            self.claims.claim(subdomain: subdomain)
-        }
+        let prepared = try self.migrations.prepare(
+            id,
+            migration: migration,
+            subdomain: subdomain,
+            now: self.configuration.clock()
+        )
+        if prepared.claimSubdomain { self.claims.claim(subdomain: subdomain) }
         do {
             try await runBlocking { try staging.markPrepared(id, migration: migration, subdomain: subdomain) }
         } catch {
-            // Not prepared on disk: not prepared here either (the source sends BEGIN again).
-            if let released = self.migrations.unprepare(id, migration: migration) {
+            // A mark known absent: not prepared here either (the source sends BEGIN again). A mark
+            // that may be on disk (renamed, its sync failed) keeps it prepared, as a restart would.
+            if prepared.isNew, (try? await runBlocking { try staging.unmarkPrepared(id) }) != nil,
+                let released = self.migrations.unprepare(id, migration: migration)
+            {
                 self.claims.release(subdomain: released)
             }
             throw Self.ioError(error, "could not mark \(staging.files(id).directory) prepared")

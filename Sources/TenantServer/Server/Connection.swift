@@ -134,7 +134,7 @@ struct Connection {
                     }
                     defer { queue.finish() }
                     var reader = ConnectionReader(connection: self, queue: queue, barrier: barrier)
-                    defer { moving = reader.close() }
+                    defer { moving = reader.end() }
                     let open = await reader.restoreCarried()
                     for try await batch in inbound {
                         guard open, await reader.run(batch) else { break }

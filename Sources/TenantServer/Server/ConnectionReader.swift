@@ -84,13 +84,13 @@ struct ConnectionReader {
     /// The connection closes: the session taken first when its handler moves it (its channel
     /// closed for that), then its tenant's share, its context and its subscriptions let go.
     /// - Returns: the session to carry, when it moves.
-    mutating func close() -> (ConnectionSocket.Handover, CarriedSession)? {
+    mutating func end() -> (ConnectionSocket.Handover, CarriedSession)? {
         var moving: (ConnectionSocket.Handover, CarriedSession)?
         if let socket = self.connection.socket, let handover = socket.takeHandover() {
             if let session = CarriedSession(self.session, handover: handover, moves: socket.moves) {
                 moving = (handover, session)
             } else {
-                Glibc.close(handover.descriptor)
+                close(handover.descriptor)
                 socket.mover.failed(socket.id)
             }
         }
