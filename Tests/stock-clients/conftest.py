@@ -99,16 +99,21 @@ class Server:
 
     def history_all(self, tenant_id: str, room: str) -> list:
         """Every message of a room, paged with AFTER, as the operator (USE)."""
-        out: list = []
         with self.operator(protocol=2) as op:
-            assert op.execute_command("USE", tenant_id) == "OK"
-            after = 0
-            while True:
-                page = op.execute_command("HISTORY", room, "AFTER", str(after), "LIMIT", "1000")
-                if not page:
-                    return out
-                out.extend(page)
-                after = page[-1][0]
+            return read_history(op, tenant_id, room)
+
+
+def read_history(op, tenant_id: str, room: str) -> list:
+    """Every message of a room, paged with AFTER, over an operator connection (USE)."""
+    assert op.execute_command("USE", tenant_id) in ("OK", b"OK")
+    out: list = []
+    after = 0
+    while True:
+        page = op.execute_command("HISTORY", room, "AFTER", str(after), "LIMIT", "1000")
+        if not page:
+            return out
+        out.extend(page)
+        after = int(page[-1][0])
 
 
 def _clean_env(token: str) -> dict:

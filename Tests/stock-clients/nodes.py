@@ -20,7 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest import SOCKET_TIMEOUT, TENANTD_BIN, _clean_env
+from conftest import SOCKET_TIMEOUT, TENANTD_BIN, _clean_env, read_history
 
 READY = re.compile(r"^tenantd ready host=(\S+) port=(\d+)")
 
@@ -111,16 +111,8 @@ class Node:
         return dict(zip(flat[0::2], flat[1::2]))
 
     def history(self, tenant_id: str, room: str) -> list:
-        out: list = []
         with self.operator() as op:
-            op.execute_command("USE", tenant_id)
-            after = 0
-            while True:
-                page = op.execute_command("HISTORY", room, "AFTER", str(after), "LIMIT", "1000")
-                if not page:
-                    return out
-                out.extend(page)
-                after = int(page[-1][0])
+            return read_history(op, tenant_id, room)
 
     def serves(self, tenant_id: str) -> bool:
         """Whether TENANT GET finds the tenant here (MIGRATED and NOTFOUND: no)."""

@@ -100,14 +100,7 @@ struct CheckpointTests {
             let rawBytes = messages.reduce(0) { $0 + $1.text.utf8.count }
             #expect(rawBytes == 932_018)
             let registry = try await Self.registry(dir.path)
-            let created = try await registry.createTenant(
-                name: "Corpus",
-                subdomain: "corpus",
-                plan: nil,
-                owner: "alice"
-            )
-            let tenant = try await registry.tenant(id: created.metadata.tenantID)
-            let alice = try await tenant.authenticate(user: "alice", token: created.ownerToken)
+            let (tenant, alice, created) = try await EngineFixtures.owner(registry, subdomain: "corpus")
             var last: PostTicket?
             for message in messages {
                 last = try await tenant.post(alice, room: message.room, text: message.text)

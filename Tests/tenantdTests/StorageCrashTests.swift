@@ -63,14 +63,7 @@ struct StorageCrashTests {
     /// directory and left without a checkpoint.
     static func populate(_ registry: TenantRegistry, tenants: Int = 3) async throws {
         for index in 0..<tenants {
-            let created = try await registry.createTenant(
-                name: "T\(index)",
-                subdomain: "team\(index)",
-                plan: nil,
-                owner: "owner"
-            )
-            let tenant = try await registry.tenant(id: created.metadata.tenantID)
-            let owner = try await tenant.authenticate(user: "owner", token: created.ownerToken)
+            let (tenant, owner, _) = try await EngineFixtures.owner(registry, subdomain: "team\(index)", user: "owner")
             _ = try await tenant.addUser(owner, name: "member", role: .member)
             for message in 1...40 {
                 _ = try await tenant.postAndCommit(owner, room: "room\(message % 3)", text: "t\(index) m\(message)")
