@@ -184,17 +184,16 @@ struct Import: AsyncParsableCommand {
     var prefix = "tenant_"
 
     @Option(help: "The longest message text, in bytes, as the server's TENANT_MAX_MESSAGE_BYTES.")
-    var maxMessageBytes = 65_536
+    var maxMessageBytes = TenantctlLimits.defaultMaxMessageBytes
 
     @Flag(help: "One JSON document on standard output.")
     var json = false
 
-    /// The longest line read: a message of the longest text, every byte escaped, or a tenant line
-    /// of 256 settings of 4 KiB.
-    var maxLineBytes: Int { max(16 << 20, self.maxMessageBytes * 6 + (64 << 10)) }
+    /// The longest line read (``TenantctlLimits/maxLineBytes(maxMessageBytes:)``).
+    var maxLineBytes: Int { TenantctlLimits.maxLineBytes(maxMessageBytes: self.maxMessageBytes) }
 
     func validate() throws {
-        guard (1...(16 << 20)).contains(self.maxMessageBytes) else {
+        guard TenantctlLimits.messageBytes.contains(self.maxMessageBytes) else {
             throw ValidationError("--max-message-bytes must be 1-16777216")
         }
     }

@@ -17,7 +17,7 @@ final class Output: @unchecked Sendable {
     func line(_ text: String) {
         self.buffer.append(contentsOf: text.utf8)
         self.buffer.append(0x0A)
-        if self.buffer.count >= 1 << 16 { self.flush() }
+        if self.buffer.count >= TenantctlLimits.outputBuffer { self.flush() }
     }
 
     func flush() {
@@ -53,8 +53,9 @@ struct ProgressBar {
         guard permille != self.lastDrawn else { return }
         self.lastDrawn = permille
         self.drawn = true
-        let filled = permille * 30 / 1000
-        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: 30 - filled)
+        let width = TenantctlLimits.progressWidth
+        let filled = permille * width / 1000
+        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
         let text = "\r[\(bar)] \(permille / 10).\(permille % 10)% \(done)/\(self.total) \(self.unit)"
         FileHandle.standardError.write(Data(text.utf8))
     }
@@ -166,7 +167,7 @@ struct LineReader {
                 scanned -= self.start
                 self.start = 0
             }
-            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            var chunk = [UInt8](repeating: 0, count: TenantctlLimits.readChunk)
             let got = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, self.file) }
             if got < chunk.count {
                 if ferror(self.file) != 0 { throw ReadFailed(message: String(cString: strerror(errno))) }
