@@ -16,6 +16,7 @@ var package = Package(
         .executable(name: "FuzzWALSegment", targets: ["FuzzWALSegment"]),
         .executable(name: "FuzzCheckpoint", targets: ["FuzzCheckpoint"]),
         .executable(name: "FuzzCatalog", targets: ["FuzzCatalog"]),
+        .executable(name: "FuzzReplicationStream", targets: ["FuzzReplicationStream"]),
     ],
     dependencies: [
         .package(name: "tenantd", path: "../"),
@@ -48,6 +49,12 @@ var package = Package(
             dependencies: [
                 "FuzzSupport",
                 .product(name: "TenantEngine", package: "tenantd"),
+            ]
+        ),
+        .executableTarget(
+            name: "FuzzReplicationStream",
+            dependencies: [
+                .product(name: "TenantEngine", package: "tenantd")
             ]
         ),
         .executableTarget(

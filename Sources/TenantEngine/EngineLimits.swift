@@ -72,4 +72,15 @@ public enum EngineLimits {
     static let migrationChunkSize = 256 << 10
     /// Bytes of a migration marker read at most (its credential keys take 17 bytes a user).
     static let migrationMarkerLimit = 64 << 20
+
+    // MARK: Replication (docs/architecture.md, "Replicas")
+
+    /// Bytes of a tenant's full copy in one snapshot chunk frame: the migration's chunk size.
+    public static let replicationChunkSize = 256 << 10
+    /// Bytes of one replication frame's body at most: a record of the largest message
+    /// (`TENANT_MAX_MESSAGE_BYTES` up to 16 MiB, with its framing) fits, so does a chunk.
+    public static let replicationMaxFrameBytes = (16 << 20) + (64 << 10)
+    /// Bytes a tenant's snapshot may declare: a tenant's whole state, bounded so that no
+    /// declaration sizes anything absurd (1 TiB).
+    public static let replicationMaxSnapshotBytes: UInt64 = 1 << 40
 }

@@ -88,7 +88,7 @@ extension SyncLaneTests {
                         }
                         // Over 400 KiB: past the read-ahead bound many times over.
                         let bytes = commands.flatMap { RESPTestClient.encode($0) }
-                        let sent = Mutex<Error?>(nil)
+                        let sent = Mutex<(any Error)?>(nil)
                         let sender = Thread {
                             var offset = 0
                             var piece = 1

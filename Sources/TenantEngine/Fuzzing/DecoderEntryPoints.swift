@@ -33,4 +33,32 @@ public enum DecoderEntryPoints {
         for metadata in tenants { catalog.insert(metadata) }
         return try catalog.encoded()
     }
+
+    /// Decodes bytes as a replica reads its primary's stream: frame after frame, until the bytes
+    /// end or a frame does not decode. Every frame decoded is encoded again and must decode to
+    /// itself (a crash here is a codec bug, not bad input).
+    /// - Returns: how many frames decoded.
+    public static func decodeReplicationStream(_ bytes: [UInt8]) -> Int {
+        var frames = 0
+        var offset = 0
+        while offset < bytes.count {
+            let decoded = bytes.withUnsafeBytes { raw in
+                try? ReplicationFrame.decode(UnsafeRawBufferPointer(rebasing: raw[offset...]))
+            }
+            guard let (frame, consumed) = decoded else { break }
+            let again = frame.encoded()
+            let round = again.withUnsafeBytes { try? ReplicationFrame.decode($0) }
+            precondition(round?.frame == frame && round?.consumed == again.count, "a frame does not round-trip")
+            frames += 1
+            offset += consumed
+        }
+        return frames
+    }
+
+    /// A replication frame around `body`, its length and checksum right (fuzzing gets past them).
+    public static func replicationFrame(body: [UInt8]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        ReplicationFrame.frame(body: body, into: &bytes)
+        return bytes
+    }
 }
