@@ -19,11 +19,13 @@ import Darwin
 /// Accepting is rare next to reading, so one blocking `accept4` on a thread costs nothing on the
 /// event loops; each socket is then set up on a loop as NIO's own accept would set it up.
 final class PlainListener: Sendable {
-    /// The listening socket's descriptor (closed by the accepting thread once it stopped).
+    /// The listening socket's descriptor (closed by the accepting thread once it stopped, or by
+    /// ``stop()`` when no thread ever accepted: a TLS port that failed to bind after it).
     let descriptor: CInt
     /// The port it is bound to (the one the system chose, for port 0).
     let port: Int
     private let stopping = Atomic<Bool>(false)
+    private let started = Atomic<Bool>(false)
     private let pool = NIOThreadPool(numberOfThreads: 1)
 
     /// The pause after `accept` failed for want of descriptors or memory, before it tries again
@@ -46,6 +48,7 @@ final class PlainListener: Sendable {
     /// Accepts until ``stop()``, handing each new socket (its descriptor, now the callee's) to
     /// `accepted` on the accepting thread.
     func start(logger: Logger, accepted: @escaping @Sendable (CInt) -> Void) {
+        guard !self.started.exchange(true, ordering: .acquiringAndReleasing) else { return }
         self.pool.start()
         self.pool.submit { [descriptor = self.descriptor] _ in
             var lastWarning: NIODeadline?
@@ -83,6 +86,12 @@ final class PlainListener: Sendable {
     /// Stops accepting: the thread wakes from `accept`, closes the socket and ends.
     func stop() {
         guard !self.stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Never started (the server failed to start after binding it): nobody else closes it.
+        // Taking `started` here also keeps a start after the stop from running.
+        if !self.started.exchange(true, ordering: .acquiringAndReleasing) {
+            close(self.descriptor)
+            return
+        }
         // shutdown(2) wakes a thread blocked in accept (close alone would not, on Linux).
         shutdown(self.descriptor, Int32(SHUT_RDWR))
         self.pool.shutdownGracefully { _ in }
