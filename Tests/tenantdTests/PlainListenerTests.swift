@@ -27,15 +27,16 @@ struct PlainListenerTests {
         #expect(Self.inode(listener.descriptor) != socket)
         let again = try PlainListener(host: "127.0.0.1", port: listener.port)
         again.stop()
-        // Stopped twice, or started after its stop: nothing more happens.
-        listener.stop()
-        listener.start(logger: Logger(label: "test")) { socket in close(socket) }
     }
 
     @Test func aStartedListenerLetsItsPortGoWhenStopped() async throws {
         let listener = try PlainListener(host: "127.0.0.1", port: 0)
+        let socket = try #require(Self.inode(listener.descriptor))
         listener.start(logger: Logger(label: "test")) { socket in close(socket) }
         listener.stop()
+        // Closed once the accepting thread ended (stopped twice: still once).
+        listener.stop()
+        try await waitUntilAsync("the socket is closed", seconds: 10) { Self.inode(listener.descriptor) != socket }
         try await waitUntilAsync("the port is free again", seconds: 10) {
             guard let again = try? PlainListener(host: "127.0.0.1", port: listener.port) else { return false }
             again.stop()

@@ -109,7 +109,7 @@ struct ReplicationFrameTests {
                     // The length: more bytes awaited, out of bounds, or a body the checksum does
                     // not fit. Never a frame.
                     let decoded = try? Self.decode(damaged)
-                    #expect(decoded == nil || decoded! == nil, "byte \(index) bit \(bit)")
+                    #expect(decoded == nil, "byte \(index) bit \(bit)")
                 }
             }
         }
@@ -127,36 +127,56 @@ struct ReplicationFrameTests {
         }
     }
 
-    @Test func craftedBodiesWithAValidChecksumAreRefused() {
+    @Test func craftedBodiesWithAValidChecksumAreRefusedForTheirReason() {
         let tenant = Self.short("acme1234")
-        let cases: [(String, [UInt8])] = [
-            ("unknown kind", [99]),
-            ("no kind's fields", [5]),
-            ("trailing bytes", [7] + Self.le(UInt64(1)) + [0]),
-            ("a bad tenant id", [6] + Self.short("Acme!")),
-            ("an empty tenant id", [6, 0]),
-            ("a tenant id past the bytes", [6, 200, 0x61]),
+        let noHex = String(repeating: "z", count: 40)
+        let tooBig = EngineLimits.replicationChunkSize + 1
+        let cases: [(ReplicationStreamError, [UInt8])] = [
+            (.unknownKind(99), [99]),
+            (.malformed("record payload is truncated"), [5]),
+            (.malformed("trailing bytes in a ping frame"), [7] + Self.le(UInt64(1)) + [0]),
+            (.malformed("bad tenant id"), [6] + Self.short("Acme!")),
+            (.malformed("bad tenant id"), [6, 0]),
+            (.malformed("record payload is truncated"), [6, 200, 0x61]),
             (
-                "a replication id not hex",
-                [1] + Self.short(String(repeating: "z", count: 40)) + Self.le(UInt64(0)) + Self.le(UInt64(0))
+                .malformed("replication id is not 40 hex digits"),
+                [1] + Self.short(noHex) + Self.le(UInt64(0)) + Self.le(UInt64(0))
             ),
-            ("a short replication id", [1] + Self.short("abc") + Self.le(UInt64(0)) + Self.le(UInt64(0))),
-            ("lsn 0", [5] + tenant + Self.le(UInt64(0)) + [4] + Self.le(UInt32(0))),
-            ("an lsn past the last", [5] + tenant + Self.le(UInt64.max) + [4] + Self.le(UInt32(0))),
-            ("an unknown record type", [5] + tenant + Self.le(UInt64(1)) + [200] + Self.le(UInt32(0))),
-            ("a payload past the bytes", [5] + tenant + Self.le(UInt64(1)) + [4] + Self.le(UInt32.max)),
-            ("a snapshot too large", [2] + tenant + Self.le(UInt64(1)) + Self.le(UInt64.max)),
-            ("a chunk past the snapshot bound", [3] + tenant + Self.le(UInt64.max) + Self.le(UInt32(1)) + [0]),
             (
-                "a chunk over the chunk size",
-                [3] + tenant + Self.le(UInt64(0)) + Self.le(UInt32(EngineLimits.replicationChunkSize + 1))
-                    + [UInt8](repeating: 0, count: EngineLimits.replicationChunkSize + 1)
+                .malformed("replication id is not 40 hex digits"),
+                [1] + Self.short("abc") + Self.le(UInt64(0)) + Self.le(UInt64(0))
             ),
-            ("invalid UTF-8 in a tenant id", [6, 2, 0xC3, 0x28]),
+            (.malformed("lsn 0"), [5] + tenant + Self.le(UInt64(0)) + [4] + Self.le(UInt32(0))),
+            (.malformed("lsn \(UInt64.max)"), [5] + tenant + Self.le(UInt64.max) + [4] + Self.le(UInt32(0))),
+            (.malformed("unknown record type 200"), [5] + tenant + Self.le(UInt64(1)) + [200] + Self.le(UInt32(0))),
+            (.malformed("record payload is truncated"), [5] + tenant + Self.le(UInt64(1)) + [4] + Self.le(UInt32.max)),
+            (
+                .malformed("snapshot of \(UInt64.max) bytes"),
+                [2] + tenant + Self.le(UInt64(1)) + Self.le(UInt64.max)
+            ),
+            (
+                .malformed("snapshot chunk out of bounds"),
+                [3] + tenant + Self.le(UInt64(0)) + Self.le(UInt32(tooBig)) + [UInt8](repeating: 0, count: tooBig)
+            ),
+            (.malformed("record holds invalid UTF-8"), [6, 2, 0xC3, 0x28]),
         ]
-        for (what, body) in cases {
-            #expect(Self.refusal(Self.framed(body)) != nil, "\(what)")
+        for (reason, body) in cases {
+            #expect(Self.refusal(Self.framed(body)) == reason, "\(reason)")
         }
+    }
+
+    @Test func aChunkEndsAtTheSnapshotBoundAtMost() throws {
+        let tenant = Self.short("acme1234")
+        let bound = EngineLimits.replicationMaxSnapshotBytes
+        func chunk(at offset: UInt64) -> [UInt8] {
+            Self.framed([3] + tenant + Self.le(offset) + Self.le(UInt32(3)) + [1, 2, 3])
+        }
+        #expect(
+            try Self.decode(chunk(at: bound - 3))?.frame
+                == .snapshotChunk(tenant: "acme1234", offset: bound - 3, bytes: [1, 2, 3])
+        )
+        #expect(Self.refusal(chunk(at: bound - 2)) == .malformed("snapshot chunk out of bounds"))
+        #expect(Self.refusal(chunk(at: UInt64.max)) == .malformed("snapshot chunk out of bounds"))
     }
 
     @Test func theFuzzEntryPointCountsWholeFrames() {

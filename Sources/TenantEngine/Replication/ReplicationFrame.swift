@@ -54,8 +54,17 @@ public enum ReplicationFrame: Equatable, Sendable {
         return bytes
     }
 
-    /// Appends the frame's bytes to `bytes`.
+    /// Appends the frame's bytes to `bytes`. A frame the decoder would refuse (an invalid tenant
+    /// id, an lsn out of range, a chunk over its bound) is a bug of the primary: debug builds
+    /// stop at it rather than send a stream the replica would reconnect to forever.
     public func encode(into bytes: inout [UInt8]) {
+        let start = bytes.count
+        defer {
+            assert(
+                bytes[start...].withUnsafeBytes { try? Self.decode($0) }?.frame == self,
+                "a replication frame the decoder refuses: \(self.kind)"
+            )
+        }
         var body = BinaryWriter(capacity: 32)
         body.write(self.kind.rawValue)
         switch self {

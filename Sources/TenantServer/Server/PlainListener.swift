@@ -19,13 +19,15 @@ import Darwin
 /// Accepting is rare next to reading, so one blocking `accept4` on a thread costs nothing on the
 /// event loops; each socket is then set up on a loop as NIO's own accept would set it up.
 final class PlainListener: Sendable {
-    /// The listening socket's descriptor (closed by the accepting thread once it stopped, or by
-    /// ``stop()`` when no thread ever accepted: a TLS port that failed to bind after it).
+    /// The listening socket's descriptor, closed once by ``stop()``: after the accepting thread
+    /// ended, or at once when no thread ever accepted (a TLS port that failed to bind after it).
     let descriptor: CInt
     /// The port it is bound to (the one the system chose, for port 0).
     let port: Int
+    /// Tells the accepting thread to end.
     private let stopping = Atomic<Bool>(false)
     private let started = Atomic<Bool>(false)
+    private let stopRequested = Atomic<Bool>(false)
     private let pool = NIOThreadPool(numberOfThreads: 1)
 
     /// The pause after `accept` failed for want of descriptors or memory, before it tries again
@@ -71,7 +73,8 @@ final class PlainListener: Sendable {
                     }
                     usleep(UInt32(Self.pauseAfterFailure.nanoseconds / 1000))
                 case EBADF, EINVAL, ENOTSOCK:
-                    // Shut down by stop(), or the socket is unusable: no more accepts.
+                    // Shut down by stop(), or the socket is unusable: no more accepts (stop()
+                    // closes it, once this thread has ended).
                     self.stopping.store(true, ordering: .releasing)
                 default:
                     // ECONNABORTED, EPROTO, EPERM (a firewall), the network's transient errors:
@@ -79,21 +82,24 @@ final class PlainListener: Sendable {
                     continue
                 }
             }
-            close(descriptor)
         }
     }
 
-    /// Stops accepting: the thread wakes from `accept`, closes the socket and ends.
+    /// Stops accepting: the thread wakes from `accept` and ends, then the socket is closed. The
+    /// descriptor is closed exactly once, and never while the thread may still use its number.
     func stop() {
-        guard !self.stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        // Never started (the server failed to start after binding it): nobody else closes it.
+        guard !self.stopRequested.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Never started (the server failed to start after binding it): nothing else uses it.
         // Taking `started` here also keeps a start after the stop from running.
         if !self.started.exchange(true, ordering: .acquiringAndReleasing) {
             close(self.descriptor)
             return
         }
-        // shutdown(2) wakes a thread blocked in accept (close alone would not, on Linux).
+        // shutdown(2) wakes a thread blocked in accept (close alone would not, on Linux), and
+        // makes every later accept fail: the thread ends either way.
         shutdown(self.descriptor, Int32(SHUT_RDWR))
-        self.pool.shutdownGracefully { _ in }
+        self.stopping.store(true, ordering: .releasing)
+        let descriptor = self.descriptor
+        self.pool.shutdownGracefully { _ in close(descriptor) }
     }
 }
